@@ -1,0 +1,326 @@
+"""Values that flow through a run.
+
+Everything here that crosses threads is a frozen attrs class with slots.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+__all__ = [
+    "ChannelResult",
+    "DeliveryResult",
+    "DeliveryStatus",
+    "Message",
+    "Outcome",
+    "Rate",
+    "Reason",
+    "Recipient",
+    "RejectedRow",
+    "RunReport",
+    "RunStatus",
+    "Secret",
+]
+
+
+def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return dict(value) if value else {}
+
+
+@attrs.frozen(repr=False)
+class Secret:
+    """A provider token. Its repr and str never show the value; call :meth:`reveal`."""
+
+    _value: str = attrs.field(alias="value")
+
+    def reveal(self) -> str:
+        """Return the secret value, for the one place that must send it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@attrs.frozen
+class Rate:
+    """A sending rate: at most ``messages_per_second`` messages in at most
+    ``requests_per_second`` requests. ``None`` means unlimited."""
+
+    messages_per_second: float | None = None
+    requests_per_second: float | None = None
+
+
+@attrs.frozen
+class Recipient:
+    """One customer of the segment.
+
+    Attributes:
+        id: the customer's stable identifier (unique within a segment).
+        email, phone, push_token: channel addresses, ``None`` when absent.
+        attributes: every other column, by its (mapped) name, as text.
+        consent: per-channel consent flags, by channel name; a channel absent here
+            has no consent column.
+        line: 1-based line of the source file where the record starts (0 if unknown).
+    """
+
+    id: str
+    email: str | None = None
+    phone: str | None = None
+    push_token: str | None = None
+    attributes: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_mapping)
+    consent: Mapping[str, bool] = attrs.field(factory=dict, converter=_frozen_mapping)
+    line: int = 0
+
+    def address(self, field: str) -> str | None:
+        """Return the address in ``field`` (a model field or an attribute name)."""
+        if field in ("email", "phone", "push_token", "id"):
+            value: str | None = getattr(self, field)
+            return value
+        return self.attributes.get(field) or None
+
+    def context(self) -> dict[str, Any]:
+        """The template context: attributes overlaid with the model fields."""
+        ctx: dict[str, Any] = dict(self.attributes)
+        ctx["id"] = self.id
+        ctx["email"] = self.email
+        ctx["phone"] = self.phone
+        ctx["push_token"] = self.push_token
+        return ctx
+
+
+@attrs.frozen
+class RejectedRow:
+    """A source row that could not become a :class:`Recipient`.
+
+    Attributes:
+        line: 1-based line where the row starts.
+        field: the field at fault (model name), if one.
+        reason: a short reason code (``empty_required_field``, ``bad_consent_value``, ...).
+        detail: a human explanation.
+        raw: the row's raw values, so that nothing is lost.
+    """
+
+    line: int
+    reason: str
+    detail: str
+    field: str | None = None
+    raw: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class Message:
+    """A rendered message for one recipient on one channel.
+
+    ``address`` is the value of the notifier's ``address_field``. Which content
+    parts are set depends on the channel: email uses ``subject``, ``body`` (text)
+    and ``html``; SMS uses ``body``; push uses ``title``, ``body`` and ``data``.
+    ``idempotency_key`` is deterministic for (run, channel, recipient).
+    """
+
+    recipient_id: str
+    channel: str
+    address: str
+    body: str
+    subject: str | None = None
+    html: str | None = None
+    title: str | None = None
+    data: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_mapping)
+    headers: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_mapping)
+    name: str | None = None
+    idempotency_key: str = ""
+
+
+class DeliveryStatus(enum.StrEnum):
+    """Final state of one recipient on one channel."""
+
+    SENT = "sent"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class Reason(enum.StrEnum):
+    """Reason codes recorded with failed and skipped deliveries.
+
+    Providers' own codes are kept in :attr:`DeliveryResult.error_code`.
+    """
+
+    PERMANENT_ERROR = "permanent_error"
+    RETRIES_EXHAUSTED = "retries_exhausted"
+    MISSING_ADDRESS = "missing_address"
+    NO_CONSENT = "no_consent"
+    OVER_TARGET = "over_target"
+    TIMED_OUT = "timed_out"
+    RENDER_ERROR = "render_error"
+
+
+@attrs.frozen
+class Outcome:
+    """What a notifier says about one message of a batch.
+
+    Build with :meth:`sent` or :meth:`failed`; a notifier returns one per message,
+    in the order of the batch.
+    """
+
+    ok: bool
+    provider_message_id: str | None = None
+    error_code: str | None = None
+    error: str | None = None
+    transient: bool = False
+
+    @classmethod
+    def sent(cls, provider_message_id: str | None = None) -> Outcome:
+        """The provider accepted the message."""
+        return cls(True, provider_message_id=provider_message_id)
+
+    @classmethod
+    def failed(cls, error: str, *, code: str | None = None, transient: bool = False) -> Outcome:
+        """The provider refused the message; ``transient`` ones are retried."""
+        return cls(False, error_code=code, error=error, transient=transient)
+
+
+@attrs.frozen
+class DeliveryResult:
+    """The final outcome for one recipient on one channel."""
+
+    channel: str
+    recipient_id: str
+    status: DeliveryStatus
+    reason: str | None = None
+    provider_message_id: str | None = None
+    attempts: int = 0
+    error_code: str | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "channel": self.channel,
+            "recipient_id": self.recipient_id,
+            "status": self.status.value,
+            "reason": self.reason,
+            "provider_message_id": self.provider_message_id,
+            "attempts": self.attempts,
+            "error_code": self.error_code,
+            "error": self.error,
+        }
+
+
+@attrs.frozen
+class ChannelResult:
+    """Totals for one channel of a run.
+
+    Attributes:
+        sent, failed, skipped: recipients by final status.
+        reasons: count of failed and skipped recipients by reason code.
+        error_codes: count of failures by provider error code.
+        retries: retry rounds performed (0 when the first pass settled everything).
+        requests: provider requests made (all attempts).
+        started_at, finished_at: wall-clock times (UTC).
+    """
+
+    channel: str
+    provider: str
+    sent: int = 0
+    failed: int = 0
+    skipped: int = 0
+    reasons: Mapping[str, int] = attrs.field(factory=dict, converter=_frozen_mapping)
+    error_codes: Mapping[str, int] = attrs.field(factory=dict, converter=_frozen_mapping)
+    retries: int = 0
+    requests: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result_key: str = ""
+
+    @property
+    def total(self) -> int:
+        """All recipients accounted for on this channel."""
+        return self.sent + self.failed + self.skipped
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "channel": self.channel,
+            "provider": self.provider,
+            "sent": self.sent,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "total": self.total,
+            "reasons": dict(sorted(self.reasons.items())),
+            "error_codes": dict(sorted(self.error_codes.items())),
+            "retries": self.retries,
+            "requests": self.requests,
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "duration_seconds": self.duration_seconds,
+        }
+
+
+class RunStatus(enum.StrEnum):
+    """How a run ended."""
+
+    SUCCEEDED = "succeeded"  # every recipient was sent or deliberately skipped
+    PARTIAL = "partial"  # some deliveries failed
+    FAILED = "failed"  # the run could not complete (e.g. a channel crashed)
+    TIMED_OUT = "timed_out"  # the execution deadline passed
+
+
+@attrs.frozen
+class RunReport:
+    """What a run did.
+
+    ``channels`` maps channel name to its :class:`ChannelResult`. :meth:`to_dict`
+    names each channel's section by its ``result_key`` (``email_campaign_results``,
+    ``sms_campaign_results``, ``push_notification_results`` for the seed channels).
+    """
+
+    run_id: str
+    pipeline: str
+    status: RunStatus
+    started_at: datetime
+    finished_at: datetime
+    channels: Mapping[str, ChannelResult] = attrs.field(factory=dict, converter=_frozen_mapping)
+    rows_read: int = 0
+    rows_rejected: int = 0
+    rejected_reasons: Mapping[str, int] = attrs.field(factory=dict, converter=_frozen_mapping)
+    output_dir: str | None = None
+    errors: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_mapping)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; channel sections are keyed by ``result_key``."""
+        out: dict[str, Any] = {
+            "run_id": self.run_id,
+            "pipeline": self.pipeline,
+            "status": self.status.value,
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "extraction": {
+                "rows_read": self.rows_read,
+                "rows_rejected": self.rows_rejected,
+                "rejected_reasons": dict(sorted(self.rejected_reasons.items())),
+            },
+            "output_dir": self.output_dir,
+            "errors": dict(self.errors),
+        }
+        for name, result in self.channels.items():
+            out[result.result_key or f"{name}_results"] = result.to_dict()
+        return out
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None

@@ -1,0 +1,109 @@
+"""The channel plugin contract: :class:`Notifier` and its :class:`ChannelSettings`."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+import attrs
+
+from ._models import Message, Outcome, Rate, Secret
+
+__all__ = ["ChannelSettings", "Notifier"]
+
+ConnT = TypeVar("ConnT")
+T = TypeVar("T")
+
+
+@attrs.frozen
+class ChannelSettings:
+    """What the core hands a notifier when it builds one for a channel.
+
+    Attributes:
+        channel: the channel's name in the campaign (``email``, ``sms``, ...).
+        options: the provider options from the channel's ``options`` table.
+        token: the token read from the channel's token environment variable,
+            or ``None`` when the notifier needs none and none is set.
+        timeout: seconds allowed for one provider request.
+        base_dir: directory of the configuration file (for relative paths).
+    """
+
+    channel: str
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+    token: Secret | None = None
+    timeout: float = 30.0
+    base_dir: Path = attrs.field(factory=Path.cwd)
+
+    def structure(self, cls: type[T]) -> T:
+        """Structure :attr:`options` into the attrs class ``cls``.
+
+        Raises:
+            ConfigError: naming the key path (``channels.email.options.from_email``).
+        """
+        from ._config import structure_options
+
+        return structure_options(self.options, cls, path=f"channels.{self.channel}.options")
+
+
+class Notifier(abc.ABC, Generic[ConnT]):
+    """Base class of a channel plugin: sends batches of rendered messages to one provider.
+
+    A plugin subclasses it, sets the class attributes, implements :meth:`send_batch`
+    (and :meth:`connect` / :meth:`disconnect` when it holds a connection), and registers
+    the class from its ``campaignkit_register_channels`` hook implementation.
+
+    Threads, batching, retries, rate limits and bookkeeping belong to the core:
+
+    * the core calls :meth:`connect` once in each worker thread and passes that
+      connection to every :meth:`send_batch` call of the thread, so a connection is
+      never shared between threads; :meth:`disconnect` is called when the thread ends;
+    * a batch never holds more than :attr:`max_batch_size` messages;
+    * :meth:`send_batch` returns one :class:`~campaignkit.Outcome` per message, in
+      order. Per-recipient failures reported by the provider are failed outcomes
+      (``transient=True`` for those worth retrying). When the provider refuses the
+      whole request it raises :class:`~campaignkit.TransientDeliveryError` or
+      :class:`~campaignkit.PermanentDeliveryError` instead;
+    * only messages whose outcome was transient are sent again, at the next retry.
+
+    Class attributes:
+        name: the provider name used in configuration (``provider = "sendgrid"``).
+        address_field: the recipient field the channel sends to (``email``, ``phone``,
+            ``push_token``, or an attribute column).
+        max_batch_size: most messages per :meth:`send_batch` call.
+        supports_idempotency_keys: whether the provider de-duplicates a re-sent
+            request carrying the same :attr:`Message.idempotency_key`.
+        default_rate: the provider's documented rate, used when the channel sets none.
+        token_required: whether a missing token is a configuration error.
+    """
+
+    name: ClassVar[str]
+    address_field: ClassVar[str] = "email"
+    max_batch_size: ClassVar[int] = 1
+    supports_idempotency_keys: ClassVar[bool] = False
+    default_rate: ClassVar[Rate] = Rate()
+    token_required: ClassVar[bool] = True
+
+    def __init__(self, settings: ChannelSettings) -> None:
+        """Build the notifier; validate options here so errors come before any send."""
+        self.settings = settings
+
+    def connect(self) -> ConnT:
+        """Open this worker thread's connection (a ``requests.Session``, an SMTP client...)."""
+        return None  # type: ignore[return-value]
+
+    def disconnect(self, conn: ConnT) -> None:  # noqa: B027 - optional hook
+        """Close a connection made by :meth:`connect`."""
+
+    @abc.abstractmethod
+    def send_batch(self, conn: ConnT, messages: Sequence[Message]) -> Sequence[Outcome]:
+        """Send ``messages`` and return one outcome per message, in order.
+
+        Raises:
+            TransientDeliveryError: nothing was accepted; the batch may be retried.
+            PermanentDeliveryError: nothing was accepted; retrying cannot help.
+        """
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} provider={self.name!r} channel={self.settings.channel!r}>"

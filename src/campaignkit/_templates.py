@@ -1,0 +1,105 @@
+"""Message templates: Jinja2 in a sandbox, strict about undefined fields, compiled once."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import attrs
+import jinja2
+import jinja2.meta
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import SandboxedEnvironment
+
+from ._config import Template
+from .exceptions import TemplateError
+
+__all__ = ["CompiledTemplate", "compile_template"]
+
+_TEXT_ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+_HTML_ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=True)
+# Names Jinja provides itself; never reported as missing fields.
+_BUILTINS = frozenset(_TEXT_ENV.globals)
+
+
+def _compile(
+    env: SandboxedEnvironment,
+    source: str,
+    *,
+    channel: str,
+    part: str,
+    fields: Collection[str] | None,
+) -> jinja2.Template:
+    try:
+        ast = env.parse(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(
+            f"syntax error at line {exc.lineno}: {exc.message}", channel=channel, part=part
+        ) from None
+    if fields is not None:
+        missing = sorted(jinja2.meta.find_undeclared_variables(ast) - set(fields) - _BUILTINS)
+        if missing:
+            raise TemplateError(
+                f"references field(s) the segment does not have: {', '.join(missing)} "
+                f"(available: {', '.join(sorted(fields))})",
+                channel=channel,
+                part=part,
+            )
+    return env.from_string(ast)
+
+
+@attrs.frozen
+class CompiledTemplate:
+    """A channel's template, compiled once per run; safe to share between threads."""
+
+    channel: str
+    parts: Mapping[str, jinja2.Template]
+    data: Mapping[str, jinja2.Template]
+
+    def render(self, context: Mapping[str, Any]) -> dict[str, Any]:
+        """Render every part for one recipient.
+
+        Returns:
+            ``{"body": ..., "subject": ..., "html": ..., "title": ..., "data": {...}}``
+            with only the parts the template has.
+
+        Raises:
+            TemplateError: a value is undefined for this recipient, or the sandbox
+                refused an operation.
+        """
+        out: dict[str, Any] = {}
+        try:
+            for part, template in self.parts.items():
+                out[part] = template.render(context)
+            if self.data:
+                out["data"] = {k: t.render(context) for k, t in self.data.items()}
+        except jinja2.UndefinedError as exc:
+            raise TemplateError(exc.message or "undefined value", channel=self.channel) from None
+        except SecurityError as exc:
+            raise TemplateError(f"unsafe template operation: {exc}", channel=self.channel) from None
+        return out
+
+
+def compile_template(
+    template: Template, *, channel: str, fields: Collection[str] | None = None
+) -> CompiledTemplate:
+    """Compile ``template``; with ``fields``, every referenced variable must be one of them.
+
+    Raises:
+        TemplateError: naming the channel and part, for a syntax error or a field the
+            segment does not have.
+    """
+    parts = template.parts()
+    if "body" not in parts and "html" not in parts:
+        raise TemplateError("a template needs a body (or html for email)", channel=channel, part="body")
+    compiled = {
+        part: _compile(
+            _HTML_ENV if part == "html" else _TEXT_ENV, src, channel=channel, part=part, fields=fields
+        )
+        for part, src in parts.items()
+    }
+    data = {
+        key: _compile(_TEXT_ENV, src, channel=channel, part=f"data.{key}", fields=fields)
+        for key, src in template.data.items()
+    }
+    return CompiledTemplate(channel, compiled, data)

@@ -1,0 +1,106 @@
+"""The hooks campaignkit calls; a plugin implements any of them with :data:`hookimpl`.
+
+Plugins are found through the ``campaignkit`` entry-point group::
+
+    [project.entry-points.campaignkit]
+    webhook = "campaignkit_webhook"
+
+The built-in channels and sources register through these same hooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from ._models import ChannelResult, RunReport
+    from ._notifier import Notifier
+    from ._source import SourceFactory
+
+__all__ = ["PROJECT_NAME", "hookimpl"]
+
+PROJECT_NAME = "campaignkit"
+
+_hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+
+#: Marker for hook implementations: ``@campaignkit.hookimpl``.
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+# -- registration -------------------------------------------------------------------------
+
+
+@_hookspec
+def campaignkit_register_channels(register: Callable[[type[Notifier[object]]], None]) -> None:
+    """Register channel providers.
+
+    Called once when a plugin manager's registry is first read. Call
+    ``register(NotifierClass)`` for each :class:`~campaignkit.Notifier` subclass the
+    plugin provides; its ``name`` is what a campaign sets as ``provider``. Registering
+    a name that is already taken raises :class:`~campaignkit.PluginError`.
+
+    :param register: callback taking a ``Notifier`` subclass.
+
+    .. versionadded:: 0.1
+    """
+
+
+@_hookspec
+def campaignkit_register_sources(register: Callable[[SourceFactory], None]) -> None:
+    """Register segment source types.
+
+    Called once when a plugin manager's registry is first read. Call
+    ``register(SourceClass)`` with a class that has a ``name`` (what a campaign sets
+    as ``[source] type``) and a ``from_config(options, *, base_dir)`` class method.
+
+    :param register: callback taking a source class.
+
+    .. versionadded:: 0.1
+    """
+
+
+# -- observation --------------------------------------------------------------------------
+
+
+@_hookspec
+def campaignkit_run_started(run_id: str, pipeline: str, channels: Sequence[str]) -> None:
+    """A run passed extraction and is about to start its channels.
+
+    Called in the thread that called ``Pipeline.run``, before any message is sent.
+    An exception raised here aborts the run before any send.
+
+    :param run_id: the run's identifier.
+    :param pipeline: the pipeline's name.
+    :param channels: names of the channels about to run.
+
+    .. versionadded:: 0.1
+    """
+
+
+@_hookspec
+def campaignkit_channel_finished(run_id: str, result: ChannelResult) -> None:
+    """One channel of a run finished (whatever its outcome).
+
+    Called from that channel's thread; channels finish concurrently, so an
+    implementation must be thread-safe. Exceptions are logged and ignored.
+
+    :param run_id: the run's identifier.
+    :param result: the channel's totals.
+
+    .. versionadded:: 0.1
+    """
+
+
+@_hookspec
+def campaignkit_run_finished(report: RunReport) -> None:
+    """A run finished; ``report`` is what ``Pipeline.run`` returns.
+
+    Called in the thread that called ``Pipeline.run``. Exceptions are logged and ignored.
+
+    :param report: the run report.
+
+    .. versionadded:: 0.1
+    """

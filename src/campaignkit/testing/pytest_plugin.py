@@ -1,0 +1,40 @@
+"""pytest fixtures for campaignkit users, registered through the ``pytest11`` entry point.
+
+* ``ck_sandbox``: a started :class:`~campaignkit.testing.sandbox.Sandbox` with every
+  provider's loopback server (needs the ``sandbox`` extra for SMTP).
+* ``ck_recorder``: a recording plugin (``provider = "recording"``); its ``outbox``
+  holds the messages. ``ck_plugin_manager`` is a plugin manager with it registered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pluggy
+import pytest
+
+from . import recording_plugin
+
+
+@pytest.fixture
+def ck_sandbox() -> Iterator[Any]:
+    """Every provider's sandbox server, started on 127.0.0.1 and stopped afterwards."""
+    from .sandbox import Sandbox
+
+    with Sandbox() as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
+def ck_recorder() -> Any:
+    """A fresh recording channel plugin; ``ck_recorder.outbox.messages`` after a run."""
+    return recording_plugin()
+
+
+@pytest.fixture
+def ck_plugin_manager(ck_recorder: Any) -> pluggy.PluginManager:
+    """A plugin manager with the built-ins, installed plugins and ``ck_recorder``."""
+    from .._plugins import get_plugin_manager
+
+    return get_plugin_manager(plugins=[ck_recorder])

@@ -1,0 +1,258 @@
+"""The loopback HTTP server every sandbox provider is built on, with fault injection."""
+
+from __future__ import annotations
+
+import abc
+import collections
+import json
+import random
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import attrs
+
+__all__ = ["Faults", "ProviderServer", "Reply", "Request"]
+
+
+@attrs.frozen
+class Request:
+    """An HTTP request as the sandbox received it."""
+
+    method: str
+    path: str
+    query: Mapping[str, list[str]]
+    headers: Mapping[str, str]  # lower-cased names
+    body: bytes
+
+    def json(self) -> Any:
+        """The body parsed as JSON (raises ``ValueError`` if it is not)."""
+        return json.loads(self.body.decode("utf-8"))
+
+    def form(self) -> dict[str, list[str]]:
+        """The body parsed as ``application/x-www-form-urlencoded``."""
+        return parse_qs(self.body.decode("utf-8"), keep_blank_values=True)
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+@attrs.frozen
+class Reply:
+    """An HTTP reply: ``body`` is JSON-encoded unless it is bytes."""
+
+    status: int
+    body: Any = None
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+
+    def encode(self) -> tuple[bytes, str]:
+        if self.body is None:
+            return b"", "application/json"
+        if isinstance(self.body, bytes):
+            return self.body, "text/plain"
+        return json.dumps(self.body).encode("utf-8"), "application/json"
+
+
+@attrs.define
+class Faults:
+    """Fault injection for a sandbox server; change fields at any time.
+
+    Attributes:
+        rate_limit: requests per second (sliding one-second window) above which
+            the server answers the provider's 429 with ``Retry-After``.
+        retry_after: seconds announced in ``Retry-After`` when rate limiting.
+        error_rate: probability that a request gets a 5xx instead of being processed.
+        error_status: the 5xx status used for ``error_rate`` and scripted errors.
+        latency: seconds added before every answer.
+        stall_rate: probability that the server waits ``stall_seconds`` before
+            answering (longer than the client timeout, to provoke timeouts).
+        stall_seconds: see ``stall_rate``.
+        drop_rate: probability that the connection is closed without an answer.
+        script: faults for the next requests, consumed in order: an HTTP status
+            (``429``, ``500``, ``503``...), ``"drop"`` or ``"stall"``.
+        seed: seed for the random draws, for reproducible runs.
+    """
+
+    rate_limit: float | None = None
+    retry_after: float = 1.0
+    error_rate: float = 0.0
+    error_status: int = 503
+    latency: float = 0.0
+    stall_rate: float = 0.0
+    stall_seconds: float = 5.0
+    drop_rate: float = 0.0
+    script: collections.deque[int | str] = attrs.field(factory=collections.deque)
+    seed: int | None = None
+    _rng: random.Random = attrs.field(init=False, factory=random.Random)
+
+    def __attrs_post_init__(self) -> None:
+        self._rng.seed(self.seed)
+
+    def fail_next(self, *faults: int | str) -> None:
+        """Queue faults for the next requests, e.g. ``fail_next(503, "drop")``."""
+        self.script.extend(faults)
+
+    def draw(self) -> float:
+        return self._rng.random()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # silence stderr
+        return
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        parts = urlsplit(self.path)
+        request = Request(
+            method=self.command,
+            path=parts.path,
+            query=parse_qs(parts.query),
+            headers={k.lower(): v for k, v in self.headers.items()},
+            body=body,
+        )
+        reply = self.server.provider._dispatch(request)
+        if reply is None:  # drop the connection without answering
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+        payload, content_type = reply.encode()
+        self.send_response(reply.status)
+        headers = {"Content-Type": content_type, **reply.headers}
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, provider: ProviderServer, port: int) -> None:
+        self.provider = provider
+        super().__init__(("127.0.0.1", port), _Handler)
+
+
+class ProviderServer(abc.ABC):
+    """Base of the sandbox servers: a threaded HTTP/1.1 server on 127.0.0.1.
+
+    Subclasses implement :meth:`handle` with the provider's contract. The base
+    applies :attr:`faults`, counts requests (timestamps in :attr:`request_times`)
+    and offers :attr:`lock` for the subclass's recording.
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    """
+
+    #: the token the sandbox accepts unless another is given
+    DEFAULT_TOKEN = "sandbox-token"
+
+    def __init__(self, *, token: str = DEFAULT_TOKEN, port: int = 0, faults: Faults | None = None) -> None:
+        self.token = token
+        self.faults = faults if faults is not None else Faults()
+        self.lock = threading.Lock()
+        self.request_times: list[float] = []
+        self._window: collections.deque[float] = collections.deque()
+        self._port = port
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------------
+    def start(self) -> ProviderServer:
+        self._server = _Server(self, self._port)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name=f"sandbox-{type(self).__name__}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> ProviderServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "server not started"
+        return int(self._server.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT`` (the provider's path prefix is added by subclasses)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    # -- request path -----------------------------------------------------------------
+    def _dispatch(self, request: Request) -> Reply | None:
+        faults = self.faults
+        now = time.monotonic()
+        with self.lock:
+            self.request_times.append(now)
+            scripted = faults.script.popleft() if faults.script else None
+            limited = False
+            if faults.rate_limit is not None:
+                while self._window and now - self._window[0] >= 1.0:
+                    self._window.popleft()
+                if len(self._window) >= faults.rate_limit:
+                    limited = True
+                else:
+                    self._window.append(now)
+            roll_drop, roll_stall, roll_error = faults.draw(), faults.draw(), faults.draw()
+        if faults.latency:
+            time.sleep(faults.latency)
+        if scripted == "drop" or roll_drop < faults.drop_rate:
+            return None
+        if scripted == "stall" or roll_stall < faults.stall_rate:
+            time.sleep(faults.stall_seconds)
+        if limited or scripted == 429:
+            return self.rate_limited_reply(faults.retry_after)
+        if isinstance(scripted, int):
+            return self.server_error_reply(scripted)
+        if roll_error < faults.error_rate:
+            return self.server_error_reply(faults.error_status)
+        return self.handle(request)
+
+    @abc.abstractmethod
+    def handle(self, request: Request) -> Reply:
+        """Answer one request as the provider would."""
+
+    def rate_limited_reply(self, retry_after: float) -> Reply:
+        """The provider's 429; subclasses override to use the provider's body."""
+        return Reply(429, {"errors": [{"message": "too many requests"}]},
+                     {"Retry-After": f"{retry_after:g}"})
+
+    def server_error_reply(self, status: int) -> Reply:
+        """The provider's 5xx (or other scripted status); subclasses may override."""
+        return Reply(status, {"errors": [{"message": "internal error"}]})
+
+    def requests_per_second(self) -> float:
+        """Highest number of requests seen in any one-second window so far."""
+        with self.lock:
+            times = sorted(self.request_times)
+        best, start = 0, 0
+        for end, t in enumerate(times):
+            while t - times[start] >= 1.0:
+                start += 1
+            best = max(best, end - start + 1)
+        return float(best)
