@@ -55,11 +55,12 @@ class TokenBucket:
         with self._lock:
             self._paused_until = max(self._paused_until, self._clock() + seconds)
 
-    def slow_down(self) -> None:
-        """Halve the rate (down to 1% of the configured one)."""
+    def slow_down(self, hold: float = 0.0) -> None:
+        """Halve the rate (down to 1% of the configured one); recovery starts after
+        ``hold`` seconds."""
         with self._lock:
             self.rate = max(self.rate / 2.0, self.configured_rate / 100.0)
-            self._last_change = self._clock()
+            self._last_change = self._clock() + hold
 
     def _recover(self, now: float) -> None:
         if self.rate < self.configured_rate:
@@ -117,4 +118,4 @@ class RateLimiter:
             self._paused_until = max(self._paused_until, self._clock() + retry_after)
         for bucket in (self.requests, self.messages):
             if bucket is not None:
-                bucket.slow_down()
+                bucket.slow_down(hold=retry_after)

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 import attrs
@@ -173,10 +173,10 @@ class ProviderServer(abc.ABC):
         self._thread: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------------------
-    def start(self) -> ProviderServer:
+    def start(self) -> Self:
         self._server = _Server(self, self._port)
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name=f"sandbox-{type(self).__name__}", daemon=True
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"sandbox-{type(self).__name__}", daemon=True
         )
         self._thread.start()
         return self
@@ -187,7 +187,7 @@ class ProviderServer(abc.ABC):
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> ProviderServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -1,0 +1,251 @@
+"""SMS through the Telnyx Messaging API v2 (``provider = "telnyx"``).
+
+One message per request::
+
+    POST {base_url}/v2/messages
+    Authorization: Bearer <API key>
+    Content-Type: application/json
+
+    {"from": "+15550001111", "to": "+15551234567", "text": "..."}
+
+Options (``[channels.sms.options]``):
+
+``from``
+    Sender: an E.164 number, a short code or an alphanumeric sender ID.
+``messaging_profile_id``
+    Send through a messaging profile (its number pool picks the sender).
+    At least one of ``from`` and ``messaging_profile_id`` is required.
+``webhook_url``, ``webhook_failover_url``
+    URLs Telnyx calls with delivery updates for each message.
+``base_url``
+    Default ``https://api.telnyx.com``.
+
+The API key is the channel token (``SMS_API_TOKEN``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
+from urllib.parse import urlsplit
+
+import attrs
+import requests
+
+from .._http import HttpNotifier
+from .._models import Message, Outcome, Rate
+from .._notifier import ChannelSettings
+from ..exceptions import ConfigError, PermanentDeliveryError
+from ..hookspecs import hookimpl
+
+__all__ = ["TelnyxNotifier", "TelnyxOptions"]
+
+T = TypeVar("T")
+
+_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+_SHORT_CODE = re.compile(r"[0-9]{3,8}")
+_ALPHANUMERIC = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}")
+
+#: Telnyx codes about one recipient, whatever field they point at: 40300 the
+#: recipient sent STOP, 40310 invalid ``to`` address, 40001 not routable
+#: (landline), 40012 invalid destination number.
+RECIPIENT_ERROR_CODES = frozenset({"40300", "40310", "40001", "40012"})
+
+#: Telnyx codes about one recipient or message only when their ``source.pointer``
+#: is ``/to`` or ``/text`` (the same codes about ``/from`` are configuration errors):
+#: 10001 inactive number, 10002 invalid number, 10004 missing parameter,
+#: 10016 not in +E.164 format.
+POINTER_ERROR_CODES = frozenset({"10001", "10002", "10004", "10016"})
+_MESSAGE_POINTERS = frozenset({"/to", "/text"})
+
+
+@attrs.frozen
+class TelnyxOptions:
+    """The ``options`` table of a Telnyx channel (``from`` is spelled ``from_`` here)."""
+
+    from_: str | None = None
+    messaging_profile_id: str | None = None
+    webhook_url: str | None = None
+    webhook_failover_url: str | None = None
+    base_url: str = "https://api.telnyx.com"
+
+
+def _structure_options(settings: ChannelSettings, cls: type[T]) -> T:
+    """Structure options whose ``from`` key maps to the attribute ``from_``.
+
+    Raises:
+        ConfigError: naming the key path, with ``from`` (never ``from_``) in it.
+    """
+    options = dict(settings.options)
+    prefix = f"channels.{settings.channel}.options"
+    if "from_" in options:
+        raise ConfigError("unknown key 'from_'", path=f"{prefix}.from_")
+    if "from" in options:
+        options["from_"] = options.pop("from")
+    try:
+        return attrs.evolve(settings, options=options).structure(cls)
+    except ConfigError as exc:
+        if exc.path is not None and exc.path.startswith(f"{prefix}.from_"):
+            raise ConfigError(exc.detail, path=f"{prefix}.from") from None
+        raise
+
+
+def _first_error(response: requests.Response) -> Mapping[str, Any]:
+    """The first entry of a Telnyx ``{"errors": [...]}`` body, or ``{}``."""
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    errors = body.get("errors") if isinstance(body, Mapping) else None
+    if isinstance(errors, list) and errors and isinstance(errors[0], Mapping):
+        return errors[0]
+    return {}
+
+
+def _pointer(error: Mapping[str, Any]) -> str | None:
+    source = error.get("source")
+    pointer = source.get("pointer") if isinstance(source, Mapping) else None
+    return str(pointer) if pointer is not None else None
+
+
+class TelnyxNotifier(HttpNotifier):
+    """Sends each message as one Telnyx ``POST /v2/messages`` request.
+
+    Outcomes:
+        * 200 with ``data.id``: sent, the id is the provider message id;
+        * a recipient-level Telnyx code (10016 ``to`` not in +E.164 format, 40310
+          invalid ``to`` address, 40300 recipient opted out, ...): a permanent
+          failed outcome carrying the Telnyx code;
+        * 401 (10009) and other 4xx: :class:`~campaignkit.PermanentDeliveryError`;
+        * 429 (10011, ``x-ratelimit-reset`` gives the wait), 5xx, timeouts and
+          dropped connections: :class:`~campaignkit.TransientDeliveryError`.
+
+    Carrier failures (40xxx delivery errors) arrive later by webhook and are not
+    seen here.
+
+    Idempotency:
+        Telnyx documents an ``Idempotency-Key`` header only for the endpoints that
+        declare it, and ``/v2/messages`` is not confirmed to be one of them, so
+        none is sent and a retry after a timeout or 5xx may deliver twice.
+
+    Rate:
+        The account limit of 50 messages per second (one request each). Toll-free
+        (20/s), non-US long code (0.1/s) and 10DLC senders are slower; set the
+        channel's rate for them.
+    """
+
+    name: ClassVar[str] = "telnyx"
+    address_field: ClassVar[str] = "phone"
+    max_batch_size: ClassVar[int] = 1
+    supports_idempotency_keys: ClassVar[bool] = False
+    default_rate: ClassVar[Rate] = Rate(messages_per_second=50.0, requests_per_second=50.0)
+    default_base_url: ClassVar[str] = "https://api.telnyx.com"
+
+    def __init__(self, settings: ChannelSettings) -> None:
+        """Validate the options.
+
+        Raises:
+            ConfigError: naming the key path: neither ``from`` nor
+                ``messaging_profile_id``, a malformed value, or a clear-text
+                ``http://`` base URL to a remote host.
+        """
+        options = _structure_options(settings, TelnyxOptions)
+        super().__init__(settings)
+        prefix = f"channels.{settings.channel}.options"
+        if options.from_ is None and options.messaging_profile_id is None:
+            raise ConfigError(
+                "missing required key: set 'from' (a sender number) or 'messaging_profile_id'",
+                path=f"{prefix}.from",
+            )
+        sender = options.from_
+        if sender is not None and not any(
+            p.fullmatch(sender) for p in (_E164, _SHORT_CODE, _ALPHANUMERIC)
+        ):
+            raise ConfigError(
+                f"expected an E.164 number (+15551234567), a short code or an alphanumeric "
+                f"sender ID, got {sender!r}",
+                path=f"{prefix}.from",
+            )
+        if options.messaging_profile_id is not None and not options.messaging_profile_id.strip():
+            raise ConfigError(
+                "expected a messaging profile id", path=f"{prefix}.messaging_profile_id"
+            )
+        for key in ("webhook_url", "webhook_failover_url"):
+            url: str | None = getattr(options, key)
+            if url is not None:
+                parts = urlsplit(url)
+                if parts.scheme not in ("http", "https") or not parts.hostname:
+                    raise ConfigError(
+                        f"expected an http(s) URL, got {url!r}", path=f"{prefix}.{key}"
+                    )
+        self.options = options
+
+    def error_code(self, response: requests.Response) -> str | None:
+        """Telnyx's ``errors[0].code``, else the HTTP status."""
+        code = _first_error(response).get("code")
+        return str(code) if code is not None else str(response.status_code)
+
+    def error_message(self, response: requests.Response) -> str:
+        """``HTTP 422, Telnyx 10016: <title>: <detail> (/to)``."""
+        error = _first_error(response)
+        code = error.get("code")
+        where = f"HTTP {response.status_code}" + (f", Telnyx {code}" if code is not None else "")
+        text = ": ".join(str(error[k]).strip() for k in ("title", "detail") if error.get(k))
+        pointer = _pointer(error)
+        if pointer:
+            text += f" ({pointer})"
+        return f"{where}: {text[:300]}" if text else where
+
+    def send_batch(self, conn: requests.Session, messages: Sequence[Message]) -> Sequence[Outcome]:
+        """Send one message (the batch size is 1); see the class docstring for outcomes."""
+        return [self._send_one(conn, message) for message in messages]
+
+    def _send_one(self, conn: requests.Session, message: Message) -> Outcome:
+        token = self.settings.token
+        if token is None or not token:
+            raise PermanentDeliveryError("no API key configured", code="no_token")
+        payload: dict[str, str] = {"to": message.address, "text": message.body}
+        if self.options.from_ is not None:
+            payload["from"] = self.options.from_
+        if self.options.messaging_profile_id is not None:
+            payload["messaging_profile_id"] = self.options.messaging_profile_id
+        if self.options.webhook_url is not None:
+            payload["webhook_url"] = self.options.webhook_url
+        if self.options.webhook_failover_url is not None:
+            payload["webhook_failover_url"] = self.options.webhook_failover_url
+        seen: list[requests.Response] = []  # the response, to read an error's pointer
+
+        def keep(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+            seen.append(response)
+
+        try:
+            response = self.post(
+                conn,
+                "/v2/messages",
+                json=payload,
+                headers={"Authorization": f"Bearer {token.reveal()}", "Accept": "application/json"},
+                hooks={"response": [keep]},
+            )
+        except PermanentDeliveryError as exc:
+            error = _first_error(seen[-1]) if seen else {}
+            if exc.code in RECIPIENT_ERROR_CODES or (
+                exc.code in POINTER_ERROR_CODES and _pointer(error) in _MESSAGE_POINTERS
+            ):
+                return Outcome.failed(str(exc), code=exc.code)
+            raise
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        data = body.get("data") if isinstance(body, Mapping) else None
+        message_id = data.get("id") if isinstance(data, Mapping) else None
+        # A 2xx means Telnyx accepted the message: never report it failed (a retry
+        # would send it twice), even if the body is not what we expect.
+        return Outcome.sent(str(message_id) if message_id else None)
+
+
+@hookimpl
+def campaignkit_register_channels(register: Callable[[type[Any]], None]) -> None:
+    """Register :class:`TelnyxNotifier`."""
+    register(TelnyxNotifier)

@@ -1,0 +1,268 @@
+"""SMS through the Twilio Programmable Messaging REST API (``provider = "twilio"``).
+
+One message per request::
+
+    POST {base_url}/2010-04-01/Accounts/{AccountSid}/Messages.json
+    Authorization: Basic base64(AccountSid:AuthToken)
+    Content-Type: application/x-www-form-urlencoded
+
+    To=+15551234567&From=+15005550006&Body=...
+
+Options (``[channels.sms.options]``):
+
+``from``
+    Sender: an E.164 number, a short code or an alphanumeric sender ID.
+``messaging_service_sid``
+    ``MG...``: send through a Messaging Service (Twilio picks the sender).
+    At least one of ``from`` and ``messaging_service_sid`` is required.
+``account_sid``
+    ``AC...``; when absent it is read from the environment variable named by
+    ``account_sid_env`` (default ``TWILIO_ACCOUNT_SID``).
+``status_callback``
+    URL Twilio calls with delivery status updates.
+``validity_period``
+    Seconds (1-36000) a message may wait in Twilio's queue.
+``base_url``
+    Default ``https://api.twilio.com``.
+
+The auth token is the channel token (``SMS_API_TOKEN``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
+from urllib.parse import urlsplit
+
+import attrs
+import requests
+
+from .._http import HttpNotifier
+from .._models import Message, Outcome, Rate
+from .._notifier import ChannelSettings
+from ..exceptions import ConfigError, PermanentDeliveryError, TransientDeliveryError
+from ..hookspecs import hookimpl
+
+__all__ = ["TwilioNotifier", "TwilioOptions"]
+
+T = TypeVar("T")
+
+_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+_SHORT_CODE = re.compile(r"[0-9]{3,8}")
+_ALPHANUMERIC = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}")
+_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
+_SERVICE_SID = re.compile(r"MG[0-9a-fA-F]{32}")
+
+#: Twilio codes that concern one recipient or one message: that message fails for
+#: good, the rest of the campaign goes on. 21211 invalid To, 21408 region not
+#: enabled, 21610 unsubscribed (STOP), 21612 To not reachable from this sender,
+#: 21614 To not a mobile number, 21635 To is a landline, 21602 empty body,
+#: 21604 empty To, 21617 body over 1,600 characters.
+RECIPIENT_ERROR_CODES = frozenset(
+    {"21211", "21408", "21610", "21612", "21614", "21635", "21602", "21604", "21617"}
+)
+
+#: Twilio codes sent with a 4xx that are worth retrying: 21611, the sender's queue
+#: is full (nothing was queued).
+TRANSIENT_ERROR_CODES = frozenset({"21611"})
+
+
+@attrs.frozen
+class TwilioOptions:
+    """The ``options`` table of a Twilio channel (``from`` is spelled ``from_`` here)."""
+
+    from_: str | None = None
+    messaging_service_sid: str | None = None
+    account_sid: str | None = None
+    account_sid_env: str = "TWILIO_ACCOUNT_SID"
+    status_callback: str | None = None
+    validity_period: int | None = None
+    base_url: str = "https://api.twilio.com"
+
+
+def _structure_options(settings: ChannelSettings, cls: type[T]) -> T:
+    """Structure options whose ``from`` key maps to the attribute ``from_``.
+
+    Raises:
+        ConfigError: naming the key path, with ``from`` (never ``from_``) in it.
+    """
+    options = dict(settings.options)
+    prefix = f"channels.{settings.channel}.options"
+    if "from_" in options:
+        raise ConfigError("unknown key 'from_'", path=f"{prefix}.from_")
+    if "from" in options:
+        options["from_"] = options.pop("from")
+    try:
+        return attrs.evolve(settings, options=options).structure(cls)
+    except ConfigError as exc:
+        if exc.path is not None and exc.path.startswith(f"{prefix}.from_"):
+            raise ConfigError(exc.detail, path=f"{prefix}.from") from None
+        raise
+
+
+def _is_sender(value: str) -> bool:
+    """Whether ``value`` is an E.164 number, a short code or an alphanumeric sender ID."""
+    return any(p.fullmatch(value) for p in (_E164, _SHORT_CODE, _ALPHANUMERIC))
+
+
+def _error_body(response: requests.Response) -> Mapping[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, Mapping) else {}
+
+
+class TwilioNotifier(HttpNotifier):
+    """Sends each message as one Twilio ``Messages.json`` create request.
+
+    Outcomes:
+        * 201 with ``sid`` (``SM...``): sent, the sid is the provider message id;
+        * a recipient-level Twilio code (:data:`RECIPIENT_ERROR_CODES`, e.g. 21211
+          invalid number, 21610 unsubscribed, 21614 not a mobile number): a
+          permanent failed outcome carrying the Twilio code;
+        * 401 (20003) and other 4xx: :class:`~campaignkit.PermanentDeliveryError`;
+        * 429 (20429), 5xx (20500), 21611, timeouts and dropped connections:
+          :class:`~campaignkit.TransientDeliveryError`.
+
+    Twilio has no idempotency keys, and warns that re-sending after a 5xx may
+    deliver a message twice.
+
+    Rate:
+        Twilio does not publish its REST request limit; messages then wait in a
+        queue per sender (a US long code drains 1 segment/s, a short code 100/s,
+        for up to 10 hours). The default of 10 requests (= messages) per second
+        stays well within what an account accepts; raise it for short codes or
+        Messaging Services with many senders.
+    """
+
+    name: ClassVar[str] = "twilio"
+    address_field: ClassVar[str] = "phone"
+    max_batch_size: ClassVar[int] = 1
+    supports_idempotency_keys: ClassVar[bool] = False
+    default_rate: ClassVar[Rate] = Rate(messages_per_second=10.0, requests_per_second=10.0)
+    default_base_url: ClassVar[str] = "https://api.twilio.com"
+
+    def __init__(self, settings: ChannelSettings) -> None:
+        """Validate the options and resolve the account SID.
+
+        Raises:
+            ConfigError: naming the key path: neither ``from`` nor
+                ``messaging_service_sid``, a malformed value, no account SID, or a
+                clear-text ``http://`` base URL to a remote host.
+        """
+        options: TwilioOptions = _structure_options(settings, TwilioOptions)
+        super().__init__(settings)
+        prefix = f"channels.{settings.channel}.options"
+        if options.from_ is None and options.messaging_service_sid is None:
+            raise ConfigError(
+                "missing required key: set 'from' (a sender number) or 'messaging_service_sid'",
+                path=f"{prefix}.from",
+            )
+        if options.from_ is not None and not _is_sender(options.from_):
+            raise ConfigError(
+                f"expected an E.164 number (+15551234567), a short code or an alphanumeric "
+                f"sender ID, got {options.from_!r}",
+                path=f"{prefix}.from",
+            )
+        sid = options.messaging_service_sid
+        if sid is not None and not _SERVICE_SID.fullmatch(sid):
+            raise ConfigError(
+                f"expected MG followed by 32 hex digits, got {sid!r}",
+                path=f"{prefix}.messaging_service_sid",
+            )
+        if options.validity_period is not None and not 1 <= options.validity_period <= 36_000:
+            raise ConfigError(
+                f"expected 1 to 36000 seconds, got {options.validity_period}",
+                path=f"{prefix}.validity_period",
+            )
+        if options.status_callback is not None:
+            parts = urlsplit(options.status_callback)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(
+                    f"expected an http(s) URL, got {options.status_callback!r}",
+                    path=f"{prefix}.status_callback",
+                )
+        account_sid = options.account_sid
+        if account_sid is not None:
+            if not _ACCOUNT_SID.fullmatch(account_sid):
+                raise ConfigError(
+                    f"expected AC followed by 32 hex digits, got {account_sid!r}",
+                    path=f"{prefix}.account_sid",
+                )
+        else:
+            account_sid = os.environ.get(options.account_sid_env, "").strip() or None
+            if account_sid is None:
+                raise ConfigError(
+                    f"missing required key: set 'account_sid' or the environment variable "
+                    f"{options.account_sid_env}",
+                    path=f"{prefix}.account_sid",
+                )
+            if not _ACCOUNT_SID.fullmatch(account_sid):
+                raise ConfigError(
+                    f"environment variable {options.account_sid_env} does not hold an "
+                    f"account SID (AC followed by 32 hex digits)",
+                    path=f"{prefix}.account_sid_env",
+                )
+        self.options = options
+        self.account_sid = account_sid
+        self.path = f"/2010-04-01/Accounts/{account_sid}/Messages.json"
+
+    def error_code(self, response: requests.Response) -> str | None:
+        """Twilio's numeric ``code`` from the error body, else the HTTP status."""
+        code = _error_body(response).get("code")
+        return str(code) if code is not None else str(response.status_code)
+
+    def error_message(self, response: requests.Response) -> str:
+        """``HTTP 400, Twilio 21211: <Twilio's message>``."""
+        body = _error_body(response)
+        message = str(body.get("message") or "").strip()[:300]
+        code = body.get("code")
+        where = f"HTTP {response.status_code}" + (f", Twilio {code}" if code is not None else "")
+        return f"{where}: {message}" if message else where
+
+    def send_batch(self, conn: requests.Session, messages: Sequence[Message]) -> Sequence[Outcome]:
+        """Send one message (the batch size is 1); see the class docstring for outcomes."""
+        return [self._send_one(conn, message) for message in messages]
+
+    def _send_one(self, conn: requests.Session, message: Message) -> Outcome:
+        token = self.settings.token
+        if token is None or not token:
+            raise PermanentDeliveryError("no auth token configured", code="no_token")
+        form: dict[str, str] = {"To": message.address, "Body": message.body}
+        if self.options.messaging_service_sid is not None:
+            form["MessagingServiceSid"] = self.options.messaging_service_sid
+        if self.options.from_ is not None:
+            form["From"] = self.options.from_
+        if self.options.status_callback is not None:
+            form["StatusCallback"] = self.options.status_callback
+        if self.options.validity_period is not None:
+            form["ValidityPeriod"] = str(self.options.validity_period)
+        try:
+            response = self.post(
+                conn,
+                self.path,
+                data=form,
+                auth=(self.account_sid, token.reveal()),
+                headers={"Accept": "application/json"},
+            )
+        except PermanentDeliveryError as exc:
+            if exc.code in RECIPIENT_ERROR_CODES:
+                return Outcome.failed(str(exc), code=exc.code)
+            if exc.code in TRANSIENT_ERROR_CODES:
+                raise TransientDeliveryError(
+                    str(exc), code=exc.code, status_code=exc.status_code
+                ) from None
+            raise
+        sid = _error_body(response).get("sid")
+        # A 2xx means Twilio queued the message: never report it failed (a retry
+        # would send it twice), even if the body is not what we expect.
+        return Outcome.sent(str(sid) if sid else None)
+
+
+@hookimpl
+def campaignkit_register_channels(register: Callable[[type[Any]], None]) -> None:
+    """Register :class:`TwilioNotifier`."""
+    register(TwilioNotifier)

@@ -1,0 +1,288 @@
+"""A loopback fake of the Telnyx Messaging API v2: :class:`TelnyxServer`."""
+
+from __future__ import annotations
+
+import hmac
+import math
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar, Self
+
+from ._server import Faults, ProviderServer, Reply, Request
+from .twilio import E164, reserved_invalid, sms_segments
+
+__all__ = ["TelnyxServer"]
+
+_TITLES = {
+    "10004": ("Missing required parameter", "A required parameter was missing."),
+    "10005": ("Resource not found", "The requested resource or URL could not be found."),
+    "10007": ("Unexpected error", "An unexpected error occured."),
+    "10008": ("Request timeout", "The request timed out."),
+    "10009": (
+        "Authentication failed",
+        "The required authentication headers were either invalid or not included in the request.",
+    ),
+    "10011": ("Too many requests", "You have exceeded the maximum number of allowed requests."),
+    "10014": (
+        "Unsupported Media Type",
+        "The request failed because the server does not support the media type.",
+    ),
+    "10015": ("Bad Request", "The request failed because it was not well-formed."),
+    "10016": (
+        "Phone number must be in +E.164 format",
+        "The specified phone number parameter must be in +E.164 format.",
+    ),
+    "10017": (
+        "Associated resource does not exist",
+        "The requested parameter is invalid as the associated resource does not exist.",
+    ),
+    "40300": ("Blocked due to STOP message", "The recipient has opted out of messages."),
+    "40305": ("Invalid 'from' address", "The 'from' address is not a number of this account."),
+    "40310": ("Invalid 'to' address", "The 'to' address should be a single valid number."),
+}
+
+
+class TelnyxServer(ProviderServer):
+    """Telnyx's ``POST /v2/messages`` on 127.0.0.1.
+
+    It checks what Telnyx checks and answers with Telnyx's bodies
+    ``{"errors": [{code, title, detail, source, meta}]}`` (codes are strings):
+
+    * ``Authorization: Bearer <token>`` equal to :attr:`token`, else 401 / 10009;
+    * a JSON object body (another content type: 415 / 10014; bad JSON: 400 / 10015);
+    * ``to`` (10004, pointer ``/to``), ``from`` or ``messaging_profile_id`` (10004,
+      ``/from``) and ``text`` or ``media_urls`` (10004, ``/text``) present; ``from``
+      in +E.164 (422 / 10016, ``/from``) and one of :attr:`from_numbers` (400 /
+      40305, any number when the set is empty); ``messaging_profile_id`` equal to
+      :attr:`messaging_profile_id` (422 / 10017);
+    * ``to`` in +E.164 (422 / 10016, ``/to``); not invalid (400 / 40310): neither
+      in :attr:`invalid` nor matched by :attr:`is_invalid` (by default the reserved
+      range ``+1555010XXXX``); not in :attr:`unsubscribed` (400 / 40300).
+
+    Numbers in :attr:`landlines` are accepted, as by the real API, which reports
+    the carrier's refusal (40001) later by webhook: their record has
+    ``delivery_status`` ``delivery_failed`` and ``delivery_error`` ``40001``.
+
+    Accepted messages get 200 with Telnyx's message resource (a UUID ``id``,
+    ``to[0].status`` ``queued``) and are appended to :attr:`messages` as dicts with
+    ``id``, ``to``, ``from``, ``body``, ``messaging_profile_id``, ``webhook_url``,
+    ``parts``, ``encoding``, ``content_type`` and ``delivery_status``. Refused
+    requests that reached validation are appended to :attr:`rejected` (``to``,
+    ``code``, ``status``).
+
+    Rate limiting answers 429 / 10011 with ``x-ratelimit-limit``,
+    ``x-ratelimit-remaining`` and ``x-ratelimit-reset`` (seconds); server errors
+    answer 10007 bodies.
+    """
+
+    provider: ClassVar[str] = "telnyx"
+    #: The default sender number (a fictional 555-01XX number).
+    DEFAULT_FROM: ClassVar[str] = "+15055550100"
+
+    def __init__(
+        self,
+        *,
+        token: str = ProviderServer.DEFAULT_TOKEN,
+        port: int = 0,
+        faults: Faults | None = None,
+        from_numbers: Iterable[str] = (DEFAULT_FROM,),
+        invalid: Iterable[str] = (),
+        unsubscribed: Iterable[str] = (),
+        landlines: Iterable[str] = (),
+        is_invalid: Callable[[str], bool] = reserved_invalid,
+    ) -> None:
+        super().__init__(token=token, port=port, faults=faults)
+        self.messaging_profile_id = str(uuid.uuid4())
+        self.organization_id = str(uuid.uuid4())
+        self.from_numbers: set[str] = set(from_numbers)
+        self.invalid: set[str] = set(invalid)
+        self.unsubscribed: set[str] = set(unsubscribed)
+        self.landlines: set[str] = set(landlines)
+        self.is_invalid = is_invalid
+        self.messages: list[dict[str, Any]] = []
+        self.rejected: list[dict[str, Any]] = []
+
+    # -- uniform sandbox interface -----------------------------------------------------
+    def start(self) -> Self:
+        super().start()
+        return self
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    @property
+    def from_number(self) -> str:
+        """The sender :meth:`channel_options` uses."""
+        return min(self.from_numbers) if self.from_numbers else self.DEFAULT_FROM
+
+    def channel_options(self) -> dict[str, Any]:
+        """The Telnyx channel ``options`` that send to this server.
+
+        Keys: ``base_url``, ``from``.
+        """
+        return {"base_url": self.base_url, "from": self.from_number}
+
+    def reset(self) -> None:
+        """Forget recorded messages, rejections and request times; clear scripted faults."""
+        with self.lock:
+            self.messages.clear()
+            self.rejected.clear()
+            self.request_times.clear()
+            self.faults.script.clear()
+
+    # -- Telnyx's contract -------------------------------------------------------------
+    @staticmethod
+    def error(
+        status: int,
+        code: str,
+        *,
+        pointer: str | None = None,
+        detail: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        """A Telnyx error reply ``{"errors": [{code, title, detail, source, meta}]}``."""
+        title, default_detail = _TITLES.get(code, ("Error", "The request failed."))
+        error: dict[str, Any] = {"code": code, "title": title, "detail": detail or default_detail}
+        if pointer is not None:
+            error["source"] = {"pointer": pointer}
+        error["meta"] = {"url": f"https://developers.telnyx.com/docs/overview/errors/{code}"}
+        return Reply(status, {"errors": [error]}, headers or {})
+
+    def handle(self, request: Request) -> Reply:
+        if request.path.rstrip("/") != "/v2/messages" or request.method != "POST":
+            return self.error(404, "10005")
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            value.strip().encode(), self.token.encode()
+        ):
+            return self.error(401, "10009")
+        if request.content_type != "application/json":
+            return self.error(415, "10014")
+        try:
+            payload = request.json()
+        except ValueError:
+            return self.error(400, "10015", detail="The request body is not valid JSON.")
+        if not isinstance(payload, dict):
+            return self.error(400, "10015", detail="The request body must be a JSON object.")
+        to = payload.get("to")
+        sender = payload.get("from")
+        profile = payload.get("messaging_profile_id")
+        text = payload.get("text")
+        reply = self._validate(to, sender, profile, text, payload.get("media_urls"))
+        if reply is not None:
+            with self.lock:
+                self.rejected.append(
+                    {"to": to, "code": reply.body["errors"][0]["code"], "status": reply.status}
+                )
+            return reply
+        assert isinstance(to, str)
+        text = text if isinstance(text, str) else ""
+        parts, encoding = sms_segments(text)
+        message_id = str(uuid.uuid4())
+        now = datetime.now(UTC)
+        landline = to in self.landlines
+        record = {
+            "id": message_id,
+            "to": to,
+            "from": sender,
+            "body": text,
+            "messaging_profile_id": profile,
+            "webhook_url": payload.get("webhook_url"),
+            "parts": parts,
+            "encoding": encoding,
+            "content_type": request.content_type,
+            "delivery_status": "delivery_failed" if landline else "queued",
+            "delivery_error": "40001" if landline else None,
+        }
+        with self.lock:
+            self.messages.append(record)
+        return Reply(
+            200,
+            {
+                "data": {
+                    "record_type": "message",
+                    "direction": "outbound",
+                    "id": message_id,
+                    "type": "SMS",
+                    "messaging_profile_id": profile or self.messaging_profile_id,
+                    "organization_id": self.organization_id,
+                    "from": {
+                        "phone_number": sender,
+                        "carrier": "Telnyx",
+                        "line_type": "Wireless",
+                    },
+                    "to": [
+                        {
+                            "phone_number": to,
+                            "status": "queued",
+                            "carrier": "SANDBOX WIRELESS",
+                            "line_type": "Wireline" if landline else "Wireless",
+                        }
+                    ],
+                    "text": text,
+                    "subject": None,
+                    "media": [],
+                    "webhook_url": payload.get("webhook_url"),
+                    "webhook_failover_url": payload.get("webhook_failover_url"),
+                    "encoding": encoding,
+                    "parts": parts,
+                    "tags": [],
+                    "cost": None,
+                    "received_at": now.isoformat(),
+                    "sent_at": None,
+                    "completed_at": None,
+                    "valid_until": (now + timedelta(hours=4)).isoformat(),
+                    "errors": [],
+                }
+            },
+        )
+
+    def _validate(self, to: Any, sender: Any, profile: Any, text: Any, media: Any) -> Reply | None:
+        if not isinstance(to, str) or not to:
+            return self.error(422, "10004", pointer="/to", detail="The 'to' parameter is required.")
+        if not sender and not profile:
+            return self.error(
+                422,
+                "10004",
+                pointer="/from",
+                detail="Either 'from' or 'messaging_profile_id' is required.",
+            )
+        if (not isinstance(text, str) or not text) and not media:
+            return self.error(
+                422, "10004", pointer="/text", detail="The 'text' parameter is required."
+            )
+        if profile and profile != self.messaging_profile_id:
+            return self.error(422, "10017", pointer="/messaging_profile_id")
+        if sender:
+            if not isinstance(sender, str) or not E164.fullmatch(sender):
+                return self.error(422, "10016", pointer="/from")
+            if self.from_numbers and sender not in self.from_numbers:
+                return self.error(400, "40305", pointer="/from")
+        if not E164.fullmatch(to):
+            return self.error(422, "10016", pointer="/to")
+        if to in self.invalid or self.is_invalid(to):
+            return self.error(400, "40310", pointer="/to")
+        if to in self.unsubscribed:
+            return self.error(400, "40300", pointer="/to")
+        return None
+
+    # -- faults in Telnyx's words ------------------------------------------------------
+    def rate_limited_reply(self, retry_after: float) -> Reply:
+        limit = self.faults.rate_limit
+        return self.error(
+            429,
+            "10011",
+            headers={
+                "x-ratelimit-limit": str(math.floor(limit) if limit is not None else 50),
+                "x-ratelimit-remaining": "0",
+                "x-ratelimit-reset": f"{retry_after:g}",
+            },
+        )
+
+    def server_error_reply(self, status: int) -> Reply:
+        if status == 408:
+            return self.error(408, "10008")
+        if status >= 500:
+            return self.error(status, "10007")
+        return self.error(status, "10015")

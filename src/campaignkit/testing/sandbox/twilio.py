@@ -1,0 +1,289 @@
+"""A loopback fake of Twilio's Messages API: :class:`TwilioServer`."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.utils
+import hmac
+import math
+import re
+import secrets
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar, Self
+
+from ._server import Faults, ProviderServer, Reply, Request
+
+__all__ = ["TwilioServer"]
+
+E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+
+_MESSAGES_PATH = re.compile(r"/2010-04-01/Accounts/([^/]+)/Messages\.json")
+
+# GSM 03.38: characters of the basic set cost one septet, the extension set two.
+_GSM7_BASIC = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+_GSM7_EXTENSION = frozenset("^{}\\[~]|€\f")
+
+
+def sms_segments(text: str) -> tuple[int, str]:
+    """Return ``(segments, encoding)`` for an SMS body.
+
+    GSM-7 fits 160 septets in one segment and 153 per part once concatenated;
+    one character outside GSM-7 makes the whole message UCS-2 (70 / 67 UTF-16
+    units).
+    """
+    if all(c in _GSM7_BASIC or c in _GSM7_EXTENSION for c in text):
+        units = len(text) + sum(c in _GSM7_EXTENSION for c in text)
+        single, part, encoding = 160, 153, "GSM-7"
+    else:
+        units = len(text.encode("utf-16-le")) // 2
+        single, part, encoding = 70, 67, "UCS-2"
+    return (1 if units <= single else math.ceil(units / part)), encoding
+
+
+def reserved_invalid(number: str) -> bool:
+    """The sandboxes' reserved range of invalid numbers: ``+1555010XXXX``.
+
+    A NANP exchange cannot start with 0, so no real number is in this range.
+    """
+    return len(number) == 12 and number.startswith("+1555010") and number[8:].isdigit()
+
+
+class TwilioServer(ProviderServer):
+    """Twilio's ``POST /2010-04-01/Accounts/{AccountSid}/Messages.json`` on 127.0.0.1.
+
+    It checks what Twilio checks, in Twilio's order, and answers with Twilio's
+    bodies ``{code, message, more_info, status}``:
+
+    * HTTP Basic auth with :attr:`account_sid` and :attr:`token` (and the same SID
+      in the path), else 401 / 20003;
+    * a form-urlencoded body (Twilio reads no JSON: another content type leaves
+      every parameter missing);
+    * ``To`` (21604), ``From`` or ``MessagingServiceSid`` (21603), ``Body`` (21602)
+      present; ``From`` one of :attr:`from_numbers` (21606, any number when the set
+      is empty); ``MessagingServiceSid`` equal to :attr:`messaging_service_sid`
+      (21701); ``Body`` at most 1,600 characters (21617);
+    * ``To`` in E.164 and not invalid (21211): neither in :attr:`invalid` nor
+      matched by :attr:`is_invalid` (by default the reserved range
+      ``+1555010XXXX``); not in :attr:`unsubscribed` (21610, the recipient sent
+      STOP); not in :attr:`landlines` (21614, not a mobile number).
+
+    The three sets start with Twilio's magic test numbers (``+15005550001``
+    invalid, ``+15005550004`` unsubscribed, ``+15005550009`` not mobile).
+
+    Accepted messages get 201 with Twilio's message resource (sid ``SM`` + 32 hex
+    digits, status ``queued``, or ``accepted`` through a Messaging Service) and
+    are appended to :attr:`messages` as dicts with ``id``/``sid``, ``to``,
+    ``from``, ``body``, ``messaging_service_sid``, ``status_callback``,
+    ``validity_period``, ``num_segments``, ``content_type`` and ``account_sid``.
+    Refused requests that reached validation are appended to :attr:`rejected`
+    (``to``, ``code``, ``status``).
+
+    Rate limiting answers 429 / 20429 with ``Retry-After``; server errors answer
+    Twilio's 5xx body (20500, or 20503 for 503).
+    """
+
+    provider: ClassVar[str] = "twilio"
+    #: Twilio's magic sender number for test credentials; the default :attr:`from_numbers`.
+    DEFAULT_FROM: ClassVar[str] = "+15005550006"
+    MAX_BODY: ClassVar[int] = 1600
+
+    def __init__(
+        self,
+        *,
+        token: str = ProviderServer.DEFAULT_TOKEN,
+        port: int = 0,
+        faults: Faults | None = None,
+        account_sid: str | None = None,
+        from_numbers: Iterable[str] = (DEFAULT_FROM,),
+        invalid: Iterable[str] = ("+15005550001",),
+        unsubscribed: Iterable[str] = ("+15005550004",),
+        landlines: Iterable[str] = ("+15005550009",),
+        is_invalid: Callable[[str], bool] = reserved_invalid,
+    ) -> None:
+        super().__init__(token=token, port=port, faults=faults)
+        self.account_sid = account_sid or "AC" + secrets.token_hex(16)
+        self.messaging_service_sid = "MG" + secrets.token_hex(16)
+        self.from_numbers: set[str] = set(from_numbers)
+        self.invalid: set[str] = set(invalid)
+        self.unsubscribed: set[str] = set(unsubscribed)
+        self.landlines: set[str] = set(landlines)
+        self.is_invalid = is_invalid
+        self.messages: list[dict[str, Any]] = []
+        self.rejected: list[dict[str, Any]] = []
+
+    # -- uniform sandbox interface -----------------------------------------------------
+    def start(self) -> Self:
+        super().start()
+        return self
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    @property
+    def from_number(self) -> str:
+        """The sender :meth:`channel_options` uses."""
+        return min(self.from_numbers) if self.from_numbers else self.DEFAULT_FROM
+
+    def channel_options(self) -> dict[str, Any]:
+        """The Twilio channel ``options`` that send to this server.
+
+        Keys: ``base_url``, ``account_sid``, ``from``.
+        """
+        return {
+            "base_url": self.base_url,
+            "account_sid": self.account_sid,
+            "from": self.from_number,
+        }
+
+    def reset(self) -> None:
+        """Forget recorded messages, rejections and request times; clear scripted faults."""
+        with self.lock:
+            self.messages.clear()
+            self.rejected.clear()
+            self.request_times.clear()
+            self.faults.script.clear()
+
+    # -- Twilio's contract -------------------------------------------------------------
+    @staticmethod
+    def error(status: int, code: int, message: str, **extra: Any) -> Reply:
+        """A Twilio error reply ``{code, message, more_info, status}``."""
+        body = {
+            "code": code,
+            "message": message,
+            "more_info": f"https://www.twilio.com/docs/errors/{code}",
+            "status": status,
+            **extra,
+        }
+        return Reply(status, body)
+
+    def _authorized(self, request: Request, path_sid: str) -> bool:
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        username, _, password = decoded.partition(":")
+        return (
+            hmac.compare_digest(username.encode(), self.account_sid.encode())
+            and hmac.compare_digest(password.encode(), self.token.encode())
+            and path_sid == self.account_sid
+        )
+
+    def handle(self, request: Request) -> Reply:
+        match = _MESSAGES_PATH.fullmatch(request.path)
+        if match is None:
+            return self.error(404, 20404, f"The requested resource {request.path} was not found")
+        if not self._authorized(request, match.group(1)):
+            denied = self.error(
+                401, 20003, "Authenticate", detail="Your AccountSid or AuthToken was incorrect."
+            )
+            return Reply(401, denied.body, {"WWW-Authenticate": 'Basic realm="Twilio API"'})
+        if request.method != "POST":
+            return self.error(405, 20004, "Method not allowed")
+        form = request.form() if request.content_type == "application/x-www-form-urlencoded" else {}
+        params = {key: values[0] for key, values in form.items() if values}
+        to = params.get("To", "")
+        sender = params.get("From") or None
+        service = params.get("MessagingServiceSid") or None
+        body = params.get("Body", "")
+        refused = self._validate(to, sender, service, body)
+        if refused is not None:
+            with self.lock:
+                self.rejected.append(
+                    {"to": to, "code": str(refused.body["code"]), "status": refused.status}
+                )
+            return refused
+        sid = "SM" + secrets.token_hex(16)
+        segments, _ = sms_segments(body)
+        now = email.utils.formatdate(usegmt=True)
+        status = "accepted" if service else "queued"
+        record = {
+            "id": sid,
+            "sid": sid,
+            "to": to,
+            "from": sender,
+            "body": body,
+            "messaging_service_sid": service,
+            "status_callback": params.get("StatusCallback"),
+            "validity_period": params.get("ValidityPeriod"),
+            "num_segments": segments,
+            "status": status,
+            "content_type": request.content_type,
+            "account_sid": self.account_sid,
+        }
+        with self.lock:
+            self.messages.append(record)
+        uri = f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}"
+        return Reply(
+            201,
+            {
+                "account_sid": self.account_sid,
+                "api_version": "2010-04-01",
+                "body": body,
+                "date_created": now,
+                "date_sent": None,
+                "date_updated": now,
+                "direction": "outbound-api",
+                "error_code": None,
+                "error_message": None,
+                "from": sender,
+                "messaging_service_sid": service,
+                "num_media": "0",
+                "num_segments": str(segments),
+                "price": None,
+                "price_unit": "USD",
+                "sid": sid,
+                "status": status,
+                "subresource_uris": {"media": f"{uri}/Media.json"},
+                "to": to,
+                "uri": f"{uri}.json",
+            },
+        )
+
+    def _validate(
+        self, to: str, sender: str | None, service: str | None, body: str
+    ) -> Reply | None:
+        if not to:
+            return self.error(400, 21604, "A 'To' phone number is required.")
+        if sender is None and service is None:
+            return self.error(400, 21603, "A 'From' phone number is required.")
+        if service is not None and service != self.messaging_service_sid:
+            return self.error(400, 21701, f"The Messaging Service Sid {service} is invalid.")
+        if sender is not None and self.from_numbers and sender not in self.from_numbers:
+            return self.error(
+                400,
+                21606,
+                f"The From phone number {sender} is not a valid, SMS-capable inbound phone "
+                f"number or short code for your account.",
+            )
+        if not body:
+            return self.error(400, 21602, "Message body is required.")
+        if len(body) > self.MAX_BODY:
+            return self.error(
+                400, 21617, "The concatenated message body exceeds the 1600 character limit."
+            )
+        if not E164.fullmatch(to) or to in self.invalid or self.is_invalid(to):
+            return self.error(400, 21211, f"The 'To' number {to} is not a valid phone number.")
+        if to in self.unsubscribed:
+            return self.error(400, 21610, "Attempt to send to unsubscribed recipient")
+        if to in self.landlines:
+            return self.error(400, 21614, f"'To' number {to} is not a valid mobile number")
+        return None
+
+    # -- faults in Twilio's words ------------------------------------------------------
+    def rate_limited_reply(self, retry_after: float) -> Reply:
+        reply = self.error(429, 20429, "Too Many Requests")
+        return Reply(429, reply.body, {"Retry-After": f"{retry_after:g}"})
+
+    def server_error_reply(self, status: int) -> Reply:
+        if status == 503:
+            return self.error(503, 20503, "Service Unavailable")
+        if status >= 500:
+            return self.error(status, 20500, "Internal Server Error")
+        return self.error(status, 20000 + status, "Scripted error")

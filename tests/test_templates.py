@@ -1,0 +1,75 @@
+"""Templates: sandboxed Jinja2, strict undefined, compiled once; property tests."""
+
+from __future__ import annotations
+
+import string
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from campaignkit import Template, TemplateError
+from campaignkit._templates import compile_template
+
+names = st.text(alphabet=string.ascii_lowercase, min_size=1, max_size=8).filter(
+    lambda s: s not in {"if", "in", "or", "and", "not", "is", "for", "true", "false", "none",
+                        "range", "dict", "lipsum", "cycler", "joiner", "namespace"}
+)
+values = st.text(max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(names, values, min_size=1, max_size=5), st.text(
+    alphabet=st.characters(blacklist_characters="{}%#"), max_size=30))
+def test_render_substitutes_every_field(fields: dict[str, str], literal: str) -> None:
+    body = literal + "".join(f"[{{{{ {k} }}}}]" for k in fields)
+    compiled = compile_template(Template(body=body), channel="sms", fields=set(fields))
+    rendered = compiled.render(fields)["body"]
+    assert rendered == literal + "".join(f"[{v}]" for v in fields.values())
+
+
+@settings(max_examples=150, deadline=None)
+@given(values)
+def test_html_part_escapes_every_value(value: str) -> None:
+    compiled = compile_template(Template(body="{{ v }}", html="<p>{{ v }}</p>"), channel="email",
+                                fields={"v"})
+    out = compiled.render({"v": value})
+    assert out["body"] == value
+    inner = out["html"][3:-4]
+    assert "<" not in inner and ">" not in inner and '"' not in inner
+    import html
+
+    assert html.unescape(inner) == value
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sets(names, min_size=1, max_size=4), names)
+def test_unknown_field_is_rejected_at_compile_time(known: set[str], extra: str) -> None:
+    body = "{{ " + extra + " }}"
+    if extra in known:
+        compile_template(Template(body=body), channel="sms", fields=known)
+    else:
+        with pytest.raises(TemplateError, match=extra):
+            compile_template(Template(body=body), channel="sms", fields=known)
+
+
+def test_syntax_error_names_channel_part_and_line() -> None:
+    with pytest.raises(TemplateError, match=r"channels\.email\.template\.subject: syntax error at line 2"):
+        compile_template(Template(body="x", subject="ok\n{{ oops }"), channel="email", fields=set())
+
+
+def test_loop_variables_and_filters_are_not_fields() -> None:
+    t = Template(body="{% for x in items.split(',') %}{{ x|upper }}{% endfor %} {{ name|default('you') }}")
+    compiled = compile_template(t, channel="push", fields={"items", "name"})
+    assert compiled.render({"items": "a,b", "name": ""})["body"] == "AB "
+
+
+def test_body_is_required() -> None:
+    with pytest.raises(TemplateError, match="needs a body"):
+        compile_template(Template(subject="s"), channel="email", fields=set())
+
+
+def test_push_data_values_are_templates() -> None:
+    compiled = compile_template(Template(body="b", title="t", data={"deep_link": "app://u/{{ id }}"}),
+                                channel="push", fields={"id"})
+    assert compiled.render({"id": "42"})["data"] == {"deep_link": "app://u/42"}
