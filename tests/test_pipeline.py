@@ -296,3 +296,16 @@ def test_timeout_stops_new_sends(tmp_path: Path, segment: Path, recorder: Any) -
     assert report.status is RunStatus.TIMED_OUT
     assert sms.reasons.get("timed_out", 0) >= 1
     assert sms.total == 3
+
+
+def test_large_segment_streams_through_the_spool(tmp_path: Path, pm: pluggy.PluginManager,
+                                                 recorder: Any) -> None:
+    rows = [f"c{i},u{i}@example.com,+1415{i:07d},t{i},N{i},p,yes,{'yes' if i % 2 else 'no'},no"
+            for i in range(4321)]
+    seg = write_segment(tmp_path / "big.csv", rows)
+    report = make(tmp_path, seg, pm).run()
+    assert report.channels["email"].sent == 4321
+    assert report.channels["sms"].sent == 2160
+    assert report.channels["push"].reasons == {"no_consent": 4321}
+    ids = [m.recipient_id for m in recorder.outbox.for_channel("email")]
+    assert sorted(ids) == sorted(f"c{i}" for i in range(4321))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import csv
 import pickle
+import struct
 from collections.abc import Collection, Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from ._source import Source
 __all__ = ["ExtractionStats", "Segment", "extract"]
 
 _CHUNK = 1000
+_LEN = struct.Struct("<I")  # spool framing: byte length of the next pickled chunk
 
 
 @attrs.frozen
@@ -32,8 +34,8 @@ class ExtractionStats:
 class Segment:
     """A spool of accepted recipients in source order; iterate it as often as needed.
 
-    The spool is a private file of pickled chunks written by :func:`extract` in this
-    process; it is never read from anywhere else.
+    The spool is a private file of length-prefixed pickled chunks written by
+    :func:`extract` in this process; it is never read from anywhere else.
     """
 
     path: Path
@@ -41,12 +43,9 @@ class Segment:
 
     def __iter__(self) -> Iterator[Recipient]:
         with self.path.open("rb") as f:
-            unpickler = pickle.Unpickler(f)  # noqa: S301 - our own spool file
-            while True:
-                try:
-                    chunk = unpickler.load()
-                except EOFError:
-                    return
+            while header := f.read(_LEN.size):
+                (size,) = _LEN.unpack(header)
+                chunk = pickle.loads(f.read(size))  # noqa: S301 - our own spool file
                 for id_, email, phone, token, attributes, consent, line in chunk:
                     yield Recipient(id_, email, phone, token, attributes, consent, line)
 
@@ -67,7 +66,12 @@ def extract(
     count = rejected = 0
     chunk: list[tuple[object, ...]] = []
     with spool.open("wb") as out, rejects.open("w", newline="", encoding="utf-8") as rej:
-        pickler = pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
+
+        def dump(rows: list[tuple[object, ...]]) -> None:
+            data = pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
+            out.write(_LEN.pack(len(data)))
+            out.write(data)
+
         rej_writer = csv.writer(rej)
         rej_writer.writerow(["line", "reason", "field", "detail", "raw"])
         for record in source.records(required):
@@ -77,8 +81,7 @@ def extract(
                      record.attributes, record.consent, record.line)
                 )
                 if len(chunk) >= _CHUNK:
-                    pickler.dump(chunk)
-                    pickler.clear_memo()
+                    dump(chunk)
                     count += len(chunk)
                     chunk = []
             else:
@@ -89,7 +92,7 @@ def extract(
                     [record.line, record.reason, record.field or "", record.detail, *record.raw]
                 )
         if chunk:
-            pickler.dump(chunk)
+            dump(chunk)
             count += len(chunk)
     stats = ExtractionStats(count + rejected, count, rejected, dict(reasons))
     return Segment(spool, count), stats

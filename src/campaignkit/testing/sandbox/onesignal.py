@@ -1,0 +1,258 @@
+"""A loopback fake of OneSignal's notifications API: :class:`OneSignalServer`."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from ._server import Faults, ProviderServer, Reply, Request
+
+__all__ = ["OneSignalServer"]
+
+NOTIFICATIONS_PATH = "/notifications"
+#: Most ids one request may target (OneSignal's SDK limit).
+MAX_RECIPIENTS = 2000
+NOT_SUBSCRIBED = "All included players are not subscribed"
+
+_TARGETING = (
+    "include_subscription_ids",
+    "include_aliases",
+    "include_player_ids",
+    "included_segments",
+    "filters",
+)
+_AUTH_MISSING = (
+    "Please include a case-sensitive header of Authorization: Key "
+    "<YOUR-REST-API-KEY-HERE> with a valid REST API key."
+)
+_ACCESS_DENIED = (
+    "Access denied.  Please include an 'Authorization: Key ...' header with a valid API key."
+)
+
+
+def _errors(status: int, *errors: str, headers: dict[str, str] | None = None) -> Reply:
+    return Reply(status, {"errors": list(errors)}, headers or {})
+
+
+def _is_uuid(value: object) -> bool:
+    """Whether ``value`` is a UUID in its canonical ``8-4-4-4-12`` hex form."""
+    if not isinstance(value, str):
+        return False
+    try:
+        return str(uuid.UUID(value)) == value.lower()
+    except ValueError:
+        return False
+
+
+class OneSignalServer(ProviderServer):
+    """Speaks OneSignal's ``POST /notifications`` on 127.0.0.1.
+
+    Contract checked: ``Authorization: Key <token>`` (missing: 401, wrong key: 403, with
+    OneSignal's ``{"errors": [...]}`` body); JSON content type; ``app_id`` equal to
+    :attr:`app_id`; ``contents`` with English content; exactly one targeting mode
+    (``include_subscription_ids`` of UUIDs, or ``include_aliases`` ``{"external_id":
+    [...]}`` with ``target_channel``); at most 2,000 ids; ``idempotency_key`` a UUID.
+    Violations get 400 ``{"errors": [...]}``.
+
+    Replies 200 ``{"id": <notification id>, "external_id": null}``. Ids in
+    :attr:`unregistered` are reported at HTTP 200 in ``errors``:
+    ``{"invalid_aliases": {"external_id": [...]}}`` or ``{"invalid_player_ids": [...]}``;
+    when none is valid the reply is ``{"id": "", "errors": ["All included players are
+    not subscribed"]}`` and nothing is created.
+
+    Idempotency: a request whose ``idempotency_key`` was seen before gets the original
+    reply again (as OneSignal documents, even if the body changed) and nothing new is
+    recorded; :attr:`replays` counts those, :attr:`key_reuses` those whose body differed.
+
+    Rate limiting answers 429 ``{"errors": ["API rate limit exceeded."]}`` with
+    ``Retry-After``.
+
+    Attributes:
+        app_id: the app this server hosts (``channel_options()["app_id"]``).
+        messages: one dict per delivered recipient: ``to``, ``id``
+            (``"<notification id>:<to>"``, as the notifier reports it),
+            ``notification_id``, ``title``, ``body``, ``data``, ``idempotency_key``.
+        notifications: the accepted request bodies, one per notification created.
+        unregistered: subscription ids / external ids that are not subscribed.
+    """
+
+    provider: ClassVar[str] = "onesignal"
+    #: the app id the sandbox hosts unless another is given
+    DEFAULT_APP_ID = "00000000-0000-4000-8000-0000000000a1"
+
+    def __init__(
+        self,
+        *,
+        token: str = ProviderServer.DEFAULT_TOKEN,
+        port: int = 0,
+        faults: Faults | None = None,
+        app_id: str = DEFAULT_APP_ID,
+        unregistered: Iterable[str] = (),
+        max_recipients: int = MAX_RECIPIENTS,
+    ) -> None:
+        super().__init__(token=token, port=port, faults=faults)
+        self.app_id = app_id
+        self.unregistered: set[str] = set(unregistered)
+        self.max_recipients = max_recipients
+        self.messages: list[dict[str, Any]] = []
+        self.notifications: list[dict[str, Any]] = []
+        self.replays = 0
+        self.key_reuses = 0
+        self._by_key: dict[str, tuple[Any, Reply]] = {}
+
+    def channel_options(self) -> dict[str, Any]:
+        """The channel ``options`` that send to this server: ``base_url`` and ``app_id``."""
+        return {"base_url": self.base_url, "app_id": self.app_id}
+
+    def reset(self) -> None:
+        """Forget recorded messages, requests and idempotency keys and clear the faults
+        (keeps the settings)."""
+        with self.lock:
+            self.messages.clear()
+            self.notifications.clear()
+            self.request_times.clear()
+            self._by_key.clear()
+            self.replays = 0
+            self.key_reuses = 0
+            self.faults = Faults()
+
+    # -- provider replies -------------------------------------------------------------
+    def rate_limited_reply(self, retry_after: float) -> Reply:
+        return _errors(429, "API rate limit exceeded.", headers={"Retry-After": f"{retry_after:g}"})
+
+    def server_error_reply(self, status: int) -> Reply:
+        if status == 401:
+            return _errors(401, _AUTH_MISSING)
+        if status == 403:
+            return _errors(403, _ACCESS_DENIED)
+        if status < 500:
+            return _errors(status, "Bad request")
+        return _errors(status, "Internal Server Error")
+
+    def handle(self, request: Request) -> Reply:
+        if request.path != NOTIFICATIONS_PATH:
+            return _errors(404, "Not Found")
+        if request.method != "POST":
+            return _errors(405, "Method Not Allowed")
+        auth = request.headers.get("authorization", "")
+        scheme, _, key = auth.partition(" ")
+        if scheme != "Key" or not key:
+            return _errors(401, _AUTH_MISSING)
+        if key != self.token:
+            return _errors(403, _ACCESS_DENIED)
+        if request.content_type != "application/json":
+            return _errors(400, "Content-Type must be application/json")
+        try:
+            body = request.json()
+        except ValueError:
+            return _errors(400, "Invalid JSON in request body")
+        if not isinstance(body, dict):
+            return _errors(400, "The request body must be a JSON object")
+        problem = self._validate(body)
+        if problem:
+            return _errors(400, problem)
+        idem = body.get("idempotency_key")
+        # One lock for lookup, processing and recording, so that concurrent requests
+        # with one key create one notification.
+        with self.lock:
+            if idem is not None and idem in self._by_key:
+                original, reply = self._by_key[idem]
+                self.replays += 1
+                if original != body:
+                    self.key_reuses += 1
+                return reply
+            reply = self._create(body)
+            if idem is not None:
+                self._by_key[idem] = (body, reply)
+        return reply
+
+    def _validate(self, body: dict[str, Any]) -> str | None:
+        if body.get("app_id") != self.app_id:
+            return "app_id not found. You may be missing a Content-Type: application/json header."
+        contents = body.get("contents")
+        if not isinstance(contents, dict) or not all(isinstance(v, str) for v in contents.values()):
+            return "Notification contents for each language must be a string"
+        if not contents.get("en"):
+            return "Message Notifications must have English language content"
+        headings = body.get("headings")
+        if headings is not None and not isinstance(headings, dict):
+            return "headings must be an object"
+        if body.get("data") is not None and not isinstance(body["data"], dict):
+            return "data must be an object"
+        modes = [name for name in _TARGETING if name in body]
+        if not modes:
+            return (
+                "You must include which players, segments, or tags you wish to send "
+                "this notification to."
+            )
+        if len(modes) > 1:
+            return f"Please only use one targeting method; got {', '.join(modes)}"
+        ids = self._targets(body)
+        if ids is None:
+            return f"{modes[0]} is not supported by the sandbox or is malformed"
+        if not ids:
+            return f"{modes[0]} must not be empty"
+        if len(ids) > self.max_recipients:
+            return f"{modes[0]} may hold at most {self.max_recipients} entries, got {len(ids)}"
+        if "include_subscription_ids" in body:
+            bad = next((i for i in ids if not _is_uuid(i)), None)
+            if bad is not None:
+                return (
+                    "Incorrect subscription_id format in include_subscription_ids "
+                    f"(not a valid UUID): {bad}"
+                )
+        elif body.get("target_channel") not in ("push", "email", "sms"):
+            return "target_channel must be one of push, email, sms when using include_aliases"
+        key = body.get("idempotency_key")
+        if key is not None and not _is_uuid(key):
+            return "idempotency_key must be a valid UUID"
+        return None
+
+    @staticmethod
+    def _targets(body: dict[str, Any]) -> list[str] | None:
+        """The targeted ids, or ``None`` if the targeting is malformed or unsupported."""
+        if "include_subscription_ids" in body:
+            ids = body["include_subscription_ids"]
+        elif "include_aliases" in body:
+            aliases = body["include_aliases"]
+            if not isinstance(aliases, dict) or set(aliases) != {"external_id"}:
+                return None
+            ids = aliases["external_id"]
+        else:
+            return None
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            return None
+        return list(ids)
+
+    def _create(self, body: dict[str, Any]) -> Reply:
+        """Create the notification (called with :attr:`lock` held)."""
+        ids = self._targets(body) or []
+        invalid = [i for i in ids if i in self.unregistered]
+        valid = [i for i in ids if i not in self.unregistered]
+        if not valid:
+            return Reply(200, {"id": "", "external_id": None, "errors": [NOT_SUBSCRIBED]})
+        notification_id = str(uuid.uuid4())
+        reply: dict[str, Any] = {"id": notification_id, "external_id": None}
+        if invalid:
+            if "include_aliases" in body:
+                reply["errors"] = {"invalid_aliases": {"external_id": invalid}}
+            else:
+                reply["errors"] = {"invalid_player_ids": invalid}
+        title = (body.get("headings") or {}).get("en")
+        text = body["contents"]["en"]
+        data = body.get("data") or {}
+        self.notifications.append(body)
+        for to in dict.fromkeys(valid):  # one delivery per distinct id
+            self.messages.append(
+                {
+                    "to": to,
+                    "id": f"{notification_id}:{to}",
+                    "notification_id": notification_id,
+                    "title": title,
+                    "body": text,
+                    "data": data,
+                    "idempotency_key": body.get("idempotency_key"),
+                }
+            )
+        return Reply(200, reply)
