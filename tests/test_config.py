@@ -52,20 +52,37 @@ def test_defaults_follow_the_seed(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (("target_customers = 10", 'target_customers = "ten"'),
-         "channels.sms.target_customers: expected int, got 'ten'"),
-        (('provider = "twilio"', 'provider = "twilio"\nconcurrency = 0'),
-         "channels.sms.concurrency: expected a positive number, got 0"),
-        (('provider = "twilio"', 'provider = "twilio"\nbogus = 1'), "channels.sms.bogus: unknown key"),
-        (('[channels.sms.template]\nbody = "Hi {{ first_name }}"',
-          '[channels.sms.template]\nbody_file = "missing.txt"'),
-         "channels.sms.template.body_file: cannot read"),
-        (('tags = ["a"]', 'tags = ["a"]\n[schedule]\ncron = "every day"'),
-         "schedule.cron: not a cron expression"),
-        (('tags = ["a"]', 'tags = ["a"]\n[schedule]\ntimezone = "Europe/Nowhere"'),
-         "schedule.timezone: unknown time zone"),
-        (('tags = ["a"]', 'tags = ["a"]\n[execution.retry]\nretries = -1'),
-         "execution.retry.retries: expected zero or more"),
+        (
+            ("target_customers = 10", 'target_customers = "ten"'),
+            "channels.sms.target_customers: expected int, got 'ten'",
+        ),
+        (
+            ('provider = "twilio"', 'provider = "twilio"\nconcurrency = 0'),
+            "channels.sms.concurrency: expected a positive number, got 0",
+        ),
+        (
+            ('provider = "twilio"', 'provider = "twilio"\nbogus = 1'),
+            "channels.sms.bogus: unknown key",
+        ),
+        (
+            (
+                '[channels.sms.template]\nbody = "Hi {{ first_name }}"',
+                '[channels.sms.template]\nbody_file = "missing.txt"',
+            ),
+            "channels.sms.template.body_file: cannot read",
+        ),
+        (
+            ('tags = ["a"]', 'tags = ["a"]\n[schedule]\ncron = "every day"'),
+            "schedule.cron: not a cron expression",
+        ),
+        (
+            ('tags = ["a"]', 'tags = ["a"]\n[schedule]\ntimezone = "Europe/Nowhere"'),
+            "schedule.timezone: unknown time zone",
+        ),
+        (
+            ('tags = ["a"]', 'tags = ["a"]\n[execution.retry]\nretries = -1'),
+            "execution.retry.retries: expected zero or more",
+        ),
         (('name = "spring_sale"', 'name = "Spring Sale"'), "pipeline.name: expected lower-case"),
         (("[source]", "[sauce]"), "unknown table 'sauce'"),
         (('provider = "twilio"', ""), "channels.sms.provider: missing required key"),

@@ -32,17 +32,40 @@ def expo() -> Iterator[ExpoServer]:
 
 def phones(n: int, *, start: int = 0) -> StaticSource:
     return StaticSource.from_dicts(
-        {"id": f"c{i}", "phone": f"+1415555{i:04d}", "first_name": f"N{i}", "consent": {"sms": True}}
+        {
+            "id": f"c{i}",
+            "phone": f"+1415555{i:04d}",
+            "first_name": f"N{i}",
+            "consent": {"sms": True},
+        }
         for i in range(start, start + n)
     )
 
 
-def sms_pipeline(tmp_path: Path, pm: pluggy.PluginManager, server: TwilioServer,
-                 source: StaticSource, sleeps: list[float] | None = None, **channel: Any) -> Pipeline:
-    ch = Channel(name="sms", provider="twilio", template=Template(body="Hi {{ first_name }}"),
-                 options=server.channel_options(), **channel)
-    return Pipeline("t", source, [ch], plugins=pm, env={"SMS_API_TOKEN": server.token},
-                    base_dir=tmp_path, sleep=(sleeps if sleeps is not None else []).append)
+def sms_pipeline(
+    tmp_path: Path,
+    pm: pluggy.PluginManager,
+    server: TwilioServer,
+    source: StaticSource,
+    sleeps: list[float] | None = None,
+    **channel: Any,
+) -> Pipeline:
+    ch = Channel(
+        name="sms",
+        provider="twilio",
+        template=Template(body="Hi {{ first_name }}"),
+        options=server.channel_options(),
+        **channel,
+    )
+    return Pipeline(
+        "t",
+        source,
+        [ch],
+        plugins=pm,
+        env={"SMS_API_TOKEN": server.token},
+        base_dir=tmp_path,
+        sleep=(sleeps if sleeps is not None else []).append,
+    )
 
 
 def results(report: Any, channel: str) -> dict[str, dict[str, Any]]:
@@ -50,8 +73,9 @@ def results(report: Any, channel: str) -> dict[str, dict[str, Any]]:
     return {r["recipient_id"]: r for r in map(json.loads, path.read_text().splitlines())}
 
 
-def test_transient_error_then_success_on_retry(tmp_path: Path, pm: pluggy.PluginManager,
-                                               twilio: TwilioServer) -> None:
+def test_transient_error_then_success_on_retry(
+    tmp_path: Path, pm: pluggy.PluginManager, twilio: TwilioServer
+) -> None:
     twilio.faults.fail_next(503, "drop")
     sleeps: list[float] = []
     report = sms_pipeline(tmp_path, pm, twilio, phones(6), sleeps, concurrency=1).run()
@@ -63,22 +87,31 @@ def test_transient_error_then_success_on_retry(tmp_path: Path, pm: pluggy.Plugin
     assert len(retried) == 2
 
 
-def test_429_waits_retry_after_without_spending_retries(tmp_path: Path, pm: pluggy.PluginManager,
-                                                        twilio: TwilioServer) -> None:
+def test_429_waits_retry_after_without_spending_retries(
+    tmp_path: Path, pm: pluggy.PluginManager, twilio: TwilioServer
+) -> None:
     twilio.faults.fail_next(429, 429, 429)
     sleeps: list[float] = []
-    report = sms_pipeline(tmp_path, pm, twilio, phones(4), sleeps, concurrency=1,
-                          retry=RetryPolicy(retries=0)).run()
+    report = sms_pipeline(
+        tmp_path, pm, twilio, phones(4), sleeps, concurrency=1, retry=RetryPolicy(retries=0)
+    ).run()
     assert report.channels["sms"].sent == 4
     assert sleeps == []  # no retry round was needed
     assert report.channels["sms"].requests == 7
     assert len(twilio.messages) == 4
 
 
-def test_client_rate_limit_is_respected_at_the_server(tmp_path: Path, pm: pluggy.PluginManager,
-                                                      twilio: TwilioServer) -> None:
-    report = sms_pipeline(tmp_path, pm, twilio, phones(45), concurrency=4,
-                          rate=Rate(messages_per_second=20, requests_per_second=20)).run()
+def test_client_rate_limit_is_respected_at_the_server(
+    tmp_path: Path, pm: pluggy.PluginManager, twilio: TwilioServer
+) -> None:
+    report = sms_pipeline(
+        tmp_path,
+        pm,
+        twilio,
+        phones(45),
+        concurrency=4,
+        rate=Rate(messages_per_second=20, requests_per_second=20),
+    ).run()
     assert report.channels["sms"].sent == 45
     # GCRA with a burst of one: at most rate + 1 requests in any one-second window.
     assert twilio.requests_per_second() <= 21
@@ -88,8 +121,9 @@ def test_server_side_rate_limit_slows_us_down_without_losing_messages(
     tmp_path: Path, pm: pluggy.PluginManager, twilio: TwilioServer
 ) -> None:
     twilio.faults.rate_limit = 15
-    report = sms_pipeline(tmp_path, pm, twilio, phones(40), concurrency=4,
-                          retry=RetryPolicy(retries=0)).run()
+    report = sms_pipeline(
+        tmp_path, pm, twilio, phones(40), concurrency=4, retry=RetryPolicy(retries=0)
+    ).run()
     sms = report.channels["sms"]
     assert (sms.sent, sms.failed) == (40, 0)
     assert len({m["to"] for m in twilio.messages}) == 40 == len(twilio.messages)
@@ -98,12 +132,14 @@ def test_server_side_rate_limit_slows_us_down_without_losing_messages(
 def test_invalid_numbers_fail_permanently_with_provider_code(
     tmp_path: Path, pm: pluggy.PluginManager, twilio: TwilioServer
 ) -> None:
-    source = StaticSource.from_dicts([
-        {"id": "ok", "first_name": "X", "phone": "+14155550100", "consent": {"sms": True}},
-        {"id": "bad", "first_name": "X", "phone": "+15550100123", "consent": {"sms": True}},
-        {"id": "stop", "first_name": "X", "phone": "+15005550004", "consent": {"sms": True}},
-        {"id": "land", "first_name": "X", "phone": "+15005550009", "consent": {"sms": True}},
-    ])
+    source = StaticSource.from_dicts(
+        [
+            {"id": "ok", "first_name": "X", "phone": "+14155550100", "consent": {"sms": True}},
+            {"id": "bad", "first_name": "X", "phone": "+15550100123", "consent": {"sms": True}},
+            {"id": "stop", "first_name": "X", "phone": "+15005550004", "consent": {"sms": True}},
+            {"id": "land", "first_name": "X", "phone": "+15005550009", "consent": {"sms": True}},
+        ]
+    )
     sleeps: list[float] = []
     report = sms_pipeline(tmp_path, pm, twilio, source, sleeps).run()
     sms = report.channels["sms"]
@@ -115,8 +151,9 @@ def test_invalid_numbers_fail_permanently_with_provider_code(
     assert per["bad"]["reason"] == "permanent_error" and per["bad"]["attempts"] == 1
 
 
-def test_wrong_token_aborts_the_channel_without_hammering(tmp_path: Path, pm: pluggy.PluginManager,
-                                                          twilio: TwilioServer) -> None:
+def test_wrong_token_aborts_the_channel_without_hammering(
+    tmp_path: Path, pm: pluggy.PluginManager, twilio: TwilioServer
+) -> None:
     pipeline = sms_pipeline(tmp_path, pm, twilio, phones(50), concurrency=2)
     pipeline._env = {"SMS_API_TOKEN": "wrong-token-value"}
     report = pipeline.run()
@@ -128,16 +165,28 @@ def test_wrong_token_aborts_the_channel_without_hammering(tmp_path: Path, pm: pl
     assert "wrong-token-value" not in text
 
 
-def test_per_recipient_failures_inside_http_200(tmp_path: Path, pm: pluggy.PluginManager,
-                                                expo: ExpoServer) -> None:
+def test_per_recipient_failures_inside_http_200(
+    tmp_path: Path, pm: pluggy.PluginManager, expo: ExpoServer
+) -> None:
     good = [f"ExponentPushToken[good{i}]" for i in range(5)]
     expo.unregistered.add("ExponentPushToken[gone]")
     rows = [{"id": f"g{i}", "push_token": t, "consent": {"push": True}} for i, t in enumerate(good)]
     rows.append({"id": "gone", "push_token": "ExponentPushToken[gone]", "consent": {"push": True}})
-    ch = Channel(name="push", provider="expo", template=Template(title="Sale", body="Hi"),
-                 options=expo.channel_options())
-    report = Pipeline("t", StaticSource.from_dicts(rows), [ch], plugins=pm, env={},
-                      base_dir=tmp_path, sleep=lambda s: None).run()
+    ch = Channel(
+        name="push",
+        provider="expo",
+        template=Template(title="Sale", body="Hi"),
+        options=expo.channel_options(),
+    )
+    report = Pipeline(
+        "t",
+        StaticSource.from_dicts(rows),
+        [ch],
+        plugins=pm,
+        env={},
+        base_dir=tmp_path,
+        sleep=lambda s: None,
+    ).run()
     push = report.channels["push"]
     assert (push.sent, push.failed, push.requests) == (5, 1, 1)
     assert push.error_codes == {"DeviceNotRegistered": 1}

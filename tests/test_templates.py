@@ -12,15 +12,36 @@ from campaignkit import Template, TemplateError
 from campaignkit._templates import compile_template
 
 names = st.text(alphabet=string.ascii_lowercase, min_size=1, max_size=8).filter(
-    lambda s: s not in {"if", "in", "or", "and", "not", "is", "for", "true", "false", "none",
-                        "range", "dict", "lipsum", "cycler", "joiner", "namespace"}
+    lambda s: (
+        s
+        not in {
+            "if",
+            "in",
+            "or",
+            "and",
+            "not",
+            "is",
+            "for",
+            "true",
+            "false",
+            "none",
+            "range",
+            "dict",
+            "lipsum",
+            "cycler",
+            "joiner",
+            "namespace",
+        }
+    )
 )
 values = st.text(max_size=40)
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.dictionaries(names, values, min_size=1, max_size=5), st.text(
-    alphabet=st.characters(blacklist_characters="{}%#"), max_size=30))
+@given(
+    st.dictionaries(names, values, min_size=1, max_size=5),
+    st.text(alphabet=st.characters(blacklist_characters="{}%#"), max_size=30),
+)
 def test_render_substitutes_every_field(fields: dict[str, str], literal: str) -> None:
     body = literal + "".join(f"[{{{{ {k} }}}}]" for k in fields)
     compiled = compile_template(Template(body=body), channel="sms", fields=set(fields))
@@ -31,8 +52,9 @@ def test_render_substitutes_every_field(fields: dict[str, str], literal: str) ->
 @settings(max_examples=150, deadline=None)
 @given(values)
 def test_html_part_escapes_every_value(value: str) -> None:
-    compiled = compile_template(Template(body="{{ v }}", html="<p>{{ v }}</p>"), channel="email",
-                                fields={"v"})
+    compiled = compile_template(
+        Template(body="{{ v }}", html="<p>{{ v }}</p>"), channel="email", fields={"v"}
+    )
     out = compiled.render({"v": value})
     assert out["body"] == value
     inner = out["html"][3:-4]
@@ -54,12 +76,16 @@ def test_unknown_field_is_rejected_at_compile_time(known: set[str], extra: str) 
 
 
 def test_syntax_error_names_channel_part_and_line() -> None:
-    with pytest.raises(TemplateError, match=r"channels\.email\.template\.subject: syntax error at line 2"):
+    with pytest.raises(
+        TemplateError, match=r"channels\.email\.template\.subject: syntax error at line 2"
+    ):
         compile_template(Template(body="x", subject="ok\n{{ oops }"), channel="email", fields=set())
 
 
 def test_loop_variables_and_filters_are_not_fields() -> None:
-    t = Template(body="{% for x in items.split(',') %}{{ x|upper }}{% endfor %} {{ name|default('you') }}")
+    t = Template(
+        body="{% for x in items.split(',') %}{{ x|upper }}{% endfor %} {{ name|default('you') }}"
+    )
     compiled = compile_template(t, channel="push", fields={"items", "name"})
     assert compiled.render({"items": "a,b", "name": ""})["body"] == "AB "
 
@@ -70,6 +96,9 @@ def test_body_is_required() -> None:
 
 
 def test_push_data_values_are_templates() -> None:
-    compiled = compile_template(Template(body="b", title="t", data={"deep_link": "app://u/{{ id }}"}),
-                                channel="push", fields={"id"})
+    compiled = compile_template(
+        Template(body="b", title="t", data={"deep_link": "app://u/{{ id }}"}),
+        channel="push",
+        fields={"id"},
+    )
     assert compiled.render({"id": "42"})["data"] == {"deep_link": "app://u/42"}

@@ -59,8 +59,14 @@ def _first_error(exc: BaseException, path: str, data: Any) -> ConfigError:
             if name is None:
                 return _first_error(sub, path, data)
             child_path = f"{path}.{name}" if path else str(name)
-            child = data.get(name) if isinstance(data, Mapping) else (
-                data[name] if isinstance(name, int) and isinstance(data, (list, tuple)) else None
+            child = (
+                data.get(name)
+                if isinstance(data, Mapping)
+                else (
+                    data[name]
+                    if isinstance(name, int) and isinstance(data, (list, tuple))
+                    else None
+                )
             )
             if isinstance(sub, KeyError):
                 return ConfigError("missing required key", path=child_path)
@@ -326,20 +332,26 @@ def _read_template_files(table: dict[str, Any], base_dir: Path, path: str) -> di
         if ref is None:
             continue
         if out.get(part) is not None:
-            raise ConfigError(f"give {part!r} or {part + '_file'!r}, not both", path=f"{path}.{part}")
+            raise ConfigError(
+                f"give {part!r} or {part + '_file'!r}, not both", path=f"{path}.{part}"
+            )
         if not isinstance(ref, str):
             raise ConfigError(f"expected a path, got {_describe(ref)}", path=f"{path}.{part}_file")
         file = (base_dir / ref).resolve()
         try:
             out[part] = file.read_text(encoding="utf-8")
         except OSError as exc:
-            raise ConfigError(f"cannot read {file}: {exc.strerror}", path=f"{path}.{part}_file") from None
+            raise ConfigError(
+                f"cannot read {file}: {exc.strerror}", path=f"{path}.{part}_file"
+            ) from None
         except UnicodeDecodeError:
             raise ConfigError(f"{file} is not UTF-8 text", path=f"{path}.{part}_file") from None
     return out
 
 
-def parse_config(data: Mapping[str, Any], *, base_dir: Path, file: str | None = None) -> PipelineConfig:
+def parse_config(
+    data: Mapping[str, Any], *, base_dir: Path, file: str | None = None
+) -> PipelineConfig:
     """Structure a campaign mapping (a parsed TOML file) into :class:`PipelineConfig`.
 
     Raises:

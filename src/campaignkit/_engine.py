@@ -150,7 +150,9 @@ class ChannelRunner:
         self.clock = clock
         self.tally = _Tally(self.name, progress)
         self.limiter = RateLimiter(plan.rate.messages_per_second, plan.rate.requests_per_second)
-        self._retry: list[_Pending] = []
+        # Transiently failed messages, grouped as they will be re-sent: a retried batch
+        # holds the same messages every time, so providers' idempotency keys still match.
+        self._retry: list[list[_Pending]] = []
         self._retry_lock = threading.Lock()
         self._abort: tuple[str, str | None, str] | None = None  # (reason, code, error)
 
@@ -178,7 +180,10 @@ class ChannelRunner:
                 parts = self.plan.template.render(recipient.context())
             except TemplateError as exc:
                 yield DeliveryResult(
-                    self.name, recipient.id, DeliveryStatus.FAILED, Reason.RENDER_ERROR,
+                    self.name,
+                    recipient.id,
+                    DeliveryStatus.FAILED,
+                    Reason.RENDER_ERROR,
                     error=str(exc),
                 )
                 continue
@@ -207,13 +212,19 @@ class ChannelRunner:
         next(waits)  # prime the generator, as backoff's decorators do
         while self._retry and rounds < self.plan.retry.retries and not self._stopped():
             rounds += 1
-            pending, self._retry = self._retry, []
+            groups, self._retry = self._retry, []
             delay = next(waits) + random.uniform(0, self.plan.retry.jitter_seconds)
-            log.info("%s: retry round %d for %d message(s) in %.0fs", self.name, rounds,
-                     len(pending), delay)
+            log.info(
+                "%s: retry round %d for %d message(s) in %.0fs",
+                self.name,
+                rounds,
+                sum(map(len, groups)),
+                delay,
+            )
             self.sleep(delay)
-            self._pass(iter(pending))
-        leftover, self._retry = self._retry, []
+            self._pass(iter(groups))
+        leftover = [p for group in self._retry for p in group]
+        self._retry = []
         timed_out = self.deadline is not None and self.clock() >= self.deadline
         self._finish(leftover, Reason.TIMED_OUT if timed_out else Reason.RETRIES_EXHAUSTED)
         t = self.tally
@@ -237,13 +248,15 @@ class ChannelRunner:
             self.deadline is not None and self.clock() >= self.deadline
         )
 
-    def _pass(self, items: Iterator[_Pending | DeliveryResult]) -> None:
-        """One pass: batch ``items`` and let the workers send them."""
+    def _pass(self, items: Iterator[_Pending | DeliveryResult | list[_Pending]]) -> None:
+        """One pass: batch ``items`` and let the workers send them; a list is a batch
+        already formed (a retry)."""
         workers = self.plan.channel.concurrency
         batches: queue.Queue[list[_Pending] | None] = queue.Queue(maxsize=workers * 2)
         threads = [
-            threading.Thread(target=self._worker, args=(batches,), name=f"ck-{self.name}-{i}",
-                             daemon=True)
+            threading.Thread(
+                target=self._worker, args=(batches,), name=f"ck-{self.name}-{i}", daemon=True
+            )
             for i in range(workers)
         ]
         for t in threads:
@@ -252,6 +265,9 @@ class ChannelRunner:
             batch: list[_Pending] = []
             skipped: list[DeliveryResult] = []
             for item in items:
+                if isinstance(item, list):
+                    batches.put(item)
+                    continue
                 if isinstance(item, DeliveryResult):
                     skipped.append(item)
                     if len(skipped) >= 500:
@@ -321,22 +337,25 @@ class ChannelRunner:
                 return
             break
         if len(outcomes) != len(batch):
-            error = (
-                f"notifier returned {len(outcomes)} outcome(s) for {len(batch)} message(s)"
-            )
+            error = f"notifier returned {len(outcomes)} outcome(s) for {len(batch)} message(s)"
             outcomes = [Outcome.failed(error, code="plugin_error")] * len(batch)
         done: list[DeliveryResult] = []
+        again: list[_Pending] = []
         for pending, outcome in zip(batch, outcomes, strict=True):
             pending.attempts += 1
             if outcome.ok:
-                done.append(self._result(pending, DeliveryStatus.SENT, None, outcome.provider_message_id))
+                done.append(
+                    self._result(pending, DeliveryStatus.SENT, None, outcome.provider_message_id)
+                )
             elif outcome.transient:
                 pending.error_code, pending.error = outcome.error_code, outcome.error
-                with self._retry_lock:
-                    self._retry.append(pending)
+                again.append(pending)
             else:
                 pending.error_code, pending.error = outcome.error_code, outcome.error
                 done.append(self._result(pending, DeliveryStatus.FAILED, Reason.PERMANENT_ERROR))
+        if again:
+            with self._retry_lock:
+                self._retry.append(again)
         self._record(done)
 
     def _failed_batch(self, batch: list[_Pending], exc: BaseException) -> None:
@@ -347,12 +366,14 @@ class ChannelRunner:
             pending.error_code, pending.error = code, error
         if isinstance(exc, DeliveryError) and exc.transient:
             with self._retry_lock:
-                self._retry.extend(batch)
+                self._retry.append(batch)
             return
         if isinstance(exc, DeliveryError) and exc.status_code in (401, 403):
             # Credentials are wrong: every further request would fail the same way.
             self._abort = (Reason.PERMANENT_ERROR, code, error)
-        self._record([self._result(p, DeliveryStatus.FAILED, Reason.PERMANENT_ERROR) for p in batch])
+        self._record(
+            [self._result(p, DeliveryStatus.FAILED, Reason.PERMANENT_ERROR) for p in batch]
+        )
 
     def _settle_stopped(self, batch: list[_Pending]) -> None:
         if self._abort is not None:

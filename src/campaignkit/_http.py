@@ -104,7 +104,9 @@ class HttpNotifier(Notifier[requests.Session]):
         super().__init__(settings)
         raw = settings.options.get("base_url", self.default_base_url)
         if not isinstance(raw, str):
-            raise ConfigError("expected a string", path=f"channels.{settings.channel}.options.base_url")
+            raise ConfigError(
+                "expected a string", path=f"channels.{settings.channel}.options.base_url"
+            )
         self.base_url = check_base_url(raw, path=f"channels.{settings.channel}.options.base_url")
         self.timeout = settings.timeout
 

@@ -93,7 +93,7 @@ class Notifier(abc.ABC, Generic[ConnT]):
         """Open this worker thread's connection (a ``requests.Session``, an SMTP client...)."""
         return None  # type: ignore[return-value]
 
-    def disconnect(self, conn: ConnT) -> None:  # noqa: B027 - optional hook
+    def disconnect(self, conn: ConnT) -> None:
         """Close a connection made by :meth:`connect`."""
 
     @abc.abstractmethod

@@ -57,8 +57,14 @@ class Pipeline:
         Pipeline(
             name="spring_sale",
             source=CsvSource("customers.csv", columns={"id": "customer_id"}),
-            channels=[Channel(name="sms", provider="twilio", template=Template(body="Hi {{ first_name }}"),
-                              options={"from": "+15005550006"})],
+            channels=[
+                Channel(
+                    name="sms",
+                    provider="twilio",
+                    template=Template(body="Hi {{ first_name }}"),
+                    options={"from": "+15005550006"},
+                )
+            ],
         ).run()
 
     Args:
@@ -284,7 +290,10 @@ class Pipeline:
     def _required(self) -> set[str]:
         required = set()
         for channel in self.enabled_channels:
-            field = str(channel.options.get("address_field") or self.registry.notifier_class(channel.provider).address_field)
+            field = str(
+                channel.options.get("address_field")
+                or self.registry.notifier_class(channel.provider).address_field
+            )
             if field in MODEL_FIELDS:
                 required.add(field)
         return required
@@ -318,15 +327,23 @@ class Pipeline:
         run_id = run_id or f"{started:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
         fields = self.source.fields()
         plans = [self._plan(c, fields) for c in self.enabled_channels]
-        root = Path(output_dir) if output_dir is not None else self.base_dir / self.execution.output_dir
+        root = (
+            Path(output_dir)
+            if output_dir is not None
+            else self.base_dir / self.execution.output_dir
+        )
         run_dir = root / run_id
         run_dir.mkdir(parents=True, exist_ok=False)
         spool = run_dir / "segment.spool"
         segment, stats = extract(
             self.source, required=self._required(), spool=spool, rejects=run_dir / "rejected.csv"
         )
-        log.info("%s: extracted %d recipient(s), rejected %d row(s)", run_id, stats.recipients,
-                 stats.rejected)
+        log.info(
+            "%s: extracted %d recipient(s), rejected %d row(s)",
+            run_id,
+            stats.recipients,
+            stats.rejected,
+        )
         if on_extracted is not None:
             on_extracted(stats.recipients, stats.rejected_reasons)
         hook = self.plugin_manager.hook
@@ -345,7 +362,11 @@ class Pipeline:
             writer = ResultWriter(run_dir / f"{plan.channel.name}.jsonl")
             try:
                 runner = ChannelRunner(
-                    plan, run_id=run_id, writer=writer, sleep=self.sleep, deadline=deadline,
+                    plan,
+                    run_id=run_id,
+                    writer=writer,
+                    sleep=self.sleep,
+                    deadline=deadline,
                     progress=progress,
                 )
                 result = runner.run(segment)

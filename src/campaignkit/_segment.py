@@ -77,8 +77,15 @@ def extract(
         for record in source.records(required):
             if type(record) is Recipient:
                 chunk.append(
-                    (record.id, record.email, record.phone, record.push_token,
-                     record.attributes, record.consent, record.line)
+                    (
+                        record.id,
+                        record.email,
+                        record.phone,
+                        record.push_token,
+                        record.attributes,
+                        record.consent,
+                        record.line,
+                    )
                 )
                 if len(chunk) >= _CHUNK:
                     dump(chunk)

@@ -91,10 +91,16 @@ def compile_template(
     """
     parts = template.parts()
     if "body" not in parts and "html" not in parts:
-        raise TemplateError("a template needs a body (or html for email)", channel=channel, part="body")
+        raise TemplateError(
+            "a template needs a body (or html for email)", channel=channel, part="body"
+        )
     compiled = {
         part: _compile(
-            _HTML_ENV if part == "html" else _TEXT_ENV, src, channel=channel, part=part, fields=fields
+            _HTML_ENV if part == "html" else _TEXT_ENV,
+            src,
+            channel=channel,
+            part=part,
+            fields=fields,
         )
         for part, src in parts.items()
     }

@@ -60,7 +60,9 @@ class TemplateError(CampaignKitError, ValueError):
         part: the template part (``subject``, ``body``, ``html``, ``title``).
     """
 
-    def __init__(self, message: str, *, channel: str | None = None, part: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, channel: str | None = None, part: str | None = None
+    ) -> None:
         self.channel = channel
         self.part = part
         where = ".".join(p for p in ("channels", channel, "template", part) if p and channel)

@@ -92,8 +92,11 @@ class Sandbox:
         SendGrid, Twilio and Expo tokens.
         """
         if config is None:
-            defaults = {"EMAIL_API_TOKEN": "sendgrid", "SMS_API_TOKEN": "twilio",
-                        "PUSH_API_TOKEN": "expo"}
+            defaults = {
+                "EMAIL_API_TOKEN": "sendgrid",
+                "SMS_API_TOKEN": "twilio",
+                "PUSH_API_TOKEN": "expo",
+            }
             return {var: self.servers[p].token for var, p in defaults.items() if p in self.servers}
         return {
             c.token_variable: self.servers[c.provider].token

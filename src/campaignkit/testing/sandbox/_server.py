@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import collections
+import contextlib
 import json
 import random
 import socket
@@ -122,10 +123,8 @@ class _Handler(BaseHTTPRequestHandler):
         reply = self.server.provider._dispatch(request)
         if reply is None:  # drop the connection without answering
             self.close_connection = True
-            try:
+            with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             return
         payload, content_type = reply.encode()
         self.send_response(reply.status)
@@ -160,9 +159,11 @@ class ProviderServer(abc.ABC):
     """
 
     #: the token the sandbox accepts unless another is given
-    DEFAULT_TOKEN = "sandbox-token"
+    DEFAULT_TOKEN = "sandbox-token"  # noqa: S105 - a fake provider's fake token
 
-    def __init__(self, *, token: str = DEFAULT_TOKEN, port: int = 0, faults: Faults | None = None) -> None:
+    def __init__(
+        self, *, token: str = DEFAULT_TOKEN, port: int = 0, faults: Faults | None = None
+    ) -> None:
         self.token = token
         self.faults = faults if faults is not None else Faults()
         self.lock = threading.Lock()
@@ -176,7 +177,10 @@ class ProviderServer(abc.ABC):
     def start(self) -> Self:
         self._server = _Server(self, self._port)
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"sandbox-{type(self).__name__}", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"sandbox-{type(self).__name__}",
+            daemon=True,
         )
         self._thread.start()
         return self
@@ -239,8 +243,9 @@ class ProviderServer(abc.ABC):
 
     def rate_limited_reply(self, retry_after: float) -> Reply:
         """The provider's 429; subclasses override to use the provider's body."""
-        return Reply(429, {"errors": [{"message": "too many requests"}]},
-                     {"Retry-After": f"{retry_after:g}"})
+        return Reply(
+            429, {"errors": [{"message": "too many requests"}]}, {"Retry-After": f"{retry_after:g}"}
+        )
 
     def server_error_reply(self, status: int) -> Reply:
         """The provider's 5xx (or other scripted status); subclasses may override."""
