@@ -29,6 +29,9 @@ __all__ = [
 
 
 def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    # A plain dict is taken as is (sources build a fresh one per row); others are copied.
+    if type(value) is dict:
+        return value
     return dict(value) if value else {}
 
 

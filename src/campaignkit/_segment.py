@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import csv
-import pickle
+import marshal
 import struct
 from collections.abc import Collection, Iterator
 from pathlib import Path
@@ -17,7 +17,7 @@ from ._source import Source
 __all__ = ["ExtractionStats", "Segment", "extract"]
 
 _CHUNK = 1000
-_LEN = struct.Struct("<I")  # spool framing: byte length of the next pickled chunk
+_LEN = struct.Struct("<I")  # spool framing: byte length of the next chunk
 
 
 @attrs.frozen
@@ -34,7 +34,7 @@ class ExtractionStats:
 class Segment:
     """A spool of accepted recipients in source order; iterate it as often as needed.
 
-    The spool is a private file of length-prefixed pickled chunks written by
+    The spool is a private file of length-prefixed ``marshal`` chunks (plain tuples, dicts and strings) written by
     :func:`extract` in this process; it is never read from anywhere else.
     """
 
@@ -45,7 +45,7 @@ class Segment:
         with self.path.open("rb") as f:
             while header := f.read(_LEN.size):
                 (size,) = _LEN.unpack(header)
-                chunk = pickle.loads(f.read(size))  # noqa: S301 - our own spool file
+                chunk = marshal.loads(f.read(size))  # our own spool file, written by extract()
                 for id_, email, phone, token, attributes, consent, line in chunk:
                     yield Recipient(id_, email, phone, token, attributes, consent, line)
 
@@ -68,7 +68,7 @@ def extract(
     with spool.open("wb") as out, rejects.open("w", newline="", encoding="utf-8") as rej:
 
         def dump(rows: list[tuple[object, ...]]) -> None:
-            data = pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
+            data = marshal.dumps(rows)
             out.write(_LEN.pack(len(data)))
             out.write(data)
 
