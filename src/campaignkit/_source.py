@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ._models import Recipient, RejectedRow
 
@@ -56,9 +56,12 @@ class SourceFactory(Protocol):
     """What ``campaignkit_register_sources`` registers: a class with a name and a
     constructor from the ``[source]`` table of a campaign file."""
 
-    name: ClassVar[str]
+    @property
+    def name(self) -> str:
+        """What a campaign sets as ``[source] type``."""
+        ...
 
-    @classmethod
-    def from_config(cls, options: Mapping[str, Any], *, base_dir: Path) -> Source:
-        """Build the source; raise :class:`~campaignkit.ConfigError` on bad options."""
+    def from_config(self, options: Mapping[str, Any], *, base_dir: Path) -> Source:
+        """Build the source (a class method on the registered class); raise
+        :class:`~campaignkit.ConfigError` on bad options."""
         ...

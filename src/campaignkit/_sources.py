@@ -18,7 +18,7 @@ import stat
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from operator import itemgetter
 from pathlib import Path
-from typing import IO, Any, ClassVar, cast
+from typing import IO, Any, ClassVar
 
 import attrs
 
@@ -735,7 +735,5 @@ class JsonLinesSource(_FileSource):
 @hookimpl
 def campaignkit_register_sources(register: Callable[[SourceFactory], None]) -> None:
     """Register the built-in ``csv`` and ``jsonl`` source types."""
-    # The casts: mypy cannot match a class object to a protocol with a ClassVar
-    # member (``SourceFactory.name``); see the note in the report to the lead.
-    register(cast(SourceFactory, CsvSource))
-    register(cast(SourceFactory, JsonLinesSource))
+    register(CsvSource)
+    register(JsonLinesSource)
