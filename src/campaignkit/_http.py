@@ -16,13 +16,14 @@ import requests.utils
 from ._notifier import ChannelSettings, Notifier
 from .exceptions import ConfigError, PermanentDeliveryError, TransientDeliveryError
 
-__all__ = ["HttpNotifier", "check_base_url", "parse_retry_after"]
+__all__ = ["HttpNotifier", "check_base_url", "is_loopback", "parse_retry_after"]
 
 #: Longest wait a provider's rate-limit header can impose on us, in seconds.
 MAX_RETRY_AFTER = 300.0
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is ``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
@@ -44,7 +45,7 @@ def check_base_url(url: str, *, path: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"expected an http(s) URL, got {url!r}", path=path)
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise ConfigError(
             f"refusing clear-text http:// to remote host {parts.hostname!r}; use https://",
             path=path,

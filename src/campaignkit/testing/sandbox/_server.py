@@ -75,7 +75,8 @@ class Faults:
         stall_seconds: see ``stall_rate``.
         drop_rate: probability that the connection is closed without an answer.
         script: faults for the next requests, consumed in order: an HTTP status
-            (``429``, ``500``, ``503``...), ``"drop"`` or ``"stall"``.
+            (``429``, ``500``, ``503``...), ``"drop"``, ``"stall"``, or ``"pass"``
+            (answer that request normally).
         seed: seed for the random draws, for reproducible runs.
     """
 

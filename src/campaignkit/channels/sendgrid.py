@@ -1,0 +1,509 @@
+"""Email through the SendGrid v3 Mail Send API (``provider = "sendgrid"``).
+
+::
+
+    POST {base_url}/v3/mail/send
+    Authorization: Bearer <API key>
+    Content-Type: application/json
+
+    {"from": {...}, "content": [...], "personalizations": [{"to": [...], "subject": ...}, ...]}
+
+Options (``[channels.email.options]``):
+
+``from_email`` (required), ``from_name``
+    The sender.
+``reply_to``, ``reply_to_name``
+    Where replies go.
+``categories``
+    Up to 10 category names, for SendGrid's statistics.
+``custom_args``
+    String key/values added to every message (they come back in event webhooks).
+``asm_group_id``
+    Unsubscribe group id (marketing mail should carry one).
+``ip_pool_name``
+    IP pool to send from.
+``track_opens``, ``track_clicks``
+    Override the account's open and click tracking settings.
+``sandbox_mode``
+    SendGrid validates each request and answers 200 without delivering.
+``base_url``
+    Default ``https://api.sendgrid.com`` (``https://api.eu.sendgrid.com`` for EU
+    subusers).
+
+The API key is the channel token (``EMAIL_API_TOKEN``).
+
+Requests
+--------
+SendGrid's ``content`` (the text and HTML bodies) belongs to the whole request: a
+personalization can carry its own recipient, ``subject``, ``headers``,
+``custom_args`` and ``substitutions``, but not its own body (per-recipient bodies
+otherwise need a stored dynamic template). A campaign renders one body per
+recipient, so :meth:`SendGridNotifier.send_batch` turns a batch into as few
+requests as that allows:
+
+* messages with identical content share a request that carries that content;
+* messages with content of their own share a request whose content is a pair of
+  substitution tags (:data:`TEXT_TAG`, :data:`HTML_TAG`), each personalization
+  carrying its own text and HTML in ``substitutions``, which SendGrid applies to
+  the body without any template, while they fit in
+  :data:`MAX_SUBSTITUTION_BYTES`; larger ones get a request of their own;
+* a request never holds more than 1,000 personalizations, about
+  :data:`MAX_REQUEST_BYTES` of JSON, or the same address twice (compared without
+  case: SendGrid would reject the whole request).
+
+Every personalization has the message's ``subject``, its ``headers`` and the
+``custom_args`` ``campaignkit_recipient_id`` and ``campaignkit_idempotency_key``.
+
+Answers
+-------
+* 202: every message of the request is sent. Its provider message id is the
+  request's ``X-Message-Id``, shared by the request's recipients: SendGrid's event
+  webhooks carry it as the start of ``sg_message_id``, and the recipient by its
+  address and ``custom_args``.
+* 400 naming ``personalizations.N...``: SendGrid accepted nothing. Message ``N``
+  fails permanently (code ``"400"``) and the rest of the request is sent again at
+  once, which cannot duplicate anything. When the field is
+  ``personalizations.N.substitutions``, message ``N`` is sent again alone, with
+  its content in the request instead.
+* Any other 4xx (401, 403, 413, a 400 about the request as a whole): the
+  request's messages fail permanently; after 401 or 403 the rest of the batch is
+  not attempted (every request would fail the same way).
+* 429, 5xx, timeouts, connection errors: the request's messages fail transiently
+  and the rest of the batch is not attempted (it gets the same transient outcome).
+
+When nothing of the batch was sent and every message failed because of one
+request-level error, :meth:`~SendGridNotifier.send_batch` raises that error
+instead (with ``retry_after`` from ``X-RateLimit-Reset`` on a 429).
+SendGrid documents no idempotency key.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import attrs
+import requests
+
+from .._http import HttpNotifier
+from .._models import Message, Outcome
+from .._notifier import ChannelSettings
+from ..exceptions import ConfigError, DeliveryError, PermanentDeliveryError
+from ..hookspecs import hookimpl
+
+__all__ = ["SendGridNotifier", "SendGridOptions"]
+
+#: Mail Send endpoint, below ``base_url``.
+PATH = "/v3/mail/send"
+#: Most personalizations (and recipients) in one request.
+MAX_PERSONALIZATIONS = 1000
+#: SendGrid's limit on one personalization's substitutions (keys and values, UTF-8).
+MAX_SUBSTITUTION_BYTES = 50_000
+#: Budget for one request's JSON; SendGrid refuses messages over 30 MB.
+MAX_REQUEST_BYTES = 20_000_000
+#: Substitution tags standing for each recipient's text and HTML body.
+TEXT_TAG = "%campaignkit_text%"
+HTML_TAG = "%campaignkit_html%"
+#: ``custom_args`` keys naming the recipient and the message in event webhooks.
+RECIPIENT_ARG = "campaignkit_recipient_id"
+IDEMPOTENCY_ARG = "campaignkit_idempotency_key"
+
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+_PERSONALIZATION_FIELD = re.compile(r"personalizations\.(\d+)(?:\.(.*))?")
+_JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+@attrs.frozen
+class SendGridOptions:
+    """The ``options`` table of a SendGrid channel (see the module docstring)."""
+
+    from_email: str
+    from_name: str | None = None
+    reply_to: str | None = None
+    reply_to_name: str | None = None
+    categories: tuple[str, ...] = ()
+    custom_args: dict[str, str] = attrs.field(factory=dict)
+    asm_group_id: int | None = None
+    ip_pool_name: str | None = None
+    track_opens: bool | None = None
+    track_clicks: bool | None = None
+    sandbox_mode: bool = False
+    base_url: str = "https://api.sendgrid.com"
+
+
+@attrs.frozen
+class _Request:
+    """One planned Mail Send request.
+
+    ``positions`` index the batch; ``content`` is the shared ``(text, html)`` of a
+    request that carries its content, ``None`` for one that uses substitutions.
+    """
+
+    positions: tuple[int, ...]
+    content: tuple[str, str | None] | None
+
+
+class SendGridNotifier(HttpNotifier):
+    """Sends email through SendGrid's v3 Mail Send API, up to 1,000 per batch.
+
+    Raises:
+        ConfigError: from the constructor, for invalid options or a missing API key.
+    """
+
+    name: ClassVar[str] = "sendgrid"
+    address_field: ClassVar[str] = "email"
+    max_batch_size: ClassVar[int] = MAX_PERSONALIZATIONS
+    supports_idempotency_keys: ClassVar[bool] = False
+    default_base_url: ClassVar[str] = "https://api.sendgrid.com"
+
+    def __init__(self, settings: ChannelSettings) -> None:
+        super().__init__(settings)
+        self.options = settings.structure(SendGridOptions)
+        path = f"channels.{settings.channel}.options"
+        opts = self.options
+        if not _EMAIL.fullmatch(opts.from_email):
+            raise ConfigError(
+                f"not an email address: {opts.from_email!r}", path=f"{path}.from_email"
+            )
+        if opts.reply_to is not None and not _EMAIL.fullmatch(opts.reply_to):
+            raise ConfigError(f"not an email address: {opts.reply_to!r}", path=f"{path}.reply_to")
+        if len(opts.categories) > 10:
+            raise ConfigError("SendGrid allows at most 10 categories", path=f"{path}.categories")
+        for i, category in enumerate(opts.categories):
+            if not category or len(category) > 255:
+                raise ConfigError("expected 1 to 255 characters", path=f"{path}.categories.{i}")
+        reserved = {RECIPIENT_ARG, IDEMPOTENCY_ARG} & set(opts.custom_args)
+        if reserved:
+            key = sorted(reserved)[0]
+            raise ConfigError("reserved for campaignkit", path=f"{path}.custom_args.{key}")
+        if settings.token is None or not settings.token:
+            raise ConfigError(
+                f"channel {settings.channel!r} needs a SendGrid API key in its token "
+                "environment variable"
+            )
+        self._token = settings.token
+        self._static = self._static_fields()
+
+    # -- connection -----------------------------------------------------------------
+    def connect(self) -> requests.Session:
+        session = super().connect()
+        session.headers["Authorization"] = f"Bearer {self._token.reveal()}"
+        return session
+
+    # -- errors ---------------------------------------------------------------------
+    def error_message(self, response: requests.Response) -> str:
+        """``HTTP 400: Does not contain a valid address. (personalizations.0.to.0.email)``."""
+        errors = _errors(response)
+        if not errors:
+            return super().error_message(response)
+        parts = []
+        for error in errors[:5]:
+            text = str(error.get("message") or "error")[:200]
+            field = error.get("field")
+            parts.append(f"{text} ({field})" if field else text)
+        more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+        return f"HTTP {response.status_code}: " + "; ".join(parts) + more
+
+    # -- sending --------------------------------------------------------------------
+    def send_batch(self, conn: requests.Session, messages: Sequence[Message]) -> Sequence[Outcome]:
+        """Send ``messages`` in as few Mail Send requests as SendGrid allows.
+
+        Returns one outcome per message, in order (see the module docstring for how
+        SendGrid's answers map to outcomes).
+
+        Raises:
+            TransientDeliveryError: nothing was sent; a 429, 5xx, timeout or
+                connection error stopped the batch.
+            PermanentDeliveryError: nothing was sent; one request-level error (401,
+                403, a 400 about the request) failed every message.
+        """
+        outcomes: list[Outcome | None] = [None] * len(messages)
+        causes: dict[int, DeliveryError] = {}
+        valid: list[int] = []
+        for i, message in enumerate(messages):
+            problem = _local_problem(message)
+            if problem is None:
+                valid.append(i)
+            else:
+                outcomes[i] = Outcome.failed(problem, code="invalid_message")
+        queue = collections.deque(self._plan(messages, valid))
+        stop: DeliveryError | None = None
+        while queue:
+            request = queue.popleft()
+            if stop is None:
+                try:
+                    self._send_request(conn, messages, request, outcomes, queue)
+                    continue
+                except DeliveryError as exc:
+                    error = exc
+                    if exc.transient or exc.status_code in (401, 403):
+                        stop = exc
+            else:
+                error = stop
+            for p in request.positions:
+                if outcomes[p] is None:
+                    outcomes[p] = Outcome.failed(
+                        str(error), code=error.code, transient=error.transient
+                    )
+                    causes[p] = error
+        if len(causes) == len(messages) and len({id(e) for e in causes.values()}) == 1:
+            raise next(iter(causes.values()))
+        return [o or Outcome.failed("not sent", code="internal") for o in outcomes]
+
+    def _send_request(
+        self,
+        conn: requests.Session,
+        messages: Sequence[Message],
+        request: _Request,
+        outcomes: list[Outcome | None],
+        queue: collections.deque[_Request],
+    ) -> None:
+        """Send one planned request, dropping recipients SendGrid names in a 400.
+
+        Sets the outcome of every message it settles; messages SendGrid rejected
+        for their substitutions are queued again as requests of their own.
+
+        Raises:
+            DeliveryError: a request-level error; the request's unsettled messages
+                (outcome still ``None``) were not sent.
+        """
+        positions = list(request.positions)
+        while positions:
+            data = self._payload(messages, positions, request.content)
+            captured = _Capture()
+            try:
+                response = self.post(
+                    conn,
+                    PATH,
+                    data=data,
+                    headers=_JSON_HEADERS,
+                    hooks={"response": captured},
+                )
+            except PermanentDeliveryError as exc:
+                if exc.status_code != 400 or captured.response is None:
+                    raise
+                named = _recipient_errors(_errors(captured.response), len(positions))
+                if named is None:
+                    raise
+                for index, errors in sorted(named.items()):
+                    p = positions[index]
+                    fields = [str(e.get("field") or "") for e in errors]
+                    if request.content is None and all(
+                        f.startswith(f"personalizations.{index}.substitutions") for f in fields
+                    ):
+                        message = messages[p]
+                        queue.append(_Request((p,), (message.body, message.html)))
+                        continue
+                    text = "; ".join(
+                        f"{str(e.get('message') or 'invalid')[:200]} ({f})"
+                        for e, f in zip(errors, fields, strict=True)
+                    )
+                    outcomes[p] = Outcome.failed(f"HTTP 400: {text}", code="400")
+                positions = [p for i, p in enumerate(positions) if i not in named]
+                continue
+            message_id = response.headers.get("X-Message-Id") or None
+            for p in positions:
+                outcomes[p] = Outcome.sent(message_id)
+            return
+
+    # -- request building ------------------------------------------------------------
+    def _plan(self, messages: Sequence[Message], positions: Sequence[int]) -> list[_Request]:
+        """Group messages into requests (see "Requests" in the module docstring)."""
+        by_content: dict[tuple[str, str | None], list[int]] = {}
+        for p in positions:
+            by_content.setdefault((messages[p].body, messages[p].html), []).append(p)
+        static: list[tuple[tuple[str, str | None], list[int]]] = []
+        substituted: dict[tuple[bool, bool], list[int]] = {}
+        for content, group in by_content.items():
+            if (
+                len(group) > 1
+                or len(by_content) == 1
+                or _substitution_bytes(messages[group[0]]) > MAX_SUBSTITUTION_BYTES
+            ):
+                static.append((content, group))
+            else:
+                parts = (bool(content[0]), bool(content[1]))
+                substituted.setdefault(parts, []).append(group[0])
+        planned: list[_Request] = []
+        for content, group in static:
+            planned += [_Request(chunk, content) for chunk in self._split(messages, group, False)]
+        for group in substituted.values():
+            if len(group) == 1:
+                content = (messages[group[0]].body, messages[group[0]].html)
+                planned.append(_Request(tuple(group), content))
+            else:
+                planned += [_Request(chunk, None) for chunk in self._split(messages, group, True)]
+        planned.sort(key=lambda r: r.positions[0])
+        return planned
+
+    def _split(
+        self, messages: Sequence[Message], group: Sequence[int], substitute: bool
+    ) -> list[tuple[int, ...]]:
+        """Split ``group`` into chunks without a repeated address, each within the
+        personalization and size limits (first fit, keeping batch order)."""
+        chunks: list[list[int]] = []
+        seen: list[set[str]] = []
+        sizes: list[int] = []
+        for p in group:
+            message = messages[p]
+            address = message.address.strip().lower()
+            size = len(_dumps(self._personalization(message, substitute=substitute)))
+            for i, chunk in enumerate(chunks):
+                if (
+                    address not in seen[i]
+                    and len(chunk) < MAX_PERSONALIZATIONS
+                    and sizes[i] + size <= MAX_REQUEST_BYTES
+                ):
+                    chunk.append(p)
+                    seen[i].add(address)
+                    sizes[i] += size
+                    break
+            else:
+                base = (
+                    0
+                    if substitute
+                    else len(message.body.encode()) + len((message.html or "").encode())
+                )
+                chunks.append([p])
+                seen.append({address})
+                sizes.append(base + size)
+        return [tuple(c) for c in chunks]
+
+    def _personalization(self, message: Message, *, substitute: bool) -> dict[str, Any]:
+        to: dict[str, str] = {"email": message.address}
+        if message.name:
+            to["name"] = message.name
+        custom_args = {RECIPIENT_ARG: message.recipient_id}
+        if message.idempotency_key:
+            custom_args[IDEMPOTENCY_ARG] = message.idempotency_key
+        personalization: dict[str, Any] = {"to": [to], "subject": message.subject}
+        if message.headers:
+            personalization["headers"] = dict(message.headers)
+        personalization["custom_args"] = custom_args
+        if substitute:
+            substitutions = {}
+            if message.body:
+                substitutions[TEXT_TAG] = message.body
+            if message.html:
+                substitutions[HTML_TAG] = message.html
+            personalization["substitutions"] = substitutions
+        return personalization
+
+    def _payload(
+        self,
+        messages: Sequence[Message],
+        positions: Sequence[int],
+        content: tuple[str, str | None] | None,
+    ) -> bytes:
+        if content is None:
+            first = messages[positions[0]]
+            text = TEXT_TAG if first.body else None
+            html = HTML_TAG if first.html else None
+        else:
+            text, html = content[0] or None, content[1]
+        parts = []
+        if text:
+            parts.append({"type": "text/plain", "value": text})
+        if html:
+            parts.append({"type": "text/html", "value": html})
+        body: dict[str, Any] = {
+            "personalizations": [
+                self._personalization(messages[p], substitute=content is None) for p in positions
+            ],
+            **self._static,
+            "content": parts,
+        }
+        return _dumps(body)
+
+    def _static_fields(self) -> dict[str, Any]:
+        """The request fields that come from the options."""
+        opts = self.options
+        fields: dict[str, Any] = {"from": _address(opts.from_email, opts.from_name)}
+        if opts.reply_to:
+            fields["reply_to"] = _address(opts.reply_to, opts.reply_to_name)
+        if opts.categories:
+            fields["categories"] = list(opts.categories)
+        if opts.custom_args:
+            fields["custom_args"] = dict(opts.custom_args)
+        if opts.asm_group_id is not None:
+            fields["asm"] = {"group_id": opts.asm_group_id}
+        if opts.ip_pool_name:
+            fields["ip_pool_name"] = opts.ip_pool_name
+        if opts.sandbox_mode:
+            fields["mail_settings"] = {"sandbox_mode": {"enable": True}}
+        tracking: dict[str, Any] = {}
+        if opts.track_opens is not None:
+            tracking["open_tracking"] = {"enable": opts.track_opens}
+        if opts.track_clicks is not None:
+            tracking["click_tracking"] = {"enable": opts.track_clicks}
+        if tracking:
+            fields["tracking_settings"] = tracking
+        return fields
+
+
+class _Capture:
+    """A ``requests`` response hook that keeps the response (for error bodies)."""
+
+    response: requests.Response | None = None
+
+    def __call__(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        self.response = response
+
+
+def _address(email: str, name: str | None) -> dict[str, str]:
+    return {"email": email, "name": name} if name else {"email": email}
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _substitution_bytes(message: Message) -> int:
+    size = len(TEXT_TAG) + len(message.body.encode()) if message.body else 0
+    if message.html:
+        size += len(HTML_TAG) + len(message.html.encode())
+    return size
+
+
+def _local_problem(message: Message) -> str | None:
+    """Why SendGrid would refuse ``message`` whatever the rest of the batch, if so."""
+    if not message.subject:
+        return "an email needs a subject"
+    if not message.body and not message.html:
+        return "an email needs a text or HTML body"
+    return None
+
+
+def _errors(response: requests.Response) -> list[Mapping[str, Any]]:
+    """The ``errors`` list of a SendGrid error body (empty if there is none)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return []
+    errors = body.get("errors") if isinstance(body, dict) else None
+    if not isinstance(errors, list):
+        return []
+    return [e for e in errors if isinstance(e, Mapping)]
+
+
+def _recipient_errors(
+    errors: Sequence[Mapping[str, Any]], count: int
+) -> dict[int, list[Mapping[str, Any]]] | None:
+    """Errors by personalization index, or ``None`` unless every error names one of
+    the ``count`` personalizations (then the request as a whole is at fault)."""
+    named: dict[int, list[Mapping[str, Any]]] = {}
+    for error in errors:
+        match = _PERSONALIZATION_FIELD.fullmatch(str(error.get("field") or ""))
+        if match is None or int(match.group(1)) >= count:
+            return None
+        named.setdefault(int(match.group(1)), []).append(error)
+    return named or None
+
+
+@hookimpl
+def campaignkit_register_channels(register: Any) -> None:
+    """Register :class:`SendGridNotifier`."""
+    register(SendGridNotifier)
