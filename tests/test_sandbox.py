@@ -1,0 +1,91 @@
+"""The provider sandbox as users get it: the pytest11 fixtures and Sandbox.apply()."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from campaignkit import Channel, Pipeline, PipelineConfig, RunStatus, SourceConfig, Template
+from campaignkit.testing.sandbox import PROVIDERS, Sandbox
+
+ROWS = [
+    # id, email, phone, push token (Expo) / subscription id (OneSignal)
+    ("c1", "ann@example.com", "+14155550101", "ExponentPushToken[ann]"),
+    ("c2", "bob@invalid.example", "+15550100123", "ExponentPushToken[bob]"),
+    ("c3", "cid@example.com", "+14155550103", "ExponentPushToken[cid]"),
+]
+
+
+def segment(tmp_path: Path) -> Path:
+    path = tmp_path / "seg.csv"
+    lines = ["id,email,phone,push_token,first_name"]
+    lines += [f"{i},{e},{p},{t},N{i}" for i, e, p, t in ROWS]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def config(tmp_path: Path, providers: dict[str, str]) -> PipelineConfig:
+    templates = {
+        "email": Template(subject="Hi {{ first_name }}", body="Text", html="<p>Hi</p>"),
+        "sms": Template(body="Hi {{ first_name }}"),
+        "push": Template(title="Sale", body="Hi {{ first_name }}"),
+    }
+    channels = tuple(
+        Channel(
+            name=name,
+            provider=provider,
+            template=templates[name],
+            require_consent=False,
+            options={"from_email": "news@example.com"} if name == "email" else {},
+        )
+        for name, provider in providers.items()
+    )
+    return PipelineConfig(
+        name="sandboxed",
+        source=SourceConfig("csv", {"path": str(segment(tmp_path))}),
+        channels=channels,
+        base_dir=tmp_path,
+    )
+
+
+def test_fixture_starts_every_provider(ck_sandbox: Sandbox) -> None:
+    assert set(ck_sandbox.servers) == set(PROVIDERS)
+    for provider, info in ck_sandbox.describe().items():
+        assert info["token"], provider
+        assert info["options"], provider
+
+
+@pytest.mark.parametrize(
+    "providers",
+    [
+        {"email": "sendgrid", "sms": "twilio", "push": "expo"},
+        {"email": "smtp", "sms": "telnyx", "push": "expo"},
+    ],
+)
+def test_campaign_against_the_sandbox(
+    tmp_path: Path, ck_sandbox: Sandbox, providers: dict[str, str]
+) -> None:
+    cfg = ck_sandbox.apply(config(tmp_path, providers))
+    report = Pipeline.from_config(cfg, env=ck_sandbox.env(cfg), sleep=lambda s: None).run()
+    assert report.status in (RunStatus.SUCCEEDED, RunStatus.PARTIAL)
+    email, sms, push = (report.channels[n] for n in ("email", "sms", "push"))
+    assert (email.sent, email.failed) == (2, 1)  # *@invalid.example is refused
+    assert push.sent == 3
+    delivered = {
+        p: sorted(m["to"] for m in ck_sandbox.servers[p].messages) for p in providers.values()
+    }
+    assert delivered[providers["push"]] == sorted(t for *_, t in ROWS)
+    assert "ann@example.com" in delivered[providers["email"]]
+    if providers["sms"] == "twilio":  # the reserved +1555010xxxx range is invalid (21211)
+        assert (sms.sent, sms.failed, sms.error_codes) == (2, 1, {"21211": 1})
+    dumped = ck_sandbox.dump(tmp_path / "recorded")
+    assert all(path.exists() for path in dumped.values())
+
+
+def test_recorder_fixture(tmp_path: Path, ck_plugin_manager: Any, ck_recorder: Any) -> None:
+    cfg = config(tmp_path, {"sms": "recording"})
+    report = Pipeline.from_config(cfg, plugins=ck_plugin_manager, env={}).run()
+    assert report.channels["sms"].sent == 3
+    assert [m.address for m in ck_recorder.outbox.messages] == [e for _, e, *_ in ROWS]
