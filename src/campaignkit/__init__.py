@@ -7,6 +7,8 @@ pluggy entry points (group ``campaignkit``).
 
 from __future__ import annotations
 
+import logging
+
 from ._config import (
     Channel,
     Execution,
@@ -94,3 +96,6 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+# A library logs; the application decides where it goes (the CLI's -v does).
+logging.getLogger("campaignkit").addHandler(logging.NullHandler())

@@ -109,9 +109,9 @@ class _Tally:
     def add(self, results: Sequence[DeliveryResult]) -> None:
         with self.lock:
             for r in results:
-                self.status[r.status] += 1
+                self.status[str(r.status)] += 1
                 if r.reason:
-                    self.reasons[r.reason] += 1
+                    self.reasons[str(r.reason)] += 1
                 if r.error_code:
                     self.codes[r.error_code] += 1
             done = sum(self.status.values())
@@ -140,8 +140,10 @@ class ChannelRunner:
         deadline: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.plan = plan
+        self.cancel = cancel or threading.Event()
         self.name = plan.channel.name
         self.run_id = run_id
         self.writer = writer
@@ -226,7 +228,10 @@ class ChannelRunner:
         leftover = [p for group in self._retry for p in group]
         self._retry = []
         timed_out = self.deadline is not None and self.clock() >= self.deadline
-        self._finish(leftover, Reason.TIMED_OUT if timed_out else Reason.RETRIES_EXHAUSTED)
+        if self.cancel.is_set():
+            self._finish(leftover, Reason.CANCELLED)
+        else:
+            self._finish(leftover, Reason.TIMED_OUT if timed_out else Reason.RETRIES_EXHAUSTED)
         t = self.tally
         return ChannelResult(
             channel=self.name,
@@ -244,8 +249,10 @@ class ChannelRunner:
         )
 
     def _stopped(self) -> bool:
-        return self._abort is not None or (
-            self.deadline is not None and self.clock() >= self.deadline
+        return (
+            self._abort is not None
+            or self.cancel.is_set()
+            or (self.deadline is not None and self.clock() >= self.deadline)
         )
 
     def _pass(self, items: Iterator[_Pending | DeliveryResult | list[_Pending]]) -> None:
@@ -382,13 +389,15 @@ class ChannelRunner:
                 p.error_code, p.error = code, f"not sent: {error}"
             self._record([self._result(p, DeliveryStatus.FAILED, reason) for p in batch])
         else:
-            self._record([self._result(p, DeliveryStatus.SKIPPED, Reason.TIMED_OUT) for p in batch])
+            reason = Reason.CANCELLED if self.cancel.is_set() else Reason.TIMED_OUT
+            self._record([self._result(p, DeliveryStatus.SKIPPED, reason) for p in batch])
 
     def _finish(self, leftover: list[_Pending], reason: str) -> None:
         if self._abort is not None:
             self._settle_stopped(leftover)
             return
-        status = DeliveryStatus.SKIPPED if reason == Reason.TIMED_OUT else DeliveryStatus.FAILED
+        stopped = reason in (Reason.TIMED_OUT, Reason.CANCELLED)
+        status = DeliveryStatus.SKIPPED if stopped else DeliveryStatus.FAILED
         self._record([self._result(p, status, reason) for p in leftover])
 
     def _result(

@@ -163,6 +163,7 @@ class Reason(enum.StrEnum):
     NO_CONSENT = "no_consent"
     OVER_TARGET = "over_target"
     TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
     RENDER_ERROR = "render_error"
 
 

@@ -6,9 +6,11 @@ import json
 import logging
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ from ._plugins import Registry, get_plugin_manager
 from ._segment import extract
 from ._source import MODEL_FIELDS, Source
 from ._templates import compile_template
-from .exceptions import CampaignKitError, ConfigError, PluginError
+from .exceptions import ConfigError, PluginError
 
 __all__ = ["Pipeline", "ValidationSummary"]
 
@@ -357,6 +359,7 @@ class Pipeline:
         )
         results: dict[str, ChannelResult] = {}
         errors: dict[str, str] = {}
+        cancel = threading.Event()
 
         def run_channel(plan: ChannelPlan) -> ChannelResult:
             writer = ResultWriter(run_dir / f"{plan.channel.name}.jsonl")
@@ -368,6 +371,7 @@ class Pipeline:
                     sleep=self.sleep,
                     deadline=deadline,
                     progress=progress,
+                    cancel=cancel,
                 )
                 result = runner.run(segment)
             finally:
@@ -378,6 +382,14 @@ class Pipeline:
         workers = min(len(plans), self.execution.max_workers or len(plans)) or 1
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ck-channel") as pool:
             futures = {plan.channel.name: pool.submit(run_channel, plan) for plan in plans}
+            try:
+                futures_wait(futures.values())
+            except KeyboardInterrupt:
+                # Stop starting batches; in-flight requests finish and are recorded.
+                log.warning("%s: interrupted; finishing in-flight requests", run_id)
+                cancel.set()
+                futures_wait(futures.values())
+                raise
             for name, future in futures.items():
                 try:
                     results[name] = future.result()
@@ -412,9 +424,8 @@ class Pipeline:
 
 
 def _call_observer(hook: Any, **kwargs: Any) -> None:
+    """Call an observer hook; what it raises is logged and ignored (messages were sent)."""
     try:
         hook(**kwargs)
-    except CampaignKitError:
-        raise
     except Exception:
         log.exception("an observer hook raised; ignored")

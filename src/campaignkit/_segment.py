@@ -34,8 +34,9 @@ class ExtractionStats:
 class Segment:
     """A spool of accepted recipients in source order; iterate it as often as needed.
 
-    The spool is a private file of length-prefixed ``marshal`` chunks (plain tuples, dicts and strings) written by
-    :func:`extract` in this process; it is never read from anywhere else.
+    The spool is a private file of length-prefixed ``marshal`` chunks (plain tuples,
+    dicts and strings) written by :func:`extract` in this process; it is never read
+    from anywhere else.
     """
 
     path: Path
@@ -45,7 +46,7 @@ class Segment:
         with self.path.open("rb") as f:
             while header := f.read(_LEN.size):
                 (size,) = _LEN.unpack(header)
-                chunk = marshal.loads(f.read(size))  # our own spool file, written by extract()
+                chunk = marshal.loads(f.read(size))  # noqa: S302 - our own spool, see above
                 for id_, email, phone, token, attributes, consent, line in chunk:
                     yield Recipient(id_, email, phone, token, attributes, consent, line)
 

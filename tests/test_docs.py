@@ -1,0 +1,248 @@
+"""The documentation stays true: every hook, config key and exit code is documented,
+links resolve, and the runnable snippets run (against the loopback sandbox)."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+import re
+import shutil
+import types
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from click.testing import CliRunner
+
+import campaignkit
+from campaignkit import ChannelSettings, ConfigError, Secret, get_plugin_manager, hookspecs
+from campaignkit._config import (
+    Channel,
+    Execution,
+    RetryPolicy,
+    Schedule,
+    Template,
+    _PipelineMeta,
+    parse_config,
+)
+from campaignkit._models import Rate
+from campaignkit._plugins import BUILTIN_PLUGINS, Registry
+from campaignkit._sources import _CsvOptions, _JsonLinesOptions
+from campaignkit.cli import EXIT_FAILED, EXIT_INPUT_ERROR, EXIT_OK, EXIT_PARTIAL, main
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+
+
+def read(name: str) -> str:
+    return (DOCS / name).read_text(encoding="utf-8")
+
+
+def snippet(name: str, marker: str) -> str:
+    """The fenced block right after ``<!-- doctest: marker ... -->`` in ``docs/name``."""
+    pattern = rf"<!-- doctest: {re.escape(marker)}[^>]*-->\n```[a-z]*\n(.*?)```"
+    found = re.search(pattern, read(name), re.S)
+    assert found, f"no doctest block {marker!r} in docs/{name}"
+    return found.group(1)
+
+
+# -- hooks -------------------------------------------------------------------------------------
+
+
+def hookspec_signatures() -> dict[str, str]:
+    out = {}
+    for name, func in inspect.getmembers(hookspecs, inspect.isfunction):
+        if hasattr(func, f"{hookspecs.PROJECT_NAME}_spec"):
+            params = ", ".join(inspect.signature(func).parameters)
+            out[name] = f"{name}({params})"
+    return out
+
+
+def test_there_are_hooks_to_document() -> None:
+    assert "campaignkit_register_channels" in hookspec_signatures()
+
+
+@pytest.mark.parametrize("name", sorted(hookspec_signatures()))
+def test_plugin_hooks_are_documented(name: str) -> None:
+    """Every hookspec has a heading ``name(arg1, arg2)`` in docs/hooks.md."""
+    signature = hookspec_signatures()[name]
+    headings = [line for line in read("hooks.md").splitlines() if line.startswith("#")]
+    assert any(signature in line for line in headings), (
+        f"docs/hooks.md has no heading for {signature}"
+    )
+
+
+def test_documented_hooks_exist() -> None:
+    documented = re.findall(r"^#+ (campaignkit_\w+\([^)]*\))", read("hooks.md"), re.M)
+    assert documented
+    assert set(documented) <= set(hookspec_signatures().values())
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+
+def top_level_tables() -> list[str]:
+    """The loader's own list of top-level tables, from its "unknown table" error."""
+    with pytest.raises(ConfigError) as info:
+        parse_config({"__nope__": {}}, base_dir=ROOT)
+    listed = re.search(r"expected one of (\[.*?\])", str(info.value))
+    assert listed, str(info.value)
+    tables: list[str] = ast.literal_eval(listed.group(1))
+    return tables
+
+
+def test_every_top_level_table_is_documented() -> None:
+    doc = read("configuration.md")
+    tables = top_level_tables()
+    assert set(tables) >= {"pipeline", "source", "schedule", "execution", "channels"}
+    for table in tables:
+        heading = "## `[channels.<name>]`" if table == "channels" else f"## `[{table}]`"
+        assert heading in doc, f"docs/configuration.md has no section {heading}"
+
+
+def option_classes() -> list[type]:
+    """The attrs options classes of the built-in channel modules."""
+    import importlib
+
+    found = []
+    for module_name in BUILTIN_PLUGINS:
+        module = importlib.import_module(module_name)
+        for name in getattr(module, "__all__", ()):
+            obj = getattr(module, name)
+            if isinstance(obj, type) and attrs.has(obj) and name.endswith("Options"):
+                found.append(obj)
+    return found
+
+
+def schema_keys() -> list[tuple[str, str]]:
+    classes: list[type] = [
+        _PipelineMeta,
+        Channel,
+        Template,
+        Execution,
+        RetryPolicy,
+        Schedule,
+        Rate,
+        _CsvOptions,
+        _JsonLinesOptions,
+        *option_classes(),
+    ]
+    keys = []
+    for cls in classes:
+        for field in attrs.fields(cls):
+            key = field.name.rstrip("_")  # from_ is spelled "from" in TOML
+            if cls is Channel and key == "name":
+                continue  # the table's own name
+            keys.append((cls.__name__, key))
+    return keys
+
+
+def test_builtin_option_classes_are_found() -> None:
+    names = {cls.__name__ for cls in option_classes()}
+    assert {"SendGridOptions", "TwilioOptions", "ExpoOptions"} <= names
+
+
+@pytest.mark.parametrize(("owner", "key"), schema_keys())
+def test_every_config_key_is_documented(owner: str, key: str) -> None:
+    assert f"`{key}`" in read("configuration.md"), (
+        f"{owner}.{key} is not documented in docs/configuration.md"
+    )
+
+
+# -- command line ------------------------------------------------------------------------------
+
+
+def test_exit_codes_are_documented() -> None:
+    doc = read("cli.md")
+    help_text = CliRunner().invoke(main, ["--help"]).stdout
+    for code in (EXIT_OK, EXIT_PARTIAL, EXIT_INPUT_ERROR, EXIT_FAILED):
+        assert f"| `{code}` |" in doc
+        assert f"  {code}  " in help_text
+
+
+def test_every_command_is_documented() -> None:
+    doc = read("cli.md")
+    for name in main.commands:  # type: ignore[attr-defined]
+        assert f"## `campaignkit {name}" in doc, name
+
+
+# -- links -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("page", sorted(p.name for p in DOCS.glob("*.md")))
+def test_relative_links_resolve(page: str) -> None:
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", read(page)):
+        if re.match(r"[a-z]+:", target):
+            continue
+        assert (DOCS / target).resolve().exists(), f"docs/{page}: broken link {target}"
+
+
+# -- runnable snippets ---------------------------------------------------------------------------
+
+
+def test_getting_started_toml_campaign_runs(tmp_path: Path) -> None:
+    (tmp_path / "campaign.toml").write_text(snippet("getting-started.md", "campaign.toml"))
+    (tmp_path / "customers.csv").write_text(snippet("getting-started.md", "customers.csv"))
+    result = CliRunner().invoke(
+        main,
+        ["run", str(tmp_path / "campaign.toml"), "--sandbox", "--json"],
+        env={"SMS_API_TOKEN": None},
+    )
+    assert result.exit_code == 0, result.output
+    sms = json.loads(result.stdout)["sms_campaign_results"]
+    assert (sms["sent"], sms["skipped"], sms["reasons"]) == (1, 1, {"no_consent": 1})
+
+
+def test_getting_started_python_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(
+        ROOT / "examples" / "multi_channel_campaign",
+        tmp_path / "examples" / "multi_channel_campaign",
+        ignore=shutil.ignore_patterns("campaignkit-results"),
+    )
+    monkeypatch.chdir(tmp_path)
+    code = snippet("getting-started.md", "run")
+    exec(compile(code, "docs/getting-started.md", "exec"), {})
+    assert capsys.readouterr().out.startswith("partial ")
+    assert list((tmp_path / "campaignkit-results").iterdir())
+
+
+def test_channel_plugin_example_registers_and_validates() -> None:
+    module = types.ModuleType("campaignkit_chat_example")
+    exec(
+        compile(
+            snippet("writing-a-channel-plugin.md", "define"),
+            "docs/writing-a-channel-plugin.md",
+            "exec",
+        ),
+        module.__dict__,
+    )
+    registry = Registry(get_plugin_manager(load_entrypoints=False, plugins=[module]))
+    cls: Any = registry.channels["chat"].factory
+    assert issubclass(cls, campaignkit.HttpNotifier)
+    notifier = cls(ChannelSettings(channel="team", options={"room": "sales"}, token=Secret("t")))
+    assert notifier.base_url == "https://chat.example.com"
+    with pytest.raises(ConfigError) as info:
+        cls(ChannelSettings(channel="team", options={}, token=Secret("t")))
+    assert info.value.path == "channels.team.options.room"
+
+
+def test_recording_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    exec(compile(snippet("sandbox.md", "recording"), "docs/sandbox.md", "exec"), {})
+    assert (tmp_path / "out").is_dir()
+
+
+def test_source_hook_example_registers_a_working_source(tmp_path: Path) -> None:
+    module = types.ModuleType("campaignkit_tsv_example")
+    exec(compile(snippet("hooks.md", "tsv-source"), "docs/hooks.md", "exec"), module.__dict__)
+    (tmp_path / "segment.tsv").write_text("customer_id\temail\nC1\tada@example.com\n")
+    registry = Registry(get_plugin_manager(load_entrypoints=False, plugins=[module]))
+    source = registry.source_factory("tsv").from_config(
+        {"path": "segment.tsv", "columns": {"id": "customer_id"}}, base_dir=tmp_path
+    )
+    [recipient] = list(source.records())
+    assert (recipient.id, recipient.email) == ("C1", "ada@example.com")
