@@ -68,9 +68,8 @@ def sms_pipeline(
     )
 
 
-def results(report: Any, channel: str) -> dict[str, dict[str, Any]]:
-    path = Path(report.output_dir) / f"{channel}.jsonl"
-    return {r["recipient_id"]: r for r in map(json.loads, path.read_text().splitlines())}
+def results(pipeline: Pipeline, report: Any, channel: str) -> dict[str, dict[str, Any]]:
+    return {r.recipient_id: r.to_dict() for r in pipeline.results(report.run_id, channel)}
 
 
 def test_transient_error_then_success_on_retry(
@@ -78,12 +77,13 @@ def test_transient_error_then_success_on_retry(
 ) -> None:
     twilio.faults.fail_next(503, "drop")
     sleeps: list[float] = []
-    report = sms_pipeline(tmp_path, pm, twilio, phones(6), sleeps, concurrency=1).run()
+    pipeline = sms_pipeline(tmp_path, pm, twilio, phones(6), sleeps, concurrency=1)
+    report = pipeline.run()
     sms = report.channels["sms"]
     assert (sms.sent, sms.failed, sms.retries) == (6, 0, 1)
     assert sleeps == [300.0]
     assert sorted(m["to"] for m in twilio.messages) == [f"+1415555{i:04d}" for i in range(6)]
-    retried = [r for r in results(report, "sms").values() if r["attempts"] == 2]
+    retried = [r for r in results(pipeline, report, "sms").values() if r["attempts"] == 2]
     assert len(retried) == 2
 
 
@@ -141,28 +141,37 @@ def test_invalid_numbers_fail_permanently_with_provider_code(
         ]
     )
     sleeps: list[float] = []
-    report = sms_pipeline(tmp_path, pm, twilio, source, sleeps).run()
+    pipeline = sms_pipeline(tmp_path, pm, twilio, source, sleeps)
+    report = pipeline.run()
     sms = report.channels["sms"]
     assert (sms.sent, sms.failed) == (1, 3)
     assert sms.error_codes == {"21211": 1, "21610": 1, "21614": 1}
     assert sleeps == []
-    per = results(report, "sms")
+    per = results(pipeline, report, "sms")
     assert per["ok"]["provider_message_id"].startswith("SM")
     assert per["bad"]["reason"] == "permanent_error" and per["bad"]["attempts"] == 1
 
 
-def test_wrong_token_aborts_the_channel_without_hammering(
+def test_wrong_token_stops_the_channel_and_retry_failed_finishes_it(
     tmp_path: Path, pm: pluggy.PluginManager, twilio: TwilioServer
 ) -> None:
     pipeline = sms_pipeline(tmp_path, pm, twilio, phones(50), concurrency=2)
     pipeline._env = {"SMS_API_TOKEN": "wrong-token-value"}
     report = pipeline.run()
     sms = report.channels["sms"]
-    assert sms.failed == 50 and sms.sent == 0
-    assert sms.requests <= 2
-    assert report.status is RunStatus.PARTIAL
-    text = (Path(report.output_dir or "") / "sms.jsonl").read_text()
-    assert "wrong-token-value" not in text
+    # Rejected credentials stop the channel: no hammering, nothing lost.
+    assert sms.requests <= 2 and sms.sent == 0
+    assert sms.failed + sms.pending == 50 and sms.failed <= 2
+    assert sms.stopped is not None and sms.stopped.startswith("credentials rejected")
+    assert report.status is RunStatus.FAILED
+    rows = pipeline.results(report.run_id, "sms")
+    assert all("wrong-token-value" not in repr(r) for r in rows)
+    # With the right token, retry-failed re-drives the rejected batch and sends the rest.
+    pipeline._env = {"SMS_API_TOKEN": twilio.token}
+    again = pipeline.retry_failed(report.run_id)
+    assert again.run_id == report.run_id
+    assert (again.channels["sms"].sent, again.channels["sms"].pending) == (50, 0)
+    assert len(twilio.messages) == 50 == len({m["to"] for m in twilio.messages})
 
 
 def test_per_recipient_failures_inside_http_200(

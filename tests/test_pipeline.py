@@ -97,7 +97,8 @@ def make(tmp_path: Path, segment: Path, pm: pluggy.PluginManager, **kw: Any) -> 
 def test_run_end_to_end(
     tmp_path: Path, segment: Path, pm: pluggy.PluginManager, recorder: Any
 ) -> None:
-    report = make(tmp_path, segment, pm).run()
+    pipeline = make(tmp_path, segment, pm)
+    report = pipeline.run()
     assert report.status is RunStatus.SUCCEEDED
     assert report.rows_read == 5 and report.rows_rejected == 2
     assert report.rejected_reasons == {"empty_required_field": 1, "bad_consent_value": 1}
@@ -126,8 +127,9 @@ def test_run_end_to_end(
     assert data["push_notification_results"]["sent"] == 2
     # Per-recipient results and rejected rows are on disk; nothing is lost.
     out = Path(report.output_dir or "")
-    lines = [json.loads(x) for x in (out / "email.jsonl").read_text().splitlines()]
-    assert sorted(r["recipient_id"] for r in lines) == ["c1", "c2", "c3"]
+    lines = pipeline.results(report.run_id, "email")
+    assert [(r.recipient_id, r.status.value) for r in lines] == [
+        ("c1", "sent"), ("c2", "skipped"), ("c3", "skipped")]
     rejected = (out / "rejected.csv").read_text().splitlines()
     assert rejected[0].startswith("line,reason")
     assert any(r.startswith("5,empty_required_field") for r in rejected)
@@ -165,7 +167,8 @@ def test_transient_failures_are_retried_constant_delay(tmp_path: Path, segment: 
         template=Template(body="x"),
         options={"address_field": "phone", "flaky": {"+14155550101": 1, "+14155550102": 5}},
     )
-    report = make(tmp_path, segment, pm, channels=chans, sleep=sleeps.append).run()
+    pipeline = make(tmp_path, segment, pm, channels=chans, sleep=sleeps.append)
+    report = pipeline.run()
     sms = report.channels["sms"]
     # Default policy: 2 retries, 5 minutes apart.
     assert sleeps == [300.0, 300.0]
@@ -173,12 +176,9 @@ def test_transient_failures_are_retried_constant_delay(tmp_path: Path, segment: 
     assert (sms.sent, sms.failed) == (1, 1)
     assert sms.reasons == {"retries_exhausted": 1, "no_consent": 1}
     assert report.status is RunStatus.PARTIAL
-    out = Path(report.output_dir or "")
-    results = {
-        r["recipient_id"]: r for r in map(json.loads, (out / "sms.jsonl").read_text().splitlines())
-    }
-    assert results["c1"]["attempts"] == 2 and results["c1"]["status"] == "sent"
-    assert results["c2"]["attempts"] == 3 and results["c2"]["error_code"] == "flaky"
+    results = {r.recipient_id: r for r in pipeline.results(report.run_id, "sms")}
+    assert results["c1"].attempts == 2 and results["c1"].status == "sent"
+    assert results["c2"].attempts == 3 and results["c2"].error_code == "flaky"
     # Only failed messages were re-sent: the email and push channels sent once each.
     assert len(rec.outbox.for_channel("sms")) == 1
 
@@ -408,7 +408,8 @@ def test_timeout_stops_new_sends(tmp_path: Path, segment: Path, recorder: Any) -
     ).run()
     sms = report.channels["sms"]
     assert report.status is RunStatus.TIMED_OUT
-    assert sms.reasons.get("timed_out", 0) >= 1
+    assert sms.stopped == "timed_out"
+    assert sms.pending >= 1  # left for a resume
     assert sms.total == 3
 
 

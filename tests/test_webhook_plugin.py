@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from campaignkit._ledger import SqliteLedger
 from click.testing import CliRunner
 
 from campaignkit import (
@@ -184,8 +186,11 @@ def pipeline(url: str, tmp_path: Path, **channel: Any) -> Pipeline:
 
 
 def read_results(report: Any, channel: str = "crm") -> dict[str, dict[str, Any]]:
-    lines = (Path(report.output_dir) / f"{channel}.jsonl").read_text().splitlines()
-    return {r["recipient_id"]: r for r in map(json.loads, lines)}
+    ledger = SqliteLedger(Path(report.output_dir).parent / ".campaignkit" / "ledger.db")
+    try:
+        return {r.recipient_id: r.to_dict() for r in ledger.deliveries(report.run_id, channel)}
+    finally:
+        ledger.close()
 
 
 @pytest.fixture
@@ -223,7 +228,7 @@ def test_pipeline_sends_batches_and_records_results(endpoint: Endpoint, tmp_path
     assert rows["C1"]["provider_message_id"] == "hook-C1"
     assert rows["C2"]["status"] == "failed"
     assert rows["C2"]["error_code"] == "blocked"
-    assert TOKEN not in (Path(report.output_dir) / "crm.jsonl").read_text()
+    assert TOKEN not in json.dumps(rows)
 
 
 def test_retry_result_is_resent_and_missing_result_fails(tmp_path: Path) -> None:

@@ -245,8 +245,12 @@ class Execution:
             ``timed_out``.
         retry: default retry policy of every channel.
         max_active_runs, depends_on_past: scheduling constraints (enforced by the ledger).
-        output_dir: where run directories (report, per-recipient results, rejects) go,
-            relative to the configuration file.
+        output_dir: where run directories (report, rejected rows) go, relative to the
+            configuration file.
+        state_path: the ledger (SQLite) file, relative to the configuration file.
+        ledger: keep the durable per-recipient ledger (default). Without it a run
+            cannot be resumed and a logical date may be sent twice; for benchmarks
+            and throwaway runs only.
     """
 
     max_workers: int | None = attrs.field(default=None, validator=_positive)
@@ -255,6 +259,8 @@ class Execution:
     max_active_runs: int | None = attrs.field(default=None, validator=_positive)
     depends_on_past: bool = False
     output_dir: str = "campaignkit-results"
+    state_path: str = ".campaignkit/ledger.db"
+    ledger: bool = True
 
 
 @attrs.frozen

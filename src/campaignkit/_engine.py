@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import json
 import logging
 import queue
 import random
@@ -12,8 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import attrs
 import backoff
@@ -29,12 +27,13 @@ from ._models import (
     Reason,
     Recipient,
 )
+from ._ledger import DeliveryState, Ledger
 from ._notifier import Notifier
 from ._ratelimit import RateLimiter
 from ._templates import CompiledTemplate
 from .exceptions import DeliveryError, TemplateError
 
-__all__ = ["ChannelPlan", "ChannelRunner", "ResultWriter", "idempotency_key"]
+__all__ = ["ChannelPlan", "ChannelRunner", "idempotency_key"]
 
 log = logging.getLogger("campaignkit")
 
@@ -52,28 +51,6 @@ def idempotency_key(run_id: str, channel: str, recipient_id: str) -> str:
     return digest[:32]
 
 
-class ResultWriter:
-    """Appends per-recipient results as JSON lines to ``path`` (``None``: discards them);
-    thread-safe."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self._file: IO[str] | None = path.open("a", encoding="utf-8") if path else None
-        self._lock = threading.Lock()
-
-    def write(self, results: Sequence[DeliveryResult]) -> None:
-        if self._file is None:
-            return
-        lines = "".join(json.dumps(r.to_dict()) + "\n" for r in results)
-        with self._lock:
-            self._file.write(lines)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._file is not None:
-                self._file.close()
-
-
 @attrs.frozen
 class ChannelPlan:
     """Everything needed to run one channel, prepared (and validated) before extraction."""
@@ -88,33 +65,44 @@ class ChannelPlan:
 
 @attrs.define
 class _Pending:
+    """A message on its way, with its place in the segment and its attempts so far."""
+
+    seq: int
     message: Message
     attempts: int = 0
     error_code: str | None = None
     error: str | None = None
 
 
+#: (seq, result, ledger state, transient) — what a channel records for a recipient.
+_Row = tuple[int, DeliveryResult, str, bool]
+
+
 class _Tally:
-    """Thread-safe counters for a channel's result."""
+    """Thread-safe counters of what this session recorded, for progress and for runs
+    without a ledger."""
 
     def __init__(self, channel: str, progress: ProgressCallback | None) -> None:
         self.channel = channel
         self.lock = threading.Lock()
-        self.status: collections.Counter[str] = collections.Counter()
+        self.states: collections.Counter[str] = collections.Counter()
         self.reasons: collections.Counter[str] = collections.Counter()
         self.codes: collections.Counter[str] = collections.Counter()
         self.requests = 0
+        self.done = 0
         self._progress = progress
 
-    def add(self, results: Sequence[DeliveryResult]) -> None:
+    def add(self, rows: Sequence[_Row]) -> None:
         with self.lock:
-            for r in results:
-                self.status[str(r.status)] += 1
-                if r.reason:
-                    self.reasons[str(r.reason)] += 1
-                if r.error_code:
-                    self.codes[r.error_code] += 1
-            done = sum(self.status.values())
+            for _, r, state, _ in rows:
+                self.states[state] += 1
+                if state in DeliveryState.FINAL:
+                    self.done += 1
+                    if r.reason:
+                        self.reasons[str(r.reason)] += 1
+                    if r.error_code and state != DeliveryState.SENT:
+                        self.codes[r.error_code] += 1
+            done = self.done
         if self._progress is not None:
             self._progress(self.channel, done)
 
@@ -122,12 +110,19 @@ class _Tally:
 class ChannelRunner:
     """Sends one channel of a run.
 
-    The calling thread streams the segment, selects and renders; ``concurrency``
-    worker threads send batches, each with its own connection from
-    :meth:`Notifier.connect`. Transient failures are re-sent in retry rounds spaced
-    by ``backoff.constant`` (plus optional jitter); only the failed messages are
-    re-sent. A 429 pauses the channel's rate limiter for the announced time and
-    re-sends the batch without spending an attempt.
+    With a ledger, a first pass records one row per recipient (``pending``, or
+    ``skipped`` with its reason); the send pass then streams the ``pending`` rows,
+    so a resumed run continues exactly where the last one stopped. Without a ledger
+    (previews, benchmarks) selection and sending happen in one pass.
+
+    The calling thread renders and batches; ``concurrency`` worker threads send,
+    each with its own connection from :meth:`Notifier.connect`. Before a batch is
+    sent its rows are durably marked ``in_flight``. Transient failures go back to
+    ``pending`` and are re-sent in retry rounds spaced by ``backoff.constant`` (plus
+    optional jitter), in the same batches; only failed messages are re-sent. A 429
+    pauses the channel's rate limiter for the announced time and re-sends the batch
+    without spending an attempt. When the run stops early (deadline, interrupt,
+    rejected credentials) unsent messages stay ``pending`` for a resume.
     """
 
     def __init__(
@@ -135,7 +130,7 @@ class ChannelRunner:
         plan: ChannelPlan,
         *,
         run_id: str,
-        writer: ResultWriter,
+        ledger: Ledger | None = None,
         sleep: Callable[[float], None] = time.sleep,
         deadline: float | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -143,71 +138,92 @@ class ChannelRunner:
         cancel: threading.Event | None = None,
     ) -> None:
         self.plan = plan
-        self.cancel = cancel or threading.Event()
         self.name = plan.channel.name
         self.run_id = run_id
-        self.writer = writer
+        self.ledger = ledger
         self.sleep = sleep
         self.deadline = deadline
         self.clock = clock
+        self.cancel = cancel or threading.Event()
         self.tally = _Tally(self.name, progress)
         self.limiter = RateLimiter(plan.rate.messages_per_second, plan.rate.requests_per_second)
         # Transiently failed messages, grouped as they will be re-sent: a retried batch
         # holds the same messages every time, so providers' idempotency keys still match.
         self._retry: list[list[_Pending]] = []
         self._retry_lock = threading.Lock()
-        self._abort: tuple[str, str | None, str] | None = None  # (reason, code, error)
+        self._abort: tuple[str | None, str] | None = None  # (code, error) of a 401/403
 
     # -- selection and rendering ---------------------------------------------------------
-    def messages(self, segment: Iterable[Recipient]) -> Iterator[Message | DeliveryResult]:
-        """Select and render: a message per eligible recipient, else a skip result."""
+    def select(self, segment: Iterable[tuple[int, Recipient]]) -> Iterator[tuple[int, Recipient, str | None]]:
+        """Decide, in segment order, who is messaged: ``(seq, recipient, skip reason)``,
+        the reason ``None`` for an eligible recipient. Deterministic."""
         channel = self.plan.channel
         field = self.plan.notifier.address_field
         target = channel.target_customers
         selected = 0
-        for recipient in segment:
+        for seq, recipient in segment:
             reason: str | None = None
-            address = recipient.address(field)
-            if not address:
+            if not recipient.address(field):
                 reason = Reason.MISSING_ADDRESS
             elif channel.require_consent and recipient.consent.get(self.name) is not True:
                 reason = Reason.NO_CONSENT
             elif target is not None and selected >= target:
                 reason = Reason.OVER_TARGET
-            if reason is not None:
-                yield DeliveryResult(self.name, recipient.id, DeliveryStatus.SKIPPED, reason)
-                continue
-            assert address is not None
-            try:
-                parts = self.plan.template.render(recipient.context())
-            except TemplateError as exc:
-                yield DeliveryResult(
-                    self.name,
-                    recipient.id,
-                    DeliveryStatus.FAILED,
-                    Reason.RENDER_ERROR,
-                    error=str(exc),
-                )
-                continue
-            selected += 1
-            yield Message(
-                recipient_id=recipient.id,
-                channel=self.name,
-                address=address,
-                body=parts.get("body") or "",
-                subject=parts.get("subject"),
-                html=parts.get("html"),
-                title=parts.get("title"),
-                data=parts.get("data") or {},
-                idempotency_key=idempotency_key(self.run_id, self.name, recipient.id),
+            else:
+                selected += 1
+            yield seq, recipient, reason
+
+    def render(self, seq: int, recipient: Recipient, attempts: int = 0) -> _Pending | _Row:
+        """The message for one selected recipient, or a failed row if it cannot render."""
+        try:
+            parts = self.plan.template.render(recipient.context())
+        except TemplateError as exc:
+            result = DeliveryResult(
+                self.name, recipient.id, DeliveryStatus.FAILED, Reason.RENDER_ERROR,
+                attempts=attempts, error=str(exc),
             )
+            return seq, result, DeliveryState.FAILED, False
+        message = Message(
+            recipient_id=recipient.id,
+            channel=self.name,
+            address=recipient.address(self.plan.notifier.address_field) or "",
+            body=parts.get("body") or "",
+            subject=parts.get("subject"),
+            html=parts.get("html"),
+            title=parts.get("title"),
+            data=parts.get("data") or {},
+            idempotency_key=idempotency_key(self.run_id, self.name, recipient.id),
+        )
+        return _Pending(seq, message, attempts)
+
+    def messages(self, segment: Iterable[Recipient]) -> Iterator[Message]:
+        """Rendered messages for the eligible recipients of ``segment`` (a preview)."""
+        for seq, recipient, reason in self.select(enumerate(segment)):
+            if reason is None:
+                item = self.render(seq, recipient)
+                if isinstance(item, _Pending):
+                    yield item.message
 
     # -- the run -------------------------------------------------------------------------
-    def run(self, segment: Iterable[Recipient]) -> ChannelResult:
-        """Send the channel to ``segment``; returns its totals. Never raises for
-        delivery problems: they are recorded per recipient."""
+    def run(self, segment: Iterable[tuple[int, Recipient]]) -> ChannelResult:
+        """Send the channel to ``segment`` (``(seq, recipient)`` in order); returns its
+        totals. Never raises for delivery problems: they are recorded per recipient.
+
+        With a ledger whose rows for this channel exist already (a resume), ``segment``
+        is not read: the ``pending`` rows are sent.
+        """
         started = datetime.now(UTC)
-        first = (_Pending(m) if isinstance(m, Message) else m for m in self.messages(segment))
+        ledger = self.ledger
+        first: Iterator[_Pending | _Row]
+        if ledger is not None:
+            if not ledger.is_planned(self.run_id, self.name):
+                ledger.plan(self.run_id, self.name, self._plan_rows(segment))
+            first = (
+                self.render(seq, r, attempts)
+                for seq, r, attempts in ledger.pending(self.run_id, self.name)
+            )
+        else:
+            first = self._unplanned(segment)
         self._pass(first)
         rounds = 0
         waits = backoff.constant(interval=[self.plan.retry.delay_seconds] * self.plan.retry.retries)
@@ -218,46 +234,80 @@ class ChannelRunner:
             delay = next(waits) + random.uniform(0, self.plan.retry.jitter_seconds)
             log.info(
                 "%s: retry round %d for %d message(s) in %.0fs",
-                self.name,
-                rounds,
-                sum(map(len, groups)),
-                delay,
+                self.name, rounds, sum(map(len, groups)), delay,
             )
             self.sleep(delay)
             self._pass(iter(groups))
         leftover = [p for group in self._retry for p in group]
         self._retry = []
-        timed_out = self.deadline is not None and self.clock() >= self.deadline
-        if self.cancel.is_set():
-            self._finish(leftover, Reason.CANCELLED)
+        if self._stopped():
+            self._leave_pending(leftover)
         else:
-            self._finish(leftover, Reason.TIMED_OUT if timed_out else Reason.RETRIES_EXHAUSTED)
+            self._record([self._row(p, DeliveryState.FAILED, Reason.RETRIES_EXHAUSTED, transient=True)
+                          for p in leftover])
+        return self._result(started, rounds)
+
+    def _plan_rows(self, segment: Iterable[tuple[int, Recipient]]) -> Iterator[tuple[int, str, str | None]]:
+        skipped = 0
+        for seq, _, reason in self.select(segment):
+            if reason is None:
+                yield seq, DeliveryState.PENDING, None
+            else:
+                skipped += 1
+                yield seq, DeliveryState.SKIPPED, reason
+        with self.tally.lock:
+            self.tally.done += skipped
+
+    def _unplanned(self, segment: Iterable[tuple[int, Recipient]]) -> Iterator[_Pending | _Row]:
+        for seq, recipient, reason in self.select(segment):
+            if reason is None:
+                yield self.render(seq, recipient)
+            else:
+                result = DeliveryResult(self.name, recipient.id, DeliveryStatus.SKIPPED, reason)
+                yield seq, result, DeliveryState.SKIPPED, False
+
+    def _result(self, started: datetime, rounds: int) -> ChannelResult:
         t = self.tally
+        if self.ledger is not None:
+            counts = self.ledger.counts(self.run_id, self.name)
+            states = {k: v for k, v in counts.items() if ":" not in k}
+            reasons = {k[7:]: v for k, v in counts.items() if k.startswith("reason:")}
+            codes = {k[5:]: v for k, v in counts.items() if k.startswith("code:")}
+        else:
+            states, reasons, codes = dict(t.states), dict(t.reasons), dict(t.codes)
         return ChannelResult(
             channel=self.name,
             provider=self.plan.channel.provider,
-            sent=t.status[DeliveryStatus.SENT],
-            failed=t.status[DeliveryStatus.FAILED],
-            skipped=t.status[DeliveryStatus.SKIPPED],
-            reasons=dict(t.reasons),
-            error_codes=dict(t.codes),
+            sent=states.get(DeliveryState.SENT, 0),
+            failed=states.get(DeliveryState.FAILED, 0),
+            skipped=states.get(DeliveryState.SKIPPED, 0),
+            pending=states.get(DeliveryState.PENDING, 0) + states.get(DeliveryState.IN_FLIGHT, 0),
+            unknown=states.get(DeliveryState.UNKNOWN, 0),
+            reasons=reasons,
+            error_codes=codes,
             retries=rounds,
             requests=t.requests,
             started_at=started,
             finished_at=datetime.now(UTC),
             result_key=self.plan.channel.report_key,
+            stopped=self._stop_reason(),
         )
+
+    def _stop_reason(self) -> str | None:
+        if self._abort is not None:
+            return f"credentials rejected ({self._abort[0]})"
+        if self.cancel.is_set():
+            return "cancelled"
+        if self.deadline is not None and self.clock() >= self.deadline:
+            return "timed_out"
+        return None
 
     def _stopped(self) -> bool:
-        return (
-            self._abort is not None
-            or self.cancel.is_set()
-            or (self.deadline is not None and self.clock() >= self.deadline)
-        )
+        return self._stop_reason() is not None
 
-    def _pass(self, items: Iterator[_Pending | DeliveryResult | list[_Pending]]) -> None:
+    def _pass(self, items: Iterator[_Pending | _Row | list[_Pending]]) -> None:
         """One pass: batch ``items`` and let the workers send them; a list is a batch
-        already formed (a retry)."""
+        already formed (a retry), a tuple a row to record as it is."""
         workers = self.plan.channel.concurrency
         batches: queue.Queue[list[_Pending] | None] = queue.Queue(maxsize=workers * 2)
         threads = [
@@ -270,30 +320,38 @@ class ChannelRunner:
             t.start()
         try:
             batch: list[_Pending] = []
-            skipped: list[DeliveryResult] = []
+            rows: list[_Row] = []
             for item in items:
                 if isinstance(item, list):
                     batches.put(item)
-                    continue
-                if isinstance(item, DeliveryResult):
-                    skipped.append(item)
-                    if len(skipped) >= 500:
-                        self._record(skipped)
-                        skipped = []
-                    continue
-                batch.append(item)
-                if len(batch) >= self.plan.batch_size:
-                    batches.put(batch)
-                    batch = []
+                elif isinstance(item, tuple):
+                    rows.append(item)
+                    if len(rows) >= 500:
+                        self._record(rows)
+                        rows = []
+                else:
+                    batch.append(item)
+                    if len(batch) >= self.plan.batch_size:
+                        batches.put(batch)
+                        batch = []
+                if self._stopped():
+                    break  # the rest stays pending (ledger) or is skipped below
             if batch:
                 batches.put(batch)
-            if skipped:
-                self._record(skipped)
+            if rows:
+                self._record(rows)
         finally:
             for _ in threads:
                 batches.put(None)
             for t in threads:
                 t.join()
+        if self.ledger is None and self._stopped():
+            # Without a ledger nothing can resume: account for the unread rest.
+            rest = list(items)
+            self._record([i for i in rest if isinstance(i, tuple)])
+            flat = [p for i in rest if not isinstance(i, tuple)
+                    for p in (i if isinstance(i, list) else [i])]
+            self._leave_pending(flat)
 
     def _worker(self, batches: queue.Queue[list[_Pending] | None]) -> None:
         notifier = self.plan.notifier
@@ -302,7 +360,7 @@ class ChannelRunner:
         try:
             while (batch := batches.get()) is not None:
                 if self._stopped():
-                    self._settle_stopped(batch)
+                    self._leave_pending(batch)
                     continue
                 if not connected:
                     try:
@@ -321,6 +379,8 @@ class ChannelRunner:
 
     def _send(self, conn: Any, batch: list[_Pending]) -> None:
         messages = [p.message for p in batch]
+        if self.ledger is not None:
+            self.ledger.mark_in_flight(self.run_id, self.name, [p.seq for p in batch])
         throttle_waits = 0
         outcomes: Sequence[Outcome] = ()
         while True:
@@ -346,24 +406,23 @@ class ChannelRunner:
         if len(outcomes) != len(batch):
             error = f"notifier returned {len(outcomes)} outcome(s) for {len(batch)} message(s)"
             outcomes = [Outcome.failed(error, code="plugin_error")] * len(batch)
-        done: list[DeliveryResult] = []
+        rows: list[_Row] = []
         again: list[_Pending] = []
         for pending, outcome in zip(batch, outcomes, strict=True):
             pending.attempts += 1
             if outcome.ok:
-                done.append(
-                    self._result(pending, DeliveryStatus.SENT, None, outcome.provider_message_id)
-                )
-            elif outcome.transient:
-                pending.error_code, pending.error = outcome.error_code, outcome.error
+                rows.append(self._row(pending, DeliveryState.SENT, None, outcome.provider_message_id))
+                continue
+            pending.error_code, pending.error = outcome.error_code, outcome.error
+            if outcome.transient:
                 again.append(pending)
+                rows.append(self._row(pending, DeliveryState.PENDING, None))
             else:
-                pending.error_code, pending.error = outcome.error_code, outcome.error
-                done.append(self._result(pending, DeliveryStatus.FAILED, Reason.PERMANENT_ERROR))
+                rows.append(self._row(pending, DeliveryState.FAILED, Reason.PERMANENT_ERROR))
         if again:
             with self._retry_lock:
                 self._retry.append(again)
-        self._record(done)
+        self._record(rows)
 
     def _failed_batch(self, batch: list[_Pending], exc: BaseException) -> None:
         code = getattr(exc, "code", None) or type(exc).__name__
@@ -374,51 +433,54 @@ class ChannelRunner:
         if isinstance(exc, DeliveryError) and exc.transient:
             with self._retry_lock:
                 self._retry.append(batch)
+            self._record([self._row(p, DeliveryState.PENDING, None) for p in batch])
             return
         if isinstance(exc, DeliveryError) and exc.status_code in (401, 403):
             # Credentials are wrong: every further request would fail the same way.
-            self._abort = (Reason.PERMANENT_ERROR, code, error)
-        self._record(
-            [self._result(p, DeliveryStatus.FAILED, Reason.PERMANENT_ERROR) for p in batch]
-        )
-
-    def _settle_stopped(self, batch: list[_Pending]) -> None:
-        if self._abort is not None:
-            reason, code, error = self._abort
-            for p in batch:
-                p.error_code, p.error = code, f"not sent: {error}"
-            self._record([self._result(p, DeliveryStatus.FAILED, reason) for p in batch])
-        else:
-            reason = Reason.CANCELLED if self.cancel.is_set() else Reason.TIMED_OUT
-            self._record([self._result(p, DeliveryStatus.SKIPPED, reason) for p in batch])
-
-    def _finish(self, leftover: list[_Pending], reason: str) -> None:
-        if self._abort is not None:
-            self._settle_stopped(leftover)
+            # Stop the channel; this batch can be re-driven by retry-failed once fixed.
+            self._abort = (code, error)
+            self._record([self._row(p, DeliveryState.FAILED, Reason.PERMANENT_ERROR, transient=True)
+                          for p in batch])
             return
-        stopped = reason in (Reason.TIMED_OUT, Reason.CANCELLED)
-        status = DeliveryStatus.SKIPPED if stopped else DeliveryStatus.FAILED
-        self._record([self._result(p, status, reason) for p in leftover])
+        self._record([self._row(p, DeliveryState.FAILED, Reason.PERMANENT_ERROR) for p in batch])
 
-    def _result(
+    def _leave_pending(self, batch: Sequence[_Pending]) -> None:
+        """The run stopped before these were sent: they stay pending (ledger) or are
+        skipped with the stop reason (no ledger)."""
+        if not batch:
+            return
+        if self.ledger is not None:
+            self._record([self._row(p, DeliveryState.PENDING, None) for p in batch])
+            return
+        reason = Reason.CANCELLED if self.cancel.is_set() else Reason.TIMED_OUT
+        if self._abort is not None:
+            reason = Reason.PERMANENT_ERROR
+        self._record([self._row(p, DeliveryState.SKIPPED, reason) for p in batch])
+
+    def _row(
         self,
         pending: _Pending,
-        status: DeliveryStatus,
+        state: str,
         reason: str | None,
         provider_id: str | None = None,
-    ) -> DeliveryResult:
-        return DeliveryResult(
+        *,
+        transient: bool = False,
+    ) -> _Row:
+        sent = state == DeliveryState.SENT
+        result = DeliveryResult(
             channel=self.name,
             recipient_id=pending.message.recipient_id,
-            status=status,
+            status=DeliveryStatus(state),
             reason=reason,
             provider_message_id=provider_id,
             attempts=pending.attempts,
-            error_code=None if status == DeliveryStatus.SENT else pending.error_code,
-            error=None if status == DeliveryStatus.SENT else pending.error,
+            error_code=None if sent else pending.error_code,
+            error=None if sent else pending.error,
         )
+        return pending.seq, result, state, transient
 
-    def _record(self, results: Sequence[DeliveryResult]) -> None:
-        if results:
-            self.writer.write(results)
-            self.tally.add(results)
+    def _record(self, rows: Sequence[_Row]) -> None:
+        if rows:
+            if self.ledger is not None:
+                self.ledger.record(self.run_id, self.name, rows)
+            self.tally.add(rows)

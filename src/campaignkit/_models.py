@@ -144,11 +144,20 @@ class Message:
 
 
 class DeliveryStatus(enum.StrEnum):
-    """Final state of one recipient on one channel."""
+    """State of one recipient on one channel (the ledger's delivery states).
+
+    ``sent``, ``failed`` and ``skipped`` are final. ``pending`` waits to be sent (by
+    this run, or by a resume); ``in_flight`` was handed to the provider and has no
+    answer yet; ``unknown`` was in flight when a run crashed, with a provider that
+    has no idempotency keys: it may or may not have been delivered.
+    """
 
     SENT = "sent"
     FAILED = "failed"
     SKIPPED = "skipped"
+    PENDING = "pending"
+    IN_FLIGHT = "in_flight"
+    UNKNOWN = "unknown"
 
 
 class Reason(enum.StrEnum):
@@ -225,6 +234,9 @@ class ChannelResult:
 
     Attributes:
         sent, failed, skipped: recipients by final status.
+        pending: recipients not sent yet (the run stopped early; a resume sends them).
+        unknown: recipients in flight at a crash, with a provider without
+            idempotency keys (``resume --resend-unknown`` re-sends them).
         reasons: count of failed and skipped recipients by reason code.
         error_codes: count of failures by provider error code.
         retries: retry rounds performed (0 when the first pass settled everything).
@@ -237,6 +249,8 @@ class ChannelResult:
     sent: int = 0
     failed: int = 0
     skipped: int = 0
+    pending: int = 0
+    unknown: int = 0
     reasons: Mapping[str, int] = attrs.field(factory=dict, converter=_frozen_mapping)
     error_codes: Mapping[str, int] = attrs.field(factory=dict, converter=_frozen_mapping)
     retries: int = 0
@@ -244,11 +258,12 @@ class ChannelResult:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     result_key: str = ""
+    stopped: str | None = None  # why the channel stopped early, if it did
 
     @property
     def total(self) -> int:
         """All recipients accounted for on this channel."""
-        return self.sent + self.failed + self.skipped
+        return self.sent + self.failed + self.skipped + self.pending + self.unknown
 
     @property
     def duration_seconds(self) -> float | None:
@@ -264,7 +279,10 @@ class ChannelResult:
             "sent": self.sent,
             "failed": self.failed,
             "skipped": self.skipped,
+            "pending": self.pending,
+            "unknown": self.unknown,
             "total": self.total,
+            "stopped": self.stopped,
             "reasons": dict(sorted(self.reasons.items())),
             "error_codes": dict(sorted(self.error_codes.items())),
             "retries": self.retries,
@@ -281,7 +299,9 @@ class RunStatus(enum.StrEnum):
     SUCCEEDED = "succeeded"  # every recipient was sent or deliberately skipped
     PARTIAL = "partial"  # some deliveries failed
     FAILED = "failed"  # the run could not complete (e.g. a channel crashed)
-    TIMED_OUT = "timed_out"  # the execution deadline passed
+    TIMED_OUT = "timed_out"  # the execution deadline passed; the rest is pending
+    CANCELLED = "cancelled"  # interrupted; the rest is pending
+    SKIPPED_LATE = "skipped_late"  # a scheduled run was due too long ago and was not sent
 
 
 @attrs.frozen
@@ -304,6 +324,47 @@ class RunReport:
     rejected_reasons: Mapping[str, int] = attrs.field(factory=dict, converter=_frozen_mapping)
     output_dir: str | None = None
     errors: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_mapping)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], run: Any = None) -> RunReport:
+        """Rebuild a report from :meth:`to_dict` output (as the ledger stores it).
+        ``run`` (a ledger run record) fills what the dict lacks."""
+        extraction = data.get("extraction") or {}
+        channels = {}
+        for value in data.values():
+            if isinstance(value, Mapping) and "channel" in value and "sent" in value:
+                channels[value["channel"]] = ChannelResult(
+                    channel=value["channel"],
+                    provider=value.get("provider", ""),
+                    sent=value.get("sent", 0),
+                    failed=value.get("failed", 0),
+                    skipped=value.get("skipped", 0),
+                    pending=value.get("pending", 0),
+                    unknown=value.get("unknown", 0),
+                    reasons=value.get("reasons", {}),
+                    error_codes=value.get("error_codes", {}),
+                    retries=value.get("retries", 0),
+                    requests=value.get("requests", 0),
+                    started_at=_parse(value.get("started_at")),
+                    finished_at=_parse(value.get("finished_at")),
+                    result_key=next(k for k, v in data.items() if v is value),
+                    stopped=value.get("stopped"),
+                )
+        started = _parse(data.get("started_at")) or getattr(run, "created_at", None)
+        finished = _parse(data.get("finished_at")) or getattr(run, "finished_at", None) or started
+        return cls(
+            run_id=str(data.get("run_id") or getattr(run, "run_id", "")),
+            pipeline=str(data.get("pipeline") or getattr(run, "pipeline", "")),
+            status=RunStatus(str(data.get("status") or getattr(run, "status", "failed"))),
+            started_at=started or datetime.now(),
+            finished_at=finished or datetime.now(),
+            channels=channels,
+            rows_read=extraction.get("rows_read", 0),
+            rows_rejected=extraction.get("rows_rejected", 0),
+            rejected_reasons=extraction.get("rejected_reasons", {}),
+            output_dir=data.get("output_dir"),
+            errors=data.get("errors", {}),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; channel sections are keyed by ``result_key``."""
@@ -328,3 +389,7 @@ class RunReport:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+def _parse(value: Any) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -26,11 +27,22 @@ from ._config import (
     SourceConfig,
     load_config,
 )
-from ._engine import ChannelPlan, ChannelRunner, ProgressCallback, ResultWriter
-from ._models import ChannelResult, Message, Rate, Recipient, RunReport, RunStatus, Secret
+from ._engine import ChannelPlan, ChannelRunner, ProgressCallback
+from ._ledger import ACTIVE_STATUSES, RESUMABLE_STATUSES, LedgerError, RunRecord, SqliteLedger
+from ._schedule import manual_logical_date
+from ._models import (
+    ChannelResult,
+    DeliveryResult,
+    Message,
+    Rate,
+    Recipient,
+    RunReport,
+    RunStatus,
+    Secret,
+)
 from ._notifier import ChannelSettings, Notifier
 from ._plugins import Registry, get_plugin_manager
-from ._segment import extract
+from ._segment import ExtractionStats, Spool, extract
 from ._source import MODEL_FIELDS, Source
 from ._templates import compile_template
 from .exceptions import ConfigError, PluginError
@@ -118,12 +130,14 @@ class Pipeline:
         self.sleep = sleep
         self._source_arg = source
         self._source: Source | None = source if not isinstance(source, SourceConfig) else None
+        #: the configuration file the pipeline came from, if any (recorded with runs)
+        self.config_file: str | None = None
 
     # -- construction --------------------------------------------------------------------
     @classmethod
     def from_config(cls, config: PipelineConfig, **kwargs: Any) -> Pipeline:
         """Build a pipeline from a structured configuration."""
-        return cls(
+        pipeline = cls(
             config.name,
             config.source,
             config.channels,
@@ -134,6 +148,8 @@ class Pipeline:
             base_dir=config.base_dir,
             **kwargs,
         )
+        pipeline.config_file = str(Path(config.file).resolve()) if config.file else None
+        return pipeline
 
     @classmethod
     def from_file(cls, path: str | Path, **kwargs: Any) -> Pipeline:
@@ -278,15 +294,14 @@ class Pipeline:
             plan = self._plan(ch, fields)
         finally:
             self._env = saved
-        runner = ChannelRunner(plan, run_id="preview", writer=ResultWriter(None))
+        runner = ChannelRunner(plan, run_id="preview")
         required = self._required()
         out: list[Message] = []
         recipients = (r for r in self.source.records(required) if isinstance(r, Recipient))
-        for item in runner.messages(recipients):
-            if isinstance(item, Message):
-                out.append(item)
-                if len(out) >= n:
-                    break
+        for message in runner.messages(recipients):
+            out.append(message)
+            if len(out) >= n:
+                break
         return out
 
     def _required(self) -> set[str]:
@@ -300,58 +315,252 @@ class Pipeline:
                 required.add(field)
         return required
 
+    # -- runs ---------------------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        """The ledger file (``execution.state_path`` against ``base_dir``)."""
+        return self.base_dir / self.execution.state_path
+
+    def ledger(self) -> SqliteLedger:
+        """Open this pipeline's ledger (the caller closes it)."""
+        return SqliteLedger(self.state_path)
+
+    def fingerprint(self) -> str:
+        """A digest of everything that decides what is sent (source, channels and their
+        options and templates); a resume warns when it changed. Tokens are not part of it."""
+        data = {
+            "name": self.name,
+            "source": self.source.describe(),
+            "channels": [attrs.asdict(c) for c in self.enabled_channels],
+        }
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
     def run(
         self,
         *,
+        logical_date: datetime | None = None,
+        force: bool = False,
         run_id: str | None = None,
         output_dir: str | Path | None = None,
         progress: ProgressCallback | None = None,
         on_extracted: Callable[[int, Mapping[str, int]], None] | None = None,
     ) -> RunReport:
-        """Run the campaign: validate, extract the whole segment, then send every
-        enabled channel in parallel.
+        """Run the campaign for a logical date: validate, extract the whole segment into
+        the ledger, then send every enabled channel in parallel.
 
         Nothing is sent unless validation and extraction both succeed. Delivery
-        problems never raise: they are in the report (and per recipient in
-        ``<output_dir>/<run_id>/<channel>.jsonl``).
+        problems never raise: they are in the report and, per recipient, in the
+        ledger (``campaignkit report RUN_ID``).
+
+        A logical date is run once: when the ledger already has a finished run for it,
+        that run's report is returned and nothing is sent; an unfinished one is resumed.
+        ``force=True`` starts a new run deliberately.
 
         Args:
-            run_id: the run's id (default: a new, time-ordered id).
-            output_dir: overrides ``execution.output_dir``.
+            logical_date: the run's logical date; by default the latest complete
+                schedule interval (as a manual Airflow trigger).
+            force: start a new run even if the logical date has one.
+            run_id: the new run's id (default ``<pipeline>__<logical date>``).
+            output_dir: overrides ``execution.output_dir`` for report and rejects.
             progress: called as ``progress(channel, recipients_done)`` from channel
                 threads.
             on_extracted: called with (recipients, rejected reasons) after extraction.
 
         Raises:
             ConfigError, TemplateError, SourceError, PluginError: before any send.
+            MaxActiveRunsReached: the pipeline has ``max_active_runs`` runs going.
         """
-        started = datetime.now(UTC)
-        run_id = run_id or f"{started:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+        now = datetime.now(UTC)
+        if logical_date is None:
+            logical_date = manual_logical_date(self.schedule, now)
+        logical_date = logical_date.astimezone(UTC)
         fields = self.source.fields()
         plans = [self._plan(c, fields) for c in self.enabled_channels]
-        root = (
-            Path(output_dir)
-            if output_dir is not None
-            else self.base_dir / self.execution.output_dir
-        )
+        if not self.execution.ledger:
+            return self._run_without_ledger(plans, run_id, output_dir, progress, on_extracted)
+        ledger = self.ledger()
+        try:
+            previous = ledger.find_runs(self.name, logical_date)
+            if previous and not force:
+                last = previous[-1]
+                if last.status in ACTIVE_STATUSES or last.status in RESUMABLE_STATUSES:
+                    log.info("%s: resuming run %s", self.name, last.run_id)
+                    ledger.close()
+                    return self.resume(last.run_id, progress=progress, output_dir=output_dir)
+                log.info("%s: %s already ran (%s); not sending again", self.name,
+                         logical_date.isoformat(), last.run_id)
+                return _stored_report(last)
+            if run_id is None:
+                run_id = f"{self.name}__{logical_date:%Y%m%dT%H%M%SZ}"
+                if previous:
+                    run_id += f"__{len(previous) + 1}"
+            run = ledger.begin_run(
+                run_id=run_id,
+                pipeline=self.name,
+                logical_date=logical_date,
+                fingerprint=self.fingerprint(),
+                config_file=self.config_file,
+                max_active_runs=self.execution.max_active_runs,
+            )
+            run_dir = self._run_dir(run.run_id, output_dir)
+            try:
+                stats = extract(
+                    self.source,
+                    required=self._required(),
+                    rejects=run_dir / "rejected.csv",
+                    store=lambda recipients: ledger.write_snapshot(run.run_id, recipients),
+                )
+            except BaseException as exc:
+                ledger.finish_run(run.run_id, "failed", json.dumps({"error": str(exc)}))
+                raise
+            log.info("%s: extracted %d recipient(s), rejected %d row(s)", run.run_id,
+                     stats.recipients, stats.rejected)
+            if on_extracted is not None:
+                on_extracted(stats.recipients, stats.rejected_reasons)
+            return self._execute(
+                plans, run.run_id, run_dir, ledger, stats, progress, lambda: ledger.snapshot(run.run_id)
+            )
+        finally:
+            ledger.close()
+
+    def resume(
+        self,
+        run_id: str,
+        *,
+        resend_unknown: bool = False,
+        retry_failed: bool = False,
+        channels: Sequence[str] | None = None,
+        progress: ProgressCallback | None = None,
+        output_dir: str | Path | None = None,
+    ) -> RunReport:
+        """Continue a run: send every ``pending`` delivery exactly once; never re-send
+        one recorded as sent.
+
+        Deliveries left ``in_flight`` by a crash are re-sent with the same idempotency
+        key where the provider supports one; otherwise they become ``unknown`` and are
+        re-sent only with ``resend_unknown=True``. With ``retry_failed=True`` transient
+        failures (retries exhausted, rejected credentials) are re-driven too; permanent
+        ones never are.
+
+        Args:
+            channels: only these channels (default: every enabled channel).
+
+        Raises:
+            LedgerError: no such run, or it is being run by another live process.
+        """
+        fields = self.source.fields()
+        selected = [c for c in self.enabled_channels if channels is None or c.name in channels]
+        if channels is not None:
+            unknown = set(channels) - {c.name for c in self.enabled_channels}
+            if unknown:
+                raise ConfigError(f"no enabled channel {sorted(unknown)[0]!r}", path="channels")
+        plans = [self._plan(c, fields) for c in selected]
+        ledger = self.ledger()
+        try:
+            run = ledger.claim_run(run_id)
+            if run.pipeline != self.name:
+                raise LedgerError(f"run {run_id!r} belongs to pipeline {run.pipeline!r}")
+            if run.fingerprint != self.fingerprint():
+                log.warning("%s: the configuration changed since the run started", run_id)
+            run_dir = self._run_dir(run_id, output_dir, exist_ok=True)
+            if not ledger.has_snapshot(run_id):  # crashed during extraction: extract again
+                stats = extract(
+                    self.source,
+                    required=self._required(),
+                    rejects=run_dir / "rejected.csv",
+                    store=lambda recipients: ledger.write_snapshot(run_id, recipients),
+                )
+            else:
+                stats = _stored_stats(run)
+            for plan in plans:
+                if not ledger.is_planned(run_id, plan.channel.name):
+                    continue
+                resend = plan.notifier.supports_idempotency_keys
+                n = ledger.resolve_in_flight(run_id, plan.channel.name, resend=resend)
+                if n:
+                    log.warning("%s/%s: %d message(s) were in flight at the crash; %s", run_id,
+                                plan.channel.name, n,
+                                "re-sending with the same idempotency keys" if resend
+                                else "recorded as unknown")
+                ledger.requeue(run_id, plan.channel.name, failed=retry_failed,
+                               unknown=resend_unknown)
+            return self._execute(
+                plans, run_id, run_dir, ledger, stats, progress, lambda: ledger.snapshot(run_id)
+            )
+        finally:
+            ledger.close()
+
+    def results(self, run_id: str, channel: str | None = None) -> list[DeliveryResult]:
+        """Per-recipient outcomes of a run from the ledger (one channel, or all)."""
+        ledger = self.ledger()
+        try:
+            return list(ledger.deliveries(run_id, channel))
+        finally:
+            ledger.close()
+
+    def runs(self, limit: int = 50) -> list[RunRecord]:
+        """This pipeline's runs in the ledger, newest first."""
+        ledger = self.ledger()
+        try:
+            return ledger.list_runs(self.name, limit)
+        finally:
+            ledger.close()
+
+    def retry_failed(
+        self, run_id: str, *, channels: Sequence[str] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> RunReport:
+        """Re-drive a run's transient failures (retries exhausted, rejected
+        credentials), on some channels or all; permanent failures are never re-sent."""
+        return self.resume(run_id, retry_failed=True, channels=channels, progress=progress)
+
+    def _run_dir(self, run_id: str, output_dir: str | Path | None, *, exist_ok: bool = False) -> Path:
+        root = Path(output_dir) if output_dir is not None else self.base_dir / self.execution.output_dir
         run_dir = root / run_id
-        run_dir.mkdir(parents=True, exist_ok=False)
-        spool = run_dir / "segment.spool"
-        segment, stats = extract(
-            self.source, required=self._required(), spool=spool, rejects=run_dir / "rejected.csv"
-        )
-        log.info(
-            "%s: extracted %d recipient(s), rejected %d row(s)",
-            run_id,
-            stats.recipients,
-            stats.rejected,
-        )
-        if on_extracted is not None:
-            on_extracted(stats.recipients, stats.rejected_reasons)
+        run_dir.mkdir(parents=True, exist_ok=exist_ok)
+        return run_dir
+
+    def _run_without_ledger(
+        self,
+        plans: list[ChannelPlan],
+        run_id: str | None,
+        output_dir: str | Path | None,
+        progress: ProgressCallback | None,
+        on_extracted: Callable[[int, Mapping[str, int]], None] | None,
+    ) -> RunReport:
+        run_id = run_id or f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+        run_dir = self._run_dir(run_id, output_dir)
+        spool = Spool(run_dir / "segment.spool")
+        try:
+            stats = extract(self.source, required=self._required(),
+                            rejects=run_dir / "rejected.csv", store=spool.store)
+            if on_extracted is not None:
+                on_extracted(stats.recipients, stats.rejected_reasons)
+            return self._execute(plans, run_id, run_dir, None, stats, progress, lambda: iter(spool))
+        finally:
+            spool.path.unlink(missing_ok=True)
+
+    def _execute(
+        self,
+        plans: list[ChannelPlan],
+        run_id: str,
+        run_dir: Path,
+        ledger: SqliteLedger | None,
+        stats: ExtractionStats,
+        progress: ProgressCallback | None,
+        segment: Callable[[], Iterable[tuple[int, Recipient]]],
+    ) -> RunReport:
+        """Send the channels in parallel and write the report (and finish the run)."""
+        started = datetime.now(UTC)
         hook = self.plugin_manager.hook
-        hook.campaignkit_run_started(
-            run_id=run_id, pipeline=self.name, channels=[p.channel.name for p in plans]
-        )
+        try:
+            hook.campaignkit_run_started(
+                run_id=run_id, pipeline=self.name, channels=[p.channel.name for p in plans]
+            )
+        except BaseException as exc:
+            if ledger is not None:
+                ledger.finish_run(run_id, "failed", json.dumps({"error": str(exc)}))
+            raise
         deadline = (
             time.monotonic() + self.execution.timeout_seconds
             if self.execution.timeout_seconds
@@ -362,24 +571,21 @@ class Pipeline:
         cancel = threading.Event()
 
         def run_channel(plan: ChannelPlan) -> ChannelResult:
-            writer = ResultWriter(run_dir / f"{plan.channel.name}.jsonl")
-            try:
-                runner = ChannelRunner(
-                    plan,
-                    run_id=run_id,
-                    writer=writer,
-                    sleep=self.sleep,
-                    deadline=deadline,
-                    progress=progress,
-                    cancel=cancel,
-                )
-                result = runner.run(segment)
-            finally:
-                writer.close()
+            runner = ChannelRunner(
+                plan,
+                run_id=run_id,
+                ledger=ledger,
+                sleep=self.sleep,
+                deadline=deadline,
+                progress=progress,
+                cancel=cancel,
+            )
+            result = runner.run(segment())
             _call_observer(hook.campaignkit_channel_finished, run_id=run_id, result=result)
             return result
 
         workers = min(len(plans), self.execution.max_workers or len(plans)) or 1
+        interrupted = False
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ck-channel") as pool:
             futures = {plan.channel.name: pool.submit(run_channel, plan) for plan in plans}
             try:
@@ -388,20 +594,22 @@ class Pipeline:
                 # Stop starting batches; in-flight requests finish and are recorded.
                 log.warning("%s: interrupted; finishing in-flight requests", run_id)
                 cancel.set()
+                interrupted = True
                 futures_wait(futures.values())
-                raise
             for name, future in futures.items():
                 try:
                     results[name] = future.result()
                 except Exception as exc:
                     log.exception("channel %s crashed", name)
                     errors[name] = f"{type(exc).__name__}: {exc}"
-        spool.unlink(missing_ok=True)
-        if errors:
+        stops = {r.stopped for r in results.values() if r.stopped}
+        if errors or any(s.startswith("credentials") for s in stops):
             status = RunStatus.FAILED
-        elif any(r.reasons.get("timed_out") for r in results.values()):
+        elif interrupted or "cancelled" in stops:
+            status = RunStatus.CANCELLED
+        elif "timed_out" in stops:
             status = RunStatus.TIMED_OUT
-        elif any(r.failed for r in results.values()):
+        elif any(r.failed or r.unknown for r in results.values()):
             status = RunStatus.PARTIAL
         else:
             status = RunStatus.SUCCEEDED
@@ -418,9 +626,27 @@ class Pipeline:
             output_dir=str(run_dir),
             errors=errors,
         )
-        (run_dir / "report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        text = json.dumps(report.to_dict(), indent=2)
+        (run_dir / "report.json").write_text(text + "\n")
+        if ledger is not None:
+            ledger.finish_run(run_id, status.value, text)
         _call_observer(hook.campaignkit_run_finished, report=report)
+        if interrupted:
+            raise KeyboardInterrupt
         return report
+
+
+def _stored_report(run: RunRecord) -> RunReport:
+    """The report a finished run stored in the ledger."""
+    return RunReport.from_dict(json.loads(run.report or "{}"), run)
+
+
+def _stored_stats(run: RunRecord) -> ExtractionStats:
+    data = json.loads(run.report or "{}").get("extraction") or {}
+    recipients = run.recipients or 0
+    rejected = int(data.get("rows_rejected", 0))
+    return ExtractionStats(recipients + rejected, recipients, rejected,
+                           dict(data.get("rejected_reasons", {})))
 
 
 def _call_observer(hook: Any, **kwargs: Any) -> None:

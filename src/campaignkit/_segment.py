@@ -1,4 +1,4 @@
-"""The extracted segment: validated recipients spooled to disk, streamed by every channel."""
+"""Extraction: the whole source read and validated before any channel starts."""
 
 from __future__ import annotations
 
@@ -6,15 +6,16 @@ import collections
 import csv
 import marshal
 import struct
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 
 from ._models import Recipient, RejectedRow
 from ._source import Source
 
-__all__ = ["ExtractionStats", "Segment", "extract"]
+__all__ = ["ExtractionStats", "Spool", "extract"]
 
 _CHUNK = 1000
 _LEN = struct.Struct("<I")  # spool framing: byte length of the next chunk
@@ -30,77 +31,86 @@ class ExtractionStats:
     rejected_reasons: dict[str, int]
 
 
-@attrs.frozen
-class Segment:
-    """A spool of accepted recipients in source order; iterate it as often as needed.
-
-    The spool is a private file of length-prefixed ``marshal`` chunks (plain tuples,
-    dicts and strings) written by :func:`extract` in this process; it is never read
-    from anywhere else.
-    """
-
-    path: Path
-    count: int
-
-    def __iter__(self) -> Iterator[Recipient]:
-        with self.path.open("rb") as f:
-            while header := f.read(_LEN.size):
-                (size,) = _LEN.unpack(header)
-                chunk = marshal.loads(f.read(size))  # noqa: S302 - our own spool, see above
-                for id_, email, phone, token, attributes, consent, line in chunk:
-                    yield Recipient(id_, email, phone, token, attributes, consent, line)
-
-
 def extract(
-    source: Source, *, required: Collection[str], spool: Path, rejects: Path
-) -> tuple[Segment, ExtractionStats]:
-    """Read the whole source, spooling recipients and writing rejected rows.
+    source: Source,
+    *,
+    required: Collection[str],
+    rejects: Path,
+    store: Callable[[Iterable[Recipient]], int],
+) -> ExtractionStats:
+    """Read the whole source: accepted recipients go to ``store`` (which consumes the
+    iterable and returns how many it stored), rejected rows to ``rejects`` (CSV: line,
+    reason, field, detail, raw values...), so that nothing is lost.
 
-    Rejected rows go to ``rejects`` (CSV: line, reason, field, detail, raw values...),
-    so that nothing is lost. The stream must be read to its end before any channel
-    starts: a file-level :class:`~campaignkit.SourceError` may come at the last line.
+    The stream must be read to its end before any channel starts: a file-level
+    :class:`~campaignkit.SourceError` may come at the last line. ``store`` must
+    then keep nothing (the ledger writes its snapshot in one transaction).
 
     Raises:
         SourceError: a file-level problem; nothing was sent.
     """
     reasons: collections.Counter[str] = collections.Counter()
-    count = rejected = 0
-    chunk: list[tuple[object, ...]] = []
-    with spool.open("wb") as out, rejects.open("w", newline="", encoding="utf-8") as rej:
+    rejected = 0
+    with rejects.open("w", newline="", encoding="utf-8") as rej:
+        writer = csv.writer(rej)
+        writer.writerow(["line", "reason", "field", "detail", "raw"])
 
-        def dump(rows: list[tuple[object, ...]]) -> None:
-            data = marshal.dumps(rows)
-            out.write(_LEN.pack(len(data)))
-            out.write(data)
-
-        rej_writer = csv.writer(rej)
-        rej_writer.writerow(["line", "reason", "field", "detail", "raw"])
-        for record in source.records(required):
-            if type(record) is Recipient:
-                chunk.append(
-                    (
-                        record.id,
-                        record.email,
-                        record.phone,
-                        record.push_token,
-                        record.attributes,
-                        record.consent,
-                        record.line,
+        def accepted() -> Iterator[Recipient]:
+            nonlocal rejected
+            for record in source.records(required):
+                if type(record) is Recipient:
+                    yield record
+                else:
+                    assert isinstance(record, RejectedRow)
+                    rejected += 1
+                    reasons[record.reason] += 1
+                    writer.writerow(
+                        [record.line, record.reason, record.field or "", record.detail, *record.raw]
                     )
-                )
+
+        count = store(accepted())
+    return ExtractionStats(count + rejected, count, rejected, dict(reasons))
+
+
+class Spool:
+    """Accepted recipients in a private file, for runs without a ledger.
+
+    Length-prefixed ``marshal`` chunks (plain tuples, dicts and strings) written and
+    read by this process only; iterate as often as needed.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count = 0
+
+    def store(self, recipients: Iterable[Recipient]) -> int:
+        chunk: list[Any] = []
+        n = 0
+        with self.path.open("wb") as out:
+
+            def dump() -> None:
+                data = marshal.dumps(chunk)
+                out.write(_LEN.pack(len(data)))
+                out.write(data)
+
+            for r in recipients:
+                chunk.append((r.id, r.email, r.phone, r.push_token, r.attributes, r.consent, r.line))
                 if len(chunk) >= _CHUNK:
-                    dump(chunk)
-                    count += len(chunk)
+                    dump()
+                    n += len(chunk)
                     chunk = []
-            else:
-                assert isinstance(record, RejectedRow)
-                rejected += 1
-                reasons[record.reason] += 1
-                rej_writer.writerow(
-                    [record.line, record.reason, record.field or "", record.detail, *record.raw]
-                )
-        if chunk:
-            dump(chunk)
-            count += len(chunk)
-    stats = ExtractionStats(count + rejected, count, rejected, dict(reasons))
-    return Segment(spool, count), stats
+            if chunk:
+                dump()
+                n += len(chunk)
+        self.count = n
+        return n
+
+    def __iter__(self) -> Iterator[tuple[int, Recipient]]:
+        seq = 0
+        with self.path.open("rb") as f:
+            while header := f.read(_LEN.size):
+                (size,) = _LEN.unpack(header)
+                chunk = marshal.loads(f.read(size))  # noqa: S302 - our own spool, see above
+                for id_, email, phone, token, attributes, consent, line in chunk:
+                    yield seq, Recipient(id_, email, phone, token, attributes, consent, line)
+                    seq += 1

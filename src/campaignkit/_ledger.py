@@ -1,0 +1,764 @@
+"""The durable delivery ledger: runs, each run's recipient snapshot, one row per delivery.
+
+The embedded implementation is SQLite (stdlib ``sqlite3``, WAL). The schema is
+versioned in ``PRAGMA user_version`` and migrated on open. :class:`Ledger` is the
+interface the core uses, so that a server database can be added later.
+
+Delivery states::
+
+    pending -> in_flight -> sent | failed | unknown
+    pending -> skipped (reason)             (selection decided not to send)
+    failed (transient, retries exhausted) -> pending        (retry-failed)
+    in_flight -> pending | unknown          (resume after a crash, by policy)
+    unknown -> pending                      (resume --resend-unknown)
+
+``in_flight`` is committed before a request leaves and the outcome after it: a
+single writer thread commits both in batched transactions (group commit), and a
+worker does not send until its ``in_flight`` mark is durable. After a crash at
+most one batch per worker thread is ``in_flight``.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+
+from ._models import DeliveryResult, DeliveryStatus, Recipient
+from .exceptions import CampaignKitError
+
+__all__ = [
+    "DeliveryState",
+    "Ledger",
+    "LedgerError",
+    "MaxActiveRunsReached",
+    "RunRecord",
+    "SqliteLedger",
+]
+
+SCHEMA_VERSION = 1
+_PAGE = 2000  # rows per read transaction when streaming
+
+
+class LedgerError(CampaignKitError):
+    """The ledger cannot be opened or used (corrupt file, newer schema, unknown run)."""
+
+
+class MaxActiveRunsReached(LedgerError):
+    """Starting a run would exceed the pipeline's ``max_active_runs``."""
+
+
+class DeliveryState:
+    """Delivery states as stored (short strings)."""
+
+    PENDING = "pending"
+    IN_FLIGHT = "in_flight"
+    SENT = "sent"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    UNKNOWN = "unknown"
+
+    FINAL = frozenset({SENT, FAILED, SKIPPED})
+
+
+#: A run being sent (or whose process died while sending: then it awaits a resume).
+ACTIVE_STATUSES = frozenset({"running"})
+#: Finished runs with messages still owed: running the logical date again resumes them.
+RESUMABLE_STATUSES = frozenset({"timed_out", "cancelled", "failed"})
+
+
+@attrs.frozen
+class RunRecord:
+    """A run as the ledger knows it."""
+
+    run_id: str
+    pipeline: str
+    logical_date: datetime
+    status: str
+    fingerprint: str
+    created_at: datetime
+    finished_at: datetime | None = None
+    pid: int | None = None
+    config_file: str | None = None
+    recipients: int | None = None
+    report: str | None = None  # the last report, as JSON
+
+
+class Ledger(Protocol):
+    """What the core needs from a ledger (see :class:`SqliteLedger`)."""
+
+    def begin_run(
+        self,
+        *,
+        run_id: str,
+        pipeline: str,
+        logical_date: datetime,
+        fingerprint: str,
+        config_file: str | None,
+        max_active_runs: int | None,
+    ) -> RunRecord: ...
+    def get_run(self, run_id: str) -> RunRecord: ...
+    def find_runs(self, pipeline: str, logical_date: datetime | None = None) -> list[RunRecord]: ...
+    def list_runs(self, pipeline: str | None = None, limit: int = 50) -> list[RunRecord]: ...
+    def claim_run(self, run_id: str) -> RunRecord: ...
+    def finish_run(self, run_id: str, status: str, report: str) -> None: ...
+    def write_snapshot(self, run_id: str, recipients: Iterable[Recipient]) -> int: ...
+    def has_snapshot(self, run_id: str) -> bool: ...
+    def snapshot(self, run_id: str) -> Iterator[tuple[int, Recipient]]: ...
+    def is_planned(self, run_id: str, channel: str) -> bool: ...
+    def plan(self, run_id: str, channel: str, rows: Iterable[tuple[int, str, str | None]]) -> None: ...
+    def pending(self, run_id: str, channel: str) -> Iterator[tuple[int, Recipient, int]]: ...
+    def mark_in_flight(self, run_id: str, channel: str, seqs: Sequence[int]) -> None: ...
+    def record(
+        self, run_id: str, channel: str, rows: Sequence[tuple[int, DeliveryResult, str, bool]]
+    ) -> None: ...
+    def flush(self) -> None: ...
+    def resolve_in_flight(self, run_id: str, channel: str, *, resend: bool) -> int: ...
+    def requeue(self, run_id: str, channel: str, *, failed: bool, unknown: bool) -> int: ...
+    def counts(self, run_id: str, channel: str) -> dict[str, int]: ...
+    def deliveries(self, run_id: str, channel: str | None = None) -> Iterator[DeliveryResult]: ...
+    def close(self) -> None: ...
+
+
+def _ts(dt: datetime) -> str:
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _dt(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        run_id TEXT NOT NULL UNIQUE,
+        pipeline TEXT NOT NULL,
+        logical_date TEXT NOT NULL,
+        status TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        config_file TEXT,
+        created_at TEXT NOT NULL,
+        finished_at TEXT,
+        pid INTEGER,
+        recipients INTEGER,
+        report TEXT
+    );
+    CREATE INDEX runs_by_date ON runs (pipeline, logical_date);
+    CREATE TABLE recipients (
+        run INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        recipient_id TEXT NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (run, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE channels (
+        run INTEGER NOT NULL,
+        channel TEXT NOT NULL,
+        code INTEGER NOT NULL,
+        planned INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (run, channel),
+        UNIQUE (run, code)
+    ) WITHOUT ROWID;
+    CREATE TABLE deliveries (
+        run INTEGER NOT NULL,
+        channel INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        transient INTEGER NOT NULL DEFAULT 0,
+        provider_message_id TEXT,
+        error_code TEXT,
+        error TEXT,
+        updated_at REAL,
+        PRIMARY KEY (run, channel, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX deliveries_by_state ON deliveries (run, channel, state, seq);
+    """,
+}
+
+
+class _Writer(threading.Thread):
+    """The single writing thread: runs queued operations in batched transactions."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(name="ck-ledger-writer", daemon=True)
+        self.path = path
+        self.ops: queue.SimpleQueue[tuple[Any, threading.Event | None] | None] = (
+            queue.SimpleQueue()
+        )
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        conn = _connect(self.path)
+        try:
+            while True:
+                item = self.ops.get()
+                if item is None:
+                    return
+                batch = [item]
+                while True:  # group commit: take everything queued meanwhile
+                    try:
+                        nxt = self.ops.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        self.ops.put(None)
+                        break
+                    batch.append(nxt)
+                try:
+                    with conn:
+                        for op, _ in batch:
+                            op(conn)
+                except BaseException as exc:  # surfaced to waiters and on flush()
+                    self.error = exc
+                for _, done in batch:
+                    if done is not None:
+                        done.set()
+        finally:
+            conn.close()
+
+    def submit(self, op: Any, *, wait: bool) -> None:
+        if self.error is not None:
+            raise LedgerError(f"ledger write failed: {self.error}") from self.error
+        done = threading.Event() if wait else None
+        self.ops.put((op, done))
+        if done is not None:
+            done.wait()
+            if self.error is not None:
+                raise LedgerError(f"ledger write failed: {self.error}") from self.error
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across process crashes
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.isolation_level = "DEFERRED"
+    return conn
+
+
+class SqliteLedger:
+    """The embedded ledger: one SQLite file, safe for several processes.
+
+    Reads use a connection per calling thread; writes go through one writer thread
+    that commits in batches. :meth:`mark_in_flight` returns once the mark is durable;
+    :meth:`record` queues the outcome (durable by the next mark of the same worker,
+    or :meth:`flush`).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = _connect(self.path)
+            self._migrate(conn)
+            conn.close()
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{self.path}: cannot open the ledger: {exc}") from None
+        self._local = threading.local()
+        self._writer = _Writer(self.path)
+        self._writer.start()
+        self._codes: dict[tuple[int, str], int] = {}
+        self._runs: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        return f"<SqliteLedger {str(self.path)!r}>"
+
+    # -- plumbing ------------------------------------------------------------------------
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise LedgerError(
+                    f"{self.path}: ledger schema {version} is newer than this campaignkit "
+                    f"({SCHEMA_VERSION}); upgrade campaignkit"
+                )
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[v].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {v}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @property
+    def _read(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path)
+            self._local.conn = conn
+        return conn
+
+    def _run_key(self, run_id: str) -> int:
+        key = self._runs.get(run_id)
+        if key is None:
+            row = self._read.execute("SELECT id FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise LedgerError(f"no run {run_id!r} in {self.path}")
+            key = self._runs[run_id] = int(row[0])
+        return key
+
+    def _channel_code(self, run: int, channel: str) -> int:
+        code = self._codes.get((run, channel))
+        if code is None:
+            conn = self._read
+            with conn:
+                # One statement, so concurrent channels (threads or processes) never
+                # get the same code.
+                conn.execute(
+                    "INSERT OR IGNORE INTO channels (run, channel, code) "
+                    "SELECT ?, ?, COALESCE(MAX(code), -1) + 1 FROM channels WHERE run = ?",
+                    (run, channel, run),
+                )
+                (code,) = conn.execute(
+                    "SELECT code FROM channels WHERE run = ? AND channel = ?", (run, channel)
+                ).fetchone()
+            self._codes[(run, channel)] = int(code)
+        return int(code)
+
+    def close(self) -> None:
+        """Flush pending writes and close."""
+        self._writer.ops.put(None)
+        self._writer.join()
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+        if self._writer.error is not None:
+            raise LedgerError(f"ledger write failed: {self._writer.error}")
+
+    def flush(self) -> None:
+        """Wait until every queued write is committed."""
+        self._writer.submit(lambda conn: None, wait=True)
+
+    # -- runs ----------------------------------------------------------------------------
+    @staticmethod
+    def _run(row: Sequence[Any]) -> RunRecord:
+        return RunRecord(
+            run_id=row[0],
+            pipeline=row[1],
+            logical_date=_dt(row[2]),  # type: ignore[arg-type]
+            status=row[3],
+            fingerprint=row[4],
+            config_file=row[5],
+            created_at=_dt(row[6]),  # type: ignore[arg-type]
+            finished_at=_dt(row[7]),
+            pid=row[8],
+            recipients=row[9],
+            report=row[10],
+        )
+
+    _RUN_COLUMNS = (
+        "run_id, pipeline, logical_date, status, fingerprint, config_file, created_at, "
+        "finished_at, pid, recipients, report"
+    )
+
+    def begin_run(
+        self,
+        *,
+        run_id: str,
+        pipeline: str,
+        logical_date: datetime,
+        fingerprint: str,
+        config_file: str | None,
+        max_active_runs: int | None,
+    ) -> RunRecord:
+        """Record a new ``running`` run, atomically with the ``max_active_runs`` check.
+
+        A run counts as active while its status is ``running`` and its process is
+        alive (a run whose process died is not active: it waits to be resumed).
+
+        Raises:
+            MaxActiveRunsReached: the pipeline already has that many active runs.
+            LedgerError: ``run_id`` exists.
+        """
+        conn = _connect(self.path)
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # serialises starts across processes
+            if max_active_runs is not None:
+                active = [
+                    r
+                    for r in conn.execute(
+                        "SELECT run_id, pid FROM runs WHERE pipeline = ? AND status = 'running'",
+                        (pipeline,),
+                    )
+                    if _alive(r[1])
+                ]
+                if len(active) >= max_active_runs:
+                    conn.execute("ROLLBACK")
+                    names = ", ".join(r[0] for r in active)
+                    raise MaxActiveRunsReached(
+                        f"{pipeline}: max_active_runs={max_active_runs} reached ({names})"
+                    )
+            try:
+                conn.execute(
+                    "INSERT INTO runs (run_id, pipeline, logical_date, status, fingerprint, "
+                    "config_file, created_at, pid) VALUES (?, ?, ?, 'running', ?, ?, ?, ?)",
+                    (run_id, pipeline, _ts(logical_date), fingerprint, config_file,
+                     _ts(datetime.now(UTC)), os.getpid()),
+                )
+            except sqlite3.IntegrityError:
+                conn.execute("ROLLBACK")
+                raise LedgerError(f"run {run_id!r} already exists") from None
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        return self.get_run(run_id)
+
+    def record_run(
+        self,
+        *,
+        run_id: str,
+        pipeline: str,
+        logical_date: datetime,
+        status: str,
+        fingerprint: str,
+        report: str | None = None,
+    ) -> RunRecord:
+        """Record a finished run that sent nothing (e.g. ``skipped_late``)."""
+        now = _ts(datetime.now(UTC))
+        with self._read as conn:
+            conn.execute(
+                "INSERT INTO runs (run_id, pipeline, logical_date, status, fingerprint, "
+                "created_at, finished_at, report) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, pipeline, _ts(logical_date), status, fingerprint, now, now, report),
+            )
+        return self.get_run(run_id)
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """The run ``run_id``.
+
+        Raises:
+            LedgerError: no such run.
+        """
+        row = self._read.execute(
+            f"SELECT {self._RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        if row is None:
+            raise LedgerError(f"no run {run_id!r} in {self.path}")
+        return self._run(row)
+
+    def find_runs(self, pipeline: str, logical_date: datetime | None = None) -> list[RunRecord]:
+        """Runs of ``pipeline`` (for one logical date if given), oldest first."""
+        if logical_date is None:
+            rows = self._read.execute(
+                f"SELECT {self._RUN_COLUMNS} FROM runs WHERE pipeline = ? ORDER BY logical_date, id",
+                (pipeline,),
+            )
+        else:
+            rows = self._read.execute(
+                f"SELECT {self._RUN_COLUMNS} FROM runs WHERE pipeline = ? AND logical_date = ? "
+                "ORDER BY id",
+                (pipeline, _ts(logical_date)),
+            )
+        return [self._run(r) for r in rows]
+
+    def list_runs(self, pipeline: str | None = None, limit: int = 50) -> list[RunRecord]:
+        """The most recent runs, newest first."""
+        if pipeline is None:
+            rows = self._read.execute(
+                f"SELECT {self._RUN_COLUMNS} FROM runs ORDER BY id DESC LIMIT ?", (limit,)
+            )
+        else:
+            rows = self._read.execute(
+                f"SELECT {self._RUN_COLUMNS} FROM runs WHERE pipeline = ? ORDER BY id DESC LIMIT ?",
+                (pipeline, limit),
+            )
+        return [self._run(r) for r in rows]
+
+    def claim_run(self, run_id: str) -> RunRecord:
+        """Mark ``run_id`` as running in this process (to resume it).
+
+        Raises:
+            LedgerError: the run is being run by another live process.
+        """
+        with self._read as conn:
+            row = conn.execute("SELECT status, pid FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise LedgerError(f"no run {run_id!r} in {self.path}")
+            if row[0] == "running" and row[1] != os.getpid() and _alive(row[1]):
+                raise LedgerError(f"run {run_id!r} is being run by process {row[1]}")
+            conn.execute(
+                "UPDATE runs SET status = 'running', pid = ?, finished_at = NULL WHERE run_id = ?",
+                (os.getpid(), run_id),
+            )
+        return self.get_run(run_id)
+
+    def finish_run(self, run_id: str, status: str, report: str) -> None:
+        """Record a run's final status and report (after flushing its deliveries)."""
+        self.flush()
+        with self._read as conn:
+            conn.execute(
+                "UPDATE runs SET status = ?, finished_at = ?, report = ?, pid = NULL "
+                "WHERE run_id = ?",
+                (status, _ts(datetime.now(UTC)), report, run_id),
+            )
+
+    # -- snapshot ------------------------------------------------------------------------
+    def write_snapshot(self, run_id: str, recipients: Iterable[Recipient]) -> int:
+        """Store the run's extracted segment, in order; returns the count.
+
+        Written in one transaction: a crash leaves no partial snapshot.
+        """
+        run = self._run_key(run_id)
+        conn = self._read
+        n = 0
+        dumps = marshal.dumps
+
+        def rows() -> Iterator[tuple[int, int, str, bytes]]:
+            nonlocal n
+            for r in recipients:
+                fields: Any = (r.email, r.phone, r.push_token, r.attributes, r.consent, r.line)
+                yield run, n, r.id, dumps(fields)
+                n += 1
+
+        with conn:
+            conn.execute("DELETE FROM recipients WHERE run = ?", (run,))
+            conn.executemany("INSERT INTO recipients VALUES (?, ?, ?, ?)", rows())
+            conn.execute("UPDATE runs SET recipients = ? WHERE id = ?", (n, run))
+        return n
+
+    def has_snapshot(self, run_id: str) -> bool:
+        row = self._read.execute(
+            "SELECT recipients FROM runs WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        return row is not None and row[0] is not None
+
+    def _pages(self, sql: str, params: tuple[Any, ...]) -> Iterator[Sequence[Any]]:
+        """Stream ``sql`` (which takes ``params`` + ``seq > ?`` + ``LIMIT ?`` and orders
+        by seq, first column) page by page: short read transactions, so that a long
+        pass does not hold back WAL checkpoints."""
+        conn = _connect(self.path)
+        try:
+            last = -1
+            while True:
+                rows = conn.execute(sql, (*params, last, _PAGE)).fetchall()
+                yield from rows
+                if len(rows) < _PAGE:
+                    return
+                last = rows[-1][0]
+        finally:
+            conn.close()
+
+    def snapshot(self, run_id: str) -> Iterator[tuple[int, Recipient]]:
+        """The snapshot in source order, as ``(seq, recipient)``; streamed."""
+        run = self._run_key(run_id)
+        for seq, rid, data in self._pages(
+            "SELECT seq, recipient_id, data FROM recipients WHERE run = ? AND seq > ? "
+            "ORDER BY seq LIMIT ?",
+            (run,),
+        ):
+            yield seq, _recipient(rid, data)
+
+    # -- deliveries ----------------------------------------------------------------------
+    def is_planned(self, run_id: str, channel: str) -> bool:
+        """Whether :meth:`plan` completed for this channel."""
+        run = self._run_key(run_id)
+        row = self._read.execute(
+            "SELECT planned FROM channels WHERE run = ? AND channel = ?", (run, channel)
+        ).fetchone()
+        return bool(row and row[0])
+
+    def plan(self, run_id: str, channel: str, rows: Iterable[tuple[int, str, str | None]]) -> None:
+        """Insert one row per recipient: ``(seq, state, reason)`` with state ``pending``
+        or ``skipped``; all in one transaction, marked planned at the end."""
+        run = self._run_key(run_id)
+        code = self._channel_code(run, channel)
+        now = time.time()
+        conn = self._read
+        with conn:
+            conn.execute("DELETE FROM deliveries WHERE run = ? AND channel = ?", (run, code))
+            conn.executemany(
+                "INSERT INTO deliveries (run, channel, seq, state, reason, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                ((run, code, seq, state, reason, now) for seq, state, reason in rows),
+            )
+            conn.execute(
+                "UPDATE channels SET planned = 1 WHERE run = ? AND channel = ?", (run, channel)
+            )
+
+    def pending(self, run_id: str, channel: str) -> Iterator[tuple[int, Recipient, int]]:
+        """Pending deliveries in recipient order: ``(seq, recipient, attempts)``; streamed."""
+        run = self._run_key(run_id)
+        code = self._channel_code(run, channel)
+        for seq, rid, data, attempts in self._pages(
+            "SELECT d.seq, r.recipient_id, r.data, d.attempts FROM deliveries d "
+            "JOIN recipients r ON r.run = d.run AND r.seq = d.seq "
+            "WHERE d.run = ? AND d.channel = ? AND d.state = 'pending' AND d.seq > ? "
+            "ORDER BY d.seq LIMIT ?",
+            (run, code),
+        ):
+            yield seq, _recipient(rid, data), attempts
+
+    def mark_in_flight(self, run_id: str, channel: str, seqs: Sequence[int]) -> None:
+        """Mark deliveries in flight; returns when the mark is durable."""
+        run = self._run_key(run_id)
+        code = self._channel_code(run, channel)
+        now = time.time()
+        rows = [(now, run, code, s) for s in seqs]
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE deliveries SET state = 'in_flight', updated_at = ? "
+                "WHERE run = ? AND channel = ? AND seq = ?",
+                rows,
+            )
+
+        self._writer.submit(op, wait=True)
+
+    def record(
+        self, run_id: str, channel: str, rows: Sequence[tuple[int, DeliveryResult, str, bool]]
+    ) -> None:
+        """Queue outcomes ``(seq, result, state, transient)``; ``transient`` marks a
+        failure that ``retry-failed`` may re-drive. Durable by the next
+        :meth:`mark_in_flight` or :meth:`flush`."""
+        run = self._run_key(run_id)
+        code = self._channel_code(run, channel)
+        now = time.time()
+        params = [
+            (
+                state,
+                r.reason,
+                r.attempts,
+                int(transient),
+                r.provider_message_id,
+                r.error_code,
+                r.error,
+                now,
+                run,
+                code,
+                seq,
+            )
+            for seq, r, state, transient in rows
+        ]
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE deliveries SET state = ?, reason = ?, attempts = ?, transient = ?, "
+                "provider_message_id = ?, error_code = ?, error = ?, updated_at = ? "
+                "WHERE run = ? AND channel = ? AND seq = ?",
+                params,
+            )
+
+        self._writer.submit(op, wait=False)
+
+    def resolve_in_flight(self, run_id: str, channel: str, *, resend: bool) -> int:
+        """Settle deliveries left ``in_flight`` by a crash: back to ``pending`` when
+        ``resend`` (the provider de-duplicates by idempotency key), else ``unknown``.
+        Returns how many there were."""
+        run = self._run_key(run_id)
+        code = self._channel_code(run, channel)
+        self.flush()
+        with self._read as conn:
+            cur = conn.execute(
+                "UPDATE deliveries SET state = ?, reason = ? "
+                "WHERE run = ? AND channel = ? AND state = 'in_flight'",
+                (*(("pending", None) if resend else ("unknown", "in_flight_at_crash")), run, code),
+            )
+            return cur.rowcount
+
+    def requeue(self, run_id: str, channel: str, *, failed: bool, unknown: bool) -> int:
+        """Put deliveries back to ``pending``: transient failures (``failed``) and/or
+        ``unknown`` ones. Permanent failures are never requeued. Returns the count."""
+        run = self._run_key(run_id)
+        code = self._channel_code(run, channel)
+        self.flush()
+        n = 0
+        with self._read as conn:
+            if failed:
+                n += conn.execute(
+                    "UPDATE deliveries SET state = 'pending', reason = NULL "
+                    "WHERE run = ? AND channel = ? AND state = 'failed' AND transient = 1",
+                    (run, code),
+                ).rowcount
+            if unknown:
+                n += conn.execute(
+                    "UPDATE deliveries SET state = 'pending', reason = NULL "
+                    "WHERE run = ? AND channel = ? AND state = 'unknown'",
+                    (run, code),
+                ).rowcount
+        return n
+
+    def counts(self, run_id: str, channel: str) -> dict[str, int]:
+        """Deliveries by state, and by ``state:reason`` / ``code:<error code>``."""
+        run = self._run_key(run_id)
+        code = self._channel_code(run, channel)
+        self.flush()
+        out: dict[str, int] = {}
+        for state, reason, error_code, n in self._read.execute(
+            "SELECT state, reason, error_code, COUNT(*) FROM deliveries "
+            "WHERE run = ? AND channel = ? GROUP BY state, reason, error_code",
+            (run, code),
+        ):
+            out[state] = out.get(state, 0) + n
+            if reason:
+                out[f"reason:{reason}"] = out.get(f"reason:{reason}", 0) + n
+            if error_code and state != "sent":
+                out[f"code:{error_code}"] = out.get(f"code:{error_code}", 0) + n
+        return out
+
+    def deliveries(self, run_id: str, channel: str | None = None) -> Iterator[DeliveryResult]:
+        """Per-recipient outcomes in recipient order (all channels, or one)."""
+        run = self._run_key(run_id)
+        self.flush()
+        where, params = "d.run = ?", [run]
+        if channel is not None:
+            where += " AND d.channel = ?"
+            params.append(self._channel_code(run, channel))
+        cursor = _connect(self.path).execute(
+            "SELECT c.channel, r.recipient_id, d.state, d.reason, d.provider_message_id, "
+            "d.attempts, d.error_code, d.error FROM deliveries d "
+            "JOIN recipients r ON r.run = d.run AND r.seq = d.seq "
+            "JOIN channels c ON c.run = d.run AND c.code = d.channel "
+            f"WHERE {where} ORDER BY c.code, d.seq",
+            params,
+        )
+        try:
+            for ch, rid, state, reason, pmid, attempts, code, error in cursor:
+                yield DeliveryResult(
+                    channel=ch,
+                    recipient_id=rid,
+                    status=DeliveryStatus(state),
+                    reason=reason,
+                    provider_message_id=pmid,
+                    attempts=attempts,
+                    error_code=code,
+                    error=error,
+                )
+        finally:
+            cursor.connection.close()
+
+
+def _recipient(rid: str, data: bytes) -> Recipient:
+    email, phone, token, attributes, consent, line = marshal.loads(data)  # noqa: S302 - ours
+    return Recipient(rid, email, phone, token, attributes, consent, line)
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,199 @@
+"""The SQLite ledger: schema, runs, snapshot, delivery state machine (hypothesis)."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from campaignkit import DeliveryResult, DeliveryStatus, Recipient
+from campaignkit._ledger import (
+    SCHEMA_VERSION,
+    LedgerError,
+    MaxActiveRunsReached,
+    SqliteLedger,
+)
+
+DAY = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def begin(ledger: SqliteLedger, run_id: str = "r1", **kw: object) -> None:
+    ledger.begin_run(run_id=run_id, pipeline=str(kw.get("pipeline", "p")), logical_date=DAY,
+                     fingerprint="f", config_file=None,
+                     max_active_runs=kw.get("max_active_runs"))  # type: ignore[arg-type]
+
+
+def people(n: int) -> list[Recipient]:
+    return [Recipient(f"c{i}", f"u{i}@example.com", None, None, {"first_name": f"N{i}"},
+                      {"email": True}, i + 2) for i in range(n)]
+
+
+def test_schema_is_versioned_and_a_newer_one_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    SqliteLedger(path).close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+    with pytest.raises(LedgerError, match="newer than this campaignkit"):
+        SqliteLedger(path)
+
+
+def test_not_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(LedgerError, match="cannot open the ledger"):
+        SqliteLedger(path)
+
+
+def test_snapshot_round_trip_and_order(tmp_path: Path) -> None:
+    ledger = SqliteLedger(tmp_path / "l.db")
+    begin(ledger)
+    rs = people(4500)
+    assert ledger.write_snapshot("r1", iter(rs)) == 4500
+    back = list(ledger.snapshot("r1"))
+    assert [s for s, _ in back] == list(range(4500))
+    assert [r for _, r in back] == rs
+    ledger.close()
+
+
+def test_snapshot_is_all_or_nothing(tmp_path: Path) -> None:
+    ledger = SqliteLedger(tmp_path / "l.db")
+    begin(ledger)
+
+    def broken() -> object:
+        yield from people(10)
+        raise RuntimeError("source broke at line 12")
+
+    with pytest.raises(RuntimeError):
+        ledger.write_snapshot("r1", broken())  # type: ignore[arg-type]
+    assert not ledger.has_snapshot("r1")
+    assert list(ledger.snapshot("r1")) == []
+    ledger.close()
+
+
+def test_max_active_runs_counts_live_running_runs(tmp_path: Path) -> None:
+    ledger = SqliteLedger(tmp_path / "l.db")
+    begin(ledger, "a", max_active_runs=1)
+    with pytest.raises(MaxActiveRunsReached, match="max_active_runs=1"):
+        begin(ledger, "b", max_active_runs=1)
+    begin(ledger, "other", pipeline="q", max_active_runs=1)  # per pipeline
+    ledger.finish_run("a", "succeeded", "{}")
+    begin(ledger, "b", max_active_runs=1)
+    with pytest.raises(LedgerError, match="already exists"):
+        begin(ledger, "b")
+    ledger.close()
+
+
+def test_run_of_a_dead_process_is_not_active_and_can_be_claimed(tmp_path: Path) -> None:
+    ledger = SqliteLedger(tmp_path / "l.db")
+    begin(ledger, "a", max_active_runs=1)
+    conn = sqlite3.connect(tmp_path / "l.db")
+    conn.execute("UPDATE runs SET pid = 999999999 WHERE run_id = 'a'")  # no such process
+    conn.commit()
+    conn.close()
+    begin(ledger, "b", max_active_runs=2)
+    assert ledger.claim_run("a").status == "running"
+    ledger.close()
+
+
+def result(seq: int, status: DeliveryStatus, *, code: str | None = None) -> DeliveryResult:
+    return DeliveryResult("email", f"c{seq}", status, None, "pm" if status == "sent" else None, 1,
+                          code)
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    """Any interleaving of plan / in-flight / outcome / crash-resolution / requeue keeps
+    the ledger's invariants: every recipient has exactly one row, sent is final and is
+    never re-queued, permanent failures are never re-queued."""
+
+    N = 12
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(__import__("tempfile").mkdtemp())
+        self.ledger = SqliteLedger(self.dir / "l.db")
+        begin(self.ledger)
+        self.ledger.write_snapshot("r1", iter(people(self.N)))
+        self.model: dict[int, str] = {}
+        self.transient: dict[int, bool] = {}
+
+    @initialize(skips=st.sets(st.integers(0, N - 1), max_size=4))
+    def plan(self, skips: set[int]) -> None:
+        self.ledger.plan("r1", "email", ((s, "skipped" if s in skips else "pending",
+                                          "no_consent" if s in skips else None)
+                                         for s in range(self.N)))
+        self.model = {s: ("skipped" if s in skips else "pending") for s in range(self.N)}
+        self.transient = dict.fromkeys(range(self.N), False)
+
+    def _with(self, state: str) -> list[int]:
+        return sorted(s for s, v in self.model.items() if v == state)
+
+    @rule(data=st.data())
+    def send_some(self, data: st.DataObject) -> None:
+        pending = [s for s, *_ in self.ledger.pending("r1", "email")]
+        assert pending == self._with("pending")
+        if not pending:
+            return
+        batch = data.draw(st.lists(st.sampled_from(pending), min_size=1, max_size=4, unique=True))
+        self.ledger.mark_in_flight("r1", "email", batch)
+        for s in batch:
+            self.model[s] = "in_flight"
+        outcome = data.draw(st.sampled_from(["sent", "failed", "transient", "exhausted", "crash"]))
+        if outcome == "crash":
+            return  # no outcome recorded: stays in flight
+        rows = []
+        for s in batch:
+            if outcome == "sent":
+                rows.append((s, result(s, DeliveryStatus.SENT), "sent", False))
+                self.model[s] = "sent"
+            elif outcome == "failed":
+                rows.append((s, result(s, DeliveryStatus.FAILED, code="21211"), "failed", False))
+                self.model[s], self.transient[s] = "failed", False
+            elif outcome == "transient":
+                rows.append((s, result(s, DeliveryStatus.PENDING, code="503"), "pending", False))
+                self.model[s] = "pending"
+            else:
+                rows.append((s, result(s, DeliveryStatus.FAILED, code="503"), "failed", True))
+                self.model[s], self.transient[s] = "failed", True
+        self.ledger.record("r1", "email", rows)
+
+    @rule(resend=st.booleans())
+    def crash_and_resolve(self, resend: bool) -> None:
+        n = self.ledger.resolve_in_flight("r1", "email", resend=resend)
+        assert n == len(self._with("in_flight"))
+        for s in self._with("in_flight"):
+            self.model[s] = "pending" if resend else "unknown"
+
+    @rule(failed=st.booleans(), unknown=st.booleans())
+    def requeue(self, failed: bool, unknown: bool) -> None:
+        expected = 0
+        for s, v in list(self.model.items()):
+            if (failed and v == "failed" and self.transient[s]) or (unknown and v == "unknown"):
+                self.model[s] = "pending"
+                expected += 1
+        assert self.ledger.requeue("r1", "email", failed=failed, unknown=unknown) == expected
+
+    @invariant()
+    def rows_match_the_model(self) -> None:
+        if not self.model:
+            return
+        rows = {int(r.recipient_id[1:]): r.status.value
+                for r in self.ledger.deliveries("r1", "email")}
+        assert rows == self.model
+        counts = self.ledger.counts("r1", "email")
+        assert sum(v for k, v in counts.items() if ":" not in k) == self.N
+
+    def teardown(self) -> None:
+        self.ledger.close()
+
+
+TestLedgerMachine = LedgerMachine.TestCase
+TestLedgerMachine.settings = settings(max_examples=60, stateful_step_count=20, deadline=None)
