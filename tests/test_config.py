@@ -73,7 +73,7 @@ def test_defaults_follow_the_seed(tmp_path: Path) -> None:
         ),
         (
             ('tags = ["a"]', 'tags = ["a"]\n[schedule]\ncron = "every day"'),
-            "schedule.cron: not a cron expression",
+            "schedule.cron: invalid cron expression 'every day': expected 5 fields",
         ),
         (
             ('tags = ["a"]', 'tags = ["a"]\n[schedule]\ntimezone = "Europe/Nowhere"'),

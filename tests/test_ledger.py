@@ -23,14 +23,29 @@ DAY = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def begin(ledger: SqliteLedger, run_id: str = "r1", **kw: object) -> None:
-    ledger.begin_run(run_id=run_id, pipeline=str(kw.get("pipeline", "p")), logical_date=DAY,
-                     fingerprint="f", config_file=None,
-                     max_active_runs=kw.get("max_active_runs"))  # type: ignore[arg-type]
+    ledger.begin_run(
+        run_id=run_id,
+        pipeline=str(kw.get("pipeline", "p")),
+        logical_date=DAY,
+        fingerprint="f",
+        config_file=None,
+        max_active_runs=kw.get("max_active_runs"),
+    )  # type: ignore[arg-type]
 
 
 def people(n: int) -> list[Recipient]:
-    return [Recipient(f"c{i}", f"u{i}@example.com", None, None, {"first_name": f"N{i}"},
-                      {"email": True}, i + 2) for i in range(n)]
+    return [
+        Recipient(
+            f"c{i}",
+            f"u{i}@example.com",
+            None,
+            None,
+            {"first_name": f"N{i}"},
+            {"email": True},
+            i + 2,
+        )
+        for i in range(n)
+    ]
 
 
 def test_schema_is_versioned_and_a_newer_one_is_refused(tmp_path: Path) -> None:
@@ -105,8 +120,9 @@ def test_run_of_a_dead_process_is_not_active_and_can_be_claimed(tmp_path: Path) 
 
 
 def result(seq: int, status: DeliveryStatus, *, code: str | None = None) -> DeliveryResult:
-    return DeliveryResult("email", f"c{seq}", status, None, "pm" if status == "sent" else None, 1,
-                          code)
+    return DeliveryResult(
+        "email", f"c{seq}", status, None, "pm" if status == "sent" else None, 1, code
+    )
 
 
 class LedgerMachine(RuleBasedStateMachine):
@@ -127,9 +143,14 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @initialize(skips=st.sets(st.integers(0, N - 1), max_size=4))
     def plan(self, skips: set[int]) -> None:
-        self.ledger.plan("r1", "email", ((s, "skipped" if s in skips else "pending",
-                                          "no_consent" if s in skips else None)
-                                         for s in range(self.N)))
+        self.ledger.plan(
+            "r1",
+            "email",
+            (
+                (s, "skipped" if s in skips else "pending", "no_consent" if s in skips else None)
+                for s in range(self.N)
+            ),
+        )
         self.model = {s: ("skipped" if s in skips else "pending") for s in range(self.N)}
         self.transient = dict.fromkeys(range(self.N), False)
 
@@ -185,8 +206,9 @@ class LedgerMachine(RuleBasedStateMachine):
     def rows_match_the_model(self) -> None:
         if not self.model:
             return
-        rows = {int(r.recipient_id[1:]): r.status.value
-                for r in self.ledger.deliveries("r1", "email")}
+        rows = {
+            int(r.recipient_id[1:]): r.status.value for r in self.ledger.deliveries("r1", "email")
+        }
         assert rows == self.model
         counts = self.ledger.counts("r1", "email")
         assert sum(v for k, v in counts.items() if ":" not in k) == self.N

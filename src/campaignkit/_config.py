@@ -135,8 +135,12 @@ def _check_timezone(instance: Any, attribute: attrs.Attribute[str], value: str) 
 
 
 def _check_cron(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
-    if not _CRON_RE.match(value.strip()):
-        raise ConfigError(f"not a cron expression: {value!r}", path=attribute.name)
+    from ._schedule import parse_cron  # the schedule module builds on this one
+
+    try:
+        parse_cron(value)
+    except ConfigError as exc:
+        raise ConfigError(exc.detail, path=attribute.name) from None
 
 
 @attrs.frozen
@@ -268,7 +272,9 @@ class Schedule:
     """When the campaign runs (Airflow-style); see the scheduling docs.
 
     ``cron`` accepts five-field expressions and ``@hourly``, ``@daily``, ``@weekly``,
-    ``@monthly``, ``@yearly``.
+    ``@monthly``, ``@yearly``. ``start_date`` / ``end_date`` without a UTC offset are
+    wall-clock times in ``timezone``. See :mod:`campaignkit._schedule` for the
+    semantics (intervals, catchup, lateness measured from the due time, DST).
     """
 
     enabled: bool = True
@@ -280,14 +286,14 @@ class Schedule:
     max_lateness_minutes: float | None = attrs.field(default=None, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
+        # A date-time without an offset is wall-clock time in the schedule's zone.
+        zone = zoneinfo.ZoneInfo(self.timezone)
+        for name in ("start_date", "end_date"):
+            value = getattr(self, name)
+            if value is not None and value.tzinfo is None:
+                object.__setattr__(self, name, value.replace(tzinfo=zone))
         if self.end_date is not None and self.end_date <= self.start_date:
             raise ConfigError("must be after start_date", path="end_date")
-
-
-_CRON_FIELD = r"[0-9*/,\-A-Za-z?]+"
-_CRON_RE = re.compile(
-    rf"^(@(hourly|daily|midnight|weekly|monthly|yearly|annually)|{_CRON_FIELD}(\s+{_CRON_FIELD}){{4}})$"
-)
 
 
 @attrs.frozen
@@ -314,16 +320,16 @@ class PipelineConfig:
 
 
 def _structure_datetime(value: Any, _: Any) -> datetime:
+    # Naive values stay naive here: Schedule reads them in its own time zone.
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
+        return value
     if isinstance(value, date):
-        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+        return datetime(value.year, value.month, value.day)
     if isinstance(value, str):
         try:
-            parsed = datetime.fromisoformat(value)
+            return datetime.fromisoformat(value)
         except ValueError:
             raise _Mismatch(f"expected an ISO 8601 date-time, got {value!r}") from None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     raise _Mismatch(f"expected a date-time, got {_describe(value)}")
 
 

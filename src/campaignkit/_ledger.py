@@ -115,7 +115,9 @@ class Ledger(Protocol):
     def has_snapshot(self, run_id: str) -> bool: ...
     def snapshot(self, run_id: str) -> Iterator[tuple[int, Recipient]]: ...
     def is_planned(self, run_id: str, channel: str) -> bool: ...
-    def plan(self, run_id: str, channel: str, rows: Iterable[tuple[int, str, str | None]]) -> None: ...
+    def plan(
+        self, run_id: str, channel: str, rows: Iterable[tuple[int, str, str | None]]
+    ) -> None: ...
     def pending(self, run_id: str, channel: str) -> Iterator[tuple[int, Recipient, int]]: ...
     def mark_in_flight(self, run_id: str, channel: str, seqs: Sequence[int]) -> None: ...
     def record(
@@ -196,9 +198,7 @@ class _Writer(threading.Thread):
     def __init__(self, path: Path) -> None:
         super().__init__(name="ck-ledger-writer", daemon=True)
         self.path = path
-        self.ops: queue.SimpleQueue[tuple[Any, threading.Event | None] | None] = (
-            queue.SimpleQueue()
-        )
+        self.ops: queue.SimpleQueue[tuple[Any, threading.Event | None] | None] = queue.SimpleQueue()
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -410,8 +410,15 @@ class SqliteLedger:
                 conn.execute(
                     "INSERT INTO runs (run_id, pipeline, logical_date, status, fingerprint, "
                     "config_file, created_at, pid) VALUES (?, ?, ?, 'running', ?, ?, ?, ?)",
-                    (run_id, pipeline, _ts(logical_date), fingerprint, config_file,
-                     _ts(datetime.now(UTC)), os.getpid()),
+                    (
+                        run_id,
+                        pipeline,
+                        _ts(logical_date),
+                        fingerprint,
+                        config_file,
+                        _ts(datetime.now(UTC)),
+                        os.getpid(),
+                    ),
                 )
             except sqlite3.IntegrityError:
                 conn.execute("ROLLBACK")
@@ -458,7 +465,8 @@ class SqliteLedger:
         """Runs of ``pipeline`` (for one logical date if given), oldest first."""
         if logical_date is None:
             rows = self._read.execute(
-                f"SELECT {self._RUN_COLUMNS} FROM runs WHERE pipeline = ? ORDER BY logical_date, id",
+                f"SELECT {self._RUN_COLUMNS} FROM runs WHERE pipeline = ? "
+                "ORDER BY logical_date, id",
                 (pipeline,),
             )
         else:
@@ -489,7 +497,9 @@ class SqliteLedger:
             LedgerError: the run is being run by another live process.
         """
         with self._read as conn:
-            row = conn.execute("SELECT status, pid FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            row = conn.execute(
+                "SELECT status, pid FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
             if row is None:
                 raise LedgerError(f"no run {run_id!r} in {self.path}")
             if row[0] == "running" and row[1] != os.getpid() and _alive(row[1]):
@@ -751,6 +761,7 @@ def _recipient(rid: str, data: bytes) -> Recipient:
 
 
 def _alive(pid: int | None) -> bool:
+    """Whether process ``pid`` (on this machine) is alive."""
     if not pid:
         return False
     if pid == os.getpid():

@@ -9,7 +9,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from datetime import UTC, datetime
@@ -28,8 +28,15 @@ from ._config import (
     load_config,
 )
 from ._engine import ChannelPlan, ChannelRunner, ProgressCallback
-from ._ledger import ACTIVE_STATUSES, RESUMABLE_STATUSES, LedgerError, RunRecord, SqliteLedger
-from ._schedule import manual_logical_date
+from ._ledger import (
+    ACTIVE_STATUSES,
+    RESUMABLE_STATUSES,
+    LedgerError,
+    MaxActiveRunsReached,
+    RunRecord,
+    SqliteLedger,
+    _alive,
+)
 from ._models import (
     ChannelResult,
     DeliveryResult,
@@ -42,14 +49,25 @@ from ._models import (
 )
 from ._notifier import ChannelSettings, Notifier
 from ._plugins import Registry, get_plugin_manager
+from ._schedule import Blocked, Interval, manual_logical_date, plan_due_runs
 from ._segment import ExtractionStats, Spool, extract
 from ._source import MODEL_FIELDS, Source
 from ._templates import compile_template
 from .exceptions import ConfigError, PluginError
 
-__all__ = ["Pipeline", "ValidationSummary"]
+__all__ = ["Pipeline", "ScheduledRuns", "ValidationSummary"]
 
 log = logging.getLogger("campaignkit")
+
+
+@attrs.frozen
+class ScheduledRuns:
+    """What :meth:`Pipeline.run_scheduled` did."""
+
+    reports: tuple[RunReport, ...] = ()
+    skipped: tuple[Interval, ...] = ()  # recorded as skipped_late
+    blocked: tuple[Blocked, ...] = ()  # due, held back (depends_on_past, max_active_runs)
+    next_due: datetime | None = None
 
 
 @attrs.frozen
@@ -387,8 +405,12 @@ class Pipeline:
                     log.info("%s: resuming run %s", self.name, last.run_id)
                     ledger.close()
                     return self.resume(last.run_id, progress=progress, output_dir=output_dir)
-                log.info("%s: %s already ran (%s); not sending again", self.name,
-                         logical_date.isoformat(), last.run_id)
+                log.info(
+                    "%s: %s already ran (%s); not sending again",
+                    self.name,
+                    logical_date.isoformat(),
+                    last.run_id,
+                )
                 return _stored_report(last)
             if run_id is None:
                 run_id = f"{self.name}__{logical_date:%Y%m%dT%H%M%SZ}"
@@ -413,12 +435,22 @@ class Pipeline:
             except BaseException as exc:
                 ledger.finish_run(run.run_id, "failed", json.dumps({"error": str(exc)}))
                 raise
-            log.info("%s: extracted %d recipient(s), rejected %d row(s)", run.run_id,
-                     stats.recipients, stats.rejected)
+            log.info(
+                "%s: extracted %d recipient(s), rejected %d row(s)",
+                run.run_id,
+                stats.recipients,
+                stats.rejected,
+            )
             if on_extracted is not None:
                 on_extracted(stats.recipients, stats.rejected_reasons)
             return self._execute(
-                plans, run.run_id, run_dir, ledger, stats, progress, lambda: ledger.snapshot(run.run_id)
+                plans,
+                run.run_id,
+                run_dir,
+                ledger,
+                stats,
+                progress,
+                lambda: ledger.snapshot(run.run_id),
             )
         finally:
             ledger.close()
@@ -478,17 +510,73 @@ class Pipeline:
                 resend = plan.notifier.supports_idempotency_keys
                 n = ledger.resolve_in_flight(run_id, plan.channel.name, resend=resend)
                 if n:
-                    log.warning("%s/%s: %d message(s) were in flight at the crash; %s", run_id,
-                                plan.channel.name, n,
-                                "re-sending with the same idempotency keys" if resend
-                                else "recorded as unknown")
-                ledger.requeue(run_id, plan.channel.name, failed=retry_failed,
-                               unknown=resend_unknown)
+                    log.warning(
+                        "%s/%s: %d message(s) were in flight at the crash; %s",
+                        run_id,
+                        plan.channel.name,
+                        n,
+                        "re-sending with the same idempotency keys"
+                        if resend
+                        else "recorded as unknown",
+                    )
+                ledger.requeue(
+                    run_id, plan.channel.name, failed=retry_failed, unknown=resend_unknown
+                )
             return self._execute(
                 plans, run_id, run_dir, ledger, stats, progress, lambda: ledger.snapshot(run_id)
             )
         finally:
             ledger.close()
+
+    def run_scheduled(
+        self, *, now: datetime | None = None, progress: ProgressCallback | None = None
+    ) -> ScheduledRuns:
+        """Run whatever the schedule says is due at ``now`` (default: the clock), then
+        return; for cron (``campaignkit run CONFIG --scheduled``) and the scheduler.
+
+        Follows :func:`~campaignkit._schedule.plan_due_runs`: ``catchup``, ``start_date``
+        / ``end_date``, ``depends_on_past``, ``max_active_runs`` (rechecked atomically
+        by the ledger when each run starts) and ``max_lateness_minutes`` (a run due
+        longer ago is recorded as ``skipped_late`` and not sent). Unfinished runs whose
+        process died are resumed first.
+        """
+        now = now or datetime.now(UTC)
+        if not self.schedule.enabled:
+            return ScheduledRuns(next_due=None)
+        ledger = self.ledger()
+        try:
+            runs = ledger.find_runs(self.name)
+            plan = plan_due_runs(self.schedule, self.execution, now=now, runs=runs)
+            for interval in plan.skip:
+                ledger.record_run(
+                    run_id=f"{self.name}__{interval.start:%Y%m%dT%H%M%SZ}",
+                    pipeline=self.name,
+                    logical_date=interval.start,
+                    status=RunStatus.SKIPPED_LATE.value,
+                    fingerprint=self.fingerprint(),
+                    report=json.dumps(
+                        {
+                            "reason": f"due at {interval.end.isoformat()}, "
+                            f"more than max_lateness_minutes ago"
+                        }
+                    ),
+                )
+                log.warning("%s: %s skipped: due too long ago", self.name, interval.start)
+            orphans = [r for r in runs if r.status == "running" and not _alive(r.pid)]
+        finally:
+            ledger.close()
+        reports = [self.resume(r.run_id, progress=progress) for r in orphans]
+        for interval in plan.start:
+            try:
+                reports.append(self.run(logical_date=interval.start, progress=progress))
+            except MaxActiveRunsReached as exc:  # another process started one meanwhile
+                log.info("%s", exc)
+                break
+        for blocked in plan.blocked:
+            log.info("%s: %s not started: %s", self.name, blocked.interval.start, blocked.reason)
+        return ScheduledRuns(
+            reports=tuple(reports), skipped=plan.skip, blocked=plan.blocked, next_due=plan.next_due
+        )
 
     def results(self, run_id: str, channel: str | None = None) -> list[DeliveryResult]:
         """Per-recipient outcomes of a run from the ledger (one channel, or all)."""
@@ -507,15 +595,24 @@ class Pipeline:
             ledger.close()
 
     def retry_failed(
-        self, run_id: str, *, channels: Sequence[str] | None = None,
+        self,
+        run_id: str,
+        *,
+        channels: Sequence[str] | None = None,
         progress: ProgressCallback | None = None,
     ) -> RunReport:
         """Re-drive a run's transient failures (retries exhausted, rejected
         credentials), on some channels or all; permanent failures are never re-sent."""
         return self.resume(run_id, retry_failed=True, channels=channels, progress=progress)
 
-    def _run_dir(self, run_id: str, output_dir: str | Path | None, *, exist_ok: bool = False) -> Path:
-        root = Path(output_dir) if output_dir is not None else self.base_dir / self.execution.output_dir
+    def _run_dir(
+        self, run_id: str, output_dir: str | Path | None, *, exist_ok: bool = False
+    ) -> Path:
+        root = (
+            Path(output_dir)
+            if output_dir is not None
+            else self.base_dir / self.execution.output_dir
+        )
         run_dir = root / run_id
         run_dir.mkdir(parents=True, exist_ok=exist_ok)
         return run_dir
@@ -532,8 +629,12 @@ class Pipeline:
         run_dir = self._run_dir(run_id, output_dir)
         spool = Spool(run_dir / "segment.spool")
         try:
-            stats = extract(self.source, required=self._required(),
-                            rejects=run_dir / "rejected.csv", store=spool.store)
+            stats = extract(
+                self.source,
+                required=self._required(),
+                rejects=run_dir / "rejected.csv",
+                store=spool.store,
+            )
             if on_extracted is not None:
                 on_extracted(stats.recipients, stats.rejected_reasons)
             return self._execute(plans, run_id, run_dir, None, stats, progress, lambda: iter(spool))
@@ -645,8 +746,9 @@ def _stored_stats(run: RunRecord) -> ExtractionStats:
     data = json.loads(run.report or "{}").get("extraction") or {}
     recipients = run.recipients or 0
     rejected = int(data.get("rows_rejected", 0))
-    return ExtractionStats(recipients + rejected, recipients, rejected,
-                           dict(data.get("rejected_reasons", {})))
+    return ExtractionStats(
+        recipients + rejected, recipients, rejected, dict(data.get("rejected_reasons", {}))
+    )
 
 
 def _call_observer(hook: Any, **kwargs: Any) -> None:
