@@ -190,8 +190,10 @@ MAX_ACTIVE_WORKER = textwrap.dedent(
         def campaignkit_register_channels(self, register):
             register(Slow)
 
-    src = StaticSource.from_dicts([{"id": "a", "email": "a@example.com", "consent": {"email": True}}])
-    p = Pipeline("shared", src, [Channel(name="email", provider="slow", template=Template(body="x"))],
+    row = {"id": "a", "email": "a@example.com", "consent": {"email": True}}
+    src = StaticSource.from_dicts([row])
+    channel = Channel(name="email", provider="slow", template=Template(body="x"))
+    p = Pipeline("shared", src, [channel],
                  plugins=get_plugin_manager(load_entrypoints=False, plugins=[Plugin()]), env={},
                  base_dir=sys.argv[1], execution=Execution(max_active_runs=1))
     try:
