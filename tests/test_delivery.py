@@ -3,7 +3,6 @@ loopback provider sandboxes: real HTTP on 127.0.0.1, no mocking."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -135,16 +134,20 @@ def test_invalid_numbers_fail_permanently_with_provider_code(
     source = StaticSource.from_dicts(
         [
             {"id": "ok", "first_name": "X", "phone": "+14155550100", "consent": {"sms": True}},
-            {"id": "bad", "first_name": "X", "phone": "+15550100123", "consent": {"sms": True}},
+            {"id": "bad", "first_name": "X", "phone": "+14155550199", "consent": {"sms": True}},
+            # A fictional 555-01xx number never reaches the provider: invalid_address.
+            {"id": "fake", "first_name": "X", "phone": "+15550100123", "consent": {"sms": True}},
             {"id": "stop", "first_name": "X", "phone": "+15005550004", "consent": {"sms": True}},
             {"id": "land", "first_name": "X", "phone": "+15005550009", "consent": {"sms": True}},
         ]
     )
     sleeps: list[float] = []
+    twilio.invalid.add("+14155550199")  # valid-looking, refused by the provider
     pipeline = sms_pipeline(tmp_path, pm, twilio, source, sleeps)
     report = pipeline.run()
     sms = report.channels["sms"]
     assert (sms.sent, sms.failed) == (1, 3)
+    assert sms.reasons["invalid_address"] == 1
     assert sms.error_codes == {"21211": 1, "21610": 1, "21614": 1}
     assert sleeps == []
     per = results(pipeline, report, "sms")

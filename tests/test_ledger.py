@@ -16,6 +16,7 @@ from campaignkit._ledger import (
     SCHEMA_VERSION,
     LedgerError,
     MaxActiveRunsReached,
+    PlanRules,
     SqliteLedger,
 )
 
@@ -147,9 +148,10 @@ class LedgerMachine(RuleBasedStateMachine):
             "r1",
             "email",
             (
-                (s, "skipped" if s in skips else "pending", "no_consent" if s in skips else None)
+                (s, "no_consent" if s in skips else None, f"u{s}@example.com", False, None)
                 for s in range(self.N)
             ),
+            PlanRules(kind="email"),
         )
         self.model = {s: ("skipped" if s in skips else "pending") for s in range(self.N)}
         self.transient = dict.fromkeys(range(self.N), False)

@@ -129,7 +129,10 @@ def test_run_end_to_end(
     out = Path(report.output_dir or "")
     lines = pipeline.results(report.run_id, "email")
     assert [(r.recipient_id, r.status.value) for r in lines] == [
-        ("c1", "sent"), ("c2", "skipped"), ("c3", "skipped")]
+        ("c1", "sent"),
+        ("c2", "skipped"),
+        ("c3", "skipped"),
+    ]
     rejected = (out / "rejected.csv").read_text().splitlines()
     assert rejected[0].startswith("line,reason")
     assert any(r.startswith("5,empty_required_field") for r in rejected)
@@ -417,7 +420,8 @@ def test_large_segment_streams_through_the_spool(
     tmp_path: Path, pm: pluggy.PluginManager, recorder: Any
 ) -> None:
     rows = [
-        f"c{i},u{i}@example.com,+1415{i:07d},t{i},N{i},p,yes,{'yes' if i % 2 else 'no'},no"
+        f"c{i},u{i}@example.com,+1415{2000000 + i:07d},t{i},N{i},p,yes,{'yes' if i % 2 else 'no'}"
+        ",no"
         for i in range(4321)
     ]
     seg = write_segment(tmp_path / "big.csv", rows)

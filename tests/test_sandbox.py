@@ -78,8 +78,8 @@ def test_campaign_against_the_sandbox(
     }
     assert delivered[providers["push"]] == sorted(t for *_, t in ROWS)
     assert "ann@example.com" in delivered[providers["email"]]
-    if providers["sms"] == "twilio":  # the reserved +1555010xxxx range is invalid (21211)
-        assert (sms.sent, sms.failed, sms.error_codes) == (2, 1, {"21211": 1})
+    # The fictional +1555010xxxx number is an invalid address: never sent to the provider.
+    assert (sms.sent, sms.failed, sms.reasons) == (2, 0, {"invalid_address": 1})
     dumped = ck_sandbox.dump(tmp_path / "recorded")
     assert all(path.exists() for path in dumped.values())
 

@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from campaignkit._ledger import SqliteLedger
 from click.testing import CliRunner
 
 from campaignkit import (
@@ -29,6 +27,7 @@ from campaignkit import (
     Template,
     get_plugin_manager,
 )
+from campaignkit._ledger import SqliteLedger
 from campaignkit.cli import main
 from campaignkit.testing import StaticSource
 

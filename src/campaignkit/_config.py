@@ -127,6 +127,17 @@ def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: Any) ->
         raise ConfigError(f"expected zero or more, got {value!r}", path=attribute.name)
 
 
+def _one_of(*choices: str) -> Any:
+    def check(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
+        if value not in choices:
+            raise ConfigError(
+                f"expected one of {', '.join(map(repr, choices))}, got {value!r}",
+                path=attribute.name,
+            )
+
+    return check
+
+
 def _check_timezone(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
     try:
         zoneinfo.ZoneInfo(value)
@@ -193,6 +204,29 @@ class Template:
 
 
 @attrs.frozen
+class FrequencyCap:
+    """At most ``max_messages`` per recipient on this channel per ``window_hours``,
+    counted from the ledger across runs."""
+
+    max_messages: int = attrs.field(validator=_positive)
+    window_hours: float = attrs.field(default=24.0, validator=_positive)
+
+
+@attrs.frozen
+class QuietHoursConfig:
+    """No messages between ``start`` and ``end`` (``HH:MM``, wrapping midnight when
+    ``start > end``) in the recipient's local time: they are deferred, not dropped.
+
+    The zone comes from the recipient attribute ``timezone_field`` (IANA name), else
+    ``timezone``."""
+
+    start: str = "21:00"
+    end: str = "08:00"
+    timezone: str = attrs.field(default="UTC", validator=_check_timezone)
+    timezone_field: str | None = "timezone"
+
+
+@attrs.frozen
 class Channel:
     """One channel of a campaign.
 
@@ -212,6 +246,23 @@ class Channel:
         timeout_seconds: per-request timeout.
         retry: overrides the execution retry policy for this channel.
         result_key: the report section name (``email_campaign_results`` ...).
+        phone_region: default region (ISO 3166 code, e.g. ``US``) for phone numbers
+            written without a country code; ``region_field`` names a recipient
+            attribute holding the region instead.
+        suppression_files: files of addresses never to message on this channel.
+        filter: a Jinja2 expression over recipient fields selecting the audience
+            (``segment == "premium"``).
+        frequency_cap: at most N messages per recipient per window (across runs).
+        selection: ``first`` (source order) or ``sample`` (seeded by ``sample_seed``)
+            when ``target_customers`` caps the audience.
+        expected_audience, audience_tolerance: abort the run before any send when
+            the eligible count differs from ``expected_audience`` by more than the
+            tolerance (a fraction).
+        quiet_hours: see :class:`QuietHoursConfig`.
+        max_sms_segments: SMS longer than this many segments are errors.
+        unsubscribe_url, unsubscribe_mailto: templates for the email
+            ``List-Unsubscribe`` headers (RFC 2369; one-click RFC 8058 with an https URL).
+        price_per_message, price_per_segment: for the dry-run cost estimate.
     """
 
     name: str = attrs.field(validator=_check_name)
@@ -228,6 +279,21 @@ class Channel:
     timeout_seconds: float = attrs.field(default=30.0, validator=_positive)
     retry: RetryPolicy | None = None
     result_key: str | None = None
+    phone_region: str | None = None
+    region_field: str | None = None
+    suppression_files: list[str] = attrs.field(factory=list)
+    filter: str | None = None
+    frequency_cap: FrequencyCap | None = None
+    selection: str = attrs.field(default="first", validator=_one_of("first", "sample"))
+    sample_seed: int = 0
+    expected_audience: int | None = attrs.field(default=None, validator=_non_negative)
+    audience_tolerance: float = attrs.field(default=0.1, validator=_non_negative)
+    quiet_hours: QuietHoursConfig | None = None
+    max_sms_segments: int | None = attrs.field(default=None, validator=_positive)
+    unsubscribe_url: str | None = None
+    unsubscribe_mailto: str | None = None
+    price_per_message: float | None = attrs.field(default=None, validator=_non_negative)
+    price_per_segment: float | None = attrs.field(default=None, validator=_non_negative)
 
     @property
     def token_variable(self) -> str:

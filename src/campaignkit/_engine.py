@@ -16,7 +16,10 @@ from typing import Any
 import attrs
 import backoff
 
+from ._audience import Audience
 from ._config import Channel, RetryPolicy
+from ._content import html_to_text, list_unsubscribe_headers
+from ._ledger import DeliveryState, Ledger, PlanRules
 from ._models import (
     ChannelResult,
     DeliveryResult,
@@ -27,7 +30,6 @@ from ._models import (
     Reason,
     Recipient,
 )
-from ._ledger import DeliveryState, Ledger
 from ._notifier import Notifier
 from ._ratelimit import RateLimiter
 from ._templates import CompiledTemplate
@@ -43,6 +45,10 @@ MAX_THROTTLE_WAITS = 10
 DEFAULT_THROTTLE_WAIT = 1.0
 
 ProgressCallback = Callable[[str, int], None]
+
+#: Checks a rendered message against the channel's content rules: an error code
+#: (``too_many_segments``, ``payload_too_large``) or ``None``.
+ContentCheck = Callable[[Message], str | None]
 
 
 def idempotency_key(run_id: str, channel: str, recipient_id: str) -> str:
@@ -61,6 +67,9 @@ class ChannelPlan:
     retry: RetryPolicy
     rate: Rate
     batch_size: int
+    audience: Audience
+    rules: PlanRules
+    content: ContentCheck | None = None
 
 
 @attrs.define
@@ -110,10 +119,9 @@ class _Tally:
 class ChannelRunner:
     """Sends one channel of a run.
 
-    With a ledger, a first pass records one row per recipient (``pending``, or
-    ``skipped`` with its reason); the send pass then streams the ``pending`` rows,
-    so a resumed run continues exactly where the last one stopped. Without a ledger
-    (previews, benchmarks) selection and sending happen in one pass.
+    :meth:`plan_audience` records one ledger row per recipient (``pending``, or
+    ``skipped`` with its reason); :meth:`run` then streams the ``pending`` rows, so a
+    resumed run continues exactly where the last one stopped.
 
     The calling thread renders and batches; ``concurrency`` worker threads send,
     each with its own connection from :meth:`Notifier.connect`. Before a batch is
@@ -130,14 +138,17 @@ class ChannelRunner:
         plan: ChannelPlan,
         *,
         run_id: str,
-        ledger: Ledger | None = None,
+        ledger: Ledger,
         sleep: Callable[[float], None] = time.sleep,
         deadline: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
+        limit: int | None = None,
     ) -> None:
         self.plan = plan
+        self.limit = limit  # send at most this many messages (a canary)
+        self._handed = 0
         self.name = plan.channel.name
         self.run_id = run_id
         self.ledger = ledger
@@ -154,76 +165,96 @@ class ChannelRunner:
         self._abort: tuple[str | None, str] | None = None  # (code, error) of a 401/403
 
     # -- selection and rendering ---------------------------------------------------------
-    def select(self, segment: Iterable[tuple[int, Recipient]]) -> Iterator[tuple[int, Recipient, str | None]]:
-        """Decide, in segment order, who is messaged: ``(seq, recipient, skip reason)``,
-        the reason ``None`` for an eligible recipient. Deterministic."""
-        channel = self.plan.channel
-        field = self.plan.notifier.address_field
-        target = channel.target_customers
-        selected = 0
-        for seq, recipient in segment:
-            reason: str | None = None
-            if not recipient.address(field):
-                reason = Reason.MISSING_ADDRESS
-            elif channel.require_consent and recipient.consent.get(self.name) is not True:
-                reason = Reason.NO_CONSENT
-            elif target is not None and selected >= target:
-                reason = Reason.OVER_TARGET
-            else:
-                selected += 1
-            yield seq, recipient, reason
+    def plan_audience(self, segment: Iterable[tuple[int, Recipient]], now: datetime) -> None:
+        """Record this channel's audience in the ledger (once per run): every recipient
+        of ``segment`` as ``pending`` or ``skipped`` with its reason."""
+        if self.ledger.is_planned(self.run_id, self.name):
+            return
+        decide = self.plan.audience.decide
 
-    def render(self, seq: int, recipient: Recipient, attempts: int = 0) -> _Pending | _Row:
-        """The message for one selected recipient, or a failed row if it cannot render."""
+        def rows() -> Iterator[tuple[int, str | None, str | None, bool, float | None]]:
+            for seq, recipient in segment:
+                yield (seq, *decide(recipient, now))
+
+        self.ledger.plan(self.run_id, self.name, rows(), self.plan.rules)
+
+    def render(
+        self, seq: int, recipient: Recipient, address: str, attempts: int = 0
+    ) -> _Pending | _Row:
+        """The message for one selected recipient, or a failed row if it cannot be
+        rendered or breaks the channel's content rules."""
         try:
             parts = self.plan.template.render(recipient.context())
         except TemplateError as exc:
-            result = DeliveryResult(
-                self.name, recipient.id, DeliveryStatus.FAILED, Reason.RENDER_ERROR,
-                attempts=attempts, error=str(exc),
-            )
-            return seq, result, DeliveryState.FAILED, False
+            return self._failed_row(seq, recipient, attempts, Reason.RENDER_ERROR, str(exc))
+        html = parts.get("html")
+        body = parts.get("body")
+        if body is None and html is not None:
+            body = html_to_text(html)  # email: a text part derived from the HTML one
+        headers: dict[str, str] = {}
+        if parts.get("unsubscribe_url"):
+            try:
+                headers = list_unsubscribe_headers(
+                    parts["unsubscribe_url"], parts.get("unsubscribe_mailto") or None
+                )
+            except ValueError as exc:
+                return self._failed_row(
+                    seq, recipient, attempts, "invalid_unsubscribe_url", str(exc)
+                )
         message = Message(
             recipient_id=recipient.id,
             channel=self.name,
-            address=recipient.address(self.plan.notifier.address_field) or "",
-            body=parts.get("body") or "",
+            address=address,
+            body=body or "",
             subject=parts.get("subject"),
-            html=parts.get("html"),
+            html=html,
             title=parts.get("title"),
             data=parts.get("data") or {},
+            headers=headers,
             idempotency_key=idempotency_key(self.run_id, self.name, recipient.id),
         )
+        if self.plan.content is not None:
+            problem = self.plan.content(message)
+            if problem is not None:
+                return self._failed_row(seq, recipient, attempts, problem, problem)
         return _Pending(seq, message, attempts)
 
-    def messages(self, segment: Iterable[Recipient]) -> Iterator[Message]:
-        """Rendered messages for the eligible recipients of ``segment`` (a preview)."""
-        for seq, recipient, reason in self.select(enumerate(segment)):
-            if reason is None:
-                item = self.render(seq, recipient)
+    def _failed_row(
+        self, seq: int, recipient: Recipient, attempts: int, reason: str, error: str
+    ) -> _Row:
+        result = DeliveryResult(
+            self.name,
+            recipient.id,
+            DeliveryStatus.FAILED,
+            reason,
+            attempts=attempts,
+            error_code=reason,
+            error=error,
+        )
+        return seq, result, DeliveryState.FAILED, False
+
+    def messages(self, segment: Iterable[Recipient], now: datetime) -> Iterator[Message]:
+        """Rendered messages for recipients the per-recipient rules select (a preview:
+        de-duplication, caps and targets need the whole audience and are not applied)."""
+        for seq, recipient in enumerate(segment):
+            reason, address, filtered, _ = self.plan.audience.decide(recipient, now)
+            if reason is None and not filtered and address is not None:
+                item = self.render(seq, recipient, address)
                 if isinstance(item, _Pending):
                     yield item.message
 
     # -- the run -------------------------------------------------------------------------
-    def run(self, segment: Iterable[tuple[int, Recipient]]) -> ChannelResult:
-        """Send the channel to ``segment`` (``(seq, recipient)`` in order); returns its
-        totals. Never raises for delivery problems: they are recorded per recipient.
-
-        With a ledger whose rows for this channel exist already (a resume), ``segment``
-        is not read: the ``pending`` rows are sent.
-        """
+    def run(self) -> ChannelResult:
+        """Send the channel's ``pending`` deliveries (after :meth:`plan_audience`);
+        returns its totals. Never raises for delivery problems: they are recorded per
+        recipient. On a resume the same call sends what is still owed."""
         started = datetime.now(UTC)
         ledger = self.ledger
-        first: Iterator[_Pending | _Row]
-        if ledger is not None:
-            if not ledger.is_planned(self.run_id, self.name):
-                ledger.plan(self.run_id, self.name, self._plan_rows(segment))
-            first = (
-                self.render(seq, r, attempts)
-                for seq, r, attempts in ledger.pending(self.run_id, self.name)
-            )
-        else:
-            first = self._unplanned(segment)
+        ledger.release_deferred(self.run_id, self.name)
+        first = (
+            self.render(seq, r, address, attempts)
+            for seq, r, address, attempts in ledger.pending(self.run_id, self.name)
+        )
         self._pass(first)
         rounds = 0
         waits = backoff.constant(interval=[self.plan.retry.delay_seconds] * self.plan.retry.retries)
@@ -234,7 +265,10 @@ class ChannelRunner:
             delay = next(waits) + random.uniform(0, self.plan.retry.jitter_seconds)
             log.info(
                 "%s: retry round %d for %d message(s) in %.0fs",
-                self.name, rounds, sum(map(len, groups)), delay,
+                self.name,
+                rounds,
+                sum(map(len, groups)),
+                delay,
             )
             self.sleep(delay)
             self._pass(iter(groups))
@@ -243,38 +277,20 @@ class ChannelRunner:
         if self._stopped():
             self._leave_pending(leftover)
         else:
-            self._record([self._row(p, DeliveryState.FAILED, Reason.RETRIES_EXHAUSTED, transient=True)
-                          for p in leftover])
+            self._record(
+                [
+                    self._row(p, DeliveryState.FAILED, Reason.RETRIES_EXHAUSTED, transient=True)
+                    for p in leftover
+                ]
+            )
         return self._result(started, rounds)
-
-    def _plan_rows(self, segment: Iterable[tuple[int, Recipient]]) -> Iterator[tuple[int, str, str | None]]:
-        skipped = 0
-        for seq, _, reason in self.select(segment):
-            if reason is None:
-                yield seq, DeliveryState.PENDING, None
-            else:
-                skipped += 1
-                yield seq, DeliveryState.SKIPPED, reason
-        with self.tally.lock:
-            self.tally.done += skipped
-
-    def _unplanned(self, segment: Iterable[tuple[int, Recipient]]) -> Iterator[_Pending | _Row]:
-        for seq, recipient, reason in self.select(segment):
-            if reason is None:
-                yield self.render(seq, recipient)
-            else:
-                result = DeliveryResult(self.name, recipient.id, DeliveryStatus.SKIPPED, reason)
-                yield seq, result, DeliveryState.SKIPPED, False
 
     def _result(self, started: datetime, rounds: int) -> ChannelResult:
         t = self.tally
-        if self.ledger is not None:
-            counts = self.ledger.counts(self.run_id, self.name)
-            states = {k: v for k, v in counts.items() if ":" not in k}
-            reasons = {k[7:]: v for k, v in counts.items() if k.startswith("reason:")}
-            codes = {k[5:]: v for k, v in counts.items() if k.startswith("code:")}
-        else:
-            states, reasons, codes = dict(t.states), dict(t.reasons), dict(t.codes)
+        counts = self.ledger.counts(self.run_id, self.name)
+        states = {k: v for k, v in counts.items() if ":" not in k}
+        reasons = {k[7:]: v for k, v in counts.items() if k.startswith("reason:")}
+        codes = {k[5:]: v for k, v in counts.items() if k.startswith("code:")}
         return ChannelResult(
             channel=self.name,
             provider=self.plan.channel.provider,
@@ -283,6 +299,7 @@ class ChannelRunner:
             skipped=states.get(DeliveryState.SKIPPED, 0),
             pending=states.get(DeliveryState.PENDING, 0) + states.get(DeliveryState.IN_FLIGHT, 0),
             unknown=states.get(DeliveryState.UNKNOWN, 0),
+            deferred=states.get(DeliveryState.DEFERRED, 0),
             reasons=reasons,
             error_codes=codes,
             retries=rounds,
@@ -330,12 +347,16 @@ class ChannelRunner:
                         self._record(rows)
                         rows = []
                 else:
+                    if self.limit is not None:
+                        if self._handed >= self.limit:
+                            break  # a canary: the rest stays pending for the full run
+                        self._handed += 1
                     batch.append(item)
                     if len(batch) >= self.plan.batch_size:
                         batches.put(batch)
                         batch = []
                 if self._stopped():
-                    break  # the rest stays pending (ledger) or is skipped below
+                    break  # the rest stays pending for a resume
             if batch:
                 batches.put(batch)
             if rows:
@@ -345,13 +366,6 @@ class ChannelRunner:
                 batches.put(None)
             for t in threads:
                 t.join()
-        if self.ledger is None and self._stopped():
-            # Without a ledger nothing can resume: account for the unread rest.
-            rest = list(items)
-            self._record([i for i in rest if isinstance(i, tuple)])
-            flat = [p for i in rest if not isinstance(i, tuple)
-                    for p in (i if isinstance(i, list) else [i])]
-            self._leave_pending(flat)
 
     def _worker(self, batches: queue.Queue[list[_Pending] | None]) -> None:
         notifier = self.plan.notifier
@@ -379,8 +393,7 @@ class ChannelRunner:
 
     def _send(self, conn: Any, batch: list[_Pending]) -> None:
         messages = [p.message for p in batch]
-        if self.ledger is not None:
-            self.ledger.mark_in_flight(self.run_id, self.name, [p.seq for p in batch])
+        self.ledger.mark_in_flight(self.run_id, self.name, [p.seq for p in batch])
         throttle_waits = 0
         outcomes: Sequence[Outcome] = ()
         while True:
@@ -411,7 +424,9 @@ class ChannelRunner:
         for pending, outcome in zip(batch, outcomes, strict=True):
             pending.attempts += 1
             if outcome.ok:
-                rows.append(self._row(pending, DeliveryState.SENT, None, outcome.provider_message_id))
+                rows.append(
+                    self._row(pending, DeliveryState.SENT, None, outcome.provider_message_id)
+                )
                 continue
             pending.error_code, pending.error = outcome.error_code, outcome.error
             if outcome.transient:
@@ -419,6 +434,15 @@ class ChannelRunner:
                 rows.append(self._row(pending, DeliveryState.PENDING, None))
             else:
                 rows.append(self._row(pending, DeliveryState.FAILED, Reason.PERMANENT_ERROR))
+                if outcome.error_code in self.plan.notifier.stop_codes:
+                    kind = self.plan.notifier.address_field
+                    address = pending.message.address
+                    self.ledger.suppress(
+                        kind,
+                        address.lower() if kind == "email" else address,
+                        reason=outcome.error_code or "",
+                        source=f"{self.plan.channel.provider} run {self.run_id}",
+                    )
         if again:
             with self._retry_lock:
                 self._retry.append(again)
@@ -439,23 +463,19 @@ class ChannelRunner:
             # Credentials are wrong: every further request would fail the same way.
             # Stop the channel; this batch can be re-driven by retry-failed once fixed.
             self._abort = (code, error)
-            self._record([self._row(p, DeliveryState.FAILED, Reason.PERMANENT_ERROR, transient=True)
-                          for p in batch])
+            self._record(
+                [
+                    self._row(p, DeliveryState.FAILED, Reason.PERMANENT_ERROR, transient=True)
+                    for p in batch
+                ]
+            )
             return
         self._record([self._row(p, DeliveryState.FAILED, Reason.PERMANENT_ERROR) for p in batch])
 
     def _leave_pending(self, batch: Sequence[_Pending]) -> None:
-        """The run stopped before these were sent: they stay pending (ledger) or are
-        skipped with the stop reason (no ledger)."""
-        if not batch:
-            return
-        if self.ledger is not None:
+        """The run stopped before these were sent: they stay pending for a resume."""
+        if batch:
             self._record([self._row(p, DeliveryState.PENDING, None) for p in batch])
-            return
-        reason = Reason.CANCELLED if self.cancel.is_set() else Reason.TIMED_OUT
-        if self._abort is not None:
-            reason = Reason.PERMANENT_ERROR
-        self._record([self._row(p, DeliveryState.SKIPPED, reason) for p in batch])
 
     def _row(
         self,
@@ -481,6 +501,5 @@ class ChannelRunner:
 
     def _record(self, rows: Sequence[_Row]) -> None:
         if rows:
-            if self.ledger is not None:
-                self.ledger.record(self.run_id, self.name, rows)
+            self.ledger.record(self.run_id, self.name, rows)
             self.tally.add(rows)

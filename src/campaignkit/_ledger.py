@@ -8,6 +8,7 @@ Delivery states::
 
     pending -> in_flight -> sent | failed | unknown
     pending -> skipped (reason)             (selection decided not to send)
+    pending -> deferred -> pending          (quiet hours; released when they are over)
     failed (transient, retries exhausted) -> pending        (retry-failed)
     in_flight -> pending | unknown          (resume after a crash, by policy)
     unknown -> pending                      (resume --resend-unknown)
@@ -41,11 +42,13 @@ __all__ = [
     "Ledger",
     "LedgerError",
     "MaxActiveRunsReached",
+    "PlanRow",
+    "PlanRules",
     "RunRecord",
     "SqliteLedger",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _PAGE = 2000  # rows per read transaction when streaming
 
 
@@ -66,6 +69,7 @@ class DeliveryState:
     FAILED = "failed"
     SKIPPED = "skipped"
     UNKNOWN = "unknown"
+    DEFERRED = "deferred"
 
     FINAL = frozenset({SENT, FAILED, SKIPPED})
 
@@ -73,7 +77,31 @@ class DeliveryState:
 #: A run being sent (or whose process died while sending: then it awaits a resume).
 ACTIVE_STATUSES = frozenset({"running"})
 #: Finished runs with messages still owed: running the logical date again resumes them.
-RESUMABLE_STATUSES = frozenset({"timed_out", "cancelled", "failed"})
+RESUMABLE_STATUSES = frozenset({"timed_out", "cancelled", "failed", "deferred", "canary"})
+
+
+#: A recipient's row as selection decided it: (seq, skip reason, normalized address,
+#: filtered by the segment filter, quiet hours' not-before epoch time).
+PlanRow = tuple[int, str | None, str | None, bool, float | None]
+
+
+@attrs.frozen
+class PlanRules:
+    """The audience rules :meth:`SqliteLedger.plan` applies in SQL.
+
+    Attributes:
+        kind: the suppression list consulted (the channel's address field).
+        cap, cap_since: at most ``cap`` sends per address on this channel name since
+            epoch time ``cap_since`` (other runs); ``None`` for no cap.
+        target: at most this many recipients (``target_customers``).
+        sample_seed: pick the target by a seeded sample instead of segment order.
+    """
+
+    kind: str
+    cap: int | None = None
+    cap_since: float = 0.0
+    target: int | None = None
+    sample_seed: int | None = None
 
 
 @attrs.frozen
@@ -116,9 +144,13 @@ class Ledger(Protocol):
     def snapshot(self, run_id: str) -> Iterator[tuple[int, Recipient]]: ...
     def is_planned(self, run_id: str, channel: str) -> bool: ...
     def plan(
-        self, run_id: str, channel: str, rows: Iterable[tuple[int, str, str | None]]
+        self, run_id: str, channel: str, rows: Iterable[PlanRow], rules: PlanRules
     ) -> None: ...
-    def pending(self, run_id: str, channel: str) -> Iterator[tuple[int, Recipient, int]]: ...
+    def release_deferred(self, run_id: str, channel: str, *, now: float | None = None) -> int: ...
+    def suppress(
+        self, kind: str, address: str, *, reason: str, source: str | None = None
+    ) -> None: ...
+    def pending(self, run_id: str, channel: str) -> Iterator[tuple[int, Recipient, str, int]]: ...
     def mark_in_flight(self, run_id: str, channel: str, seqs: Sequence[int]) -> None: ...
     def record(
         self, run_id: str, channel: str, rows: Sequence[tuple[int, DeliveryResult, str, bool]]
@@ -189,20 +221,35 @@ _MIGRATIONS: dict[int, str] = {
     ) WITHOUT ROWID;
     CREATE INDEX deliveries_by_state ON deliveries (run, channel, state, seq);
     """,
+    2: """
+    ALTER TABLE deliveries ADD COLUMN address TEXT;
+    ALTER TABLE deliveries ADD COLUMN filtered INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE deliveries ADD COLUMN not_before REAL;
+    CREATE INDEX deliveries_by_address ON deliveries (address, state);
+    CREATE TABLE suppressions (
+        kind TEXT NOT NULL,
+        address TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        source TEXT,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (kind, address)
+    ) WITHOUT ROWID;
+    """,
 }
 
 
 class _Writer(threading.Thread):
     """The single writing thread: runs queued operations in batched transactions."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, durable: bool) -> None:
         super().__init__(name="ck-ledger-writer", daemon=True)
         self.path = path
+        self.durable = durable
         self.ops: queue.SimpleQueue[tuple[Any, threading.Event | None] | None] = queue.SimpleQueue()
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        conn = _connect(self.path)
+        conn = _connect(self.path, durable=self.durable)
         try:
             while True:
                 item = self.ops.get()
@@ -241,10 +288,11 @@ class _Writer(threading.Thread):
                 raise LedgerError(f"ledger write failed: {self.error}") from self.error
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, *, durable: bool = True) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across process crashes
+    # WAL + NORMAL: every commit survives a crash of the process (not of the machine).
+    conn.execute(f"PRAGMA synchronous={'NORMAL' if durable else 'OFF'}")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.isolation_level = "DEFERRED"
     return conn
@@ -257,10 +305,14 @@ class SqliteLedger:
     that commits in batches. :meth:`mark_in_flight` returns once the mark is durable;
     :meth:`record` queues the outcome (durable by the next mark of the same worker,
     or :meth:`flush`).
+
+    ``durable=False`` is for throwaway ledgers (``execution.ledger = false``): no
+    ``in_flight`` marks and no syncing, so nothing can be resumed after a crash.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, durable: bool = True) -> None:
         self.path = Path(path)
+        self.durable = durable
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             conn = _connect(self.path)
@@ -269,7 +321,7 @@ class SqliteLedger:
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{self.path}: cannot open the ledger: {exc}") from None
         self._local = threading.local()
-        self._writer = _Writer(self.path)
+        self._writer = _Writer(self.path, durable=durable)
         self._writer.start()
         self._codes: dict[tuple[int, str], int] = {}
         self._runs: dict[str, int] = {}
@@ -301,7 +353,7 @@ class SqliteLedger:
     def _read(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = _connect(self.path)
+            conn = _connect(self.path, durable=self.durable)
             self._local.conn = conn
         return conn
 
@@ -510,6 +562,17 @@ class SqliteLedger:
             )
         return self.get_run(run_id)
 
+    def delete_run(self, run_id: str) -> None:
+        """Remove a run and everything recorded for it (dry runs clean up with it)."""
+        run = self._run_key(run_id)
+        self.flush()
+        with self._read as conn:
+            for table in ("deliveries", "recipients", "channels"):
+                conn.execute(f"DELETE FROM {table} WHERE run = ?", (run,))
+            conn.execute("DELETE FROM runs WHERE id = ?", (run,))
+        self._runs.pop(run_id, None)
+        self._codes = {k: v for k, v in self._codes.items() if k[0] != run}
+
     def finish_run(self, run_id: str, status: str, report: str) -> None:
         """Record a run's final status and report (after flushing its deliveries)."""
         self.flush()
@@ -585,39 +648,162 @@ class SqliteLedger:
         ).fetchone()
         return bool(row and row[0])
 
-    def plan(self, run_id: str, channel: str, rows: Iterable[tuple[int, str, str | None]]) -> None:
-        """Insert one row per recipient: ``(seq, state, reason)`` with state ``pending``
-        or ``skipped``; all in one transaction, marked planned at the end."""
+    def plan(self, run_id: str, channel: str, rows: Iterable[PlanRow], rules: PlanRules) -> None:
+        """Record the channel's audience, one row per recipient, then apply the rules
+        that need the whole audience or other runs, in order, in one transaction; marks
+        the channel planned.
+
+        ``rows`` are ``(seq, reason, address, filtered, not_before)``: ``reason`` is a
+        skip reason decided per recipient (address, consent, suppression files) or
+        ``None``; ``address`` the normalized address; ``filtered`` whether the segment
+        filter rejected the recipient; ``not_before`` the epoch time before which
+        quiet hours defer the message.
+
+        Then, among recipients not yet skipped: ``suppressed`` (the ledger's
+        suppression list of ``rules.kind``), ``duplicate`` (the same address earlier
+        in the segment), ``filtered``, ``frequency_capped`` (``rules.cap`` sends on
+        this channel name since ``rules.cap_since``, in other runs), ``over_target``
+        (beyond ``rules.target``, in segment order or a seeded sample) and ``deferred``
+        (quiet hours: sent by a later resume once due).
+        """
         run = self._run_key(run_id)
         code = self._channel_code(run, channel)
         now = time.time()
         conn = self._read
+        live = "run = ? AND channel = ? AND state = 'pending'"
+        key = (run, code)
+        # E-mail addresses match case-insensitively; phone numbers and tokens exactly.
+        addr = "lower(address)" if rules.kind == "email" else "address"
         with conn:
-            conn.execute("DELETE FROM deliveries WHERE run = ? AND channel = ?", (run, code))
+            conn.execute("DELETE FROM deliveries WHERE run = ? AND channel = ?", key)
             conn.executemany(
-                "INSERT INTO deliveries (run, channel, seq, state, reason, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                ((run, code, seq, state, reason, now) for seq, state, reason in rows),
+                "INSERT INTO deliveries (run, channel, seq, state, reason, address, filtered, "
+                "not_before, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    (
+                        run,
+                        code,
+                        seq,
+                        "skipped" if reason else "pending",
+                        reason,
+                        address,
+                        int(filtered),
+                        not_before,
+                        now,
+                    )
+                    for seq, reason, address, filtered, not_before in rows
+                ),
+            )
+
+            def skip(reason: str, where: str, params: Sequence[Any] = ()) -> None:
+                conn.execute(
+                    f"UPDATE deliveries SET state = 'skipped', reason = ? WHERE {live} AND {where}",
+                    (reason, *key, *params),
+                )
+
+            skip(
+                "suppressed",
+                f"{addr} IN (SELECT address FROM suppressions WHERE kind = ?)",
+                (rules.kind,),
+            )
+            skip(
+                "duplicate",
+                f"seq IN (SELECT seq FROM (SELECT seq, ROW_NUMBER() OVER (PARTITION BY {addr} "
+                f"ORDER BY seq) AS n FROM deliveries WHERE {live}) WHERE n > 1)",
+                key,
+            )
+            skip("filtered", "filtered = 1")
+            if rules.cap is not None:
+                skip(
+                    "frequency_capped",
+                    f"{addr} IN (SELECT {addr.replace('address', 'd.address')} "
+                    "FROM deliveries d JOIN channels c "
+                    "ON c.run = d.run AND c.code = d.channel WHERE c.channel = ? "
+                    "AND d.state = 'sent' AND d.updated_at >= ? AND d.run != ? "
+                    f"GROUP BY {addr.replace('address', 'd.address')} HAVING COUNT(*) >= ?)",
+                    (channel, rules.cap_since, run, rules.cap),
+                )
+            if rules.target is not None:
+                order = "seq"
+                if rules.sample_seed is not None:  # a seeded, deterministic shuffle
+                    salt = int(rules.sample_seed) % 4294967296
+                    order = f"(seq * 2654435761 + {salt}) % 4294967296, seq"
+                skip(
+                    "over_target",
+                    f"seq NOT IN (SELECT seq FROM deliveries WHERE {live} ORDER BY {order} "
+                    "LIMIT ?)",
+                    (*key, rules.target),
+                )
+            conn.execute(
+                "UPDATE deliveries SET state = 'deferred', reason = 'deferred' "
+                f"WHERE {live} AND not_before > ?",
+                (*key, now),
             )
             conn.execute(
                 "UPDATE channels SET planned = 1 WHERE run = ? AND channel = ?", (run, channel)
             )
 
-    def pending(self, run_id: str, channel: str) -> Iterator[tuple[int, Recipient, int]]:
-        """Pending deliveries in recipient order: ``(seq, recipient, attempts)``; streamed."""
+    def release_deferred(self, run_id: str, channel: str, *, now: float | None = None) -> int:
+        """Deferred deliveries whose time has come become ``pending``; returns how many."""
         run = self._run_key(run_id)
         code = self._channel_code(run, channel)
-        for seq, rid, data, attempts in self._pages(
-            "SELECT d.seq, r.recipient_id, r.data, d.attempts FROM deliveries d "
+        with self._read as conn:
+            return conn.execute(
+                "UPDATE deliveries SET state = 'pending', reason = NULL "
+                "WHERE run = ? AND channel = ? AND state = 'deferred' AND not_before <= ?",
+                (run, code, time.time() if now is None else now),
+            ).rowcount
+
+    def next_deferred(self, run_id: str) -> float | None:
+        """The earliest time a deferred delivery of the run becomes due, if any."""
+        run = self._run_key(run_id)
+        row = self._read.execute(
+            "SELECT MIN(not_before) FROM deliveries WHERE run = ? AND state = 'deferred'", (run,)
+        ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    # -- suppression -------------------------------------------------------------------
+    def suppress(self, kind: str, address: str, *, reason: str, source: str | None = None) -> None:
+        """Add ``address`` (normalized) to the suppression list of ``kind`` (``email``,
+        ``phone``, ``push_token``); later runs skip it as ``suppressed``."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR IGNORE INTO suppressions VALUES (?, ?, ?, ?, ?)",
+                (kind, address, reason, source, _ts(datetime.now(UTC))),
+            )
+
+        self._writer.submit(op, wait=False)
+
+    def suppressions(self, kind: str | None = None) -> list[tuple[str, str, str, str | None]]:
+        """``(kind, address, reason, source)`` entries of the suppression list."""
+        self.flush()
+        sql = "SELECT kind, address, reason, source FROM suppressions"
+        if kind:
+            rows = self._read.execute(sql + " WHERE kind = ? ORDER BY address", (kind,))
+        else:
+            rows = self._read.execute(sql + " ORDER BY kind, address")
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def pending(self, run_id: str, channel: str) -> Iterator[tuple[int, Recipient, str, int]]:
+        """Pending deliveries in recipient order: ``(seq, recipient, address,
+        attempts)``; streamed."""
+        run = self._run_key(run_id)
+        code = self._channel_code(run, channel)
+        for seq, rid, data, address, attempts in self._pages(
+            "SELECT d.seq, r.recipient_id, r.data, d.address, d.attempts FROM deliveries d "
             "JOIN recipients r ON r.run = d.run AND r.seq = d.seq "
             "WHERE d.run = ? AND d.channel = ? AND d.state = 'pending' AND d.seq > ? "
             "ORDER BY d.seq LIMIT ?",
             (run, code),
         ):
-            yield seq, _recipient(rid, data), attempts
+            yield seq, _recipient(rid, data), address, attempts
 
     def mark_in_flight(self, run_id: str, channel: str, seqs: Sequence[int]) -> None:
-        """Mark deliveries in flight; returns when the mark is durable."""
+        """Mark deliveries in flight; returns when the mark is durable (a no-op for a
+        ledger that is not durable)."""
+        if not self.durable:
+            return
         run = self._run_key(run_id)
         code = self._channel_code(run, channel)
         now = time.time()

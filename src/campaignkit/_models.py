@@ -158,6 +158,7 @@ class DeliveryStatus(enum.StrEnum):
     PENDING = "pending"
     IN_FLIGHT = "in_flight"
     UNKNOWN = "unknown"
+    DEFERRED = "deferred"
 
 
 class Reason(enum.StrEnum):
@@ -167,6 +168,12 @@ class Reason(enum.StrEnum):
     """
 
     PERMANENT_ERROR = "permanent_error"
+    INVALID_ADDRESS = "invalid_address"
+    SUPPRESSED = "suppressed"
+    DUPLICATE = "duplicate"
+    FILTERED = "filtered"
+    FREQUENCY_CAPPED = "frequency_capped"
+    DEFERRED = "deferred"
     RETRIES_EXHAUSTED = "retries_exhausted"
     MISSING_ADDRESS = "missing_address"
     NO_CONSENT = "no_consent"
@@ -251,6 +258,7 @@ class ChannelResult:
     skipped: int = 0
     pending: int = 0
     unknown: int = 0
+    deferred: int = 0
     reasons: Mapping[str, int] = attrs.field(factory=dict, converter=_frozen_mapping)
     error_codes: Mapping[str, int] = attrs.field(factory=dict, converter=_frozen_mapping)
     retries: int = 0
@@ -263,7 +271,7 @@ class ChannelResult:
     @property
     def total(self) -> int:
         """All recipients accounted for on this channel."""
-        return self.sent + self.failed + self.skipped + self.pending + self.unknown
+        return self.sent + self.failed + self.skipped + self.pending + self.unknown + self.deferred
 
     @property
     def duration_seconds(self) -> float | None:
@@ -281,6 +289,7 @@ class ChannelResult:
             "skipped": self.skipped,
             "pending": self.pending,
             "unknown": self.unknown,
+            "deferred": self.deferred,
             "total": self.total,
             "stopped": self.stopped,
             "reasons": dict(sorted(self.reasons.items())),
@@ -301,6 +310,8 @@ class RunStatus(enum.StrEnum):
     FAILED = "failed"  # the run could not complete (e.g. a channel crashed)
     TIMED_OUT = "timed_out"  # the execution deadline passed; the rest is pending
     CANCELLED = "cancelled"  # interrupted; the rest is pending
+    DEFERRED = "deferred"  # quiet hours hold messages back; a later resume sends them
+    CANARY = "canary"  # a --limit run: the rest is pending for the full run
     SKIPPED_LATE = "skipped_late"  # a scheduled run was due too long ago and was not sent
 
 
@@ -341,6 +352,7 @@ class RunReport:
                     skipped=value.get("skipped", 0),
                     pending=value.get("pending", 0),
                     unknown=value.get("unknown", 0),
+                    deferred=value.get("deferred", 0),
                     reasons=value.get("reasons", {}),
                     error_codes=value.get("error_codes", {}),
                     retries=value.get("retries", 0),

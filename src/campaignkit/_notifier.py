@@ -76,6 +76,9 @@ class Notifier(abc.ABC, Generic[ConnT]):
             request carrying the same :attr:`Message.idempotency_key`.
         default_rate: the provider's documented rate, used when the channel sets none.
         token_required: whether a missing token is a configuration error.
+        stop_codes: provider error codes meaning "never message this address again"
+            (unsubscribed, unregistered device, hard bounce); the core adds such
+            addresses to the ledger's suppression list.
     """
 
     name: ClassVar[str]
@@ -84,6 +87,7 @@ class Notifier(abc.ABC, Generic[ConnT]):
     supports_idempotency_keys: ClassVar[bool] = False
     default_rate: ClassVar[Rate] = Rate()
     token_required: ClassVar[bool] = True
+    stop_codes: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, settings: ChannelSettings) -> None:
         """Build the notifier; validate options here so errors come before any send."""

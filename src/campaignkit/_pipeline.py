@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import secrets
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -19,6 +20,7 @@ from typing import Any
 import attrs
 import pluggy
 
+from ._audience import build_audience, content_check
 from ._config import (
     Channel,
     Execution,
@@ -27,12 +29,14 @@ from ._config import (
     SourceConfig,
     load_config,
 )
+from ._content import sms_segments
 from ._engine import ChannelPlan, ChannelRunner, ProgressCallback
 from ._ledger import (
     ACTIVE_STATUSES,
     RESUMABLE_STATUSES,
     LedgerError,
     MaxActiveRunsReached,
+    PlanRules,
     RunRecord,
     SqliteLedger,
     _alive,
@@ -50,12 +54,12 @@ from ._models import (
 from ._notifier import ChannelSettings, Notifier
 from ._plugins import Registry, get_plugin_manager
 from ._schedule import Blocked, Interval, manual_logical_date, plan_due_runs
-from ._segment import ExtractionStats, Spool, extract
+from ._segment import ExtractionStats, extract
 from ._source import MODEL_FIELDS, Source
 from ._templates import compile_template
-from .exceptions import ConfigError, PluginError
+from .exceptions import AudienceGuardError, ConfigError, PluginError
 
-__all__ = ["Pipeline", "ScheduledRuns", "ValidationSummary"]
+__all__ = ["ChannelPlanSummary", "Pipeline", "PlanReport", "ScheduledRuns", "ValidationSummary"]
 
 log = logging.getLogger("campaignkit")
 
@@ -68,6 +72,58 @@ class ScheduledRuns:
     skipped: tuple[Interval, ...] = ()  # recorded as skipped_late
     blocked: tuple[Blocked, ...] = ()  # due, held back (depends_on_past, max_active_runs)
     next_due: datetime | None = None
+
+
+@attrs.frozen
+class ChannelPlanSummary:
+    """One channel of a dry run (:meth:`Pipeline.plan`)."""
+
+    channel: str
+    provider: str
+    eligible: int  # would be sent now
+    deferred: int  # held by quiet hours, sent later
+    skipped: Mapping[str, int]  # by reason
+    failures: Mapping[str, int]  # messages that would fail (render, content rules)
+    sms_segments: int | None
+    estimated_cost: float | None
+    samples: tuple[Message, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "channel": self.channel,
+            "provider": self.provider,
+            "eligible": self.eligible,
+            "deferred": self.deferred,
+            "skipped": dict(sorted(self.skipped.items())),
+            "failures": dict(sorted(self.failures.items())),
+            "sms_segments": self.sms_segments,
+            "estimated_cost": self.estimated_cost,
+            "samples": [attrs.asdict(m) for m in self.samples],
+        }
+
+
+@attrs.frozen
+class PlanReport:
+    """What a run would do (:meth:`Pipeline.plan`); nothing was sent."""
+
+    pipeline: str
+    created_at: datetime
+    rows_read: int
+    rows_rejected: int
+    rejected_reasons: Mapping[str, int]
+    channels: Mapping[str, ChannelPlanSummary]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pipeline": self.pipeline,
+            "created_at": self.created_at.isoformat(),
+            "extraction": {
+                "rows_read": self.rows_read,
+                "rows_rejected": self.rows_rejected,
+                "rejected_reasons": dict(sorted(self.rejected_reasons.items())),
+            },
+            "channels": {name: c.to_dict() for name, c in self.channels.items()},
+        }
 
 
 @attrs.frozen
@@ -257,7 +313,16 @@ class Pipeline:
                 f"source does not provide (fields: {', '.join(sorted(fields))})",
                 path=f"{path}.provider",
             )
-        template = compile_template(channel.template, channel=channel.name, fields=fields)
+        template = compile_template(
+            channel.template,
+            channel=channel.name,
+            fields=fields,
+            extra={
+                "unsubscribe_url": channel.unsubscribe_url,
+                "unsubscribe_mailto": channel.unsubscribe_mailto,
+            },
+        )
+        content = content_check(channel, notifier, template, fields)
         return ChannelPlan(
             channel=channel,
             notifier=notifier,
@@ -265,6 +330,19 @@ class Pipeline:
             retry=channel.retry or self.execution.retry,
             rate=channel.rate or cls.default_rate or Rate(),
             batch_size=channel.batch_size or cls.max_batch_size,
+            audience=build_audience(channel, notifier, fields, self.base_dir),
+            rules=PlanRules(
+                kind=notifier.address_field,
+                cap=channel.frequency_cap.max_messages if channel.frequency_cap else None,
+                cap_since=(
+                    time.time() - channel.frequency_cap.window_hours * 3600
+                    if channel.frequency_cap
+                    else 0.0
+                ),
+                target=channel.target_customers,
+                sample_seed=channel.sample_seed if channel.selection == "sample" else None,
+            ),
+            content=content,
         )
 
     # -- public operations ---------------------------------------------------------------
@@ -312,11 +390,11 @@ class Pipeline:
             plan = self._plan(ch, fields)
         finally:
             self._env = saved
-        runner = ChannelRunner(plan, run_id="preview")
+        runner = ChannelRunner(plan, run_id="preview", ledger=None)  # type: ignore[arg-type]
         required = self._required()
         out: list[Message] = []
         recipients = (r for r in self.source.records(required) if isinstance(r, Recipient))
-        for message in runner.messages(recipients):
+        for message in runner.messages(recipients, datetime.now(UTC)):
             out.append(message)
             if len(out) >= n:
                 break
@@ -362,9 +440,11 @@ class Pipeline:
         output_dir: str | Path | None = None,
         progress: ProgressCallback | None = None,
         on_extracted: Callable[[int, Mapping[str, int]], None] | None = None,
+        limit: int | None = None,
     ) -> RunReport:
         """Run the campaign for a logical date: validate, extract the whole segment into
-        the ledger, then send every enabled channel in parallel.
+        the ledger, decide every channel's audience, then send every enabled channel in
+        parallel.
 
         Nothing is sent unless validation and extraction both succeed. Delivery
         problems never raise: they are in the report and, per recipient, in the
@@ -383,9 +463,13 @@ class Pipeline:
             progress: called as ``progress(channel, recipients_done)`` from channel
                 threads.
             on_extracted: called with (recipients, rejected reasons) after extraction.
+            limit: a canary: send to the first ``limit`` eligible recipients per channel
+                only; the run stays resumable and the full run (the same logical date
+                again) sends the rest, never these twice.
 
         Raises:
             ConfigError, TemplateError, SourceError, PluginError: before any send.
+            AudienceGuardError: ``expected_audience`` drifted; nothing was sent.
             MaxActiveRunsReached: the pipeline has ``max_active_runs`` runs going.
         """
         now = datetime.now(UTC)
@@ -394,9 +478,12 @@ class Pipeline:
         logical_date = logical_date.astimezone(UTC)
         fields = self.source.fields()
         plans = [self._plan(c, fields) for c in self.enabled_channels]
-        if not self.execution.ledger:
-            return self._run_without_ledger(plans, run_id, output_dir, progress, on_extracted)
-        ledger = self.ledger()
+        scratch = None
+        if self.execution.ledger:
+            ledger = self.ledger()
+        else:  # a throwaway ledger: same selection and sending, nothing kept
+            scratch = tempfile.TemporaryDirectory(prefix="campaignkit-")
+            ledger = SqliteLedger(Path(scratch.name) / "ledger.db", durable=False)
         try:
             previous = ledger.find_runs(self.name, logical_date)
             if previous and not force:
@@ -404,7 +491,9 @@ class Pipeline:
                 if last.status in ACTIVE_STATUSES or last.status in RESUMABLE_STATUSES:
                     log.info("%s: resuming run %s", self.name, last.run_id)
                     ledger.close()
-                    return self.resume(last.run_id, progress=progress, output_dir=output_dir)
+                    return self.resume(
+                        last.run_id, progress=progress, output_dir=output_dir, limit=limit
+                    )
                 log.info(
                     "%s: %s already ran (%s); not sending again",
                     self.name,
@@ -451,9 +540,12 @@ class Pipeline:
                 stats,
                 progress,
                 lambda: ledger.snapshot(run.run_id),
+                limit=limit,
             )
         finally:
             ledger.close()
+            if scratch is not None:
+                scratch.cleanup()
 
     def resume(
         self,
@@ -464,9 +556,10 @@ class Pipeline:
         channels: Sequence[str] | None = None,
         progress: ProgressCallback | None = None,
         output_dir: str | Path | None = None,
+        limit: int | None = None,
     ) -> RunReport:
         """Continue a run: send every ``pending`` delivery exactly once; never re-send
-        one recorded as sent.
+        one recorded as sent. Deferred deliveries whose quiet hours are over go too.
 
         Deliveries left ``in_flight`` by a crash are re-sent with the same idempotency
         key where the provider supports one; otherwise they become ``unknown`` and are
@@ -523,7 +616,14 @@ class Pipeline:
                     run_id, plan.channel.name, failed=retry_failed, unknown=resend_unknown
                 )
             return self._execute(
-                plans, run_id, run_dir, ledger, stats, progress, lambda: ledger.snapshot(run_id)
+                plans,
+                run_id,
+                run_dir,
+                ledger,
+                stats,
+                progress,
+                lambda: ledger.snapshot(run_id),
+                limit=limit,
             )
         finally:
             ledger.close()
@@ -578,6 +678,115 @@ class Pipeline:
             reports=tuple(reports), skipped=plan.skip, blocked=plan.blocked, next_due=plan.next_due
         )
 
+    # -- the dry run ---------------------------------------------------------------------
+    def plan(
+        self,
+        *,
+        samples: int = 3,
+        output: str | Path | None = None,
+        on_extracted: Callable[[int, Mapping[str, int]], None] | None = None,
+    ) -> PlanReport:
+        """A dry run: extraction and selection exactly as a run would do them (with the
+        ledger's suppression list and frequency caps), every message rendered and
+        checked; nothing is sent and nothing is kept in the ledger.
+
+        Args:
+            samples: rendered messages to keep per channel.
+            output: also write the plan as JSON there.
+
+        Raises:
+            ConfigError, TemplateError, SourceError, PluginError: as :meth:`run`.
+        """
+        fields = self.source.fields()
+        plans = [self._plan(c, fields) for c in self.enabled_channels]
+        now = datetime.now(UTC)
+        run_id = f"{self.name}__dryrun__{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+        ledger = self.ledger() if self.execution.ledger else None
+        scratch = None
+        if ledger is None:
+            scratch = tempfile.TemporaryDirectory(prefix="campaignkit-")
+            ledger = SqliteLedger(Path(scratch.name) / "ledger.db", durable=False)
+        try:
+            ledger.begin_run(
+                run_id=run_id,
+                pipeline=f"{self.name}#dry-run",  # never mistaken for a real run
+                logical_date=manual_logical_date(self.schedule, now),
+                fingerprint=self.fingerprint(),
+                config_file=self.config_file,
+                max_active_runs=None,
+            )
+            try:
+                with tempfile.TemporaryDirectory(prefix="campaignkit-") as tmp:
+                    stats = extract(
+                        self.source,
+                        required=self._required(),
+                        rejects=Path(tmp) / "rejected.csv",
+                        store=lambda recipients: ledger.write_snapshot(run_id, recipients),
+                    )
+                if on_extracted is not None:
+                    on_extracted(stats.recipients, stats.rejected_reasons)
+                channels = {
+                    plan.channel.name: self._plan_channel(plan, run_id, ledger, now, samples)
+                    for plan in plans
+                }
+            finally:
+                ledger.delete_run(run_id)
+        finally:
+            ledger.close()
+            if scratch is not None:
+                scratch.cleanup()
+        report = PlanReport(
+            pipeline=self.name,
+            created_at=now,
+            rows_read=stats.rows_read,
+            rows_rejected=stats.rejected,
+            rejected_reasons=stats.rejected_reasons,
+            channels=channels,
+        )
+        if output is not None:
+            Path(output).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        return report
+
+    def _plan_channel(
+        self, plan: ChannelPlan, run_id: str, ledger: SqliteLedger, now: datetime, samples: int
+    ) -> ChannelPlanSummary:
+        runner = ChannelRunner(plan, run_id=run_id, ledger=ledger)
+        runner.plan_audience(ledger.snapshot(run_id), now)
+        counts = ledger.counts(run_id, plan.channel.name)
+        reasons = {k[7:]: v for k, v in counts.items() if k.startswith("reason:")}
+        rendered = segments = 0
+        failures: dict[str, int] = {}
+        kept: list[Message] = []
+        for seq, recipient, address, _ in ledger.pending(run_id, plan.channel.name):
+            item = runner.render(seq, recipient, address)
+            if isinstance(item, tuple):  # a message that would fail: render or content rule
+                reason = str(item[1].reason)
+                failures[reason] = failures.get(reason, 0) + 1
+                continue
+            rendered += 1
+            if plan.notifier.address_field == "phone":
+                segments += sms_segments(item.message.body).segments
+            if len(kept) < samples:
+                kept.append(item.message)
+        channel = plan.channel
+        cost = None
+        if channel.price_per_message is not None or channel.price_per_segment is not None:
+            cost = rendered * (channel.price_per_message or 0.0) + segments * (
+                channel.price_per_segment or 0.0
+            )
+        deferred = counts.get("deferred", 0)
+        return ChannelPlanSummary(
+            channel=channel.name,
+            provider=channel.provider,
+            eligible=rendered,
+            deferred=deferred,
+            skipped={k: v for k, v in reasons.items() if k != "deferred"},
+            failures=failures,
+            sms_segments=segments if plan.notifier.address_field == "phone" else None,
+            estimated_cost=cost,
+            samples=tuple(kept),
+        )
+
     def results(self, run_id: str, channel: str | None = None) -> list[DeliveryResult]:
         """Per-recipient outcomes of a run from the ledger (one channel, or all)."""
         ledger = self.ledger()
@@ -617,50 +826,43 @@ class Pipeline:
         run_dir.mkdir(parents=True, exist_ok=exist_ok)
         return run_dir
 
-    def _run_without_ledger(
-        self,
-        plans: list[ChannelPlan],
-        run_id: str | None,
-        output_dir: str | Path | None,
-        progress: ProgressCallback | None,
-        on_extracted: Callable[[int, Mapping[str, int]], None] | None,
-    ) -> RunReport:
-        run_id = run_id or f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
-        run_dir = self._run_dir(run_id, output_dir)
-        spool = Spool(run_dir / "segment.spool")
-        try:
-            stats = extract(
-                self.source,
-                required=self._required(),
-                rejects=run_dir / "rejected.csv",
-                store=spool.store,
-            )
-            if on_extracted is not None:
-                on_extracted(stats.recipients, stats.rejected_reasons)
-            return self._execute(plans, run_id, run_dir, None, stats, progress, lambda: iter(spool))
-        finally:
-            spool.path.unlink(missing_ok=True)
-
     def _execute(
         self,
         plans: list[ChannelPlan],
         run_id: str,
         run_dir: Path,
-        ledger: SqliteLedger | None,
+        ledger: SqliteLedger,
         stats: ExtractionStats,
         progress: ProgressCallback | None,
         segment: Callable[[], Iterable[tuple[int, Recipient]]],
+        *,
+        limit: int | None = None,
     ) -> RunReport:
-        """Send the channels in parallel and write the report (and finish the run)."""
+        """Plan every channel's audience, check the guards, then send the channels in
+        parallel; write the report and finish the run."""
         started = datetime.now(UTC)
         hook = self.plugin_manager.hook
+        now = datetime.now(UTC)
         try:
+            runners = [
+                ChannelRunner(
+                    plan,
+                    run_id=run_id,
+                    ledger=ledger,
+                    sleep=self.sleep,
+                    progress=progress,
+                    limit=limit,
+                )
+                for plan in plans
+            ]
+            for runner in runners:  # every audience is decided before anything is sent
+                runner.plan_audience(segment(), now)
+            self._check_guards(plans, run_id, ledger)
             hook.campaignkit_run_started(
                 run_id=run_id, pipeline=self.name, channels=[p.channel.name for p in plans]
             )
         except BaseException as exc:
-            if ledger is not None:
-                ledger.finish_run(run_id, "failed", json.dumps({"error": str(exc)}))
+            ledger.finish_run(run_id, "failed", json.dumps({"error": str(exc)}))
             raise
         deadline = (
             time.monotonic() + self.execution.timeout_seconds
@@ -670,25 +872,18 @@ class Pipeline:
         results: dict[str, ChannelResult] = {}
         errors: dict[str, str] = {}
         cancel = threading.Event()
+        for runner in runners:
+            runner.deadline, runner.cancel = deadline, cancel
 
-        def run_channel(plan: ChannelPlan) -> ChannelResult:
-            runner = ChannelRunner(
-                plan,
-                run_id=run_id,
-                ledger=ledger,
-                sleep=self.sleep,
-                deadline=deadline,
-                progress=progress,
-                cancel=cancel,
-            )
-            result = runner.run(segment())
+        def run_channel(runner: ChannelRunner) -> ChannelResult:
+            result = runner.run()
             _call_observer(hook.campaignkit_channel_finished, run_id=run_id, result=result)
             return result
 
         workers = min(len(plans), self.execution.max_workers or len(plans)) or 1
         interrupted = False
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ck-channel") as pool:
-            futures = {plan.channel.name: pool.submit(run_channel, plan) for plan in plans}
+            futures = {r.name: pool.submit(run_channel, r) for r in runners}
             try:
                 futures_wait(futures.values())
             except KeyboardInterrupt:
@@ -710,6 +905,10 @@ class Pipeline:
             status = RunStatus.CANCELLED
         elif "timed_out" in stops:
             status = RunStatus.TIMED_OUT
+        elif limit is not None and any(r.pending for r in results.values()):
+            status = RunStatus.CANARY
+        elif any(r.deferred for r in results.values()):
+            status = RunStatus.DEFERRED
         elif any(r.failed or r.unknown for r in results.values()):
             status = RunStatus.PARTIAL
         else:
@@ -729,12 +928,27 @@ class Pipeline:
         )
         text = json.dumps(report.to_dict(), indent=2)
         (run_dir / "report.json").write_text(text + "\n")
-        if ledger is not None:
-            ledger.finish_run(run_id, status.value, text)
+        ledger.finish_run(run_id, status.value, text)
         _call_observer(hook.campaignkit_run_finished, report=report)
         if interrupted:
             raise KeyboardInterrupt
         return report
+
+    def _check_guards(self, plans: list[ChannelPlan], run_id: str, ledger: SqliteLedger) -> None:
+        """``expected_audience``: abort before any send when the eligible count drifts
+        further than the tolerance."""
+        for plan in plans:
+            expected = plan.channel.expected_audience
+            if expected is None:
+                continue
+            counts = ledger.counts(run_id, plan.channel.name)
+            eligible = counts.get("pending", 0) + counts.get("deferred", 0)
+            tolerance = plan.channel.audience_tolerance
+            if abs(eligible - expected) > tolerance * expected:
+                raise AudienceGuardError(
+                    f"channels.{plan.channel.name}: {eligible} eligible recipient(s), expected "
+                    f"{expected} ± {tolerance:.0%}; nothing was sent"
+                )
 
 
 def _stored_report(run: RunRecord) -> RunReport:

@@ -94,7 +94,9 @@ class Spool:
                 out.write(data)
 
             for r in recipients:
-                chunk.append((r.id, r.email, r.phone, r.push_token, r.attributes, r.consent, r.line))
+                chunk.append(
+                    (r.id, r.email, r.phone, r.push_token, r.attributes, r.consent, r.line)
+                )
                 if len(chunk) >= _CHUNK:
                     dump()
                     n += len(chunk)

@@ -81,15 +81,23 @@ class CompiledTemplate:
 
 
 def compile_template(
-    template: Template, *, channel: str, fields: Collection[str] | None = None
+    template: Template,
+    *,
+    channel: str,
+    fields: Collection[str] | None = None,
+    extra: Mapping[str, str | None] | None = None,
 ) -> CompiledTemplate:
     """Compile ``template``; with ``fields``, every referenced variable must be one of them.
+
+    ``extra`` adds plain-text parts rendered alongside (the channel's
+    ``unsubscribe_url`` and ``unsubscribe_mailto``); ``None`` values are left out.
 
     Raises:
         TemplateError: naming the channel and part, for a syntax error or a field the
             segment does not have.
     """
     parts = template.parts()
+    parts.update({k: v for k, v in (extra or {}).items() if v is not None})
     if "body" not in parts and "html" not in parts:
         raise TemplateError(
             "a template needs a body (or html for email)", channel=channel, part="body"

@@ -79,6 +79,7 @@ class ExpoNotifier(HttpNotifier):
     name: ClassVar[str] = "expo"
     address_field: ClassVar[str] = "push_token"
     max_batch_size: ClassVar[int] = 100
+    stop_codes: ClassVar[frozenset[str]] = frozenset({"DeviceNotRegistered"})
     supports_idempotency_keys: ClassVar[bool] = False
     default_rate: ClassVar[Rate] = Rate(messages_per_second=600)
     token_required: ClassVar[bool] = False

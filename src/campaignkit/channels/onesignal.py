@@ -126,6 +126,7 @@ class OneSignalNotifier(HttpNotifier):
     name: ClassVar[str] = "onesignal"
     address_field: ClassVar[str] = "push_token"
     max_batch_size: ClassVar[int] = 2000
+    stop_codes: ClassVar[frozenset[str]] = frozenset({"unsubscribed", "invalid_aliases"})
     supports_idempotency_keys: ClassVar[bool] = True
     default_rate: ClassVar[Rate] = Rate(requests_per_second=150)
     token_required: ClassVar[bool] = True

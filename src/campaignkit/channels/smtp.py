@@ -107,8 +107,10 @@ _OWN_HEADERS = frozenset(
 )
 # Build bodies as 7-bit (quoted-printable or base64) so that no server needs 8BITMIME;
 # a non-ASCII address needs SMTPUTF8, which comes with 8BITMIME (RFC 6531).
-_POLICY = email.policy.SMTP.clone(cte_type="7bit")
-_UTF8_POLICY = email.policy.SMTPUTF8
+# Lines up to RFC 5322's 998: long List-Unsubscribe values stay unfolded (folding can
+# break DKIM and some policies re-encode them as encoded-words).
+_POLICY = email.policy.SMTP.clone(cte_type="7bit", max_line_length=998)
+_UTF8_POLICY = email.policy.SMTPUTF8.clone(max_line_length=998)
 
 
 @attrs.frozen
@@ -166,6 +168,7 @@ class SmtpNotifier(Notifier[SmtpConnection]):
     name: ClassVar[str] = "smtp"
     address_field: ClassVar[str] = "email"
     max_batch_size: ClassVar[int] = 50
+    stop_codes: ClassVar[frozenset[str]] = frozenset({"550", "551", "553"})
     supports_idempotency_keys: ClassVar[bool] = False
     token_required: ClassVar[bool] = False
 

@@ -141,6 +141,7 @@ class TwilioNotifier(HttpNotifier):
     name: ClassVar[str] = "twilio"
     address_field: ClassVar[str] = "phone"
     max_batch_size: ClassVar[int] = 1
+    stop_codes: ClassVar[frozenset[str]] = frozenset({"21610"})
     supports_idempotency_keys: ClassVar[bool] = False
     default_rate: ClassVar[Rate] = Rate(messages_per_second=10.0, requests_per_second=10.0)
     default_base_url: ClassVar[str] = "https://api.twilio.com"
