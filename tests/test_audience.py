@@ -51,13 +51,16 @@ def run_with(tmp: Path, rows: list[dict[str, Any]], **channel: Any) -> tuple[Any
     rec = recording_plugin()
     pm = get_plugin_manager(load_entrypoints=False, plugins=[rec])
     src = StaticSource.from_dicts(
-        {
-            "id": f"c{i}",
-            "email": r["email"] or None,
-            "segment": r["segment"],
-            "consent": {} if r["consent"] is None else {"email": r["consent"]},
-        }
-        for i, r in enumerate(rows)
+        [
+            {
+                "id": f"c{i}",
+                "email": r["email"] or None,
+                "segment": r["segment"],
+                "consent": {} if r["consent"] is None else {"email": r["consent"]},
+            }
+            for i, r in enumerate(rows)
+        ],
+        fields={"id", "email", "phone", "push_token", "segment"},
     )
     ch = Channel(name="email", provider="recording", template=Template(body="hi"), **channel)
     p = Pipeline("aud", src, [ch], plugins=pm, env={}, base_dir=tmp, sleep=lambda s: None)
