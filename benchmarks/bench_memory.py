@@ -72,13 +72,21 @@ def worker(path: str) -> None:
         pipeline = Pipeline("bench_memory", source, channels, plugins=pm, env={}, base_dir=out)
         with Timer() as t:
             report = pipeline.run()
+        ledger = pipeline.state_path
+        ledger_bytes = sum(
+            p.stat().st_size for p in ledger.parent.glob(ledger.name + "*") if p.is_file()
+        )
     rows = report.rows_read
+    deliveries = sum(c.total for c in report.channels.values())
     emit(
         t.result(
             rows=rows,
             rows_per_s=rows / t.secs,
             sent=sum(c.sent for c in report.channels.values()),
             recorded=recorder.outbox.count,
+            deliveries=deliveries,
+            ledger_mb=ledger_bytes / 1e6,
+            ledger_mb_per_1m_deliveries=ledger_bytes / 1e6 / deliveries * 1e6,
         )
     )
 
@@ -106,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
                 value_format="{:,.1f}")
     print_table(summarize(results, "rows_per_s", baseline=base), "rows/s", baseline=base,
                 columns=(("secs", "seconds", "{:.1f}"), ("box_pct", "box%", "{:.0f}")))
+    for name, runs in results.items():
+        r = runs[0]
+        print(
+            f"ledger for {name}: {r['ledger_mb']:.0f} MB for {r['deliveries']:,} deliveries "
+            f"(snapshot included) = {r['ledger_mb_per_1m_deliveries']:.0f} MB per 1M deliveries"
+        )
     peaks = summarize(results, "peak_mb", baseline=base)
     largest, growth = peaks[-1], peaks[-1].ratio - 1.0
     ok = largest.median <= GOAL_MB and growth < GOAL_GROWTH

@@ -12,7 +12,9 @@ is the same file). Columns, as in ``/work/shared/reference/perf-scripts/gen_csv.
     customer_id,email,phone,push_token,first_name,segment,
     opted_in_email,opted_in_sms,opted_in_push,country,timezone
 
-About 1 row in 50 has an invalid email, 1 in 40 an invalid phone, and 1 in 20 an empty
+Phones are mobile numbers of the row's country (about 96% valid for ``phonenumbers``),
+push tokens Expo-shaped. About 1 row in 50 has an invalid email, 1 in 40 an invalid
+phone, and 1 in 20 an empty
 opt-in cell (which campaignkit reads as "no consent").
 """
 
@@ -43,14 +45,14 @@ FIRST = ["Ana", "Ben", "Chloe", "Dmitri", "Emma", "Farid", "Grace", "Hiro"]
 FIRST += ["Ines", "Jonas", "Kai", "Lena", "Mateo", "Nora", "Omar", "Priya"]
 SEGMENTS = ["vip", "churn_risk", "new", "dormant", "loyal", "trial"]
 GEO = [
-    ("US", "America/New_York"),
-    ("GB", "Europe/London"),
-    ("DE", "Europe/Berlin"),
-    ("FR", "Europe/Paris"),
-    ("BR", "America/Sao_Paulo"),
-    ("IN", "Asia/Kolkata"),
-    ("JP", "Asia/Tokyo"),
-    ("AU", "Australia/Sydney"),
+    ("US", "America/New_York", "+1415", 7),
+    ("GB", "Europe/London", "+4478", 8),
+    ("DE", "Europe/Berlin", "+49151", 8),
+    ("FR", "Europe/Paris", "+336", 8),
+    ("BR", "America/Sao_Paulo", "+55119", 8),
+    ("IN", "Asia/Kolkata", "+919", 9),
+    ("JP", "Asia/Tokyo", "+8190", 8),
+    ("AU", "Australia/Sydney", "+614", 8),
 ]
 DOMAINS = ["example.com", "mail.example.org", "corp.example.net"]
 
@@ -68,11 +70,12 @@ def write_segment(out: Path, rows: int, seed: int = 42) -> None:
             email = f"{name.lower()}.{i}@{rnd.choice(DOMAINS)}"
             if i % 50 == 7:
                 email = email.replace("@", "_at_")  # invalid
-            phone = f"+{rnd.randint(1, 99)}{rnd.randrange(10**10):010d}"
+            country, tz, prefix, digits = rnd.choice(GEO)
+            # Mobile ranges that phonenumbers accepts (about 96% valid numbers).
+            phone = f"{prefix}{rnd.randrange(2 * 10 ** (digits - 1), 10**digits)}"
             if i % 40 == 3:
                 phone = phone[1:5]  # invalid
-            token = f"{rnd.getrandbits(128):032x}"
-            country, tz = rnd.choice(GEO)
+            token = f"ExponentPushToken[{rnd.getrandbits(88):022x}]"
             opt = [str(rnd.randint(0, 1)) for _ in range(3)]
             if i % 20 == 11:
                 opt[i % 3] = ""  # empty consent cell

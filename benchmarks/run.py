@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 BENCHMARKS: dict[str, str] = {
     "extraction": "bench_extraction",
     "memory": "bench_memory",
+    "selection": "bench_selection",
 }
 
 

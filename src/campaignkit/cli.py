@@ -1,15 +1,26 @@
-"""The ``campaignkit`` command line: ``run``, ``validate``, ``preview``, ``channels``, ``sandbox``.
+"""The ``campaignkit`` command line.
+
+Sending: ``run`` (one logical date, or ``--scheduled``), ``resume``, ``retry-failed``,
+``scheduler``. Looking: ``runs``, ``report``, ``schedule``, ``validate``, ``preview``,
+``channels``. Testing: ``sandbox`` (and ``--sandbox`` on the sending commands).
+
+Every command that touches runs takes the campaign file: provider tokens come from the
+environment and templates from the campaign, neither is stored in the ledger, so a
+resume rebuilds the channels from the same file.
 
 Exit codes (also in ``campaignkit --help`` and ``docs/cli.md``):
 
-* 0: every recipient was sent, or deliberately skipped (no consent, no address, over target);
-* 1: the run completed but some deliveries failed;
+* 0: every recipient was sent, or deliberately skipped (no consent, no address, over
+  target; a scheduled run recorded as ``skipped_late``); nothing was due;
+* 1: the run completed but some deliveries failed or are ``unknown``;
 * 2: an input or configuration error stopped the command before anything was sent
   (:class:`~campaignkit.ConfigError`, :class:`~campaignkit.SourceError`,
   :class:`~campaignkit.TemplateError`, :class:`~campaignkit.PluginError`, a guard
-  raising in ``campaignkit_run_started``, a bad option);
+  raising in ``campaignkit_run_started``, a ledger error such as an unknown run id or
+  ``max_active_runs`` reached, a bad option);
 * 3: the run failed (a channel crashed, an unexpected error once delivery started),
-  timed out, or was interrupted.
+  timed out, or was interrupted (``cancelled``); what it did not send stays pending
+  for ``campaignkit resume``.
 
 Errors are one line on stderr; a :class:`~campaignkit.CampaignKitError` never prints a
 traceback, and nothing printed here ever holds a provider token.
@@ -17,17 +28,23 @@ traceback, and nothing printed here ever holds a provider token.
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import time
+import zoneinfo
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
+from datetime import UTC, datetime
+from pathlib import Path, PurePath
 from types import FrameType
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn, TypeVar
 
 import attrs
 import click
@@ -48,10 +65,19 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from ._config import PipelineConfig, load_config
-from ._models import ChannelResult, Message, Rate, RunReport, RunStatus
-from ._pipeline import Pipeline
+from ._config import PipelineConfig, Schedule, load_config
+from ._ledger import (
+    ACTIVE_STATUSES,
+    RESUMABLE_STATUSES,
+    LedgerError,
+    RunRecord,
+    SqliteLedger,
+    _alive,
+)
+from ._models import ChannelResult, DeliveryResult, Message, Rate, RunReport, RunStatus
+from ._pipeline import Pipeline, ScheduledRuns
 from ._plugins import BLOCK_ENV, Registry, get_plugin_manager
+from ._schedule import Interval, manual_logical_date, plan_due_runs, upcoming
 from .exceptions import CampaignKitError, ConfigError
 
 __all__ = ["EXIT_FAILED", "EXIT_INPUT_ERROR", "EXIT_OK", "EXIT_PARTIAL", "main"]
@@ -63,19 +89,25 @@ EXIT_PARTIAL = 1
 EXIT_INPUT_ERROR = 2
 EXIT_FAILED = 3
 
-_EXIT_BY_STATUS = {
-    RunStatus.SUCCEEDED: EXIT_OK,
-    RunStatus.PARTIAL: EXIT_PARTIAL,
-    RunStatus.FAILED: EXIT_FAILED,
-    RunStatus.TIMED_OUT: EXIT_FAILED,
+#: Run status -> exit code; a status not listed here exits with EXIT_FAILED.
+_EXIT_BY_STATUS: dict[str, int] = {
+    RunStatus.SUCCEEDED.value: EXIT_OK,
+    RunStatus.SKIPPED_LATE.value: EXIT_OK,  # a declared policy, not an error
+    "deferred": EXIT_OK,  # quiet hours hold messages back; a later resume sends them
+    RunStatus.PARTIAL.value: EXIT_PARTIAL,
+    RunStatus.FAILED.value: EXIT_FAILED,
+    RunStatus.TIMED_OUT.value: EXIT_FAILED,
+    RunStatus.CANCELLED.value: EXIT_FAILED,
 }
 
 EPILOG = """\b
 Exit codes:
-  0  all sent (or deliberately skipped: no consent, no address, over target)
-  1  the run completed but some deliveries failed
-  2  input or configuration error; nothing was sent
-  3  the run failed (a channel crashed), timed out or was interrupted
+  0  all sent (or deliberately skipped: no consent, no address, over target,
+     a scheduled run too late); run --scheduled with nothing due
+  1  the run completed but some deliveries failed or are unknown
+  2  input or configuration error (unknown run id, bad option...); nothing was sent
+  3  the run failed (a channel crashed), timed out or was interrupted;
+     what it did not send stays pending: campaignkit resume CONFIG RUN_ID
 
 \b
 Provider tokens are read from the environment (EMAIL_API_TOKEN, SMS_API_TOKEN,
@@ -85,16 +117,43 @@ PUSH_API_TOKEN by default). CAMPAIGNKIT_BLOCK_PLUGINS=name,name blocks plugins.
 #: What :class:`~campaignkit.Registry` reports as the package of built-in plugins.
 BUILTIN_PACKAGE = "campaignkit (built-in)"
 
+#: Delivery counts shown per channel; the first three always, the others when not zero.
+_COUNTS = ("sent", "failed", "skipped", "pending", "unknown", "deferred")
+
+#: Characters that make a spreadsheet read a CSV cell as a formula (OWASP).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+_CSV_FIELDS = (
+    "run_id",
+    "channel",
+    "recipient_id",
+    "status",
+    "reason",
+    "provider_message_id",
+    "attempts",
+    "error_code",
+    "error",
+)
+
 _CONFIG = click.Path(dir_okay=False, path_type=Path)
+
+_T = TypeVar("_T")
 
 
 # -- output helpers ------------------------------------------------------------------------
 
 
-def _console(*, stderr: bool = False) -> Console:
+def _console(*, stderr: bool = False, file: IO[str] | None = None) -> Console:
     """A console for human output. Markup and highlighting are off: values such as
     ``ExponentPushToken[...]`` must print verbatim."""
-    console = Console(stderr=stderr, markup=False, highlight=False, emoji=False, soft_wrap=True)
+    console = Console(
+        stderr=stderr,
+        file=file,
+        markup=False,
+        highlight=False,
+        emoji=False,
+        soft_wrap=True,
+    )
     if not console.is_terminal:
         # Output to a file or pipe: no terminal width to respect, keep tables readable.
         console.width = max(console.width, 120)
@@ -164,6 +223,58 @@ def _duration(result: ChannelResult) -> str:
     return "-" if seconds is None else f"{seconds:.1f}s"
 
 
+def _q(value: object) -> str:
+    """``value`` quoted for a shell command line."""
+    return shlex.quote(str(value))
+
+
+@attrs.frozen
+class _Where:
+    """A campaign file (and whether the sandbox's ledger is meant), for the commands
+    that hints print."""
+
+    config: Path
+    sandbox: bool = False
+
+    def command(self, verb: str, run_id: str | None = None, flags: str = "") -> str:
+        """``campaignkit VERB CONFIG [RUN_ID] [FLAGS] [--sandbox]``, shell-quoted."""
+        parts = ["campaignkit", verb, _q(self.config)]
+        if run_id is not None:
+            parts.append(_q(run_id))
+        if flags:
+            parts.append(flags)
+        if self.sandbox:
+            parts.append("--sandbox")
+        return " ".join(parts)
+
+
+def _utc(value: datetime | None) -> str:
+    """``2024-05-01 09:30 UTC`` (seconds only when not zero); ``-`` for None."""
+    if value is None:
+        return "-"
+    value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%d %H:%M:%S" if value.second else "%Y-%m-%d %H:%M") + " UTC"
+
+
+def _minute(value: datetime | None) -> str:
+    """``2024-05-01 09:30`` in UTC; ``-`` for None."""
+    return "-" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _local(value: datetime, zone: str) -> str:
+    """``value`` on the wall clock of ``zone`` with its abbreviation (``02:00 CEST``)."""
+    local = value.astimezone(zoneinfo.ZoneInfo(zone))
+    return local.strftime("%Y-%m-%d %H:%M:%S %Z" if local.second else "%Y-%m-%d %H:%M %Z")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat()
+
+
+def _exit_code(status: str) -> int:
+    return _EXIT_BY_STATUS.get(str(status), EXIT_FAILED)
+
+
 def _with_retry_delay(config: PipelineConfig, seconds: float) -> PipelineConfig:
     """``config`` with every retry delay (execution default and per channel) set to
     ``seconds``; jitter and retry counts are kept."""
@@ -178,6 +289,23 @@ def _with_retry_delay(config: PipelineConfig, seconds: float) -> PipelineConfig:
         for c in config.channels
     )
     return attrs.evolve(config, execution=execution, channels=channels)
+
+
+def _sandbox_state(config: PipelineConfig) -> PipelineConfig:
+    """``config`` recording into the sandbox's own ledger and run directories.
+
+    A rehearsal against the sandbox must never count as the real run of a logical
+    date (the real run would then send nothing), nor a real run be continued in the
+    sandbox: ``.campaignkit/ledger.db`` becomes ``.campaignkit/ledger.sandbox.db`` and
+    run directories go to ``<output_dir>/sandbox/``.
+    """
+    state = PurePath(config.execution.state_path)
+    execution = attrs.evolve(
+        config.execution,
+        state_path=str(state.with_name(f"{state.stem}.sandbox{state.suffix}")),
+        output_dir=str(PurePath(config.execution.output_dir) / "sandbox"),
+    )
+    return attrs.evolve(config, execution=execution)
 
 
 def _configure_logging(verbose: int) -> None:
@@ -203,6 +331,105 @@ def _block_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+def _sandbox_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--sandbox",
+        "use_sandbox",
+        is_flag=True,
+        help="Send to loopback provider sandboxes started in-process (no real provider, "
+        "no token needed). Sandbox runs have their own ledger (ledger.sandbox.db) and "
+        "run directories (<output_dir>/sandbox/); recorded messages go to "
+        "<run dir>/sandbox/.",
+    )(func)
+
+
+def _sandbox_ledger_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--sandbox",
+        "use_sandbox",
+        is_flag=True,
+        help="Read the sandbox's ledger (runs made with --sandbox).",
+    )(func)
+
+
+def _retry_delay_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--retry-delay",
+        type=click.FloatRange(min=0),
+        metavar="SECONDS",
+        help="Override every channel's retry delay (default: the campaign's, 5 minutes).",
+    )(func)
+
+
+def _json_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print only the run report as JSON."
+    )(func)
+
+
+def _output_dir_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--output-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Where the run directory goes (default: execution.output_dir of the campaign).",
+    )(func)
+
+
+class _DateTime(click.ParamType[datetime]):
+    """An ISO 8601 date or date-time; without an offset it means UTC."""
+
+    name = "ISO-8601"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, datetime):
+            parsed = value
+        else:
+            try:
+                parsed = datetime.fromisoformat(str(value))
+            except ValueError:
+                self.fail(f"expected an ISO 8601 date or date-time, got {value!r}", param, ctx)
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+_DATETIME = _DateTime()
+
+
+# -- signals -------------------------------------------------------------------------------
+
+
+@contextmanager
+def _sigterm_interrupts(before_sending: str | None = None) -> Iterator[None]:
+    """While active, the first SIGTERM raises :class:`KeyboardInterrupt` in the main
+    thread, exactly like Ctrl-C: a run stops starting batches, lets the requests in
+    flight finish, records them and ends ``cancelled``. Further SIGTERMs are ignored
+    while that happens (a second Ctrl-C is not).
+
+    With ``before_sending``, an interruption that escapes the block (one that came
+    before the pipeline took over) exits 3 with that message instead of a traceback.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = False
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        nonlocal fired
+        if fired:
+            return
+        fired = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    except KeyboardInterrupt:
+        if before_sending is None:
+            raise
+        _fail(before_sending, EXIT_FAILED)
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 # -- the command group ---------------------------------------------------------------------
 
 
@@ -213,17 +440,22 @@ def _block_option(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.version_option(__version__, prog_name="campaignkit")
 def main(verbose: int) -> None:
     """Multi-channel marketing campaigns: one customer segment fanned out in parallel
-    to email, SMS and push channels."""
+    to email, SMS and push channels, with a durable per-recipient ledger."""
     _configure_logging(verbose)
 
 
-# -- run -----------------------------------------------------------------------------------
+# -- progress ------------------------------------------------------------------------------
 
 
 class _RunDisplay:
-    """Rich progress bars, one per channel, fed from channel threads."""
+    """Rich progress bars, one per channel, fed from channel threads.
 
-    def __init__(self, console: Console, channels: Sequence[str]) -> None:
+    With ``extracting`` an "extracting" spinner comes first and the bars appear, sized
+    to the segment, once it is extracted; without (a resume), the bars count up from
+    the start with no total.
+    """
+
+    def __init__(self, console: Console, channels: Sequence[str], *, extracting: bool) -> None:
         self.channels = tuple(channels)
         self.progress = Progress(
             SpinnerColumn(),
@@ -236,23 +468,31 @@ class _RunDisplay:
         self._lock = threading.Lock()
         self._tasks: dict[str, TaskID] = {}
         self._done: dict[str, int] = {}
+        self._extracting_first = extracting
         self._extracting: TaskID | None = None
 
     def __enter__(self) -> _RunDisplay:
         self.progress.start()
-        self._extracting = self.progress.add_task("extracting", total=None)
+        if self._extracting_first:
+            self._extracting = self.progress.add_task("extracting", total=None)
+        else:
+            self._add_channels(None)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
-    def extracted(self, recipients: int, rejected: Mapping[str, int]) -> None:
+    def _add_channels(self, total: int | None) -> None:
+        for name in self.channels:
+            if name not in self._tasks:
+                self._tasks[name] = self.progress.add_task(name, total=total)
+
+    def extracted(self, recipients: int) -> None:
         with self._lock:
             if self._extracting is not None:
                 self.progress.remove_task(self._extracting)
                 self._extracting = None
-            for name in self.channels:
-                self._tasks[name] = self.progress.add_task(name, total=recipients)
+            self._add_channels(recipients)
 
     def advance(self, channel: str, done: int) -> None:
         with self._lock:
@@ -264,51 +504,308 @@ class _RunDisplay:
             self.progress.update(task, completed=done)
 
 
-def _summary(console: Console, report: RunReport) -> None:
+class _Progress:
+    """The progress callbacks of one sending command: bars on a terminal, whether any
+    delivery was settled yet (for the exit code of an error) and how many were settled
+    per channel in this session."""
+
+    def __init__(
+        self, console: Console, channels: Sequence[str], *, show: bool, extracting: bool = True
+    ) -> None:
+        self.display = _RunDisplay(console, channels, extracting=extracting) if show else None
+        self.settled = threading.Event()
+        self.done: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def on_extracted(self, recipients: int, rejected: Mapping[str, int]) -> None:
+        if self.display is not None:
+            self.display.extracted(recipients)
+
+    def __call__(self, channel: str, done: int) -> None:
+        self.settled.set()
+        with self._lock:
+            if done > self.done.get(channel, 0):
+                self.done[channel] = done
+        if self.display is not None:
+            self.display.advance(channel, done)
+
+
+def _drive(
+    action: Callable[[], _T],
+    progress: _Progress,
+    *,
+    config: Path | None,
+    interrupted: Callable[[], str],
+) -> _T:
+    """Run ``action`` (a pipeline operation) under the CLI's error mapping.
+
+    A :class:`CampaignKitError` exits with code 2 while no delivery has been settled
+    (nothing was sent), 3 afterwards; an interruption (Ctrl-C, SIGTERM; the pipeline
+    lets in-flight requests finish first) exits 3 with ``interrupted()``'s message.
+    """
+    try:
+        if progress.display is None:
+            return action()
+        with progress.display:
+            return action()
+    except CampaignKitError as exc:
+        code = EXIT_FAILED if progress.settled.is_set() else EXIT_INPUT_ERROR
+        _fail(_describe_error(exc, config), code)
+    except FileExistsError as exc:
+        _fail(f"run directory already exists: {exc.filename}", EXIT_INPUT_ERROR)
+    except KeyboardInterrupt:
+        _fail(interrupted(), EXIT_FAILED)
+    except Exception as exc:
+        log.debug("run failed", exc_info=True)
+        _fail(f"run failed: {type(exc).__name__}: {exc} (use -vv for details)", EXIT_FAILED)
+
+
+# -- ledger helpers ------------------------------------------------------------------------
+
+
+@contextmanager
+def _open_ledger(pipeline: Pipeline, *, required: bool) -> Iterator[SqliteLedger | None]:
+    """The pipeline's ledger, or ``None`` when it does not exist yet (it is not
+    created by looking). With ``required``, a missing ledger is a :class:`LedgerError`."""
+    path = pipeline.state_path
+    if not path.exists():
+        if required:
+            raise LedgerError(
+                f"no ledger at {path} (execution.state_path): this campaign has no runs yet"
+            )
+        yield None
+        return
+    ledger = pipeline.ledger()
+    try:
+        yield ledger
+    finally:
+        ledger.close()
+
+
+def _get_run(ledger: SqliteLedger, run_id: str, where: _Where) -> RunRecord:
+    try:
+        return ledger.get_run(run_id)
+    except LedgerError as exc:
+        raise LedgerError(f"{exc} ({where.command('runs')} lists the runs)") from None
+
+
+def _find_run(
+    pipeline: Pipeline, *, run_id: str | None = None, logical_date: datetime | None = None
+) -> RunRecord | None:
+    """A run by id, else the latest one for ``logical_date``, else the newest; ``None``
+    when there is none or the ledger cannot be read."""
+    try:
+        with _open_ledger(pipeline, required=False) as ledger:
+            if ledger is None:
+                return None
+            if run_id is not None:
+                return ledger.get_run(run_id)
+            if logical_date is not None:
+                found = ledger.find_runs(pipeline.name, logical_date)
+                return found[-1] if found else None
+            newest = ledger.list_runs(pipeline.name, 1)
+            return newest[0] if newest else None
+    except LedgerError:
+        return None
+
+
+def _stored_report(run: RunRecord) -> RunReport | None:
+    """The report a run stored in the ledger when it last finished, if any."""
+    if not run.report:
+        return None
+    try:
+        data = json.loads(run.report)
+        if not isinstance(data, dict) or "status" not in data:
+            return None
+        return RunReport.from_dict(data, run)
+    except (ValueError, TypeError, KeyError, StopIteration):
+        return None
+
+
+def _channel_results(
+    ledger: SqliteLedger,
+    run: RunRecord,
+    pipeline: Pipeline,
+    stored: RunReport | None,
+    only: Sequence[str] = (),
+) -> dict[str, ChannelResult]:
+    """Per channel of ``run``, its totals: from the stored report while it is current
+    (the run is not running and the report has the channel), else counted in the ledger
+    (a run that is going or crashed, or a channel a partial resume left out)."""
+    names = [c.name for c in pipeline.channels]
+    providers = {c.name: c.provider for c in pipeline.channels}
+    keys = {c.name: c.report_key for c in pipeline.channels}
+    if stored is not None:
+        names += [n for n in stored.channels if n not in names]
+    current = stored is not None and run.status not in ACTIVE_STATUSES
+    out: dict[str, ChannelResult] = {}
+    for name in names:
+        if only and name not in only:
+            continue
+        if current and stored is not None and name in stored.channels:
+            out[name] = stored.channels[name]
+        elif ledger.is_planned(run.run_id, name):
+            counts = ledger.counts(run.run_id, name)
+            old = stored.channels.get(name) if stored is not None else None
+            out[name] = attrs.evolve(
+                ChannelResult(
+                    channel=name,
+                    provider=old.provider if old is not None else providers.get(name, "?"),
+                    result_key=old.result_key if old is not None else keys.get(name, ""),
+                    reasons={k[7:]: v for k, v in counts.items() if k.startswith("reason:")},
+                    error_codes={k[5:]: v for k, v in counts.items() if k.startswith("code:")},
+                ),
+                **_state_counts(counts),
+            )
+    return out
+
+
+def _state_counts(counts: Mapping[str, int]) -> dict[str, Any]:
+    """Ledger state counts as :class:`ChannelResult` fields (in flight counts as pending)."""
+    out = {
+        "sent": counts.get("sent", 0),
+        "failed": counts.get("failed", 0),
+        "skipped": counts.get("skipped", 0),
+        "pending": counts.get("pending", 0) + counts.get("in_flight", 0),
+        "unknown": counts.get("unknown", 0),
+    }
+    if "deferred" in attrs.fields_dict(ChannelResult):
+        out["deferred"] = counts.get("deferred", 0)
+    return out
+
+
+def _status_text(run: RunRecord) -> str:
+    if run.status in ACTIVE_STATUSES:
+        if _alive(run.pid):
+            return f"{run.status} (process {run.pid})"
+        return f"{run.status}, process gone: resume it"
+    return run.status
+
+
+# -- summaries -----------------------------------------------------------------------------
+
+
+def _summary(
+    console: Console,
+    report: RunReport,
+    *,
+    where: _Where | None,
+    ledger: bool = True,
+    status: str | None = None,
+    results_hint: bool = True,
+    hints: bool = True,
+) -> None:
+    """The per-channel table, where things were written, and what to do next."""
     table = Table(
-        title=f"{report.pipeline} · run {report.run_id} · {report.status.value}",
+        title=f"{report.pipeline} · run {report.run_id} · {status or report.status.value}",
         box=box.SIMPLE_HEAD,
     )
-    for header in (
-        "channel",
-        "provider",
-        "sent",
-        "failed",
-        "skipped",
-        "top reasons / codes",
-        "retries",
-        "duration",
-    ):
-        numeric = header in ("sent", "failed", "skipped", "retries", "duration")
+    results = list(report.channels.values())
+    shown = [c for c in _COUNTS if c in _COUNTS[:3] or _any(results, c)]
+    headers = ["channel", "provider", *shown, "top reasons / codes", "retries", "duration"]
+    for header in headers:
+        numeric = header in (*shown, "retries", "duration")
         table.add_column(header, justify="right" if numeric else "left", no_wrap=numeric)
     for name, result in report.channels.items():
         notes = [f"{reason} {n}" for reason, n in _top(result.reasons)]
         notes += [f"code {code}: {n}" for code, n in _top(result.error_codes)]
-        table.add_row(
-            name,
-            result.provider,
-            str(result.sent),
-            Text(str(result.failed), style="red" if result.failed else ""),
-            str(result.skipped),
-            "\n".join(notes) or "-",
-            str(result.retries),
-            _duration(result),
-        )
+        if result.stopped:
+            notes.append(f"stopped: {result.stopped}")
+        cells: list[str | Text] = [name, result.provider]
+        for count in shown:
+            value = int(getattr(result, count, 0))
+            style = "red" if value and count in ("failed", "unknown") else ""
+            cells.append(Text(str(value), style=style))
+        cells += ["\n".join(notes) or "-", str(result.retries), _duration(result)]
+        table.add_row(*cells)
     console.print(table)
-    rejected = f" ({_counts(report.rejected_reasons)})" if report.rejected_reasons else ""
-    console.print(
-        f"Segment:   {report.rows_read} row(s) read, {report.rows_rejected} rejected{rejected}"
-    )
+    if report.rows_read or report.rows_rejected:
+        rejected = f" ({_counts(report.rejected_reasons)})" if report.rejected_reasons else ""
+        console.print(
+            f"Segment:   {report.rows_read} row(s) read, {report.rows_rejected} rejected{rejected}"
+        )
     for channel, error in report.errors.items():
         console.print(Text(f"Channel {channel} crashed: {error}", style="red"))
-    if report.output_dir:
-        out = Path(report.output_dir)
-        files = ", ".join(f"{name}.jsonl" for name in report.channels)
+    out = Path(report.output_dir) if report.output_dir else None
+    if out is not None:
         console.print(f"Report:    {out / 'report.json'}")
-        if files:
-            console.print(f"Results:   {out}{os.sep} {files} (one line per recipient)")
-        if report.rows_rejected:
-            console.print(f"Rejected:  {out / 'rejected.csv'}")
+    if results_hint:
+        if not ledger:
+            console.print("Results:   not kept per recipient (execution.ledger = false)")
+        elif where is not None:
+            console.print(
+                f"Results:   per recipient in the ledger: "
+                f"{where.command('report', report.run_id, '--format csv')}"
+            )
+    if out is not None and report.rows_rejected:
+        console.print(f"Rejected:  {out / 'rejected.csv'}")
+    if hints and ledger and where is not None:
+        for hint in _hints(report, where):
+            console.print(hint)
+
+
+def _any(results: Iterable[ChannelResult], count: str) -> bool:
+    return any(getattr(r, count, 0) for r in results)
+
+
+def _hints(report: RunReport, where: _Where) -> list[str]:
+    """What to run next: resume what is pending or unknown, retry transient failures."""
+    resume = where.command("resume", report.run_id)
+    results = list(report.channels.values())
+    pending = sum(r.pending for r in results)
+    unknown = sum(r.unknown for r in results)
+    deferred = sum(int(getattr(r, "deferred", 0)) for r in results)
+    exhausted = sum(r.reasons.get("retries_exhausted", 0) for r in results)
+    credentials = [r.channel for r in results if (r.stopped or "").startswith("credentials")]
+    lines = []
+    if pending:
+        lines.append(f"Pending:   {pending} message(s) not sent yet: {resume}")
+    if unknown:
+        lines.append(
+            f"Unknown:   {unknown} message(s) were in flight when a run stopped without an "
+            f"answer, to a provider without idempotency keys: they may have been delivered. "
+            f"{where.command('resume', report.run_id, '--resend-unknown')} sends them again"
+        )
+    if deferred:
+        lines.append(
+            f"Deferred:  {deferred} message(s) held back by quiet hours: "
+            f"{resume} sends them once they are due"
+        )
+    if exhausted or credentials:
+        why = f"{exhausted} transient failure(s)" if exhausted else "rejected credentials"
+        lines.append(f"Retry:     {why}: {where.command('retry-failed', report.run_id)}")
+    return lines
+
+
+def _emit(
+    report: RunReport,
+    *,
+    as_json: bool,
+    where: _Where,
+    ledger: bool,
+    before: Sequence[str] = (),
+    after: Sequence[str] = (),
+) -> int:
+    """Print the run's outcome (the summary, or the report as JSON with the notes on
+    stderr) and return its exit code."""
+    code = _exit_code(report.status)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+        err = _console(stderr=True)
+        for note in (*before, *after):
+            err.print(note)
+        return code
+    out = _console()
+    for note in before:
+        out.print(note)
+    _summary(out, report, where=where, ledger=ledger)
+    for note in after:
+        out.print(note)
+    out.print(f"Status: {report.status.value} (exit {code})")
+    return code
+
+
+# -- sandbox -------------------------------------------------------------------------------
 
 
 def _sandbox_providers(config: PipelineConfig) -> list[str]:
@@ -331,139 +828,962 @@ def _sandbox_providers(config: PipelineConfig) -> list[str]:
     return providers
 
 
+@contextmanager
+def _sandboxed(
+    configs: Sequence[PipelineConfig], enabled: bool
+) -> Iterator[tuple[list[PipelineConfig], dict[str, str] | None, Any]]:
+    """Without ``enabled``: the configs as they are. With it: sandbox servers for their
+    providers, started for the block, and the configs pointed at them (options,
+    tokens in the returned environment, the sandbox ledger and run directories)."""
+    if not enabled:
+        yield list(configs), None, None
+        return
+    from .testing.sandbox import Sandbox
+
+    providers = list(dict.fromkeys(p for cfg in configs for p in _sandbox_providers(cfg)))
+    sandbox = Sandbox(providers)
+    try:
+        sandbox.start()
+    except Exception as exc:  # e.g. the SMTP sandbox without aiosmtpd
+        _sandbox_failure(exc)
+    try:
+        applied = [_sandbox_state(sandbox.apply(cfg)) for cfg in configs]
+        env = dict(os.environ)
+        for cfg in applied:
+            env.update(sandbox.env(cfg))
+        yield applied, env, sandbox
+    finally:
+        sandbox.stop()
+
+
+def _record_sandbox(sandbox: Any, run_dir: str | None, *, dump: bool) -> list[str]:
+    """Append what the sandbox accepted to ``<run dir>/sandbox/<provider>.jsonl`` (a
+    resume adds to what the run sent before); return what to print."""
+    counts = ", ".join(f"{p} {n}" for p, n in sandbox.counts().items())
+    lines = [f"Sandbox:   accepted messages per provider: {counts or 'none'}"]
+    if dump and run_dir is not None:
+        directory = Path(run_dir) / "sandbox"
+        directory.mkdir(parents=True, exist_ok=True)
+        names = []
+        for provider, server in sandbox.servers.items():
+            path = directory / f"{provider}.jsonl"
+            with path.open("a", encoding="utf-8") as f:
+                for message in server.messages:
+                    f.write(json.dumps(message, default=str) + "\n")
+            names.append(path.name)
+        lines.append(f"Sandbox:   recorded messages in {directory}{os.sep} ({', '.join(names)})")
+    return lines
+
+
+# -- setup shared by the sending commands --------------------------------------------------
+
+
+def _prepare(
+    configs: Sequence[Path],
+    *,
+    retry_delay: float | None,
+    use_sandbox: bool,
+    block: Sequence[str],
+) -> tuple[list[PipelineConfig], pluggy.PluginManager]:
+    """Load the campaign files and the plugins; exit 2 on any problem."""
+    loaded = []
+    for path in configs:
+        with _input_errors(path):
+            cfg = load_config(path)
+            if retry_delay is not None:
+                cfg = _with_retry_delay(cfg, retry_delay)
+            if use_sandbox:
+                _sandbox_providers(cfg)
+            loaded.append(cfg)
+    with _input_errors():
+        pm = _plugin_manager(block)
+    return loaded, pm
+
+
+def _build(
+    config: PipelineConfig, pm: pluggy.PluginManager | None, env: Mapping[str, str] | None
+) -> Pipeline:
+    file = Path(config.file) if config.file else None
+    with _input_errors(file):
+        return Pipeline.from_config(config, plugins=pm, env=env)
+
+
+def _interrupt_message(where: _Where, run: RunRecord | None) -> str:
+    if run is None:
+        return "interrupted before the run started; nothing was sent"
+    return (
+        f"interrupted: run {run.run_id} is {run.status}; requests already in flight "
+        f"finished and were recorded, the rest is pending: "
+        f"{where.command('resume', run.run_id)}"
+    )
+
+
+# -- run -----------------------------------------------------------------------------------
+
+
 @main.command(epilog=EPILOG)
 @click.argument("config", type=_CONFIG)
-@click.option("--json", "as_json", is_flag=True, help="Print only the run report as JSON.")
+@_json_option
+@_output_dir_option
 @click.option(
-    "--output-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Where the run directory goes (default: execution.output_dir of the campaign).",
+    "--logical-date",
+    type=_DATETIME,
+    help="The run's logical date, ISO 8601 (no offset: UTC). Default: the latest "
+    "complete schedule interval, as a manual trigger.",
 )
-@click.option("--run-id", help="The run's id (default: a new time-ordered id).")
 @click.option(
-    "--sandbox",
-    "use_sandbox",
+    "--force",
     is_flag=True,
-    help="Send to loopback provider sandboxes started in-process (no real provider, "
-    "no token needed); recorded messages go to <run dir>/sandbox/.",
+    help="Start a new run even if the logical date has one (which would otherwise be "
+    "reported, or resumed if unfinished, and nothing sent twice).",
 )
+@click.option("--run-id", help="The new run's id (default: <pipeline>__<logical date>[__<n>]).")
 @click.option(
-    "--retry-delay",
-    type=click.FloatRange(min=0),
-    metavar="SECONDS",
-    help="Override every channel's retry delay (default: the campaign's, 5 minutes).",
+    "--scheduled",
+    is_flag=True,
+    help="Run whatever the schedule says is due now (catchup, lateness, "
+    "max_active_runs, depends_on_past), then exit; for cron.",
 )
+@_sandbox_option
+@_retry_delay_option
 @_block_option
 def run(
     config: Path,
     as_json: bool,
     output_dir: Path | None,
+    logical_date: datetime | None,
+    force: bool,
     run_id: str | None,
+    scheduled: bool,
     use_sandbox: bool,
     retry_delay: float | None,
     block: tuple[str, ...],
 ) -> None:
-    """Run the campaign CONFIG: extract the segment, then send every enabled channel
-    in parallel."""
-    out = _console()
-    err = _console(stderr=True)
-    with _input_errors(config):
-        cfg = load_config(config)
-        if retry_delay is not None:
-            cfg = _with_retry_delay(cfg, retry_delay)
-        providers = _sandbox_providers(cfg) if use_sandbox else []
-        pm = _plugin_manager(block)
-    sandbox = None
-    env: dict[str, str] | None = None
-    if use_sandbox:
-        from .testing.sandbox import Sandbox
+    """Run the campaign CONFIG for one logical date: extract the segment into the
+    ledger, then send every enabled channel in parallel.
 
-        sandbox = Sandbox(providers)
-        try:
-            sandbox.start()
-        except Exception as exc:  # e.g. the SMTP sandbox without aiosmtpd
-            _sandbox_failure(exc)
-        cfg = sandbox.apply(cfg)
-        env = {**os.environ, **sandbox.env(cfg)}
-    notes: list[str] = []
-    try:
-        report = _run(cfg, pm, env, as_json, output_dir, run_id, out)
-        if sandbox is not None:
-            notes = _dump_sandbox(sandbox, report)
-    finally:
-        if sandbox is not None:
-            sandbox.stop()
-    if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
-    else:
-        _summary(out, report)
-    for note in notes:
-        (err if as_json else out).print(note)
-    code = _EXIT_BY_STATUS[report.status]
-    if not as_json:
-        out.print(f"Status: {report.status.value} (exit {code})")
+    A logical date is sent once: if the ledger already has a finished run for it, that
+    run is reported and nothing is sent; an unfinished one is resumed. Ctrl-C or SIGTERM
+    lets the requests in flight finish, records them and exits 3.
+    """
+    if scheduled and (force or logical_date is not None or run_id is not None):
+        raise click.UsageError(
+            "--scheduled runs what the schedule says is due; it takes no --force, "
+            "--logical-date or --run-id"
+        )
+    configs, pm = _prepare([config], retry_delay=retry_delay, use_sandbox=use_sandbox, block=block)
+    with (
+        _sigterm_interrupts("interrupted before sending started; nothing was sent"),
+        _sandboxed(configs, use_sandbox) as (applied, env, sandbox),
+    ):
+        cfg = applied[0]
+        pipeline = _build(cfg, pm, env)
+        if scheduled:
+            code = _run_scheduled(pipeline, config, sandbox, as_json=as_json)
+        else:
+            code = _run_once(
+                pipeline,
+                config,
+                sandbox,
+                as_json=as_json,
+                output_dir=output_dir,
+                logical_date=logical_date,
+                force=force,
+                run_id=run_id,
+            )
     raise SystemExit(code)
 
 
-def _run(
-    config: PipelineConfig,
-    pm: pluggy.PluginManager,
-    env: dict[str, str] | None,
+def _run_once(
+    pipeline: Pipeline,
+    config: Path,
+    sandbox: Any,
+    *,
     as_json: bool,
     output_dir: Path | None,
+    logical_date: datetime | None,
+    force: bool,
     run_id: str | None,
-    out: Console,
-) -> RunReport:
-    """Run the pipeline. A :class:`CampaignKitError` exits with code 2 while no
-    delivery has been settled (nothing was sent), 3 afterwards."""
-    file = Path(config.file) if config.file else None
-    with _input_errors(file):
-        pipeline = Pipeline.from_config(config, plugins=pm, env=env)
-        channels = [c.name for c in pipeline.enabled_channels]
-    display = _RunDisplay(out, channels) if out.is_terminal and not as_json else None
-    settled = threading.Event()  # set once any recipient has a result on any channel
-
-    def on_extracted(recipients: int, rejected: Mapping[str, int]) -> None:
-        if display is not None:
-            display.extracted(recipients, rejected)
-
-    def progress(channel: str, done: int) -> None:
-        settled.set()
-        if display is not None:
-            display.advance(channel, done)
-
-    def run() -> RunReport:
-        return pipeline.run(
-            run_id=run_id, output_dir=output_dir, on_extracted=on_extracted, progress=progress
+) -> int:
+    where = _Where(config, sandbox is not None)
+    with _input_errors(config):
+        logical = logical_date or manual_logical_date(pipeline.schedule, datetime.now(UTC))
+    keeps_ledger = pipeline.execution.ledger
+    previous = _find_run(pipeline, logical_date=logical) if keeps_ledger and not force else None
+    resuming = previous is not None and (
+        previous.status in ACTIVE_STATUSES or previous.status in RESUMABLE_STATUSES
+    )
+    already = previous is not None and not resuming
+    out = _console()
+    progress = _Progress(
+        out,
+        [c.name for c in pipeline.enabled_channels],
+        show=out.is_terminal and not as_json and not already,
+        extracting=not resuming,
+    )
+    report = _drive(
+        lambda: pipeline.run(
+            logical_date=logical,
+            force=force,
+            run_id=run_id,
+            output_dir=output_dir,
+            progress=progress,
+            on_extracted=progress.on_extracted,
+        ),
+        progress,
+        config=config,
+        interrupted=lambda: _interrupt_message(where, _find_run(pipeline, logical_date=logical)),
+    )
+    before = []
+    if already and previous is not None:
+        before.append(
+            f"Already ran: logical date {_utc(logical)} has run {report.run_id} "
+            f"({previous.status}); nothing was sent now. --force starts a new run."
         )
+    elif resuming and previous is not None:
+        before.append(
+            f"Resumed:   logical date {_utc(logical)} had an unfinished run "
+            f"{previous.run_id} ({previous.status}); only what it still owed was sent."
+        )
+    after = _record_sandbox(sandbox, report.output_dir, dump=not already) if sandbox else []
+    return _emit(
+        report, as_json=as_json, where=where, ledger=keeps_ledger, before=before, after=after
+    )
 
+
+def _scheduled_dict(result: ScheduledRuns) -> dict[str, Any]:
+    return {
+        "reports": [r.to_dict() for r in result.reports],
+        "skipped": [_interval_dict(i) for i in result.skipped],
+        "blocked": [
+            {**_interval_dict(b.interval), "cause": b.cause, "reason": b.reason}
+            for b in result.blocked
+        ],
+        "next_due": _iso(result.next_due),
+    }
+
+
+def _interval_dict(interval: Interval) -> dict[str, Any]:
+    return {"logical_date": _iso(interval.start), "due": _iso(interval.end)}
+
+
+def _skipped_line(interval: Interval, schedule: Schedule) -> str:
+    return (
+        f"Skipped:   logical date {_utc(interval.start)}: due at {_utc(interval.end)}, more "
+        f"than max_lateness_minutes ({schedule.max_lateness_minutes:g}) ago; recorded as "
+        f"skipped_late, nothing sent"
+    )
+
+
+def _next_due_line(pipeline: Pipeline, next_due: datetime | None) -> str:
+    schedule = pipeline.schedule
+    if not schedule.enabled:
+        return "Next due:  never (schedule.enabled = false)"
+    if next_due is None:
+        return "Next due:  none (the schedule's end_date has passed)"
+    local = "" if schedule.timezone == "UTC" else f" ({_local(next_due, schedule.timezone)})"
+    return f"Next due:  {_utc(next_due)}{local}"
+
+
+def _run_scheduled(pipeline: Pipeline, config: Path, sandbox: Any, *, as_json: bool) -> int:
+    where = _Where(config, sandbox is not None)
+    progress = _Progress(_console(), [], show=False)
+    result = _drive(
+        lambda: pipeline.run_scheduled(progress=progress),
+        progress,
+        config=config,
+        interrupted=lambda: _interrupt_message(where, _find_run(pipeline)),
+    )
+    code = max((_exit_code(r.status) for r in result.reports), default=EXIT_OK)
+    notes = []
+    if sandbox is not None:
+        run_dir = result.reports[0].output_dir if len(result.reports) == 1 else None
+        notes = _record_sandbox(sandbox, run_dir, dump=run_dir is not None)
+    if as_json:
+        click.echo(json.dumps(_scheduled_dict(result), indent=2))
+        err = _console(stderr=True)
+        for note in notes:
+            err.print(note)
+        return code
+    out = _console()
+    for report in result.reports:
+        _summary(out, report, where=where, ledger=pipeline.execution.ledger)
+        out.print(f"Status: {report.status.value} (exit {_exit_code(report.status)})")
+        out.print()
+    for interval in result.skipped:
+        out.print(_skipped_line(interval, pipeline.schedule))
+    for blocked in result.blocked:
+        out.print(f"Blocked:   logical date {_utc(blocked.interval.start)}: {blocked.reason}")
+    if not (result.reports or result.skipped or result.blocked):
+        out.print("Nothing due.")
+    out.print(_next_due_line(pipeline, result.next_due))
+    for note in notes:
+        out.print(note)
+    out.print(f"Started {len(result.reports)} run(s) (exit {code})")
+    return code
+
+
+# -- resume and retry-failed ---------------------------------------------------------------
+
+
+def _continue_run(
+    config: Path,
+    run_id: str,
+    *,
+    resend_unknown: bool,
+    retry_failed: bool,
+    channels: Sequence[str],
+    as_json: bool,
+    output_dir: Path | None,
+    use_sandbox: bool,
+    retry_delay: float | None,
+    block: Sequence[str],
+) -> NoReturn:
+    configs, pm = _prepare([config], retry_delay=retry_delay, use_sandbox=use_sandbox, block=block)
+    with (
+        _sigterm_interrupts("interrupted before sending started; nothing was sent"),
+        _sandboxed(configs, use_sandbox) as (applied, env, sandbox),
+    ):
+        pipeline = _build(applied[0], pm, env)
+        where = _Where(config, use_sandbox)
+        before = []
+        with _input_errors(config), _open_ledger(pipeline, required=True) as ledger:
+            assert ledger is not None
+            record = _get_run(ledger, run_id, where)
+            if record.status == RunStatus.SKIPPED_LATE.value:
+                late = f"--logical-date {record.logical_date.isoformat()} --force"
+                raise LedgerError(
+                    f"run {run_id!r} was skipped as too late and has nothing to resume; "
+                    f"{where.command('run', flags=late)} sends it now"
+                )
+            if sandbox is None and record.fingerprint != pipeline.fingerprint():
+                before.append(
+                    "Note:      the campaign (source, channels, options or templates) changed "
+                    "since the run started; what is left is sent as configured now."
+                )
+        if output_dir is None:
+            # Keep the run's report next to its rejected rows when it was written elsewhere.
+            stored = _stored_report(record)
+            if stored is not None and stored.output_dir:
+                output_dir = Path(stored.output_dir).parent
+        names = [c.name for c in pipeline.enabled_channels if not channels or c.name in channels]
+        out = _console()
+        progress = _Progress(out, names, show=out.is_terminal and not as_json, extracting=False)
+        report = _drive(
+            lambda: pipeline.resume(
+                run_id,
+                resend_unknown=resend_unknown,
+                retry_failed=retry_failed,
+                channels=list(channels) or None,
+                progress=progress,
+                output_dir=output_dir,
+            ),
+            progress,
+            config=config,
+            interrupted=lambda: _interrupt_message(where, _find_run(pipeline, run_id=run_id)),
+        )
+        settled = ", ".join(f"{name} {progress.done.get(name, 0)}" for name in report.channels)
+        after = [f"This time: settled (sent or failed) per channel: {settled or 'none'}"]
+        if sandbox is not None:
+            after += _record_sandbox(sandbox, report.output_dir, dump=True)
+    code = _emit(
+        report,
+        as_json=as_json,
+        where=where,
+        ledger=pipeline.execution.ledger,
+        before=before,
+        after=after,
+    )
+    raise SystemExit(code)
+
+
+@main.command(epilog=EPILOG)
+@click.argument("config", type=_CONFIG)
+@click.argument("run_id")
+@click.option(
+    "--resend-unknown",
+    is_flag=True,
+    help="Also send again the messages recorded as unknown (in flight at a crash, to a "
+    "provider without idempotency keys): they may be delivered twice.",
+)
+@_json_option
+@_output_dir_option
+@_sandbox_option
+@_retry_delay_option
+@_block_option
+def resume(
+    config: Path,
+    run_id: str,
+    resend_unknown: bool,
+    as_json: bool,
+    output_dir: Path | None,
+    use_sandbox: bool,
+    retry_delay: float | None,
+    block: tuple[str, ...],
+) -> None:
+    """Continue run RUN_ID of campaign CONFIG after a crash, a timeout or an interruption.
+
+    Every pending message is sent exactly once; nothing recorded as sent is sent again.
+    Messages that were in flight when the run stopped are sent again with the same
+    idempotency key where the provider has one, and otherwise reported as unknown
+    (--resend-unknown sends them). CONFIG is needed because tokens and templates are
+    not stored in the ledger.
+    """
+    _continue_run(
+        config,
+        run_id,
+        resend_unknown=resend_unknown,
+        retry_failed=False,
+        channels=(),
+        as_json=as_json,
+        output_dir=output_dir,
+        use_sandbox=use_sandbox,
+        retry_delay=retry_delay,
+        block=block,
+    )
+
+
+@main.command("retry-failed", epilog=EPILOG)
+@click.argument("config", type=_CONFIG)
+@click.argument("run_id")
+@click.option(
+    "--channel",
+    "-c",
+    "channels",
+    multiple=True,
+    metavar="NAME",
+    help="Only this channel (repeatable; default: every enabled channel).",
+)
+@_json_option
+@_output_dir_option
+@_sandbox_option
+@_retry_delay_option
+@_block_option
+def retry_failed(
+    config: Path,
+    run_id: str,
+    channels: tuple[str, ...],
+    as_json: bool,
+    output_dir: Path | None,
+    use_sandbox: bool,
+    retry_delay: float | None,
+    block: tuple[str, ...],
+) -> None:
+    """Send again run RUN_ID's transient failures (retries exhausted, credentials
+    rejected), with the usual retry rounds. Permanent failures (an invalid number, a
+    refused address) are never sent again. Pending messages are sent too."""
+    _continue_run(
+        config,
+        run_id,
+        resend_unknown=False,
+        retry_failed=True,
+        channels=channels,
+        as_json=as_json,
+        output_dir=output_dir,
+        use_sandbox=use_sandbox,
+        retry_delay=retry_delay,
+        block=block,
+    )
+
+
+# -- runs ----------------------------------------------------------------------------------
+
+
+def _look(config: Path, use_sandbox: bool) -> Pipeline:
+    """The pipeline of CONFIG for looking at its ledger (no plugins, no tokens)."""
+    with _input_errors(config):
+        cfg = load_config(config)
+    return _build(_sandbox_state(cfg) if use_sandbox else cfg, None, None)
+
+
+def _run_dict(run: RunRecord, results: Mapping[str, ChannelResult]) -> dict[str, Any]:
+    return {
+        "run_id": run.run_id,
+        "pipeline": run.pipeline,
+        "logical_date": _iso(run.logical_date),
+        "status": run.status,
+        "process_alive": _alive(run.pid) if run.status in ACTIVE_STATUSES else None,
+        "created_at": _iso(run.created_at),
+        "finished_at": _iso(run.finished_at),
+        "recipients": run.recipients,
+        "channels": {
+            name: {count: int(getattr(r, count, 0)) for count in _COUNTS}
+            for name, r in results.items()
+        },
+    }
+
+
+def _brief_counts(result: ChannelResult) -> str:
+    parts = [f"{result.sent} sent"]
+    parts += [f"{getattr(result, c)} {c}" for c in _COUNTS[1:] if getattr(result, c, 0)]
+    return ", ".join(parts)
+
+
+@main.command(epilog=EPILOG)
+@click.argument("config", type=_CONFIG)
+@click.option(
+    "--limit",
+    "-n",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="How many runs, newest first.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as a JSON list.")
+@_sandbox_ledger_option
+def runs(config: Path, limit: int, as_json: bool, use_sandbox: bool) -> None:
+    """List the runs of campaign CONFIG recorded in its ledger, newest first: logical
+    date, status, times, recipients and per channel what was sent, failed, is pending
+    or unknown."""
+    pipeline = _look(config, use_sandbox)
+    rows: list[tuple[RunRecord, dict[str, ChannelResult]]] = []
+    with _input_errors(config), _open_ledger(pipeline, required=False) as ledger:
+        if ledger is not None:
+            for record in ledger.list_runs(pipeline.name, limit):
+                stored = _stored_report(record)
+                rows.append((record, _channel_results(ledger, record, pipeline, stored)))
+    if as_json:
+        click.echo(json.dumps([_run_dict(r, results) for r, results in rows], indent=2))
+        return
+    out = _console()
+    if not rows:
+        out.print(f"No runs of {pipeline.name} in {pipeline.state_path}.")
+        return
+    wide = not out.is_terminal
+    if wide:
+        out.width = max(out.width, 250)  # run ids are long; one line per run in files
+    channels = list(dict.fromkeys(name for _, results in rows for name in results))
+    table = Table(title=f"Runs of {pipeline.name} ({pipeline.state_path})", box=box.SIMPLE_HEAD)
+    longest = max(len(record.run_id) for record, _ in rows)
+    table.add_column("run id", overflow="fold", no_wrap=wide, min_width=min(longest, 24))
+    for header in ("logical date (UTC)", "status", "created (UTC)", "finished (UTC)"):
+        table.add_column(header, no_wrap=wide, min_width=10)
+    table.add_column("recipients", justify="right", no_wrap=wide)
+    for name in channels:
+        table.add_column(name, no_wrap=wide, min_width=8)
+    for record, results in rows:
+        table.add_row(
+            record.run_id,
+            _minute(record.logical_date),
+            _status_text(record),
+            _minute(record.created_at),
+            _minute(record.finished_at),
+            "-" if record.recipients is None else str(record.recipients),
+            *(_brief_counts(results[n]) if n in results else "-" for n in channels),
+        )
+    out.print(table)
+
+
+# -- report --------------------------------------------------------------------------------
+
+
+def _csv_safe(value: object) -> object:
+    """A CSV cell that a spreadsheet will not run as a formula: text starting with
+    ``=``, ``+``, ``-``, ``@``, tab or carriage return gets a leading single quote."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def _deliveries(
+    ledger: SqliteLedger, run_id: str, channels: Sequence[str | None]
+) -> Generator[DeliveryResult, None, None]:
+    """Per-recipient outcomes of ``channels`` (``None``: all), streamed; each ledger
+    cursor is closed when its channel is done or the stream is abandoned."""
+    for channel in channels:
+        results = ledger.deliveries(run_id, channel)
+        try:
+            yield from results
+        finally:
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()
+
+
+def _stdout_gone() -> NoReturn:
+    """The reader of stdout went away (``| head``): stop quietly, as Unix tools do."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush goes here
+    raise SystemExit(EXIT_OK)
+
+
+def _delivery_dict(run_id: str, result: DeliveryResult) -> dict[str, Any]:
+    return {"run_id": run_id, **result.to_dict()}
+
+
+def _write_deliveries(
+    stream: IO[str], fmt: str, run_id: str, rows: Iterable[DeliveryResult]
+) -> int:
+    """Stream per-recipient outcomes as ``json`` (an array), ``jsonl`` or ``csv``;
+    return how many were written."""
+    n = 0
+    if fmt == "csv":
+        writer = csv.writer(stream)
+        writer.writerow(_CSV_FIELDS)
+        for result in rows:
+            data = _delivery_dict(run_id, result)
+            writer.writerow([_csv_safe(data[field]) for field in _CSV_FIELDS])
+            n += 1
+        return n
+    if fmt == "jsonl":
+        for result in rows:
+            stream.write(json.dumps(_delivery_dict(run_id, result), ensure_ascii=False) + "\n")
+            n += 1
+        return n
+    stream.write("[")
+    for result in rows:
+        stream.write(",\n  " if n else "\n  ")
+        stream.write(json.dumps(_delivery_dict(run_id, result), ensure_ascii=False))
+        n += 1
+    stream.write("\n]\n" if n else "]\n")
+    return n
+
+
+@main.command(epilog=EPILOG)
+@click.argument("config", type=_CONFIG)
+@click.argument("run_id")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "jsonl", "csv"]),
+    default="table",
+    show_default=True,
+    help="table: per-channel summary; json (an array), jsonl, csv: one record per "
+    "recipient and channel, streamed from the ledger.",
+)
+@click.option(
+    "--channel",
+    "-c",
+    "channels",
+    multiple=True,
+    metavar="NAME",
+    help="Only this channel (repeatable).",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to this file instead of stdout.",
+)
+@_sandbox_ledger_option
+def report(
+    config: Path,
+    run_id: str,
+    fmt: str,
+    channels: tuple[str, ...],
+    output: Path | None,
+    use_sandbox: bool,
+) -> None:
+    """Show run RUN_ID of campaign CONFIG from the ledger: the per-channel table, or
+    every recipient's outcome (status, reason, provider message id, attempts, error
+    code and error) as JSON or CSV. CSV cells are safe to open in a spreadsheet."""
+    pipeline = _look(config, use_sandbox)
+    where = _Where(config, use_sandbox)
+    with _input_errors(config), _open_ledger(pipeline, required=True) as ledger:
+        assert ledger is not None
+        record = _get_run(ledger, run_id, where)
+        stored = _stored_report(record)
+        results = _channel_results(ledger, record, pipeline, stored)
+        for name in channels:
+            if name not in results:
+                have = ", ".join(results) or "none"
+                raise LedgerError(f"run {run_id!r} has no channel {name!r} (channels: {have})")
+        with contextlib.ExitStack() as stack:
+            stream: IO[str]
+            if output is not None:
+                try:
+                    stream = stack.enter_context(
+                        output.open("w", encoding="utf-8", newline="" if fmt == "csv" else None)
+                    )
+                except OSError as exc:
+                    raise ConfigError(f"cannot write {output}: {exc.strerror}") from None
+            else:
+                stream = sys.stdout
+            if fmt == "table":
+                _report_table(stream, record, stored, results, where, channels)
+                return
+            rows = stack.enter_context(
+                contextlib.closing(_deliveries(ledger, run_id, list(channels) or [None]))
+            )
+            try:
+                n = _write_deliveries(stream, fmt, run_id, rows)
+            except BrokenPipeError:
+                _stdout_gone()
+    if output is not None:
+        click.echo(f"{n} record(s) written to {output}", err=True)
+
+
+def _report_table(
+    stream: IO[str],
+    record: RunRecord,
+    stored: RunReport | None,
+    results: Mapping[str, ChannelResult],
+    where: _Where,
+    channels: Sequence[str],
+) -> None:
+    console = _console(file=None if stream is sys.stdout else stream)
+    shown = {n: r for n, r in results.items() if not channels or n in channels}
+    base = stored or RunReport(
+        run_id=record.run_id,
+        pipeline=record.pipeline,
+        status=RunStatus.FAILED,  # placeholder: the status shown is the ledger's
+        started_at=record.created_at,
+        finished_at=record.finished_at or record.created_at,
+    )
+    view = attrs.evolve(base, channels=shown)
+    console.print(
+        f"Logical date {_utc(record.logical_date)} · created {_utc(record.created_at)} · "
+        f"finished {_utc(record.finished_at)} · "
+        f"{'-' if record.recipients is None else record.recipients} recipient(s)"
+    )
+    going = record.status in ACTIVE_STATUSES and _alive(record.pid)
+    _summary(
+        console,
+        view,
+        where=where,
+        status=_status_text(record),
+        results_hint=False,
+        hints=not going,  # nothing to resume while its process sends it
+    )
+    if record.status == RunStatus.SKIPPED_LATE.value:
+        console.print("Skipped:   due too long ago (max_lateness_minutes); nothing was sent")
+    console.print(f"Per recipient: {where.command('report', record.run_id, '--format csv')}")
+
+
+# -- schedule ------------------------------------------------------------------------------
+
+
+def _describe_schedule(schedule: Schedule) -> str:
+    parts = [f"cron {schedule.cron!r} in {schedule.timezone}"]
+    parts.append(f"catchup {'on' if schedule.catchup else 'off'}")
+    parts.append(f"from {_utc(schedule.start_date)}")
+    if schedule.end_date is not None:
+        parts.append(f"until {_utc(schedule.end_date)}")
+    if schedule.max_lateness_minutes is not None:
+        parts.append(f"max lateness {schedule.max_lateness_minutes:g} min")
+    if not schedule.enabled:
+        parts.append("DISABLED")
+    return ", ".join(parts)
+
+
+@main.command(epilog=EPILOG)
+@click.argument("config", type=_CONFIG)
+@click.option(
+    "-n",
+    "count",
+    type=click.IntRange(min=1, max=1000),
+    default=5,
+    show_default=True,
+    help="How many upcoming logical dates.",
+)
+@click.option(
+    "--at",
+    type=_DATETIME,
+    help="Compute as of this moment (ISO 8601, no offset: UTC) instead of now.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@_sandbox_ledger_option
+def schedule(
+    config: Path, count: int, at: datetime | None, as_json: bool, use_sandbox: bool
+) -> None:
+    """Print what `campaignkit run CONFIG --scheduled` would do now, and the next
+    logical dates of CONFIG's schedule with their due times in UTC and in the
+    schedule's time zone. Sends nothing."""
+    pipeline = _look(config, use_sandbox)
+    sched = pipeline.schedule
+    now = at or datetime.now(UTC)
+    with _input_errors(config):
+        upcoming_intervals = upcoming(sched, now, count)
+        with _open_ledger(pipeline, required=False) as ledger:
+            known = ledger.find_runs(pipeline.name) if ledger is not None else []
+        plan = plan_due_runs(sched, pipeline.execution, now=now, runs=known)
+    orphans = [r for r in known if r.status in ACTIVE_STATUSES and not _alive(r.pid)]
+    zone = sched.timezone
+    if as_json:
+        data = {
+            "pipeline": pipeline.name,
+            "now": _iso(now),
+            "schedule": {
+                "enabled": sched.enabled,
+                "cron": sched.cron,
+                "timezone": zone,
+                "catchup": sched.catchup,
+                "start_date": _iso(sched.start_date),
+                "end_date": _iso(sched.end_date),
+                "max_lateness_minutes": sched.max_lateness_minutes,
+            },
+            "due_now": {
+                "resume": [r.run_id for r in orphans],
+                "start": [_interval_dict(i) for i in plan.start],
+                "skip": [_interval_dict(i) for i in plan.skip],
+                "blocked": [
+                    {**_interval_dict(b.interval), "cause": b.cause, "reason": b.reason}
+                    for b in plan.blocked
+                ],
+            },
+            "upcoming": [
+                {
+                    **_interval_dict(i),
+                    "due_local": i.end.astimezone(zoneinfo.ZoneInfo(zone)).isoformat(),
+                }
+                for i in upcoming_intervals
+            ],
+        }
+        click.echo(json.dumps(data, indent=2))
+        return
+    out = _console()
+    out.print(f"{pipeline.name}: {_describe_schedule(sched)}")
+    out.print(f"As of {_utc(now)}, campaignkit run --scheduled would:")
+    lines = [f"  resume  run {r.run_id} (its process is gone)" for r in orphans]
+    lines += [f"  start   logical date {_utc(i.start)} (due {_utc(i.end)})" for i in plan.start]
+    lines += [
+        f"  skip    logical date {_utc(i.start)} (due {_utc(i.end)}, too late)" for i in plan.skip
+    ]
+    lines += [f"  hold    logical date {_utc(b.interval.start)}: {b.reason}" for b in plan.blocked]
+    for line in lines or ["  nothing (no interval is due that has not run)"]:
+        out.print(line)
+    if not upcoming_intervals:
+        out.print("No upcoming logical date (the schedule's end_date has passed).")
+        return
+    table = Table(title="Upcoming", box=box.SIMPLE_HEAD)
+    table.add_column("logical date (UTC)")
+    table.add_column("due (UTC)")
+    if zone != "UTC":
+        table.add_column(f"due ({zone})")
+    for interval in upcoming_intervals:
+        local = [_local(interval.end, zone)] if zone != "UTC" else []
+        table.add_row(_utc(interval.start), _utc(interval.end), *local)
+    out.print(table)
+
+
+# -- scheduler -----------------------------------------------------------------------------
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _say(line: str, *, err: bool = False) -> None:
+    click.echo(f"[{_stamp()}] {line}", err=err)
+    (sys.stderr if err else sys.stdout).flush()
+
+
+def _report_line(report: RunReport) -> str:
+    channels = "; ".join(f"{n} {_brief_counts(r)}" for n, r in report.channels.items())
+    return f"run {report.run_id} {report.status.value}" + (f": {channels}" if channels else "")
+
+
+@main.command(epilog=EPILOG)
+@click.argument("configs", nargs=-1, required=True, type=_CONFIG)
+@click.option(
+    "--poll",
+    type=click.FloatRange(min=0.05),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Longest sleep between checks (blocked runs are retried this often).",
+)
+@_sandbox_option
+@_retry_delay_option
+@_block_option
+def scheduler(
+    configs: tuple[Path, ...],
+    poll: float,
+    use_sandbox: bool,
+    retry_delay: float | None,
+    block: tuple[str, ...],
+) -> None:
+    """Run the schedules of one or more campaigns until stopped: sleep until the next
+    run is due, run what is due (as `run --scheduled`), repeat.
+
+    SIGTERM or Ctrl-C lets the requests in flight finish, records them and exits 0; a
+    run stopped that way is cancelled and can be resumed. Exits when no schedule has a
+    logical date left.
+    """
+    paths = list({p.resolve(): p for p in configs}.values())
+    loaded, pm = _prepare(paths, retry_delay=retry_delay, use_sandbox=use_sandbox, block=block)
+    started = datetime.now(UTC)
+    pipelines: list[tuple[Path, Pipeline]] = []
+    with _sigterm_interrupts(), _sandboxed(loaded, use_sandbox) as (applied, env, _sandbox):
+        try:
+            for path, cfg in zip(paths, applied, strict=True):
+                pipeline = _build(cfg, pm, env)
+                with _input_errors(path):
+                    pipeline.validate()
+                pipelines.append((path, pipeline))
+            names = ", ".join(p.name for _, p in pipelines)
+            _say(f"scheduler started for {names}; checking at least every {poll:g}s")
+            _schedule_loop(pipelines, poll)
+        except KeyboardInterrupt:
+            _say("stopping (requests in flight, if any, finished and were recorded)")
+            for path, pipeline in pipelines:
+                _report_unfinished(_Where(path, use_sandbox), pipeline, since=started)
+    _say("scheduler stopped")
+    raise SystemExit(EXIT_OK)
+
+
+def _schedule_loop(pipelines: Sequence[tuple[Path, Pipeline]], poll: float) -> None:
+    """Check every pipeline, then sleep until the earliest next due time (at most
+    ``poll``); return when no schedule has anything left."""
+    last_said: dict[str, str] = {}
+    while True:
+        dues: list[datetime] = []
+        live = False
+        for path, pipeline in pipelines:
+            try:
+                result = pipeline.run_scheduled()
+            except CampaignKitError as exc:
+                _say(f"{pipeline.name}: error: {_describe_error(exc, path)}", err=True)
+                live = True
+                continue
+            except Exception as exc:
+                log.debug("scheduled run failed", exc_info=True)
+                _say(f"{pipeline.name}: error: {type(exc).__name__}: {exc}", err=True)
+                live = True
+                continue
+            for report in result.reports:
+                _say(f"{pipeline.name}: {_report_line(report)}")
+            for interval in result.skipped:
+                _say(f"{pipeline.name}: {_skipped_line(interval, pipeline.schedule)}")
+            held = "; ".join(f"{_utc(b.interval.start)}: {b.reason}" for b in result.blocked)
+            state = f"{held}|{result.next_due}"
+            if last_said.get(pipeline.name) != state:  # say it when it changes
+                last_said[pipeline.name] = state
+                if held:
+                    _say(f"{pipeline.name}: held back: {held}")
+                when = _next_due_line(pipeline, result.next_due).removeprefix("Next due:  ")
+                _say(f"{pipeline.name}: next run due {when}")
+            if result.next_due is not None:
+                dues.append(result.next_due)
+                live = True
+            elif result.blocked:
+                live = True
+        if not live:
+            _say("no schedule has a logical date left")
+            return
+        wait = poll
+        if dues:
+            until = (min(dues) - datetime.now(UTC)).total_seconds()
+            wait = min(poll, max(until, 0.0) + 0.05)  # wake just after the due time
+        time.sleep(wait)
+
+
+def _report_unfinished(where: _Where, pipeline: Pipeline, *, since: datetime) -> None:
+    """Name the runs this scheduler left unfinished, with the command that resumes them."""
     try:
-        if display is None:
-            return run()
-        with display:
-            return run()
-    except CampaignKitError as exc:
-        _fail(_describe_error(exc, file), EXIT_FAILED if settled.is_set() else EXIT_INPUT_ERROR)
-    except FileExistsError as exc:
-        _fail(f"run directory already exists: {exc.filename}", EXIT_INPUT_ERROR)
-    except KeyboardInterrupt:
-        # Pipeline.run lets the channels that had started finish before this arrives.
-        _fail("interrupted before the run finished", EXIT_FAILED)
-    except Exception as exc:
-        log.debug("run failed", exc_info=True)
-        _fail(f"run failed: {type(exc).__name__}: {exc} (use -vv for details)", EXIT_FAILED)
-
-
-def _dump_sandbox(sandbox: Any, report: RunReport) -> list[str]:
-    """Write the sandbox's recorded messages into the run directory; return what to print."""
-    counts = ", ".join(f"{p} {n}" for p, n in sandbox.counts().items())
-    lines = [f"Sandbox:   accepted messages per provider: {counts or 'none'}"]
-    if report.output_dir is not None:
-        directory = Path(report.output_dir) / "sandbox"
-        written = sandbox.dump(directory)
-        files = ", ".join(path.name for path in written.values())
-        lines.append(f"Sandbox:   recorded messages in {directory}{os.sep} ({files})")
-    return lines
+        with _open_ledger(pipeline, required=False) as ledger:
+            recent = ledger.list_runs(pipeline.name, 20) if ledger is not None else []
+    except CampaignKitError:
+        return
+    for run in recent:
+        if run.created_at < since and (run.finished_at is None or run.finished_at < since):
+            continue
+        if run.status in RESUMABLE_STATUSES or run.status in ACTIVE_STATUSES:
+            _say(
+                f"{pipeline.name}: run {run.run_id} is {run.status}; "
+                f"{where.command('resume', run.run_id)} sends the rest"
+            )
 
 
 # -- validate ------------------------------------------------------------------------------
