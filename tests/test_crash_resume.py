@@ -45,7 +45,7 @@ import attrs
 import pytest
 
 from campaignkit._ledger import SqliteLedger
-from campaignkit.testing.sandbox import Faults, Sandbox, _server
+from campaignkit.testing.sandbox import Faults, Sandbox
 
 WORKER = Path(__file__).with_name("crash_worker.py")
 LOGICAL_DATE = "2026-04-01T00:00:00+00:00"
@@ -574,11 +574,7 @@ def check_resend_unknown(
 
 # -- the tests ---------------------------------------------------------------------------------
 @pytest.fixture
-def sandbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
-    # The sandbox answers a request in two writes (headers, then body); without
-    # TCP_NODELAY Nagle holds the second until the client's delayed ACK, ~40 ms per
-    # request, which would make a few thousand SMS take half a minute.
-    monkeypatch.setattr(_server._Handler, "disable_nagle_algorithm", True)
+def sandbox() -> Iterator[Sandbox]:
     with Sandbox(list(CHANNELS.values())) as sandbox:
         yield sandbox
 
@@ -650,23 +646,13 @@ def test_crash_resume_many_kills(tmp_path: Path, sandbox: Sandbox) -> None:
     print(crash_and_verify(tmp_path, sandbox, n=3000, kills=12, seed=_seed(4)))
 
 
-# Core bug (reported to the lead): a resume re-forms batches from the pending rows, so
-# when a batch's transient leftovers are pending, the batches in flight at the crash are
-# re-sent with other companions; OneSignal's request idempotency key (a digest of the
-# request's messages) then differs and the provider notifies those recipients again.
-# The ledger should keep in-flight (and transiently failed) batches together.
-_BATCHES_REFORMED = pytest.mark.xfail(
-    reason="resume re-forms in-flight batches: OneSignal idempotency keys change", strict=False
-)
-
-
-@_BATCHES_REFORMED
 def test_crash_resume_with_transient_errors(tmp_path: Path, sandbox: Sandbox) -> None:
-    """Eight kills while the providers answer 5% of requests with a 503."""
+    """Batches sent together are re-sent together after a crash, so OneSignal's
+    idempotency keys still match. Eight kills while the providers answer 5% of
+    requests with a 503."""
     print(crash_and_verify(tmp_path, sandbox, n=2000, kills=8, seed=_seed(8), error_rate=0.05))
 
 
-@pytest.mark.xfail(reason=_BATCHES_REFORMED.kwargs["reason"], strict=True)
 def test_in_flight_batch_keeps_its_idempotency_key_after_transient_leftovers(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:

@@ -35,7 +35,7 @@ from ._ratelimit import RateLimiter
 from ._templates import CompiledTemplate
 from .exceptions import DeliveryError, TemplateError
 
-__all__ = ["ChannelPlan", "ChannelRunner", "idempotency_key"]
+__all__ = ["ChannelPlan", "ChannelRunner", "idempotency_key", "result_from_ledger"]
 
 log = logging.getLogger("campaignkit")
 
@@ -49,6 +49,39 @@ ProgressCallback = Callable[[str, int], None]
 #: Checks a rendered message against the channel's content rules: an error code
 #: (``too_many_segments``, ``payload_too_large``) or ``None``.
 ContentCheck = Callable[[Message], str | None]
+
+
+def result_from_ledger(
+    ledger: Ledger,
+    run_id: str,
+    channel: Channel,
+    *,
+    retries: int = 0,
+    requests: int = 0,
+    started: datetime | None = None,
+    stopped: str | None = None,
+) -> ChannelResult:
+    """A channel's totals as the ledger records them (this session's counters aside)."""
+    counts = ledger.counts(run_id, channel.name)
+    states = {k: v for k, v in counts.items() if ":" not in k}
+    return ChannelResult(
+        channel=channel.name,
+        provider=channel.provider,
+        sent=states.get(DeliveryState.SENT, 0),
+        failed=states.get(DeliveryState.FAILED, 0),
+        skipped=states.get(DeliveryState.SKIPPED, 0),
+        pending=states.get(DeliveryState.PENDING, 0) + states.get(DeliveryState.IN_FLIGHT, 0),
+        unknown=states.get(DeliveryState.UNKNOWN, 0),
+        deferred=states.get(DeliveryState.DEFERRED, 0),
+        reasons={k[7:]: v for k, v in counts.items() if k.startswith("reason:")},
+        error_codes={k[5:]: v for k, v in counts.items() if k.startswith("code:")},
+        retries=retries,
+        requests=requests,
+        started_at=started,
+        finished_at=datetime.now(UTC),
+        result_key=channel.report_key,
+        stopped=stopped,
+    )
 
 
 def idempotency_key(run_id: str, channel: str, recipient_id: str) -> str:
@@ -251,11 +284,7 @@ class ChannelRunner:
         started = datetime.now(UTC)
         ledger = self.ledger
         ledger.release_deferred(self.run_id, self.name)
-        first = (
-            self.render(seq, r, address, attempts)
-            for seq, r, address, attempts in ledger.pending(self.run_id, self.name)
-        )
-        self._pass(first)
+        self._pass(self._owed())
         rounds = 0
         waits = backoff.constant(interval=[self.plan.retry.delay_seconds] * self.plan.retry.retries)
         next(waits)  # prime the generator, as backoff's decorators do
@@ -270,7 +299,10 @@ class ChannelRunner:
                 sum(map(len, groups)),
                 delay,
             )
-            self.sleep(delay)
+            if self.sleep is time.sleep:  # a real wait: cut short by an interrupt
+                self.cancel.wait(delay)
+            else:
+                self.sleep(delay)
             self._pass(iter(groups))
         leftover = [p for group in self._retry for p in group]
         self._retry = []
@@ -285,28 +317,34 @@ class ChannelRunner:
             )
         return self._result(started, rounds)
 
+    def _owed(self) -> Iterator[_Pending | _Row | list[_Pending]]:
+        """The pending deliveries, rendered; those that were sent together before (a
+        crash or a transient failure) come as the same batch again."""
+        group: list[_Pending] = []
+        group_id: int | None = None
+        for seq, recipient, address, attempts, batch in self.ledger.pending(self.run_id, self.name):
+            item = self.render(seq, recipient, address, attempts)
+            if batch is not None and batch == group_id and isinstance(item, _Pending):
+                group.append(item)
+                continue
+            if group:
+                yield group
+            group, group_id = [], None
+            if batch is not None and isinstance(item, _Pending):
+                group, group_id = [item], batch
+            else:
+                yield item
+        if group:
+            yield group
+
     def _result(self, started: datetime, rounds: int) -> ChannelResult:
-        t = self.tally
-        counts = self.ledger.counts(self.run_id, self.name)
-        states = {k: v for k, v in counts.items() if ":" not in k}
-        reasons = {k[7:]: v for k, v in counts.items() if k.startswith("reason:")}
-        codes = {k[5:]: v for k, v in counts.items() if k.startswith("code:")}
-        return ChannelResult(
-            channel=self.name,
-            provider=self.plan.channel.provider,
-            sent=states.get(DeliveryState.SENT, 0),
-            failed=states.get(DeliveryState.FAILED, 0),
-            skipped=states.get(DeliveryState.SKIPPED, 0),
-            pending=states.get(DeliveryState.PENDING, 0) + states.get(DeliveryState.IN_FLIGHT, 0),
-            unknown=states.get(DeliveryState.UNKNOWN, 0),
-            deferred=states.get(DeliveryState.DEFERRED, 0),
-            reasons=reasons,
-            error_codes=codes,
+        return result_from_ledger(
+            self.ledger,
+            self.run_id,
+            self.plan.channel,
             retries=rounds,
-            requests=t.requests,
-            started_at=started,
-            finished_at=datetime.now(UTC),
-            result_key=self.plan.channel.report_key,
+            requests=self.tally.requests,
+            started=started,
             stopped=self._stop_reason(),
         )
 
@@ -393,11 +431,14 @@ class ChannelRunner:
 
     def _send(self, conn: Any, batch: list[_Pending]) -> None:
         messages = [p.message for p in batch]
-        self.ledger.mark_in_flight(self.run_id, self.name, [p.seq for p in batch])
         throttle_waits = 0
         outcomes: Sequence[Outcome] = ()
+        marked = False
         while True:
             self.limiter.acquire(len(messages))
+            if not marked:  # after the rate-limit wait: in flight means really on its way
+                self.ledger.mark_in_flight(self.run_id, self.name, [p.seq for p in batch])
+                marked = True
             with self.tally.lock:
                 self.tally.requests += 1
             try:

@@ -150,7 +150,9 @@ class Ledger(Protocol):
     def suppress(
         self, kind: str, address: str, *, reason: str, source: str | None = None
     ) -> None: ...
-    def pending(self, run_id: str, channel: str) -> Iterator[tuple[int, Recipient, str, int]]: ...
+    def pending(
+        self, run_id: str, channel: str
+    ) -> Iterator[tuple[int, Recipient, str, int, int | None]]: ...
     def mark_in_flight(self, run_id: str, channel: str, seqs: Sequence[int]) -> None: ...
     def record(
         self, run_id: str, channel: str, rows: Sequence[tuple[int, DeliveryResult, str, bool]]
@@ -225,6 +227,7 @@ _MIGRATIONS: dict[int, str] = {
     ALTER TABLE deliveries ADD COLUMN address TEXT;
     ALTER TABLE deliveries ADD COLUMN filtered INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE deliveries ADD COLUMN not_before REAL;
+    ALTER TABLE deliveries ADD COLUMN batch INTEGER;
     CREATE INDEX deliveries_by_address ON deliveries (address, state);
     CREATE TABLE suppressions (
         kind TEXT NOT NULL,
@@ -785,33 +788,39 @@ class SqliteLedger:
             rows = self._read.execute(sql + " ORDER BY kind, address")
         return [(r[0], r[1], r[2], r[3]) for r in rows]
 
-    def pending(self, run_id: str, channel: str) -> Iterator[tuple[int, Recipient, str, int]]:
-        """Pending deliveries in recipient order: ``(seq, recipient, address,
-        attempts)``; streamed."""
+    def pending(
+        self, run_id: str, channel: str
+    ) -> Iterator[tuple[int, Recipient, str, int, int | None]]:
+        """Pending deliveries in recipient order: ``(seq, recipient, address, attempts,
+        batch)``; streamed. ``batch`` identifies the request a delivery was last part of
+        (``None`` if never sent): members of a batch must be re-sent together, so that
+        a provider's idempotency key for the request stays the same."""
         run = self._run_key(run_id)
         code = self._channel_code(run, channel)
-        for seq, rid, data, address, attempts in self._pages(
-            "SELECT d.seq, r.recipient_id, r.data, d.address, d.attempts FROM deliveries d "
+        for seq, rid, data, address, attempts, batch in self._pages(
+            "SELECT d.seq, r.recipient_id, r.data, d.address, d.attempts, d.batch "
+            "FROM deliveries d "
             "JOIN recipients r ON r.run = d.run AND r.seq = d.seq "
             "WHERE d.run = ? AND d.channel = ? AND d.state = 'pending' AND d.seq > ? "
             "ORDER BY d.seq LIMIT ?",
             (run, code),
         ):
-            yield seq, _recipient(rid, data), address, attempts
+            yield seq, _recipient(rid, data), address, attempts, batch
 
     def mark_in_flight(self, run_id: str, channel: str, seqs: Sequence[int]) -> None:
-        """Mark deliveries in flight; returns when the mark is durable (a no-op for a
-        ledger that is not durable)."""
+        """Mark deliveries in flight as one batch (its id is its first seq); returns
+        when the mark is durable (a no-op for a ledger that is not durable)."""
         if not self.durable:
             return
         run = self._run_key(run_id)
         code = self._channel_code(run, channel)
         now = time.time()
-        rows = [(now, run, code, s) for s in seqs]
+        batch = min(seqs) if seqs else None
+        rows = [(now, batch, run, code, s) for s in seqs]
 
         def op(conn: sqlite3.Connection) -> None:
             conn.executemany(
-                "UPDATE deliveries SET state = 'in_flight', updated_at = ? "
+                "UPDATE deliveries SET state = 'in_flight', updated_at = ?, batch = ? "
                 "WHERE run = ? AND channel = ? AND seq = ?",
                 rows,
             )

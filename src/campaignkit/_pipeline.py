@@ -30,7 +30,7 @@ from ._config import (
     load_config,
 )
 from ._content import sms_segments
-from ._engine import ChannelPlan, ChannelRunner, ProgressCallback
+from ._engine import ChannelPlan, ChannelRunner, ProgressCallback, result_from_ledger
 from ._ledger import (
     ACTIVE_STATUSES,
     RESUMABLE_STATUSES,
@@ -582,6 +582,12 @@ class Pipeline:
         plans = [self._plan(c, fields) for c in selected]
         ledger = self.ledger()
         try:
+            previous = ledger.get_run(run_id)
+            if previous.status == RunStatus.SKIPPED_LATE.value:
+                raise LedgerError(
+                    f"run {run_id!r} was skipped as too late; start the logical date again "
+                    "deliberately (run with force) if it should still be sent"
+                )
             run = ledger.claim_run(run_id)
             if run.pipeline != self.name:
                 raise LedgerError(f"run {run_id!r} belongs to pipeline {run.pipeline!r}")
@@ -757,7 +763,7 @@ class Pipeline:
         rendered = segments = 0
         failures: dict[str, int] = {}
         kept: list[Message] = []
-        for seq, recipient, address, _ in ledger.pending(run_id, plan.channel.name):
+        for seq, recipient, address, _, _ in ledger.pending(run_id, plan.channel.name):
             item = runner.render(seq, recipient, address)
             if isinstance(item, tuple):  # a message that would fail: render or content rule
                 reason = str(item[1].reason)
@@ -898,6 +904,11 @@ class Pipeline:
                 except Exception as exc:
                     log.exception("channel %s crashed", name)
                     errors[name] = f"{type(exc).__name__}: {exc}"
+        # A resume of some channels reports on the run as a whole: the others as recorded.
+        sent_now = {p.channel.name for p in plans}
+        for channel in self.enabled_channels:
+            if channel.name not in sent_now and ledger.is_planned(run_id, channel.name):
+                results[channel.name] = result_from_ledger(ledger, run_id, channel)
         stops = {r.stopped for r in results.values() if r.stopped}
         if errors or any(s.startswith("credentials") for s in stops):
             status = RunStatus.FAILED
