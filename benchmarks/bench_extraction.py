@@ -73,10 +73,13 @@ def work_campaignkit(path: str) -> dict[str, int]:
 
 
 def work_pipeline_extract(path: str) -> dict[str, int]:
-    """What ``Pipeline.run`` does before any channel starts: the whole stream,
-    validated, spooled to disk and the rejects written (``campaignkit._segment.extract``)."""
+    """What ``Pipeline.run`` does before any channel starts: the whole stream validated,
+    stored as the run's snapshot in the ledger (SQLite, one transaction) and the
+    rejects written (``campaignkit._segment.extract``)."""
     import tempfile
+    from datetime import UTC, datetime
 
+    from campaignkit._ledger import SqliteLedger
     from campaignkit._segment import extract
     from campaignkit._sources import CsvSource
 
@@ -86,12 +89,22 @@ def work_pipeline_extract(path: str) -> dict[str, int]:
         consent={"email": "opted_in_email", "sms": "opted_in_sms", "push": "opted_in_push"},
     )
     with tempfile.TemporaryDirectory() as tmp:
-        _, stats = extract(
+        ledger = SqliteLedger(Path(tmp) / "ledger.db")
+        ledger.begin_run(
+            run_id="bench",
+            pipeline="bench",
+            logical_date=datetime(2026, 1, 1, tzinfo=UTC),
+            fingerprint="-",
+            config_file=None,
+            max_active_runs=None,
+        )
+        stats = extract(
             source,
             required={"email", "phone", "push_token"},
-            spool=Path(tmp) / "segment.spool",
             rejects=Path(tmp) / "rejected.csv",
+            store=lambda recipients: ledger.write_snapshot("bench", recipients),
         )
+        ledger.close()
     return {"rows": stats.rows_read, "recipients": stats.recipients, "rejected": stats.rejected}
 
 
