@@ -63,7 +63,9 @@ def worker(path: str) -> None:
         Channel(
             name="push",
             provider="recording",
-            template=Template(title="Sale", body="Hi {{ first_name }}", data={"seg": "{{ segment }}"}),
+            template=Template(
+                title="Sale", body="Hi {{ first_name }}", data={"seg": "{{ segment }}"}
+            ),
             options={"address_field": "push_token"},
             batch_size=100,
         ),
@@ -103,17 +105,27 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sizes = sorted(a.rows)
     configs = [
-        Config(f"{n:,} rows", [sys.executable, str(Path(__file__).resolve()), "--worker",
-                               str(ensure_segment(n))])
+        Config(
+            f"{n:,} rows",
+            [sys.executable, str(Path(__file__).resolve()), "--worker", str(ensure_segment(n))],
+        )
         for n in sizes
     ]
     print(f"== memory: 3-channel run (recording channel), {a.rounds} rounds")
     results = run_rounds(configs, a.rounds)
     base = configs[0].name
-    print_table(summarize(results, "peak_mb", baseline=base), "peak RSS MB", baseline=base,
-                value_format="{:,.1f}")
-    print_table(summarize(results, "rows_per_s", baseline=base), "rows/s", baseline=base,
-                columns=(("secs", "seconds", "{:.1f}"), ("box_pct", "box%", "{:.0f}")))
+    print_table(
+        summarize(results, "peak_mb", baseline=base),
+        "peak RSS MB",
+        baseline=base,
+        value_format="{:,.1f}",
+    )
+    print_table(
+        summarize(results, "rows_per_s", baseline=base),
+        "rows/s",
+        baseline=base,
+        columns=(("secs", "seconds", "{:.1f}"), ("box_pct", "box%", "{:.0f}")),
+    )
     for name, runs in results.items():
         r = runs[0]
         print(

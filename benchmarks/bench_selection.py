@@ -77,7 +77,9 @@ def work_plan(path: str) -> dict[str, float]:
         Channel(
             name="push",
             provider="expo",
-            template=Template(title="Sale", body="Hi {{ first_name }}", data={"s": "{{ segment }}"}),
+            template=Template(
+                title="Sale", body="Hi {{ first_name }}", data={"s": "{{ segment }}"}
+            ),
             quiet_hours=QuietHoursConfig(start="22:00", end="07:00"),
         ),
     ]
