@@ -33,16 +33,19 @@ HEADER = (
     "customer_id,email_address,phone,push_token,first_name,last_name,segment,city,"
     "opted_in_email,opted_in_sms,opted_in_push\n"
 )
-# 8 rows: 2 rejected by the source, 1 without any consent, and one bad address per channel.
+# 8 rows: 2 rejected by the source, 1 without any consent, one standard-segment customer
+# (the example's e-mail goes to the premium segment only), and one bad address per
+# channel: an address the SendGrid sandbox refuses (400), Twilio's invalid test number
+# (21211), and an empty Expo token (invalid_address: never sent).
 ROWS = [
     "C1,ada@example.com,+14155550101,ExponentPushToken[aaaaaaaaaaaaaaaaaaaaa1],Ada,Lovelace,premium,London,yes,yes,yes",
-    "C2,bounce@invalid.example,+14155550102,ExponentPushToken[aaaaaaaaaaaaaaaaaaaaa2],Bo,Ng,standard,Austin,yes,yes,yes",
-    "C3,cy@example.com,+15550100001,ExponentPushToken[aaaaaaaaaaaaaaaaaaaaa3],Cy,Ray,standard,Miami,true,1,Y",
+    "C2,bounce@invalid.example,+14155550102,ExponentPushToken[aaaaaaaaaaaaaaaaaaaaa2],Bo,Ng,premium,Austin,yes,yes,yes",
+    "C3,cy@example.com,+15005550001,ExponentPushToken[aaaaaaaaaaaaaaaaaaaaa3],Cy,Ray,standard,Miami,true,1,Y",
     "C4,di@example.org,+14155550104,ExponentPushToken[],Di,Ho,premium,Denver,1,TRUE,yes",
     ",eve@example.com,+14155550105,,Eve,Li,standard,Boston,yes,yes,yes",
     "C6,fay@example.com,+14155550106,,Fay,Wu,standard,Boston,maybe,yes,yes",
     "C7,gus@example.com,+14155550107,ExponentPushToken[aaaaaaaaaaaaaaaaaaaaa7],Gus,Oz,standard,Miami,no,no,no",
-    "C8,hal@example.net,+447700900123,ExponentPushToken[aaaaaaaaaaaaaaaaaaaaa8],Hal,Jo,premium,Leeds,yes,yes,yes",
+    "C8,hal@example.net,+447911123456,ExponentPushToken[aaaaaaaaaaaaaaaaaaaaa8],Hal,Jo,premium,Leeds,yes,yes,yes",
 ]
 GOOD_ROWS = [ROWS[0], ROWS[7]]
 
@@ -52,6 +55,7 @@ SECRET = "s3cret-token-never-printed"
 def make_campaign(directory: Path, rows: list[str] = ROWS, *, edit: Any = None) -> Path:
     """A copy of the example campaign over a small segment, in ``directory``."""
     shutil.copytree(EXAMPLE / "templates", directory / "templates")
+    shutil.copytree(EXAMPLE / "suppressions", directory / "suppressions")
     text = (EXAMPLE / "campaign.toml").read_text(encoding="utf-8")
     if edit is not None:
         text = edit(text)
@@ -112,14 +116,19 @@ def test_run_sandbox_json_reports_every_outcome(campaign: Path, tmp_path: Path) 
         "rejected_reasons": {"bad_consent_value": 1, "empty_required_field": 1},
     }
     email = report["email_campaign_results"]
-    assert (email["sent"], email["failed"], email["skipped"]) == (4, 1, 1)
+    assert (email["sent"], email["failed"], email["skipped"]) == (3, 1, 2)
     assert email["error_codes"] == {"400": 1}
+    # C3 is in the standard segment: the example's e-mail filter leaves it out.
+    assert email["reasons"] == {"filtered": 1, "no_consent": 1, "permanent_error": 1}
     sms = report["sms_campaign_results"]
     assert (sms["sent"], sms["failed"], sms["skipped"]) == (4, 1, 1)
     assert sms["error_codes"] == {"21211": 1}
+    assert sms["reasons"] == {"no_consent": 1, "permanent_error": 1}
     push = report["push_notification_results"]
-    assert (push["sent"], push["failed"], push["skipped"]) == (4, 1, 1)
-    assert push["error_codes"] == {"DeviceNotRegistered": 1}
+    # C4's empty ExponentPushToken[] is refused before sending, not by Expo.
+    assert (push["sent"], push["failed"], push["skipped"]) == (4, 0, 2)
+    assert push["error_codes"] == {}
+    assert push["reasons"] == {"invalid_address": 1, "no_consent": 1}
 
     run_dir = out / "r1"
     assert report["output_dir"] == str(run_dir)
@@ -129,12 +138,19 @@ def test_run_sandbox_json_reports_every_outcome(campaign: Path, tmp_path: Path) 
     emails = [json.loads(line) for line in recorded["sendgrid.jsonl"]]
     assert sorted(m["to"] for m in emails) == [
         "ada@example.com",
-        "cy@example.com",
         "di@example.org",
         "hal@example.net",
     ]
-    assert any("early access" in m["subject"] for m in emails)  # premium template branch
+    assert all("early access" in m["subject"] for m in emails)  # premium template branch
+    # RFC 8058 one-click unsubscribe headers, per recipient.
+    ada = next(m for m in emails if m["to"] == "ada@example.com")
+    assert ada["headers"]["List-Unsubscribe"].startswith(
+        "<https://shop.example.com/unsubscribe?c=C1>"
+    )
+    assert ada["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert len(recorded["twilio.jsonl"]) == 4
+    pushed = [json.loads(line)["to"] for line in recorded["expo.jsonl"]]
+    assert "ExponentPushToken[]" not in pushed and len(pushed) == 4
     # --json prints only the report on stdout; the sandbox notes go to stderr.
     assert "Sandbox:" in stderr_of(result) and "sandbox" in stderr_of(result)
 
@@ -152,13 +168,18 @@ def test_run_human_summary(campaign: Path, tmp_path: Path) -> None:
         "push",
         "expo",
         "code 21211: 1",
-        "code DeviceNotRegistered: 1",
+        "code 400: 1",
+        "filtered 1",
+        "invalid_address 1",
         "report.json",
         "rejected.csv",
         "Status: partial (exit 1)",
-        "Sandbox:   accepted messages per provider: sendgrid 4, twilio 4, expo 4",
+        "Sandbox:   accepted messages per provider: sendgrid 3, twilio 4, expo 4",
     ):
         assert expected in text, expected
+    # Per-recipient outcomes are in the ledger, not in files of the run directory.
+    assert f"Results:   per recipient in the ledger: campaignkit report {campaign} " in text
+    assert "email.jsonl" not in text and "sms.jsonl" not in text
 
 
 def test_run_all_sent_exits_0(tmp_path: Path) -> None:
@@ -248,22 +269,44 @@ def test_run_without_token_exits_2_before_sending(campaign: Path, tmp_path: Path
     assert not (tmp_path / "o").exists()  # nothing started
 
 
-def test_run_twice_with_the_same_run_id_is_an_input_error(tmp_path: Path) -> None:
+def test_run_twice_for_the_same_logical_date_sends_once(tmp_path: Path) -> None:
+    """The second run of a logical date reports the first run and sends nothing;
+    --force starts a new run deliberately."""
     config = make_campaign(tmp_path, GOOD_ROWS)
-    args = (
-        "run",
-        str(config),
-        "--sandbox",
-        "--json",
-        "--run-id",
-        "same",
-        "--output-dir",
-        str(tmp_path / "o"),
-    )
-    assert invoke(*args).exit_code == 0
-    again = invoke(*args)
+    out = tmp_path / "o"
+    args = ("run", str(config), "--sandbox", "--json", "--output-dir", str(out))
+    first = invoke(*args, "--run-id", "same")
+    assert first.exit_code == 0, first.output
+    report = json.loads(first.stdout)
+    assert report["run_id"] == "same"
+    recorded = out / "same" / "sandbox" / "twilio.jsonl"
+    assert len(recorded.read_text().splitlines()) == 2
+
+    again = invoke(*args, "--run-id", "other")
+    no_traceback(again)
+    assert again.exit_code == 0, again.output  # the first run's outcome
+    assert json.loads(again.stdout) == report  # its stored report, not a new run
+    notes = stderr_of(again)
+    assert "Already ran: logical date" in notes and "nothing was sent now" in notes
+    assert "accepted messages per provider: sendgrid 0, twilio 0, expo 0" in notes
+    assert len(recorded.read_text().splitlines()) == 2  # the record is not overwritten
+    assert not (out / "other").exists()
+
+    forced = invoke(*args, "--force")
+    assert forced.exit_code == 0, forced.output
+    second = json.loads(forced.stdout)
+    assert second["run_id"] != "same" and second["run_id"].endswith("__2")
+    assert "accepted messages per provider: sendgrid 2, twilio 2, expo 2" in stderr_of(forced)
+
+
+def test_run_with_an_existing_run_id_for_another_date_is_an_input_error(tmp_path: Path) -> None:
+    config = make_campaign(tmp_path, GOOD_ROWS)
+    args = ("run", str(config), "--sandbox", "--json", "--output-dir", str(tmp_path / "o"))
+    assert invoke(*args, "--run-id", "same", "--logical-date", "2024-03-01").exit_code == 0
+    again = invoke(*args, "--run-id", "same", "--logical-date", "2024-03-02")
+    no_traceback(again)
     assert again.exit_code == 2
-    assert "run directory already exists" in stderr_of(again)
+    assert "run 'same' already exists" in stderr_of(again)
 
 
 def test_verbose_logs_to_stderr_without_tokens(tmp_path: Path) -> None:
@@ -392,8 +435,8 @@ def test_preview_renders_and_sends_nothing(tmp_path: Path) -> None:
         push = invoke("preview", str(config), "-c", "push", "-n", "5", "--json")
         assert push.exit_code == 0, push.output
         messages = json.loads(push.stdout)
-        # C7 has no push consent; C5/C6 were rejected by the source.
-        assert [m["recipient_id"] for m in messages] == ["C1", "C2", "C3", "C4", "C8"]
+        # C7 has no push consent; C5/C6 were rejected by the source; C4's token is empty.
+        assert [m["recipient_id"] for m in messages] == ["C1", "C2", "C3", "C8"]
         assert messages[0]["address"] == "ExponentPushToken[aaaaaaaaaaaaaaaaaaaaa1]"
         assert messages[0]["data"] == {
             "url": "exampleshop://offers/spring?segment=premium",

@@ -8,18 +8,33 @@ committed CSV can be regenerated and compared::
 
 The data is fictitious and safe to send to a sandbox: e-mail addresses use the
 reserved ``example.com/.org/.net`` domains, phone numbers the ranges reserved for
-fiction (US ``555-01XX``, UK ``07700 900XXX``, Australia ``0491 570 XXX``).
+fiction that are still valid numbers (US ``555-0100`` to ``555-0199``; UK Ofcom drama
+numbers ``020 7946 0xxx``, ``0161 496 0xxx``, ``0131 496 0xxx``; Australia's
+``0491 570 006`` to ``0491 570 159``). Phone numbers are written the way customers
+type them: some in E.164, most in their country's national format, which the campaign
+reads with the ``country`` column (``region_field``) or its ``phone_region``. Every
+generated number is distinct; duplicates are deliberate (below).
 
 Some rows are deliberately bad, so that a run shows every outcome:
 
 * an empty ``customer_id`` or a consent value that is not yes/no/true/false/1/0
   (``maybe``): the source rejects the row (``rejected.csv`` in the run directory);
+* addresses that are not addresses (``x@@example.com``, ``555-0143``, the UK drama
+  *mobile* range ``07700 900xxx``, which is reserved and not a valid number, Expo
+  tokens that are empty or not Expo tokens): ``invalid_address``, never sent;
+* the same customer twice, under another id, with the e-mail address in other letter
+  case or the phone number in another format: ``duplicate``;
+* the addresses listed in ``suppressions/`` (written here as :data:`SUPPRESSED_EMAILS`
+  and :data:`SUPPRESSED_PHONE`): ``suppressed``;
 * addresses at ``invalid.example``: the SendGrid sandbox refuses them (HTTP 400);
-* phone numbers in ``+1555010XXXX`` (a NANP exchange cannot start with 0) or not in
-  E.164: the Twilio sandbox refuses them with error 21211;
-* push tokens that are not Expo push tokens: the Expo sandbox answers
-  ``DeviceNotRegistered``;
+* Twilio's magic test numbers ``+15005550001`` (refused, error 21211) and
+  ``+15005550004`` (the recipient sent STOP, error 21610: the number is added to the
+  ledger's suppression list, and later runs skip it as ``suppressed``);
 * empty addresses and ``no`` consent: the channel skips the recipient.
+
+The ``standard`` segment is ``filtered`` out of the e-mail channel, which goes to the
+``premium`` segment only; names outside the GSM-7 alphabet (``Łukasz``, ``Zoë``) make
+an SMS UCS-2, and the longer ones exceed the SMS channel's ``max_sms_segments``.
 """
 
 from __future__ import annotations
@@ -41,10 +56,14 @@ HEADER = [
     "last_name",
     "segment",
     "city",
+    "country",
+    "timezone",
     "opted_in_email",
     "opted_in_sms",
     "opted_in_push",
 ]
+EMAIL, PHONE, TOKEN, SEGMENT = 1, 2, 3, 6
+CONSENT_EMAIL, CONSENT_SMS, CONSENT_PUSH = 10, 11, 12
 
 FIRST_NAMES = (  # noqa: SIM905 - compact word list
     "Olivia Liam Emma Noah Amelia Oliver Ava Elijah Sophia James Isabella William Mia "
@@ -57,37 +76,52 @@ LAST_NAMES = (  # noqa: SIM905 - compact word list
     "Müller Schmidt Dubois Rossi Novak Kowalski Andersson O'Brien Okafor Haddad Sato "
     "Chen Silva Costa"
 ).split()
-#: (city, phone style)
-CITIES = [
-    ("New York", "us"),
-    ("Chicago", "us"),
-    ("Austin", "us"),
-    ("Seattle", "us"),
-    ("San Francisco", "us"),
-    ("Denver", "us"),
-    ("Boston", "us"),
-    ("Miami", "us"),
-    ("London", "uk"),
-    ("Manchester", "uk"),
-    ("Edinburgh", "uk"),
-    ("Sydney", "au"),
-    ("Melbourne", "au"),
-]
-US_AREA_CODES = {
-    "New York": "212",
-    "Chicago": "312",
-    "Austin": "512",
-    "Seattle": "206",
-    "San Francisco": "415",
-    "Denver": "303",
-    "Boston": "617",
-    "Miami": "305",
+#: city -> (country, IANA time zone, phone number prefix)
+CITIES: dict[str, tuple[str, str, str]] = {
+    "New York": ("US", "America/New_York", "212"),
+    "Chicago": ("US", "America/Chicago", "312"),
+    "Austin": ("US", "America/Chicago", "512"),
+    "Seattle": ("US", "America/Los_Angeles", "206"),
+    "San Francisco": ("US", "America/Los_Angeles", "415"),
+    "Denver": ("US", "America/Denver", "303"),
+    "Boston": ("US", "America/New_York", "617"),
+    "Miami": ("US", "America/New_York", "305"),
+    "London": ("GB", "Europe/London", "020 7946 0"),
+    "Manchester": ("GB", "Europe/London", "0161 496 0"),
+    "Edinburgh": ("GB", "Europe/London", "0131 496 0"),
+    "Sydney": ("AU", "Australia/Sydney", "0491 570 "),
+    "Melbourne": ("AU", "Australia/Melbourne", "0491 570 "),
 }
 DOMAINS = ["example.com", "example.org", "example.net"]
 YES = ["yes", "true", "1", "Y", "Yes", "TRUE"]
 NO = ["no", "false", "0", "N", "No", "FALSE"]
 BAD_CONSENT = ["maybe", "unknown", "2", "opt-in"]
 TOKEN_ALPHABET = string.ascii_letters + string.digits
+
+#: E-mail addresses of customers who unsubscribed; ``suppressions/email.txt`` lists
+#: them (in other letter case: suppression matches e-mail addresses without case).
+SUPPRESSED_EMAILS = ("opted.out@example.com", "no.more.offers@example.org")
+#: A number that ``suppressions/sms.csv`` lists in national format, (312) 555-0100;
+#: kept out of the numbers handed to other customers.
+SUPPRESSED_PHONE = "+13125550100"
+#: Where the first bounce goes, so that the first 50 e-mails include a failure.
+EARLY_BOUNCE = 4
+
+#: The deliberate problems, in the order their rows are drawn.
+PROBLEMS = (
+    ["no_id"] * 3
+    + ["bad_consent"] * 3
+    + ["bounce_email"] * 2
+    + ["bad_email"] * 2
+    + ["dup_email"] * 2
+    + ["dup_phone"] * 2
+    + ["bad_phone", "short_phone", "uk_drama_mobile"]
+    + ["twilio_invalid", "twilio_stop"]
+    + ["bad_token"] * 3
+    + ["suppressed_email"] * len(SUPPRESSED_EMAILS)
+    + ["suppressed_phone"]
+    + ["no_phone_consent_yes"] * 2
+)
 
 
 def ascii_slug(text: str) -> str:
@@ -97,13 +131,31 @@ def ascii_slug(text: str) -> str:
     return "".join(c for c in decomposed if c.isascii() and c.isalpha()).lower()
 
 
-def phone_number(rng: random.Random, city: str, style: str) -> str:
-    """A fictitious mobile number in E.164 for ``city``."""
-    if style == "uk":
-        return f"+447700900{rng.randrange(0, 1000):03d}"
-    if style == "au":
-        return f"+61491570{rng.randrange(6, 160):03d}"
-    return f"+1{US_AREA_CODES[city]}55501{rng.randrange(0, 100):02d}"
+class Phones:
+    """Distinct fictitious numbers per city, written as customers type them."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.used = {SUPPRESSED_PHONE}
+
+    def number(self, city: str) -> str:
+        country, _, prefix = CITIES[city]
+        while True:
+            if country == "US":
+                line = f"01{self.rng.randrange(0, 100):02d}"
+                e164 = f"+1{prefix}555{line}"
+                forms = [e164, f"({prefix}) 555-{line}", f"{prefix}-555-{line}"]
+            elif country == "GB":
+                national = f"{prefix}{self.rng.randrange(0, 1000):03d}"
+                e164 = "+44" + national[1:].replace(" ", "")
+                forms = [e164, national, "+44 " + national[1:]]
+            else:
+                national = f"{prefix}{self.rng.randrange(6, 160):03d}"
+                e164 = "+61" + national[1:].replace(" ", "")
+                forms = [e164, national, national]
+            if e164 not in self.used:
+                self.used.add(e164)
+                return self.rng.choice(forms)
 
 
 def consent(rng: random.Random, p_yes: float) -> str:
@@ -113,22 +165,24 @@ def consent(rng: random.Random, p_yes: float) -> str:
 def make_rows(count: int, seed: int) -> list[list[str]]:
     """``count`` rows (after the header), the same for the same ``seed``."""
     rng = random.Random(seed)
+    phones = Phones(rng)
+    cities = list(CITIES)
     rows: list[list[str]] = []
     for n in range(count):
         first = rng.choice(FIRST_NAMES)
         last = rng.choice(LAST_NAMES)
-        city, style = rng.choice(CITIES)
-        customer_id = f"C{10001 + n}"
+        city = rng.choice(cities)
+        country, zone, _ = CITIES[city]
         local = f"{ascii_slug(first)}.{ascii_slug(last)}{n + 1}"
         email = f"{local}@{rng.choice(DOMAINS)}" if rng.random() < 0.93 else ""
-        phone = phone_number(rng, city, style) if rng.random() < 0.8 else ""
+        phone = phones.number(city) if rng.random() < 0.8 else ""
         token = ""
         if rng.random() < 0.7:
             token = "ExponentPushToken[" + "".join(rng.choices(TOKEN_ALPHABET, k=22)) + "]"
         segment = "premium" if rng.random() < 0.3 else "standard"
         rows.append(
             [
-                customer_id,
+                f"C{10001 + n}",
                 email,
                 phone,
                 token,
@@ -136,43 +190,95 @@ def make_rows(count: int, seed: int) -> list[list[str]]:
                 last,
                 segment,
                 city,
+                country,
+                zone,
                 consent(rng, 0.85),
                 consent(rng, 0.7),
                 consent(rng, 0.75),
             ]
         )
-    # Deliberate problems, at fixed positions so that the file stays deterministic.
-    bad = random.Random(seed + 1)
-    positions = bad.sample(range(count), k=min(count, 18))
-    for kind, index in zip(
-        ["no_id"] * 3
-        + ["bad_consent"] * 3
-        + ["bad_email"] * 3
-        + ["bad_phone"] * 4
-        + ["bad_token"] * 3
-        + ["no_phone_consent_yes"] * 2,
-        positions,
-        strict=False,
-    ):
+    _add_problems(rows, random.Random(seed + 1))
+    return rows
+
+
+def _add_problems(rows: list[list[str]], bad: random.Random) -> None:
+    """Make the deliberate problems, at positions drawn from ``bad``."""
+    count = len(rows)
+    early = EARLY_BOUNCE if count > EARLY_BOUNCE else None
+    pool = [i for i in range(count) if i != early]
+    positions = bad.sample(pool, k=min(len(pool), len(PROBLEMS)))
+    if early is not None:
+        first_bounce = PROBLEMS.index("bounce_email")
+        positions.insert(first_bounce, early)
+    taken = set(positions)
+    with_email = [i for i in range(count) if i not in taken and rows[i][EMAIL]]
+    with_phone = [i for i in range(count) if i not in taken and rows[i][PHONE]]
+    email_sources = bad.sample(with_email, k=min(len(with_email), PROBLEMS.count("dup_email")))
+    phone_sources = bad.sample(with_phone, k=min(len(with_phone), PROBLEMS.count("dup_phone")))
+    suppressed = iter(SUPPRESSED_EMAILS)
+    for kind, index in zip(PROBLEMS, positions, strict=False):
         row = rows[index]
         if kind == "no_id":
             row[0] = ""
         elif kind == "bad_consent":
-            row[8 + bad.randrange(3)] = bad.choice(BAD_CONSENT)
+            row[CONSENT_EMAIL + bad.randrange(3)] = bad.choice(BAD_CONSENT)
+        elif kind == "bounce_email":
+            # Valid, but the SendGrid sandbox refuses every address at invalid.example.
+            row[EMAIL] = f"{ascii_slug(row[4])}.bounce{index}@invalid.example"
+            row[SEGMENT], row[CONSENT_EMAIL] = "premium", "yes"
         elif kind == "bad_email":
-            row[1] = f"{ascii_slug(row[4])}.bounce{index}@invalid.example"
-            row[8] = "yes"
-        elif kind == "bad_phone":
-            # +1555010XXXX: reserved, never a real number; the Twilio sandbox says 21211.
-            row[2] = f"+1555010{bad.randrange(0, 10_000):04d}" if index % 2 else "555-0143"
-            row[9] = "yes"
+            local = f"{ascii_slug(row[4])}.{ascii_slug(row[5])}"
+            row[EMAIL] = bad.choice([f"{local}@@example.com", f"{local}.example.com"])
+            row[SEGMENT], row[CONSENT_EMAIL] = "premium", "yes"
+        elif kind == "dup_email" and email_sources:
+            # The same customer under a second id: the address in other letter case.
+            source = rows[email_sources.pop()]
+            row[EMAIL] = source[EMAIL].capitalize()
+            row[SEGMENT] = source[SEGMENT] = "premium"
+            row[CONSENT_EMAIL] = source[CONSENT_EMAIL] = "yes"
+        elif kind == "dup_phone" and phone_sources:
+            # The same number in another format (E.164 against national), same country.
+            source = rows[phone_sources.pop()]
+            row[PHONE] = _other_format(source[PHONE])
+            row[7:10] = source[7:10]
+            row[CONSENT_SMS] = source[CONSENT_SMS] = "yes"
+        elif kind in ("bad_phone", "short_phone", "uk_drama_mobile"):
+            row[PHONE] = {
+                "bad_phone": f"+1555010{bad.randrange(0, 10_000):04d}",  # no such exchange
+                "short_phone": "555-0143",  # no area code
+                "uk_drama_mobile": f"07700 900{bad.randrange(0, 1000):03d}",
+            }[kind]
+            if kind == "uk_drama_mobile":
+                row[7:10] = ["London", "GB", "Europe/London"]
+            row[CONSENT_SMS] = "yes"
+        elif kind in ("twilio_invalid", "twilio_stop"):
+            row[PHONE] = "+15005550001" if kind == "twilio_invalid" else "+15005550004"
+            row[CONSENT_SMS] = "yes"
         elif kind == "bad_token":
-            row[3] = bad.choice(["ExponentPushToken[]", "fcm:dGVzdC10b2tlbg", "null"])
-            row[10] = "yes"
-        else:
-            row[2] = ""
-            row[9] = "yes"
-    return rows
+            row[TOKEN] = bad.choice(["ExponentPushToken[]", "fcm:dGVzdC10b2tlbg", "null"])
+            row[CONSENT_PUSH] = "yes"
+        elif kind == "suppressed_email":
+            row[EMAIL] = next(suppressed)
+            row[SEGMENT], row[CONSENT_EMAIL] = "premium", "yes"
+        elif kind == "suppressed_phone":
+            row[PHONE] = SUPPRESSED_PHONE
+            row[7:10] = ["Chicago", "US", "America/Chicago"]
+            row[CONSENT_SMS] = "yes"
+        elif kind == "no_phone_consent_yes":
+            row[PHONE] = ""
+            row[CONSENT_SMS] = "yes"
+
+
+def _other_format(phone: str) -> str:
+    """``phone`` written differently, the same number once normalised."""
+    digits = phone.replace(" ", "").replace("(", "").replace(")", "").replace("-", "")
+    if phone.startswith("+1"):
+        return f"({digits[2:5]}) {digits[5:8]}-{digits[8:]}"
+    if phone.startswith("+"):
+        return phone.replace(" ", "") if " " in phone else phone[:3] + " " + phone[3:]
+    if len(digits) == 10 and not digits.startswith("0"):
+        return f"+1{digits}"
+    return phone.replace(" ", "")
 
 
 def write(path: Path, rows: list[list[str]]) -> None:

@@ -1,8 +1,10 @@
 """The ``campaignkit`` command line.
 
-Sending: ``run`` (one logical date, or ``--scheduled``), ``resume``, ``retry-failed``,
-``scheduler``. Looking: ``runs``, ``report``, ``schedule``, ``validate``, ``preview``,
-``channels``. Testing: ``sandbox`` (and ``--sandbox`` on the sending commands).
+Sending: ``run`` (one logical date, or ``--scheduled``; ``--limit N`` a canary,
+``--dry-run`` a plan that sends nothing), ``resume``, ``retry-failed``, ``scheduler``.
+Looking: ``runs``, ``report``, ``schedule``, ``validate``, ``preview``, ``channels``.
+Audience: ``suppress``, ``suppressions``. Testing: ``sandbox`` (and ``--sandbox`` on the
+sending and ledger commands).
 
 Every command that touches runs takes the campaign file: provider tokens come from the
 environment and templates from the campaign, neither is stored in the ledger, so a
@@ -11,13 +13,16 @@ resume rebuilds the channels from the same file.
 Exit codes (also in ``campaignkit --help`` and ``docs/cli.md``):
 
 * 0: every recipient was sent, or deliberately skipped (no consent, no address, over
-  target; a scheduled run recorded as ``skipped_late``); nothing was due;
-* 1: the run completed but some deliveries failed or are ``unknown``;
+  target; a scheduled run recorded as ``skipped_late``); a canary (``--limit``) or a
+  run holding messages for quiet hours, without failures; a dry run; nothing was due;
+* 1: the run completed (or sent its canary) but some deliveries failed or are
+  ``unknown``;
 * 2: an input or configuration error stopped the command before anything was sent
   (:class:`~campaignkit.ConfigError`, :class:`~campaignkit.SourceError`,
-  :class:`~campaignkit.TemplateError`, :class:`~campaignkit.PluginError`, a guard
-  raising in ``campaignkit_run_started``, a ledger error such as an unknown run id or
-  ``max_active_runs`` reached, a bad option);
+  :class:`~campaignkit.TemplateError`, :class:`~campaignkit.PluginError`,
+  :class:`~campaignkit.AudienceGuardError` (``expected_audience``), a guard raising in
+  ``campaignkit_run_started``, a ledger error such as an unknown run id or
+  ``max_active_runs`` reached, an invalid address given to ``suppress``, a bad option);
 * 3: the run failed (a channel crashed, an unexpected error once delivery started),
   timed out, or was interrupted (``cancelled``); what it did not send stays pending
   for ``campaignkit resume``.
@@ -65,7 +70,9 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from ._config import PipelineConfig, Schedule, load_config
+from ._address import AddressValidator
+from ._config import Channel, PipelineConfig, Schedule, load_config
+from ._content import sms_segments
 from ._ledger import (
     ACTIVE_STATUSES,
     RESUMABLE_STATUSES,
@@ -74,11 +81,22 @@ from ._ledger import (
     SqliteLedger,
     _alive,
 )
-from ._models import ChannelResult, DeliveryResult, Message, Rate, RunReport, RunStatus
-from ._pipeline import Pipeline, ScheduledRuns
+from ._models import (
+    ChannelResult,
+    DeliveryResult,
+    Message,
+    Rate,
+    Reason,
+    RunReport,
+    RunStatus,
+    Secret,
+)
+from ._notifier import ChannelSettings, Notifier
+from ._pipeline import ChannelPlanSummary, Pipeline, PlanReport, ScheduledRuns
 from ._plugins import BLOCK_ENV, Registry, get_plugin_manager
 from ._schedule import Interval, manual_logical_date, plan_due_runs, upcoming
-from .exceptions import CampaignKitError, ConfigError
+from ._suppression import _entries as _suppression_entries
+from .exceptions import CampaignKitError, ConfigError, PluginError
 
 __all__ = ["EXIT_FAILED", "EXIT_INPUT_ERROR", "EXIT_OK", "EXIT_PARTIAL", "main"]
 
@@ -93,7 +111,8 @@ EXIT_FAILED = 3
 _EXIT_BY_STATUS: dict[str, int] = {
     RunStatus.SUCCEEDED.value: EXIT_OK,
     RunStatus.SKIPPED_LATE.value: EXIT_OK,  # a declared policy, not an error
-    "deferred": EXIT_OK,  # quiet hours hold messages back; a later resume sends them
+    RunStatus.DEFERRED.value: EXIT_OK,  # quiet hours hold messages back; a resume sends them
+    RunStatus.CANARY.value: EXIT_OK,  # --limit: the rest is pending for the full run
     RunStatus.PARTIAL.value: EXIT_PARTIAL,
     RunStatus.FAILED.value: EXIT_FAILED,
     RunStatus.TIMED_OUT.value: EXIT_FAILED,
@@ -102,10 +121,12 @@ _EXIT_BY_STATUS: dict[str, int] = {
 
 EPILOG = """\b
 Exit codes:
-  0  all sent (or deliberately skipped: no consent, no address, over target,
-     a scheduled run too late); run --scheduled with nothing due
-  1  the run completed but some deliveries failed or are unknown
-  2  input or configuration error (unknown run id, bad option...); nothing was sent
+  0  all sent (or deliberately skipped: no consent, suppressed, filtered, over
+     target, a scheduled run too late); a canary (--limit) or quiet-hours
+     deferral without failures; a dry run; run --scheduled with nothing due
+  1  the run completed but some deliveries failed or are unknown (a canary too)
+  2  input or configuration error (unknown run id, bad option, expected_audience
+     guard...); nothing was sent
   3  the run failed (a channel crashed), timed out or was interrupted;
      what it did not send stays pending: campaignkit resume CONFIG RUN_ID
 
@@ -273,6 +294,21 @@ def _iso(value: datetime | None) -> str | None:
 
 def _exit_code(status: str) -> int:
     return _EXIT_BY_STATUS.get(str(status), EXIT_FAILED)
+
+
+def _report_exit(report: RunReport) -> int:
+    """The exit code of a run: its status's, except that a canary or a run holding
+    messages for quiet hours exits 1, as a partial run, when deliveries failed or are
+    unknown (those statuses say what is still owed, not whether what went out failed)."""
+    code = _exit_code(report.status)
+    held = (RunStatus.CANARY.value, RunStatus.DEFERRED.value)
+    if (
+        code == EXIT_OK
+        and str(report.status) in held
+        and any(r.failed or r.unknown for r in report.channels.values())
+    ):
+        return EXIT_PARTIAL
+    return code
 
 
 def _with_retry_delay(config: PipelineConfig, seconds: float) -> PipelineConfig:
@@ -694,6 +730,7 @@ def _summary(
     status: str | None = None,
     results_hint: bool = True,
     hints: bool = True,
+    logical_date: datetime | None = None,
 ) -> None:
     """The per-channel table, where things were written, and what to do next."""
     table = Table(
@@ -740,7 +777,7 @@ def _summary(
     if out is not None and report.rows_rejected:
         console.print(f"Rejected:  {out / 'rejected.csv'}")
     if hints and ledger and where is not None:
-        for hint in _hints(report, where):
+        for hint in _hints(report, where, logical_date=logical_date):
             console.print(hint)
 
 
@@ -748,8 +785,9 @@ def _any(results: Iterable[ChannelResult], count: str) -> bool:
     return any(getattr(r, count, 0) for r in results)
 
 
-def _hints(report: RunReport, where: _Where) -> list[str]:
-    """What to run next: resume what is pending or unknown, retry transient failures."""
+def _hints(report: RunReport, where: _Where, *, logical_date: datetime | None = None) -> list[str]:
+    """What to run next: resume what is pending or unknown, retry transient failures;
+    after a canary, the command that sends the rest (the same logical date again)."""
     resume = where.command("resume", report.run_id)
     results = list(report.channels.values())
     pending = sum(r.pending for r in results)
@@ -758,7 +796,18 @@ def _hints(report: RunReport, where: _Where) -> list[str]:
     exhausted = sum(r.reasons.get("retries_exhausted", 0) for r in results)
     credentials = [r.channel for r in results if (r.stopped or "").startswith("credentials")]
     lines = []
-    if pending:
+    if pending and str(report.status) == RunStatus.CANARY.value:
+        again = (
+            where.command("run", flags=f"--logical-date {_q(logical_date.isoformat())}")
+            if logical_date is not None
+            else resume
+        )
+        lines.append(
+            f"Canary:    {pending} message(s) held back for the full run. Running the same "
+            f"logical date again sends them, and never again to the canary's recipients: "
+            f"{again}"
+        )
+    elif pending:
         lines.append(f"Pending:   {pending} message(s) not sent yet: {resume}")
     if unknown:
         lines.append(
@@ -785,10 +834,11 @@ def _emit(
     ledger: bool,
     before: Sequence[str] = (),
     after: Sequence[str] = (),
+    logical_date: datetime | None = None,
 ) -> int:
     """Print the run's outcome (the summary, or the report as JSON with the notes on
     stderr) and return its exit code."""
-    code = _exit_code(report.status)
+    code = _report_exit(report)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         err = _console(stderr=True)
@@ -798,7 +848,7 @@ def _emit(
     out = _console()
     for note in before:
         out.print(note)
-    _summary(out, report, where=where, ledger=ledger)
+    _summary(out, report, where=where, ledger=ledger, logical_date=logical_date)
     for note in after:
         out.print(note)
     out.print(f"Status: {report.status.value} (exit {code})")
@@ -944,6 +994,33 @@ def _interrupt_message(where: _Where, run: RunRecord | None) -> str:
     help="Run whatever the schedule says is due now (catchup, lateness, "
     "max_active_runs, depends_on_past), then exit; for cron.",
 )
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="A canary: send to the first N eligible recipients of each channel only (status "
+    "canary). Running the same logical date again sends the rest, never these twice.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Plan the run and send nothing: extraction, audience selection and rendering "
+    "as a run would do them; prints per channel the eligible count, every skip reason, "
+    "messages that would fail, SMS segments, the estimated cost and samples, and writes "
+    "the plan as JSON. Records no run and needs no token.",
+)
+@click.option(
+    "--samples",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="With --dry-run: rendered messages shown (and kept in the plan) per channel (default 3).",
+)
+@click.option(
+    "--plan-output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="With --dry-run: write the plan there (default: <output_dir>/plan-<timestamp>.json).",
+)
 @_sandbox_option
 @_retry_delay_option
 @_block_option
@@ -955,28 +1032,66 @@ def run(
     force: bool,
     run_id: str | None,
     scheduled: bool,
+    limit: int | None,
+    dry_run: bool,
+    samples: int | None,
+    plan_output: Path | None,
     use_sandbox: bool,
     retry_delay: float | None,
     block: tuple[str, ...],
 ) -> None:
     """Run the campaign CONFIG for one logical date: extract the segment into the
-    ledger, then send every enabled channel in parallel.
+    ledger, decide every channel's audience, then send every enabled channel in
+    parallel.
 
     A logical date is sent once: if the ledger already has a finished run for it, that
-    run is reported and nothing is sent; an unfinished one is resumed. Ctrl-C or SIGTERM
-    lets the requests in flight finish, records them and exits 3.
+    run is reported and nothing is sent; an unfinished one (or a canary) is resumed.
+    Ctrl-C or SIGTERM lets the requests in flight finish, records them and exits 3.
     """
-    if scheduled and (force or logical_date is not None or run_id is not None):
+    if scheduled and (force or logical_date is not None or run_id is not None or limit is not None):
         raise click.UsageError(
             "--scheduled runs what the schedule says is due; it takes no --force, "
-            "--logical-date or --run-id"
+            "--logical-date, --run-id or --limit"
         )
+    if dry_run:
+        clashing = [
+            name
+            for name, given in (
+                ("--scheduled", scheduled),
+                ("--force", force),
+                ("--logical-date", logical_date is not None),
+                ("--run-id", run_id is not None),
+                ("--limit", limit is not None),
+            )
+            if given
+        ]
+        if clashing:
+            raise click.UsageError(
+                f"--dry-run plans a run without recording one; it takes no {', '.join(clashing)}"
+            )
+    else:
+        for name, value in (("--samples", samples), ("--plan-output", plan_output)):
+            if value is not None:
+                raise click.UsageError(f"{name} needs --dry-run")
     configs, pm = _prepare([config], retry_delay=retry_delay, use_sandbox=use_sandbox, block=block)
     with (
         _sigterm_interrupts("interrupted before sending started; nothing was sent"),
         _sandboxed(configs, use_sandbox) as (applied, env, sandbox),
     ):
         cfg = applied[0]
+        if dry_run:
+            code = _dry_run(
+                cfg,
+                pm,
+                env,
+                config,
+                as_json=as_json,
+                samples=3 if samples is None else samples,
+                plan_output=plan_output,
+                output_dir=output_dir,
+                sandboxed=use_sandbox,
+            )
+            raise SystemExit(code)
         pipeline = _build(cfg, pm, env)
         if scheduled:
             code = _run_scheduled(pipeline, config, sandbox, as_json=as_json)
@@ -990,6 +1105,7 @@ def run(
                 logical_date=logical_date,
                 force=force,
                 run_id=run_id,
+                limit=limit,
             )
     raise SystemExit(code)
 
@@ -1004,11 +1120,19 @@ def _run_once(
     logical_date: datetime | None,
     force: bool,
     run_id: str | None,
+    limit: int | None = None,
 ) -> int:
     where = _Where(config, sandbox is not None)
     with _input_errors(config):
         logical = logical_date or manual_logical_date(pipeline.schedule, datetime.now(UTC))
     keeps_ledger = pipeline.execution.ledger
+    if limit is not None and not keeps_ledger:
+        # Without a ledger the full run could not know whom the canary messaged.
+        _fail(
+            f"{config}: execution.ledger: --limit needs the ledger (execution.ledger = "
+            f"false): the full run would message the canary's recipients again",
+            EXIT_INPUT_ERROR,
+        )
     previous = _find_run(pipeline, logical_date=logical) if keeps_ledger and not force else None
     resuming = previous is not None and (
         previous.status in ACTIVE_STATUSES or previous.status in RESUMABLE_STATUSES
@@ -1029,6 +1153,7 @@ def _run_once(
             output_dir=output_dir,
             progress=progress,
             on_extracted=progress.on_extracted,
+            limit=limit,
         ),
         progress,
         config=config,
@@ -1040,15 +1165,262 @@ def _run_once(
             f"Already ran: logical date {_utc(logical)} has run {report.run_id} "
             f"({previous.status}); nothing was sent now. --force starts a new run."
         )
+    elif resuming and previous is not None and previous.status == RunStatus.CANARY.value:
+        before.append(
+            f"Canary:    logical date {_utc(logical)} had canary run {previous.run_id}; "
+            f"its recipients were not messaged again"
+            + (f", and at most {limit} more per channel were now." if limit else ".")
+        )
     elif resuming and previous is not None:
         before.append(
             f"Resumed:   logical date {_utc(logical)} had an unfinished run "
             f"{previous.run_id} ({previous.status}); only what it still owed was sent."
         )
     after = _record_sandbox(sandbox, report.output_dir, dump=not already) if sandbox else []
+    if as_json and str(report.status) == RunStatus.CANARY.value:
+        after += _hints(report, where, logical_date=logical)[:1]  # stdout stays pure JSON
     return _emit(
-        report, as_json=as_json, where=where, ledger=keeps_ledger, before=before, after=after
+        report,
+        as_json=as_json,
+        where=where,
+        ledger=keeps_ledger,
+        before=before,
+        after=after,
+        logical_date=logical,
     )
+
+
+# -- dry run -------------------------------------------------------------------------------
+
+#: Skip reasons in the order selection applies them (others follow, by name).
+_SELECTION_ORDER = (
+    Reason.MISSING_ADDRESS.value,
+    Reason.INVALID_ADDRESS.value,
+    Reason.NO_CONSENT.value,
+    Reason.SUPPRESSED.value,
+    Reason.DUPLICATE.value,
+    Reason.FILTERED.value,
+    Reason.FREQUENCY_CAPPED.value,
+    Reason.OVER_TARGET.value,
+    Reason.DEFERRED.value,
+)
+
+#: What a failure reason of the dry run means, for the notes under the table.
+_FAILURE_MEANING = {
+    "too_many_segments": "the SMS would be longer than max_sms_segments",
+    "payload_too_large": "the push payload would exceed the provider's size limit",
+    "render_error": "the template cannot be rendered for the recipient",
+    "invalid_unsubscribe_url": "the rendered unsubscribe_url is not a valid https URL",
+}
+
+#: Stands in for a missing token in a dry run, which opens no connection.
+_DRY_RUN_TOKEN = "dry-run-placeholder"  # noqa: S105 - not a credential
+
+
+def _in_selection_order(counts: Mapping[str, int]) -> list[tuple[str, int]]:
+    rank = {reason: i for i, reason in enumerate(_SELECTION_ORDER)}
+    return sorted(
+        ((k, v) for k, v in counts.items() if v),
+        key=lambda kv: (rank.get(kv[0], len(rank)), kv[0]),
+    )
+
+
+def _dry_run_env(
+    config: PipelineConfig, pm: pluggy.PluginManager, env: Mapping[str, str] | None
+) -> tuple[dict[str, str], list[str]]:
+    """The environment of a dry run: a placeholder for every required token that is not
+    set (a dry run sends nothing), and a note for each, since a real run would stop."""
+    out = dict(env if env is not None else os.environ)
+    notes = []
+    registry = Registry(pm)
+    for channel in config.channels:
+        if not channel.enabled or out.get(channel.token_variable):
+            continue
+        try:
+            cls = registry.notifier_class(channel.provider)
+        except PluginError:
+            continue  # the plan reports the unknown provider
+        if cls.token_required:
+            out[channel.token_variable] = _DRY_RUN_TOKEN
+            notes.append(
+                f"Note:      {channel.token_variable} is not set: the dry run does not need "
+                f"it, but a real run would stop before sending (channel {channel.name})"
+            )
+    return out, notes
+
+
+def _plan_path(pipeline: Pipeline, output_dir: Path | None, created: datetime) -> Path:
+    """``<output_dir>/plan-<timestamp>.json``, not overwriting an earlier plan."""
+    root = (
+        output_dir if output_dir is not None else pipeline.base_dir / pipeline.execution.output_dir
+    )
+    stamp = created.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = root / f"plan-{stamp}.json"
+    n = 1
+    while path.exists():
+        n += 1
+        path = root / f"plan-{stamp}-{n}.json"
+    return path
+
+
+def _write_plan(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the plan to {path}: {exc.strerror or exc}") from None
+
+
+def _dry_run(
+    config: PipelineConfig,
+    pm: pluggy.PluginManager,
+    env: Mapping[str, str] | None,
+    path: Path,
+    *,
+    as_json: bool,
+    samples: int,
+    plan_output: Path | None,
+    output_dir: Path | None,
+    sandboxed: bool = False,
+) -> int:
+    """Plan the run (:meth:`Pipeline.plan`), print and write the plan; exit 0."""
+    with _input_errors(path):
+        env, notes = _dry_run_env(config, pm, env)
+    pipeline = _build(config, pm, env)
+    out = _console()
+    progress = _Progress(out, [], show=False)
+
+    def plan() -> PlanReport:
+        if out.is_terminal and not as_json:
+            with out.status("Dry run: extracting the segment, selecting and rendering..."):
+                return pipeline.plan(samples=samples)
+        return pipeline.plan(samples=samples)
+
+    report = _drive(
+        plan,
+        progress,
+        config=path,
+        interrupted=lambda: "dry run interrupted; nothing was sent",
+    )
+    notes += _guard_notes(config, report)
+    target = plan_output or _plan_path(pipeline, output_dir, report.created_at)
+    text = json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n"
+    with _input_errors(path):
+        _write_plan(target, text)
+    if as_json:
+        click.echo(text, nl=False)
+        err = _console(stderr=True)
+        for note in notes:
+            err.print(note)
+        err.print(f"Plan:      {target}")
+        return EXIT_OK
+    _plan_summary(out, report, samples=samples)
+    for note in notes:
+        out.print(note)
+    out.print(f"Plan:      {target}")
+    where = _Where(path, sandboxed)
+    out.print(
+        f"Nothing was sent. {where.command('run', flags='--limit N')} sends a canary first; "
+        f"{where.command('run')} sends it all."
+    )
+    out.print(f"Status: dry run (exit {EXIT_OK})")
+    return EXIT_OK
+
+
+def _guard_notes(config: PipelineConfig, report: PlanReport) -> list[str]:
+    """The ``expected_audience`` guards a run of this plan would trip (a dry run does not
+    stop for them)."""
+    notes = []
+    for channel in config.channels:
+        summary = report.channels.get(channel.name)
+        expected = channel.expected_audience
+        if summary is None or expected is None:
+            continue
+        # As the run counts it: every recipient selected, sent now or later.
+        eligible = summary.eligible + summary.deferred + sum(summary.failures.values())
+        tolerance = channel.audience_tolerance
+        if abs(eligible - expected) > tolerance * expected:
+            notes.append(
+                f"Guard:     channels.{channel.name}: {eligible} eligible recipient(s), "
+                f"expected {expected} ± {tolerance:.0%}: a run would stop before sending "
+                f"(exit {EXIT_INPUT_ERROR})"
+            )
+    return notes
+
+
+def _plan_summary(console: Console, report: PlanReport, *, samples: int) -> None:
+    """The per-channel plan table, what the failures mean, and the rendered samples."""
+    channels = list(report.channels.values())
+    table = Table(
+        title=f"{report.pipeline} · dry run · nothing sent",
+        box=box.SIMPLE_HEAD,
+    )
+    deferred = any(c.deferred for c in channels)
+    segments = any(c.sms_segments is not None for c in channels)
+    priced = any(c.estimated_cost is not None for c in channels)
+    headers = ["channel", "provider", "eligible"]
+    headers += ["deferred"] if deferred else []
+    headers += ["skipped", "skip reasons", "would fail"]
+    headers += ["SMS segments"] if segments else []
+    headers += ["est. cost"] if priced else []
+    numeric = {"eligible", "deferred", "skipped", "SMS segments", "est. cost"}
+    for header in headers:
+        table.add_column(header, justify="right" if header in numeric else "left")
+    for c in channels:
+        reasons = _in_selection_order(c.skipped)
+        failures = _top(c.failures, len(c.failures))
+        cells: list[str | Text] = [c.channel, c.provider, str(c.eligible)]
+        cells += [str(c.deferred)] if deferred else []
+        cells += [
+            str(sum(c.skipped.values())),
+            "\n".join(f"{reason} {n}" for reason, n in reasons) or "-",
+            Text("\n".join(f"{reason} {n}" for reason, n in failures), style="red")
+            if failures
+            else "-",
+        ]
+        if segments:
+            cells.append("-" if c.sms_segments is None else str(c.sms_segments))
+        if priced:
+            cells.append("-" if c.estimated_cost is None else f"{c.estimated_cost:,.2f}")
+        table.add_row(*cells)
+    console.print(table)
+    rejected = f" ({_counts(report.rejected_reasons)})" if report.rejected_reasons else ""
+    console.print(
+        f"Segment:   {report.rows_read} row(s) read, {report.rows_rejected} rejected{rejected}"
+    )
+    costs = [c.estimated_cost for c in channels if c.estimated_cost is not None]
+    if len(costs) > 1:
+        console.print(
+            f"Cost:      {sum(costs):,.2f} estimated in total "
+            f"(price_per_message, price_per_segment; unpriced channels not counted)"
+        )
+    if deferred:
+        console.print(
+            "Deferred:  held back by quiet hours; a run now would send them later, by a "
+            "resume once the window opens"
+        )
+    failing = sorted({reason for c in channels for reason in c.failures})
+    for reason in failing:
+        meaning = _FAILURE_MEANING.get(reason, "the message breaks a content rule")
+        console.print(f"Would fail: {reason}: {meaning}")
+    if samples:
+        for c in channels:
+            _print_samples(console, c)
+
+
+def _print_samples(console: Console, summary: ChannelPlanSummary) -> None:
+    total = len(summary.samples)
+    for i, message in enumerate(summary.samples, 1):
+        console.rule(
+            f"{summary.channel} sample {i}/{total}: {message.recipient_id} -> {message.address}"
+        )
+        _print_message(console, message, html=False)
+        if summary.sms_segments is not None:
+            info = sms_segments(message.body)
+            console.print(
+                f"(SMS: {info.segments} segment(s), {info.encoding}, "
+                f"{info.characters} character(s))"
+            )
 
 
 def _scheduled_dict(result: ScheduledRuns) -> dict[str, Any]:
@@ -1094,7 +1466,7 @@ def _run_scheduled(pipeline: Pipeline, config: Path, sandbox: Any, *, as_json: b
         config=config,
         interrupted=lambda: _interrupt_message(where, _find_run(pipeline)),
     )
-    code = max((_exit_code(r.status) for r in result.reports), default=EXIT_OK)
+    code = max((_report_exit(r) for r in result.reports), default=EXIT_OK)
     notes = []
     if sandbox is not None:
         run_dir = result.reports[0].output_dir if len(result.reports) == 1 else None
@@ -1108,7 +1480,7 @@ def _run_scheduled(pipeline: Pipeline, config: Path, sandbox: Any, *, as_json: b
     out = _console()
     for report in result.reports:
         _summary(out, report, where=where, ledger=pipeline.execution.ledger)
-        out.print(f"Status: {report.status.value} (exit {_exit_code(report.status)})")
+        out.print(f"Status: {report.status.value} (exit {_report_exit(report)})")
         out.print()
     for interval in result.skipped:
         out.print(_skipped_line(interval, pipeline.schedule))
@@ -1551,6 +1923,220 @@ def _report_table(
     console.print(f"Per recipient: {where.command('report', record.run_id, '--format csv')}")
 
 
+# -- suppress and suppressions ------------------------------------------------------------
+
+#: Only to build a channel's notifier (for its address field); nothing is sent.
+_SUPPRESS_TOKEN = "suppress-placeholder"  # noqa: S105 - not a credential
+
+
+def _channel(config: PipelineConfig, name: str) -> Channel:
+    for channel in config.channels:
+        if channel.name == name:
+            return channel
+    have = ", ".join(c.name for c in config.channels)
+    raise ConfigError(f"no channel named {name!r} (channels: {have})", path=f"channels.{name}")
+
+
+def _address_validator(
+    config: PipelineConfig, channel: Channel, pm: pluggy.PluginManager
+) -> tuple[str, AddressValidator]:
+    """The channel's address kind (its notifier's ``address_field``, the ledger's
+    suppression kind) and the validator selection uses for it."""
+    try:
+        cls = Registry(pm).notifier_class(channel.provider)
+    except PluginError as exc:
+        raise ConfigError(str(exc), path=f"channels.{channel.name}.provider") from None
+    field = str(channel.options.get("address_field") or cls.address_field)
+    try:  # a notifier may take its address field from its options
+        notifier: Notifier[Any] = cls(
+            ChannelSettings(
+                channel=channel.name,
+                options=channel.options,
+                token=Secret(_SUPPRESS_TOKEN) if cls.token_required else None,
+                timeout=channel.timeout_seconds,
+                base_dir=config.base_dir,
+            )
+        )
+        field = notifier.address_field
+    except CampaignKitError:
+        pass  # e.g. an account id read from an unset variable: not needed here
+    try:
+        validator = AddressValidator.for_channel(
+            field,
+            cls.name,
+            default_region=channel.phone_region,
+            region_field=channel.region_field,
+            options=channel.options,
+        )
+    except ConfigError as exc:
+        raise ConfigError(exc.detail, path=f"channels.{channel.name}.{exc.path}") from None
+    return field, validator
+
+
+#: What an address of each kind is called in messages: (one, several).
+_KIND_NOUN = {
+    "email": ("e-mail address", "e-mail address(es)"),
+    "phone": ("phone number", "phone number(s)"),
+    "push_token": ("push token", "push token(s)"),
+}
+
+
+def _suppress_inputs(
+    addresses: Sequence[str], files: Sequence[Path], kind: str
+) -> list[tuple[str, str]]:
+    """``(where, value)`` of every address given: on the command line, or in files read
+    like suppression files (plain text, or CSV with an ``address`` or ``kind`` column;
+    ``#`` comments)."""
+    out = [("argument", a) for a in addresses]
+    for file in files:
+        for line, value, _ in _suppression_entries(str(file), kind, None):
+            out.append((f"{file}:{line}", value))
+    return out
+
+
+@main.command(epilog=EPILOG)
+@click.argument("config", type=_CONFIG)
+@click.argument("addresses", nargs=-1)
+@click.option("--channel", "-c", required=True, help="The channel whose recipients are suppressed.")
+@click.option(
+    "--reason",
+    default="unsubscribed",
+    show_default=True,
+    help="Why (kept with the entry; an address already suppressed keeps its reason).",
+)
+@click.option(
+    "--from-file",
+    "files",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Also read addresses from FILE, one per line or a CSV with an 'address' column "
+    "(or one named like the kind: email, phone, push_token). Repeatable.",
+)
+@click.option(
+    "--sandbox",
+    "use_sandbox",
+    is_flag=True,
+    help="Add to the sandbox's ledger (runs made with --sandbox).",
+)
+@_block_option
+def suppress(
+    config: Path,
+    addresses: tuple[str, ...],
+    channel: str,
+    reason: str,
+    files: tuple[Path, ...],
+    use_sandbox: bool,
+    block: tuple[str, ...],
+) -> None:
+    """Add ADDRESS... to the ledger's suppression list of CHANNEL's kind of address:
+    no later run (or dry run) messages them, on any channel sending to that kind of
+    address; they are skipped as `suppressed`.
+
+    Addresses are validated and normalized as selection does (e-mail syntax, phone
+    numbers to E.164 with the channel's phone_region, push tokens for the provider);
+    if any is invalid, none is added and the command exits 2 naming them. The list is
+    per kind (email, phone, push_token), so it holds for every channel sending to that
+    kind of address.
+    """
+    if not addresses and not files:
+        raise click.UsageError("give the addresses to suppress, or --from-file FILE")
+    if not reason.strip():
+        raise click.BadParameter("must not be empty", param_hint="--reason")
+    with _input_errors(config):
+        cfg = load_config(config)
+        if use_sandbox:
+            cfg = _sandbox_state(cfg)
+        if not cfg.execution.ledger:
+            raise ConfigError(
+                "execution.ledger = false: runs of this campaign keep no ledger, so they "
+                "would never read a suppression recorded there; use the channel's "
+                "suppression_files instead",
+                path="execution.ledger",
+            )
+        target = _channel(cfg, channel)
+        kind, validator = _address_validator(cfg, target, _plugin_manager(block))
+        inputs = _suppress_inputs(addresses, files, validator.kind)
+    keys: dict[str, str] = {}  # key -> the value as given (first time)
+    invalid: list[str] = []
+    for where, value in inputs:
+        normalized = validator.normalize_value(value.strip())
+        if normalized is None:
+            invalid.append(repr(value) if where == "argument" else f"{where}: {value!r}")
+        else:
+            keys.setdefault(validator.key(normalized), value)
+    noun, nouns = _KIND_NOUN.get(validator.kind, ("address", "address(es)"))
+    if invalid:
+        shown = ", ".join(invalid[:10]) + (f" and {len(invalid) - 10} more" if invalid[10:] else "")
+        hint = ""
+        if validator.kind == "phone" and target.phone_region is None:
+            hint = f" (numbers without +country code need channels.{channel}.phone_region)"
+        _fail(
+            f"not a valid {noun} for channel {channel!r}: {shown}{hint}; nothing was suppressed",
+            EXIT_INPUT_ERROR,
+        )
+    pipeline = _build(cfg, None, None)
+    with _input_errors(config):
+        ledger = pipeline.ledger()
+        try:
+            known = {address: why for _, address, why, _ in ledger.suppressions(kind)}
+            for key in keys:
+                if key not in known:
+                    ledger.suppress(kind, key, reason=reason, source="campaignkit suppress")
+        finally:
+            ledger.close()
+    out = _console()
+    added = [k for k in keys if k not in known]
+    for key in keys:
+        state = f"already suppressed ({known[key]})" if key in known else f"added ({reason})"
+        out.print(f"  {key}  {state}")
+    out.print(
+        f"Suppressed: {len(added)} {nouns} added, {len(keys) - len(added)} already there, "
+        f"in {pipeline.state_path}; later runs skip them (suppressed) on every channel "
+        f"sending to {kind}."
+    )
+
+
+@main.command(epilog=EPILOG)
+@click.argument("config", type=_CONFIG)
+@click.option("--kind", help="Only this kind of address: email, phone, push_token.")
+@click.option("--json", "as_json", is_flag=True, help="Print the entries as a JSON list.")
+@_sandbox_ledger_option
+def suppressions(config: Path, kind: str | None, as_json: bool, use_sandbox: bool) -> None:
+    """List the ledger's suppression list of campaign CONFIG: the addresses added by
+    `campaignkit suppress` and by providers' "stop" answers (an unsubscribed number,
+    an unregistered device, a hard bounce), with why and where from.
+
+    Channels' suppression_files are read by every run as well; they are named here but
+    not listed.
+    """
+    pipeline = _look(config, use_sandbox)
+    entries: list[tuple[str, str, str, str | None]] = []
+    with _input_errors(config), _open_ledger(pipeline, required=False) as ledger:
+        if ledger is not None:
+            entries = ledger.suppressions(kind or None)
+    if as_json:
+        rows = [{"kind": k, "address": a, "reason": r, "source": src} for k, a, r, src in entries]
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    out = _console()
+    if entries:
+        table = Table(title=f"Suppressed addresses ({pipeline.state_path})", box=box.SIMPLE_HEAD)
+        for header in ("kind", "address", "reason", "source"):
+            table.add_column(header, overflow="fold")
+        for k, a, r, src in entries:
+            table.add_row(k, a, r, src or "-")
+        out.print(table)
+    what = f"{kind} " if kind else ""
+    out.print(f"{len(entries)} suppressed {what}address(es) in the ledger.")
+    for channel in pipeline.channels:
+        if channel.suppression_files:
+            out.print(
+                f"Channel {channel.name} also skips the addresses in its suppression_files: "
+                f"{', '.join(channel.suppression_files)}"
+            )
+
+
 # -- schedule ------------------------------------------------------------------------------
 
 
@@ -1813,6 +2399,8 @@ def validate(config: Path, block: tuple[str, ...]) -> None:
             if channel.target_customers is not None
             else ""
         )
+        if channel.filter:
+            target += f", filter: {channel.filter}"
         out.print(f"    {name} -> {provider} (token: ${channel.token_variable}{target})")
     for name in summary.disabled:
         out.print(f"    {name} -> {by_name[name].provider} (disabled)")
@@ -1829,6 +2417,8 @@ def _message_dict(message: Message) -> dict[str, Any]:
             out[part] = value
     if message.data:
         out["data"] = dict(message.data)
+    if message.headers:
+        out["headers"] = dict(message.headers)
     return out
 
 
@@ -1862,19 +2452,32 @@ def preview(config: Path, channel: str, count: int, as_json: bool, block: tuple[
         return
     for i, message in enumerate(messages, 1):
         out.rule(f"{channel} {i}/{len(messages)}: {message.recipient_id} -> {message.address}")
-        for key, value in _message_dict(message).items():
-            if key in ("recipient_id", "address"):
-                continue
-            if key == "data":
-                value = json.dumps(value, ensure_ascii=False)
-            text = str(value)
-            if "\n" in text.strip():
-                out.print(f"{key}:")
-                for line in text.strip("\n").splitlines():
-                    out.print(f"  {line}")
-            else:
-                out.print(f"{key}: {text}")
+        _print_message(out, message)
     out.print(f"{len(messages)} message(s) rendered; nothing was sent.")
+
+
+def _print_message(console: Console, message: Message, *, html: bool = True) -> None:
+    """A rendered message's parts, one ``key: value`` each (multi-line values indented);
+    without ``html``, only the HTML part's size."""
+    for key, value in _message_dict(message).items():
+        if key in ("recipient_id", "address"):
+            continue
+        if key == "html" and not html:
+            console.print(f"html: {len(value)} character(s), not shown")
+            continue
+        if key == "headers":
+            for name, header in value.items():
+                console.print(f"{name}: {header}")
+            continue
+        if key == "data":
+            value = json.dumps(value, ensure_ascii=False)
+        text = str(value)
+        if "\n" in text.strip():
+            console.print(f"{key}:")
+            for line in text.strip("\n").splitlines():
+                console.print(f"  {line}")
+        else:
+            console.print(f"{key}: {text}")
 
 
 # -- channels ------------------------------------------------------------------------------
