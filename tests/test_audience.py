@@ -18,6 +18,7 @@ from campaignkit import (
     Pipeline,
     Recipient,
     RunStatus,
+    Schedule,
     Template,
     TemplateError,
     get_plugin_manager,
@@ -368,3 +369,78 @@ def test_quiet_hours_defer_and_a_later_resume_sends(tmp_path: Path) -> None:
     done = p.run(logical_date=DAY)
     assert done.run_id == first.run_id and done.status is RunStatus.SUCCEEDED
     assert rec.outbox.count == 1
+
+
+def test_guard_does_not_fire_again_when_a_canary_run_continues(tmp_path: Path) -> None:
+    rows = [{"email": f"u{i}@example.com", "consent": True, "segment": "p"} for i in range(20)]
+    rec = recording_plugin()
+    pm = get_plugin_manager(load_entrypoints=False, plugins=[rec])
+    src = StaticSource.from_dicts(
+        {"id": f"c{i}", "email": r["email"], "consent": {"email": True}} for i, r in enumerate(rows)
+    )
+    ch = Channel(
+        name="email",
+        provider="recording",
+        template=Template(body="x"),
+        expected_audience=20,
+        audience_tolerance=0.1,
+    )
+    p = Pipeline("guarded", src, [ch], plugins=pm, env={}, base_dir=tmp_path)
+    assert p.run(logical_date=DAY, limit=5).channels["email"].sent == 5
+    assert p.run(logical_date=DAY).channels["email"].sent == 20
+    assert rec.outbox.count == 20
+
+
+def test_run_scheduled_sends_deferred_messages_once_due(tmp_path: Path) -> None:
+    rec = recording_plugin()
+    pm = get_plugin_manager(load_entrypoints=False, plugins=[rec])
+    now = datetime.now(UTC)
+    hour = timedelta(hours=1)
+    window = QuietHoursConfig(
+        start=f"{now - hour:%H:%M}", end=f"{now + hour:%H:%M}", timezone="UTC", timezone_field=None
+    )
+    src = StaticSource.from_dicts(
+        [{"id": "1", "email": "a@example.com", "consent": {"email": True}}]
+    )
+    later = Schedule(start_date=datetime(2100, 1, 1, tzinfo=UTC))  # nothing else is due
+    channel = Channel(
+        name="email", provider="recording", template=Template(body="x"), quiet_hours=window
+    )
+    p = Pipeline(
+        "quiet2",
+        src,
+        [channel],
+        schedule=later,
+        plugins=pm,
+        env={},
+        base_dir=tmp_path,
+    )
+    first = p.run(logical_date=DAY)
+    assert first.status is RunStatus.DEFERRED
+    assert p.run_scheduled(now=now).reports == ()  # still quiet: nothing to do
+    with sqlite3.connect(tmp_path / ".campaignkit" / "ledger.db") as conn:
+        conn.execute("UPDATE deliveries SET not_before = 0 WHERE state = 'deferred'")
+    done = p.run_scheduled(now=now)
+    assert [r.run_id for r in done.reports] == [first.run_id]
+    assert rec.outbox.count == 1
+
+
+def test_canary_needs_the_ledger(tmp_path: Path) -> None:
+    from campaignkit import ConfigError, Execution
+
+    src = StaticSource.from_dicts(
+        [{"id": "1", "email": "a@example.com", "consent": {"email": True}}]
+    )
+    pm = get_plugin_manager(load_entrypoints=False, plugins=[recording_plugin()])
+    p = Pipeline(
+        "noledger",
+        src,
+        [Channel(name="email", provider="recording", template=Template(body="x"))],
+        plugins=pm,
+        env={},
+        base_dir=tmp_path,
+        execution=Execution(ledger=False),
+    )
+    with pytest.raises(ConfigError, match=r"execution\.ledger"):
+        p.run(limit=1)
+    assert p.run().channels["email"].sent == 1

@@ -198,11 +198,12 @@ class ChannelRunner:
         self._abort: tuple[str | None, str] | None = None  # (code, error) of a 401/403
 
     # -- selection and rendering ---------------------------------------------------------
-    def plan_audience(self, segment: Iterable[tuple[int, Recipient]], now: datetime) -> None:
+    def plan_audience(self, segment: Iterable[tuple[int, Recipient]], now: datetime) -> bool:
         """Record this channel's audience in the ledger (once per run): every recipient
-        of ``segment`` as ``pending`` or ``skipped`` with its reason."""
+        of ``segment`` as ``pending`` or ``skipped`` with its reason. Returns whether
+        it did (``False``: a resume, the audience was decided before)."""
         if self.ledger.is_planned(self.run_id, self.name):
-            return
+            return False
         decide = self.plan.audience.decide
 
         def rows() -> Iterator[tuple[int, str | None, str | None, bool, float | None]]:
@@ -210,6 +211,7 @@ class ChannelRunner:
                 yield (seq, *decide(recipient, now))
 
         self.ledger.plan(self.run_id, self.name, rows(), self.plan.rules)
+        return True
 
     def render(
         self, seq: int, recipient: Recipient, address: str, attempts: int = 0

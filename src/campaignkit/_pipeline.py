@@ -476,6 +476,12 @@ class Pipeline:
         if logical_date is None:
             logical_date = manual_logical_date(self.schedule, now)
         logical_date = logical_date.astimezone(UTC)
+        if limit is not None and not self.execution.ledger:
+            raise ConfigError(
+                "a canary (limit) needs the ledger: without it the full run would message "
+                "the canary's recipients again",
+                path="execution.ledger",
+            )
         fields = self.source.fields()
         plans = [self._plan(c, fields) for c in self.enabled_channels]
         scratch = None
@@ -668,7 +674,14 @@ class Pipeline:
                     ),
                 )
                 log.warning("%s: %s skipped: due too long ago", self.name, interval.start)
+            # Runs to continue: those whose process died, and deferred ones whose quiet
+            # hours are over.
             orphans = [r for r in runs if r.status == "running" and not _alive(r.pid)]
+            for r in runs:
+                if r.status == RunStatus.DEFERRED.value:
+                    due = ledger.next_deferred(r.run_id)
+                    if due is not None and due <= now.timestamp():
+                        orphans.append(r)
         finally:
             ledger.close()
         reports = [self.resume(r.run_id, progress=progress) for r in orphans]
@@ -861,9 +874,10 @@ class Pipeline:
                 )
                 for plan in plans
             ]
-            for runner in runners:  # every audience is decided before anything is sent
-                runner.plan_audience(segment(), now)
-            self._check_guards(plans, run_id, ledger)
+            # Every audience is decided before anything is sent; the guards check the
+            # audiences decided now (a resume's were checked when its run started).
+            fresh = [r.plan for r in runners if r.plan_audience(segment(), now)]
+            self._check_guards(fresh, run_id, ledger)
             hook.campaignkit_run_started(
                 run_id=run_id, pipeline=self.name, channels=[p.channel.name for p in plans]
             )
