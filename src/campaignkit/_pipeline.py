@@ -390,6 +390,7 @@ class Pipeline:
             plan = self._plan(ch, fields)
         finally:
             self._env = saved
+        # A preview decides per recipient only (no ledger: no de-duplication or caps).
         runner = ChannelRunner(plan, run_id="preview", ledger=None)  # type: ignore[arg-type]
         required = self._required()
         out: list[Message] = []

@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import collections
 import csv
-import marshal
-import struct
 from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 import attrs
 
 from ._models import Recipient, RejectedRow
 from ._source import Source
 
-__all__ = ["ExtractionStats", "Spool", "extract"]
+__all__ = ["ExtractionStats", "extract"]
 
-_CHUNK = 1000
-_LEN = struct.Struct("<I")  # spool framing: byte length of the next chunk
 
 
 @attrs.frozen
@@ -70,49 +65,3 @@ def extract(
 
         count = store(accepted())
     return ExtractionStats(count + rejected, count, rejected, dict(reasons))
-
-
-class Spool:
-    """Accepted recipients in a private file, for runs without a ledger.
-
-    Length-prefixed ``marshal`` chunks (plain tuples, dicts and strings) written and
-    read by this process only; iterate as often as needed.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.count = 0
-
-    def store(self, recipients: Iterable[Recipient]) -> int:
-        chunk: list[Any] = []
-        n = 0
-        with self.path.open("wb") as out:
-
-            def dump() -> None:
-                data = marshal.dumps(chunk)
-                out.write(_LEN.pack(len(data)))
-                out.write(data)
-
-            for r in recipients:
-                chunk.append(
-                    (r.id, r.email, r.phone, r.push_token, r.attributes, r.consent, r.line)
-                )
-                if len(chunk) >= _CHUNK:
-                    dump()
-                    n += len(chunk)
-                    chunk = []
-            if chunk:
-                dump()
-                n += len(chunk)
-        self.count = n
-        return n
-
-    def __iter__(self) -> Iterator[tuple[int, Recipient]]:
-        seq = 0
-        with self.path.open("rb") as f:
-            while header := f.read(_LEN.size):
-                (size,) = _LEN.unpack(header)
-                chunk = marshal.loads(f.read(size))  # noqa: S302 - our own spool, see above
-                for id_, email, phone, token, attributes, consent, line in chunk:
-                    yield seq, Recipient(id_, email, phone, token, attributes, consent, line)
-                    seq += 1
