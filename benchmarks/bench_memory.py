@@ -57,8 +57,8 @@ def worker(path: str) -> None:
             name="sms",
             provider="recording",
             template=Template(body="{{ first_name }}: 20% off today. STOP to opt out"),
-            options={"address_field": "phone", "max_batch_size": 1},
-            batch_size=1,
+            options={"address_field": "phone"},
+            batch_size=100,
         ),
         Channel(
             name="push",
