@@ -400,6 +400,17 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 PUSH_MODES: Final = ("subscription_ids", "external_id")
 
 
+_SENDER_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+_SENDER_SHORT_CODE = re.compile(r"[0-9]{3,8}")
+_SENDER_ALPHANUMERIC = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}")
+
+
+def valid_sms_sender(value: str) -> bool:
+    """Whether ``value`` is an SMS sender: an E.164 number, a short code (3-8 digits) or
+    an alphanumeric sender ID (1-11 letters, digits and spaces, at least one letter)."""
+    return any(p.fullmatch(value) for p in (_SENDER_E164, _SENDER_SHORT_CODE, _SENDER_ALPHANUMERIC))
+
+
 def valid_push_token(value: str, provider: str, *, mode: str = "subscription_ids") -> bool:
     """Whether ``value`` is a well-formed push address for ``provider``.
 

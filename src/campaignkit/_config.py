@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keyword
 import re
 import tomllib
 import zoneinfo
@@ -85,16 +86,32 @@ def structure_options(data: Mapping[str, Any], cls: type[T], *, path: str) -> T:
     """Structure a mapping into attrs class ``cls``, raising :class:`ConfigError`
     that names the offending key under ``path`` (e.g. ``channels.sms.options.from``).
 
-    Unknown keys are errors.
+    Unknown keys are errors. A key that is a Python keyword (``from``) fills the
+    attribute of the same name with a trailing underscore (``from_``); errors name the
+    key as written.
     """
     if not isinstance(data, Mapping):
         raise ConfigError(f"expected a table, got {_describe(data)}", path=path)
+    data = dict(data)
+    renamed = {}
+    if attrs.has(cls):
+        names = {a.name for a in attrs.fields(cls)}
+        for key in list(data):
+            if keyword.iskeyword(key) and f"{key}_" in names:
+                data[f"{key}_"] = data.pop(key)
+                renamed[f"{key}_"] = key
+            elif key.endswith("_") and keyword.iskeyword(key[:-1]):
+                raise ConfigError(f"unknown key {key!r}", path=f"{path}.{key}")
     try:
-        return _converter.structure(dict(data), cls)
-    except ConfigError:
-        raise
+        return _converter.structure(data, cls)
     except Exception as exc:  # cattrs raises several kinds
-        raise _first_error(exc, path, data) from None
+        error = exc if isinstance(exc, ConfigError) else _first_error(exc, path, data)
+        for attr, key in renamed.items():
+            if error.path is not None and error.path.startswith(f"{path}.{attr}"):
+                error = ConfigError(
+                    error.detail, path=f"{path}.{key}" + error.path[len(path) + 1 + len(attr) :]
+                )
+        raise error from None
 
 
 # -- the campaign schema -------------------------------------------------------------------

@@ -25,14 +25,14 @@ The API key is the channel token (``SMS_API_TOKEN``).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import attrs
 import requests
 
+from .._address import valid_sms_sender
 from .._http import HttpNotifier
 from .._models import Message, Outcome, Rate
 from .._notifier import ChannelSettings
@@ -41,11 +41,6 @@ from ..hookspecs import hookimpl
 
 __all__ = ["TelnyxNotifier", "TelnyxOptions"]
 
-T = TypeVar("T")
-
-_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
-_SHORT_CODE = re.compile(r"[0-9]{3,8}")
-_ALPHANUMERIC = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}")
 
 #: Telnyx codes about one recipient, whatever field they point at: 40300 the
 #: recipient sent STOP, 40310 invalid ``to`` address, 40001 not routable
@@ -69,26 +64,6 @@ class TelnyxOptions:
     webhook_url: str | None = None
     webhook_failover_url: str | None = None
     base_url: str = "https://api.telnyx.com"
-
-
-def _structure_options(settings: ChannelSettings, cls: type[T]) -> T:
-    """Structure options whose ``from`` key maps to the attribute ``from_``.
-
-    Raises:
-        ConfigError: naming the key path, with ``from`` (never ``from_``) in it.
-    """
-    options = dict(settings.options)
-    prefix = f"channels.{settings.channel}.options"
-    if "from_" in options:
-        raise ConfigError("unknown key 'from_'", path=f"{prefix}.from_")
-    if "from" in options:
-        options["from_"] = options.pop("from")
-    try:
-        return attrs.evolve(settings, options=options).structure(cls)
-    except ConfigError as exc:
-        if exc.path is not None and exc.path.startswith(f"{prefix}.from_"):
-            raise ConfigError(exc.detail, path=f"{prefix}.from") from None
-        raise
 
 
 def _first_error(response: requests.Response) -> Mapping[str, Any]:
@@ -150,7 +125,7 @@ class TelnyxNotifier(HttpNotifier):
                 ``messaging_profile_id``, a malformed value, or a clear-text
                 ``http://`` base URL to a remote host.
         """
-        options = _structure_options(settings, TelnyxOptions)
+        options = settings.structure(TelnyxOptions)
         super().__init__(settings)
         prefix = f"channels.{settings.channel}.options"
         if options.from_ is None and options.messaging_profile_id is None:
@@ -159,9 +134,7 @@ class TelnyxNotifier(HttpNotifier):
                 path=f"{prefix}.from",
             )
         sender = options.from_
-        if sender is not None and not any(
-            p.fullmatch(sender) for p in (_E164, _SHORT_CODE, _ALPHANUMERIC)
-        ):
+        if sender is not None and not valid_sms_sender(sender):
             raise ConfigError(
                 f"expected an E.164 number (+15551234567), a short code or an alphanumeric "
                 f"sender ID, got {sender!r}",

@@ -33,12 +33,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import attrs
 import requests
 
+from .._address import valid_sms_sender
 from .._http import HttpNotifier
 from .._models import Message, Outcome, Rate
 from .._notifier import ChannelSettings
@@ -47,11 +48,6 @@ from ..hookspecs import hookimpl
 
 __all__ = ["TwilioNotifier", "TwilioOptions"]
 
-T = TypeVar("T")
-
-_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
-_SHORT_CODE = re.compile(r"[0-9]{3,8}")
-_ALPHANUMERIC = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}")
 _ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
 _SERVICE_SID = re.compile(r"MG[0-9a-fA-F]{32}")
 
@@ -80,31 +76,6 @@ class TwilioOptions:
     status_callback: str | None = None
     validity_period: int | None = None
     base_url: str = "https://api.twilio.com"
-
-
-def _structure_options(settings: ChannelSettings, cls: type[T]) -> T:
-    """Structure options whose ``from`` key maps to the attribute ``from_``.
-
-    Raises:
-        ConfigError: naming the key path, with ``from`` (never ``from_``) in it.
-    """
-    options = dict(settings.options)
-    prefix = f"channels.{settings.channel}.options"
-    if "from_" in options:
-        raise ConfigError("unknown key 'from_'", path=f"{prefix}.from_")
-    if "from" in options:
-        options["from_"] = options.pop("from")
-    try:
-        return attrs.evolve(settings, options=options).structure(cls)
-    except ConfigError as exc:
-        if exc.path is not None and exc.path.startswith(f"{prefix}.from_"):
-            raise ConfigError(exc.detail, path=f"{prefix}.from") from None
-        raise
-
-
-def _is_sender(value: str) -> bool:
-    """Whether ``value`` is an E.164 number, a short code or an alphanumeric sender ID."""
-    return any(p.fullmatch(value) for p in (_E164, _SHORT_CODE, _ALPHANUMERIC))
 
 
 def _error_body(response: requests.Response) -> Mapping[str, Any]:
@@ -154,7 +125,7 @@ class TwilioNotifier(HttpNotifier):
                 ``messaging_service_sid``, a malformed value, no account SID, or a
                 clear-text ``http://`` base URL to a remote host.
         """
-        options: TwilioOptions = _structure_options(settings, TwilioOptions)
+        options: TwilioOptions = settings.structure(TwilioOptions)
         super().__init__(settings)
         prefix = f"channels.{settings.channel}.options"
         if options.from_ is None and options.messaging_service_sid is None:
@@ -162,7 +133,7 @@ class TwilioNotifier(HttpNotifier):
                 "missing required key: set 'from' (a sender number) or 'messaging_service_sid'",
                 path=f"{prefix}.from",
             )
-        if options.from_ is not None and not _is_sender(options.from_):
+        if options.from_ is not None and not valid_sms_sender(options.from_):
             raise ConfigError(
                 f"expected an E.164 number (+15551234567), a short code or an alphanumeric "
                 f"sender ID, got {options.from_!r}",
