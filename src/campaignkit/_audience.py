@@ -39,7 +39,14 @@ from ._suppression import SuppressionList
 from ._templates import CompiledTemplate
 from .exceptions import ConfigError, TemplateError
 
-__all__ = ["Audience", "QuietHours", "build_audience", "compile_filter", "content_check"]
+__all__ = [
+    "Audience",
+    "QuietHours",
+    "build_audience",
+    "channel_validator",
+    "compile_filter",
+    "content_check",
+]
 
 _ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined)
 
@@ -170,19 +177,31 @@ class Audience:
         return None, address, filtered, later
 
 
+def channel_validator(channel: Channel, provider: str, field: str) -> AddressValidator:
+    """The address validator of ``channel`` (sending ``field`` through ``provider``).
+
+    Raises:
+        ConfigError: an unknown ``phone_region``, under ``channels.<name>``.
+    """
+    try:
+        return AddressValidator.for_channel(
+            field,
+            provider,
+            default_region=channel.phone_region,
+            region_field=channel.region_field,
+            options=channel.options,
+        )
+    except ConfigError as exc:
+        raise ConfigError(exc.detail, path=f"channels.{channel.name}.{exc.path}") from None
+
+
 def build_audience(
     channel: Channel, notifier: Notifier[Any], fields: Collection[str] | None, base_dir: Path
 ) -> Audience:
     """The per-recipient selection of ``channel`` (validated now, before any send)."""
     path = f"channels.{channel.name}"
     field = notifier.address_field
-    validator = AddressValidator.for_channel(
-        field,
-        notifier.name,
-        default_region=channel.phone_region,
-        region_field=channel.region_field,
-        options=channel.options,
-    )
+    validator = channel_validator(channel, notifier.name, field)
     suppressed: Collection[str] = frozenset()
     if channel.suppression_files:
         kind = field if field in ("email", "phone", "push_token") else "push_token"

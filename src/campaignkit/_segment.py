@@ -15,7 +15,6 @@ from ._source import Source
 __all__ = ["ExtractionStats", "extract"]
 
 
-
 @attrs.frozen
 class ExtractionStats:
     """What extraction read: accepted recipients, rejected rows by reason."""

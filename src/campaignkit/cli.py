@@ -71,6 +71,7 @@ from rich.text import Text
 
 from . import __version__
 from ._address import AddressValidator
+from ._audience import channel_validator
 from ._config import Channel, PipelineConfig, Schedule, load_config
 from ._content import sms_segments
 from ._ledger import (
@@ -1960,17 +1961,7 @@ def _address_validator(
         field = notifier.address_field
     except CampaignKitError:
         pass  # e.g. an account id read from an unset variable: not needed here
-    try:
-        validator = AddressValidator.for_channel(
-            field,
-            cls.name,
-            default_region=channel.phone_region,
-            region_field=channel.region_field,
-            options=channel.options,
-        )
-    except ConfigError as exc:
-        raise ConfigError(exc.detail, path=f"channels.{channel.name}.{exc.path}") from None
-    return field, validator
+    return field, channel_validator(channel, cls.name, field)
 
 
 #: What an address of each kind is called in messages: (one, several).
