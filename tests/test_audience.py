@@ -444,3 +444,47 @@ def test_canary_needs_the_ledger(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"execution\.ledger"):
         p.run(limit=1)
     assert p.run().channels["email"].sent == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "segment": st.sampled_from(["premium", "basic", "", "Premium"]),
+                "country": st.sampled_from(["DE", "AT", "FR"]),
+                "score": st.integers(-3, 3),
+            }
+        ),
+        max_size=30,
+    ),
+    st.sampled_from(
+        [
+            'segment == "premium" and country in ["DE", "AT"]',
+            "score > 0 or segment | lower == 'premium'",
+            "segment",
+            "lipsum(1) | length > 0",
+        ]
+    ),
+)
+def test_filter_results_match_jinja_for_every_recipient(
+    contexts: list[dict[str, Any]], expression: str
+) -> None:
+    """Remembered results per field combination are what the sandbox evaluates."""
+    from jinja2.sandbox import SandboxedEnvironment
+
+    from campaignkit._audience import compile_filter
+
+    check = compile_filter(expression, channel="email", fields=None)
+    direct = SandboxedEnvironment().compile_expression(expression)
+    for context in contexts * 2:  # the second time from memory
+        assert check(context) is bool(direct(**context))
+
+
+def test_filter_on_a_missing_field_fails_for_that_recipient() -> None:
+    from campaignkit._audience import compile_filter
+
+    check = compile_filter('tier == "gold"', channel="email", fields=None)
+    assert check({"tier": "gold"}) is True
+    with pytest.raises(TemplateError, match=r"channels\.email\.filter.*tier"):
+        check({"segment": "x"})

@@ -560,3 +560,23 @@ def test_rules_default_checks_nothing_and_validates() -> None:
             ContentRules(**bad)  # type: ignore[arg-type]
     assert ContentRules.TOO_MANY_SEGMENTS == "too_many_segments"
     assert "TOO_MANY_SEGMENTS" not in attrs.fields_dict(ContentRules)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.text(
+        alphabet=st.sampled_from(list("hHtTpPsS:/@[]?#.%-_=&0123456789abcxyzAZ \t\né")),
+        max_size=30,
+    )
+)
+def test_unsubscribe_url_shortcut_agrees_with_urlsplit(url: str) -> None:
+    """The regex that skips urlsplit only accepts URLs urlsplit reads as https + host."""
+    from urllib.parse import urlsplit
+
+    from campaignkit._content import _HTTPS_WITH_HOST
+
+    for candidate in (url, "https://" + url, "HTTPS://" + url):
+        if _HTTPS_WITH_HOST.match(candidate) is not None:
+            parts = urlsplit(candidate)
+            assert parts.scheme.lower() == "https"
+            assert parts.hostname

@@ -102,3 +102,62 @@ def test_push_data_values_are_templates() -> None:
         fields={"id"},
     )
     assert compiled.render({"id": "42"})["data"] == {"deep_link": "app://u/42"}
+
+
+# Text that parses as template data: no Jinja delimiters, but markup, quotes, newlines
+# (a trailing one too, which Jinja drops) and non-ASCII.
+template_text = st.text(
+    alphabet=st.characters(blacklist_characters="{}%#", blacklist_categories=("Cs",)),
+    max_size=12,
+)
+context_values = st.one_of(values, st.none(), st.integers(), st.just("<b>&\"'</b>"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.one_of(template_text, names.map(lambda n: "{{ " + n + " }}")), max_size=6),
+    st.dictionaries(names, context_values, max_size=6),
+    st.booleans(),
+)
+def test_plain_templates_render_exactly_as_jinja(
+    pieces: list[str], context: dict[str, object], html: bool
+) -> None:
+    """Text and ``{{ field }}`` only: the fast path gives Jinja's output, or its error."""
+    from jinja2 import StrictUndefined, UndefinedError
+    from jinja2.sandbox import SandboxedEnvironment
+
+    source = "".join(pieces)
+    part = "html" if html else "body"
+    compiled = compile_template(Template(**{part: source}), channel="email")
+    assert compiled.parts[part].pieces is not None  # the fast path is taken
+    env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=html)
+    try:
+        expected: str | None = env.from_string(source).render(context)
+    except UndefinedError as exc:  # the same error, as a TemplateError
+        expected, message = None, exc.message
+    if expected is None:
+        with pytest.raises(TemplateError) as caught:
+            compiled.render(context)
+        assert message and message in str(caught.value)
+    else:
+        assert compiled.render(context)[part] == expected
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ name | upper }}",
+        "{% if name %}x{% endif %}",
+        "{{ name ~ 'x' }}",
+        "{{ user.name }}",
+        "{{ range }}",
+        "{# comment #}{{ name }}{{ 1 + 1 }}",
+    ],
+)
+def test_other_templates_render_through_jinja(source: str) -> None:
+    compiled = compile_template(Template(body=source), channel="sms")
+    assert compiled.parts["body"].pieces is None
+    out = compiled.render({"name": "Ana", "user": {"name": "Bo"}})["body"]
+    from jinja2.sandbox import SandboxedEnvironment
+
+    assert out == SandboxedEnvironment().from_string(source).render(name="Ana", user={"name": "Bo"})

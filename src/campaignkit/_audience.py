@@ -49,6 +49,8 @@ __all__ = [
 ]
 
 _ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined)
+# Distinct field combinations whose filter result is remembered, per channel.
+_FILTER_CACHE = 65_536
 
 Normalizer = Callable[[str, Recipient], str | None]
 
@@ -68,10 +70,9 @@ def compile_filter(
         compiled = _ENV.compile_expression(expression, undefined_to_none=False)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"{path}: syntax error: {exc.message}") from None
+    names = jinja2.meta.find_undeclared_variables(ast)
     if fields is not None:
-        missing = sorted(
-            jinja2.meta.find_undeclared_variables(ast) - set(fields) - set(_ENV.globals)
-        )
+        missing = sorted(names - set(fields) - set(_ENV.globals))
         if missing:
             raise TemplateError(
                 f"{path}: references field(s) the segment does not have: {', '.join(missing)}"
@@ -83,7 +84,26 @@ def compile_filter(
         except (jinja2.UndefinedError, SecurityError, TypeError, ValueError) as exc:
             raise TemplateError(f"{path}: cannot evaluate for this recipient: {exc}") from None
 
-    return evaluate
+    if names & set(_ENV.globals):
+        return evaluate  # lipsum, cycler...: not a function of the fields alone
+    # A filter is a function of the fields it names, which mostly take few values
+    # (segment, country): remember results per combination, up to a bound.
+    keys = tuple(sorted(names))
+    results: dict[tuple[Any, ...], bool] = {}
+
+    def memoized(context: Mapping[str, Any]) -> bool:
+        try:
+            key = tuple([context[k] for k in keys])
+            result = results.get(key)
+        except (KeyError, TypeError):  # undefined (the error comes from Jinja) or unhashable
+            return evaluate(context)
+        if result is None:
+            result = evaluate(context)
+            if len(results) < _FILTER_CACHE:
+                results[key] = result
+        return result
+
+    return memoized
 
 
 def _clock(value: str, path: str) -> time:

@@ -425,6 +425,13 @@ def html_to_text(html: str) -> str:
 _HEADER_MAX_LINE: Final = 998  # RFC 5322 2.1.1: a line is at most 998 octets
 
 
+# ``https://[user@]host[:port]`` then a path, query, fragment or the end: a URL that
+# urlsplit reads as https with a host (anything else gets the full check).
+_HTTPS_WITH_HOST: Final = re.compile(
+    r"https://(?:[^@/?#\[\]\s]*@)?[^:/?#\[\]@\s]+(?::\d*)?(?:[/?#]|\Z)", re.I
+)
+
+
 def _check_header_uri(uri: str, what: str) -> None:
     # Header-injection defence: a merge field must not end the URI (">"), start a new
     # header (CR/LF) or fold it (whitespace). Non-ASCII must be percent-encoded.
@@ -462,11 +469,12 @@ def list_unsubscribe_headers(url: str, mailto: str | None = None) -> dict[str, s
             includes the URI (it identifies the recipient).
     """
     _check_header_uri(url, "unsubscribe URL")
-    parts = urlsplit(url)
-    if parts.scheme.lower() != "https":
-        raise ValueError("unsubscribe URL must be an https URL (RFC 8058 one-click)")
-    if not parts.hostname:
-        raise ValueError("unsubscribe URL has no host")
+    if _HTTPS_WITH_HOST.match(url) is None:  # the usual shape is settled without urlsplit
+        parts = urlsplit(url)
+        if parts.scheme.lower() != "https":
+            raise ValueError("unsubscribe URL must be an https URL (RFC 8058 one-click)")
+        if not parts.hostname:
+            raise ValueError("unsubscribe URL has no host")
     value = f"<{url}>"
     if mailto is not None:
         if mailto[:7].lower() != "mailto:":

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import attrs
 import jinja2
 import jinja2.meta
+import markupsafe
+from jinja2 import nodes
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
@@ -22,6 +24,47 @@ _HTML_ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=Tr
 _BUILTINS = frozenset(_TEXT_ENV.globals)
 
 
+@attrs.frozen
+class _Part:
+    """One compiled part. ``pieces`` is set when the template is only text and
+    ``{{ field }}`` outputs: it then renders by joining the text with the field values
+    (escaped for HTML), as Jinja would, without Jinja's per-render context. Anything
+    else (filters, tags, expressions) renders through Jinja."""
+
+    template: jinja2.Template
+    pieces: tuple[tuple[bool, str], ...] | None  # (is_field, text or field name)
+
+    def render(self, context: Mapping[str, Any], variables: Callable[[], dict[str, Any]]) -> str:
+        if self.pieces is not None:
+            convert = markupsafe.escape if self.template.environment.autoescape else str
+            try:
+                return "".join(
+                    [convert(context[text]) if field else text for field, text in self.pieces]
+                )
+            except KeyError:
+                pass  # undefined: Jinja raises the error, worded as usual
+        return _render(self.template, variables())
+
+
+def _pieces(env: SandboxedEnvironment, ast: nodes.Template) -> tuple[tuple[bool, str], ...] | None:
+    pieces: list[tuple[bool, str]] = []
+    for node in ast.body:
+        if not isinstance(node, nodes.Output):
+            return None
+        for child in node.nodes:
+            if isinstance(child, nodes.TemplateData):
+                pieces.append((False, child.data))
+            elif (
+                isinstance(child, nodes.Name)
+                and child.ctx == "load"
+                and child.name not in env.globals
+            ):
+                pieces.append((True, child.name))
+            else:
+                return None
+    return tuple(pieces)
+
+
 def _compile(
     env: SandboxedEnvironment,
     source: str,
@@ -29,7 +72,7 @@ def _compile(
     channel: str,
     part: str,
     fields: Collection[str] | None,
-) -> jinja2.Template:
+) -> _Part:
     try:
         ast = env.parse(source)
     except jinja2.TemplateSyntaxError as exc:
@@ -45,7 +88,7 @@ def _compile(
                 channel=channel,
                 part=part,
             )
-    return env.from_string(ast)
+    return _Part(env.from_string(ast), _pieces(env, ast))
 
 
 @attrs.frozen
@@ -53,8 +96,8 @@ class CompiledTemplate:
     """A channel's template, compiled once per run; safe to share between threads."""
 
     channel: str
-    parts: Mapping[str, jinja2.Template]
-    data: Mapping[str, jinja2.Template]
+    parts: Mapping[str, _Part]
+    data: Mapping[str, _Part]
 
     def render(self, context: Mapping[str, Any]) -> dict[str, Any]:
         """Render every part for one recipient.
@@ -68,14 +111,20 @@ class CompiledTemplate:
                 refused an operation.
         """
         out: dict[str, Any] = {}
-        # One variable mapping shared by every part (Template.render would merge the
-        # environment's globals into a new one per part: most of the per-message cost).
-        variables = {**_TEXT_ENV.globals, **context}
+        # One variable mapping shared by the parts Jinja renders, made on first use
+        # (Template.render would merge the environment's globals into a new one per part).
+        merged: list[dict[str, Any]] = []
+
+        def variables() -> dict[str, Any]:
+            if not merged:
+                merged.append({**_TEXT_ENV.globals, **context})
+            return merged[0]
+
         try:
-            for part, template in self.parts.items():
-                out[part] = _render(template, variables)
+            for name, part in self.parts.items():
+                out[name] = part.render(context, variables)
             if self.data:
-                out["data"] = {k: _render(t, variables) for k, t in self.data.items()}
+                out["data"] = {k: p.render(context, variables) for k, p in self.data.items()}
         except jinja2.UndefinedError as exc:
             raise TemplateError(exc.message or "undefined value", channel=self.channel) from None
         except SecurityError as exc:
