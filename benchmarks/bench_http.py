@@ -391,51 +391,9 @@ def campaignkit_run(pipeline: Any, timer: Timer) -> tuple[int, float]:
 
 
 # -- EXPERIMENTS: monkeypatches measuring proposed src changes (labeled "+name") ------------
-# A config named e.g. ``campaignkit+render+sgjoin`` applies these in its worker process
+# A config named e.g. ``campaignkit+queue+nolimit`` applies these in its worker process
 # only. They are measurements of what a change to src/ would buy, not campaignkit as
 # shipped; the main tables never use them.
-def _exp_const() -> None:
-    """Templates: a part without any placeholder or tag (a fixed subject, say) is
-    rendered once when compiled, not once per message."""
-    import jinja2.nodes
-
-    from campaignkit import _templates
-
-    constants: dict[int, tuple[Any, str]] = {}  # id(template) -> (template, text)
-    compile_ = _templates._compile
-    render_ = _templates._render
-
-    def _compile(env: Any, source: str, **kw: Any) -> Any:
-        tpl = compile_(env, source, **kw)
-        nodes = list(env.parse(source).find_all(jinja2.nodes.Node))
-        if all(isinstance(n, jinja2.nodes.Output | jinja2.nodes.TemplateData) for n in nodes):
-            constants[id(tpl)] = (tpl, tpl.render())
-        return tpl
-
-    def _render(template: Any, variables: dict[str, Any]) -> str:
-        const = constants.get(id(template))
-        return const[1] if const is not None else str(render_(template, variables))
-
-    _templates._compile = _compile
-    _templates._render = _render
-
-
-def _exp_globals() -> None:
-    """Templates: each compiled template's ``globals`` as a plain dict. Jinja's
-    ``Context`` takes ``set(template.globals)`` per render, and a ChainMap (Jinja's
-    default) is slow to iterate."""
-    from campaignkit import _templates
-
-    compile_ = _templates._compile
-
-    def _compile(env: Any, source: str, **kw: Any) -> Any:
-        tpl = compile_(env, source, **kw)
-        tpl.globals = dict(tpl.globals)
-        return tpl
-
-    _templates._compile = _compile
-
-
 def _exp_verify() -> None:
     """HTTP: for a plain ``http://`` base URL keep ``Session.verify = True`` instead of
     the CA bundle path resolved from ``REQUESTS_CA_BUNDLE`` (set on this machine):
@@ -452,81 +410,6 @@ def _exp_verify() -> None:
         return session
 
     _http.HttpNotifier.connect = patched  # type: ignore[method-assign]
-
-
-def _exp_sgjoin() -> None:
-    """SendGrid: serialize each personalization once (``_split`` sizes it, ``_payload``
-    joins the cached bytes) instead of building and dumping it twice."""
-    from campaignkit.channels import sendgrid as sg
-
-    local = threading.local()
-    send_batch = sg.SendGridNotifier.send_batch
-
-    def frag(self: Any, message: Any, substitute: bool) -> bytes:
-        cache: dict[tuple[int, bool], bytes] = local.frags
-        key = (id(message), substitute)
-        data = cache.get(key)
-        if data is None:
-            data = cache[key] = sg._dumps(self._personalization(message, substitute=substitute))
-        return data
-
-    def patched_send_batch(self: Any, conn: Any, messages: Sequence[Any]) -> Any:
-        local.frags = {}
-        try:
-            return send_batch(self, conn, messages)
-        finally:
-            local.frags = {}
-
-    def _split(self: Any, messages: Sequence[Any], group: Sequence[int], substitute: bool) -> Any:
-        chunks: list[list[int]] = []
-        seen: list[set[str]] = []
-        sizes: list[int] = []
-        for p in group:
-            message = messages[p]
-            address = message.address.strip().lower()
-            size = len(frag(self, message, substitute))
-            for i, chunk in enumerate(chunks):
-                if (
-                    address not in seen[i]
-                    and len(chunk) < sg.MAX_PERSONALIZATIONS
-                    and sizes[i] + size <= sg.MAX_REQUEST_BYTES
-                ):
-                    chunk.append(p)
-                    seen[i].add(address)
-                    sizes[i] += size
-                    break
-            else:
-                base = (
-                    0
-                    if substitute
-                    else len(message.body.encode()) + len((message.html or "").encode())
-                )
-                chunks.append([p])
-                seen.append({address})
-                sizes.append(base + size)
-        return [tuple(c) for c in chunks]
-
-    def _payload(
-        self: Any, messages: Sequence[Any], positions: Sequence[int], content: Any
-    ) -> bytes:
-        if content is None:
-            first = messages[positions[0]]
-            text = sg.TEXT_TAG if first.body else None
-            html = sg.HTML_TAG if first.html else None
-        else:
-            text, html = content[0] or None, content[1]
-        parts = []
-        if text:
-            parts.append({"type": "text/plain", "value": text})
-        if html:
-            parts.append({"type": "text/html", "value": html})
-        frags = b",".join(frag(self, messages[p], content is None) for p in positions)
-        rest = sg._dumps({**self._static, "content": parts})
-        return b'{"personalizations":[' + frags + b"]," + rest[1:]
-
-    sg.SendGridNotifier.send_batch = patched_send_batch  # type: ignore[method-assign]
-    sg.SendGridNotifier._split = _split  # type: ignore[method-assign]
-    sg.SendGridNotifier._payload = _payload  # type: ignore[method-assign]
 
 
 def _exp_queue() -> None:
@@ -559,10 +442,7 @@ def _exp_nolimit() -> None:
 
 
 EXPERIMENTS: dict[str, Callable[[], None]] = {
-    "const": _exp_const,
-    "globals": _exp_globals,
     "verify": _exp_verify,
-    "sgjoin": _exp_sgjoin,
     "queue": _exp_queue,
     "nolimit": _exp_nolimit,
 }

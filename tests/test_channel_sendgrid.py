@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -233,6 +234,90 @@ def test_refused_substitutions_are_resent_with_static_content() -> None:
         # rejected request, the same without message 1, message 1 alone
         assert len(server.request_times) == 3
         assert {m["to"]: m["text"] for m in server.messages}["user1@example.com"] == "y" * 300
+
+
+def record_bodies(notifier: SendGridNotifier, monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The request bodies ``notifier`` posts, as bytes on the wire."""
+    bodies: list[bytes] = []
+    post = notifier.post
+
+    def recording(conn: requests.Session, path: str, **kwargs: Any) -> requests.Response:
+        bodies.append(kwargs["data"])
+        return post(conn, path, **kwargs)
+
+    monkeypatch.setattr(notifier, "post", recording)
+    return bodies
+
+
+def test_request_body_is_exactly_its_json_dump(
+    server: SendGridServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Bodies are joined from personalizations serialized once per batch; the bytes
+    # must stay those of json.dumps of the whole request, key order included.
+    notifier = make_notifier(server)
+    bodies = record_bodies(notifier, monkeypatch)
+    send(notifier, [message(0, html=None)])
+    assert bodies == [
+        b'{"personalizations":[{"to":[{"email":"user0@example.com"}],"subject":"Offer 0",'
+        b'"custom_args":{"campaignkit_recipient_id":"r0",'
+        b'"campaignkit_idempotency_key":"run-1:email:r0"}}],'
+        b'"from":{"email":"' + SendGridServer.FROM_EMAIL.encode() + b'"},'
+        b'"content":[{"type":"text/plain","value":"Hello customer 0"}]}'
+    ]
+
+
+def test_every_request_body_is_the_json_dump_of_its_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    with SendGridServer(token=SECRET, max_substitution_bytes=300) as server:
+        server.invalid.add("bad@example.com")
+        notifier = make_notifier(
+            server,
+            from_name="Shöp",
+            reply_to="help@shop.example",
+            categories=["spring"],
+            custom_args={"campaign": "spring"},
+            asm_group_id=42,
+            ip_pool_name="marketing",
+            track_opens=False,
+        )
+        bodies = record_bodies(notifier, monkeypatch)
+        batch = [
+            message(0, name="Ädä", headers={"X-Tag": "€"}, body='Grüße \u2028 "q" \\ 😀'),
+            message(1, "bad@example.com"),
+            message(2, body="y" * 400),  # refused in substitutions, resent alone
+            message(3, body="Same", html="<p>Same</p>"),
+            message(4, body="Same", html="<p>Same</p>"),
+            message(5, "USER0@example.com"),  # repeated address: another request
+        ]
+        outcomes = send(notifier, batch)
+    assert [o.ok for o in outcomes] == [True, False, True, True, True, True]
+    # [0, 1, 2] refused, [0] resent; [3, 4] share content; [5]; [2] alone with content
+    assert len(bodies) == 5
+    static = ["from", "reply_to", "categories", "custom_args", "asm", "ip_pool_name"]
+    for data in bodies:
+        body = json.loads(data)
+        assert data == json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        assert list(body) == ["personalizations", *static, "tracking_settings", "content"]
+        for personalization in body["personalizations"]:
+            keys = [k for k in personalization if k not in ("headers", "substitutions")]
+            assert keys == ["to", "subject", "custom_args"]
+    first = json.loads(bodies[0])["personalizations"][0]
+    assert list(first) == ["to", "subject", "headers", "custom_args", "substitutions"]
+    assert first["to"] == [{"email": "user0@example.com", "name": "Ädä"}]
+    assert first["substitutions"][TEXT_TAG] == 'Grüße \u2028 "q" \\ 😀'
+    assert json.loads(bodies[1])["personalizations"] == [
+        p for i, p in enumerate(json.loads(bodies[0])["personalizations"]) if i not in (1, 2)
+    ]
+
+
+def test_request_size_limit_splits_a_batch(
+    server: SendGridServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch = [message(n) for n in range(5)]
+    size = len(sendgrid_module._personalization(batch[0], True))
+    monkeypatch.setattr(sendgrid_module, "MAX_REQUEST_BYTES", 2 * size)
+    outcomes = send(make_notifier(server), batch)
+    assert all(o.ok for o in outcomes)
+    assert [len(b["personalizations"]) for b in server.requests] == [2, 2, 1]
 
 
 @settings(

@@ -114,6 +114,12 @@ IDEMPOTENCY_ARG = "campaignkit_idempotency_key"
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _PERSONALIZATION_FIELD = re.compile(r"personalizations\.(\d+)(?:\.(.*))?")
 _JSON_HEADERS = {"Content-Type": "application/json"}
+# json.dumps(..., ensure_ascii=False, separators=(",", ":")) without a new encoder per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+#: A batch's serialized personalizations by (position, substitute): each is built and
+#: dumped once, sized by ``_split`` and joined into request bodies by ``_payload``.
+_Fragments = dict[tuple[int, bool], bytes]
 
 
 @attrs.frozen
@@ -229,13 +235,14 @@ class SendGridNotifier(HttpNotifier):
                 valid.append(i)
             else:
                 outcomes[i] = Outcome.failed(problem, code="invalid_message")
-        queue = collections.deque(self._plan(messages, valid))
+        frags: _Fragments = {}
+        queue = collections.deque(self._plan(messages, valid, frags))
         stop: DeliveryError | None = None
         while queue:
             request = queue.popleft()
             if stop is None:
                 try:
-                    self._send_request(conn, messages, request, outcomes, queue)
+                    self._send_request(conn, messages, request, outcomes, queue, frags)
                     continue
                 except DeliveryError as exc:
                     error = exc
@@ -260,6 +267,7 @@ class SendGridNotifier(HttpNotifier):
         request: _Request,
         outcomes: list[Outcome | None],
         queue: collections.deque[_Request],
+        frags: _Fragments,
     ) -> None:
         """Send one planned request, dropping recipients SendGrid names in a 400.
 
@@ -272,7 +280,7 @@ class SendGridNotifier(HttpNotifier):
         """
         positions = list(request.positions)
         while positions:
-            data = self._payload(messages, positions, request.content)
+            data = self._payload(messages, positions, request.content, frags)
             captured = _Capture()
             try:
                 response = self.post(
@@ -304,17 +312,20 @@ class SendGridNotifier(HttpNotifier):
                     outcomes[p] = Outcome.failed(f"HTTP 400: {text}", code="400")
                 positions = [p for i, p in enumerate(positions) if i not in named]
                 continue
-            message_id = response.headers.get("X-Message-Id") or None
+            sent = Outcome.sent(response.headers.get("X-Message-Id") or None)
             for p in positions:
-                outcomes[p] = Outcome.sent(message_id)
+                outcomes[p] = sent
             return
 
     # -- request building ------------------------------------------------------------
-    def _plan(self, messages: Sequence[Message], positions: Sequence[int]) -> list[_Request]:
+    def _plan(
+        self, messages: Sequence[Message], positions: Sequence[int], frags: _Fragments
+    ) -> list[_Request]:
         """Group messages into requests (see "Requests" in the module docstring)."""
         by_content: dict[tuple[str, str | None], list[int]] = {}
         for p in positions:
-            by_content.setdefault((messages[p].body, messages[p].html), []).append(p)
+            message = messages[p]
+            by_content.setdefault((message.body, message.html), []).append(p)
         static: list[tuple[tuple[str, str | None], list[int]]] = []
         substituted: dict[tuple[bool, bool], list[int]] = {}
         for content, group in by_content.items():
@@ -329,28 +340,38 @@ class SendGridNotifier(HttpNotifier):
                 substituted.setdefault(parts, []).append(group[0])
         planned: list[_Request] = []
         for content, group in static:
-            planned += [_Request(chunk, content) for chunk in self._split(messages, group, False)]
+            chunks = self._split(messages, group, False, frags)
+            planned += [_Request(chunk, content) for chunk in chunks]
         for group in substituted.values():
             if len(group) == 1:
                 content = (messages[group[0]].body, messages[group[0]].html)
                 planned.append(_Request(tuple(group), content))
             else:
-                planned += [_Request(chunk, None) for chunk in self._split(messages, group, True)]
+                planned += [
+                    _Request(chunk, None) for chunk in self._split(messages, group, True, frags)
+                ]
         planned.sort(key=lambda r: r.positions[0])
         return planned
 
     def _split(
-        self, messages: Sequence[Message], group: Sequence[int], substitute: bool
+        self,
+        messages: Sequence[Message],
+        group: Sequence[int],
+        substitute: bool,
+        frags: _Fragments,
     ) -> list[tuple[int, ...]]:
         """Split ``group`` into chunks without a repeated address, each within the
-        personalization and size limits (first fit, keeping batch order)."""
+        personalization and size limits (first fit, keeping batch order).
+
+        Sizes each personalization by its serialized bytes, kept in ``frags``.
+        """
         chunks: list[list[int]] = []
         seen: list[set[str]] = []
         sizes: list[int] = []
         for p in group:
             message = messages[p]
             address = message.address.strip().lower()
-            size = len(_dumps(self._personalization(message, substitute=substitute)))
+            size = len(_fragment(messages, frags, p, substitute))
             for i, chunk in enumerate(chunks):
                 if (
                     address not in seen[i]
@@ -362,42 +383,21 @@ class SendGridNotifier(HttpNotifier):
                     sizes[i] += size
                     break
             else:
-                base = (
-                    0
-                    if substitute
-                    else len(message.body.encode()) + len((message.html or "").encode())
-                )
+                base = 0 if substitute else _utf8_len(message.body) + _utf8_len(message.html)
                 chunks.append([p])
                 seen.append({address})
                 sizes.append(base + size)
         return [tuple(c) for c in chunks]
-
-    def _personalization(self, message: Message, *, substitute: bool) -> dict[str, Any]:
-        to: dict[str, str] = {"email": message.address}
-        if message.name:
-            to["name"] = message.name
-        custom_args = {RECIPIENT_ARG: message.recipient_id}
-        if message.idempotency_key:
-            custom_args[IDEMPOTENCY_ARG] = message.idempotency_key
-        personalization: dict[str, Any] = {"to": [to], "subject": message.subject}
-        if message.headers:
-            personalization["headers"] = dict(message.headers)
-        personalization["custom_args"] = custom_args
-        if substitute:
-            substitutions = {}
-            if message.body:
-                substitutions[TEXT_TAG] = message.body
-            if message.html:
-                substitutions[HTML_TAG] = message.html
-            personalization["substitutions"] = substitutions
-        return personalization
 
     def _payload(
         self,
         messages: Sequence[Message],
         positions: Sequence[int],
         content: tuple[str, str | None] | None,
+        frags: _Fragments,
     ) -> bytes:
+        """The JSON body of a request for ``positions``, with the batch's cached
+        personalizations (the bytes ``json.dumps`` of the whole body gives)."""
         if content is None:
             first = messages[positions[0]]
             text = TEXT_TAG if first.body else None
@@ -409,14 +409,11 @@ class SendGridNotifier(HttpNotifier):
             parts.append({"type": "text/plain", "value": text})
         if html:
             parts.append({"type": "text/html", "value": html})
-        body: dict[str, Any] = {
-            "personalizations": [
-                self._personalization(messages[p], substitute=content is None) for p in positions
-            ],
-            **self._static,
-            "content": parts,
-        }
-        return _dumps(body)
+        substitute = content is None
+        joined = b",".join(_fragment(messages, frags, p, substitute) for p in positions)
+        # _dumps({"personalizations": [...], **self._static, "content": parts})
+        rest = _dumps({**self._static, "content": parts})
+        return b'{"personalizations":[' + joined + b"]," + rest[1:]
 
     def _static_fields(self) -> dict[str, Any]:
         """The request fields that come from the options."""
@@ -458,13 +455,51 @@ def _address(email: str, name: str | None) -> dict[str, str]:
 
 
 def _dumps(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _ENCODER.encode(value).encode("utf-8")
+
+
+def _fragment(messages: Sequence[Message], frags: _Fragments, p: int, substitute: bool) -> bytes:
+    """Message ``p``'s serialized personalization, built once per batch."""
+    key = (p, substitute)
+    data = frags.get(key)
+    if data is None:
+        data = frags[key] = _personalization(messages[p], substitute)
+    return data
+
+
+def _personalization(message: Message, substitute: bool) -> bytes:
+    """``message``'s personalization as JSON; with ``substitute``, its content
+    travels in ``substitutions``."""
+    custom_args = {RECIPIENT_ARG: message.recipient_id}
+    if message.idempotency_key:
+        custom_args[IDEMPOTENCY_ARG] = message.idempotency_key
+    personalization: dict[str, Any] = {
+        "to": [_address(message.address, message.name)],
+        "subject": message.subject,
+    }
+    if message.headers:
+        personalization["headers"] = message.headers  # a dict: Message converts it
+    personalization["custom_args"] = custom_args
+    if substitute:
+        substitutions = {}
+        if message.body:
+            substitutions[TEXT_TAG] = message.body
+        if message.html:
+            substitutions[HTML_TAG] = message.html
+        personalization["substitutions"] = substitutions
+    return _dumps(personalization)
+
+
+def _utf8_len(text: str | None) -> int:
+    if not text:
+        return 0
+    return len(text) if text.isascii() else len(text.encode())
 
 
 def _substitution_bytes(message: Message) -> int:
-    size = len(TEXT_TAG) + len(message.body.encode()) if message.body else 0
+    size = len(TEXT_TAG) + _utf8_len(message.body) if message.body else 0
     if message.html:
-        size += len(HTML_TAG) + len(message.html.encode())
+        size += len(HTML_TAG) + _utf8_len(message.html)
     return size
 
 
