@@ -210,6 +210,39 @@ def test_frequency_cap_counts_sends_of_other_runs(tmp_path: Path) -> None:
     assert rec.outbox.count == 6
 
 
+def test_dry_run_reads_caps_and_suppressions_from_the_ledger_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    rec = recording_plugin()
+    pm = get_plugin_manager(load_entrypoints=False, plugins=[rec])
+    src = StaticSource.from_dicts(
+        {"id": f"c{i}", "email": f"u{i}@example.com", "consent": {"email": True}} for i in range(4)
+    )
+    cap = FrequencyCap(max_messages=1, window_hours=24)
+    ch = Channel(name="email", provider="recording", template=Template(body="x"), frequency_cap=cap)
+    p = Pipeline("cap", src, [ch], plugins=pm, env={}, base_dir=tmp_path)
+    assert p.plan().channels["email"].eligible == 4  # no ledger yet: none is made
+    assert not p.state_path.exists()
+    assert p.run(logical_date=DAY).channels["email"].sent == 4
+    ledger = p.ledger()
+    ledger.suppress("email", "u0@example.com", reason="unsubscribed")
+    ledger.close()
+
+    def contents() -> list[Any]:
+        with sqlite3.connect(p.state_path) as conn:
+            return [
+                conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+                for table in ("runs", "recipients", "channels", "deliveries", "suppressions")
+            ]
+
+    before = contents()
+    plan = p.plan()
+    # Suppression comes before the cap: one reason each.
+    assert plan.channels["email"].skipped == {"suppressed": 1, "frequency_capped": 3}
+    assert plan.channels["email"].eligible == 0
+    assert contents() == before and rec.outbox.count == 4
+
+
 def test_expected_audience_guard_sends_nothing(tmp_path: Path) -> None:
     rows = [{"email": f"u{i}@example.com", "consent": True, "segment": "p"} for i in range(10)]
     with pytest.raises(AudienceGuardError, match=r"10 eligible recipient.*expected 20"):

@@ -27,6 +27,7 @@ import queue
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -335,9 +336,14 @@ class SqliteLedger:
     ``in_flight`` marks and no syncing, so nothing can be resumed after a crash.
     """
 
-    def __init__(self, path: str | Path, *, durable: bool = True) -> None:
+    def __init__(
+        self, path: str | Path, *, durable: bool = True, history: str | Path | None = None
+    ) -> None:
         self.path = Path(path)
         self.durable = durable
+        # Another ledger (read only) whose suppression list and send history the plan
+        # rules use instead of this one's: a dry run plans in a scratch ledger.
+        self.history = Path(history).resolve() if history is not None else None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             conn = _connect(self.path)
@@ -379,6 +385,9 @@ class SqliteLedger:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = _connect(self.path, durable=self.durable)
+            if self.history is not None:
+                uri = f"file:{urllib.parse.quote(str(self.history))}?mode=ro"
+                conn.execute("ATTACH DATABASE ? AS history", (uri,))
             self._local.conn = conn
         return conn
 
@@ -736,12 +745,14 @@ class SqliteLedger:
                     (reason, *key, *params),
                 )
 
+            # Suppressions and earlier sends: this ledger's, or the history ledger's.
+            past = "history." if self.history is not None else ""
             if conn.execute(
-                "SELECT 1 FROM suppressions WHERE kind = ? LIMIT 1", (rules.kind,)
+                f"SELECT 1 FROM {past}suppressions WHERE kind = ? LIMIT 1", (rules.kind,)
             ).fetchone():
                 skip(
                     "suppressed",
-                    f"{addr} IN (SELECT address FROM suppressions WHERE kind = ?)",
+                    f"{addr} IN (SELECT address FROM {past}suppressions WHERE kind = ?)",
                     (rules.kind,),
                 )
             skip(
@@ -758,11 +769,12 @@ class SqliteLedger:
                 skip(
                     "frequency_capped",
                     f"{addr} IN (SELECT {addr.replace('address', 'd.address')} "
-                    "FROM channels c CROSS JOIN deliveries d "
+                    f"FROM {past}channels c CROSS JOIN {past}deliveries d "
                     "ON d.run = c.run AND d.channel = c.code WHERE c.channel = ? "
                     "AND c.run != ? AND d.state = 'sent' AND d.updated_at >= ? "
                     f"GROUP BY {addr.replace('address', 'd.address')} HAVING COUNT(*) >= ?)",
-                    (channel, run, rules.cap_since, rules.cap),
+                    # (this run is not in a history ledger: -1 excludes no run there)
+                    (channel, run if not past else -1, rules.cap_since, rules.cap),
                 )
             if rules.target is not None:
                 order = "seq"

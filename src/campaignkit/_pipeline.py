@@ -721,28 +721,29 @@ class Pipeline:
         plans = [self._plan(c, fields) for c in self.enabled_channels]
         now = datetime.now(UTC)
         run_id = f"{self.name}__dryrun__{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
-        ledger = self.ledger() if self.execution.ledger else None
-        scratch = None
-        if ledger is None:
-            scratch = tempfile.TemporaryDirectory(prefix="campaignkit-")
-            ledger = SqliteLedger(Path(scratch.name) / "ledger.db", durable=False)
-        try:
-            ledger.begin_run(
-                run_id=run_id,
-                pipeline=f"{self.name}#dry-run",  # never mistaken for a real run
-                logical_date=manual_logical_date(self.schedule, now),
-                fingerprint=self.fingerprint(),
-                config_file=self.config_file,
-                max_active_runs=None,
-            )
+        history = None
+        if self.execution.ledger and self.state_path.exists():
+            self.ledger().close()  # brought to this version's schema, if older
+            history = self.state_path
+        # Planned in a scratch ledger that reads the real one's suppression list and send
+        # history: a dry run never writes to (or waits for) the real ledger.
+        with tempfile.TemporaryDirectory(prefix="campaignkit-") as scratch:
+            ledger = SqliteLedger(Path(scratch) / "ledger.db", durable=False, history=history)
             try:
-                with tempfile.TemporaryDirectory(prefix="campaignkit-") as tmp:
-                    stats = extract(
-                        self.source,
-                        required=self._required(),
-                        rejects=Path(tmp) / "rejected.csv",
-                        store=lambda recipients: ledger.write_snapshot(run_id, recipients),
-                    )
+                ledger.begin_run(
+                    run_id=run_id,
+                    pipeline=f"{self.name}#dry-run",
+                    logical_date=manual_logical_date(self.schedule, now),
+                    fingerprint=self.fingerprint(),
+                    config_file=self.config_file,
+                    max_active_runs=None,
+                )
+                stats = extract(
+                    self.source,
+                    required=self._required(),
+                    rejects=Path(scratch) / "rejected.csv",
+                    store=lambda recipients: ledger.write_snapshot(run_id, recipients),
+                )
                 if on_extracted is not None:
                     on_extracted(stats.recipients, stats.rejected_reasons)
                 channels = {
@@ -750,11 +751,7 @@ class Pipeline:
                     for plan in plans
                 }
             finally:
-                ledger.delete_run(run_id)
-        finally:
-            ledger.close()
-            if scratch is not None:
-                scratch.cleanup()
+                ledger.close()
         report = PlanReport(
             pipeline=self.name,
             created_at=now,
