@@ -694,10 +694,12 @@ class SqliteLedger:
         quiet hours defer the message.
 
         Then, among recipients not yet skipped: ``suppressed`` (the ledger's
-        suppression list of ``rules.kind``), ``duplicate`` (the same address earlier
-        in the segment), ``filtered``, ``frequency_capped`` (``rules.cap`` sends on
-        this channel name since ``rules.cap_since``, in other runs), ``over_target``
-        (beyond ``rules.target``, in segment order or a seeded sample) and ``deferred``
+        suppression list of ``rules.kind``, or the ``history`` ledger's),
+        ``duplicate`` (the same address earlier in the segment), ``filtered``,
+        ``frequency_capped`` (``rules.cap`` sends on this channel name since
+        ``rules.cap_since``, in other runs or in the ``history`` ledger),
+        ``over_target`` (beyond ``rules.target``, in segment order or a seeded
+        sample) and ``deferred``
         (quiet hours: sent by a later resume once due).
         """
         run = self._run_key(run_id)

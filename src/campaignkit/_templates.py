@@ -33,10 +33,11 @@ class _Part:
 
     template: jinja2.Template
     pieces: tuple[tuple[bool, str], ...] | None  # (is_field, text or field name)
+    convert: Callable[[Any], str]  # a field value to output text: str, or escape for HTML
 
     def render(self, context: Mapping[str, Any], variables: Callable[[], dict[str, Any]]) -> str:
         if self.pieces is not None:
-            convert = markupsafe.escape if self.template.environment.autoescape else str
+            convert = self.convert
             try:
                 return "".join(
                     [convert(context[text]) if field else text for field, text in self.pieces]
@@ -88,7 +89,8 @@ def _compile(
                 channel=channel,
                 part=part,
             )
-    return _Part(env.from_string(ast), _pieces(env, ast))
+    convert = markupsafe.escape if env.autoescape else str
+    return _Part(env.from_string(ast), _pieces(env, ast), convert)
 
 
 @attrs.frozen
