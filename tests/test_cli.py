@@ -285,9 +285,11 @@ def test_run_twice_for_the_same_logical_date_sends_once(tmp_path: Path) -> None:
     again = invoke(*args, "--run-id", "other")
     no_traceback(again)
     assert again.exit_code == 0, again.output  # the first run's outcome
-    assert json.loads(again.stdout) == report  # its stored report, not a new run
+    assert report["replayed"] is False
+    # Its stored report, not a new run, and marked as a replay.
+    assert json.loads(again.stdout) == {**report, "replayed": True}
     notes = stderr_of(again)
-    assert "Already ran: logical date" in notes and "nothing was sent now" in notes
+    assert notes.startswith("Already ran: nothing was sent now. Logical date"), notes
     assert "accepted messages per provider: sendgrid 0, twilio 0, expo 0" in notes
     assert len(recorded.read_text().splitlines()) == 2  # the record is not overwritten
     assert not (out / "other").exists()

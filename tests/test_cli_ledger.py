@@ -328,12 +328,15 @@ def test_resume_after_a_timeout_sends_the_rest_exactly_once(
 
     again = invoke("resume", str(config), run_id, "--sandbox")  # nothing is owed
     assert again.exit_code == 0
+    assert again.stdout.startswith(f"Finished:  nothing was sent now. Run {run_id} had finished")
     assert "accepted messages per provider: twilio 0" in again.stdout
+    again_json = invoke("resume", str(config), run_id, "--sandbox", "--json")
+    assert json.loads(again_json.stdout)["replayed"] is True
 
     # Running the logical date again reports it, and sends nothing.
     rerun = invoke("run", str(config), "--sandbox", "--logical-date", "2024-05-01")
     assert rerun.exit_code == 0
-    assert "Already ran: logical date 2024-05-01 00:00 UTC" in rerun.stdout
+    assert "Already ran: nothing was sent now. Logical date 2024-05-01 00:00 UTC" in rerun.stdout
     assert "accepted messages per provider: twilio 0" in rerun.stdout
 
 

@@ -335,6 +335,9 @@ class RunReport:
     rejected_reasons: Mapping[str, int] = attrs.field(factory=dict, converter=_frozen_mapping)
     output_dir: str | None = None
     errors: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_mapping)
+    #: ``True`` when nothing was sent now: the report is the one the run stored when it
+    #: finished (running a logical date again, or resuming a finished run).
+    replayed: bool = False
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], run: Any = None) -> RunReport:
@@ -376,6 +379,7 @@ class RunReport:
             rejected_reasons=extraction.get("rejected_reasons", {}),
             output_dir=data.get("output_dir"),
             errors=data.get("errors", {}),
+            replayed=bool(data.get("replayed", False)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -393,6 +397,7 @@ class RunReport:
             },
             "output_dir": self.output_dir,
             "errors": dict(self.errors),
+            "replayed": self.replayed,
         }
         for name, result in self.channels.items():
             out[result.result_key or f"{name}_results"] = result.to_dict()

@@ -37,9 +37,9 @@ from ._ledger import (
     LedgerError,
     MaxActiveRunsReached,
     PlanRules,
+    RunInProgress,
     RunRecord,
     SqliteLedger,
-    _alive,
 )
 from ._models import (
     ChannelResult,
@@ -492,34 +492,48 @@ class Pipeline:
             scratch = tempfile.TemporaryDirectory(prefix="campaignkit-")
             ledger = SqliteLedger(Path(scratch.name) / "ledger.db", durable=False)
         try:
-            previous = ledger.find_runs(self.name, logical_date)
-            if previous and not force:
-                last = previous[-1]
-                if last.status in ACTIVE_STATUSES or last.status in RESUMABLE_STATUSES:
-                    log.info("%s: resuming run %s", self.name, last.run_id)
-                    ledger.close()
-                    return self.resume(
-                        last.run_id, progress=progress, output_dir=output_dir, limit=limit
+            while True:
+                previous = ledger.find_runs(self.name, logical_date)
+                if previous and not force:
+                    last = previous[-1]
+                    if last.status in ACTIVE_STATUSES or last.status in RESUMABLE_STATUSES:
+                        log.info("%s: resuming run %s", self.name, last.run_id)
+                        ledger.close()
+                        return self.resume(
+                            last.run_id, progress=progress, output_dir=output_dir, limit=limit
+                        )
+                    log.info(
+                        "%s: %s already ran (%s); nothing was sent now",
+                        self.name,
+                        logical_date.isoformat(),
+                        last.run_id,
                     )
-                log.info(
-                    "%s: %s already ran (%s); not sending again",
-                    self.name,
-                    logical_date.isoformat(),
-                    last.run_id,
-                )
-                return _stored_report(last)
-            if run_id is None:
-                run_id = f"{self.name}__{logical_date:%Y%m%dT%H%M%SZ}"
-                if previous:
-                    run_id += f"__{len(previous) + 1}"
-            run = ledger.begin_run(
-                run_id=run_id,
-                pipeline=self.name,
-                logical_date=logical_date,
-                fingerprint=self.fingerprint(),
-                config_file=self.config_file,
-                max_active_runs=self.execution.max_active_runs,
-            )
+                    return _replay(last)
+                new_id = run_id
+                if new_id is None:
+                    new_id = f"{self.name}__{logical_date:%Y%m%dT%H%M%SZ}"
+                    if previous:
+                        new_id += f"__{len(previous) + 1}"
+                try:
+                    run = ledger.begin_run(
+                        run_id=new_id,
+                        pipeline=self.name,
+                        logical_date=logical_date,
+                        fingerprint=self.fingerprint(),
+                        config_file=self.config_file,
+                        max_active_runs=self.execution.max_active_runs,
+                    )
+                except RunInProgress:
+                    raise
+                except LedgerError:
+                    # Another process began this run (and let go of it) since we looked:
+                    # decide again from what the ledger says now.
+                    if run_id is not None or force or new_id not in {
+                        r.run_id for r in ledger.find_runs(self.name, logical_date)
+                    }:
+                        raise
+                    continue
+                break
             run_dir = self._run_dir(run.run_id, output_dir)
             try:
                 stats = extract(
@@ -595,6 +609,15 @@ class Pipeline:
                     f"run {run_id!r} was skipped as too late; start the logical date again "
                     "deliberately (run with force) if it should still be sent"
                 )
+            finished = not (
+                previous.status in ACTIVE_STATUSES or previous.status in RESUMABLE_STATUSES
+            )
+            names = [p.channel.name for p in plans]
+            if finished and not ledger.owed(
+                run_id, names, failed=retry_failed, unknown=resend_unknown
+            ):
+                log.info("%s: finished (%s); nothing was sent now", run_id, previous.status)
+                return _replay(previous)
             run = ledger.claim_run(run_id)
             if run.pipeline != self.name:
                 raise LedgerError(f"run {run_id!r} belongs to pipeline {run.pipeline!r}")
@@ -677,7 +700,7 @@ class Pipeline:
                 log.warning("%s: %s skipped: due too long ago", self.name, interval.start)
             # Runs to continue: those whose process died, and deferred ones whose quiet
             # hours are over.
-            orphans = [r for r in runs if r.status == "running" and not _alive(r.pid)]
+            orphans = [r for r in runs if r.status in ACTIVE_STATUSES and not r.in_progress]
             for r in runs:
                 if r.status == RunStatus.DEFERRED.value:
                     due = ledger.next_deferred(r.run_id)
@@ -685,13 +708,23 @@ class Pipeline:
                         orphans.append(r)
         finally:
             ledger.close()
-        reports = [self.resume(r.run_id, progress=progress) for r in orphans]
+        reports = []
+        for orphan in orphans:
+            try:
+                reports.append(self.resume(orphan.run_id, progress=progress))
+            except RunInProgress as exc:  # another process claimed it meanwhile
+                log.info("%s", exc)
         for interval in plan.start:
             try:
-                reports.append(self.run(logical_date=interval.start, progress=progress))
+                report = self.run(logical_date=interval.start, progress=progress)
+            except RunInProgress as exc:  # another process runs this logical date
+                log.info("%s", exc)
+                continue
             except MaxActiveRunsReached as exc:  # another process started one meanwhile
                 log.info("%s", exc)
                 break
+            if not report.replayed:  # another process ran it meanwhile
+                reports.append(report)
         for blocked in plan.blocked:
             log.info("%s: %s not started: %s", self.name, blocked.interval.start, blocked.reason)
         return ScheduledRuns(
@@ -977,6 +1010,11 @@ class Pipeline:
 def _stored_report(run: RunRecord) -> RunReport:
     """The report a finished run stored in the ledger."""
     return RunReport.from_dict(json.loads(run.report or "{}"), run)
+
+
+def _replay(run: RunRecord) -> RunReport:
+    """The stored report of a finished run, marked as a replay: nothing was sent now."""
+    return attrs.evolve(_stored_report(run), replayed=True)
 
 
 def _stored_stats(run: RunRecord) -> ExtractionStats:

@@ -80,7 +80,6 @@ from ._ledger import (
     LedgerError,
     RunRecord,
     SqliteLedger,
-    _alive,
 )
 from ._models import (
     ChannelResult,
@@ -713,8 +712,8 @@ def _state_counts(counts: Mapping[str, int]) -> dict[str, Any]:
 
 def _status_text(run: RunRecord) -> str:
     if run.status in ACTIVE_STATUSES:
-        if _alive(run.pid):
-            return f"{run.status} (process {run.pid})"
+        if run.in_progress and run.owner is not None:
+            return f"{run.status} ({run.owner.describe()})"
         return f"{run.status}, process gone: resume it"
     return run.status
 
@@ -1161,10 +1160,10 @@ def _run_once(
         interrupted=lambda: _interrupt_message(where, _find_run(pipeline, logical_date=logical)),
     )
     before = []
-    if already and previous is not None:
+    if report.replayed:
         before.append(
-            f"Already ran: logical date {_utc(logical)} has run {report.run_id} "
-            f"({previous.status}); nothing was sent now. --force starts a new run."
+            f"Already ran: nothing was sent now. Logical date {_utc(logical)} has run "
+            f"{report.run_id} ({report.status.value}); --force starts a new run."
         )
     elif resuming and previous is not None and previous.status == RunStatus.CANARY.value:
         before.append(
@@ -1177,7 +1176,7 @@ def _run_once(
             f"Resumed:   logical date {_utc(logical)} had an unfinished run "
             f"{previous.run_id} ({previous.status}); only what it still owed was sent."
         )
-    after = _record_sandbox(sandbox, report.output_dir, dump=not already) if sandbox else []
+    after = _record_sandbox(sandbox, report.output_dir, dump=not report.replayed) if sandbox else []
     if as_json and str(report.status) == RunStatus.CANARY.value:
         after += _hints(report, where, logical_date=logical)[:1]  # stdout stays pure JSON
     return _emit(
@@ -1555,8 +1554,21 @@ def _continue_run(
             config=config,
             interrupted=lambda: _interrupt_message(where, _find_run(pipeline, run_id=run_id)),
         )
-        settled = ", ".join(f"{name} {progress.done.get(name, 0)}" for name in report.channels)
-        after = [f"This time: settled (sent or failed) per channel: {settled or 'none'}"]
+        if report.replayed:
+            before.insert(
+                0,
+                f"Finished:  nothing was sent now. Run {run_id} had finished "
+                f"({report.status.value}) and owes nothing"
+                + (" (no transient failures)" if retry_failed else "")
+                + (" (no unknown deliveries)" if resend_unknown else "")
+                + "; its stored report follows.",
+            )
+            after = []
+        else:
+            settled = ", ".join(
+                f"{name} {progress.done.get(name, 0)}" for name in report.channels
+            )
+            after = [f"This time: settled (sent or failed) per channel: {settled or 'none'}"]
         if sandbox is not None:
             after += _record_sandbox(sandbox, report.output_dir, dump=True)
     code = _emit(
@@ -1675,7 +1687,7 @@ def _run_dict(run: RunRecord, results: Mapping[str, ChannelResult]) -> dict[str,
         "pipeline": run.pipeline,
         "logical_date": _iso(run.logical_date),
         "status": run.status,
-        "process_alive": _alive(run.pid) if run.status in ACTIVE_STATUSES else None,
+        "process_alive": run.in_progress if run.status in ACTIVE_STATUSES else None,
         "created_at": _iso(run.created_at),
         "finished_at": _iso(run.finished_at),
         "recipients": run.recipients,
@@ -1910,7 +1922,7 @@ def _report_table(
         f"finished {_utc(record.finished_at)} · "
         f"{'-' if record.recipients is None else record.recipients} recipient(s)"
     )
-    going = record.status in ACTIVE_STATUSES and _alive(record.pid)
+    going = record.in_progress
     _summary(
         console,
         view,
@@ -2175,7 +2187,7 @@ def schedule(
         with _open_ledger(pipeline, required=False) as ledger:
             known = ledger.find_runs(pipeline.name) if ledger is not None else []
         plan = plan_due_runs(sched, pipeline.execution, now=now, runs=known)
-    orphans = [r for r in known if r.status in ACTIVE_STATUSES and not _alive(r.pid)]
+    orphans = [r for r in known if r.status in ACTIVE_STATUSES and not r.in_progress]
     zone = sched.timezone
     if as_json:
         data = {
