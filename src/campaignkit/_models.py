@@ -111,6 +111,8 @@ class RejectedRow:
         reason: a short reason code (``empty_required_field``, ``bad_consent_value``, ...).
         detail: a human explanation.
         raw: the row's raw values, so that nothing is lost.
+        end_line: the line where a record spanning several physical lines ends
+            (``None``: it ends on ``line``).
     """
 
     line: int
@@ -118,6 +120,12 @@ class RejectedRow:
     detail: str
     field: str | None = None
     raw: tuple[str, ...] = ()
+    end_line: int | None = None
+
+    @property
+    def lines(self) -> int:
+        """How many physical lines the record spans."""
+        return 1 if self.end_line is None else self.end_line - self.line + 1
 
 
 @attrs.frozen
