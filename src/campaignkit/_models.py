@@ -341,6 +341,7 @@ class RunReport:
     rows_read: int = 0
     rows_rejected: int = 0
     rejected_reasons: Mapping[str, int] = attrs.field(factory=dict, converter=_frozen_mapping)
+    lines: Mapping[str, int] | None = None
     output_dir: str | None = None
     errors: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_mapping)
 
@@ -382,6 +383,7 @@ class RunReport:
             rows_read=extraction.get("rows_read", 0),
             rows_rejected=extraction.get("rows_rejected", 0),
             rejected_reasons=extraction.get("rejected_reasons", {}),
+            lines=extraction.get("lines"),
             output_dir=data.get("output_dir"),
             errors=data.get("errors", {}),
         )
@@ -398,6 +400,7 @@ class RunReport:
                 "rows_read": self.rows_read,
                 "rows_rejected": self.rows_rejected,
                 "rejected_reasons": dict(sorted(self.rejected_reasons.items())),
+                "lines": None if self.lines is None else dict(self.lines),
             },
             "output_dir": self.output_dir,
             "errors": dict(self.errors),
