@@ -432,8 +432,9 @@ class CsvSource(_FileSource):
             model fields, consent columns and required fields, which never are).
 
     Free-text columns are all the others: only there may a value span lines (a quoted
-    field holding line breaks) or hold tab, LF or CRLF; no value may hold any other
-    control character (C0, DEL, C1).
+    field holding line breaks), and only when no strict column follows it in the record
+    (so that every strict value comes from the record's first line), or hold tab, LF or
+    CRLF; no value may hold any other control character (C0, DEL, C1).
 
     Rows become :class:`~campaignkit.Recipient` values: model fields stripped, empty
     ones ``None``; attributes verbatim. Header names are stripped. Blank lines are
@@ -441,9 +442,11 @@ class CsvSource(_FileSource):
 
     * ``malformed_row``: a number of fields different from the header's (when the
       record spans lines, the detail names the line range: a stray quote?);
-    * ``multiline_field``: a strict column's quoted value spans lines; the record's
-      ``line``..``end_line`` and the detail name the range, e.g. ``lines 4-6: quoted
-      field in column 'email' spans 3 lines: a stray quote?``;
+    * ``multiline_field``: a strict column's quoted value spans lines, or a strict
+      column follows a free-text value that does; the record's ``line``..``end_line``
+      and the detail name the range, e.g. ``lines 4-6: quoted field in column 'email'
+      spans 3 lines: a stray quote?``, ``lines 4-6: quoted field in column 'note' spans
+      lines 4-6, so column 'phone' is on line 6: a stray quote?``;
     * ``control_character``: ``column 'email': control character U+0000 at position 5``;
     * ``empty_required_field``: ``field`` names the required field;
     * ``bad_consent_value``: ``field`` names the consent column.
@@ -616,18 +619,12 @@ class CsvSource(_FileSource):
                         continue
                     if end != start:
                         # A quoted field spans lines: legitimate in free text only.
-                        spans = _multiline_strict(row, strict)
+                        spans = _multiline_strict(row, strict, names, start, end)
                         if spans is not None:
                             rejected_lines += end - start + 1
                             nrej += 1
                             yield rejected(
-                                start,
-                                MULTILINE_FIELD,
-                                f"lines {start}-{end}: quoted field in column "
-                                f"{names[spans[0]]!r} spans {spans[1]} lines: a stray quote?",
-                                labels[spans[0]],
-                                tuple(row),
-                                end,
+                                start, MULTILINE_FIELD, spans[1], labels[spans[0]], tuple(row), end
                             )
                             continue
                     if not join(row).isprintable():
@@ -728,13 +725,35 @@ class CsvSource(_FileSource):
             )
 
 
-def _multiline_strict(row: Sequence[str], strict: Collection[int]) -> tuple[int, int] | None:
-    """(index, lines spanned) of the first strict value holding a line break, or None."""
-    for i in sorted(strict):
-        if i < len(row):
-            value = row[i]
-            if "\n" in value or "\r" in value:
-                return i, _line_breaks(value, False) + 1
+def _multiline_strict(
+    row: Sequence[str], strict: Collection[int], names: Sequence[str], start: int, end: int
+) -> tuple[int, str] | None:
+    """For a record on lines ``start``..``end`` (> start): (index, detail) of the first
+    strict value that spans lines or does not start on the record's first line (it
+    follows a free-text value that spans lines), or None.
+
+    Either way a quote may have swallowed the following lines, so that the value is
+    another customer's: only free text after the last strict column may span lines.
+    """
+    line = start  # the physical line where field i starts
+    spanning: tuple[int, int] | None = None  # (index, first line) of the last multi-line
+    for i, value in enumerate(row):
+        breaks = _line_breaks(value, False) if ("\n" in value or "\r" in value) else 0
+        if i in strict:
+            if breaks:
+                return i, (
+                    f"lines {start}-{end}: quoted field in column {names[i]!r} spans "
+                    f"{breaks + 1} lines: a stray quote?"
+                )
+            if spanning is not None:
+                j, first = spanning
+                return i, (
+                    f"lines {start}-{end}: quoted field in column {names[j]!r} spans lines "
+                    f"{first}-{line}, so column {names[i]!r} is on line {line}: a stray quote?"
+                )
+        if breaks:
+            spanning = (i, line)
+            line += breaks
     return None
 
 
