@@ -988,13 +988,12 @@ def _stored_stats(run: RunRecord) -> ExtractionStats:
     data = json.loads(run.report or "{}").get("extraction") or {}
     recipients = run.recipients or 0
     rejected = int(data.get("rows_rejected", 0))
-    lines = data.get("lines")
+    try:
+        lines: SourceLines | None = SourceLines(**data["lines"])
+    except (KeyError, TypeError):  # a report without line counts
+        lines = None
     return ExtractionStats(
-        recipients + rejected,
-        recipients,
-        rejected,
-        dict(data.get("rejected_reasons", {})),
-        SourceLines(**lines) if isinstance(lines, dict) else None,
+        recipients + rejected, recipients, rejected, dict(data.get("rejected_reasons", {})), lines
     )
 
 

@@ -821,6 +821,8 @@ class JsonLinesSource(_FileSource):
     missing key is an empty value (``None`` for a model field, ``""`` for an
     attribute). Blank lines are skipped. Rejected rows: ``malformed_row`` (invalid
     JSON, not an object, or a nested array/object value, with ``field`` naming the key),
+    ``control_character`` (``key 'email': control character U+0000 at position 5``;
+    strict and free-text keys as for CSV, a key holding one names no key),
     ``empty_required_field``, ``bad_consent_value``. ``raw`` is the line's text.
     """
 
