@@ -31,6 +31,7 @@ from campaignkit._segment import ExtractionStats, extract
 from campaignkit._sources import CsvSource, JsonLinesSource, SourceLines
 from campaignkit.cli import main
 from campaignkit.exceptions import SourceError
+from campaignkit.testing import StaticSource
 from campaignkit.testing.sandbox import Sandbox
 
 # Any control character a strict value may not hold.
@@ -678,3 +679,50 @@ body = "Hi {{ first_name }}"
     with (run_dir / "rejected.csv").open(newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))[1:]
     assert sorted(int(r[0]) for r in rows) == sorted(BAD_ROWS)
+
+
+def test_pipeline_with_a_plugin_source_sends_no_control_character(
+    tmp_path: Path, ck_sandbox: Sandbox
+) -> None:
+    """Defence in depth: a source that checks nothing (StaticSource stands for a plugin's)."""
+    rows = [
+        {"id": "C1", "email": "a1@example.com", "phone": "+14155550101", "first_name": "A"},
+        {"id": "C2", "email": "a2\x00@example.com", "phone": "+14155550102", "first_name": "B"},
+        {"id": "C3", "email": "a3@example.com", "phone": "+14155550103", "first_name": "C\x1b"},
+        {"id": "C4", "email": "a4@example.com", "phone": "+1415555\x850104", "first_name": "D"},
+        {"id": "C5", "email": "a5@example.com", "phone": "+14155550105", "first_name": "E\tF"},
+    ]
+    providers = {"email": "sendgrid", "sms": "twilio"}
+    chans = [
+        Channel(
+            name=name,
+            provider=provider,
+            template=TEMPLATES[name],
+            require_consent=False,
+            options={
+                **ck_sandbox.channel_options(provider),
+                **({"from_email": "news@example.com"} if name == "email" else {}),
+            },
+        )
+        for name, provider in providers.items()
+    ]
+    env = {c.token_variable: ck_sandbox.servers[c.provider].token for c in chans}
+    pipeline = Pipeline(
+        "plugin_source",
+        StaticSource.from_dicts(rows),
+        chans,
+        env=env,
+        base_dir=tmp_path,
+        sleep=lambda s: None,
+    )
+    report = pipeline.run()
+    assert (report.rows_read, report.rows_rejected) == (5, 3)
+    assert report.rejected_reasons == {"control_character": 3}
+    assert report.lines is None  # a plugin source counts no lines
+    for name, provider in providers.items():
+        assert report.channels[name].sent == 2, name
+        messages = ck_sandbox.servers[provider].messages
+        assert len(messages) == 2
+        # A tab in free text is allowed (it went into the subject and the SMS body).
+        for m in messages:
+            assert not any(CONTROL.search(t.replace("\t", "")) for t in all_strings(m))
