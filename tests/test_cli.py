@@ -114,6 +114,7 @@ def test_run_sandbox_json_reports_every_outcome(campaign: Path, tmp_path: Path) 
         "rows_read": 8,
         "rows_rejected": 2,
         "rejected_reasons": {"bad_consent_value": 1, "empty_required_field": 1},
+        "lines": {"total": 9, "header": 1, "blank": 0, "accepted": 6, "rejected": 2},
     }
     email = report["email_campaign_results"]
     assert (email["sent"], email["failed"], email["skipped"]) == (3, 1, 2)

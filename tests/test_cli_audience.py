@@ -241,7 +241,12 @@ def test_dry_run_prints_every_count_and_sends_nothing(
     assert len(plans) == 1 and plans[0].name.startswith("plan-2")
     assert f"Plan:      {plans[0]}" in out
     plan = json.loads(plans[0].read_text())
-    assert plan["extraction"] == {"rows_read": 7, "rows_rejected": 0, "rejected_reasons": {}}
+    assert plan["extraction"] == {
+        "rows_read": 7,
+        "rows_rejected": 0,
+        "rejected_reasons": {},
+        "lines": {"total": 8, "header": 1, "blank": 0, "accepted": 7, "rejected": 0},
+    }
     assert plan_channels(plan) == EXPECTED_PLAN
     assert [s["recipient_id"] for s in plan["channels"]["push"]["samples"]] == ["C1"]
 

@@ -111,6 +111,8 @@ class RejectedRow:
         reason: a short reason code (``empty_required_field``, ``bad_consent_value``, ...).
         detail: a human explanation.
         raw: the row's raw values, so that nothing is lost.
+        end_line: the line where a record spanning several physical lines ends
+            (``None``: it ends on ``line``).
     """
 
     line: int
@@ -118,6 +120,12 @@ class RejectedRow:
     detail: str
     field: str | None = None
     raw: tuple[str, ...] = ()
+    end_line: int | None = None
+
+    @property
+    def lines(self) -> int:
+        """How many physical lines the record spans."""
+        return 1 if self.end_line is None else self.end_line - self.line + 1
 
 
 @attrs.frozen
@@ -333,6 +341,7 @@ class RunReport:
     rows_read: int = 0
     rows_rejected: int = 0
     rejected_reasons: Mapping[str, int] = attrs.field(factory=dict, converter=_frozen_mapping)
+    lines: Mapping[str, int] | None = None
     output_dir: str | None = None
     errors: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_mapping)
     #: ``True`` when nothing was sent now: the report is the one the run stored when it
@@ -377,6 +386,7 @@ class RunReport:
             rows_read=extraction.get("rows_read", 0),
             rows_rejected=extraction.get("rows_rejected", 0),
             rejected_reasons=extraction.get("rejected_reasons", {}),
+            lines=extraction.get("lines"),
             output_dir=data.get("output_dir"),
             errors=data.get("errors", {}),
             replayed=bool(data.get("replayed", False)),
@@ -394,6 +404,7 @@ class RunReport:
                 "rows_read": self.rows_read,
                 "rows_rejected": self.rows_rejected,
                 "rejected_reasons": dict(sorted(self.rejected_reasons.items())),
+                "lines": None if self.lines is None else dict(self.lines),
             },
             "output_dir": self.output_dir,
             "errors": dict(self.errors),

@@ -56,6 +56,7 @@ from ._plugins import Registry, get_plugin_manager
 from ._schedule import Blocked, Interval, manual_logical_date, plan_due_runs
 from ._segment import ExtractionStats, extract
 from ._source import MODEL_FIELDS, Source
+from ._sources import SourceLines
 from ._templates import compile_template
 from .exceptions import AudienceGuardError, ConfigError, PluginError
 
@@ -112,6 +113,7 @@ class PlanReport:
     rows_rejected: int
     rejected_reasons: Mapping[str, int]
     channels: Mapping[str, ChannelPlanSummary]
+    lines: Mapping[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -121,6 +123,7 @@ class PlanReport:
                 "rows_read": self.rows_read,
                 "rows_rejected": self.rows_rejected,
                 "rejected_reasons": dict(sorted(self.rejected_reasons.items())),
+                "lines": None if self.lines is None else dict(self.lines),
             },
             "channels": {name: c.to_dict() for name, c in self.channels.items()},
         }
@@ -792,6 +795,7 @@ class Pipeline:
             rows_rejected=stats.rejected,
             rejected_reasons=stats.rejected_reasons,
             channels=channels,
+            lines=None if stats.lines is None else stats.lines.to_dict(),
         )
         if output is not None:
             Path(output).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
@@ -979,6 +983,7 @@ class Pipeline:
             rows_read=stats.rows_read,
             rows_rejected=stats.rejected,
             rejected_reasons=stats.rejected_reasons,
+            lines=None if stats.lines is None else stats.lines.to_dict(),
             output_dir=str(run_dir),
             errors=errors,
         )
@@ -1021,8 +1026,12 @@ def _stored_stats(run: RunRecord) -> ExtractionStats:
     data = json.loads(run.report or "{}").get("extraction") or {}
     recipients = run.recipients or 0
     rejected = int(data.get("rows_rejected", 0))
+    try:
+        lines: SourceLines | None = SourceLines(**data["lines"])
+    except (KeyError, TypeError):  # a report without line counts
+        lines = None
     return ExtractionStats(
-        recipients + rejected, recipients, rejected, dict(data.get("rejected_reasons", {}))
+        recipients + rejected, recipients, rejected, dict(data.get("rejected_reasons", {})), lines
     )
 
 

@@ -239,6 +239,15 @@ def _counts(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{name} {n}" for name, n in _top(counts, len(counts)))
 
 
+def _lines(lines: Mapping[str, int]) -> str:
+    """``Lines:     302 = 1 header + 290 in accepted rows + 8 in rejected rows + 3 blank``"""
+    return (
+        f"Lines:     {lines.get('total', 0)} = {lines.get('header', 0)} header + "
+        f"{lines.get('accepted', 0)} in accepted rows + {lines.get('rejected', 0)} in "
+        f"rejected rows + {lines.get('blank', 0)} blank"
+    )
+
+
 def _duration(result: ChannelResult) -> str:
     seconds = result.duration_seconds
     return "-" if seconds is None else f"{seconds:.1f}s"
@@ -761,6 +770,8 @@ def _summary(
         console.print(
             f"Segment:   {report.rows_read} row(s) read, {report.rows_rejected} rejected{rejected}"
         )
+        if report.lines:
+            console.print(_lines(report.lines))
     for channel, error in report.errors.items():
         console.print(Text(f"Channel {channel} crashed: {error}", style="red"))
     out = Path(report.output_dir) if report.output_dir else None
@@ -1388,6 +1399,8 @@ def _plan_summary(console: Console, report: PlanReport, *, samples: int) -> None
     console.print(
         f"Segment:   {report.rows_read} row(s) read, {report.rows_rejected} rejected{rejected}"
     )
+    if report.lines:
+        console.print(_lines(report.lines))
     costs = [c.estimated_cost for c in channels if c.estimated_cost is not None]
     if len(costs) > 1:
         console.print(
