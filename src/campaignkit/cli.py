@@ -34,7 +34,6 @@ traceback, and nothing printed here ever holds a provider token.
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import logging
 import os
@@ -74,6 +73,7 @@ from ._address import AddressValidator
 from ._audience import channel_validator
 from ._config import Channel, PipelineConfig, Schedule, load_config
 from ._content import sms_segments
+from ._csvio import safe_csv_writer
 from ._ledger import (
     ACTIVE_STATUSES,
     RESUMABLE_STATUSES,
@@ -141,9 +141,6 @@ BUILTIN_PACKAGE = "campaignkit (built-in)"
 
 #: Delivery counts shown per channel; the first three always, the others when not zero.
 _COUNTS = ("sent", "failed", "skipped", "pending", "unknown", "deferred")
-
-#: Characters that make a spreadsheet read a CSV cell as a formula (OWASP).
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 _CSV_FIELDS = (
     "run_id",
@@ -1750,14 +1747,6 @@ def runs(config: Path, limit: int, as_json: bool, use_sandbox: bool) -> None:
 # -- report --------------------------------------------------------------------------------
 
 
-def _csv_safe(value: object) -> object:
-    """A CSV cell that a spreadsheet will not run as a formula: text starting with
-    ``=``, ``+``, ``-``, ``@``, tab or carriage return gets a leading single quote."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
-    return value
-
-
 def _deliveries(
     ledger: SqliteLedger, run_id: str, channels: Sequence[str | None]
 ) -> Generator[DeliveryResult, None, None]:
@@ -1792,11 +1781,11 @@ def _write_deliveries(
     return how many were written."""
     n = 0
     if fmt == "csv":
-        writer = csv.writer(stream)
+        writer = safe_csv_writer(stream)  # cells a spreadsheet would run are neutralised
         writer.writerow(_CSV_FIELDS)
         for result in rows:
             data = _delivery_dict(run_id, result)
-            writer.writerow([_csv_safe(data[field]) for field in _CSV_FIELDS])
+            writer.writerow([data[field] for field in _CSV_FIELDS])
             n += 1
         return n
     if fmt == "jsonl":
@@ -2091,9 +2080,31 @@ def suppress(
 @main.command(epilog=EPILOG)
 @click.argument("config", type=_CONFIG)
 @click.option("--kind", help="Only this kind of address: email, phone, push_token.")
-@click.option("--json", "as_json", is_flag=True, help="Print the entries as a JSON list.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+    help="table; json: a list of {kind, address, reason, source}; csv: a header and one "
+    "row per entry, safe to open in a spreadsheet.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --format json or csv: write to this file instead of stdout.",
+)
 @_sandbox_ledger_option
-def suppressions(config: Path, kind: str | None, as_json: bool, use_sandbox: bool) -> None:
+def suppressions(
+    config: Path,
+    kind: str | None,
+    fmt: str,
+    as_json: bool,
+    output: Path | None,
+    use_sandbox: bool,
+) -> None:
     """List the ledger's suppression list of campaign CONFIG: the addresses added by
     `campaignkit suppress` and by providers' "stop" answers (an unsubscribed number,
     an unregistered device, a hard bounce), with why and where from.
@@ -2101,14 +2112,20 @@ def suppressions(config: Path, kind: str | None, as_json: bool, use_sandbox: boo
     Channels' suppression_files are read by every run as well; they are named here but
     not listed.
     """
+    if as_json:
+        fmt = "json"
+    if output is not None and fmt == "table":
+        raise click.UsageError("--output needs --format json or csv")
     pipeline = _look(config, use_sandbox)
     entries: list[tuple[str, str, str, str | None]] = []
     with _input_errors(config), _open_ledger(pipeline, required=False) as ledger:
         if ledger is not None:
             entries = ledger.suppressions(kind or None)
-    if as_json:
-        rows = [{"kind": k, "address": a, "reason": r, "source": src} for k, a, r, src in entries]
-        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+    if fmt != "table":
+        with _input_errors(config):
+            _export_suppressions(entries, fmt, output)
+        if output is not None:
+            click.echo(f"{len(entries)} suppressed address(es) written to {output}", err=True)
         return
     out = _console()
     if entries:
@@ -2126,6 +2143,29 @@ def suppressions(config: Path, kind: str | None, as_json: bool, use_sandbox: boo
                 f"Channel {channel.name} also skips the addresses in its suppression_files: "
                 f"{', '.join(channel.suppression_files)}"
             )
+
+
+_SUPPRESSION_FIELDS = ("kind", "address", "reason", "source")
+
+
+def _export_suppressions(
+    entries: Sequence[tuple[str, str, str, str | None]], fmt: str, output: Path | None
+) -> None:
+    """The suppression list as JSON or CSV (neutralised cells), to ``output`` or stdout."""
+    with contextlib.ExitStack() as stack:
+        stream: IO[str] = sys.stdout
+        if output is not None:
+            try:
+                stream = stack.enter_context(output.open("w", encoding="utf-8", newline=""))
+            except OSError as exc:
+                raise ConfigError(f"cannot write {output}: {exc.strerror}") from None
+        if fmt == "csv":
+            writer = safe_csv_writer(stream)
+            writer.writerow(_SUPPRESSION_FIELDS)
+            writer.writerows(entries)
+        else:
+            rows = [dict(zip(_SUPPRESSION_FIELDS, entry, strict=True)) for entry in entries]
+            stream.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
 
 
 # -- schedule ------------------------------------------------------------------------------
