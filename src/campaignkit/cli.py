@@ -46,7 +46,7 @@ import zoneinfo
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path, PurePath
+from pathlib import Path
 from types import FrameType
 from typing import IO, Any, NoReturn, TypeVar
 
@@ -323,23 +323,6 @@ def _with_retry_delay(config: PipelineConfig, seconds: float) -> PipelineConfig:
         for c in config.channels
     )
     return attrs.evolve(config, execution=execution, channels=channels)
-
-
-def _sandbox_state(config: PipelineConfig) -> PipelineConfig:
-    """``config`` recording into the sandbox's own ledger and run directories.
-
-    A rehearsal against the sandbox must never count as the real run of a logical
-    date (the real run would then send nothing), nor a real run be continued in the
-    sandbox: ``.campaignkit/ledger.db`` becomes ``.campaignkit/ledger.sandbox.db`` and
-    run directories go to ``<output_dir>/sandbox/``.
-    """
-    state = PurePath(config.execution.state_path)
-    execution = attrs.evolve(
-        config.execution,
-        state_path=str(state.with_name(f"{state.stem}.sandbox{state.suffix}")),
-        output_dir=str(PurePath(config.execution.output_dir) / "sandbox"),
-    )
-    return attrs.evolve(config, execution=execution)
 
 
 def _configure_logging(verbose: int) -> None:
@@ -895,7 +878,8 @@ def _sandboxed(
     except Exception as exc:  # e.g. the SMTP sandbox without aiosmtpd
         _sandbox_failure(exc)
     try:
-        applied = [_sandbox_state(sandbox.apply(cfg)) for cfg in configs]
+        # apply() also isolates the state: the sandbox ledger and run directories.
+        applied = [sandbox.apply(cfg) for cfg in configs]
         env = dict(os.environ)
         for cfg in applied:
             env.update(sandbox.env(cfg))
@@ -949,11 +933,18 @@ def _prepare(
 
 
 def _build(
-    config: PipelineConfig, pm: pluggy.PluginManager | None, env: Mapping[str, str] | None
+    config: PipelineConfig,
+    pm: pluggy.PluginManager | None,
+    env: Mapping[str, str] | None,
+    *,
+    rehearsal: bool,
 ) -> Pipeline:
+    """The pipeline of ``config``; a rehearsal (``--sandbox``) has the sandbox's own
+    ledger and run directories, anything else the campaign's, whatever its channels
+    point at."""
     file = Path(config.file) if config.file else None
     with _input_errors(file):
-        return Pipeline.from_config(config, plugins=pm, env=env)
+        return Pipeline.from_config(config, plugins=pm, env=env, rehearsal=rehearsal)
 
 
 def _interrupt_message(where: _Where, run: RunRecord | None) -> str:
@@ -1090,7 +1081,7 @@ def run(
                 sandboxed=use_sandbox,
             )
             raise SystemExit(code)
-        pipeline = _build(cfg, pm, env)
+        pipeline = _build(cfg, pm, env, rehearsal=use_sandbox)
         if scheduled:
             code = _run_scheduled(pipeline, config, sandbox, as_json=as_json)
         else:
@@ -1249,9 +1240,7 @@ def _dry_run_env(
 
 def _plan_path(pipeline: Pipeline, output_dir: Path | None, created: datetime) -> Path:
     """``<output_dir>/plan-<timestamp>.json``, not overwriting an earlier plan."""
-    root = (
-        output_dir if output_dir is not None else pipeline.base_dir / pipeline.execution.output_dir
-    )
+    root = pipeline.output_root(output_dir)
     stamp = created.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = root / f"plan-{stamp}.json"
     n = 1
@@ -1284,7 +1273,7 @@ def _dry_run(
     """Plan the run (:meth:`Pipeline.plan`), print and write the plan; exit 0."""
     with _input_errors(path):
         env, notes = _dry_run_env(config, pm, env)
-    pipeline = _build(config, pm, env)
+    pipeline = _build(config, pm, env, rehearsal=sandboxed)
     out = _console()
     progress = _Progress(out, [], show=False)
 
@@ -1514,7 +1503,7 @@ def _continue_run(
         _sigterm_interrupts("interrupted before sending started; nothing was sent"),
         _sandboxed(configs, use_sandbox) as (applied, env, sandbox),
     ):
-        pipeline = _build(applied[0], pm, env)
+        pipeline = _build(applied[0], pm, env, rehearsal=use_sandbox)
         where = _Where(config, use_sandbox)
         before = []
         with _input_errors(config), _open_ledger(pipeline, required=True) as ledger:
@@ -1663,7 +1652,7 @@ def _look(config: Path, use_sandbox: bool) -> Pipeline:
     """The pipeline of CONFIG for looking at its ledger (no plugins, no tokens)."""
     with _input_errors(config):
         cfg = load_config(config)
-    return _build(_sandbox_state(cfg) if use_sandbox else cfg, None, None)
+    return _build(cfg, None, None, rehearsal=use_sandbox)
 
 
 def _run_dict(run: RunRecord, results: Mapping[str, ChannelResult]) -> dict[str, Any]:
@@ -2025,8 +2014,6 @@ def suppress(
         raise click.BadParameter("must not be empty", param_hint="--reason")
     with _input_errors(config):
         cfg = load_config(config)
-        if use_sandbox:
-            cfg = _sandbox_state(cfg)
         if not cfg.execution.ledger:
             raise ConfigError(
                 "execution.ledger = false: runs of this campaign keep no ledger, so they "
@@ -2055,7 +2042,7 @@ def suppress(
             f"not a valid {noun} for channel {channel!r}: {shown}{hint}; nothing was suppressed",
             EXIT_INPUT_ERROR,
         )
-    pipeline = _build(cfg, None, None)
+    pipeline = _build(cfg, None, None, rehearsal=use_sandbox)
     with _input_errors(config):
         ledger = pipeline.ledger()
         try:
@@ -2325,7 +2312,7 @@ def scheduler(
     with _sigterm_interrupts(), _sandboxed(loaded, use_sandbox) as (applied, env, _sandbox):
         try:
             for path, cfg in zip(paths, applied, strict=True):
-                pipeline = _build(cfg, pm, env)
+                pipeline = _build(cfg, pm, env, rehearsal=use_sandbox)
                 with _input_errors(path):
                     pipeline.validate()
                 pipelines.append((path, pipeline))
