@@ -342,8 +342,11 @@ def test_detection_follows_the_servers_lifetime() -> None:
         options = server.channel_options()
         assert sandbox_channels([_sms(options)]) == ["sms"]
         assert sandbox_channels([_sms(options, enabled=False)]) == []
-        other = {**options, "base_url": "http://10.0.0.1:" + str(server.port)}
-        assert sandbox_channels([_sms(other)]) == []  # not loopback
+        local = {**options, "base_url": f"http://localhost:{server.port}/"}
+        assert sandbox_channels([_sms(local)]) == ["sms"]
+        for host in ("10.0.0.1", "[::1]", "127.0.0.2"):  # another socket than the server's
+            other = {**options, "base_url": f"http://{host}:{server.port}"}
+            assert sandbox_channels([_sms(other)]) == [], host
     assert sandbox_channels([_sms(options)]) == []  # stopped: just an address now
 
 

@@ -41,7 +41,8 @@ SANDBOX_DIR = "sandbox"
 #: the suffix marking a rehearsal's ledger: ``ledger.db`` -> ``ledger.sandbox.db``
 _LEDGER_MARK = ".sandbox"
 
-_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+#: the host names of the sandbox servers' address (they listen on 127.0.0.1 only)
+_SANDBOX_HOSTS = frozenset({"127.0.0.1", "localhost"})
 _lock = threading.Lock()
 _live_ports: collections.Counter[int] = collections.Counter()
 
@@ -124,6 +125,6 @@ def sandbox_channels(channels: Iterable[Channel]) -> list[str]:
         if endpoint is None:
             continue
         host, port = endpoint
-        if port in live and (host in _LOOPBACK or host.startswith("127.")):
+        if port in live and host in _SANDBOX_HOSTS:
             names.append(channel.name)
     return names
