@@ -17,6 +17,9 @@ from hypothesis import strategies as st
 from campaignkit._csvio import FORMULA_START, neutralise, restore, safe_csv_writer
 from campaignkit.cli import main
 
+#: Characters a spreadsheet may not show before a formula.
+INVISIBLE = "\ufeff\u200b\u200c\u200d\u2060\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+
 #: Cells that are numbers a spreadsheet may show as numbers but can run nothing with.
 PLAIN = ("+14155550100", "-12.5", "+1 (415) 555-0100", "0", "42", "-3", " -12.5")
 #: Cells a spreadsheet would run (or that hide a formula behind white space or quotes).
@@ -41,12 +44,18 @@ HOSTILE = (
     "-",
     "+",
     "'=1",
+    "\ufeff=1",
+    "\u200b@SUM(1)",
+    " \u202e-2+3",
+    "\u200b \u200b=1",
 )
 
 
 def is_safe(cell: str) -> bool:
     """What a spreadsheet may read: not a formula, or a plain number."""
-    body = cell.lstrip()
+    body = cell
+    while body[:1].isspace() or body[:1] in tuple(INVISIBLE):
+        body = body[1:]
     if cell[:1] in ("\t", "\r", "\n", "\0"):
         return False
     if body[:1] not in FORMULA_START:
@@ -82,7 +91,7 @@ _CELLS = st.one_of(
     st.sampled_from(HOSTILE + PLAIN),
     st.builds(
         lambda head, tail: head + tail,
-        st.sampled_from([*sorted(FORMULA_START), " ", "'", "\u3000"]),
+        st.sampled_from([*sorted(FORMULA_START), " ", "'", "\u3000", *INVISIBLE]),
         st.text(),
     ),
 )

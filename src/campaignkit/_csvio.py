@@ -4,7 +4,8 @@ suppression exports): cells a spreadsheet would run as a formula are neutralised
 A cell is **neutralised** (a single quote ``'`` is put in front of it) when
 
 * its first character is a tab, carriage return, line feed or NUL, or
-* its first character after any leading white space is ``=``, ``+``, ``-``, ``@`` or
+* its first character after any leading white space (or invisible format characters:
+  byte order mark, zero-width spaces and joiners, direction marks) is ``=``, ``+``, ``-``, ``@`` or
   their full-width forms (U+FF1D, U+FF0B, U+FF0D, U+FF20, which some spreadsheets read as the same),
   unless the cell (after that white space) is a **plain number**: an optional ``+`` or
   ``-``, an ASCII digit, then only ASCII digits, spaces, dots, parentheses and hyphens
@@ -34,8 +35,15 @@ FORMULA_START = frozenset("=+-@\t\r\n\0\uff1d\uff0b\uff0d\uff20")
 _CONTROL_START = frozenset("\t\r\n\0")
 #: A signed number or phone number: no letters, no references, no function calls.
 _PLAIN_NUMBER = re.compile(r"[+-]?[0-9][0-9 .()-]*")
-#: First characters that may need a look (white space may hide a formula after it).
-_LOOK = FORMULA_START | {"'"}
+#: Invisible format characters (BOM, zero-width, direction marks) that may hide a formula.
+_INVISIBLE = "\ufeff\u200b\u200c\u200d\u2060\u200e\u200f\u202a-\u202e\u2066-\u2069"
+#: What a spreadsheet may skip before a formula: white space and invisible characters.
+_LEADING = re.compile(rf"[\s{_INVISIBLE}]*")
+_INVISIBLE_CHARS = frozenset(
+    chr(c) for c in (0xFEFF, 0x200B, 0x200C, 0x200D, 0x2060, 0x200E, 0x200F, *range(0x202A, 0x202F))
+) | frozenset(chr(c) for c in range(0x2066, 0x206A))
+#: First characters that may need a look.
+_LOOK = FORMULA_START | _INVISIBLE_CHARS | {"'"}
 
 
 def _needs_quote(cell: str) -> bool:
@@ -51,7 +59,8 @@ def _needs_quote(cell: str) -> bool:
         first = cell[0]
     if first in _CONTROL_START:
         return True
-    body = cell.lstrip()
+    match = _LEADING.match(cell)
+    body = cell[match.end() :] if match else cell
     if not body or body[0] not in FORMULA_START:
         return False
     return body[0] not in "+-" or _PLAIN_NUMBER.fullmatch(body) is None
