@@ -2100,6 +2100,8 @@ def suppressions(
     not listed.
     """
     if as_json:
+        if fmt not in ("table", "json"):
+            raise click.UsageError(f"--json and --format {fmt} contradict each other")
         fmt = "json"
     if output is not None and fmt == "table":
         raise click.UsageError("--output needs --format json or csv")
