@@ -210,3 +210,14 @@ def test_suppressions_output_needs_a_file_format(tmp_path: Path) -> None:
     result = invoke("suppressions", str(config), "-o", str(tmp_path / "x.csv"))
     assert result.exit_code == 2
     assert "--output needs --format json or csv" in result.output
+
+
+def test_suppressions_json_and_csv_contradict(tmp_path: Path) -> None:
+    config = write_campaign(tmp_path)
+    result = invoke("suppressions", str(config), "--json", "--format", "csv")
+    assert result.exit_code == 2
+    assert "--json and --format csv contradict each other" in result.output
+    empty = invoke("suppressions", str(config), "--format", "csv")
+    assert empty.exit_code == 0
+    assert empty.stdout.splitlines() == ["kind,address,reason,source"]
+    assert not (tmp_path / ".campaignkit").exists()  # looking creates no ledger
