@@ -53,6 +53,12 @@ from ._models import (
 )
 from ._notifier import ChannelSettings, Notifier
 from ._plugins import Registry, get_plugin_manager
+from ._rehearsal import (
+    is_rehearsal,
+    rehearsal_execution,
+    rehearsal_output_root,
+    sandbox_channels,
+)
 from ._schedule import Blocked, Interval, manual_logical_date, plan_due_runs
 from ._segment import ExtractionStats, extract
 from ._source import MODEL_FIELDS, Source
@@ -170,6 +176,14 @@ class Pipeline:
             (built-ins plus installed entry points).
         env: where provider tokens are read from; defaults to ``os.environ``.
         sleep: how retry waits sleep; tests pass a function that does not wait.
+        rehearsal: a rehearsal records into its own state, never the real one: the
+            ledger ``ledger.sandbox.db`` beside ``execution.state_path`` (runs,
+            deliveries, suppression list) and run directories under
+            ``<output dir>/sandbox/``. By default (``None``) a pipeline is a rehearsal
+            when its execution already is (a configuration from ``Sandbox.apply()``)
+            or when an enabled channel points at a campaignkit sandbox server running
+            in this process. ``False`` keeps the configured state whatever the
+            channels point at.
     """
 
     def __init__(
@@ -186,6 +200,7 @@ class Pipeline:
         plugins: pluggy.PluginManager | None = None,
         env: Mapping[str, str] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        rehearsal: bool | None = None,
     ) -> None:
         self.name = name
         self.description = description
@@ -199,6 +214,20 @@ class Pipeline:
         if not self.channels:
             raise ConfigError("at least one channel is required", path="channels")
         self.execution = execution or Execution()
+        if rehearsal is None:
+            sandboxed = sandbox_channels(self.channels)
+            rehearsal = bool(sandboxed)
+            others = [c.name for c in self.channels if c.enabled and c.name not in sandboxed]
+            if sandboxed and others:
+                log.warning(
+                    "%s: channels %s send to the campaignkit sandbox, so this is a rehearsal "
+                    "with its own ledger, but channels %s do not point at it",
+                    name,
+                    ", ".join(sandboxed),
+                    ", ".join(others),
+                )
+        if rehearsal:
+            self.execution = rehearsal_execution(self.execution)
         self.schedule = schedule or Schedule()
         self.base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
         self._plugins = plugins
@@ -424,6 +453,23 @@ class Pipeline:
     def ledger(self) -> SqliteLedger:
         """Open this pipeline's ledger (the caller closes it)."""
         return SqliteLedger(self.state_path)
+
+    @property
+    def rehearsal(self) -> bool:
+        """Whether this pipeline rehearses against the sandbox, with its own ledger
+        (``ledger.sandbox.db``) and output folder (``<output dir>/sandbox/``)."""
+        return is_rehearsal(self.execution)
+
+    def output_root(self, output_dir: str | Path | None = None) -> Path:
+        """Where run directories and plans go: ``output_dir``, or
+        ``execution.output_dir`` against ``base_dir``; a rehearsal's ``sandbox/``
+        folder inside it."""
+        root = (
+            Path(output_dir)
+            if output_dir is not None
+            else self.base_dir / self.execution.output_dir
+        )
+        return rehearsal_output_root(root) if self.rehearsal else root
 
     def fingerprint(self) -> str:
         """A digest of everything that decides what is sent (source, channels and their
@@ -871,12 +917,7 @@ class Pipeline:
     def _run_dir(
         self, run_id: str, output_dir: str | Path | None, *, exist_ok: bool = False
     ) -> Path:
-        root = (
-            Path(output_dir)
-            if output_dir is not None
-            else self.base_dir / self.execution.output_dir
-        )
-        run_dir = root / run_id
+        run_dir = self.output_root(output_dir) / run_id
         run_dir.mkdir(parents=True, exist_ok=exist_ok)
         return run_dir
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import collections
-import csv
 from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 
 import attrs
 
+from ._csvio import safe_csv_writer
 from ._models import Recipient, RejectedRow
 from ._source import MODEL_FIELDS, Source
 from ._sources import (
@@ -56,7 +56,7 @@ def extract(
     reasons: collections.Counter[str] = collections.Counter()
     rejected = 0
     with rejects.open("w", newline="", encoding="utf-8") as rej:
-        writer = csv.writer(rej)
+        writer = safe_csv_writer(rej)  # neutralises cells a spreadsheet runs as formulas
         writer.writerow(["line", "reason", "field", "detail", "raw"])
         records = source.records(required)
         if not isinstance(source, _FileSource):  # the built-in sources check themselves

@@ -34,7 +34,6 @@ traceback, and nothing printed here ever holds a provider token.
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import logging
 import os
@@ -47,7 +46,7 @@ import zoneinfo
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path, PurePath
+from pathlib import Path
 from types import FrameType
 from typing import IO, Any, NoReturn, TypeVar
 
@@ -74,6 +73,7 @@ from ._address import AddressValidator
 from ._audience import channel_validator
 from ._config import Channel, PipelineConfig, Schedule, load_config
 from ._content import sms_segments
+from ._csvio import safe_csv_writer
 from ._ledger import (
     ACTIVE_STATUSES,
     RESUMABLE_STATUSES,
@@ -140,9 +140,6 @@ BUILTIN_PACKAGE = "campaignkit (built-in)"
 
 #: Delivery counts shown per channel; the first three always, the others when not zero.
 _COUNTS = ("sent", "failed", "skipped", "pending", "unknown", "deferred")
-
-#: Characters that make a spreadsheet read a CSV cell as a formula (OWASP).
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 _CSV_FIELDS = (
     "run_id",
@@ -334,23 +331,6 @@ def _with_retry_delay(config: PipelineConfig, seconds: float) -> PipelineConfig:
         for c in config.channels
     )
     return attrs.evolve(config, execution=execution, channels=channels)
-
-
-def _sandbox_state(config: PipelineConfig) -> PipelineConfig:
-    """``config`` recording into the sandbox's own ledger and run directories.
-
-    A rehearsal against the sandbox must never count as the real run of a logical
-    date (the real run would then send nothing), nor a real run be continued in the
-    sandbox: ``.campaignkit/ledger.db`` becomes ``.campaignkit/ledger.sandbox.db`` and
-    run directories go to ``<output_dir>/sandbox/``.
-    """
-    state = PurePath(config.execution.state_path)
-    execution = attrs.evolve(
-        config.execution,
-        state_path=str(state.with_name(f"{state.stem}.sandbox{state.suffix}")),
-        output_dir=str(PurePath(config.execution.output_dir) / "sandbox"),
-    )
-    return attrs.evolve(config, execution=execution)
 
 
 def _configure_logging(verbose: int) -> None:
@@ -908,7 +888,8 @@ def _sandboxed(
     except Exception as exc:  # e.g. the SMTP sandbox without aiosmtpd
         _sandbox_failure(exc)
     try:
-        applied = [_sandbox_state(sandbox.apply(cfg)) for cfg in configs]
+        # apply() also isolates the state: the sandbox ledger and run directories.
+        applied = [sandbox.apply(cfg) for cfg in configs]
         env = dict(os.environ)
         for cfg in applied:
             env.update(sandbox.env(cfg))
@@ -962,11 +943,18 @@ def _prepare(
 
 
 def _build(
-    config: PipelineConfig, pm: pluggy.PluginManager | None, env: Mapping[str, str] | None
+    config: PipelineConfig,
+    pm: pluggy.PluginManager | None,
+    env: Mapping[str, str] | None,
+    *,
+    rehearsal: bool,
 ) -> Pipeline:
+    """The pipeline of ``config``; a rehearsal (``--sandbox``) has the sandbox's own
+    ledger and run directories, anything else the campaign's, whatever its channels
+    point at."""
     file = Path(config.file) if config.file else None
     with _input_errors(file):
-        return Pipeline.from_config(config, plugins=pm, env=env)
+        return Pipeline.from_config(config, plugins=pm, env=env, rehearsal=rehearsal)
 
 
 def _interrupt_message(where: _Where, run: RunRecord | None) -> str:
@@ -1103,7 +1091,7 @@ def run(
                 sandboxed=use_sandbox,
             )
             raise SystemExit(code)
-        pipeline = _build(cfg, pm, env)
+        pipeline = _build(cfg, pm, env, rehearsal=use_sandbox)
         if scheduled:
             code = _run_scheduled(pipeline, config, sandbox, as_json=as_json)
         else:
@@ -1262,9 +1250,7 @@ def _dry_run_env(
 
 def _plan_path(pipeline: Pipeline, output_dir: Path | None, created: datetime) -> Path:
     """``<output_dir>/plan-<timestamp>.json``, not overwriting an earlier plan."""
-    root = (
-        output_dir if output_dir is not None else pipeline.base_dir / pipeline.execution.output_dir
-    )
+    root = pipeline.output_root(output_dir)
     stamp = created.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = root / f"plan-{stamp}.json"
     n = 1
@@ -1297,7 +1283,7 @@ def _dry_run(
     """Plan the run (:meth:`Pipeline.plan`), print and write the plan; exit 0."""
     with _input_errors(path):
         env, notes = _dry_run_env(config, pm, env)
-    pipeline = _build(config, pm, env)
+    pipeline = _build(config, pm, env, rehearsal=sandboxed)
     out = _console()
     progress = _Progress(out, [], show=False)
 
@@ -1529,7 +1515,7 @@ def _continue_run(
         _sigterm_interrupts("interrupted before sending started; nothing was sent"),
         _sandboxed(configs, use_sandbox) as (applied, env, sandbox),
     ):
-        pipeline = _build(applied[0], pm, env)
+        pipeline = _build(applied[0], pm, env, rehearsal=use_sandbox)
         where = _Where(config, use_sandbox)
         before = []
         with _input_errors(config), _open_ledger(pipeline, required=True) as ledger:
@@ -1691,7 +1677,7 @@ def _look(config: Path, use_sandbox: bool) -> Pipeline:
     """The pipeline of CONFIG for looking at its ledger (no plugins, no tokens)."""
     with _input_errors(config):
         cfg = load_config(config)
-    return _build(_sandbox_state(cfg) if use_sandbox else cfg, None, None)
+    return _build(cfg, None, None, rehearsal=use_sandbox)
 
 
 def _run_dict(run: RunRecord, results: Mapping[str, ChannelResult]) -> dict[str, Any]:
@@ -1775,14 +1761,6 @@ def runs(config: Path, limit: int, as_json: bool, use_sandbox: bool) -> None:
 # -- report --------------------------------------------------------------------------------
 
 
-def _csv_safe(value: object) -> object:
-    """A CSV cell that a spreadsheet will not run as a formula: text starting with
-    ``=``, ``+``, ``-``, ``@``, tab or carriage return gets a leading single quote."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
-    return value
-
-
 def _deliveries(
     ledger: SqliteLedger, run_id: str, channels: Sequence[str | None]
 ) -> Generator[DeliveryResult, None, None]:
@@ -1817,11 +1795,11 @@ def _write_deliveries(
     return how many were written."""
     n = 0
     if fmt == "csv":
-        writer = csv.writer(stream)
+        writer = safe_csv_writer(stream)  # cells a spreadsheet would run are neutralised
         writer.writerow(_CSV_FIELDS)
         for result in rows:
             data = _delivery_dict(run_id, result)
-            writer.writerow([_csv_safe(data[field]) for field in _CSV_FIELDS])
+            writer.writerow([data[field] for field in _CSV_FIELDS])
             n += 1
         return n
     if fmt == "jsonl":
@@ -2061,8 +2039,6 @@ def suppress(
         raise click.BadParameter("must not be empty", param_hint="--reason")
     with _input_errors(config):
         cfg = load_config(config)
-        if use_sandbox:
-            cfg = _sandbox_state(cfg)
         if not cfg.execution.ledger:
             raise ConfigError(
                 "execution.ledger = false: runs of this campaign keep no ledger, so they "
@@ -2091,7 +2067,7 @@ def suppress(
             f"not a valid {noun} for channel {channel!r}: {shown}{hint}; nothing was suppressed",
             EXIT_INPUT_ERROR,
         )
-    pipeline = _build(cfg, None, None)
+    pipeline = _build(cfg, None, None, rehearsal=use_sandbox)
     with _input_errors(config):
         ledger = pipeline.ledger()
         try:
@@ -2116,9 +2092,31 @@ def suppress(
 @main.command(epilog=EPILOG)
 @click.argument("config", type=_CONFIG)
 @click.option("--kind", help="Only this kind of address: email, phone, push_token.")
-@click.option("--json", "as_json", is_flag=True, help="Print the entries as a JSON list.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+    help="table; json: a list of {kind, address, reason, source}; csv: a header and one "
+    "row per entry, safe to open in a spreadsheet.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --format json or csv: write to this file instead of stdout.",
+)
 @_sandbox_ledger_option
-def suppressions(config: Path, kind: str | None, as_json: bool, use_sandbox: bool) -> None:
+def suppressions(
+    config: Path,
+    kind: str | None,
+    fmt: str,
+    as_json: bool,
+    output: Path | None,
+    use_sandbox: bool,
+) -> None:
     """List the ledger's suppression list of campaign CONFIG: the addresses added by
     `campaignkit suppress` and by providers' "stop" answers (an unsubscribed number,
     an unregistered device, a hard bounce), with why and where from.
@@ -2126,14 +2124,22 @@ def suppressions(config: Path, kind: str | None, as_json: bool, use_sandbox: boo
     Channels' suppression_files are read by every run as well; they are named here but
     not listed.
     """
+    if as_json:
+        if fmt not in ("table", "json"):
+            raise click.UsageError(f"--json and --format {fmt} contradict each other")
+        fmt = "json"
+    if output is not None and fmt == "table":
+        raise click.UsageError("--output needs --format json or csv")
     pipeline = _look(config, use_sandbox)
     entries: list[tuple[str, str, str, str | None]] = []
     with _input_errors(config), _open_ledger(pipeline, required=False) as ledger:
         if ledger is not None:
             entries = ledger.suppressions(kind or None)
-    if as_json:
-        rows = [{"kind": k, "address": a, "reason": r, "source": src} for k, a, r, src in entries]
-        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+    if fmt != "table":
+        with _input_errors(config):
+            _export_suppressions(entries, fmt, output)
+        if output is not None:
+            click.echo(f"{len(entries)} suppressed address(es) written to {output}", err=True)
         return
     out = _console()
     if entries:
@@ -2151,6 +2157,29 @@ def suppressions(config: Path, kind: str | None, as_json: bool, use_sandbox: boo
                 f"Channel {channel.name} also skips the addresses in its suppression_files: "
                 f"{', '.join(channel.suppression_files)}"
             )
+
+
+_SUPPRESSION_FIELDS = ("kind", "address", "reason", "source")
+
+
+def _export_suppressions(
+    entries: Sequence[tuple[str, str, str, str | None]], fmt: str, output: Path | None
+) -> None:
+    """The suppression list as JSON or CSV (neutralised cells), to ``output`` or stdout."""
+    with contextlib.ExitStack() as stack:
+        stream: IO[str] = sys.stdout
+        if output is not None:
+            try:
+                stream = stack.enter_context(output.open("w", encoding="utf-8", newline=""))
+            except OSError as exc:
+                raise ConfigError(f"cannot write {output}: {exc.strerror}") from None
+        if fmt == "csv":
+            writer = safe_csv_writer(stream)
+            writer.writerow(_SUPPRESSION_FIELDS)
+            writer.writerows(entries)
+        else:
+            rows = [dict(zip(_SUPPRESSION_FIELDS, entry, strict=True)) for entry in entries]
+            stream.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
 
 
 # -- schedule ------------------------------------------------------------------------------
@@ -2310,7 +2339,7 @@ def scheduler(
     with _sigterm_interrupts(), _sandboxed(loaded, use_sandbox) as (applied, env, _sandbox):
         try:
             for path, cfg in zip(paths, applied, strict=True):
-                pipeline = _build(cfg, pm, env)
+                pipeline = _build(cfg, pm, env, rehearsal=use_sandbox)
                 with _input_errors(path):
                     pipeline.validate()
                 pipelines.append((path, pipeline))

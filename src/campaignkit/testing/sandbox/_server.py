@@ -18,6 +18,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import attrs
 
+from ..._rehearsal import sandbox_started, sandbox_stopped
+
 __all__ = ["Faults", "ProviderServer", "Reply", "Request"]
 
 
@@ -187,6 +189,7 @@ class ProviderServer(abc.ABC):
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> Self:
         self._server = _Server(self, self._port)
+        sandbox_started(self.port)  # pipelines sending here are rehearsals
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -198,9 +201,11 @@ class ProviderServer(abc.ABC):
 
     def stop(self) -> None:
         if self._server is not None:
+            port = self.port
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+            sandbox_stopped(port)
 
     def __enter__(self) -> Self:
         return self.start()
