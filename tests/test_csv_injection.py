@@ -221,3 +221,19 @@ def test_suppressions_json_and_csv_contradict(tmp_path: Path) -> None:
     assert empty.exit_code == 0
     assert empty.stdout.splitlines() == ["kind,address,reason,source"]
     assert not (tmp_path / ".campaignkit").exists()  # looking creates no ledger
+
+
+def test_a_suppression_export_reads_back_as_the_addresses_it_holds(tmp_path: Path) -> None:
+    from campaignkit._suppression import SuppressionList
+
+    export = tmp_path / "export.csv"
+    with export.open("w", newline="", encoding="utf-8") as f:
+        writer = safe_csv_writer(f)
+        writer.writerow(["kind", "address", "reason"])
+        writer.writerow(["email", "-john@example.com", "manual"])
+        writer.writerow(["email", "=ann@example.com", "manual"])
+        writer.writerow(["email", "bob@example.com", "manual"])
+    assert "'-john@example.com" in export.read_text()
+    suppressed = SuppressionList.from_files([export], "email")
+    assert all(a in suppressed for a in ("-john@example.com", "=ann@example.com"))
+    assert "'-john@example.com" not in suppressed and len(suppressed) == 3
