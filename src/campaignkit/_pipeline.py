@@ -53,6 +53,7 @@ from ._models import (
 )
 from ._notifier import ChannelSettings, Notifier
 from ._plugins import Registry, get_plugin_manager
+from ._redact import token_problem
 from ._schedule import Blocked, Interval, manual_logical_date, plan_due_runs
 from ._segment import ExtractionStats, extract
 from ._source import MODEL_FIELDS, Source
@@ -284,6 +285,12 @@ class Pipeline:
                     path=f"channels.{channel.name}.token_env",
                 )
             return None
+        problem = token_problem(value)
+        if problem is not None:  # never quote the value
+            raise ConfigError(
+                f"environment variable {channel.token_variable} (the {cls.name} token) {problem}",
+                path=f"channels.{channel.name}.token_env",
+            )
         return Secret(value)
 
     def _plan(self, channel: Channel, fields: frozenset[str] | None) -> ChannelPlan:
