@@ -552,3 +552,35 @@ def test_rejections_are_replayed_too(server: TelnyxServer) -> None:
         [outcome] = send(make_notifier(server), [message(11)])
         assert not outcome.ok and outcome.error_code == "40300"
     assert server.replayed == ["run-1:sms:r11"]
+
+
+def test_a_campaign_retry_after_a_timeout_sends_one_sms(tmp_path: Any) -> None:
+    from campaignkit import Channel, Pipeline, RetryPolicy, Template
+    from campaignkit.testing import StaticSource
+
+    with TelnyxServer(token=SECRET) as srv:
+        srv.faults.stall_seconds = 0.5
+        srv.faults.fail_next("stall")  # the first request outlives the client timeout
+        pipeline = Pipeline(
+            "telnyx_retry",
+            StaticSource.from_dicts([{"id": "C1", "phone": "+14155550101"}]),
+            [
+                Channel(
+                    name="sms",
+                    provider="telnyx",
+                    template=Template(body="Hi"),
+                    options=srv.channel_options(),
+                    require_consent=False,
+                    timeout_seconds=0.2,
+                    retry=RetryPolicy(retries=1, delay_minutes=0),
+                )
+            ],
+            base_dir=tmp_path,
+            env={"SMS_API_TOKEN": SECRET},
+            sleep=lambda seconds: time.sleep(0.6),  # the stalled request completes meanwhile
+        )
+        report = pipeline.run()
+        sms = report.channels["sms"]
+        assert (sms.sent, sms.failed, sms.retries) == (1, 0, 1)
+        assert len(srv.messages) == 1
+        assert len(srv.replayed) == 1
