@@ -494,3 +494,22 @@ def test_the_default_error_message_redacts_the_channel_token() -> None:
     message = notifier.error_message(response)
     assert "probe-secret-token-2" not in message and "x1234567" not in message
     assert message.startswith("HTTP 400: ")
+
+
+def test_requests_errors_leave_a_channel_session_without_the_token() -> None:
+    # A header requests refuses is quoted in its error: a channel's session scrubs it.
+    notifier = _probe("https://api.example.com", token="probe-secret-token-3")
+    session = notifier.connect()
+    try:
+        with pytest.raises(requests.exceptions.InvalidHeader) as info:
+            session.post(
+                "https://api.example.invalid/x",
+                headers={"X-Auth": "probe-secret-token-3\n"},
+                timeout=1,
+            )
+    finally:
+        notifier.disconnect(session)
+    assert "probe-secret-token-3" not in str(info.value)
+    assert info.value.__context__ is None or "probe-secret-token-3" not in str(
+        info.value.__context__
+    )

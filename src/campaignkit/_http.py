@@ -20,12 +20,7 @@ from ._notifier import ChannelSettings, Notifier
 from ._redact import redact, remember, token_problem
 from .exceptions import ConfigError, PermanentDeliveryError, TransientDeliveryError
 
-__all__ = [
-    "HttpNotifier",
-    "check_base_url",
-    "is_loopback",
-    "parse_retry_after",
-]
+__all__ = ["HttpNotifier", "check_base_url", "is_loopback", "parse_retry_after"]
 
 #: Longest wait a provider's rate-limit header can impose on us, in seconds.
 MAX_RETRY_AFTER = 300.0
@@ -183,6 +178,25 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
+class _Session(requests.Session):
+    """A ``requests.Session`` whose request-building errors never carry a credential.
+
+    ``requests`` quotes a header value it refuses (``InvalidHeader: ... 'Bearer
+    <token>\\n'``); such errors are raised again, same type, with redacted text and
+    without the original in their context.
+    """
+
+    secrets: tuple[str, ...] = ()
+
+    def request(self, *args: Any, **kwargs: Any) -> requests.Response:
+        try:
+            return super().request(*args, **kwargs)
+        except (requests.exceptions.InvalidHeader, requests.exceptions.InvalidURL) as exc:
+            error: Exception = exc
+        text = redact(str(error), self.secrets)
+        raise type(error)(text)
+
+
 class HttpNotifier(Notifier[requests.Session]):
     """A :class:`~campaignkit.Notifier` that talks HTTP with ``requests``.
 
@@ -230,7 +244,9 @@ class HttpNotifier(Notifier[requests.Session]):
         base URL (only ever loopback) never goes through a proxy: the proxy would
         receive the token in clear text.
         """
-        session = requests.Session()
+        session = _Session()
+        token = self.settings.token
+        session.secrets = (token.reveal(),) if token else ()
         env = session.merge_environment_settings(self.base_url, {}, None, None, None)
         if not self.base_url.lower().startswith("http://"):
             session.proxies.update(env.get("proxies") or {})
