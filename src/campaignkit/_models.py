@@ -348,7 +348,7 @@ class RunReport:
     rows_rejected: int = 0
     rejected_reasons: Mapping[str, int] = attrs.field(factory=dict, converter=_frozen_mapping)
     output_dir: str | None = None
-    errors: Mapping[str, str] = attrs.field(factory=dict, converter=_redacted_mapping)
+    errors: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_mapping)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], run: Any = None) -> RunReport:
@@ -411,6 +411,10 @@ class RunReport:
         for name, result in self.channels.items():
             out[result.result_key or f"{name}_results"] = result.to_dict()
         return out
+
+    def __attrs_post_init__(self) -> None:
+        # A channel's crash text is stored and printed: never with a credential inside.
+        object.__setattr__(self, "errors", _redacted_mapping(self.errors))
 
 
 def _iso(value: datetime | None) -> str | None:
