@@ -669,7 +669,7 @@ body = "Hi {{ first_name }}"
     assert "Lines:     15 = 1 header + 6 in accepted rows + 8 in rejected rows + 0 blank" in (
         result.output
     )
-    (run_dir,) = [p for p in out.iterdir() if p.is_dir() and p.name != "sandbox"]
+    (run_dir,) = [p for p in (out / "sandbox").iterdir() if p.is_dir()]  # a rehearsal's
     recorded = {p.stem: p.read_text(encoding="utf-8") for p in run_dir.glob("sandbox/*.jsonl")}
     for provider in ("twilio", "expo"):
         messages = [json.loads(line) for line in recorded[provider].splitlines()]

@@ -12,6 +12,8 @@ from typing import Any
 
 import attrs
 
+from ._redact import redact, remember
+
 __all__ = [
     "ChannelResult",
     "DeliveryResult",
@@ -28,6 +30,15 @@ __all__ = [
 ]
 
 
+def _redacted(value: str | None) -> str | None:
+    # Error texts are stored and printed: never with a credential inside.
+    return redact(value) if value else value
+
+
+def _redacted_mapping(value: Mapping[str, str] | None) -> Mapping[str, str]:
+    return {k: redact(v) if isinstance(v, str) else v for k, v in (value or {}).items()}
+
+
 def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     # A plain dict is taken as is (sources build a fresh one per row); others are copied.
     if type(value) is dict:
@@ -40,6 +51,9 @@ class Secret:
     """A provider token. Its repr and str never show the value; call :meth:`reveal`."""
 
     _value: str = attrs.field(alias="value")
+
+    def __attrs_post_init__(self) -> None:
+        remember(self._value)  # redacted from every stored or printed error text
 
     def reveal(self) -> str:
         """Return the secret value, for the one place that must send it."""
@@ -202,7 +216,7 @@ class Outcome:
     ok: bool
     provider_message_id: str | None = None
     error_code: str | None = None
-    error: str | None = None
+    error: str | None = attrs.field(default=None, converter=_redacted)
     transient: bool = False
 
     @classmethod
@@ -227,7 +241,7 @@ class DeliveryResult:
     provider_message_id: str | None = None
     attempts: int = 0
     error_code: str | None = None
-    error: str | None = None
+    error: str | None = attrs.field(default=None, converter=_redacted)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -413,6 +427,10 @@ class RunReport:
         for name, result in self.channels.items():
             out[result.result_key or f"{name}_results"] = result.to_dict()
         return out
+
+    def __attrs_post_init__(self) -> None:
+        # A channel's crash text is stored and printed: never with a credential inside.
+        object.__setattr__(self, "errors", _redacted_mapping(self.errors))
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -53,6 +53,7 @@ from ._models import (
 )
 from ._notifier import ChannelSettings, Notifier
 from ._plugins import Registry, get_plugin_manager
+from ._redact import token_problem
 from ._rehearsal import (
     is_rehearsal,
     rehearsal_execution,
@@ -316,6 +317,12 @@ class Pipeline:
                     path=f"channels.{channel.name}.token_env",
                 )
             return None
+        problem = token_problem(value)
+        if problem is not None:  # never quote the value
+            raise ConfigError(
+                f"environment variable {channel.token_variable} (the {cls.name} token) {problem}",
+                path=f"channels.{channel.name}.token_env",
+            )
         return Secret(value)
 
     def _plan(self, channel: Channel, fields: frozenset[str] | None) -> ChannelPlan:

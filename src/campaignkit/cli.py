@@ -94,6 +94,7 @@ from ._models import (
 from ._notifier import ChannelSettings, Notifier
 from ._pipeline import ChannelPlanSummary, Pipeline, PlanReport, ScheduledRuns
 from ._plugins import BLOCK_ENV, Registry, get_plugin_manager
+from ._redact import redact
 from ._schedule import Interval, manual_logical_date, plan_due_runs, upcoming
 from ._suppression import _entries as _suppression_entries
 from .exceptions import CampaignKitError, ConfigError, PluginError
@@ -185,7 +186,7 @@ def _sandbox_failure(exc: Exception) -> NoReturn:
 
 def _fail(message: str, code: int) -> NoReturn:
     """Print ``message`` as one line on stderr and exit with ``code``."""
-    one_line = " ".join(message.splitlines())
+    one_line = " ".join(redact(message).splitlines())
     click.echo(f"campaignkit: error: {one_line}", err=True)
     raise SystemExit(code)
 
@@ -2370,7 +2371,7 @@ def _schedule_loop(pipelines: Sequence[tuple[Path, Pipeline]], poll: float) -> N
                 continue
             except Exception as exc:
                 log.debug("scheduled run failed", exc_info=True)
-                _say(f"{pipeline.name}: error: {type(exc).__name__}: {exc}", err=True)
+                _say(f"{pipeline.name}: error: {type(exc).__name__}: {redact(str(exc))}", err=True)
                 live = True
                 continue
             for report in result.reports:

@@ -12,10 +12,15 @@ Every exception campaignkit raises on purpose derives from :class:`CampaignKitEr
         ├── TransientDeliveryError   worth retrying: timeout, reset, 429, 5xx, SMTP 4xx
         └── PermanentDeliveryError   never retried: invalid recipient, auth, other 4xx, SMTP 5xx
 
-Errors never carry secrets: provider tokens are not part of any message or attribute.
+Errors never carry secrets: provider tokens are not part of any message or attribute,
+and the text of every campaignkit error passes through :func:`campaignkit._redact.redact`
+(known tokens and credential shapes such as ``Authorization: ...`` are replaced by
+``***``), whatever a provider or a plugin put in it.
 """
 
 from __future__ import annotations
+
+from ._redact import redact
 
 __all__ = [
     "AudienceGuardError",
@@ -31,7 +36,14 @@ __all__ = [
 
 
 class CampaignKitError(Exception):
-    """Root of every error campaignkit raises on purpose."""
+    """Root of every error campaignkit raises on purpose.
+
+    Its text (``str(error)``, and so tracebacks) is redacted: no token, no
+    ``Authorization`` value, whatever the message was built from.
+    """
+
+    def __str__(self) -> str:
+        return redact(super().__str__())
 
 
 class ConfigError(CampaignKitError, ValueError):
@@ -129,7 +141,7 @@ class DeliveryError(CampaignKitError):
         retry_after: float | None = None,
         status_code: int | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(redact(message))
         self.code = code
         self.retry_after = retry_after
         self.status_code = status_code

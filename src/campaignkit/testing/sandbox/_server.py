@@ -81,6 +81,9 @@ class Faults:
             (``429``, ``500``, ``503``...), ``"drop"``, ``"stall"``, or ``"pass"``
             (answer that request normally).
         seed: seed for the random draws, for reproducible runs.
+        echo_credentials: error replies (4xx and 5xx) echo the request's
+            ``Authorization`` header in their error text, as some servers and
+            proxies do, to check that credentials never reach a ledger or report.
     """
 
     rate_limit: float | None = None
@@ -93,6 +96,7 @@ class Faults:
     drop_rate: float = 0.0
     script: collections.deque[int | str] = attrs.field(factory=collections.deque)
     seed: int | None = None
+    echo_credentials: bool = False
     _rng: random.Random = attrs.field(init=False, factory=random.Random)
 
     def __attrs_post_init__(self) -> None:
@@ -225,6 +229,15 @@ class ProviderServer(abc.ABC):
 
     # -- request path -----------------------------------------------------------------
     def _dispatch(self, request: Request) -> Reply | None:
+        reply = self._answer(request)
+        if reply is not None and reply.status >= 400 and self.faults.echo_credentials:
+            value = request.headers.get("authorization", "")
+            credential = value.partition(" ")[2] or value
+            echo = f"credentials {credential} rejected (Authorization: {value})"
+            reply = attrs.evolve(reply, body=_with_echo(reply.body, echo))
+        return reply
+
+    def _answer(self, request: Request) -> Reply | None:
         faults = self.faults
         now = time.monotonic()
         with self.lock:
@@ -277,3 +290,22 @@ class ProviderServer(abc.ABC):
                 start += 1
             best = max(best, end - start + 1)
         return float(best)
+
+
+def _with_echo(body: Any, echo: str) -> Any:
+    """An error body whose human-readable texts end with ``echo``."""
+    if isinstance(body, bytes):
+        return body + b" " + echo.encode("latin-1", "replace")
+    if isinstance(body, str):
+        return f"{body} {echo}"
+    if isinstance(body, list):
+        return [_with_echo(item, echo) for item in body]
+    if isinstance(body, dict):
+        out = {k: _with_echo(v, echo) if k == "errors" else v for k, v in body.items()}
+        for key in ("message", "detail", "title"):
+            if isinstance(out.get(key), str):
+                out[key] = f"{out[key]} {echo}"
+        if "errors" not in out and "message" not in out and "detail" not in out:
+            out["message"] = echo
+        return out
+    return {"message": echo}
