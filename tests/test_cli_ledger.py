@@ -208,6 +208,8 @@ def test_runs_and_report_show_the_ledger(tmp_path: Path) -> None:
         "run_id": run_id,
         "channel": "sms",
         "recipient_id": "C2",
+        "line": 3,
+        "address": failed["address"],
         "status": "failed",
         "reason": "permanent_error",
         "provider_message_id": None,
@@ -228,6 +230,8 @@ def test_runs_and_report_show_the_ledger(tmp_path: Path) -> None:
     table_rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"), newline="")))
     assert [r["recipient_id"] for r in table_rows] == ["C1", "C2", "C3", "C4"]
     assert table_rows[1]["error_code"] == "21211"
+    assert [r["line"] for r in table_rows] == ["2", "3", "4", "5"]  # rows tell apart by line
+    assert table_rows[1]["address"] == "'" + failed["address"]  # a "+..." number, made safe
 
     lines = invoke("report", str(config), run_id, "--sandbox", "--format", "jsonl")
     assert [json.loads(line)["recipient_id"] for line in lines.stdout.splitlines()][:2] == [

@@ -210,7 +210,12 @@ class Outcome:
 
 @attrs.frozen
 class DeliveryResult:
-    """The final outcome for one recipient on one channel."""
+    """The final outcome for one recipient on one channel.
+
+    ``line`` (the recipient's line in the source, 0 if unknown) and ``address`` (the
+    normalized address it was sent to) are filled when read from the ledger; they tell
+    apart the deliveries of a customer id on several rows (``rows_per_customer``).
+    """
 
     channel: str
     recipient_id: str
@@ -220,12 +225,16 @@ class DeliveryResult:
     attempts: int = 0
     error_code: str | None = None
     error: str | None = None
+    line: int | None = None
+    address: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         return {
             "channel": self.channel,
             "recipient_id": self.recipient_id,
+            "line": self.line,
+            "address": self.address,
             "status": self.status.value,
             "reason": self.reason,
             "provider_message_id": self.provider_message_id,

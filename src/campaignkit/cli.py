@@ -149,6 +149,8 @@ _CSV_FIELDS = (
     "run_id",
     "channel",
     "recipient_id",
+    "line",
+    "address",
     "status",
     "reason",
     "provider_message_id",
