@@ -68,7 +68,8 @@ class Recipient:
     """One customer of the segment.
 
     Attributes:
-        id: the customer's stable identifier (unique within a segment).
+        id: the customer's stable identifier: unique within a segment, unless the
+            source allows several rows per customer (``rows_per_customer = "many"``).
         email, phone, push_token: channel addresses, ``None`` when absent.
         attributes: every other column, by its (mapped) name, as text.
         consent: per-channel consent flags, by channel name; a channel absent here
