@@ -274,3 +274,47 @@ def test_no_two_deliveries_of_a_run_share_a_key(
         assert sorted(r.address or "" for r in sent) == sorted(
             m.address for m in messages if m.channel == name
         )
+
+
+@pytest.mark.parametrize("rows_per_customer", ["one", "many"])
+def test_the_rule_holds_for_json_lines_too(
+    tmp_path: Path, pm: pluggy.PluginManager, recorder: Any, rows_per_customer: str
+) -> None:
+    segment = tmp_path / "seg.jsonl"
+    segment.write_text(
+        '{"id": "c1", "email": "a@example.com"}\n'
+        '{"id": "c1", "email": "b@example.com"}\n'
+        "\n"
+        '{"id": "c2", "email": "c@example.com"}\n',
+        encoding="utf-8",
+    )
+    config = parse_config(
+        {
+            "pipeline": {"name": "jl"},
+            "source": {
+                "type": "jsonl",
+                "path": "seg.jsonl",
+                "rows_per_customer": rows_per_customer,
+            },
+            "channels": {
+                "email": {
+                    "provider": "recording",
+                    "require_consent": False,
+                    "template": {"subject": "Hi", "body": "Hi {{ id }}"},
+                    "options": {"address_field": "email"},
+                }
+            },
+        },
+        base_dir=tmp_path,
+    )
+    pipeline = Pipeline.from_config(config, plugins=pm, env={})
+    report = pipeline.run()
+    sent = sorted(m.address for m in recorder.outbox.messages)
+    if rows_per_customer == "many":
+        assert (report.rows_read, report.rows_rejected) == (3, 0)
+        assert sent == ["a@example.com", "b@example.com", "c@example.com"]
+    else:
+        assert (report.rows_read, report.rows_rejected) == (3, 1)
+        assert sent == ["a@example.com", "c@example.com"]
+        text = (Path(report.output_dir or "") / "rejected.csv").read_text(encoding="utf-8")
+        assert "2,duplicate_id,id,customer id 'c1' already on line 1" in text
