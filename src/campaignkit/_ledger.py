@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import attrs
 
+from ._config import ROWS_PER_CUSTOMER
 from ._models import DeliveryResult, DeliveryStatus, Recipient, RejectedRow
 from .exceptions import CampaignKitError
 
@@ -53,8 +54,6 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 4
-#: The ``rows_per_customer`` values: a customer id may occur once, or on several rows.
-ROWS_PER_CUSTOMER = ("one", "many")
 #: Reason code of a row whose customer id an earlier row has (``rows_per_customer = "one"``).
 DUPLICATE_ID = "duplicate_id"
 _PAGE = 2000  # rows per read transaction when streaming
