@@ -323,3 +323,14 @@ def test_keys_derive_from_the_snapshot_position(tmp_path: Path, pm: Any) -> None
     # Length-prefixed parts: no two different (run, channel, seq) make the same key.
     assert idempotency_key("a:1", "b", 2) != idempotency_key("a", "1:b", 2)
     assert idempotency_key("r", "c", 12) != idempotency_key("r", "c1", 2)
+
+
+def test_the_encoder_falls_back_to_the_public_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from campaignkit import _ledger
+
+    value = ["Zoë\ud800", None, "tok", {"a": "b"}, {"sms": False}]
+    fast = _ledger._json_encoder()
+    monkeypatch.setattr(json.encoder, "c_make_encoder", None)
+    slow = _ledger._json_encoder()
+    assert fast is not slow
+    assert fast(value) == slow(value) == json.dumps(value, separators=(",", ":"))
