@@ -318,3 +318,68 @@ def test_the_rule_holds_for_json_lines_too(
         assert sent == ["a@example.com", "c@example.com"]
         text = (Path(report.output_dir or "") / "rejected.csv").read_text(encoding="utf-8")
         assert "2,duplicate_id,id,customer id 'c1' already on line 1" in text
+
+
+def test_after_a_kill_the_report_and_the_resume_keep_the_extraction_counts(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL while sending (the snapshot was written), then ``report`` and ``resume``
+    from the command line: both show the rows read and rejected by the extraction."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from click.testing import CliRunner
+
+    from campaignkit.cli import main
+    from campaignkit.testing.sandbox.onesignal import OneSignalServer
+
+    lines = ["customer_id,first_name,push_token"]
+    lines += [f"C{i},N{i},{uuid.UUID(int=i)}" for i in range(1, 7)]
+    lines += [f",Nobody,{uuid.UUID(int=99)}", f"C1,Again,{uuid.UUID(int=98)}"]
+    (tmp_path / "segment.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with OneSignalServer() as server:
+        config = tmp_path / "campaign.toml"
+        config.write_text(
+            '[pipeline]\nname = "killed"\n[source]\npath = "segment.csv"\n'
+            '[source.columns]\nid = "customer_id"\n'
+            '[channels.push]\nprovider = "onesignal"\nrequire_consent = false\n'
+            'concurrency = 1\n[channels.push.template]\ntitle = "Hi"\n'
+            'body = "Hi {{ first_name }}"\n[channels.push.options]\n'
+            + "".join(f"{k} = {json.dumps(v)}\n" for k, v in server.channel_options().items()),
+            encoding="utf-8",
+        )
+        env = {"PUSH_API_TOKEN": server.token}
+        server.faults.latency = 1.0
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "campaignkit", "run", str(config)],
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while len(server.request_times) < 2:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.005)
+            proc.kill()
+        finally:
+            proc.wait(timeout=30)
+        server.faults.latency = 0.0
+        cli = CliRunner()
+        listed = cli.invoke(main, ["runs", str(config), "--json"], env=env)
+        [crashed] = json.loads(listed.stdout)
+        assert crashed["status"] == "running"
+        counts = "8 row(s) read, 2 rejected (duplicate_id 1, empty_required_field 1)"
+        before = cli.invoke(main, ["report", str(config), crashed["run_id"]], env=env)
+        assert before.exit_code == 0, before.output
+        assert counts in before.stdout
+        resumed = cli.invoke(main, ["resume", str(config), crashed["run_id"]], env=env)
+        assert resumed.exit_code == 0, resumed.output
+        assert counts in resumed.stdout
+        after = cli.invoke(main, ["report", str(config), crashed["run_id"]], env=env)
+        assert counts in after.stdout
+        assert sorted(m["to"] for m in server.messages) == sorted(
+            str(uuid.UUID(int=i)) for i in range(1, 7)
+        )
