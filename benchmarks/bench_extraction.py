@@ -102,7 +102,9 @@ def work_pipeline_extract(path: str) -> dict[str, int]:
             source,
             required={"email", "phone", "push_token"},
             rejects=Path(tmp) / "rejected.csv",
-            store=lambda recipients: ledger.write_snapshot("bench", recipients),
+            store=lambda recipients, rejected: ledger.write_snapshot(
+                "bench", recipients, rejects=rejected
+            ),
         )
         ledger.close()
     return {"rows": stats.rows_read, "recipients": stats.recipients, "rejected": stats.rejected}

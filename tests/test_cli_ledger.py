@@ -10,6 +10,7 @@ import io
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -209,6 +210,8 @@ def test_runs_and_report_show_the_ledger(tmp_path: Path) -> None:
         "run_id": run_id,
         "channel": "sms",
         "recipient_id": "C2",
+        "line": 3,
+        "address": failed["address"],
         "status": "failed",
         "reason": "permanent_error",
         "provider_message_id": None,
@@ -229,6 +232,8 @@ def test_runs_and_report_show_the_ledger(tmp_path: Path) -> None:
     table_rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"), newline="")))
     assert [r["recipient_id"] for r in table_rows] == ["C1", "C2", "C3", "C4"]
     assert table_rows[1]["error_code"] == "21211"
+    assert [r["line"] for r in table_rows] == ["2", "3", "4", "5"]  # rows tell apart by line
+    assert table_rows[1]["address"] == failed["address"]  # a plain number: not neutralised
 
     lines = invoke("report", str(config), run_id, "--sandbox", "--format", "jsonl")
     assert [json.loads(line)["recipient_id"] for line in lines.stdout.splitlines()][:2] == [
@@ -254,7 +259,9 @@ def test_csv_export_is_safe_against_formula_injection(tmp_path: Path) -> None:
     ]
     for row in table:
         for cell in row.values():
-            assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), cell
+            # Plain numbers (a phone number in the address column) stay as they are.
+            plain = re.fullmatch(r"[+-]?[0-9][0-9 .()-]*", cell)
+            assert plain or not cell.startswith(("=", "+", "-", "@", "\t", "\r")), cell
     # JSON keeps the values as they are.
     assert [r["recipient_id"] for r in deliveries(config, run_id, "--sandbox")] == hostile
 

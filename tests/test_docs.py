@@ -23,6 +23,7 @@ from campaignkit._config import (
     Execution,
     RetryPolicy,
     Schedule,
+    SourceConfig,
     Template,
     _PipelineMeta,
     parse_config,
@@ -119,6 +120,7 @@ def option_classes() -> list[type]:
 def schema_keys() -> list[tuple[str, str]]:
     classes: list[type] = [
         _PipelineMeta,
+        SourceConfig,
         Channel,
         Template,
         Execution,
@@ -135,6 +137,8 @@ def schema_keys() -> list[tuple[str, str]]:
             key = field.name.rstrip("_")  # from_ is spelled "from" in TOML
             if cls is Channel and key == "name":
                 continue  # the table's own name
+            if cls is SourceConfig and key == "options":
+                continue  # the source type's own keys
             keys.append((cls.__name__, key))
     return keys
 

@@ -488,7 +488,7 @@ def test_extract_screens_a_plugin_sources_recipients(tmp_path: Path) -> None:
     ]
     stored: list[Recipient] = []
 
-    def store(recipients: Iterable[Recipient]) -> int:
+    def store(recipients: Iterable[Recipient], rejects: object) -> int:
         stored.extend(recipients)
         return len(stored)
 

@@ -379,12 +379,30 @@ class Schedule:
             raise ConfigError("must be after start_date", path="end_date")
 
 
+#: ``[source] rows_per_customer``: a customer id on one row (a repeat is rejected as
+#: ``duplicate_id``), or on several (one per device, say), each its own recipient.
+ROWS_PER_CUSTOMER = ("one", "many")
+
+
+def _check_rows_per_customer(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in ROWS_PER_CUSTOMER:
+        raise ConfigError(
+            f"expected one of {', '.join(map(repr, ROWS_PER_CUSTOMER))}, got {value!r}",
+            path=f"source.{attribute.name}",
+        )
+
+
 @attrs.frozen
 class SourceConfig:
-    """The ``[source]`` table: a registered source ``type`` and its options."""
+    """The ``[source]`` table: a registered source ``type`` and its options.
+
+    ``rows_per_customer`` is the identity rule, for every source type: ``"one"``
+    (a repeated customer id is a rejected row) or ``"many"`` (each row is a recipient).
+    """
 
     type: str = "csv"
     options: dict[str, Any] = attrs.field(factory=dict)
+    rows_per_customer: str = attrs.field(default="one", validator=_check_rows_per_customer)
 
 
 @attrs.frozen
@@ -474,7 +492,17 @@ def _parse(data: Mapping[str, Any], *, base_dir: Path, file: str | None) -> Pipe
     if not isinstance(source_table, Mapping):
         raise ConfigError("missing [source] table", path="source")
     source_table = dict(source_table)
-    source = SourceConfig(type=str(source_table.pop("type", "csv")), options=source_table)
+    rows_per_customer = source_table.pop("rows_per_customer", "one")
+    if not isinstance(rows_per_customer, str):
+        raise ConfigError(
+            f"expected a string, got {_describe(rows_per_customer)}",
+            path="source.rows_per_customer",
+        )
+    source = SourceConfig(
+        type=str(source_table.pop("type", "csv")),
+        options=source_table,
+        rows_per_customer=rows_per_customer,
+    )
     channels_table = data.get("channels")
     if not isinstance(channels_table, Mapping) or not channels_table:
         raise ConfigError("at least one [channels.<name>] table is required", path="channels")

@@ -35,7 +35,13 @@ from ._ratelimit import RateLimiter
 from ._templates import CompiledTemplate
 from .exceptions import DeliveryError, TemplateError
 
-__all__ = ["ChannelPlan", "ChannelRunner", "idempotency_key", "result_from_ledger"]
+__all__ = [
+    "ChannelPlan",
+    "ChannelRunner",
+    "idempotency_key",
+    "legacy_idempotency_key",
+    "result_from_ledger",
+]
 
 log = logging.getLogger("campaignkit")
 
@@ -84,10 +90,25 @@ def result_from_ledger(
     )
 
 
-def idempotency_key(run_id: str, channel: str, recipient_id: str) -> str:
-    """The deterministic key of one delivery: the same for every attempt and resume."""
-    digest = hashlib.sha256(f"{run_id}\x1f{channel}\x1f{recipient_id}".encode()).hexdigest()
-    return digest[:32]
+def idempotency_key(run_id: str, channel: str, seq: int) -> str:
+    """The deterministic key of one delivery: the same for every attempt and resume.
+
+    A delivery is (run, channel, the recipient's position ``seq`` in the run's
+    snapshot), so no two deliveries of a run share a key, whatever the customer ids:
+    two rows of one customer (``rows_per_customer = "many"``) are two deliveries. The
+    snapshot is written once per run, so ``seq`` (and the key) is stable across resumes.
+    The parts are length-prefixed: no two different triples make the same text.
+    """
+    text = f"ck2:{len(run_id)}:{run_id}:{len(channel)}:{channel}:{int(seq)}"
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def legacy_idempotency_key(run_id: str, channel: str, recipient_id: str) -> str:
+    """The key of runs snapshotted before ledger schema 4, from the recipient id: kept
+    for them, so that a resume after the upgrade re-sends in-flight messages with the
+    keys they first left with."""
+    text = f"{run_id}\x1f{channel}\x1f{recipient_id}"
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 @attrs.frozen
@@ -197,6 +218,7 @@ class ChannelRunner:
         self._retry_lock = threading.Lock()
         self._abort: tuple[str | None, str] | None = None  # (code, error) of a 401/403
         self._lost: str | None = None  # another process took the run over
+        self._legacy_keys: bool | None = None  # decided on the first render
 
     # -- selection and rendering ---------------------------------------------------------
     def plan_audience(self, segment: Iterable[tuple[int, Recipient]], now: datetime) -> bool:
@@ -247,13 +269,23 @@ class ChannelRunner:
             title=parts.get("title"),
             data=parts.get("data") or {},
             headers=headers,
-            idempotency_key=idempotency_key(self.run_id, self.name, recipient.id),
+            idempotency_key=self._key(seq, recipient),
         )
         if self.plan.content is not None:
             problem = self.plan.content(message)
             if problem is not None:
                 return self._failed_row(seq, recipient, attempts, problem, problem)
         return _Pending(seq, message, attempts)
+
+    def _key(self, seq: int, recipient: Recipient) -> str:
+        """The delivery's idempotency key: by snapshot position, or by recipient id for
+        a run snapshotted before ledger schema 4 (it has no snapshot info)."""
+        if self._legacy_keys is None:
+            ledger: Ledger | None = self.ledger  # a preview renders without a ledger
+            self._legacy_keys = ledger is not None and ledger.snapshot_info(self.run_id) is None
+        if self._legacy_keys:
+            return legacy_idempotency_key(self.run_id, self.name, recipient.id)
+        return idempotency_key(self.run_id, self.name, seq)
 
     def _failed_row(
         self, seq: int, recipient: Recipient, attempts: int, reason: str, error: str

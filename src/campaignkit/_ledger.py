@@ -21,13 +21,14 @@ most one batch per worker thread is ``in_flight``.
 
 from __future__ import annotations
 
+import json
 import marshal
 import queue
 import sqlite3
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,7 +36,8 @@ from typing import Any, Protocol
 import attrs
 
 from ._claims import Owner
-from ._models import DeliveryResult, DeliveryStatus, Recipient
+from ._config import ROWS_PER_CUSTOMER
+from ._models import DeliveryResult, DeliveryStatus, Recipient, RejectedRow
 from .exceptions import CampaignKitError
 
 __all__ = [
@@ -45,13 +47,17 @@ __all__ = [
     "MaxActiveRunsReached",
     "PlanRow",
     "PlanRules",
+    "RejectSink",
     "RunInProgress",
     "RunOwnershipLost",
     "RunRecord",
+    "SnapshotInfo",
     "SqliteLedger",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
+#: Reason code of a row whose customer id an earlier row has (``rows_per_customer = "one"``).
+DUPLICATE_ID = "duplicate_id"
 _PAGE = 2000  # rows per read transaction when streaming
 _IN_MAX = 512  # values per ``seq IN (...)`` list (older SQLite allows 999 parameters)
 _MARKS = {1 << k: ", ".join("?" * (1 << k)) for k in range(_IN_MAX.bit_length())}
@@ -153,6 +159,52 @@ class RunRecord:
         return self.status in ACTIVE_STATUSES and self.owner is not None and self.owner.alive()
 
 
+@attrs.frozen
+class SnapshotInfo:
+    """What the extraction of a run recorded with its snapshot (schema 4 on).
+
+    Attributes:
+        rows_read: rows (records) the source yielded, rejected ones included.
+        recipients: recipients stored in the snapshot.
+        rejected: rows rejected (by the source, or as ``duplicate_id``).
+        rejected_reasons: rejected rows by reason.
+        rows_per_customer: the identity rule the snapshot was written with.
+        lines: how the file's physical lines were accounted for (``SourceLines``
+            fields), for sources that count them.
+    """
+
+    rows_read: int
+    recipients: int
+    rejected: int
+    rejected_reasons: Mapping[str, int]
+    rows_per_customer: str
+    lines: Mapping[str, int] | None = None
+
+
+class RejectSink(Protocol):
+    """Where :meth:`SqliteLedger.write_snapshot` hands the rows it rejects (a repeated
+    customer id), and where it reads how many rows the source rejected, so that the
+    snapshot records the extraction's counts in its own transaction."""
+
+    @property
+    def rejected(self) -> int:
+        """Rows rejected so far (by the source, and handed to :meth:`reject`)."""
+        ...
+
+    @property
+    def reasons(self) -> Mapping[str, int]:
+        """Rows rejected so far, by reason."""
+        ...
+
+    def line_counts(self) -> Mapping[str, int] | None:
+        """How the source's physical lines were accounted for, if it counts them."""
+        ...
+
+    def reject(self, row: RejectedRow) -> None:
+        """Record a rejected row (``rejected.csv``) and count it."""
+        ...
+
+
 class Ledger(Protocol):
     """What the core needs from a ledger (see :class:`SqliteLedger`)."""
 
@@ -172,8 +224,16 @@ class Ledger(Protocol):
     def claim_run(self, run_id: str) -> RunRecord: ...
     def release_run(self, run_id: str) -> None: ...
     def finish_run(self, run_id: str, status: str, report: str) -> None: ...
-    def write_snapshot(self, run_id: str, recipients: Iterable[Recipient]) -> int: ...
+    def write_snapshot(
+        self,
+        run_id: str,
+        recipients: Iterable[Recipient],
+        *,
+        rows_per_customer: str = "one",
+        rejects: RejectSink | None = None,
+    ) -> int: ...
     def has_snapshot(self, run_id: str) -> bool: ...
+    def snapshot_info(self, run_id: str) -> SnapshotInfo | None: ...
     def snapshot(self, run_id: str) -> Iterator[tuple[int, Recipient]]: ...
     def is_planned(self, run_id: str, channel: str) -> bool: ...
     def plan(
@@ -201,6 +261,11 @@ class Ledger(Protocol):
     def close(self) -> None: ...
 
 
+def _loads(text: str) -> dict[str, Any]:
+    value = json.loads(text)
+    return value if isinstance(value, dict) else {}
+
+
 def _ts(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -211,7 +276,43 @@ def _dt(text: str | None) -> datetime | None:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
-_MIGRATIONS: dict[int, str] = {
+def _migrate_4(conn: sqlite3.Connection) -> None:
+    """Schema 4: snapshots in a stable format, with their extraction counts.
+
+    Schema 3 stored each recipient with :mod:`marshal`, whose format belongs to the
+    Python version that wrote it. Every stored recipient is converted here, by the
+    Python that opens the ledger first after the upgrade: this is the one place that
+    still reads ``marshal``. The recipient's source line moves to a column of its own.
+    Runs snapshotted before keep their recipient-id idempotency keys (no ``snapshots``
+    row), so that a resume after the upgrade re-sends in-flight messages with the keys
+    they left with.
+    """
+    conn.execute(
+        "CREATE TABLE snapshots (run INTEGER PRIMARY KEY, rows_per_customer TEXT NOT NULL, "
+        "rows_read INTEGER NOT NULL, rejected INTEGER NOT NULL, reasons TEXT NOT NULL)"
+    )
+    conn.execute("ALTER TABLE recipients ADD COLUMN line INTEGER NOT NULL DEFAULT 0")
+
+    def convert(data: bytes) -> str:
+        email, phone, token, attributes, consent, _ = marshal.loads(data)  # noqa: S302 - ours
+        return _dumps([email, phone, token, attributes, consent])
+
+    def line(data: bytes) -> int:
+        return int(marshal.loads(data)[5])  # noqa: S302 - ours
+
+    conn.create_function("ck_v3_line", 1, line, deterministic=True)
+    conn.create_function("ck_v3_data", 1, convert, deterministic=True)
+    try:
+        conn.execute(
+            "UPDATE recipients SET line = ck_v3_line(data), data = ck_v3_data(data) "
+            "WHERE typeof(data) = 'blob'"
+        )
+    finally:
+        conn.create_function("ck_v3_line", 1, None)
+        conn.create_function("ck_v3_data", 1, None)
+
+
+_MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
     1: """
     CREATE TABLE runs (
         id INTEGER PRIMARY KEY,
@@ -282,9 +383,12 @@ _MIGRATIONS: dict[int, str] = {
     DROP INDEX IF EXISTS deliveries_by_address;
     DROP INDEX IF EXISTS deliveries_by_state;
     """,
+    4: _migrate_4,
     # The owner of a run (campaignkit._claims.Owner as JSON): claims are decided by it.
-    4: """
+    # How a snapshot's physical lines were accounted for (SourceLines as JSON).
+    5: """
     ALTER TABLE runs ADD COLUMN owner TEXT;
+    ALTER TABLE snapshots ADD COLUMN lines TEXT;
     """,
 }
 
@@ -397,9 +501,13 @@ class SqliteLedger:
                     f"({SCHEMA_VERSION}); upgrade campaignkit"
                 )
             for v in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[v].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                step = _MIGRATIONS[v]
+                if isinstance(step, str):
+                    for statement in step.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                else:
+                    step(conn)
                 conn.execute(f"PRAGMA user_version = {v}")
             conn.execute("COMMIT")
         except BaseException:
@@ -677,7 +785,7 @@ class SqliteLedger:
         run = self._run_key(run_id)
         self.flush()
         with self._read as conn:
-            for table in ("deliveries", "recipients", "channels"):
+            for table in ("deliveries", "recipients", "channels", "snapshots"):
                 conn.execute(f"DELETE FROM {table} WHERE run = ?", (run,))
             conn.execute("DELETE FROM runs WHERE id = ?", (run,))
         self._runs.pop(run_id, None)
@@ -706,28 +814,141 @@ class SqliteLedger:
             raise RunOwnershipLost(f"run {run_id!r} is owned by another process now")
 
     # -- snapshot ------------------------------------------------------------------------
-    def write_snapshot(self, run_id: str, recipients: Iterable[Recipient]) -> int:
-        """Store the run's extracted segment, in order; returns the count.
+    def write_snapshot(
+        self,
+        run_id: str,
+        recipients: Iterable[Recipient],
+        *,
+        rows_per_customer: str = "one",
+        rejects: RejectSink | None = None,
+    ) -> int:
+        """Store the run's extracted segment, in order; returns how many recipients it
+        holds.
 
-        Written in one transaction: a crash leaves no partial snapshot.
+        Every stored row has its own position (``seq``), from which the idempotency
+        keys of its deliveries derive. ``rows_per_customer`` is the identity rule:
+        ``"one"``: a customer id is on one row; a later row with an id already stored
+        is not kept, it is handed to ``rejects`` as a ``duplicate_id`` rejected row
+        naming the line of the first (repeats are found in SQL, after the rows are
+        stored: nothing is kept in memory per id); ``"many"``: every row is a
+        recipient of its own (one row per device of a customer).
+
+        Written in one transaction, with the extraction's counts (rows read, rejected,
+        by reason: those of ``rejects``, which extraction fills as it reads): a crash
+        leaves no partial snapshot, and a resumed run reports what its extraction read.
         """
+        if rows_per_customer not in ROWS_PER_CUSTOMER:
+            raise ValueError(f"rows_per_customer: expected one or many, got {rows_per_customer!r}")
         run = self._run_key(run_id)
         conn = self._read
         n = 0
-        dumps = marshal.dumps
+        dumps = _dumps
 
-        def rows() -> Iterator[tuple[int, int, str, bytes]]:
+        def rows() -> Iterator[tuple[int, int, str, str, int]]:
             nonlocal n
             for r in recipients:
-                fields: Any = (r.email, r.phone, r.push_token, r.attributes, r.consent, r.line)
-                yield run, n, r.id, dumps(fields)
+                data = dumps([r.email, r.phone, r.push_token, r.attributes, r.consent])
+                yield run, n, r.id, data, r.line
                 n += 1
 
         with conn:
             conn.execute("DELETE FROM recipients WHERE run = ?", (run,))
-            conn.executemany("INSERT INTO recipients VALUES (?, ?, ?, ?)", rows())
-            conn.execute("UPDATE runs SET recipients = ? WHERE id = ?", (n, run))
-        return n
+            conn.executemany(
+                "INSERT INTO recipients (run, seq, recipient_id, data, line) "
+                "VALUES (?, ?, ?, ?, ?)",
+                rows(),
+            )
+            repeats = self._reject_repeats(conn, run, rejects) if rows_per_customer == "one" else 0
+            stored = n - repeats
+            lines: Mapping[str, int] | None = None
+            if rejects is not None:
+                rejected, reasons = rejects.rejected, dict(rejects.reasons)
+                lines = rejects.line_counts()
+            else:
+                rejected, reasons = repeats, ({DUPLICATE_ID: repeats} if repeats else {})
+            conn.execute(
+                "INSERT OR REPLACE INTO snapshots (run, rows_per_customer, rows_read, rejected, "
+                "reasons, lines) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    run,
+                    rows_per_customer,
+                    stored + rejected,
+                    rejected,
+                    json.dumps(reasons),
+                    None if lines is None else json.dumps(dict(lines)),
+                ),
+            )
+            conn.execute("UPDATE runs SET recipients = ? WHERE id = ?", (stored, run))
+        return stored
+
+    @staticmethod
+    def _reject_repeats(conn: sqlite3.Connection, run: int, rejects: RejectSink | None) -> int:
+        """Remove the rows of run ``run`` whose customer id an earlier row has, handing
+        each to ``rejects``; returns how many. One sort of the run's ids in SQLite (a
+        temporary table of the repeated ids), a second pass only if there are repeats."""
+        conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS ck_repeats (recipient_id TEXT PRIMARY KEY, "
+            "first INTEGER NOT NULL, line INTEGER NOT NULL) WITHOUT ROWID"
+        )
+        conn.execute("DELETE FROM temp.ck_repeats")
+        found = conn.execute(
+            "INSERT INTO temp.ck_repeats SELECT recipient_id, MIN(seq), 0 FROM recipients "
+            "WHERE run = ? GROUP BY recipient_id HAVING COUNT(*) > 1",
+            (run,),
+        ).rowcount
+        if found <= 0:
+            return 0
+        conn.execute(
+            "UPDATE temp.ck_repeats SET line = (SELECT r.line FROM recipients r "
+            "WHERE r.run = ? AND r.seq = ck_repeats.first)",
+            (run,),
+        )
+        later = (
+            "FROM recipients r JOIN temp.ck_repeats k ON k.recipient_id = r.recipient_id "
+            "WHERE r.run = ? AND r.seq > k.first"
+        )
+        if rejects is not None:
+            for rid, data, line, first_line in conn.execute(
+                f"SELECT r.recipient_id, r.data, r.line, k.line {later} ORDER BY r.seq", (run,)
+            ):
+                where = f"on line {first_line}" if first_line else "earlier in the segment"
+                rejects.reject(
+                    RejectedRow(
+                        line,
+                        DUPLICATE_ID,
+                        f"customer id {rid!r} already {where}",
+                        "id",
+                        _raw(_recipient(rid, data, line)),
+                    )
+                )
+        removed = conn.execute(
+            "DELETE FROM recipients WHERE run = ? AND seq IN (SELECT r.seq " + later + ")",
+            (run, run),
+        ).rowcount
+        conn.execute("DELETE FROM temp.ck_repeats")
+        return int(removed)
+
+    def snapshot_info(self, run_id: str) -> SnapshotInfo | None:
+        """What the run's extraction recorded with its snapshot; ``None`` if it has
+        none, or one written before schema 4 (then its idempotency keys derive from
+        recipient ids, as they did when it was written)."""
+        run = self._run_key(run_id)
+        row = self._read.execute(
+            "SELECT s.rows_read, r.recipients, s.rejected, s.reasons, s.rows_per_customer, "
+            "s.lines "
+            "FROM snapshots s JOIN runs r ON r.id = s.run WHERE s.run = ?",
+            (run,),
+        ).fetchone()
+        if row is None:
+            return None
+        return SnapshotInfo(
+            rows_read=int(row[0]),
+            recipients=int(row[1] or 0),
+            rejected=int(row[2]),
+            rejected_reasons={str(k): int(v) for k, v in json.loads(row[3]).items()},
+            rows_per_customer=str(row[4]),
+            lines=None if row[5] is None else {str(k): int(v) for k, v in _loads(row[5]).items()},
+        )
 
     def has_snapshot(self, run_id: str) -> bool:
         row = self._read.execute(
@@ -754,12 +975,12 @@ class SqliteLedger:
     def snapshot(self, run_id: str) -> Iterator[tuple[int, Recipient]]:
         """The snapshot in source order, as ``(seq, recipient)``; streamed."""
         run = self._run_key(run_id)
-        for seq, rid, data in self._pages(
-            "SELECT seq, recipient_id, data FROM recipients WHERE run = ? AND seq > ? "
+        for seq, rid, data, line in self._pages(
+            "SELECT seq, recipient_id, data, line FROM recipients WHERE run = ? AND seq > ? "
             "ORDER BY seq LIMIT ?",
             (run,),
         ):
-            yield seq, _recipient(rid, data)
+            yield seq, _recipient(rid, data, line)
 
     # -- deliveries ----------------------------------------------------------------------
     def is_planned(self, run_id: str, channel: str) -> bool:
@@ -938,15 +1159,15 @@ class SqliteLedger:
         a provider's idempotency key for the request stays the same."""
         run = self._run_key(run_id)
         code = self._channel_code(run, channel)
-        for seq, rid, data, address, attempts, batch in self._pages(
-            "SELECT d.seq, r.recipient_id, r.data, d.address, d.attempts, d.batch "
+        for seq, rid, data, line, address, attempts, batch in self._pages(
+            "SELECT d.seq, r.recipient_id, r.data, r.line, d.address, d.attempts, d.batch "
             "FROM deliveries d "
             "JOIN recipients r ON r.run = d.run AND r.seq = d.seq "
             "WHERE d.run = ? AND d.channel = ? AND d.state = 'pending' AND d.seq > ? "
             "ORDER BY d.seq LIMIT ?",
             (run, code),
         ):
-            yield seq, _recipient(rid, data), address, attempts, batch
+            yield seq, _recipient(rid, data, line), address, attempts, batch
 
     def mark_in_flight(self, run_id: str, channel: str, seqs: Sequence[int]) -> None:
         """Mark deliveries in flight as one batch (its id is its first seq); returns
@@ -1107,7 +1328,8 @@ class SqliteLedger:
         return out
 
     def deliveries(self, run_id: str, channel: str | None = None) -> Iterator[DeliveryResult]:
-        """Per-recipient outcomes in recipient order (all channels, or one)."""
+        """Per-recipient outcomes in recipient order (all channels, or one), with the
+        source line and the address (rows of one customer id tell apart by them)."""
         run = self._run_key(run_id)
         self.flush()
         where, params = "d.run = ?", [run]
@@ -1116,14 +1338,14 @@ class SqliteLedger:
             params.append(self._channel_code(run, channel))
         cursor = _connect(self.path).execute(
             "SELECT c.channel, r.recipient_id, d.state, d.reason, d.provider_message_id, "
-            "d.attempts, d.error_code, d.error FROM deliveries d "
+            "d.attempts, d.error_code, d.error, r.line, d.address FROM deliveries d "
             "JOIN recipients r ON r.run = d.run AND r.seq = d.seq "
             "JOIN channels c ON c.run = d.run AND c.code = d.channel "
             f"WHERE {where} ORDER BY d.channel, d.seq",  # primary key order: no sorting
             params,
         )
         try:
-            for ch, rid, state, reason, pmid, attempts, code, error in cursor:
+            for ch, rid, state, reason, pmid, attempts, code, error, line, address in cursor:
                 yield DeliveryResult(
                     channel=ch,
                     recipient_id=rid,
@@ -1133,14 +1355,62 @@ class SqliteLedger:
                     attempts=attempts,
                     error_code=code,
                     error=error,
+                    line=line,
+                    address=address,
                 )
         finally:
             cursor.connection.close()
 
 
-def _recipient(rid: str, data: bytes) -> Recipient:
-    email, phone, token, attributes, consent, line = marshal.loads(data)  # noqa: S302 - ours
+def _json_encoder() -> Callable[[Any], str]:
+    """A compact, ASCII JSON encoder (any string survives, lone surrogates included).
+
+    ``json.JSONEncoder.encode`` builds a C encoder on every call, a third of the cost
+    for a small object written once per recipient: the C encoder is made once here and
+    called directly, unless it is unavailable or does not write what the public
+    encoder writes (then the public one is used)."""
+    public = json.JSONEncoder(separators=(",", ":"), check_circular=False, allow_nan=False).encode
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return public
+
+    def default(o: Any) -> Any:
+        raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+
+    try:
+        c_encoder = make(
+            None, default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False
+        )
+
+        def encode(o: Any, _join: Callable[[Any], str] = "".join, _c: Any = c_encoder) -> str:
+            return _join(_c(o, 0))
+
+        sample = ["a\u00e9\ud800\x00", None, "t", {"k": "v", "n": 1}, {"email": True}, 7]
+        if encode(sample) != public(sample):
+            return public
+    except Exception:  # another Python's private encoder: the public one will do
+        return public
+    return encode
+
+
+#: A recipient as stored (schema 4): a compact JSON array ``[email, phone, push_token,
+#: attributes, consent]`` (ASCII: any string survives), its id and line in columns.
+_dumps = _json_encoder()
+_decode = json.JSONDecoder().raw_decode
+
+
+def _recipient(rid: str, data: str, line: int) -> Recipient:
+    email, phone, token, attributes, consent = _decode(data)[0]
     return Recipient(rid, email, phone, token, attributes, consent, line)
+
+
+def _raw(r: Recipient) -> tuple[str, ...]:
+    """A stored recipient's values as ``name=value`` cells (a rejected row's raw values)."""
+    cells = [f"id={r.id}"]
+    cells += [f"{f}={v}" for f in ("email", "phone", "push_token") if (v := getattr(r, f))]
+    cells += [f"{k}={v}" for k, v in r.attributes.items()]
+    cells += [f"consent.{k}={'yes' if v else 'no'}" for k, v in r.consent.items()]
+    return tuple(cells)
 
 
 def _text(owner: Owner | None) -> str | None:

@@ -82,7 +82,8 @@ class Recipient:
     """One customer of the segment.
 
     Attributes:
-        id: the customer's stable identifier (unique within a segment).
+        id: the customer's stable identifier: unique within a segment, unless the
+            source allows several rows per customer (``rows_per_customer = "many"``).
         email, phone, push_token: channel addresses, ``None`` when absent.
         attributes: every other column, by its (mapped) name, as text.
         consent: per-channel consent flags, by channel name; a channel absent here
@@ -232,7 +233,12 @@ class Outcome:
 
 @attrs.frozen
 class DeliveryResult:
-    """The final outcome for one recipient on one channel."""
+    """The final outcome for one recipient on one channel.
+
+    ``line`` (the recipient's line in the source, 0 if unknown) and ``address`` (the
+    normalized address it was sent to) are filled when read from the ledger; they tell
+    apart the deliveries of a customer id on several rows (``rows_per_customer``).
+    """
 
     channel: str
     recipient_id: str
@@ -242,12 +248,16 @@ class DeliveryResult:
     attempts: int = 0
     error_code: str | None = None
     error: str | None = attrs.field(default=None, converter=_redacted)
+    line: int | None = None
+    address: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         return {
             "channel": self.channel,
             "recipient_id": self.recipient_id,
+            "line": self.line,
+            "address": self.address,
             "status": self.status.value,
             "reason": self.reason,
             "provider_message_id": self.provider_message_id,

@@ -185,6 +185,9 @@ class Pipeline:
             or when an enabled channel points at a campaignkit sandbox server running
             in this process. ``False`` keeps the configured state whatever the
             channels point at.
+        rows_per_customer: ``"one"`` or ``"many"`` rows per customer id (by default
+            the :class:`SourceConfig`'s, else ``"one"``); see ``[source]`` in the
+            configuration reference.
     """
 
     def __init__(
@@ -202,6 +205,7 @@ class Pipeline:
         env: Mapping[str, str] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rehearsal: bool | None = None,
+        rows_per_customer: str | None = None,
     ) -> None:
         self.name = name
         self.description = description
@@ -237,6 +241,13 @@ class Pipeline:
         self.sleep = sleep
         self._source_arg = source
         self._source: Source | None = source if not isinstance(source, SourceConfig) else None
+        if rows_per_customer is None:
+            rows_per_customer = (
+                source.rows_per_customer if isinstance(source, SourceConfig) else "one"
+            )
+        #: the identity rule: ``"one"`` row per customer id (a repeat is rejected as
+        #: ``duplicate_id``) or ``"many"`` (each row a recipient, e.g. one per device)
+        self.rows_per_customer = SourceConfig(rows_per_customer=rows_per_customer).rows_per_customer
         #: the configuration file the pipeline came from, if any (recorded with runs)
         self.config_file: str | None = None
 
@@ -486,6 +497,8 @@ class Pipeline:
             "source": self.source.describe(),
             "channels": [attrs.asdict(c) for c in self.enabled_channels],
         }
+        if self.rows_per_customer != "one":  # the default keeps earlier runs' fingerprints
+            data["rows_per_customer"] = self.rows_per_customer
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
     def run(
@@ -592,12 +605,7 @@ class Pipeline:
                 break
             run_dir = self._run_dir(run.run_id, output_dir)
             try:
-                stats = extract(
-                    self.source,
-                    required=self._required(),
-                    rejects=run_dir / "rejected.csv",
-                    store=lambda recipients: ledger.write_snapshot(run.run_id, recipients),
-                )
+                stats = self._extract(ledger, run.run_id, run_dir / "rejected.csv")
             except BaseException as exc:
                 ledger.finish_run(run.run_id, "failed", json.dumps({"error": str(exc)}))
                 raise
@@ -681,14 +689,9 @@ class Pipeline:
                 log.warning("%s: the configuration changed since the run started", run_id)
             run_dir = self._run_dir(run_id, output_dir, exist_ok=True)
             if not ledger.has_snapshot(run_id):  # crashed during extraction: extract again
-                stats = extract(
-                    self.source,
-                    required=self._required(),
-                    rejects=run_dir / "rejected.csv",
-                    store=lambda recipients: ledger.write_snapshot(run_id, recipients),
-                )
+                stats = self._extract(ledger, run_id, run_dir / "rejected.csv")
             else:
-                stats = _stored_stats(run)
+                stats = _stored_stats(ledger, run)
             for plan in plans:
                 if not ledger.is_planned(run_id, plan.channel.name):
                     continue
@@ -827,12 +830,7 @@ class Pipeline:
                     config_file=self.config_file,
                     max_active_runs=None,
                 )
-                stats = extract(
-                    self.source,
-                    required=self._required(),
-                    rejects=Path(scratch) / "rejected.csv",
-                    store=lambda recipients: ledger.write_snapshot(run_id, recipients),
-                )
+                stats = self._extract(ledger, run_id, Path(scratch) / "rejected.csv")
                 if on_extracted is not None:
                     on_extracted(stats.recipients, stats.rejected_reasons)
                 channels = {
@@ -920,6 +918,18 @@ class Pipeline:
         """Re-drive a run's transient failures (retries exhausted, rejected
         credentials), on some channels or all; permanent failures are never re-sent."""
         return self.resume(run_id, retry_failed=True, channels=channels, progress=progress)
+
+    def _extract(self, ledger: SqliteLedger, run_id: str, rejects: Path) -> ExtractionStats:
+        """Read the whole source into the run's snapshot (with its counts, durably);
+        rejected rows, repeated customer ids included, go to ``rejects``."""
+        return extract(
+            self.source,
+            required=self._required(),
+            rejects=rejects,
+            store=lambda recipients, rejected: ledger.write_snapshot(
+                run_id, recipients, rows_per_customer=self.rows_per_customer, rejects=rejected
+            ),
+        )
 
     def _run_dir(
         self, run_id: str, output_dir: str | Path | None, *, exist_ok: bool = False
@@ -1070,7 +1080,18 @@ def _replay(run: RunRecord) -> RunReport:
     return attrs.evolve(_stored_report(run), replayed=True)
 
 
-def _stored_stats(run: RunRecord) -> ExtractionStats:
+def _stored_stats(ledger: SqliteLedger, run: RunRecord) -> ExtractionStats:
+    """The counts of the run's extraction, as its snapshot recorded them (a run
+    snapshotted before ledger schema 4: as its last report had them)."""
+    info = ledger.snapshot_info(run.run_id)
+    if info is not None:
+        return ExtractionStats(
+            info.rows_read,
+            info.recipients,
+            info.rejected,
+            dict(info.rejected_reasons),
+            None if info.lines is None else SourceLines(**info.lines),
+        )
     data = json.loads(run.report or "{}").get("extraction") or {}
     recipients = run.recipients or 0
     rejected = int(data.get("rows_rejected", 0))

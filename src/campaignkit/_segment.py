@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -19,7 +20,7 @@ from ._sources import (
     find_control,
 )
 
-__all__ = ["ExtractionStats", "extract"]
+__all__ = ["ExtractionStats", "Rejects", "extract"]
 
 
 @attrs.frozen
@@ -35,16 +36,62 @@ class ExtractionStats:
     lines: SourceLines | None = None
 
 
+class Rejects:
+    """Rejected rows: written to ``rejected.csv`` (line, reason, field, detail, raw
+    values...) and counted by reason. The source's rejects come first, then those the
+    snapshot finds (a repeated customer id: :meth:`~campaignkit._ledger.SqliteLedger.write_snapshot`
+    hands them here), so that nothing is lost and the counts add up."""
+
+    def __init__(self, writer: Any) -> None:
+        self._writer = writer
+        self._reasons: collections.Counter[str] = collections.Counter()
+        self.rejected = 0
+        self.reading = True  # rejects come from the source (else from the snapshot)
+        self.late_lines = 0  # physical lines of the rows the snapshot rejected
+        self.source_lines: SourceLines | None = None  # as the source counted them
+
+    @property
+    def lines(self) -> SourceLines | None:
+        """How the file's physical lines were accounted for (CSV and JSON Lines), the
+        rows the snapshot rejected moved from accepted to rejected lines."""
+        if self.source_lines is None:
+            return None
+        moved = self.late_lines
+        return attrs.evolve(
+            self.source_lines,
+            accepted=self.source_lines.accepted - moved,
+            rejected=self.source_lines.rejected + moved,
+        )
+
+    def line_counts(self) -> Mapping[str, int] | None:
+        """:attr:`lines` as a mapping (what the ledger stores with the snapshot)."""
+        lines = self.lines
+        return None if lines is None else lines.to_dict()
+
+    @property
+    def reasons(self) -> Mapping[str, int]:
+        return self._reasons
+
+    def reject(self, row: RejectedRow) -> None:
+        if not self.reading:
+            self.late_lines += row.lines
+        self.rejected += 1
+        self._reasons[row.reason] += 1
+        self._writer.writerow([row.line, row.reason, row.field or "", row.detail, *row.raw])
+
+
 def extract(
     source: Source,
     *,
     required: Collection[str],
     rejects: Path,
-    store: Callable[[Iterable[Recipient]], int],
+    store: Callable[[Iterable[Recipient], Rejects], int],
 ) -> ExtractionStats:
     """Read the whole source: accepted recipients go to ``store`` (which consumes the
     iterable and returns how many it stored), rejected rows to ``rejects`` (CSV: line,
-    reason, field, detail, raw values...), so that nothing is lost.
+    reason, field, detail, raw values...), so that nothing is lost. ``store`` gets the
+    :class:`Rejects` too: it may reject rows itself (a repeated customer id) and records
+    the counts with what it stores.
 
     The stream must be read to its end before any channel starts: a file-level
     :class:`~campaignkit.SourceError` may come at the last line. ``store`` must
@@ -53,33 +100,31 @@ def extract(
     Raises:
         SourceError: a file-level problem; nothing was sent.
     """
-    reasons: collections.Counter[str] = collections.Counter()
-    rejected = 0
     with rejects.open("w", newline="", encoding="utf-8") as rej:
         writer = safe_csv_writer(rej)  # neutralises cells a spreadsheet runs as formulas
         writer.writerow(["line", "reason", "field", "detail", "raw"])
+        sink = Rejects(writer)
         records = source.records(required)
         if not isinstance(source, _FileSource):  # the built-in sources check themselves
             records = _screened(records, frozenset(required))
 
         def accepted() -> Iterator[Recipient]:
-            nonlocal rejected
+            reject = sink.reject
             for record in records:
                 if type(record) is Recipient:
                     yield record
                 else:
                     assert isinstance(record, RejectedRow)
-                    rejected += 1
-                    reasons[record.reason] += 1
-                    writer.writerow(
-                        [record.line, record.reason, record.field or "", record.detail, *record.raw]
-                    )
+                    reject(record)
+            # From here on, rejects come from the snapshot (repeated customer ids).
+            sink.reading = False
+            lines = getattr(source, "last_lines", None)
+            sink.source_lines = lines if isinstance(lines, SourceLines) else None
 
-        count = store(accepted())
-    lines = getattr(source, "last_lines", None)
-    if not isinstance(lines, SourceLines):
-        lines = None
-    return ExtractionStats(count + rejected, count, rejected, dict(reasons), lines)
+        count = store(accepted(), sink)
+    return ExtractionStats(
+        count + sink.rejected, count, sink.rejected, dict(sink.reasons), sink.lines
+    )
 
 
 def _screened(

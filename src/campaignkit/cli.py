@@ -146,6 +146,8 @@ _CSV_FIELDS = (
     "run_id",
     "channel",
     "recipient_id",
+    "line",
+    "address",
     "status",
     "reason",
     "provider_message_id",
@@ -1878,6 +1880,19 @@ def report(
             else:
                 stream = sys.stdout
             if fmt == "table":
+                if stored is None:  # crashed or still going: its extraction's counts
+                    info = ledger.snapshot_info(run_id)
+                    if info is not None:
+                        stored = RunReport(
+                            run_id=record.run_id,
+                            pipeline=record.pipeline,
+                            status=RunStatus.FAILED,  # placeholder: the ledger's is shown
+                            started_at=record.created_at,
+                            finished_at=record.finished_at or record.created_at,
+                            rows_read=info.rows_read,
+                            rows_rejected=info.rejected,
+                            rejected_reasons=info.rejected_reasons,
+                        )
                 _report_table(stream, record, stored, results, where, channels)
                 return
             rows = stack.enter_context(
