@@ -608,3 +608,72 @@ def test_issue_scenario_random_late_and_lost_answers_no_duplicates(
         assert email.sent + email.unknown == 200 and email.failed == 0
         assert len(sendgrid.messages) == 200  # late and lost ones were all accepted
         assert report.status == RunStatus.PARTIAL
+
+
+def test_sendgrid_only_the_attempted_request_is_in_doubt() -> None:
+    from campaignkit.channels.sendgrid import SendGridNotifier
+
+    with SendGridServer() as server:
+        server.faults.stall_seconds = STALL
+        server.faults.fail_next("late")
+        notifier = SendGridNotifier(
+            ChannelSettings(
+                "email", server.channel_options(), token=Secret(server.token), timeout=TIMEOUT
+            )
+        )
+        # The repeated address forces a second request, never attempted after the first.
+        batch = [
+            Message(f"c{i}", "email", address, "Hi", subject="S", idempotency_key=f"k{i}")
+            for i, address in enumerate(["a@example.com", "b@example.com", "a@example.com"])
+        ]
+        outcomes = notifier.send_batch(notifier.connect(), batch)
+        assert [(o.ok, o.transient, o.in_doubt) for o in outcomes] == [
+            (False, True, True),
+            (False, True, True),
+            (False, True, False),
+        ]
+        assert len(server.messages) == 2  # the first request was accepted
+
+
+def test_twilio_a_failed_lookup_cannot_tell_only_for_that_message() -> None:
+    from datetime import UTC, datetime
+
+    class FlakyList(TwilioServer):
+        calls = 0
+
+        def handle(self, request: Request) -> Reply:
+            if request.method == "GET":
+                FlakyList.calls += 1
+                if FlakyList.calls == 1:
+                    return self.error(503, 20503, "Service Unavailable")
+            return super().handle(request)
+
+    with FlakyList() as server:
+        notifier = _twilio_notifier(server)
+        conn = notifier.connect()
+        since = datetime.now(UTC)
+        notifier.send_batch(conn, [_sms(body="one")])
+        first, second = notifier.reconcile(conn, [_sms(body="one"), _sms(body="one")], since)
+        assert first is None
+        assert second is not None and second.ok
+
+
+def test_twilio_without_retries_reconciles_at_the_end(
+    tmp_path: Path, pm: pluggy.PluginManager, twilio: TwilioServer
+) -> None:
+    twilio.faults.fail_next("late", "drop")
+    channel = _channel(
+        "sms",
+        "twilio",
+        twilio.channel_options(),
+        concurrency=1,
+        retry=RetryPolicy(retries=0),
+    )
+    pipeline = _pipeline(tmp_path, pm, channel, _source(3, "phone", _phone), twilio.token)
+    report = pipeline.run()
+    states = _states(pipeline, report.run_id, "sms")
+    # c0 was accepted: found. c1 never reached Twilio: not found, and no retry left.
+    assert states == {"c0": "sent", "c1": "failed", "c2": "sent"}
+    result = report.channels["sms"]
+    assert result.reasons == {"retries_exhausted": 1}
+    assert len(twilio.messages) == 2

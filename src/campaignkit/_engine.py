@@ -43,6 +43,8 @@ log = logging.getLogger("campaignkit")
 MAX_THROTTLE_WAITS = 10
 #: Wait after a 429 that did not say how long.
 DEFAULT_THROTTLE_WAIT = 1.0
+#: In-doubt messages handed to :meth:`Notifier.reconcile` per call.
+RECONCILE_CHUNK = 50
 
 ProgressCallback = Callable[[str, int], None]
 
@@ -378,25 +380,31 @@ class ChannelRunner:
         doubt = [p for group in groups for p in group if p.in_doubt]
         if not doubt:
             return groups
-        answers: Sequence[Outcome | None] = [None] * len(doubt)
+        answers: list[Outcome | None] = [None] * len(doubt)
         notifier = self.plan.notifier
-        since = min(p.since or time.time() for p in doubt)
+        since = datetime.fromtimestamp(min(p.since or time.time() for p in doubt), UTC)
         conn: Any = None
         try:
             conn = notifier.connect()
             try:
-                got = notifier.reconcile(
-                    conn, [p.message for p in doubt], datetime.fromtimestamp(since, UTC)
-                )
+                # In chunks, so that a deadline or an interrupt is noticed between them.
+                for start in range(0, len(doubt), RECONCILE_CHUNK):
+                    if self._stopped():
+                        break
+                    chunk = [p.message for p in doubt[start : start + RECONCILE_CHUNK]]
+                    got = notifier.reconcile(conn, chunk, since)
+                    if len(got) != len(chunk):
+                        log.warning(
+                            "%s: reconcile returned %d answer(s) for %d",
+                            self.name,
+                            len(got),
+                            len(chunk),
+                        )
+                        continue
+                    answers[start : start + len(chunk)] = got
             finally:
                 notifier.disconnect(conn)
-            if len(got) == len(doubt):
-                answers = got
-            else:
-                log.warning(
-                    "%s: reconcile returned %d answer(s) for %d", self.name, len(got), len(doubt)
-                )
-        except Exception as exc:  # a failed lookup settles nothing
+        except Exception as exc:  # a failed lookup settles nothing (more)
             log.warning("%s: could not reconcile %d message(s): %s", self.name, len(doubt), exc)
         settled: set[int] = set()
         rows: list[_Row] = []

@@ -45,7 +45,12 @@ from .._address import valid_sms_sender
 from .._http import HttpNotifier
 from .._models import Message, Outcome, Rate
 from .._notifier import ChannelSettings
-from ..exceptions import ConfigError, PermanentDeliveryError, TransientDeliveryError
+from ..exceptions import (
+    ConfigError,
+    DeliveryError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
 from ..hookspecs import hookimpl
 
 __all__ = ["TwilioNotifier", "TwilioOptions"]
@@ -220,11 +225,17 @@ class TwilioNotifier(HttpNotifier):
         Service. Found: ``sent`` with its sid, whatever its status now (Twilio
         accepted it). Not found on pages that reach back before ``since``: surely
         not created, a transient failure that may be re-sent. Otherwise (more than
-        :data:`RECONCILE_MAX_PAGES` pages of recent messages, an unreadable reply):
-        ``None``, cannot tell. The list is not filtered by ``DateSent``: a message
-        still queued has no ``date_sent`` and would be missed.
+        :data:`RECONCILE_MAX_PAGES` pages of recent messages, an unreadable reply, a
+        failed lookup): ``None``, cannot tell. The list is not filtered by
+        ``DateSent``: a message still queued has no ``date_sent`` and would be missed.
         """
-        return [self._lookup(conn, message, since - RECONCILE_CLOCK_SKEW) for message in messages]
+        answers: list[Outcome | None] = []
+        for message in messages:
+            try:
+                answers.append(self._lookup(conn, message, since - RECONCILE_CLOCK_SKEW))
+            except DeliveryError:  # this lookup failed: cannot tell
+                answers.append(None)
+        return answers
 
     def _lookup(self, conn: requests.Session, message: Message, since: datetime) -> Outcome | None:
         token = self.settings.token
