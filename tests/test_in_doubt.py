@@ -677,3 +677,43 @@ def test_twilio_without_retries_reconciles_at_the_end(
     result = report.channels["sms"]
     assert result.reasons == {"retries_exhausted": 1}
     assert len(twilio.messages) == 2
+
+
+def test_twilio_unreadable_list_cannot_tell() -> None:
+    from datetime import UTC, datetime
+
+    class Garbled(TwilioServer):
+        def handle(self, request: Request) -> Reply:
+            if request.method == "GET":
+                return Reply(200, {"messages": "not a list"})
+            return super().handle(request)
+
+    with Garbled() as server:
+        notifier = _twilio_notifier(server)
+        conn = notifier.connect()
+        assert notifier.reconcile(conn, [_sms()], datetime.now(UTC)) == [None]
+
+
+def test_twilio_lookup_down_for_a_round_is_asked_again(
+    tmp_path: Path, pm: pluggy.PluginManager
+) -> None:
+    class DownOnce(TwilioServer):
+        lookups = 0
+
+        def handle(self, request: Request) -> Reply:
+            if request.method == "GET":
+                DownOnce.lookups += 1
+                if DownOnce.lookups == 1:
+                    return self.error(503, 20503, "Service Unavailable")
+            return super().handle(request)
+
+    with DownOnce() as twilio:
+        twilio.faults.stall_seconds = STALL
+        twilio.faults.fail_next("late")
+        channel = _channel("sms", "twilio", twilio.channel_options(), concurrency=1)
+        pipeline = _pipeline(tmp_path, pm, channel, _source(2, "phone", _phone), twilio.token)
+        report = pipeline.run()
+        result = report.channels["sms"]
+        assert (result.sent, result.unknown, result.retries) == (2, 0, 2)
+        assert DownOnce.lookups == 2
+        assert len(twilio.messages) == 2
