@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import attrs
 import pytest
 import requests
 from hypothesis import given, settings
@@ -94,7 +97,7 @@ def test_plugin_registers_the_telnyx_notifier() -> None:
     assert TelnyxNotifier.name == "telnyx"
     assert TelnyxNotifier.address_field == "phone"
     assert TelnyxNotifier.max_batch_size == 1
-    assert TelnyxNotifier.supports_idempotency_keys is False
+    assert TelnyxNotifier.supports_idempotency_keys is True
     assert TelnyxNotifier.default_rate == Rate(messages_per_second=50.0, requests_per_second=50.0)
 
 
@@ -183,7 +186,10 @@ def test_ucs2_parts(server: TelnyxServer) -> None:
 @settings(max_examples=60, deadline=None)
 @given(body=st.text(min_size=1, max_size=2000))
 def test_any_unicode_body_round_trips_through_json(shared_server: TelnyxServer, body: str) -> None:
-    [outcome] = send(make_notifier(shared_server), [message(body=body)])
+    # A key per example: the shared server remembers keys, and a key reused with
+    # another body is refused (422), as Telnyx does.
+    unique = attrs.evolve(message(body=body), idempotency_key=str(uuid.uuid4()))
+    [outcome] = send(make_notifier(shared_server), [unique])
     assert outcome.ok
     recorded = next(m for m in shared_server.messages if m["id"] == outcome.provider_message_id)
     assert recorded["body"] == body
@@ -261,7 +267,7 @@ def test_sender_errors_are_request_failures_not_recipient_failures(server: Telny
         server.from_numbers.discard("ACME")
     assert info.value.code == "10016"
     with pytest.raises(PermanentDeliveryError) as info:
-        send(make_notifier(server, **{"from": "+15551239999"}), [message()])
+        send(make_notifier(server, **{"from": "+15551239999"}), [message(2)])
     assert info.value.code == "40305"
 
 
@@ -442,3 +448,139 @@ def test_sandbox_unknown_path(server: TelnyxServer) -> None:
         reply = session.post(f"{server.base_url}/v2/nope", timeout=5)
     assert reply.status_code == 404
     assert reply.json()["errors"][0]["code"] == "10005"
+
+
+# -- idempotency -----------------------------------------------------------------------
+
+
+def keyed(server: TelnyxServer, n: int) -> list[dict[str, Any]]:
+    """The messages the server created for ``message(n)`` (a stalled request of an
+    earlier test may still land in ``server.messages``)."""
+    return [m for m in server.messages if m["idempotency_key"] == f"run-1:sms:r{n}"]
+
+
+def test_each_request_carries_the_delivery_idempotency_key(server: TelnyxServer) -> None:
+    seen: list[str | None] = []
+    handle = server.handle
+
+    def spy(request: Request) -> Reply:
+        seen.append(request.headers.get("idempotency-key"))
+        return handle(request)
+
+    server.handle = spy  # type: ignore[method-assign]
+    try:
+        send(make_notifier(server), [message(1)])
+        send(make_notifier(server), [message(2)])
+    finally:
+        del server.handle
+    assert seen == ["run-1:sms:r1", "run-1:sms:r2"]
+
+
+def test_a_retry_after_a_timeout_sends_the_sms_once(server: TelnyxServer) -> None:
+    # The first request stalls past the client timeout (the server still processes
+    # it); the retry carries the same key and gets the first answer replayed.
+    server.faults.stall_seconds = 0.6
+    server.faults.fail_next("stall")
+    notifier = make_notifier(server, timeout=0.2)
+    with pytest.raises(TransientDeliveryError) as info:
+        send(notifier, [message(7)])
+    assert info.value.code == "timeout"
+    deadline = time.monotonic() + 5
+    while not keyed(server, 7) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    [outcome] = send(notifier, [message(7)])
+    assert outcome.ok
+    [sent] = keyed(server, 7)
+    assert outcome.provider_message_id == sent["id"]
+    assert server.replayed == ["run-1:sms:r7"]
+
+
+def test_a_retry_during_the_first_request_still_sends_once(server: TelnyxServer) -> None:
+    # The retry arrives while the first request is stalled: whichever is processed
+    # first creates the message; the other is answered from it.
+    server.faults.stall_seconds = 0.5
+    server.faults.fail_next("stall")
+    notifier = make_notifier(server, timeout=0.2)
+    with pytest.raises(TransientDeliveryError):
+        send(notifier, [message(8)])
+    [outcome] = send(notifier, [message(8)])
+    assert outcome.ok
+    time.sleep(0.6)  # the stalled request completes
+    assert len(keyed(server, 8)) == 1
+    assert server.replayed == ["run-1:sms:r8"]
+
+
+def test_a_reused_key_with_another_body_is_refused(server: TelnyxServer) -> None:
+    [first] = send(make_notifier(server), [message(10, body="one")])
+    assert first.ok
+    with pytest.raises(PermanentDeliveryError) as info:
+        send(make_notifier(server), [message(10, body="two")])
+    assert info.value.status_code == 422
+    assert [m["body"] for m in keyed(server, 10)] == ["one"]
+
+
+def test_a_key_still_in_progress_is_transient(server: TelnyxServer) -> None:
+    process = server._process
+    started = threading.Event()
+
+    def slow(request: Request) -> Reply:
+        started.set()
+        time.sleep(0.5)
+        return process(request)
+
+    server._process = slow  # type: ignore[method-assign]
+    first: list[Outcome] = []
+    try:
+        thread = threading.Thread(
+            target=lambda: first.extend(send(make_notifier(server), [message(9)]))
+        )
+        thread.start()
+        assert started.wait(5)
+        with pytest.raises(TransientDeliveryError) as info:
+            send(make_notifier(server), [message(9)])
+        thread.join(5)
+    finally:
+        del server._process
+    assert info.value.status_code == 409
+    assert [o.ok for o in first] == [True]
+    assert len(keyed(server, 9)) == 1
+
+
+def test_rejections_are_replayed_too(server: TelnyxServer) -> None:
+    server.unsubscribed.add("+15551230001")
+    for _ in range(2):
+        [outcome] = send(make_notifier(server), [message(11)])
+        assert not outcome.ok and outcome.error_code == "40300"
+    assert server.replayed == ["run-1:sms:r11"]
+
+
+def test_a_campaign_retry_after_a_timeout_sends_one_sms(tmp_path: Any) -> None:
+    from campaignkit import Channel, Pipeline, RetryPolicy, Template
+    from campaignkit.testing import StaticSource
+
+    with TelnyxServer(token=SECRET) as srv:
+        srv.faults.stall_seconds = 0.5
+        srv.faults.fail_next("stall")  # the first request outlives the client timeout
+        pipeline = Pipeline(
+            "telnyx_retry",
+            StaticSource.from_dicts([{"id": "C1", "phone": "+14155550101"}]),
+            [
+                Channel(
+                    name="sms",
+                    provider="telnyx",
+                    template=Template(body="Hi"),
+                    options=srv.channel_options(),
+                    require_consent=False,
+                    timeout_seconds=0.2,
+                    retry=RetryPolicy(retries=1, delay_minutes=0),
+                )
+            ],
+            base_dir=tmp_path,
+            env={"SMS_API_TOKEN": SECRET},
+            sleep=lambda seconds: time.sleep(0.6),  # the stalled request completes meanwhile
+        )
+        report = pipeline.run()
+        sms = report.channels["sms"]
+        assert (sms.sent, sms.failed, sms.retries) == (1, 0, 1)
+        assert len(srv.messages) == 1
+        assert len(srv.replayed) == 1

@@ -114,6 +114,7 @@ def test_run_sandbox_json_reports_every_outcome(campaign: Path, tmp_path: Path) 
         "rows_read": 8,
         "rows_rejected": 2,
         "rejected_reasons": {"bad_consent_value": 1, "empty_required_field": 1},
+        "lines": {"total": 9, "header": 1, "blank": 0, "accepted": 6, "rejected": 2},
     }
     email = report["email_campaign_results"]
     assert (email["sent"], email["failed"], email["skipped"]) == (3, 1, 2)
@@ -130,7 +131,7 @@ def test_run_sandbox_json_reports_every_outcome(campaign: Path, tmp_path: Path) 
     assert push["error_codes"] == {}
     assert push["reasons"] == {"invalid_address": 1, "no_consent": 1}
 
-    run_dir = out / "r1"
+    run_dir = out / "sandbox" / "r1"  # a rehearsal writes under <output dir>/sandbox/
     assert report["output_dir"] == str(run_dir)
     assert json.loads((run_dir / "report.json").read_text()) == report
     recorded = {p.name: p.read_text().splitlines() for p in (run_dir / "sandbox").iterdir()}
@@ -281,18 +282,20 @@ def test_run_twice_for_the_same_logical_date_sends_once(tmp_path: Path) -> None:
     assert first.exit_code == 0, first.output
     report = json.loads(first.stdout)
     assert report["run_id"] == "same"
-    recorded = out / "same" / "sandbox" / "twilio.jsonl"
+    recorded = out / "sandbox" / "same" / "sandbox" / "twilio.jsonl"
     assert len(recorded.read_text().splitlines()) == 2
 
     again = invoke(*args, "--run-id", "other")
     no_traceback(again)
     assert again.exit_code == 0, again.output  # the first run's outcome
-    assert json.loads(again.stdout) == report  # its stored report, not a new run
+    assert report["replayed"] is False
+    # Its stored report, not a new run, and marked as a replay.
+    assert json.loads(again.stdout) == {**report, "replayed": True}
     notes = stderr_of(again)
-    assert "Already ran: logical date" in notes and "nothing was sent now" in notes
+    assert notes.startswith("Already ran: nothing was sent now. Logical date"), notes
     assert "accepted messages per provider: sendgrid 0, twilio 0, expo 0" in notes
     assert len(recorded.read_text().splitlines()) == 2  # the record is not overwritten
-    assert not (out / "other").exists()
+    assert not (out / "sandbox" / "other").exists()
 
     forced = invoke(*args, "--force")
     assert forced.exit_code == 0, forced.output

@@ -241,7 +241,12 @@ def test_dry_run_prints_every_count_and_sends_nothing(
     assert len(plans) == 1 and plans[0].name.startswith("plan-2")
     assert f"Plan:      {plans[0]}" in out
     plan = json.loads(plans[0].read_text())
-    assert plan["extraction"] == {"rows_read": 7, "rows_rejected": 0, "rejected_reasons": {}}
+    assert plan["extraction"] == {
+        "rows_read": 7,
+        "rows_rejected": 0,
+        "rejected_reasons": {},
+        "lines": {"total": 8, "header": 1, "blank": 0, "accepted": 7, "rejected": 0},
+    }
     assert plan_channels(plan) == EXPECTED_PLAN
     assert [s["recipient_id"] for s in plan["channels"]["push"]["samples"]] == ["C1"]
 
@@ -328,7 +333,7 @@ def test_limit_then_full_run_sends_nobody_twice(
         "sms": 1,
         "push": 1,
     }
-    run_dir = out / run["run_id"]
+    run_dir = out / "sandbox" / run["run_id"]
     assert [m["to"] for m in recorded(run_dir, "sendgrid")] == ["ada@example.com"]
 
     full = ok(invoke(*args, "--json"), code=1)
@@ -449,7 +454,7 @@ def test_suppress_then_run_skips_as_suppressed(tmp_path: Path) -> None:
         "suppressed": 2,
         "too_many_segments": 1,
     }
-    run_dir = out / report["run_id"]
+    run_dir = out / "sandbox" / report["run_id"]
     assert [m["to"] for m in recorded(run_dir, "sendgrid")] == ["lu@example.com"]
     sent_phones = sorted(m["to"] for m in recorded(run_dir, "twilio"))
     assert "+14155550102" not in sent_phones and "+442079460123" not in sent_phones
@@ -535,7 +540,7 @@ def test_email_filter_sends_to_the_premium_segment_only(tmp_path: Path) -> None:
     # Other channels have no filter: everyone.
     assert report["sms_campaign_results"]["sent"] == 12
     assert report["push_notification_results"]["sent"] == 12
-    sent = sorted(m["to"] for m in recorded(out / report["run_id"], "sendgrid"))
+    sent = sorted(m["to"] for m in recorded(out / "sandbox" / report["run_id"], "sendgrid"))
     assert sent == ["p12@example.com", "p3@example.com", "p6@example.com", "p9@example.com"]
 
 
@@ -575,7 +580,8 @@ def test_quiet_hours_defer_and_the_summary_says_how_to_send_them(tmp_path: Path)
         f"{run['run_id']} --sandbox sends them once they are due" in text
     )
     assert "Status: deferred (exit 0)" in text
-    assert [m["to"] for m in recorded(out / run["run_id"], "twilio")] == ["+14155550202"]
+    run_dir = out / "sandbox" / run["run_id"]
+    assert [m["to"] for m in recorded(run_dir, "twilio")] == ["+14155550202"]
 
     # The window is over (the deferral moved into the past): a resume sends it.
     with sqlite3.connect(tmp_path / ".campaignkit" / "ledger.sandbox.db") as conn:
@@ -585,5 +591,5 @@ def test_quiet_hours_defer_and_the_summary_says_how_to_send_them(tmp_path: Path)
     report = json.loads(resumed.stdout)
     assert report["status"] == "succeeded"
     assert report["sms_campaign_results"]["sent"] == 2
-    phones = [m["to"] for m in recorded(out / run["run_id"], "twilio")]
+    phones = [m["to"] for m in recorded(out / "sandbox" / run["run_id"], "twilio")]
     assert sorted(phones) == ["+14155550201", "+14155550202"]

@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from campaignkit.cli import _csv_safe, main
+from campaignkit._csvio import neutralise
+from campaignkit.cli import main
 from campaignkit.testing import sandbox as sandbox_module
 from campaignkit.testing.sandbox import Sandbox
 from campaignkit.testing.sandbox.onesignal import OneSignalServer
@@ -262,19 +263,18 @@ def test_csv_export_is_safe_against_formula_injection(tmp_path: Path) -> None:
     ("value", "expected"),
     [
         ("=1+1", "'=1+1"),
-        ("+1", "'+1"),
-        ("-1", "'-1"),
+        ("+1", "+1"),  # a plain number is left as it is
+        ("-1", "-1"),
+        ("+1+1", "'+1+1"),
         ("@A1", "'@A1"),
         ("\t=1", "'\t=1"),
         ("\r=1", "'\r=1"),
         ("a=1", "a=1"),
         ("", ""),
-        (3, 3),
-        (None, None),
     ],
 )
-def test_csv_safe(value: object, expected: object) -> None:
-    assert _csv_safe(value) == expected
+def test_csv_safe(value: str, expected: str) -> None:
+    assert neutralise(value) == expected
 
 
 def test_unknown_run_id_is_an_input_error(tmp_path: Path) -> None:
@@ -328,12 +328,15 @@ def test_resume_after_a_timeout_sends_the_rest_exactly_once(
 
     again = invoke("resume", str(config), run_id, "--sandbox")  # nothing is owed
     assert again.exit_code == 0
+    assert again.stdout.startswith(f"Finished:  nothing was sent now. Run {run_id} had finished")
     assert "accepted messages per provider: twilio 0" in again.stdout
+    again_json = invoke("resume", str(config), run_id, "--sandbox", "--json")
+    assert json.loads(again_json.stdout)["replayed"] is True
 
     # Running the logical date again reports it, and sends nothing.
     rerun = invoke("run", str(config), "--sandbox", "--logical-date", "2024-05-01")
     assert rerun.exit_code == 0
-    assert "Already ran: logical date 2024-05-01 00:00 UTC" in rerun.stdout
+    assert "Already ran: nothing was sent now. Logical date 2024-05-01 00:00 UTC" in rerun.stdout
     assert "accepted messages per provider: twilio 0" in rerun.stdout
 
 

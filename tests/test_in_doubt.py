@@ -717,3 +717,20 @@ def test_twilio_lookup_down_for_a_round_is_asked_again(
         assert (result.sent, result.unknown, result.retries) == (2, 0, 2)
         assert DownOnce.lookups == 2
         assert len(twilio.messages) == 2
+
+
+def test_telnyx_in_doubt_is_retried_with_the_same_key_delivered_once(
+    tmp_path: Path, pm: pluggy.PluginManager
+) -> None:
+    from campaignkit.testing.sandbox.telnyx import TelnyxServer
+
+    with TelnyxServer() as telnyx:
+        telnyx.faults.stall_seconds = STALL
+        telnyx.faults.fail_next("late", "pass", "lost", "drop", 502)
+        channel = _channel("sms", "telnyx", telnyx.channel_options(), concurrency=1)
+        pipeline = _pipeline(tmp_path, pm, channel, _source(6, "phone", _phone), telnyx.token)
+        report = pipeline.run()
+        result = report.channels["sms"]
+        assert (result.sent, result.unknown) == (6, 0)
+        assert sorted(_per_address(telnyx.messages).values()) == [1] * 6
+        assert len(telnyx.replayed) == 2  # "late" and "lost" were accepted, then replayed

@@ -17,6 +17,7 @@ from campaignkit._ledger import (
     LedgerError,
     MaxActiveRunsReached,
     PlanRules,
+    RunInProgress,
     SqliteLedger,
 )
 
@@ -103,6 +104,9 @@ def test_max_active_runs_counts_live_running_runs(tmp_path: Path) -> None:
     begin(ledger, "other", pipeline="q", max_active_runs=1)  # per pipeline
     ledger.finish_run("a", "succeeded", "{}")
     begin(ledger, "b", max_active_runs=1)
+    with pytest.raises(RunInProgress, match=r"run 'b' is being run by process \d+"):
+        begin(ledger, "b")
+    ledger.finish_run("b", "succeeded", "{}")
     with pytest.raises(LedgerError, match="already exists"):
         begin(ledger, "b")
     ledger.close()
@@ -112,7 +116,8 @@ def test_run_of_a_dead_process_is_not_active_and_can_be_claimed(tmp_path: Path) 
     ledger = SqliteLedger(tmp_path / "l.db")
     begin(ledger, "a", max_active_runs=1)
     conn = sqlite3.connect(tmp_path / "l.db")
-    conn.execute("UPDATE runs SET pid = 999999999 WHERE run_id = 'a'")  # no such process
+    # A run recorded by a process that is gone (no such pid).
+    conn.execute("UPDATE runs SET pid = 999999999, owner = NULL WHERE run_id = 'a'")
     conn.commit()
     conn.close()
     begin(ledger, "b", max_active_runs=2)

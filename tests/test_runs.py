@@ -70,6 +70,28 @@ def test_a_logical_date_is_sent_once(
     assert [r.run_id for r in p.runs()] == [forced.run_id, first.run_id]
 
 
+def test_a_replay_is_never_mistaken_for_a_send(
+    tmp_path: Path, pm: pluggy.PluginManager, recorder: Any
+) -> None:
+    p = pipeline(tmp_path, pm)
+    canary = p.run(logical_date=DAY, limit=2)
+    assert not canary.replayed and recorder.outbox.count == 2
+    full = p.run(logical_date=DAY)  # resumes the canary: sends the rest
+    assert not full.replayed and recorder.outbox.count == 5
+    assert full.to_dict()["replayed"] is False
+    again = p.run(logical_date=DAY)
+    assert again.replayed and again.to_dict()["replayed"] is True
+    assert again.run_id == full.run_id and again.channels["email"].sent == 5
+    for replay in (
+        p.resume(full.run_id),
+        p.retry_failed(full.run_id),
+        p.resume(full.run_id, resend_unknown=True),
+    ):
+        assert replay.replayed and replay.status == full.status
+    assert recorder.outbox.count == 5
+    assert p.runs()[0].status == "succeeded"  # a replay leaves the run as it was
+
+
 def test_manual_run_uses_the_latest_complete_interval(
     tmp_path: Path, pm: pluggy.PluginManager
 ) -> None:

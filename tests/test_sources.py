@@ -153,14 +153,14 @@ def test_blank_lines_are_skipped(write: Writer) -> None:
 
 
 def test_odd_column_names(write: Writer) -> None:
-    names = ['we"ird', "back\\slash", "{x}", "ünï", "line\nbreak", "')}, __import__('os')"]
+    names = ['we"ird', "back\\slash", "{x}", "ünï", "sp ace", "')}, __import__('os')"]
     header = ",".join(['"' + n.replace('"', '""') + '"' for n in ["id", *names]])
     row = ",".join(["C1", *(f"v{i}" for i in range(len(names)))])
     path = write(f"{header}\n{row}\n")
     src = CsvSource(path)
     (r,) = read(src)
     assert isinstance(r, Recipient)
-    assert r.line == 3
+    assert r.line == 2
     assert r.attributes == {n: f"v{i}" for i, n in enumerate(names)}
     assert src.fields() == {"id", *names}
     (r,) = read(CsvSource(path, consent={"sms": "ünï", "push": 'we"ird'}))
@@ -171,12 +171,22 @@ def test_odd_column_names(write: Writer) -> None:
 @pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
 @pytest.mark.parametrize("bom", [False, True])
 def test_line_ends_and_bom(write: Writer, newline: str, bom: bool) -> None:
-    text = newline.join(["id,email", "C1,a@b.co", '"C2","x\ny"', "C3,c@b.co", ""])
+    text = newline.join(["id,note", "C1,a@b.co", '"C2","x\ny"', "C3,c@b.co", ""])
     path = write(("\ufeff" if bom else "") + text)
-    out = recipients(read(CsvSource(path)))
+    src = CsvSource(path)
+    out = recipients(read(src))
     assert [(r.id, r.line) for r in out] == [("C1", 2), ("C2", 3), ("C3", 5)]
-    assert out[0].email == "a@b.co"
-    assert CsvSource(path).fields() == {"id", "email"}
+    assert out[0].attributes["note"] == "a@b.co"
+    assert out[1].attributes["note"] == "x\ny"  # free text may span lines
+    assert CsvSource(path).fields() == {"id", "note"}
+    assert src.last_lines is not None
+    assert src.last_lines.to_dict() == {
+        "total": 5,
+        "header": 1,
+        "blank": 0,
+        "accepted": 4,
+        "rejected": 0,
+    }
 
 
 @pytest.mark.parametrize("delimiter", [";", "\t", "|"])
@@ -231,7 +241,7 @@ def test_fields_reads_only_the_header(write: Writer) -> None:
     ("value", "expected"),
     [
         *[(v, True) for v in ["true", "TRUE", "True", "yes", "Yes", "y", "Y", "1", "t", "T"]],
-        *[(v, True) for v in [" yes ", "\ttrue", "yEs"]],
+        *[(v, True) for v in [" yes ", "\ttrue", "yEs"]],  # a tab: see below
         *[(v, False) for v in ["false", "FALSE", "no", "NO", "n", "0", "f", "F", "", "  "]],
         *[(v, False) for v in [" No ", "fAlSe"]],
     ],
@@ -240,6 +250,10 @@ def test_consent_spellings(write: Writer, value: str, expected: bool) -> None:
     assert parse_consent(value) is expected
     path = write(f'id,sms_ok\nC1,"{value}"\n')
     (r,) = read(CsvSource(path, consent={"sms": "sms_ok"}))
+    if "\t" in value:  # a consent column is strict: no control character, not even tab
+        assert isinstance(r, RejectedRow)
+        assert (r.reason, r.field) == ("control_character", "sms_ok")
+        return
     assert isinstance(r, Recipient)
     assert r.consent == {"sms": expected}
 
@@ -451,9 +465,11 @@ def test_bad_quoting_names_the_line(write: Writer) -> None:
     assert "invalid CSV" in str(err)
 
 
-def test_nul_byte_is_data(write: Writer) -> None:
+def test_nul_byte_rejects_the_row(write: Writer) -> None:
     path = write("id,note\nC1,ok\nC2,a\x00b\n")
-    assert recipients(read(CsvSource(path)))[1].attributes == {"note": "a\x00b"}
+    (r,) = rejects(read(CsvSource(path)))
+    assert (r.line, r.reason, r.field, r.raw) == (3, "control_character", "note", ("C2", "a\x00b"))
+    assert r.detail == "column 'note': control character U+0000 at position 2"
 
 
 @pytest.mark.parametrize("content", ["", "\ufeff", "\n\n"])

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from campaignkit._models import Recipient, RejectedRow
-from campaignkit._sources import CsvSource, parse_consent
+from campaignkit._sources import CsvSource, find_control, parse_consent
 
 SETTINGS = settings(max_examples=100, deadline=None)
 
@@ -102,6 +102,11 @@ def test_csv_round_trip(
     assert len(got) == len(data)
     for item, row, start in zip(got, data, starts, strict=True):
         assert item.line == start
+        reject = expected_reject(row, strict={0, 1})
+        if reject is not None:
+            assert isinstance(item, RejectedRow)
+            assert (item.reason, item.field, item.raw) == (*reject, tuple(row))
+            continue
         if not row[0].strip():
             assert isinstance(item, RejectedRow)
             assert (item.reason, item.field, item.raw) == ("empty_required_field", "id", tuple(row))
@@ -112,6 +117,19 @@ def test_csv_round_trip(
             attributes={"note": row[2], "name": row[3], "zone": row[4]},
             line=start,
         )
+
+
+def expected_reject(row: list[str], strict: set[int]) -> tuple[str, str] | None:
+    """(reason, field) a row of ["id", "email", free text...] is rejected for by the
+    line-span and control-character rules, or None."""
+    names = ["id", "email", "note", "name", "zone"]
+    for i in sorted(strict):
+        if "\n" in row[i] or "\r" in row[i]:  # a quoted field spanning lines
+            return "multiline_field", names[i]
+    for i, value in enumerate(row):
+        if find_control(value, strict=i in strict) is not None:
+            return "control_character", names[i]
+    return None
 
 
 ident = st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=8)
@@ -201,7 +219,13 @@ def test_consent_column_parsing(tmpdir_path: Path, values: list[tuple[str, bool 
     got = list(CsvSource(path, consent={"sms": "ok"}).records())
     for item, (value, flag) in zip(got, values, strict=True):
         expected = flag if flag is not None else parse_consent(value)
-        if expected is None:
+        if "\n" in value or "\r" in value:
+            assert isinstance(item, RejectedRow)
+            assert (item.reason, item.field) == ("multiline_field", "ok")
+        elif find_control(value, strict=True) is not None:  # consent is strict
+            assert isinstance(item, RejectedRow)
+            assert (item.reason, item.field) == ("control_character", "ok")
+        elif expected is None:
             assert isinstance(item, RejectedRow)
             assert (item.reason, item.field) == ("bad_consent_value", "ok")
         else:

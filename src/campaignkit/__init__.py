@@ -37,6 +37,7 @@ from ._models import (
 from ._notifier import ChannelSettings, Notifier
 from ._pipeline import Pipeline, ValidationSummary
 from ._plugins import Registry, get_plugin_manager
+from ._redact import RedactingFilter
 from ._source import Source
 from ._sources import CsvSource, JsonLinesSource
 from .exceptions import (
@@ -99,3 +100,5 @@ __version__ = "0.1.0"
 
 # A library logs; the application decides where it goes (the CLI's -v does).
 logging.getLogger("campaignkit").addHandler(logging.NullHandler())
+# Log records (messages and tracebacks) never carry a token: see _redact.
+logging.getLogger("campaignkit").addFilter(RedactingFilter())

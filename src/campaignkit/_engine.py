@@ -19,7 +19,7 @@ import backoff
 from ._audience import Audience
 from ._config import Channel, RetryPolicy
 from ._content import html_to_text, list_unsubscribe_headers
-from ._ledger import DeliveryState, Ledger, PlanRules
+from ._ledger import DeliveryState, Ledger, PlanRules, RunOwnershipLost
 from ._models import (
     ChannelResult,
     DeliveryResult,
@@ -210,6 +210,7 @@ class ChannelRunner:
         self._retry: list[list[_Pending]] = []
         self._retry_lock = threading.Lock()
         self._abort: tuple[str | None, str] | None = None  # (code, error) of a 401/403
+        self._lost: str | None = None  # another process took the run over
 
     # -- selection and rendering ---------------------------------------------------------
     def plan_audience(self, segment: Iterable[tuple[int, Recipient]], now: datetime) -> bool:
@@ -462,6 +463,8 @@ class ChannelRunner:
         )
 
     def _stop_reason(self) -> str | None:
+        if self._lost is not None:
+            return "ownership_lost"
         if self._abort is not None:
             return f"credentials rejected ({self._abort[0]})"
         if self.cancel.is_set():
@@ -550,7 +553,13 @@ class ChannelRunner:
         while True:
             self.limiter.acquire(len(messages))
             if not marked:  # after the rate-limit wait: in flight means really on its way
-                self.ledger.mark_in_flight(self.run_id, self.name, [p.seq for p in batch])
+                try:
+                    self.ledger.mark_in_flight(self.run_id, self.name, [p.seq for p in batch])
+                except RunOwnershipLost as exc:
+                    # Another process owns the run now: send and record nothing more.
+                    log.error("%s: %s", self.name, exc)
+                    self._lost = str(exc)
+                    return
                 marked = True
                 now = time.time()
                 for p in batch:
@@ -639,8 +648,9 @@ class ChannelRunner:
         self._record([self._row(p, DeliveryState.FAILED, Reason.PERMANENT_ERROR) for p in batch])
 
     def _leave_pending(self, batch: Sequence[_Pending]) -> None:
-        """The run stopped before these were sent: they stay pending for a resume."""
-        if batch:
+        """The run stopped before these were sent: they stay pending for a resume
+        (recorded only while this process owns the run: the new owner decides)."""
+        if batch and self._lost is None:
             self._record([self._row(p, DeliveryState.PENDING, None) for p in batch])
 
     def _row(

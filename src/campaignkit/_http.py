@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import ipaddress
+import re
 import ssl
 import time
 from collections.abc import Iterator, Mapping
@@ -14,8 +15,11 @@ import requests
 import requests.adapters
 import requests.utils
 import urllib3.exceptions
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
 
 from ._notifier import ChannelSettings, Notifier
+from ._redact import redact, remember, token_problem
 from .exceptions import ConfigError, PermanentDeliveryError, TransientDeliveryError
 
 __all__ = [
@@ -31,34 +35,123 @@ MAX_RETRY_AFTER = 300.0
 
 
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` is ``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
-    if host == "localhost" or host.endswith(".localhost"):
+    """Whether a connection to ``host`` stays on this machine.
+
+    ``localhost`` (any case) and IP literals in ``127.0.0.0/8`` or ``::1`` (with or
+    without brackets). Nothing else: not ``*.localhost`` (RFC 6761 asks resolvers to
+    answer loopback, but the system resolver ``requests`` uses may ask DNS), not
+    ``localhost.``, not shorthand such as ``127.1`` or ``0x7f.1``, not IPv4-mapped
+    IPv6, and not names that merely start with ``127.0.0.1``.
+    """
+    if host.lower() == "localhost":
         return True
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or any(c not in "0123456789abcdefABCDEF.:" for c in host):
+        return False
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _refuse(message: str, path: str) -> ConfigError:
+    return ConfigError(message, path=path)
 
 
 def check_base_url(url: str, *, path: str) -> str:
     """Return ``url`` without a trailing slash if it is safe to send a token to.
 
-    Only ``https://`` URLs are accepted, except for loopback hosts (``127.0.0.0/8``,
-    ``::1``, ``localhost``) where ``http://`` is allowed, so that a token never
-    travels in clear text to a remote host.
+    The URL is read as the HTTP client reads it: ``requests`` prepares it with
+    urllib3's ``parse_url`` and connects to the host ``urllib.parse`` finds in the
+    prepared URL. The check requires the raw URL and the prepared one, read by both
+    parsers, to agree on scheme, host and port, and refuses every form where
+    readers could differ:
+
+    * a scheme other than ``http``/``https``, or no host;
+    * backslashes, whitespace, control or non-ASCII characters, ``%``-escapes in
+      the host, userinfo (``user:pass@``), a query string or a fragment;
+    * an empty or malformed port;
+    * ``http://`` to a host that is not loopback (see :func:`is_loopback`), so that
+      a token never travels in clear text to a remote host.
+
+    Error messages never quote a URL that holds userinfo.
 
     Raises:
-        ConfigError: naming ``path`` for a malformed or clear-text remote URL.
+        ConfigError: naming ``path``.
     """
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"expected an http(s) URL, got {url!r}", path=path)
-    if parts.scheme == "http" and not is_loopback(parts.hostname):
-        raise ConfigError(
-            f"refusing clear-text http:// to remote host {parts.hostname!r}; use https://",
-            path=path,
+    if not isinstance(url, str):
+        raise _refuse("expected a string", path)
+    if any(not (0x20 < ord(c) < 0x7F) for c in url):
+        raise _refuse(
+            "a base URL may not contain whitespace, control or non-ASCII characters", path
         )
+    if "\\" in url:
+        raise _refuse("a base URL may not contain a backslash", path)
+    try:
+        raw = urlsplit(url)
+    except ValueError:  # e.g. an unbalanced "[" (an IPv6 literal)
+        raise _refuse(f"not a valid URL: {url!r}", path) from None
+    if raw.scheme.lower() not in ("http", "https") or not raw.netloc:
+        safe = url if "@" not in url else "a URL with userinfo"
+        raise _refuse(f"expected an http(s) URL, got {safe!r}", path)
+    if "@" in raw.netloc or "@" in url.split("?", 1)[0].split("#", 1)[0]:
+        raise _refuse(
+            "a base URL may not contain userinfo ('@'); tokens come from the environment",
+            path,
+        )
+    if "?" in url or "#" in url:
+        raise _refuse(f"a base URL may not have a query string or fragment: {url!r}", path)
+    if "%" in raw.netloc:
+        raise _refuse(f"a base URL's host may not be %-encoded: {url!r}", path)
+    try:
+        raw_port = raw.port
+    except ValueError:
+        raise _refuse(f"not a valid port in {url!r}", path) from None
+    if raw.netloc.endswith(":") or (raw_port is not None and raw_port == 0):
+        raise _refuse(f"not a valid port in {url!r}", path)
+    host = raw.hostname or ""
+    if not host:
+        raise _refuse(f"expected an http(s) URL with a host, got {url!r}", path)
+    literal = raw.netloc.startswith("[")  # an IPv6 literal
+    if not re.fullmatch(r"[0-9a-f:.]+" if literal else r"[a-z0-9.\-]+", host) or (
+        not literal and (host.startswith(("-", ".")) or ".." in host)
+    ):
+        raise _refuse(f"not a valid host name in {url!r}", path)
+    seen = {_endpoint(url, path)}
+    try:
+        prepared = requests.PreparedRequest()
+        prepared.prepare_url(url + "/", None)
+    except requests.RequestException:
+        raise _refuse(f"not a URL the HTTP client accepts: {url!r}", path) from None
+    assert prepared.url is not None
+    seen.add(_endpoint(prepared.url, path))
+    if len(seen) != 1:
+        raise _refuse(f"ambiguous URL (parsers disagree on its host): {url!r}", path)
+    scheme, host, _ = seen.pop()
+    if scheme == "http" and not is_loopback(host):
+        raise _refuse(f"refusing clear-text http:// to remote host {host!r}; use https://", path)
     return url.rstrip("/")
+
+
+def _endpoint(url: str, path: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of ``url`` as urllib3 and ``urllib.parse`` read it;
+    :class:`ConfigError` unless they agree."""
+    try:
+        parsed = parse_url(url)
+        split = urlsplit(url)
+        split_port = split.port
+    except (LocationParseError, ValueError):
+        raise _refuse(f"not a URL the HTTP client accepts: {url!r}", path) from None
+    scheme = (parsed.scheme or "").lower()
+    host = (parsed.host or "").lower().strip("[]")
+    readings = {
+        (scheme, host, parsed.port),
+        (split.scheme.lower(), (split.hostname or "").lower(), split_port),
+    }
+    if len(readings) != 1 or parsed.auth is not None:
+        raise _refuse(f"ambiguous URL (parsers disagree on its host): {url!r}", path)
+    return readings.pop()
 
 
 def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
@@ -91,6 +184,25 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
     if seconds is None:
         return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+class _Session(requests.Session):
+    """A ``requests.Session`` whose request-building errors never carry a credential.
+
+    ``requests`` quotes a header value it refuses (``InvalidHeader: ... 'Bearer
+    <token>\\n'``); such errors are raised again, same type, with redacted text and
+    without the original in their context.
+    """
+
+    secrets: tuple[str, ...] = ()
+
+    def request(self, *args: Any, **kwargs: Any) -> requests.Response:
+        try:
+            return super().request(*args, **kwargs)
+        except (requests.exceptions.InvalidHeader, requests.exceptions.InvalidURL) as exc:
+            error: Exception = exc
+        text = redact(str(error), self.secrets)
+        raise type(error)(text)
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
@@ -199,11 +311,34 @@ class HttpNotifier(Notifier[requests.Session]):
             )
         self.base_url = check_base_url(raw, path=f"channels.{settings.channel}.options.base_url")
         self.timeout = settings.timeout
+        token = settings.token.reveal() if settings.token else ""
+        problem = token_problem(token) if token else None
+        if problem is not None:  # never quote the value
+            raise ConfigError(
+                f"the channel's token {problem}", path=f"channels.{settings.channel}.token_env"
+            )
+        if token:
+            remember(token)
+
+    def redact(self, text: str) -> str:
+        """``text`` without this channel's token or any other credential."""
+        token = self.settings.token
+        return redact(text, (token.reveal(),) if token else ())
 
     def connect(self) -> requests.Session:
-        session = requests.Session()
+        """A new session for one worker thread.
+
+        Proxies and the CA bundle come from the environment (``HTTPS_PROXY``,
+        ``NO_PROXY``, ``REQUESTS_CA_BUNDLE``...), except that a clear-text ``http://``
+        base URL (only ever loopback) never goes through a proxy: the proxy would
+        receive the token in clear text.
+        """
+        session = _Session()
+        token = self.settings.token
+        session.secrets = (token.reveal(),) if token else ()
         env = session.merge_environment_settings(self.base_url, {}, None, None, None)
-        session.proxies.update(env.get("proxies") or {})
+        if not self.base_url.lower().startswith("http://"):
+            session.proxies.update(env.get("proxies") or {})
         session.verify = env.get("verify", True)
         session.trust_env = False
         adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=2, max_retries=0)
@@ -221,7 +356,7 @@ class HttpNotifier(Notifier[requests.Session]):
 
     def error_message(self, response: requests.Response) -> str:
         """A short description of an error response, without echoing credentials."""
-        text = response.text[:300].strip()
+        text = self.redact(response.text)[:300].strip()
         return f"HTTP {response.status_code}" + (f": {text}" if text else "")
 
     def post(self, conn: requests.Session, path: str, **kwargs: Any) -> requests.Response:

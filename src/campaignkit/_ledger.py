@@ -22,7 +22,6 @@ most one batch per worker thread is ``in_flight``.
 from __future__ import annotations
 
 import marshal
-import os
 import queue
 import sqlite3
 import threading
@@ -35,6 +34,7 @@ from typing import Any, Protocol
 
 import attrs
 
+from ._claims import Owner
 from ._models import DeliveryResult, DeliveryStatus, Recipient
 from .exceptions import CampaignKitError
 
@@ -45,11 +45,13 @@ __all__ = [
     "MaxActiveRunsReached",
     "PlanRow",
     "PlanRules",
+    "RunInProgress",
+    "RunOwnershipLost",
     "RunRecord",
     "SqliteLedger",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _PAGE = 2000  # rows per read transaction when streaming
 _IN_MAX = 512  # values per ``seq IN (...)`` list (older SQLite allows 999 parameters)
 _MARKS = {1 << k: ", ".join("?" * (1 << k)) for k in range(_IN_MAX.bit_length())}
@@ -73,6 +75,14 @@ class LedgerError(CampaignKitError):
 
 class MaxActiveRunsReached(LedgerError):
     """Starting a run would exceed the pipeline's ``max_active_runs``."""
+
+
+class RunInProgress(LedgerError):
+    """Another live process owns the run (it is sending it now); nothing was done."""
+
+
+class RunOwnershipLost(LedgerError):
+    """This process no longer owns the run it was sending: it stops without recording."""
 
 
 class DeliveryState:
@@ -134,6 +144,13 @@ class RunRecord:
     config_file: str | None = None
     recipients: int | None = None
     report: str | None = None  # the last report, as JSON
+    owner: Owner | None = None
+
+    @property
+    def in_progress(self) -> bool:
+        """Whether a live process is sending the run now (``running`` with a live owner);
+        a ``running`` run whose process died is not: it waits to be resumed."""
+        return self.status in ACTIVE_STATUSES and self.owner is not None and self.owner.alive()
 
 
 class Ledger(Protocol):
@@ -153,6 +170,7 @@ class Ledger(Protocol):
     def find_runs(self, pipeline: str, logical_date: datetime | None = None) -> list[RunRecord]: ...
     def list_runs(self, pipeline: str | None = None, limit: int = 50) -> list[RunRecord]: ...
     def claim_run(self, run_id: str) -> RunRecord: ...
+    def release_run(self, run_id: str) -> None: ...
     def finish_run(self, run_id: str, status: str, report: str) -> None: ...
     def write_snapshot(self, run_id: str, recipients: Iterable[Recipient]) -> int: ...
     def has_snapshot(self, run_id: str) -> bool: ...
@@ -175,6 +193,9 @@ class Ledger(Protocol):
     def flush(self) -> None: ...
     def resolve_in_flight(self, run_id: str, channel: str, *, resend: bool) -> int: ...
     def requeue(self, run_id: str, channel: str, *, failed: bool, unknown: bool) -> int: ...
+    def owed(
+        self, run_id: str, channels: Sequence[str], *, failed: bool, unknown: bool
+    ) -> int: ...
     def counts(self, run_id: str, channel: str) -> dict[str, int]: ...
     def deliveries(self, run_id: str, channel: str | None = None) -> Iterator[DeliveryResult]: ...
     def close(self) -> None: ...
@@ -260,6 +281,10 @@ _MIGRATIONS: dict[int, str] = {
     3: """
     DROP INDEX IF EXISTS deliveries_by_address;
     DROP INDEX IF EXISTS deliveries_by_state;
+    """,
+    # The owner of a run (campaignkit._claims.Owner as JSON): claims are decided by it.
+    4: """
+    ALTER TABLE runs ADD COLUMN owner TEXT;
     """,
 }
 
@@ -356,6 +381,7 @@ class SqliteLedger:
         self._writer.start()
         self._codes: dict[tuple[int, str], int] = {}
         self._runs: dict[str, int] = {}
+        self._owners: dict[str, Owner] = {}  # the runs this ledger object has claimed
 
     def __repr__(self) -> str:
         return f"<SqliteLedger {str(self.path)!r}>"
@@ -419,7 +445,10 @@ class SqliteLedger:
         return int(code)
 
     def close(self) -> None:
-        """Flush pending writes and close."""
+        """Flush pending writes, give up the claims on unfinished runs (they stay
+        ``running`` for a resume) and close."""
+        for run_id in list(self._owners):
+            self.release_run(run_id)
         self._writer.ops.put(None)
         self._writer.join()
         conn = getattr(self._local, "conn", None)
@@ -448,12 +477,33 @@ class SqliteLedger:
             pid=row[8],
             recipients=row[9],
             report=row[10],
+            owner=Owner.from_text(row[11]) or Owner.legacy(row[8]),
         )
 
     _RUN_COLUMNS = (
         "run_id, pipeline, logical_date, status, fingerprint, config_file, created_at, "
-        "finished_at, pid, recipients, report"
+        "finished_at, pid, recipients, report, owner"
     )
+
+    def _claim(self, run_id: str, decide: Any) -> RunRecord:
+        """Make this process the owner of ``run_id``: ``decide(conn, owner)`` checks and
+        writes inside one ``BEGIN IMMEDIATE`` transaction, so that claims are serialised
+        with every other process's; what it raises aborts the claim."""
+        owner = Owner.claim()
+        conn = _connect(self.path)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            decide(conn, owner)
+            conn.execute("COMMIT")
+        except BaseException:
+            owner.release()
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            conn.close()
+        self._owners[run_id] = owner
+        return self.get_run(run_id)
 
     def begin_run(
         self,
@@ -465,54 +515,59 @@ class SqliteLedger:
         config_file: str | None,
         max_active_runs: int | None,
     ) -> RunRecord:
-        """Record a new ``running`` run, atomically with the ``max_active_runs`` check.
+        """Record a new ``running`` run owned by this process, atomically with the
+        ``max_active_runs`` check.
 
-        A run counts as active while its status is ``running`` and its process is
-        alive (a run whose process died is not active: it waits to be resumed).
+        A run counts as active while its status is ``running`` and its owner is alive
+        (a run whose process died is not active: it waits to be resumed).
 
         Raises:
             MaxActiveRunsReached: the pipeline already has that many active runs.
+            RunInProgress: ``run_id`` exists and a live process owns it.
             LedgerError: ``run_id`` exists.
         """
-        conn = _connect(self.path)
-        try:
-            conn.execute("BEGIN IMMEDIATE")  # serialises starts across processes
+
+        def decide(conn: sqlite3.Connection, owner: Owner) -> None:
+            existing = conn.execute(
+                f"SELECT {self._RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            if existing is not None:
+                run = self._run(existing)
+                if run.in_progress:
+                    raise RunInProgress(_busy(run))
+                raise LedgerError(f"run {run_id!r} already exists")
             if max_active_runs is not None:
                 active = [
-                    r
-                    for r in conn.execute(
-                        "SELECT run_id, pid FROM runs WHERE pipeline = ? AND status = 'running'",
+                    run
+                    for row in conn.execute(
+                        f"SELECT {self._RUN_COLUMNS} FROM runs "
+                        "WHERE pipeline = ? AND status = 'running'",
                         (pipeline,),
                     )
-                    if _alive(r[1])
+                    if (run := self._run(row)).in_progress
                 ]
                 if len(active) >= max_active_runs:
-                    conn.execute("ROLLBACK")
-                    names = ", ".join(r[0] for r in active)
+                    names = ", ".join(r.run_id for r in active)
                     raise MaxActiveRunsReached(
                         f"{pipeline}: max_active_runs={max_active_runs} reached ({names})"
                     )
-            try:
-                conn.execute(
-                    "INSERT INTO runs (run_id, pipeline, logical_date, status, fingerprint, "
-                    "config_file, created_at, pid) VALUES (?, ?, ?, 'running', ?, ?, ?, ?)",
-                    (
-                        run_id,
-                        pipeline,
-                        _ts(logical_date),
-                        fingerprint,
-                        config_file,
-                        _ts(datetime.now(UTC)),
-                        os.getpid(),
-                    ),
-                )
-            except sqlite3.IntegrityError:
-                conn.execute("ROLLBACK")
-                raise LedgerError(f"run {run_id!r} already exists") from None
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
-        return self.get_run(run_id)
+            conn.execute(
+                "INSERT INTO runs (run_id, pipeline, logical_date, status, fingerprint, "
+                "config_file, created_at, pid, owner) "
+                "VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    pipeline,
+                    _ts(logical_date),
+                    fingerprint,
+                    config_file,
+                    _ts(datetime.now(UTC)),
+                    owner.pid,
+                    owner.to_text(),
+                ),
+            )
+
+        return self._claim(run_id, decide)
 
     def record_run(
         self,
@@ -577,24 +632,45 @@ class SqliteLedger:
         return [self._run(r) for r in rows]
 
     def claim_run(self, run_id: str) -> RunRecord:
-        """Mark ``run_id`` as running in this process (to resume it).
+        """Make this process the owner of ``run_id`` and mark it ``running`` (to resume
+        it). Decided in one write transaction: of several processes claiming at the
+        same instant, one gets the run and the others :class:`RunInProgress`.
 
         Raises:
-            LedgerError: the run is being run by another live process.
+            RunInProgress: another live process owns the run.
+            LedgerError: no such run.
         """
-        with self._read as conn:
+
+        def decide(conn: sqlite3.Connection, owner: Owner) -> None:
             row = conn.execute(
-                "SELECT status, pid FROM runs WHERE run_id = ?", (run_id,)
+                f"SELECT {self._RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
             ).fetchone()
             if row is None:
                 raise LedgerError(f"no run {run_id!r} in {self.path}")
-            if row[0] == "running" and row[1] != os.getpid() and _alive(row[1]):
-                raise LedgerError(f"run {run_id!r} is being run by process {row[1]}")
+            run = self._run(row)
+            if run.in_progress:
+                raise RunInProgress(_busy(run))
             conn.execute(
-                "UPDATE runs SET status = 'running', pid = ?, finished_at = NULL WHERE run_id = ?",
-                (os.getpid(), run_id),
+                "UPDATE runs SET status = 'running', pid = ?, owner = ?, finished_at = NULL "
+                "WHERE run_id = ?",
+                (owner.pid, owner.to_text(), run_id),
             )
-        return self.get_run(run_id)
+
+        return self._claim(run_id, decide)
+
+    def release_run(self, run_id: str) -> None:
+        """Give up the claim on ``run_id`` without finishing it (it stays ``running``
+        for a resume, which any process may then claim)."""
+        owner = self._owners.pop(run_id, None)
+        if owner is not None:
+            owner.release()
+
+    def _owns(self, conn: sqlite3.Connection, run: int, run_id: str) -> bool:
+        owner = self._owners.get(run_id)
+        if owner is None:
+            return False
+        row = conn.execute("SELECT owner FROM runs WHERE id = ?", (run,)).fetchone()
+        return row is not None and row[0] == owner.to_text()
 
     def delete_run(self, run_id: str) -> None:
         """Remove a run and everything recorded for it (dry runs clean up with it)."""
@@ -608,14 +684,26 @@ class SqliteLedger:
         self._codes = {k: v for k, v in self._codes.items() if k[0] != run}
 
     def finish_run(self, run_id: str, status: str, report: str) -> None:
-        """Record a run's final status and report (after flushing its deliveries)."""
+        """Record a run's final status and report (after flushing its deliveries), and
+        give up the claim on it.
+
+        Raises:
+            RunOwnershipLost: another process owns the run now; nothing was recorded.
+        """
         self.flush()
-        with self._read as conn:
-            conn.execute(
-                "UPDATE runs SET status = ?, finished_at = ?, report = ?, pid = NULL "
-                "WHERE run_id = ?",
-                (status, _ts(datetime.now(UTC)), report, run_id),
-            )
+        owner = self._owners.pop(run_id, None)
+        try:
+            with self._read as conn:
+                changed = conn.execute(
+                    "UPDATE runs SET status = ?, finished_at = ?, report = ?, pid = NULL, "
+                    "owner = NULL WHERE run_id = ? AND owner IS ?",
+                    (status, _ts(datetime.now(UTC)), report, run_id, _text(owner)),
+                ).rowcount
+        finally:
+            if owner is not None:
+                owner.release()
+        if not changed:
+            raise RunOwnershipLost(f"run {run_id!r} is owned by another process now")
 
     # -- snapshot ------------------------------------------------------------------------
     def write_snapshot(self, run_id: str, recipients: Iterable[Recipient]) -> int:
@@ -871,7 +959,15 @@ class SqliteLedger:
         batch = min(seqs) if seqs else None
         lists = list(_seq_lists(seqs))
 
+        lost = False
+
         def op(conn: sqlite3.Connection) -> None:
+            nonlocal lost
+            # Fenced: only the run's owner marks (and then sends). Not raised here, so
+            # that the other writes of the same group commit are kept.
+            if not self._owns(conn, run, run_id):
+                lost = True
+                return
             for marks, values in lists:  # one statement per list, not per delivery
                 conn.execute(
                     "UPDATE deliveries SET state = 'in_flight', updated_at = ?, batch = ? "
@@ -880,6 +976,8 @@ class SqliteLedger:
                 )
 
         self._writer.submit(op, wait=True)
+        if lost:
+            raise RunOwnershipLost(f"run {run_id!r} is owned by another process now")
 
     def record(
         self, run_id: str, channel: str, rows: Sequence[tuple[int, DeliveryResult, str, bool]]
@@ -970,6 +1068,26 @@ class SqliteLedger:
                 (run, code),
             ).rowcount
 
+    def owed(self, run_id: str, channels: Sequence[str], *, failed: bool, unknown: bool) -> int:
+        """How many deliveries a resume of these channels would send: ``pending``,
+        ``in_flight`` and ``deferred`` ones, and transient failures (``failed``) and
+        ``unknown`` ones if asked. A channel not planned yet counts as owed (a resume
+        plans and sends it)."""
+        run = self._run_key(run_id)
+        self.flush()
+        total = 0
+        for channel in channels:
+            if not self.is_planned(run_id, channel):
+                return total + 1
+            row = self._read.execute(
+                "SELECT COUNT(*) FROM deliveries WHERE run = ? AND channel = ? AND ("
+                "state IN ('pending', 'in_flight', 'deferred') "
+                "OR (? AND state = 'failed' AND transient = 1) OR (? AND state = 'unknown'))",
+                (run, self._channel_code(run, channel), failed, unknown),
+            ).fetchone()
+            total += int(row[0])
+        return total
+
     def counts(self, run_id: str, channel: str) -> dict[str, int]:
         """Deliveries by state, and by ``state:reason`` / ``code:<error code>``."""
         run = self._run_key(run_id)
@@ -1025,16 +1143,10 @@ def _recipient(rid: str, data: bytes) -> Recipient:
     return Recipient(rid, email, phone, token, attributes, consent, line)
 
 
-def _alive(pid: int | None) -> bool:
-    """Whether process ``pid`` (on this machine) is alive."""
-    if not pid:
-        return False
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _text(owner: Owner | None) -> str | None:
+    return None if owner is None else owner.to_text()
+
+
+def _busy(run: RunRecord) -> str:
+    who = run.owner.describe() if run.owner is not None else "another process"
+    return f"run {run.run_id!r} is being run by {who}; nothing was done by this one"

@@ -12,6 +12,8 @@ from typing import Any
 
 import attrs
 
+from ._redact import redact, remember
+
 __all__ = [
     "ChannelResult",
     "DeliveryResult",
@@ -28,6 +30,15 @@ __all__ = [
 ]
 
 
+def _redacted(value: str | None) -> str | None:
+    # Error texts are stored and printed: never with a credential inside.
+    return redact(value) if value else value
+
+
+def _redacted_mapping(value: Mapping[str, str] | None) -> Mapping[str, str]:
+    return {k: redact(v) if isinstance(v, str) else v for k, v in (value or {}).items()}
+
+
 def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     # A plain dict is taken as is (sources build a fresh one per row); others are copied.
     if type(value) is dict:
@@ -40,6 +51,9 @@ class Secret:
     """A provider token. Its repr and str never show the value; call :meth:`reveal`."""
 
     _value: str = attrs.field(alias="value")
+
+    def __attrs_post_init__(self) -> None:
+        remember(self._value)  # redacted from every stored or printed error text
 
     def reveal(self) -> str:
         """Return the secret value, for the one place that must send it."""
@@ -111,6 +125,8 @@ class RejectedRow:
         reason: a short reason code (``empty_required_field``, ``bad_consent_value``, ...).
         detail: a human explanation.
         raw: the row's raw values, so that nothing is lost.
+        end_line: the line where a record spanning several physical lines ends
+            (``None``: it ends on ``line``).
     """
 
     line: int
@@ -118,6 +134,12 @@ class RejectedRow:
     detail: str
     field: str | None = None
     raw: tuple[str, ...] = ()
+    end_line: int | None = None
+
+    @property
+    def lines(self) -> int:
+        """How many physical lines the record spans."""
+        return 1 if self.end_line is None else self.end_line - self.line + 1
 
 
 @attrs.frozen
@@ -196,7 +218,7 @@ class Outcome:
     ok: bool
     provider_message_id: str | None = None
     error_code: str | None = None
-    error: str | None = None
+    error: str | None = attrs.field(default=None, converter=_redacted)
     transient: bool = False
     in_doubt: bool = False
 
@@ -234,7 +256,7 @@ class DeliveryResult:
     provider_message_id: str | None = None
     attempts: int = 0
     error_code: str | None = None
-    error: str | None = None
+    error: str | None = attrs.field(default=None, converter=_redacted)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -348,8 +370,12 @@ class RunReport:
     rows_read: int = 0
     rows_rejected: int = 0
     rejected_reasons: Mapping[str, int] = attrs.field(factory=dict, converter=_frozen_mapping)
+    lines: Mapping[str, int] | None = None
     output_dir: str | None = None
     errors: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_mapping)
+    #: ``True`` when nothing was sent now: the report is the one the run stored when it
+    #: finished (running a logical date again, or resuming a finished run).
+    replayed: bool = False
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], run: Any = None) -> RunReport:
@@ -389,8 +415,10 @@ class RunReport:
             rows_read=extraction.get("rows_read", 0),
             rows_rejected=extraction.get("rows_rejected", 0),
             rejected_reasons=extraction.get("rejected_reasons", {}),
+            lines=extraction.get("lines"),
             output_dir=data.get("output_dir"),
             errors=data.get("errors", {}),
+            replayed=bool(data.get("replayed", False)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -405,13 +433,19 @@ class RunReport:
                 "rows_read": self.rows_read,
                 "rows_rejected": self.rows_rejected,
                 "rejected_reasons": dict(sorted(self.rejected_reasons.items())),
+                "lines": None if self.lines is None else dict(self.lines),
             },
             "output_dir": self.output_dir,
             "errors": dict(self.errors),
+            "replayed": self.replayed,
         }
         for name, result in self.channels.items():
             out[result.result_key or f"{name}_results"] = result.to_dict()
         return out
+
+    def __attrs_post_init__(self) -> None:
+        # A channel's crash text is stored and printed: never with a credential inside.
+        object.__setattr__(self, "errors", _redacted_mapping(self.errors))
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -37,9 +37,9 @@ from ._ledger import (
     LedgerError,
     MaxActiveRunsReached,
     PlanRules,
+    RunInProgress,
     RunRecord,
     SqliteLedger,
-    _alive,
 )
 from ._models import (
     ChannelResult,
@@ -53,9 +53,17 @@ from ._models import (
 )
 from ._notifier import ChannelSettings, Notifier
 from ._plugins import Registry, get_plugin_manager
+from ._redact import token_problem
+from ._rehearsal import (
+    is_rehearsal,
+    rehearsal_execution,
+    rehearsal_output_root,
+    sandbox_channels,
+)
 from ._schedule import Blocked, Interval, manual_logical_date, plan_due_runs
 from ._segment import ExtractionStats, extract
 from ._source import MODEL_FIELDS, Source
+from ._sources import SourceLines
 from ._templates import compile_template
 from .exceptions import AudienceGuardError, ConfigError, PluginError
 
@@ -112,6 +120,7 @@ class PlanReport:
     rows_rejected: int
     rejected_reasons: Mapping[str, int]
     channels: Mapping[str, ChannelPlanSummary]
+    lines: Mapping[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -121,6 +130,7 @@ class PlanReport:
                 "rows_read": self.rows_read,
                 "rows_rejected": self.rows_rejected,
                 "rejected_reasons": dict(sorted(self.rejected_reasons.items())),
+                "lines": None if self.lines is None else dict(self.lines),
             },
             "channels": {name: c.to_dict() for name, c in self.channels.items()},
         }
@@ -167,6 +177,14 @@ class Pipeline:
             (built-ins plus installed entry points).
         env: where provider tokens are read from; defaults to ``os.environ``.
         sleep: how retry waits sleep; tests pass a function that does not wait.
+        rehearsal: a rehearsal records into its own state, never the real one: the
+            ledger ``ledger.sandbox.db`` beside ``execution.state_path`` (runs,
+            deliveries, suppression list) and run directories under
+            ``<output dir>/sandbox/``. By default (``None``) a pipeline is a rehearsal
+            when its execution already is (a configuration from ``Sandbox.apply()``)
+            or when an enabled channel points at a campaignkit sandbox server running
+            in this process. ``False`` keeps the configured state whatever the
+            channels point at.
     """
 
     def __init__(
@@ -183,6 +201,7 @@ class Pipeline:
         plugins: pluggy.PluginManager | None = None,
         env: Mapping[str, str] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        rehearsal: bool | None = None,
     ) -> None:
         self.name = name
         self.description = description
@@ -196,6 +215,20 @@ class Pipeline:
         if not self.channels:
             raise ConfigError("at least one channel is required", path="channels")
         self.execution = execution or Execution()
+        if rehearsal is None:
+            sandboxed = sandbox_channels(self.channels)
+            rehearsal = bool(sandboxed)
+            others = [c.name for c in self.channels if c.enabled and c.name not in sandboxed]
+            if sandboxed and others:
+                log.warning(
+                    "%s: channels %s send to the campaignkit sandbox, so this is a rehearsal "
+                    "with its own ledger, but channels %s do not point at it",
+                    name,
+                    ", ".join(sandboxed),
+                    ", ".join(others),
+                )
+        if rehearsal:
+            self.execution = rehearsal_execution(self.execution)
         self.schedule = schedule or Schedule()
         self.base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
         self._plugins = plugins
@@ -284,6 +317,12 @@ class Pipeline:
                     path=f"channels.{channel.name}.token_env",
                 )
             return None
+        problem = token_problem(value)
+        if problem is not None:  # never quote the value
+            raise ConfigError(
+                f"environment variable {channel.token_variable} (the {cls.name} token) {problem}",
+                path=f"channels.{channel.name}.token_env",
+            )
         return Secret(value)
 
     def _plan(self, channel: Channel, fields: frozenset[str] | None) -> ChannelPlan:
@@ -422,6 +461,23 @@ class Pipeline:
         """Open this pipeline's ledger (the caller closes it)."""
         return SqliteLedger(self.state_path)
 
+    @property
+    def rehearsal(self) -> bool:
+        """Whether this pipeline rehearses against the sandbox, with its own ledger
+        (``ledger.sandbox.db``) and output folder (``<output dir>/sandbox/``)."""
+        return is_rehearsal(self.execution)
+
+    def output_root(self, output_dir: str | Path | None = None) -> Path:
+        """Where run directories and plans go: ``output_dir``, or
+        ``execution.output_dir`` against ``base_dir``; a rehearsal's ``sandbox/``
+        folder inside it."""
+        root = (
+            Path(output_dir)
+            if output_dir is not None
+            else self.base_dir / self.execution.output_dir
+        )
+        return rehearsal_output_root(root) if self.rehearsal else root
+
     def fingerprint(self) -> str:
         """A digest of everything that decides what is sent (source, channels and their
         options and templates); a resume warns when it changed. Tokens are not part of it."""
@@ -492,34 +548,48 @@ class Pipeline:
             scratch = tempfile.TemporaryDirectory(prefix="campaignkit-")
             ledger = SqliteLedger(Path(scratch.name) / "ledger.db", durable=False)
         try:
-            previous = ledger.find_runs(self.name, logical_date)
-            if previous and not force:
-                last = previous[-1]
-                if last.status in ACTIVE_STATUSES or last.status in RESUMABLE_STATUSES:
-                    log.info("%s: resuming run %s", self.name, last.run_id)
-                    ledger.close()
-                    return self.resume(
-                        last.run_id, progress=progress, output_dir=output_dir, limit=limit
+            while True:
+                previous = ledger.find_runs(self.name, logical_date)
+                if previous and not force:
+                    last = previous[-1]
+                    if last.status in ACTIVE_STATUSES or last.status in RESUMABLE_STATUSES:
+                        log.info("%s: resuming run %s", self.name, last.run_id)
+                        ledger.close()
+                        return self.resume(
+                            last.run_id, progress=progress, output_dir=output_dir, limit=limit
+                        )
+                    log.info(
+                        "%s: %s already ran (%s); nothing was sent now",
+                        self.name,
+                        logical_date.isoformat(),
+                        last.run_id,
                     )
-                log.info(
-                    "%s: %s already ran (%s); not sending again",
-                    self.name,
-                    logical_date.isoformat(),
-                    last.run_id,
-                )
-                return _stored_report(last)
-            if run_id is None:
-                run_id = f"{self.name}__{logical_date:%Y%m%dT%H%M%SZ}"
-                if previous:
-                    run_id += f"__{len(previous) + 1}"
-            run = ledger.begin_run(
-                run_id=run_id,
-                pipeline=self.name,
-                logical_date=logical_date,
-                fingerprint=self.fingerprint(),
-                config_file=self.config_file,
-                max_active_runs=self.execution.max_active_runs,
-            )
+                    return _replay(last)
+                new_id = run_id
+                if new_id is None:
+                    new_id = f"{self.name}__{logical_date:%Y%m%dT%H%M%SZ}"
+                    if previous:
+                        new_id += f"__{len(previous) + 1}"
+                try:
+                    run = ledger.begin_run(
+                        run_id=new_id,
+                        pipeline=self.name,
+                        logical_date=logical_date,
+                        fingerprint=self.fingerprint(),
+                        config_file=self.config_file,
+                        max_active_runs=self.execution.max_active_runs,
+                    )
+                except RunInProgress:
+                    raise
+                except LedgerError:
+                    # Another process began this run (and let go of it) since we looked:
+                    # decide again from what the ledger says now.
+                    if run_id is not None or force or new_id not in {
+                        r.run_id for r in ledger.find_runs(self.name, logical_date)
+                    }:
+                        raise
+                    continue
+                break
             run_dir = self._run_dir(run.run_id, output_dir)
             try:
                 stats = extract(
@@ -595,6 +665,15 @@ class Pipeline:
                     f"run {run_id!r} was skipped as too late; start the logical date again "
                     "deliberately (run with force) if it should still be sent"
                 )
+            finished = not (
+                previous.status in ACTIVE_STATUSES or previous.status in RESUMABLE_STATUSES
+            )
+            names = [p.channel.name for p in plans]
+            if finished and not ledger.owed(
+                run_id, names, failed=retry_failed, unknown=resend_unknown
+            ):
+                log.info("%s: finished (%s); nothing was sent now", run_id, previous.status)
+                return _replay(previous)
             run = ledger.claim_run(run_id)
             if run.pipeline != self.name:
                 raise LedgerError(f"run {run_id!r} belongs to pipeline {run.pipeline!r}")
@@ -677,7 +756,7 @@ class Pipeline:
                 log.warning("%s: %s skipped: due too long ago", self.name, interval.start)
             # Runs to continue: those whose process died, and deferred ones whose quiet
             # hours are over.
-            orphans = [r for r in runs if r.status == "running" and not _alive(r.pid)]
+            orphans = [r for r in runs if r.status in ACTIVE_STATUSES and not r.in_progress]
             for r in runs:
                 if r.status == RunStatus.DEFERRED.value:
                     due = ledger.next_deferred(r.run_id)
@@ -685,13 +764,23 @@ class Pipeline:
                         orphans.append(r)
         finally:
             ledger.close()
-        reports = [self.resume(r.run_id, progress=progress) for r in orphans]
+        reports = []
+        for orphan in orphans:
+            try:
+                reports.append(self.resume(orphan.run_id, progress=progress))
+            except RunInProgress as exc:  # another process claimed it meanwhile
+                log.info("%s", exc)
         for interval in plan.start:
             try:
-                reports.append(self.run(logical_date=interval.start, progress=progress))
+                report = self.run(logical_date=interval.start, progress=progress)
+            except RunInProgress as exc:  # another process runs this logical date
+                log.info("%s", exc)
+                continue
             except MaxActiveRunsReached as exc:  # another process started one meanwhile
                 log.info("%s", exc)
                 break
+            if not report.replayed:  # another process ran it meanwhile
+                reports.append(report)
         for blocked in plan.blocked:
             log.info("%s: %s not started: %s", self.name, blocked.interval.start, blocked.reason)
         return ScheduledRuns(
@@ -759,6 +848,7 @@ class Pipeline:
             rows_rejected=stats.rejected,
             rejected_reasons=stats.rejected_reasons,
             channels=channels,
+            lines=None if stats.lines is None else stats.lines.to_dict(),
         )
         if output is not None:
             Path(output).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
@@ -834,12 +924,7 @@ class Pipeline:
     def _run_dir(
         self, run_id: str, output_dir: str | Path | None, *, exist_ok: bool = False
     ) -> Path:
-        root = (
-            Path(output_dir)
-            if output_dir is not None
-            else self.base_dir / self.execution.output_dir
-        )
-        run_dir = root / run_id
+        run_dir = self.output_root(output_dir) / run_id
         run_dir.mkdir(parents=True, exist_ok=exist_ok)
         return run_dir
 
@@ -946,6 +1031,7 @@ class Pipeline:
             rows_read=stats.rows_read,
             rows_rejected=stats.rejected,
             rejected_reasons=stats.rejected_reasons,
+            lines=None if stats.lines is None else stats.lines.to_dict(),
             output_dir=str(run_dir),
             errors=errors,
         )
@@ -979,12 +1065,21 @@ def _stored_report(run: RunRecord) -> RunReport:
     return RunReport.from_dict(json.loads(run.report or "{}"), run)
 
 
+def _replay(run: RunRecord) -> RunReport:
+    """The stored report of a finished run, marked as a replay: nothing was sent now."""
+    return attrs.evolve(_stored_report(run), replayed=True)
+
+
 def _stored_stats(run: RunRecord) -> ExtractionStats:
     data = json.loads(run.report or "{}").get("extraction") or {}
     recipients = run.recipients or 0
     rejected = int(data.get("rows_rejected", 0))
+    try:
+        lines: SourceLines | None = SourceLines(**data["lines"])
+    except (KeyError, TypeError):  # a report without line counts
+        lines = None
     return ExtractionStats(
-        recipients + rejected, recipients, rejected, dict(data.get("rejected_reasons", {}))
+        recipients + rejected, recipients, rejected, dict(data.get("rejected_reasons", {})), lines
     )
 
 

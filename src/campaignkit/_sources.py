@@ -14,6 +14,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import stat
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from operator import itemgetter
@@ -28,7 +29,7 @@ from ._source import MODEL_FIELDS, SourceFactory
 from .exceptions import ConfigError, SourceError
 from .hookspecs import hookimpl
 
-__all__ = ["CsvSource", "JsonLinesSource", "parse_consent"]
+__all__ = ["CsvSource", "JsonLinesSource", "SourceLines", "find_control", "parse_consent"]
 
 _TRUE = ("true", "yes", "y", "1", "t")
 _FALSE = ("false", "no", "n", "0", "f", "")
@@ -46,6 +47,57 @@ _CONSENT_FAST: dict[str, bool] = {
 EMPTY_REQUIRED_FIELD = "empty_required_field"
 BAD_CONSENT_VALUE = "bad_consent_value"
 MALFORMED_ROW = "malformed_row"
+MULTILINE_FIELD = "multiline_field"
+CONTROL_CHARACTER = "control_character"
+
+#: Control characters: C0 (U+0000-U+001F), DEL (U+007F) and C1 (U+0080-U+009F). A
+#: strict value (an id, address, token, consent flag, mapped or ``strict_columns``
+#: column) may hold none of them; free text may hold tab, LF and CR before LF.
+_CONTROL_STRICT = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CONTROL_FREE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]|\r(?!\n)")
+
+
+def find_control(value: str, *, strict: bool) -> tuple[int, str] | None:
+    """Return (0-based position, character) of the first control character ``value``
+    may not hold, or ``None``.
+
+    ``strict``: no control character at all; otherwise tab, LF and CRLF are allowed.
+    ``str.isprintable`` is the fast path (true for nearly every value); it is false for
+    other characters too (U+2028, non-breaking spaces), which the regex then clears.
+    """
+    if value.isprintable():
+        return None
+    m = (_CONTROL_STRICT if strict else _CONTROL_FREE).search(value)
+    return None if m is None else (m.start(), value[m.start()])
+
+
+def control_detail(what: str, position: int, char: str) -> str:
+    """``column 'email': control character U+0000 at position 5`` (1-based), never the
+    character itself."""
+    return f"{what}: control character U+{ord(char):04X} at position {position + 1}"
+
+
+@attrs.frozen
+class SourceLines:
+    """How the physical lines of a file were accounted for by one complete read.
+
+    ``total`` = ``header`` + ``blank`` + ``accepted`` + ``rejected``: the header's lines
+    (with blank lines before it), blank lines after it, the lines of the records that
+    became recipients and of the rejected records (a record spans several lines when a
+    quoted field holds line breaks).
+    """
+
+    total: int
+    header: int
+    blank: int
+    accepted: int
+    rejected: int
+
+    def adds_up(self) -> bool:
+        return self.total == self.header + self.blank + self.accepted + self.rejected
+
+    def to_dict(self) -> dict[str, int]:
+        return attrs.asdict(self)
 
 
 def parse_consent(value: str) -> bool | None:
@@ -72,6 +124,7 @@ class _CsvOptions:
     delimiter: str = ","
     encoding: str = "utf-8"
     required: list[str] = attrs.field(factory=lambda: ["id"])
+    strict_columns: list[str] = attrs.field(factory=list)
 
 
 @attrs.frozen
@@ -81,6 +134,7 @@ class _JsonLinesOptions:
     consent: dict[str, str] = attrs.field(factory=dict)
     encoding: str = "utf-8"
     required: list[str] = attrs.field(factory=lambda: ["id"])
+    strict_columns: list[str] = attrs.field(factory=list)
 
 
 def _structure(options: Mapping[str, Any], cls: type[Any]) -> Any:
@@ -88,8 +142,9 @@ def _structure(options: Mapping[str, Any], cls: type[Any]) -> Any:
     if not isinstance(options, Mapping):
         raise ConfigError(f"expected a table, got {type(options).__name__}", path="source")
     data = {k: v for k, v in options.items() if k != "type"}
-    if isinstance(data.get("required"), str):
-        raise ConfigError("expected a list of field names, got a string", path="source.required")
+    for key in ("required", "strict_columns"):
+        if isinstance(data.get(key), str):
+            raise ConfigError("expected a list of field names, got a string", path=f"source.{key}")
     return structure_options(data, cls, path="source")
 
 
@@ -108,6 +163,8 @@ class _Layout:
     ``model`` holds, per model field, the column index or ``None`` when the file has
     no such column. ``required`` lists (field name, column index, column name) of the
     fields whose value must not be empty; ``consent`` lists (channel, index, column).
+    ``strict`` holds the indexes of the columns that are not free text (see
+    :meth:`_FileSource._layout`); ``labels`` the field name a reject names per column.
     """
 
     names: tuple[str, ...]
@@ -115,6 +172,8 @@ class _Layout:
     required: tuple[tuple[str, int, str], ...]
     consent: tuple[tuple[str, int, str], ...]
     attributes: tuple[tuple[str, int], ...]
+    strict: frozenset[int] = frozenset()
+    labels: tuple[str, ...] = ()
 
     def fields(self) -> frozenset[str]:
         present = {f for f, i in zip(MODEL_FIELDS, self.model, strict=True) if i is not None}
@@ -134,6 +193,7 @@ class _FileSource:
         consent: Mapping[str, str],
         encoding: str,
         required: Collection[str],
+        strict_columns: Collection[str] = (),
     ) -> None:
         self._display = os.fspath(path)
         self._path = Path(path)
@@ -156,6 +216,18 @@ class _FileSource:
             raise ConfigError("expected a list of non-empty field names", path="required")
         # ``id`` is always required: a recipient cannot exist without it.
         self._required = ("id", *(r for r in dict.fromkeys(required) if r != "id"))
+        if isinstance(strict_columns, str) or not all(
+            isinstance(c, str) and c.strip() for c in strict_columns
+        ):
+            raise ConfigError("expected a list of non-empty column names", path="strict_columns")
+        self._strict_columns = tuple(dict.fromkeys(c.strip() for c in strict_columns))
+        self._last_lines: SourceLines | None = None
+
+    @property
+    def last_lines(self) -> SourceLines | None:
+        """How the physical lines were accounted for by the last complete
+        :meth:`records` read (``None`` before one, or after one that raised)."""
+        return self._last_lines
 
     # -- Source protocol --------------------------------------------------------------------
 
@@ -193,7 +265,19 @@ class _FileSource:
         return self._columns.get(field, field)
 
     def _layout(self, names: Sequence[str], required: Collection[str], line: int) -> _Layout:
-        """Resolve columns against a header; raise SourceError for anything missing."""
+        """Resolve columns against a header; raise SourceError for anything missing.
+
+        Strict (not free-text) columns: those holding model fields (``id``, ``email``,
+        ``phone``, ``push_token``, mapped or not), consent columns, the columns of
+        ``required`` fields (the constructor's and the channels' address fields) and
+        ``strict_columns``. Every other column is free text.
+        """
+        for pos, name in enumerate(names, 1):
+            found = find_control(name, strict=True)
+            if found is not None:
+                raise self._error(
+                    control_detail(f"header column {pos}", *found) + " in its name", line=line
+                )
         index = {name: i for i, name in enumerate(names)}
         for field, column in self._columns.items():
             if column not in index:
@@ -216,16 +300,31 @@ class _FileSource:
                     line=line,
                     column=column,
                 )
+        for column in self._strict_columns:
+            if column not in index:
+                raise self._error(
+                    f"strict column {column!r} is not in the header", line=line, column=column
+                )
         model = tuple(index.get(self._column(f)) for f in MODEL_FIELDS)
         mapped = {
             self._column(f) for f, i in zip(MODEL_FIELDS, model, strict=True) if i is not None
         }
+        labels = list(names)
+        for f, i in zip(MODEL_FIELDS, model, strict=True):
+            if i is not None:
+                labels[i] = f
+        strict = {i for i in model if i is not None}
+        strict.update(index[col] for col in self._consent.values())
+        strict.update(index[self._column(f)] for f in (*self._required, *required))
+        strict.update(index[col] for col in self._strict_columns)
         return _Layout(
             names=tuple(names),
             model=(model[0], model[1], model[2], model[3]),
             required=tuple((f, index[self._column(f)], self._column(f)) for f in self._required),
             consent=tuple((ch, index[col], col) for ch, col in self._consent.items()),
             attributes=tuple((n, i) for i, n in enumerate(names) if n not in mapped),
+            strict=frozenset(strict),
+            labels=tuple(labels),
         )
 
     def _decode_error(self, exc: UnicodeDecodeError) -> SourceError:
@@ -329,14 +428,31 @@ class CsvSource(_FileSource):
         required: fields whose value must not be empty (``id`` always is); a row with
             one empty is rejected as ``empty_required_field``. Names are model fields
             or attribute columns.
+        strict_columns: attribute columns that are not free text (in addition to the
+            model fields, consent columns and required fields, which never are).
+
+    Free-text columns are all the others: only there may a value span lines (a quoted
+    field holding line breaks), and only when no strict column follows it in the record
+    (so that every strict value comes from the record's first line), or hold tab, LF or
+    CRLF; no value may hold any other control character (C0, DEL, C1).
 
     Rows become :class:`~campaignkit.Recipient` values: model fields stripped, empty
     ones ``None``; attributes verbatim. Header names are stripped. Blank lines are
     skipped. Rejected rows (:class:`~campaignkit.RejectedRow`, ``reason``):
 
-    * ``malformed_row``: a number of fields different from the header's;
+    * ``malformed_row``: a number of fields different from the header's (when the
+      record spans lines, the detail names the line range: a stray quote?);
+    * ``multiline_field``: a strict column's quoted value spans lines, or a strict
+      column follows a free-text value that does; the record's ``line``..``end_line``
+      and the detail name the range, e.g. ``lines 4-6: quoted field in column 'email'
+      spans 3 lines: a stray quote?``, ``lines 4-6: quoted field in column 'note' spans
+      lines 4-6, so column 'phone' is on line 6: a stray quote?``;
+    * ``control_character``: ``column 'email': control character U+0000 at position 5``;
     * ``empty_required_field``: ``field`` names the required field;
     * ``bad_consent_value``: ``field`` names the consent column.
+
+    ``field`` is the model field's name for a model field, else the column's. After a
+    complete read :attr:`last_lines` accounts for every physical line.
 
     Raises:
         ConfigError: bad arguments (unknown model field in ``columns``, a delimiter that
@@ -354,9 +470,15 @@ class CsvSource(_FileSource):
         delimiter: str = ",",
         encoding: str = "utf-8",
         required: Collection[str] = ("id",),
+        strict_columns: Collection[str] = (),
     ) -> None:
         super().__init__(
-            path, columns=columns, consent=consent, encoding=encoding, required=required
+            path,
+            columns=columns,
+            consent=consent,
+            encoding=encoding,
+            required=required,
+            strict_columns=strict_columns,
         )
         if not isinstance(delimiter, str) or len(delimiter) != 1:
             raise ConfigError(
@@ -369,8 +491,8 @@ class CsvSource(_FileSource):
     @classmethod
     def from_config(cls, options: Mapping[str, Any], *, base_dir: Path) -> CsvSource:
         """Build from a ``[source]`` table (``path``, ``columns``, ``consent``,
-        ``delimiter``, ``encoding``, ``required``); a relative ``path`` is relative to
-        ``base_dir``.
+        ``delimiter``, ``encoding``, ``required``, ``strict_columns``); a relative
+        ``path`` is relative to ``base_dir``.
 
         Raises:
             ConfigError: naming the key path (``source.delimiter``).
@@ -384,6 +506,7 @@ class CsvSource(_FileSource):
                 delimiter=opts.delimiter,
                 encoding=opts.encoding,
                 required=opts.required,
+                strict_columns=opts.strict_columns,
             )
         source._display = opts.path
         return source
@@ -438,13 +561,19 @@ class CsvSource(_FileSource):
                 (line of the header), invalid quoting or unterminated quote (line where
                 the record starts), no data rows (line after the header).
         """
+        self._last_lines = None
         with self._open() as f:
             reader = self._reader(f)
             end = 0  # physical line where the last record read ended
             count = 0  # non-blank rows after the header
+            start = 1
+            blank = 0  # blank lines after the header
+            extra = 0  # lines of accepted records beyond their first
+            rejected_lines = 0  # lines of rejected records
+            nrej = 0  # rejected records
             try:
                 names, header_line = self._header(reader)
-                end = reader.line_num
+                end = header_lines = reader.line_num
                 layout = self._layout(names, required, header_line)
                 # Everything the loop touches is a local. Model fields without a column
                 # point one past the last field, where each row gets an "" appended.
@@ -459,6 +588,9 @@ class CsvSource(_FileSource):
                 fast = _CONSENT_FAST.get
                 recipient = Recipient
                 rejected = RejectedRow
+                strict = layout.strict
+                labels = layout.labels
+                join = "".join
                 for row in reader:
                     start = end + 1
                     end = reader.line_num
@@ -466,43 +598,85 @@ class CsvSource(_FileSource):
                     if len(row) != ncols:
                         if not row:
                             count -= 1
+                            blank += 1
                             continue  # blank line
+                        rejected_lines += end - start + 1
+                        nrej += 1
+                        detail = f"expected {ncols} fields, got {len(row)}"
+                        if end != start:
+                            detail = (
+                                f"lines {start}-{end}: {detail}; the record spans "
+                                f"{end - start + 1} lines: a stray quote?"
+                            )
                         yield rejected(
                             start,
                             MALFORMED_ROW,
-                            f"expected {ncols} fields, got {len(row)}",
+                            detail,
                             None,
                             tuple(row),
+                            end if end != start else None,
                         )
                         continue
+                    if end != start:
+                        # A quoted field spans lines: legitimate in free text only.
+                        spans = _multiline_strict(row, strict, names, start, end)
+                        if spans is not None:
+                            rejected_lines += end - start + 1
+                            nrej += 1
+                            yield rejected(
+                                start, MULTILINE_FIELD, spans[1], labels[spans[0]], tuple(row), end
+                            )
+                            continue
+                    if not join(row).isprintable():
+                        found = _control_in_row(row, strict)
+                        if found is not None:
+                            rejected_lines += end - start + 1
+                            nrej += 1
+                            yield rejected(
+                                start,
+                                CONTROL_CHARACTER,
+                                control_detail(f"column {names[found[0]]!r}", *found[1:]),
+                                labels[found[0]],
+                                tuple(row),
+                                end if end != start else None,
+                            )
+                            continue
                     if pad:
                         row.append("")
                     rid, email, phone, token = model_get(row)
                     rid = rid.strip()
                     if not rid:
+                        rejected_lines += end - start + 1
+                        nrej += 1
                         yield rejected(
                             start,
                             EMPTY_REQUIRED_FIELD,
                             f"column {id_column!r} is empty",
                             "id",
                             tuple(row[:ncols]),
+                            end if end != start else None,
                         )
                         continue
                     if extra_required:
                         miss = next((r for r in extra_required if not row[r[1]].strip()), None)
                         if miss is not None:
+                            rejected_lines += end - start + 1
+                            nrej += 1
                             yield rejected(
                                 start,
                                 EMPTY_REQUIRED_FIELD,
                                 f"column {miss[2]!r} is empty",
                                 miss[0],
                                 tuple(row[:ncols]),
+                                end if end != start else None,
                             )
                             continue
                     consent = consent_of(row, fast)
                     if None in consent.values():
                         bad = _parse_consent_slow(consent_specs, row, consent)
                         if bad is not None:
+                            rejected_lines += end - start + 1
+                            nrej += 1
                             yield rejected(
                                 start,
                                 BAD_CONSENT_VALUE,
@@ -510,8 +684,11 @@ class CsvSource(_FileSource):
                                 "not one of true/yes/y/1/t or false/no/n/0/f/empty",
                                 bad[2],
                                 tuple(row[:ncols]),
+                                end if end != start else None,
                             )
                             continue
+                    if end != start:
+                        extra += end - start
                     yield recipient(
                         rid,
                         email.strip() or None,
@@ -524,14 +701,70 @@ class CsvSource(_FileSource):
             except UnicodeDecodeError as exc:
                 raise self._decode_error(exc) from None
             except csv.Error as exc:
-                # The reader fails on the record after the last one it returned.
+                # The reader fails on the record after the last one it returned, having
+                # read the lines up to the failure.
+                first, last = end + 1, max(reader.line_num, end + 1)
                 if str(exc) == "unexpected end of data":
-                    msg = "unterminated quoted field at end of file"
+                    msg = (
+                        f"unterminated quoted field: the record starting on line {first} "
+                        f"runs to the end of the file (line {last}): a stray quote?"
+                    )
+                elif last > first:
+                    msg = f"invalid CSV in lines {first}-{last}: {exc}: a stray quote?"
                 else:
                     msg = f"invalid CSV: {exc}"
-                raise self._error(msg, line=end + 1) from None
+                raise self._error(msg, line=first) from None
             if count == 0:
                 raise self._error("no data rows after the header", line=end + 1)
+            self._last_lines = SourceLines(
+                total=end,
+                header=header_lines,
+                blank=blank,
+                accepted=count - nrej + extra,
+                rejected=rejected_lines,
+            )
+
+
+def _multiline_strict(
+    row: Sequence[str], strict: Collection[int], names: Sequence[str], start: int, end: int
+) -> tuple[int, str] | None:
+    """For a record on lines ``start``..``end`` (> start): (index, detail) of the first
+    strict value that spans lines or does not start on the record's first line (it
+    follows a free-text value that spans lines), or None.
+
+    Either way a quote may have swallowed the following lines, so that the value is
+    another customer's: only free text after the last strict column may span lines.
+    """
+    line = start  # the physical line where field i starts
+    spanning: tuple[int, int] | None = None  # (index, first line) of the last multi-line
+    for i, value in enumerate(row):
+        breaks = _line_breaks(value, False) if ("\n" in value or "\r" in value) else 0
+        if i in strict:
+            if breaks:
+                return i, (
+                    f"lines {start}-{end}: quoted field in column {names[i]!r} spans "
+                    f"{breaks + 1} lines: a stray quote?"
+                )
+            if spanning is not None:
+                j, first = spanning
+                return i, (
+                    f"lines {start}-{end}: quoted field in column {names[j]!r} spans lines "
+                    f"{first}-{line}, so column {names[i]!r} is on line {line}: a stray quote?"
+                )
+        if breaks:
+            spanning = (i, line)
+            line += breaks
+    return None
+
+
+def _control_in_row(row: Sequence[str], strict: Collection[int]) -> tuple[int, int, str] | None:
+    """(index, position, character) of the first control character a value of ``row``
+    may not hold (see :func:`find_control`), or None."""
+    for i, value in enumerate(row):
+        found = find_control(value, strict=i in strict)
+        if found is not None:
+            return i, found[0], found[1]
+    return None
 
 
 def _parse_consent_slow(
@@ -588,6 +821,8 @@ class JsonLinesSource(_FileSource):
     missing key is an empty value (``None`` for a model field, ``""`` for an
     attribute). Blank lines are skipped. Rejected rows: ``malformed_row`` (invalid
     JSON, not an object, or a nested array/object value, with ``field`` naming the key),
+    ``control_character`` (``key 'email': control character U+0000 at position 5``;
+    strict and free-text keys as for CSV, a key holding one names no key),
     ``empty_required_field``, ``bad_consent_value``. ``raw`` is the line's text.
     """
 
@@ -601,15 +836,22 @@ class JsonLinesSource(_FileSource):
         consent: Mapping[str, str] = {},
         encoding: str = "utf-8",
         required: Collection[str] = ("id",),
+        strict_columns: Collection[str] = (),
     ) -> None:
         super().__init__(
-            path, columns=columns, consent=consent, encoding=encoding, required=required
+            path,
+            columns=columns,
+            consent=consent,
+            encoding=encoding,
+            required=required,
+            strict_columns=strict_columns,
         )
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], *, base_dir: Path) -> JsonLinesSource:
         """Build from a ``[source]`` table (``path``, ``columns``, ``consent``,
-        ``encoding``, ``required``); a relative ``path`` is relative to ``base_dir``.
+        ``encoding``, ``required``, ``strict_columns``); a relative ``path`` is relative
+        to ``base_dir``.
 
         Raises:
             ConfigError: naming the key path.
@@ -622,17 +864,25 @@ class JsonLinesSource(_FileSource):
                 consent=opts.consent,
                 encoding=opts.encoding,
                 required=opts.required,
+                strict_columns=opts.strict_columns,
             )
         source._display = opts.path
         return source
 
-    def _objects(self, f: IO[str]) -> Iterator[tuple[int, str, dict[str, Any] | None, str | None]]:
-        """Yield (line, text, object or None, error) for each non-blank line."""
+    def _objects(
+        self, f: IO[str], blank: list[int] | None = None
+    ) -> Iterator[tuple[int, str, dict[str, Any] | None, str | None]]:
+        """Yield (line, text, object or None, error) for each non-blank line; count the
+        blank ones in ``blank[0]`` and all in ``blank[1]``."""
         line = 0
         for text in f:
             line += 1
+            if blank is not None:
+                blank[1] = line
             text = text.rstrip("\r\n")
             if not text.strip():
+                if blank is not None:
+                    blank[0] += 1
                 continue
             try:
                 obj = json.loads(text)
@@ -666,21 +916,37 @@ class JsonLinesSource(_FileSource):
             SourceError: cannot open, undecodable bytes, a key missing from the first
                 object, no JSON object in the file.
         """
+        self._last_lines = None
         with self._open() as f:
             layout: _Layout | None = None
+            blank = [0, 0]
+            accepted = rejected = 0
             try:
-                for line, text, obj, error in self._objects(f):
+                for line, text, obj, error in self._objects(f, blank):
                     if obj is None:
+                        rejected += 1
                         yield RejectedRow(line, MALFORMED_ROW, error or "", None, (text,))
                         continue
                     if layout is None:
                         layout = self._layout(list(obj), required, line)
                         build = self._builder(layout)
-                    yield build(line, text, obj)
+                    record = build(line, text, obj)
+                    if type(record) is Recipient:
+                        accepted += 1
+                    else:
+                        rejected += 1
+                    yield record
             except UnicodeDecodeError as exc:
                 raise self._decode_error(exc) from None
             if layout is None:
                 raise self._error("no JSON object in the file", line=1)
+            self._last_lines = SourceLines(
+                total=blank[1],
+                header=0,
+                blank=blank[0],
+                accepted=accepted,
+                rejected=rejected,
+            )
 
     def _builder(
         self, layout: _Layout
@@ -691,6 +957,12 @@ class JsonLinesSource(_FileSource):
         consent_specs = tuple((ch, c) for ch, _, c in layout.consent)
         schema_attrs = dict.fromkeys((n for n, _ in layout.attributes), "")
         mapped = set(model_keys)  # keys holding model fields are never attributes
+        strict_keys = frozenset(layout.names[i] for i in layout.strict)
+        label = {
+            layout.names[i]: f
+            for i, f in zip(layout.model, MODEL_FIELDS, strict=True)
+            if i is not None
+        }
 
         def build(line: int, text: str, obj: dict[str, Any]) -> Recipient | RejectedRow:
             values: dict[str, str | None] = {}
@@ -701,6 +973,22 @@ class JsonLinesSource(_FileSource):
                     return RejectedRow(
                         line, MALFORMED_ROW, f"key {key!r} holds a nested value", key, (text,)
                     )
+            for key, value in values.items():
+                found = find_control(key, strict=True)
+                if found is not None:
+                    return RejectedRow(
+                        line, CONTROL_CHARACTER, control_detail("a key", *found), None, (text,)
+                    )
+                if value is not None:
+                    found = find_control(value, strict=key in strict_keys)
+                    if found is not None:
+                        return RejectedRow(
+                            line,
+                            CONTROL_CHARACTER,
+                            control_detail(f"key {key!r}", *found),
+                            label.get(key, key),
+                            (text,),
+                        )
             for field, key in required:
                 if not (values.get(key) or "").strip():
                     return RejectedRow(

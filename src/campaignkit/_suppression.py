@@ -41,6 +41,7 @@ from ._address import (
     normalize_phone,
     valid_push_token,
 )
+from ._csvio import restore
 from .exceptions import SourceError
 
 __all__ = ["SuppressionKind", "SuppressionList"]
@@ -258,7 +259,9 @@ def _read_csv(
                     raise SourceError(
                         f"expected {len(header)} fields, got {len(row)}", file=file, line=start
                     )
-                value = row[index].strip()
+                # A cell our own CSV export neutralised (``'-john@x.com``) reads back as
+                # the address it was.
+                value = restore(row[index].strip())
                 if value:
                     yield start, value, name
             start = first + reader.line_num + 1

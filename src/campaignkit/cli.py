@@ -34,7 +34,6 @@ traceback, and nothing printed here ever holds a provider token.
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import logging
 import os
@@ -47,7 +46,7 @@ import zoneinfo
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path, PurePath
+from pathlib import Path
 from types import FrameType
 from typing import IO, Any, NoReturn, TypeVar
 
@@ -74,13 +73,13 @@ from ._address import AddressValidator
 from ._audience import channel_validator
 from ._config import Channel, PipelineConfig, Schedule, load_config
 from ._content import sms_segments
+from ._csvio import safe_csv_writer
 from ._ledger import (
     ACTIVE_STATUSES,
     RESUMABLE_STATUSES,
     LedgerError,
     RunRecord,
     SqliteLedger,
-    _alive,
 )
 from ._models import (
     ChannelResult,
@@ -95,6 +94,7 @@ from ._models import (
 from ._notifier import ChannelSettings, Notifier
 from ._pipeline import ChannelPlanSummary, Pipeline, PlanReport, ScheduledRuns
 from ._plugins import BLOCK_ENV, Registry, get_plugin_manager
+from ._redact import redact
 from ._schedule import Interval, manual_logical_date, plan_due_runs, upcoming
 from ._suppression import _entries as _suppression_entries
 from .exceptions import CampaignKitError, ConfigError, PluginError
@@ -142,9 +142,6 @@ BUILTIN_PACKAGE = "campaignkit (built-in)"
 #: Delivery counts shown per channel; the first three always, the others when not zero.
 _COUNTS = ("sent", "failed", "skipped", "pending", "unknown", "deferred")
 
-#: Characters that make a spreadsheet read a CSV cell as a formula (OWASP).
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
 _CSV_FIELDS = (
     "run_id",
     "channel",
@@ -189,7 +186,7 @@ def _sandbox_failure(exc: Exception) -> NoReturn:
 
 def _fail(message: str, code: int) -> NoReturn:
     """Print ``message`` as one line on stderr and exit with ``code``."""
-    one_line = " ".join(message.splitlines())
+    one_line = " ".join(redact(message).splitlines())
     click.echo(f"campaignkit: error: {one_line}", err=True)
     raise SystemExit(code)
 
@@ -238,6 +235,15 @@ def _top(counts: Mapping[str, int], limit: int = 3) -> list[tuple[str, int]]:
 
 def _counts(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{name} {n}" for name, n in _top(counts, len(counts)))
+
+
+def _lines(lines: Mapping[str, int]) -> str:
+    """``Lines:     302 = 1 header + 290 in accepted rows + 8 in rejected rows + 3 blank``"""
+    return (
+        f"Lines:     {lines.get('total', 0)} = {lines.get('header', 0)} header + "
+        f"{lines.get('accepted', 0)} in accepted rows + {lines.get('rejected', 0)} in "
+        f"rejected rows + {lines.get('blank', 0)} blank"
+    )
 
 
 def _duration(result: ChannelResult) -> str:
@@ -326,23 +332,6 @@ def _with_retry_delay(config: PipelineConfig, seconds: float) -> PipelineConfig:
         for c in config.channels
     )
     return attrs.evolve(config, execution=execution, channels=channels)
-
-
-def _sandbox_state(config: PipelineConfig) -> PipelineConfig:
-    """``config`` recording into the sandbox's own ledger and run directories.
-
-    A rehearsal against the sandbox must never count as the real run of a logical
-    date (the real run would then send nothing), nor a real run be continued in the
-    sandbox: ``.campaignkit/ledger.db`` becomes ``.campaignkit/ledger.sandbox.db`` and
-    run directories go to ``<output_dir>/sandbox/``.
-    """
-    state = PurePath(config.execution.state_path)
-    execution = attrs.evolve(
-        config.execution,
-        state_path=str(state.with_name(f"{state.stem}.sandbox{state.suffix}")),
-        output_dir=str(PurePath(config.execution.output_dir) / "sandbox"),
-    )
-    return attrs.evolve(config, execution=execution)
 
 
 def _configure_logging(verbose: int) -> None:
@@ -713,8 +702,8 @@ def _state_counts(counts: Mapping[str, int]) -> dict[str, Any]:
 
 def _status_text(run: RunRecord) -> str:
     if run.status in ACTIVE_STATUSES:
-        if _alive(run.pid):
-            return f"{run.status} (process {run.pid})"
+        if run.in_progress and run.owner is not None:
+            return f"{run.status} ({run.owner.describe()})"
         return f"{run.status}, process gone: resume it"
     return run.status
 
@@ -762,6 +751,8 @@ def _summary(
         console.print(
             f"Segment:   {report.rows_read} row(s) read, {report.rows_rejected} rejected{rejected}"
         )
+        if report.lines:
+            console.print(_lines(report.lines))
     for channel, error in report.errors.items():
         console.print(Text(f"Channel {channel} crashed: {error}", style="red"))
     out = Path(report.output_dir) if report.output_dir else None
@@ -899,7 +890,8 @@ def _sandboxed(
     except Exception as exc:  # e.g. the SMTP sandbox without aiosmtpd
         _sandbox_failure(exc)
     try:
-        applied = [_sandbox_state(sandbox.apply(cfg)) for cfg in configs]
+        # apply() also isolates the state: the sandbox ledger and run directories.
+        applied = [sandbox.apply(cfg) for cfg in configs]
         env = dict(os.environ)
         for cfg in applied:
             env.update(sandbox.env(cfg))
@@ -953,11 +945,18 @@ def _prepare(
 
 
 def _build(
-    config: PipelineConfig, pm: pluggy.PluginManager | None, env: Mapping[str, str] | None
+    config: PipelineConfig,
+    pm: pluggy.PluginManager | None,
+    env: Mapping[str, str] | None,
+    *,
+    rehearsal: bool,
 ) -> Pipeline:
+    """The pipeline of ``config``; a rehearsal (``--sandbox``) has the sandbox's own
+    ledger and run directories, anything else the campaign's, whatever its channels
+    point at."""
     file = Path(config.file) if config.file else None
     with _input_errors(file):
-        return Pipeline.from_config(config, plugins=pm, env=env)
+        return Pipeline.from_config(config, plugins=pm, env=env, rehearsal=rehearsal)
 
 
 def _interrupt_message(where: _Where, run: RunRecord | None) -> str:
@@ -1094,7 +1093,7 @@ def run(
                 sandboxed=use_sandbox,
             )
             raise SystemExit(code)
-        pipeline = _build(cfg, pm, env)
+        pipeline = _build(cfg, pm, env, rehearsal=use_sandbox)
         if scheduled:
             code = _run_scheduled(pipeline, config, sandbox, as_json=as_json)
         else:
@@ -1162,10 +1161,10 @@ def _run_once(
         interrupted=lambda: _interrupt_message(where, _find_run(pipeline, logical_date=logical)),
     )
     before = []
-    if already and previous is not None:
+    if report.replayed:
         before.append(
-            f"Already ran: logical date {_utc(logical)} has run {report.run_id} "
-            f"({previous.status}); nothing was sent now. --force starts a new run."
+            f"Already ran: nothing was sent now. Logical date {_utc(logical)} has run "
+            f"{report.run_id} ({report.status.value}); --force starts a new run."
         )
     elif resuming and previous is not None and previous.status == RunStatus.CANARY.value:
         before.append(
@@ -1178,7 +1177,7 @@ def _run_once(
             f"Resumed:   logical date {_utc(logical)} had an unfinished run "
             f"{previous.run_id} ({previous.status}); only what it still owed was sent."
         )
-    after = _record_sandbox(sandbox, report.output_dir, dump=not already) if sandbox else []
+    after = _record_sandbox(sandbox, report.output_dir, dump=not report.replayed) if sandbox else []
     if as_json and str(report.status) == RunStatus.CANARY.value:
         after += _hints(report, where, logical_date=logical)[:1]  # stdout stays pure JSON
     return _emit(
@@ -1253,9 +1252,7 @@ def _dry_run_env(
 
 def _plan_path(pipeline: Pipeline, output_dir: Path | None, created: datetime) -> Path:
     """``<output_dir>/plan-<timestamp>.json``, not overwriting an earlier plan."""
-    root = (
-        output_dir if output_dir is not None else pipeline.base_dir / pipeline.execution.output_dir
-    )
+    root = pipeline.output_root(output_dir)
     stamp = created.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = root / f"plan-{stamp}.json"
     n = 1
@@ -1288,7 +1285,7 @@ def _dry_run(
     """Plan the run (:meth:`Pipeline.plan`), print and write the plan; exit 0."""
     with _input_errors(path):
         env, notes = _dry_run_env(config, pm, env)
-    pipeline = _build(config, pm, env)
+    pipeline = _build(config, pm, env, rehearsal=sandboxed)
     out = _console()
     progress = _Progress(out, [], show=False)
 
@@ -1390,6 +1387,8 @@ def _plan_summary(console: Console, report: PlanReport, *, samples: int) -> None
     console.print(
         f"Segment:   {report.rows_read} row(s) read, {report.rows_rejected} rejected{rejected}"
     )
+    if report.lines:
+        console.print(_lines(report.lines))
     costs = [c.estimated_cost for c in channels if c.estimated_cost is not None]
     if len(costs) > 1:
         console.print(
@@ -1518,7 +1517,7 @@ def _continue_run(
         _sigterm_interrupts("interrupted before sending started; nothing was sent"),
         _sandboxed(configs, use_sandbox) as (applied, env, sandbox),
     ):
-        pipeline = _build(applied[0], pm, env)
+        pipeline = _build(applied[0], pm, env, rehearsal=use_sandbox)
         where = _Where(config, use_sandbox)
         before = []
         with _input_errors(config), _open_ledger(pipeline, required=True) as ledger:
@@ -1556,8 +1555,21 @@ def _continue_run(
             config=config,
             interrupted=lambda: _interrupt_message(where, _find_run(pipeline, run_id=run_id)),
         )
-        settled = ", ".join(f"{name} {progress.done.get(name, 0)}" for name in report.channels)
-        after = [f"This time: settled (sent or failed) per channel: {settled or 'none'}"]
+        if report.replayed:
+            before.insert(
+                0,
+                f"Finished:  nothing was sent now. Run {run_id} had finished "
+                f"({report.status.value}) and owes nothing"
+                + (" (no transient failures)" if retry_failed else "")
+                + (" (no unknown deliveries)" if resend_unknown else "")
+                + "; its stored report follows.",
+            )
+            after = []
+        else:
+            settled = ", ".join(
+                f"{name} {progress.done.get(name, 0)}" for name in report.channels
+            )
+            after = [f"This time: settled (sent or failed) per channel: {settled or 'none'}"]
         if sandbox is not None:
             after += _record_sandbox(sandbox, report.output_dir, dump=True)
     code = _emit(
@@ -1668,7 +1680,7 @@ def _look(config: Path, use_sandbox: bool) -> Pipeline:
     """The pipeline of CONFIG for looking at its ledger (no plugins, no tokens)."""
     with _input_errors(config):
         cfg = load_config(config)
-    return _build(_sandbox_state(cfg) if use_sandbox else cfg, None, None)
+    return _build(cfg, None, None, rehearsal=use_sandbox)
 
 
 def _run_dict(run: RunRecord, results: Mapping[str, ChannelResult]) -> dict[str, Any]:
@@ -1677,7 +1689,7 @@ def _run_dict(run: RunRecord, results: Mapping[str, ChannelResult]) -> dict[str,
         "pipeline": run.pipeline,
         "logical_date": _iso(run.logical_date),
         "status": run.status,
-        "process_alive": _alive(run.pid) if run.status in ACTIVE_STATUSES else None,
+        "process_alive": run.in_progress if run.status in ACTIVE_STATUSES else None,
         "created_at": _iso(run.created_at),
         "finished_at": _iso(run.finished_at),
         "recipients": run.recipients,
@@ -1752,14 +1764,6 @@ def runs(config: Path, limit: int, as_json: bool, use_sandbox: bool) -> None:
 # -- report --------------------------------------------------------------------------------
 
 
-def _csv_safe(value: object) -> object:
-    """A CSV cell that a spreadsheet will not run as a formula: text starting with
-    ``=``, ``+``, ``-``, ``@``, tab or carriage return gets a leading single quote."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
-    return value
-
-
 def _deliveries(
     ledger: SqliteLedger, run_id: str, channels: Sequence[str | None]
 ) -> Generator[DeliveryResult, None, None]:
@@ -1794,11 +1798,11 @@ def _write_deliveries(
     return how many were written."""
     n = 0
     if fmt == "csv":
-        writer = csv.writer(stream)
+        writer = safe_csv_writer(stream)  # cells a spreadsheet would run are neutralised
         writer.writerow(_CSV_FIELDS)
         for result in rows:
             data = _delivery_dict(run_id, result)
-            writer.writerow([_csv_safe(data[field]) for field in _CSV_FIELDS])
+            writer.writerow([data[field] for field in _CSV_FIELDS])
             n += 1
         return n
     if fmt == "jsonl":
@@ -1912,7 +1916,7 @@ def _report_table(
         f"finished {_utc(record.finished_at)} · "
         f"{'-' if record.recipients is None else record.recipients} recipient(s)"
     )
-    going = record.status in ACTIVE_STATUSES and _alive(record.pid)
+    going = record.in_progress
     _summary(
         console,
         view,
@@ -2038,8 +2042,6 @@ def suppress(
         raise click.BadParameter("must not be empty", param_hint="--reason")
     with _input_errors(config):
         cfg = load_config(config)
-        if use_sandbox:
-            cfg = _sandbox_state(cfg)
         if not cfg.execution.ledger:
             raise ConfigError(
                 "execution.ledger = false: runs of this campaign keep no ledger, so they "
@@ -2068,7 +2070,7 @@ def suppress(
             f"not a valid {noun} for channel {channel!r}: {shown}{hint}; nothing was suppressed",
             EXIT_INPUT_ERROR,
         )
-    pipeline = _build(cfg, None, None)
+    pipeline = _build(cfg, None, None, rehearsal=use_sandbox)
     with _input_errors(config):
         ledger = pipeline.ledger()
         try:
@@ -2093,9 +2095,31 @@ def suppress(
 @main.command(epilog=EPILOG)
 @click.argument("config", type=_CONFIG)
 @click.option("--kind", help="Only this kind of address: email, phone, push_token.")
-@click.option("--json", "as_json", is_flag=True, help="Print the entries as a JSON list.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+    help="table; json: a list of {kind, address, reason, source}; csv: a header and one "
+    "row per entry, safe to open in a spreadsheet.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --format json or csv: write to this file instead of stdout.",
+)
 @_sandbox_ledger_option
-def suppressions(config: Path, kind: str | None, as_json: bool, use_sandbox: bool) -> None:
+def suppressions(
+    config: Path,
+    kind: str | None,
+    fmt: str,
+    as_json: bool,
+    output: Path | None,
+    use_sandbox: bool,
+) -> None:
     """List the ledger's suppression list of campaign CONFIG: the addresses added by
     `campaignkit suppress` and by providers' "stop" answers (an unsubscribed number,
     an unregistered device, a hard bounce), with why and where from.
@@ -2103,14 +2127,22 @@ def suppressions(config: Path, kind: str | None, as_json: bool, use_sandbox: boo
     Channels' suppression_files are read by every run as well; they are named here but
     not listed.
     """
+    if as_json:
+        if fmt not in ("table", "json"):
+            raise click.UsageError(f"--json and --format {fmt} contradict each other")
+        fmt = "json"
+    if output is not None and fmt == "table":
+        raise click.UsageError("--output needs --format json or csv")
     pipeline = _look(config, use_sandbox)
     entries: list[tuple[str, str, str, str | None]] = []
     with _input_errors(config), _open_ledger(pipeline, required=False) as ledger:
         if ledger is not None:
             entries = ledger.suppressions(kind or None)
-    if as_json:
-        rows = [{"kind": k, "address": a, "reason": r, "source": src} for k, a, r, src in entries]
-        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+    if fmt != "table":
+        with _input_errors(config):
+            _export_suppressions(entries, fmt, output)
+        if output is not None:
+            click.echo(f"{len(entries)} suppressed address(es) written to {output}", err=True)
         return
     out = _console()
     if entries:
@@ -2128,6 +2160,29 @@ def suppressions(config: Path, kind: str | None, as_json: bool, use_sandbox: boo
                 f"Channel {channel.name} also skips the addresses in its suppression_files: "
                 f"{', '.join(channel.suppression_files)}"
             )
+
+
+_SUPPRESSION_FIELDS = ("kind", "address", "reason", "source")
+
+
+def _export_suppressions(
+    entries: Sequence[tuple[str, str, str, str | None]], fmt: str, output: Path | None
+) -> None:
+    """The suppression list as JSON or CSV (neutralised cells), to ``output`` or stdout."""
+    with contextlib.ExitStack() as stack:
+        stream: IO[str] = sys.stdout
+        if output is not None:
+            try:
+                stream = stack.enter_context(output.open("w", encoding="utf-8", newline=""))
+            except OSError as exc:
+                raise ConfigError(f"cannot write {output}: {exc.strerror}") from None
+        if fmt == "csv":
+            writer = safe_csv_writer(stream)
+            writer.writerow(_SUPPRESSION_FIELDS)
+            writer.writerows(entries)
+        else:
+            rows = [dict(zip(_SUPPRESSION_FIELDS, entry, strict=True)) for entry in entries]
+            stream.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
 
 
 # -- schedule ------------------------------------------------------------------------------
@@ -2177,7 +2232,7 @@ def schedule(
         with _open_ledger(pipeline, required=False) as ledger:
             known = ledger.find_runs(pipeline.name) if ledger is not None else []
         plan = plan_due_runs(sched, pipeline.execution, now=now, runs=known)
-    orphans = [r for r in known if r.status in ACTIVE_STATUSES and not _alive(r.pid)]
+    orphans = [r for r in known if r.status in ACTIVE_STATUSES and not r.in_progress]
     zone = sched.timezone
     if as_json:
         data = {
@@ -2287,7 +2342,7 @@ def scheduler(
     with _sigterm_interrupts(), _sandboxed(loaded, use_sandbox) as (applied, env, _sandbox):
         try:
             for path, cfg in zip(paths, applied, strict=True):
-                pipeline = _build(cfg, pm, env)
+                pipeline = _build(cfg, pm, env, rehearsal=use_sandbox)
                 with _input_errors(path):
                     pipeline.validate()
                 pipelines.append((path, pipeline))
@@ -2318,7 +2373,7 @@ def _schedule_loop(pipelines: Sequence[tuple[Path, Pipeline]], poll: float) -> N
                 continue
             except Exception as exc:
                 log.debug("scheduled run failed", exc_info=True)
-                _say(f"{pipeline.name}: error: {type(exc).__name__}: {exc}", err=True)
+                _say(f"{pipeline.name}: error: {type(exc).__name__}: {redact(str(exc))}", err=True)
                 live = True
                 continue
             for report in result.reports:

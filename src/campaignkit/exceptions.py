@@ -13,10 +13,15 @@ Every exception campaignkit raises on purpose derives from :class:`CampaignKitEr
         │                            (``in_doubt``: the provider may have acted on it)
         └── PermanentDeliveryError   never retried: invalid recipient, auth, other 4xx, SMTP 5xx
 
-Errors never carry secrets: provider tokens are not part of any message or attribute.
+Errors never carry secrets: provider tokens are not part of any message or attribute,
+and the text of every campaignkit error passes through :func:`campaignkit._redact.redact`
+(known tokens and credential shapes such as ``Authorization: ...`` are replaced by
+``***``), whatever a provider or a plugin put in it.
 """
 
 from __future__ import annotations
+
+from ._redact import redact
 
 __all__ = [
     "AudienceGuardError",
@@ -32,7 +37,14 @@ __all__ = [
 
 
 class CampaignKitError(Exception):
-    """Root of every error campaignkit raises on purpose."""
+    """Root of every error campaignkit raises on purpose.
+
+    Its text (``str(error)``, and so tracebacks) is redacted: no token, no
+    ``Authorization`` value, whatever the message was built from.
+    """
+
+    def __str__(self) -> str:
+        return redact(super().__str__())
 
 
 class ConfigError(CampaignKitError, ValueError):
@@ -139,7 +151,7 @@ class DeliveryError(CampaignKitError):
         status_code: int | None = None,
         in_doubt: bool = False,
     ) -> None:
-        super().__init__(message)
+        super().__init__(redact(message))
         self.code = code
         self.retry_after = retry_after
         self.status_code = status_code

@@ -32,6 +32,7 @@ import requests
 from .._http import HttpNotifier
 from .._models import Message, Outcome, Rate
 from .._notifier import ChannelSettings
+from .._redact import redact
 from ..exceptions import ConfigError, PermanentDeliveryError, TransientDeliveryError
 from ..hookspecs import hookimpl
 
@@ -172,7 +173,7 @@ def _tickets(response: requests.Response, expected: int) -> list[Any]:
         first = errors[0] if isinstance(errors, list) and errors else {}
         code = first.get("code") if isinstance(first, dict) else None
         raise PermanentDeliveryError(
-            f"Expo refused the request: {str(errors)[:300]}",
+            f"Expo refused the request: {redact(str(errors))[:300]}",
             code=str(code) if code else "protocol_error",
             status_code=response.status_code,
         )

@@ -45,6 +45,7 @@ import requests
 from .._http import HttpNotifier
 from .._models import Message, Outcome, Rate
 from .._notifier import ChannelSettings
+from .._redact import redact
 from ..exceptions import ConfigError, PermanentDeliveryError, TransientDeliveryError
 from ..hookspecs import hookimpl
 
@@ -279,9 +280,9 @@ class OneSignalNotifier(HttpNotifier):
 
 def _errors_text(errors: Any) -> str:
     if isinstance(errors, list):
-        return "; ".join(str(e) for e in errors)[:300]
+        return redact("; ".join(str(e) for e in errors))[:300]
     if errors:
-        return str(errors)[:300]
+        return redact(str(errors))[:300]
     return ""
 
 

@@ -212,7 +212,7 @@ class SendGridNotifier(HttpNotifier):
             return super().error_message(response)
         parts = []
         for error in errors[:5]:
-            text = str(error.get("message") or "error")[:200]
+            text = self.redact(str(error.get("message") or "error"))[:200]
             field = error.get("field")
             parts.append(f"{text} ({field})" if field else text)
         more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
@@ -320,7 +320,7 @@ class SendGridNotifier(HttpNotifier):
                         queue.append(_Request((p,), (message.body, message.html)))
                         continue
                     text = "; ".join(
-                        f"{str(e.get('message') or 'invalid')[:200]} ({f})"
+                        f"{self.redact(str(e.get('message') or 'invalid'))[:200]} ({f})"
                         for e, f in zip(errors, fields, strict=True)
                     )
                     outcomes[p] = Outcome.failed(f"HTTP 400: {text}", code="400")

@@ -4,6 +4,7 @@ One message per request::
 
     POST {base_url}/v2/messages
     Authorization: Bearer <API key>
+    Idempotency-Key: <the delivery's idempotency key>
     Content-Type: application/json
 
     {"from": "+15550001111", "to": "+15551234567", "text": "..."}
@@ -20,7 +21,9 @@ Options (``[channels.sms.options]``):
 ``base_url``
     Default ``https://api.telnyx.com``.
 
-The API key is the channel token (``SMS_API_TOKEN``).
+The API key is the channel token (``SMS_API_TOKEN``). Every request carries an
+``Idempotency-Key`` header (the delivery's idempotency key; see
+:class:`TelnyxNotifier`).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from .._address import valid_sms_sender
 from .._http import HttpNotifier
 from .._models import Message, Outcome, Rate
 from .._notifier import ChannelSettings
-from ..exceptions import ConfigError, PermanentDeliveryError
+from ..exceptions import ConfigError, PermanentDeliveryError, TransientDeliveryError
 from ..hookspecs import hookimpl
 
 __all__ = ["TelnyxNotifier", "TelnyxOptions"]
@@ -100,9 +103,16 @@ class TelnyxNotifier(HttpNotifier):
     seen here.
 
     Idempotency:
-        Telnyx documents an ``Idempotency-Key`` header only for the endpoints that
-        declare it, and ``/v2/messages`` is not confirmed to be one of them, so
-        none is sent and a retry after a timeout or 5xx may deliver twice.
+        Each request carries an ``Idempotency-Key`` header: the message's
+        :attr:`~campaignkit.Message.idempotency_key`, the same for every attempt and
+        resume of a delivery. Telnyx's platform idempotency replays the first answer
+        to a repeated key for 24 hours (a different body under the same key: 422),
+        so a retry after a timeout or a crash does not send the SMS twice, and the
+        channel is marked idempotent (deliveries in flight at a crash go back to
+        ``pending`` instead of ``unknown``). A 409 (the first request with that key
+        is still being processed) is transient. Telnyx's documentation lists the
+        header for the endpoints that declare it; that ``/v2/messages`` honours it
+        is not confirmed in its public reference (see ``providers.md``).
 
     Rate:
         The account limit of 50 messages per second (one request each). Toll-free
@@ -113,7 +123,7 @@ class TelnyxNotifier(HttpNotifier):
     name: ClassVar[str] = "telnyx"
     address_field: ClassVar[str] = "phone"
     max_batch_size: ClassVar[int] = 1
-    supports_idempotency_keys: ClassVar[bool] = False
+    supports_idempotency_keys: ClassVar[bool] = True
     default_rate: ClassVar[Rate] = Rate(messages_per_second=50.0, requests_per_second=50.0)
     default_base_url: ClassVar[str] = "https://api.telnyx.com"
 
@@ -168,6 +178,7 @@ class TelnyxNotifier(HttpNotifier):
         pointer = _pointer(error)
         if pointer:
             text += f" ({pointer})"
+        text = self.redact(text)
         return f"{where}: {text[:300]}" if text else where
 
     def send_batch(self, conn: requests.Session, messages: Sequence[Message]) -> Sequence[Outcome]:
@@ -192,15 +203,18 @@ class TelnyxNotifier(HttpNotifier):
         def keep(response: requests.Response, *args: Any, **kwargs: Any) -> None:
             seen.append(response)
 
+        headers = {"Authorization": f"Bearer {token.reveal()}", "Accept": "application/json"}
+        if message.idempotency_key:
+            headers["Idempotency-Key"] = message.idempotency_key
         try:
             response = self.post(
-                conn,
-                "/v2/messages",
-                json=payload,
-                headers={"Authorization": f"Bearer {token.reveal()}", "Accept": "application/json"},
-                hooks={"response": [keep]},
+                conn, "/v2/messages", json=payload, headers=headers, hooks={"response": [keep]}
             )
         except PermanentDeliveryError as exc:
+            if exc.status_code == 409:  # the same key is still being processed
+                raise TransientDeliveryError(
+                    str(exc), code=exc.code, status_code=exc.status_code
+                ) from None
             error = _first_error(seen[-1]) if seen else {}
             if exc.code in RECIPIENT_ERROR_CODES or (
                 exc.code in POINTER_ERROR_CODES and _pointer(error) in _MESSAGE_POINTERS

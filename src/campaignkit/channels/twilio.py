@@ -45,6 +45,7 @@ from .._address import valid_sms_sender
 from .._http import HttpNotifier
 from .._models import Message, Outcome, Rate
 from .._notifier import ChannelSettings
+from .._redact import remember
 from ..exceptions import (
     ConfigError,
     DeliveryError,
@@ -198,6 +199,8 @@ class TwilioNotifier(HttpNotifier):
                 )
         self.options = options
         self.account_sid = account_sid
+        if settings.token:  # the Basic credential, as an error body may echo it
+            remember(f"{account_sid}:{settings.token.reveal()}")
         self.path = f"/2010-04-01/Accounts/{account_sid}/Messages.json"
 
     def error_code(self, response: requests.Response) -> str | None:
@@ -208,7 +211,7 @@ class TwilioNotifier(HttpNotifier):
     def error_message(self, response: requests.Response) -> str:
         """``HTTP 400, Twilio 21211: <Twilio's message>``."""
         body = _error_body(response)
-        message = str(body.get("message") or "").strip()[:300]
+        message = self.redact(str(body.get("message") or "")).strip()[:300]
         code = body.get("code")
         where = f"HTTP {response.status_code}" + (f", Twilio {code}" if code is not None else "")
         return f"{where}: {message}" if message else where

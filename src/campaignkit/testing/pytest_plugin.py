@@ -2,6 +2,9 @@
 
 * ``ck_sandbox``: a started :class:`~campaignkit.testing.sandbox.Sandbox` with every
   provider's loopback server (needs the ``sandbox`` extra for SMTP).
+  ``ck_sandbox.pipeline("campaign.toml")`` is a rehearsal: its own ledger
+  (``ledger.sandbox.db``) and output folder (``<output dir>/sandbox/``), never the
+  campaign's real state.
 * ``ck_recorder``: a recording plugin (``provider = "recording"``); its ``outbox``
   holds the messages. ``ck_plugin_manager`` is a plugin manager with it registered.
 """
@@ -19,7 +22,11 @@ from . import recording_plugin
 
 @pytest.fixture
 def ck_sandbox() -> Iterator[Any]:
-    """Every provider's sandbox server, started on 127.0.0.1 and stopped afterwards."""
+    """Every provider's sandbox server, started on 127.0.0.1 and stopped afterwards.
+
+    Pipelines from ``ck_sandbox.pipeline(...)`` or ``ck_sandbox.apply(...)``, and any
+    pipeline whose channels point at these servers, are rehearsals: they record into
+    ``ledger.sandbox.db`` and ``<output dir>/sandbox/``, never the real state."""
     from .sandbox import Sandbox
 
     with Sandbox() as sandbox:

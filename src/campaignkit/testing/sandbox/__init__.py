@@ -6,9 +6,16 @@ answers with the provider's success shape) and records every accepted message.
 :class:`Sandbox` starts them all::
 
     with Sandbox() as sandbox:
-        config = sandbox.apply(load_config("campaign.toml"))
-        Pipeline.from_config(config, env=sandbox.env()).run()
+        sandbox.pipeline("campaign.toml").run()
         sandbox.servers["sendgrid"].messages
+
+A run against the sandbox is a **rehearsal**: it records into its own ledger
+(``ledger.sandbox.db`` beside the real one: runs, deliveries, suppression list) and
+writes under ``<output dir>/sandbox/``, so it never makes the real run of a logical
+date "already done" and a fake provider's refusal never reaches the real suppression
+list. :meth:`Sandbox.apply` and :meth:`Sandbox.pipeline` isolate the state, and a
+:class:`~campaignkit.Pipeline` built by hand whose channels point at a running
+sandbox server is a rehearsal as well.
 """
 
 from __future__ import annotations
@@ -17,11 +24,16 @@ import importlib
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ..._config import PipelineConfig
+from ..._config import PipelineConfig, load_config
+from ..._rehearsal import rehearsal_config
+from ...exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from ..._pipeline import Pipeline
 from ._server import Faults, ProviderServer, Reply, Request
 
 __all__ = ["PROVIDERS", "Faults", "ProviderServer", "Reply", "Request", "Sandbox"]
@@ -104,19 +116,59 @@ class Sandbox:
             if c.provider in self.servers
         }
 
+    def url(self, provider: str) -> str:
+        """The address of ``provider``'s server: ``http://127.0.0.1:PORT``, or
+        ``smtp://127.0.0.1:PORT`` for SMTP."""
+        server = self.servers[provider]
+        base_url = getattr(server, "base_url", None)
+        return str(base_url) if base_url else f"smtp://{server.HOST}:{server.port}"
+
     def apply(self, config: PipelineConfig) -> PipelineConfig:
-        """``config`` with every sandboxed channel's options pointed at the sandbox.
+        """``config`` as a rehearsal against this sandbox: every channel's options
+        pointed at its provider's server, and the state isolated.
 
         The channel's own options are kept; the sandbox's (base URL, host and port,
-        account ids) override them.
+        account ids) override them. The run records into its own ledger,
+        ``ledger.sandbox.db`` beside ``execution.state_path`` (runs, deliveries and the
+        suppression list), and its run directories go under ``<output_dir>/sandbox/``:
+        a rehearsal never touches the real campaign's state.
+
+        Raises:
+            ConfigError: an enabled channel's provider has no server in this sandbox
+                (it would send for real); nothing is changed.
         """
+        for c in config.channels:
+            if c.enabled and c.provider not in self.servers:
+                raise ConfigError(
+                    f"the sandbox has no server for provider {c.provider!r} (started: "
+                    f"{', '.join(self.servers) or 'none'}); a rehearsal never sends for "
+                    f"real: disable the channel or start the sandbox with {c.provider!r}",
+                    path=f"channels.{c.name}.provider",
+                    file=config.file,
+                )
         channels = tuple(
             attrs.evolve(c, options={**c.options, **self.channel_options(c.provider)})
             if c.provider in self.servers
             else c
             for c in config.channels
         )
-        return attrs.evolve(config, channels=channels)
+        return rehearsal_config(attrs.evolve(config, channels=channels))
+
+    def pipeline(self, config: PipelineConfig | str | Path, **kwargs: Any) -> Pipeline:
+        """A rehearsal :class:`~campaignkit.Pipeline` of ``config`` (a campaign file or
+        a :class:`~campaignkit.PipelineConfig`) against this sandbox: :meth:`apply`,
+        the sandbox tokens as its environment (over ``env=`` if given) and
+        ``rehearsal=True``. Other keyword arguments go to the constructor
+        (``plugins``, ``sleep``)."""
+        from ..._pipeline import Pipeline
+
+        if kwargs.get("rehearsal", True) is not True:
+            raise ValueError("a sandbox pipeline is always a rehearsal")
+        loaded = config if isinstance(config, PipelineConfig) else load_config(config)
+        applied = self.apply(loaded)
+        kwargs["env"] = {**(kwargs.get("env") or {}), **self.env(applied)}
+        kwargs["rehearsal"] = True
+        return Pipeline.from_config(applied, **kwargs)
 
     def counts(self) -> dict[str, int]:
         """Accepted messages per provider."""

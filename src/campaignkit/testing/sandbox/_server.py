@@ -18,6 +18,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import attrs
 
+from ..._rehearsal import sandbox_started, sandbox_stopped
+
 __all__ = ["Faults", "ProviderServer", "Reply", "Request"]
 
 
@@ -89,6 +91,9 @@ class Faults:
             get faults too; by default they are answered normally and consume no
             scripted fault.
         seed: seed for the random draws, for reproducible runs.
+        echo_credentials: error replies (4xx and 5xx) echo the request's
+            ``Authorization`` header in their error text, as some servers and
+            proxies do, to check that credentials never reach a ledger or report.
     """
 
     rate_limit: float | None = None
@@ -104,6 +109,7 @@ class Faults:
     lookups: bool = False
     script: collections.deque[int | str] = attrs.field(factory=collections.deque)
     seed: int | None = None
+    echo_credentials: bool = False
     _rng: random.Random = attrs.field(init=False, factory=random.Random)
 
     def __attrs_post_init__(self) -> None:
@@ -200,6 +206,7 @@ class ProviderServer(abc.ABC):
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> Self:
         self._server = _Server(self, self._port)
+        sandbox_started(self.port)  # pipelines sending here are rehearsals
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -211,9 +218,11 @@ class ProviderServer(abc.ABC):
 
     def stop(self) -> None:
         if self._server is not None:
+            port = self.port
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+            sandbox_stopped(port)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -233,6 +242,15 @@ class ProviderServer(abc.ABC):
 
     # -- request path -----------------------------------------------------------------
     def _dispatch(self, request: Request) -> Reply | None:
+        reply = self._answer(request)
+        if reply is not None and reply.status >= 400 and self.faults.echo_credentials:
+            value = request.headers.get("authorization", "")
+            credential = value.partition(" ")[2] or value
+            echo = f"credentials {credential} rejected (Authorization: {value})"
+            reply = attrs.evolve(reply, body=_with_echo(reply.body, echo))
+        return reply
+
+    def _answer(self, request: Request) -> Reply | None:
         faults = self.faults
         now = time.monotonic()
         if request.method == "GET" and not faults.lookups:
@@ -299,3 +317,22 @@ class ProviderServer(abc.ABC):
                 start += 1
             best = max(best, end - start + 1)
         return float(best)
+
+
+def _with_echo(body: Any, echo: str) -> Any:
+    """An error body whose human-readable texts end with ``echo``."""
+    if isinstance(body, bytes):
+        return body + b" " + echo.encode("latin-1", "replace")
+    if isinstance(body, str):
+        return f"{body} {echo}"
+    if isinstance(body, list):
+        return [_with_echo(item, echo) for item in body]
+    if isinstance(body, dict):
+        out = {k: _with_echo(v, echo) if k == "errors" else v for k, v in body.items()}
+        for key in ("message", "detail", "title"):
+            if isinstance(out.get(key), str):
+                out[key] = f"{out[key]} {echo}"
+        if "errors" not in out and "message" not in out and "detail" not in out:
+            out["message"] = echo
+        return out
+    return {"message": echo}

@@ -31,6 +31,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "the SMTP sandbox needs aiosmtpd: pip install 'campaignkit[sandbox]'"
     ) from exc
 
+from ..._rehearsal import sandbox_started, sandbox_stopped
 from ._server import ProviderServer
 
 __all__ = ["SmtpFaults", "SmtpServer"]
@@ -169,6 +170,7 @@ class SmtpServer:
         )
         controller.start()
         self._controller = controller
+        sandbox_started(self.port)  # pipelines sending here are rehearsals
         with self.lock:  # forget the controller's own start-up probe
             self.connections = 0
         return self
@@ -185,6 +187,7 @@ class SmtpServer:
         if controller is not None:
             self._close_all(controller)
             controller.stop()
+            sandbox_stopped(int(controller.port))
 
     def __enter__(self) -> Self:
         return self.start()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import math
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Self
+
+import attrs
 
 from ._server import Faults, ProviderServer, Reply, Request
 from .twilio import E164, reserved_invalid, sms_segments
@@ -67,9 +70,17 @@ class TelnyxServer(ProviderServer):
     Accepted messages get 200 with Telnyx's message resource (a UUID ``id``,
     ``to[0].status`` ``queued``) and are appended to :attr:`messages` as dicts with
     ``id``, ``to``, ``from``, ``body``, ``messaging_profile_id``, ``webhook_url``,
-    ``parts``, ``encoding``, ``content_type`` and ``delivery_status``. Refused
+    ``parts``, ``encoding``, ``content_type``, ``idempotency_key`` and
+    ``delivery_status``. Refused
     requests that reached validation are appended to :attr:`rejected` (``to``,
     ``code``, ``status``).
+
+    Idempotency: a request with an ``Idempotency-Key`` header (Telnyx's platform
+    idempotency) is processed once per key; a repeated key with the same body
+    replays the first answer (status and body, header ``Idempotent-Replayed:
+    true``; the key is appended to :attr:`replayed`), with another body it gets 422, and while
+    the first request is still being processed 409. Answers to requests that were
+    not processed (401, faults) are not kept.
 
     Rate limiting answers 429 / 10011 with ``x-ratelimit-limit``,
     ``x-ratelimit-remaining`` and ``x-ratelimit-reset`` (seconds); server errors
@@ -102,6 +113,10 @@ class TelnyxServer(ProviderServer):
         self.is_invalid = is_invalid
         self.messages: list[dict[str, Any]] = []
         self.rejected: list[dict[str, Any]] = []
+        #: Idempotency-Key → (body fingerprint, first answer or None while processing)
+        self.idempotency: dict[str, tuple[str, Reply | None]] = {}
+        #: the Idempotency-Key of every replayed answer, in order
+        self.replayed: list[str] = []
 
     # -- uniform sandbox interface -----------------------------------------------------
     def start(self) -> Self:
@@ -128,6 +143,8 @@ class TelnyxServer(ProviderServer):
         with self.lock:
             self.messages.clear()
             self.rejected.clear()
+            self.idempotency.clear()
+            self.replayed.clear()
             self.request_times.clear()
             self.faults.script.clear()
 
@@ -157,6 +174,38 @@ class TelnyxServer(ProviderServer):
             value.strip().encode(), self.token.encode()
         ):
             return self.error(401, "10009")
+        key = request.headers.get("idempotency-key")
+        if not key:
+            return self._process(request)
+        fingerprint = hashlib.sha256(request.body).hexdigest()
+        with self.lock:
+            seen = self.idempotency.get(key)
+            if seen is None:
+                self.idempotency[key] = (fingerprint, None)
+        if seen is not None:
+            if seen[0] != fingerprint:
+                return self.error(
+                    422, "10015", detail="Idempotency-Key reused with a different request body."
+                )
+            if seen[1] is None:
+                return self.error(
+                    409, "10015", detail="A request with this Idempotency-Key is in progress."
+                )
+            with self.lock:
+                self.replayed.append(key)
+            first = seen[1]
+            return attrs.evolve(first, headers={**first.headers, "Idempotent-Replayed": "true"})
+        try:
+            reply = self._process(request)
+        except BaseException:
+            with self.lock:
+                del self.idempotency[key]
+            raise
+        with self.lock:
+            self.idempotency[key] = (fingerprint, reply)
+        return reply
+
+    def _process(self, request: Request) -> Reply:
         if request.content_type != "application/json":
             return self.error(415, "10014")
         try:
@@ -192,6 +241,7 @@ class TelnyxServer(ProviderServer):
             "parts": parts,
             "encoding": encoding,
             "content_type": request.content_type,
+            "idempotency_key": request.headers.get("idempotency-key"),
             "delivery_status": "delivery_failed" if landline else "queued",
             "delivery_error": "40001" if landline else None,
         }

@@ -1,0 +1,138 @@
+"""Who owns a run: the process that began or claimed it, and whether it is still there.
+
+A run has at most one owner at a time. The ledger decides ownership inside one write
+transaction (:meth:`SqliteLedger.begin_run`, :meth:`SqliteLedger.claim_run`): it reads
+the recorded :class:`Owner`, asks whether that owner is alive, and records itself as
+the new owner, all before the transaction commits, so two processes that claim at
+the same instant are serialised and the second sees the first.
+
+An owner is identified by a random token (one per claim), the host name, the boot
+id, the process id and the process's start time. The start time tells a live owner
+from an unrelated process that was given the dead owner's pid; the boot id tells a
+machine that restarted since. Whether an owner on another host is alive cannot be
+told from here: it is taken as alive (a SQLite ledger is not shared across hosts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import threading
+from pathlib import Path
+
+import attrs
+
+__all__ = ["Owner"]
+
+_HOST = socket.gethostname()
+_held: set[str] = set()  # tokens of the claims this process holds
+_held_lock = threading.Lock()
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+_BOOT = _boot_id()
+
+
+def _start_time(pid: int) -> int | None:
+    """The start time of process ``pid`` in clock ticks since boot (Linux), else ``None``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) is parenthesised and may hold spaces or parentheses.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    try:
+        return int(fields[19])  # field 22 of the whole line
+    except (IndexError, ValueError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@attrs.frozen
+class Owner:
+    """The process that owns a run (see the module docstring)."""
+
+    token: str
+    host: str
+    pid: int
+    boot: str | None = None
+    started: int | None = None
+
+    @classmethod
+    def claim(cls) -> Owner:
+        """A new owner identity for this process; held until :meth:`release`."""
+        pid = os.getpid()
+        owner = cls(secrets.token_hex(8), _HOST, pid, _BOOT, _start_time(pid))
+        with _held_lock:
+            _held.add(owner.token)
+        return owner
+
+    def release(self) -> None:
+        """This process no longer works on the run (finished, or gave up)."""
+        with _held_lock:
+            _held.discard(self.token)
+
+    def alive(self) -> bool:
+        """Whether the owner may still be working on the run.
+
+        In this process: while it holds the claim. On this machine: while its process
+        runs (the same pid and start time, since the same boot). Elsewhere: always
+        (it cannot be told from here)."""
+        if self.host != _HOST:
+            return True
+        if self.boot is not None and _BOOT is not None and self.boot != _BOOT:
+            return False  # the machine restarted since
+        if self.pid == os.getpid():
+            with _held_lock:
+                return self.token in _held
+        if not _pid_alive(self.pid):
+            return False
+        return self.started is None or _start_time(self.pid) in (None, self.started)
+
+    def describe(self) -> str:
+        """``process 1234`` or ``process 1234 on host``, for messages."""
+        where = "" if self.host == _HOST else f" on {self.host}"
+        return f"process {self.pid}{where}"
+
+    def to_text(self) -> str:
+        """The owner as stored in the ledger."""
+        return json.dumps(attrs.asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_text(cls, text: str | None) -> Owner | None:
+        """Read :meth:`to_text`'s output (``None`` for no owner or an unreadable one)."""
+        if not text:
+            return None
+        try:
+            data = json.loads(text)
+            return cls(
+                str(data["token"]),
+                str(data["host"]),
+                int(data["pid"]),
+                data.get("boot"),
+                data.get("started"),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    @classmethod
+    def legacy(cls, pid: int | None) -> Owner | None:
+        """The owner of a run recorded before owners were (by pid on this machine)."""
+        return None if not pid else cls("", _HOST, pid)
