@@ -261,18 +261,35 @@ def test_retry_result_is_resent_and_missing_result_fails(tmp_path: Path) -> None
     assert [m["recipient_id"] for m in ep.requests[1][1]["messages"]] == ["C3"]
 
 
-def test_server_error_retries_the_whole_batch(tmp_path: Path) -> None:
+def test_server_error_retries_the_whole_batch_with_on_doubt_retry(tmp_path: Path) -> None:
+    # A 5xx is in doubt (the endpoint may have acted); an endpoint that drops
+    # duplicates by id lets the channel opt into re-sending.
     def answer(body: dict[str, Any], n: int) -> tuple[int, Any]:
         if n == 1:
             return 503, {"code": "maintenance"}
         return 204, None
 
     with Endpoint(answer) as ep:
-        report = pipeline(ep.url, tmp_path, concurrency=1).run(output_dir=tmp_path)
+        report = pipeline(ep.url, tmp_path, concurrency=1, on_doubt="retry").run(
+            output_dir=tmp_path
+        )
     result = report.channels["crm"]
     assert (result.sent, result.failed, result.retries) == (5, 0, 1)
     assert len(ep.requests) == 2
     assert report.status.value == "succeeded"
+
+
+def test_server_error_is_unknown_by_default(tmp_path: Path) -> None:
+    def answer(body: dict[str, Any], n: int) -> tuple[int, Any]:
+        return (503, {"code": "maintenance"}) if n == 1 else (204, None)
+
+    with Endpoint(answer) as ep:
+        report = pipeline(ep.url, tmp_path, concurrency=1).run(output_dir=tmp_path)
+    result = report.channels["crm"]
+    assert (result.sent, result.unknown, result.retries) == (0, 5, 0)
+    assert result.reasons == {"in_doubt": 5}
+    assert len(ep.requests) == 1
+    assert report.status.value == "partial"
 
 
 def test_address_field_option_and_permanent_error_code(tmp_path: Path) -> None:

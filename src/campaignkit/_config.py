@@ -280,6 +280,12 @@ class Channel:
         unsubscribe_url, unsubscribe_mailto: templates for the email
             ``List-Unsubscribe`` headers (RFC 2369; one-click RFC 8058 with an https URL).
         price_per_message, price_per_segment: for the dry-run cost estimate.
+        on_doubt: what happens to a message whose request ended in doubt (a read
+            timeout, a connection lost after sending, a 5xx: the provider may have
+            delivered it) when the provider has no idempotency keys and no lookup
+            settles it: ``unknown`` (default: recorded ``unknown``, never sent twice;
+            ``resume --resend-unknown`` re-sends) or ``retry`` (at-least-once: re-sent
+            at the next retry round; some recipients may get it twice).
     """
 
     name: str = attrs.field(validator=_check_name)
@@ -311,6 +317,7 @@ class Channel:
     unsubscribe_mailto: str | None = None
     price_per_message: float | None = attrs.field(default=None, validator=_non_negative)
     price_per_segment: float | None = attrs.field(default=None, validator=_non_negative)
+    on_doubt: str = attrs.field(default="unknown", validator=_one_of("unknown", "retry"))
 
     @property
     def token_variable(self) -> str:

@@ -49,6 +49,8 @@ log = logging.getLogger("campaignkit")
 MAX_THROTTLE_WAITS = 10
 #: Wait after a 429 that did not say how long.
 DEFAULT_THROTTLE_WAIT = 1.0
+#: In-doubt messages handed to :meth:`Notifier.reconcile` per call.
+RECONCILE_CHUNK = 50
 
 ProgressCallback = Callable[[str, int], None]
 
@@ -135,6 +137,10 @@ class _Pending:
     attempts: int = 0
     error_code: str | None = None
     error: str | None = None
+    #: its last request ended in doubt; to be reconciled with the provider before a resend
+    in_doubt: bool = False
+    #: wall-clock time (epoch seconds) of its first attempt in this session
+    since: float | None = None
 
 
 #: (seq, result, ledger state, transient) — what a channel records for a recipient.
@@ -185,6 +191,14 @@ class ChannelRunner:
     pauses the channel's rate limiter for the announced time and re-sends the batch
     without spending an attempt. When the run stops early (deadline, interrupt,
     rejected credentials) unsent messages stay ``pending`` for a resume.
+
+    A failure *in doubt* (the provider may have acted: a read timeout, a connection
+    lost after the request, a 5xx; :attr:`DeliveryError.in_doubt`) is re-sent only
+    when that cannot deliver twice: the provider has idempotency keys (same batch,
+    same keys), or :meth:`Notifier.reconcile` says the provider has no such message
+    (asked at the next retry round, and once more at the end; found means ``sent``).
+    Otherwise the message is recorded ``unknown`` (reason ``in_doubt``), unless the
+    channel opts into at-least-once with ``on_doubt = "retry"``.
     """
 
     def __init__(
@@ -338,19 +352,116 @@ class ChannelRunner:
                 self.cancel.wait(delay)
             else:
                 self.sleep(delay)
-            self._pass(iter(groups))
+            groups = self._reconcile(groups)
+            # Messages still in doubt (the lookup could not tell) wait for the next round.
+            ready = [[p for p in group if not p.in_doubt] for group in groups]
+            waiting = [[p for p in group if p.in_doubt] for group in groups]
+            with self._retry_lock:
+                self._retry.extend(group for group in waiting if group)
+            self._pass(iter([group for group in ready if group]))
         leftover = [p for group in self._retry for p in group]
         self._retry = []
         if self._stopped():
-            self._leave_pending(leftover)
+            doubt = [p for p in leftover if p.in_doubt]
+            self._record([self._row(p, DeliveryState.UNKNOWN, Reason.IN_DOUBT) for p in doubt])
+            self._leave_pending([p for p in leftover if not p.in_doubt])
         else:
+            if any(p.in_doubt for p in leftover):
+                leftover = [p for group in self._reconcile([leftover]) for p in group]
             self._record(
                 [
-                    self._row(p, DeliveryState.FAILED, Reason.RETRIES_EXHAUSTED, transient=True)
+                    self._row(p, DeliveryState.UNKNOWN, Reason.IN_DOUBT)
+                    if p.in_doubt
+                    else self._row(
+                        p, DeliveryState.FAILED, Reason.RETRIES_EXHAUSTED, transient=True
+                    )
                     for p in leftover
                 ]
             )
         return self._result(started, rounds)
+
+    # -- messages in doubt -----------------------------------------------------------------
+    def _can_reconcile(self) -> bool:
+        return type(self.plan.notifier).reconcile is not Notifier.reconcile
+
+    def _doubtful(self, batch: list[_Pending]) -> list[_Row]:
+        """Rows for messages whose request ended in doubt, by the channel's policy;
+        those to be re-sent (now, or after reconciling) join the retry groups."""
+        notifier = self.plan.notifier
+        if notifier.supports_idempotency_keys or (
+            self.plan.channel.on_doubt == "retry" and not self._can_reconcile()
+        ):
+            # Re-sent as it was formed: the same keys (or at-least-once, by choice).
+            with self._retry_lock:
+                self._retry.append(batch)
+            return [self._row(p, DeliveryState.PENDING, None) for p in batch]
+        if self._can_reconcile():
+            # Unknown until the provider is asked, at the next retry round, before any
+            # resend (a crash meanwhile leaves it unknown, as for a message in flight).
+            for p in batch:
+                p.in_doubt = True
+            with self._retry_lock:
+                self._retry.append(batch)
+            return [self._row(p, DeliveryState.UNKNOWN, Reason.IN_DOUBT) for p in batch]
+        return [self._row(p, DeliveryState.UNKNOWN, Reason.IN_DOUBT) for p in batch]
+
+    def _reconcile(self, groups: list[list[_Pending]]) -> list[list[_Pending]]:
+        """Ask the provider about the in-doubt members of ``groups``: found ones are
+        recorded ``sent`` and dropped, surely absent ones become ordinary retries,
+        and the rest stay in doubt (re-sent anyway with ``on_doubt = "retry"``).
+        Returns the groups without the settled messages."""
+        doubt = [p for group in groups for p in group if p.in_doubt]
+        if not doubt:
+            return groups
+        answers: list[Outcome | None] = [None] * len(doubt)
+        notifier = self.plan.notifier
+        since = datetime.fromtimestamp(min(p.since or time.time() for p in doubt), UTC)
+        conn: Any = None
+        try:
+            conn = notifier.connect()
+            try:
+                # In chunks, so that a deadline or an interrupt is noticed between them.
+                for start in range(0, len(doubt), RECONCILE_CHUNK):
+                    if self._stopped():
+                        break
+                    chunk = [p.message for p in doubt[start : start + RECONCILE_CHUNK]]
+                    got = notifier.reconcile(conn, chunk, since)
+                    if len(got) != len(chunk):
+                        log.warning(
+                            "%s: reconcile returned %d answer(s) for %d",
+                            self.name,
+                            len(got),
+                            len(chunk),
+                        )
+                        continue
+                    answers[start : start + len(chunk)] = got
+            finally:
+                notifier.disconnect(conn)
+        except Exception as exc:  # a failed lookup settles nothing (more)
+            log.warning("%s: could not reconcile %d message(s): %s", self.name, len(doubt), exc)
+        settled: set[int] = set()
+        rows: list[_Row] = []
+        for pending, answer in zip(doubt, answers, strict=True):
+            if answer is not None and answer.ok:
+                rows.append(
+                    self._row(pending, DeliveryState.SENT, None, answer.provider_message_id)
+                )
+                settled.add(id(pending))
+            elif answer is not None and answer.transient:
+                pending.in_doubt = False  # the provider has no such message
+            elif self.plan.channel.on_doubt == "retry":
+                pending.in_doubt = False  # at-least-once, by the channel's choice
+        self._record(rows)
+        log.info(
+            "%s: reconciled %d in-doubt message(s): %d found, %d to re-send, %d unknown",
+            self.name,
+            len(doubt),
+            len(settled),
+            sum(not p.in_doubt and id(p) not in settled for p in doubt),
+            sum(p.in_doubt for p in doubt),
+        )
+        out = [[p for p in group if id(p) not in settled] for group in groups]
+        return [group for group in out if group]
 
     def _owed(self) -> Iterator[_Pending | _Row | list[_Pending]]:
         """The pending deliveries, rendered; those that were sent together before (a
@@ -482,6 +593,10 @@ class ChannelRunner:
                     self._lost = str(exc)
                     return
                 marked = True
+                now = time.time()
+                for p in batch:
+                    if p.since is None:
+                        p.since = now
             with self.tally.lock:
                 self.tally.requests += 1
             try:
@@ -505,6 +620,7 @@ class ChannelRunner:
             outcomes = [Outcome.failed(error, code="plugin_error")] * len(batch)
         rows: list[_Row] = []
         again: list[_Pending] = []
+        doubt: list[_Pending] = []
         for pending, outcome in zip(batch, outcomes, strict=True):
             pending.attempts += 1
             if outcome.ok:
@@ -513,7 +629,9 @@ class ChannelRunner:
                 )
                 continue
             pending.error_code, pending.error = outcome.error_code, outcome.error
-            if outcome.transient:
+            if outcome.transient and outcome.in_doubt:
+                doubt.append(pending)
+            elif outcome.transient:
                 again.append(pending)
                 rows.append(self._row(pending, DeliveryState.PENDING, None))
             else:
@@ -530,6 +648,8 @@ class ChannelRunner:
         if again:
             with self._retry_lock:
                 self._retry.append(again)
+        if doubt:
+            rows += self._doubtful(doubt)
         self._record(rows)
 
     def _failed_batch(self, batch: list[_Pending], exc: BaseException) -> None:
@@ -538,6 +658,9 @@ class ChannelRunner:
         for pending in batch:
             pending.attempts += 1
             pending.error_code, pending.error = code, error
+        if isinstance(exc, DeliveryError) and exc.transient and exc.in_doubt:
+            self._record(self._doubtful(batch))
+            return
         if isinstance(exc, DeliveryError) and exc.transient:
             with self._retry_lock:
                 self._retry.append(batch)

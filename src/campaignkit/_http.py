@@ -5,14 +5,16 @@ from __future__ import annotations
 import email.utils
 import ipaddress
 import re
+import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import requests
 import requests.adapters
 import requests.utils
+import urllib3.exceptions
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
@@ -20,7 +22,13 @@ from ._notifier import ChannelSettings, Notifier
 from ._redact import redact, remember, token_problem
 from .exceptions import ConfigError, PermanentDeliveryError, TransientDeliveryError
 
-__all__ = ["HttpNotifier", "check_base_url", "is_loopback", "parse_retry_after"]
+__all__ = [
+    "HttpNotifier",
+    "check_base_url",
+    "is_loopback",
+    "parse_retry_after",
+    "request_error",
+]
 
 #: Longest wait a provider's rate-limit header can impose on us, in seconds.
 MAX_RETRY_AFTER = 300.0
@@ -197,6 +205,75 @@ class _Session(requests.Session):
         raise type(error)(text)
 
 
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception it wraps: ``requests`` and ``urllib3`` nest them in
+    ``args`` (``ConnectionError(MaxRetryError(...))``), ``reason`` and the chain."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        nested = [getattr(current, "reason", None), current.__cause__, current.__context__]
+        nested += list(current.args)
+        todo += [e for e in nested if isinstance(e, BaseException)]
+
+
+def request_error(exc: requests.RequestException, timeout: float) -> TransientDeliveryError:
+    """Map a ``requests`` failure to a transient error, telling "surely not sent" from
+    "in doubt" (:attr:`~campaignkit.DeliveryError.in_doubt`).
+
+    Surely not sent (``in_doubt=False``): the connection was never established, so no
+    byte of the request left: a connect timeout (``connect_timeout``), a refused or
+    failed connection or a DNS failure (``connect_error``: urllib3's
+    ``NewConnectionError``/``NameResolutionError``), a proxy that failed before
+    forwarding (``proxy_error``), a TLS certificate that does not verify
+    (``tls_error``, during the handshake).
+
+    In doubt: everything after the connection was made, because the request may have
+    been written and acted on: a read timeout (``timeout``), a connection reset or
+    closed without an answer, including a stale kept-alive connection
+    (``connection_error``: ``RemoteDisconnected``/``ProtocolError``; requests cannot
+    say whether the body had left), a broken chunked or compressed answer
+    (``response_error``), other TLS errors.
+    """
+    causes = list(_causes(exc))
+    if isinstance(exc, requests.ConnectTimeout):
+        return TransientDeliveryError(
+            f"connect timeout after {timeout}s", code="connect_timeout", in_doubt=False
+        )
+    if isinstance(exc, requests.exceptions.ProxyError):
+        return TransientDeliveryError("proxy error", code="proxy_error", in_doubt=False)
+    if isinstance(exc, requests.exceptions.SSLError):
+        verify = any(
+            isinstance(c, ssl.SSLCertVerificationError | ssl.CertificateError) for c in causes
+        )
+        return TransientDeliveryError(
+            f"TLS error: {type(exc).__name__}", code="tls_error", in_doubt=not verify
+        )
+    if isinstance(exc, requests.Timeout):
+        return TransientDeliveryError(f"timeout after {timeout}s", code="timeout", in_doubt=True)
+    if isinstance(exc, requests.ConnectionError):
+        before = any(
+            isinstance(
+                c, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ConnectTimeoutError
+            )
+            for c in causes
+        )
+        if before:
+            return TransientDeliveryError(
+                "could not connect: " + type(exc).__name__, code="connect_error", in_doubt=False
+            )
+        return TransientDeliveryError(
+            f"connection error: {type(exc).__name__}", code="connection_error", in_doubt=True
+        )
+    return TransientDeliveryError(
+        f"error reading the response: {type(exc).__name__}", code="response_error", in_doubt=True
+    )
+
+
 class HttpNotifier(Notifier[requests.Session]):
     """A :class:`~campaignkit.Notifier` that talks HTTP with ``requests``.
 
@@ -209,9 +286,21 @@ class HttpNotifier(Notifier[requests.Session]):
     :class:`~campaignkit.TransientDeliveryError` and other 4xx into
     :class:`~campaignkit.PermanentDeliveryError`, with the code from
     :meth:`error_code`.
+
+    Transient errors say whether the provider may have acted on the request
+    (:attr:`~campaignkit.DeliveryError.in_doubt`): network failures as
+    :func:`request_error` classifies them; a status in :attr:`not_processed_statuses`
+    or a code in :attr:`not_processed_codes` is surely not processed; any other 5xx
+    (500, a gateway's 502/504, 503 unless the provider documents it) is in doubt.
     """
 
     default_base_url: ClassVar[str]
+    #: Statuses that mean the provider did not act on the request (retried freely):
+    #: 408 (the request was not received in time) and 429 (rate limited).
+    not_processed_statuses: ClassVar[frozenset[int]] = frozenset({408, 429})
+    #: Provider error codes (from :meth:`error_code`) documented as "not processed,
+    #: safe to retry" whatever the status.
+    not_processed_codes: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, settings: ChannelSettings) -> None:
         super().__init__(settings)
@@ -274,18 +363,21 @@ class HttpNotifier(Notifier[requests.Session]):
         """POST to ``base_url + path``; return the response if it is 2xx.
 
         Raises:
-            TransientDeliveryError: timeout, connection error, 408, 429 or 5xx.
+            TransientDeliveryError: timeout, connection error, 408, 429 or 5xx, with
+                ``in_doubt`` set when the provider may have acted on the request
+                (see the class docstring).
             PermanentDeliveryError: any other non-2xx status.
         """
         url = self.base_url + path
         try:
             response = conn.post(url, timeout=self.timeout, **kwargs)
-        except requests.Timeout as exc:
-            raise TransientDeliveryError(f"timeout after {self.timeout}s", code="timeout") from exc
-        except requests.ConnectionError as exc:
-            raise TransientDeliveryError(
-                f"connection error: {type(exc).__name__}", code="connection_error"
-            ) from exc
+        except (
+            requests.Timeout,
+            requests.ConnectionError,
+            requests.exceptions.ChunkedEncodingError,
+            requests.exceptions.ContentDecodingError,
+        ) as exc:
+            raise request_error(exc, self.timeout) from exc
         status = response.status_code
         if status < 300:
             return response
@@ -293,7 +385,40 @@ class HttpNotifier(Notifier[requests.Session]):
         message = self.error_message(response)
         if status in (408, 429) or status >= 500:
             retry_after = parse_retry_after(response.headers) if status in (429, 503) else None
+            in_doubt = (
+                status not in self.not_processed_statuses and code not in self.not_processed_codes
+            )
             raise TransientDeliveryError(
-                message, code=code, retry_after=retry_after, status_code=status
+                message,
+                code=code,
+                retry_after=retry_after,
+                status_code=status,
+                in_doubt=in_doubt,
             )
         raise PermanentDeliveryError(message, code=code, status_code=status)
+
+    def get(self, conn: requests.Session, path: str, **kwargs: Any) -> requests.Response:
+        """GET ``base_url + path`` (a lookup, e.g. for :meth:`Notifier.reconcile`);
+        return the response if it is 2xx.
+
+        Raises:
+            TransientDeliveryError: timeout, connection error, 408, 429 or 5xx.
+            PermanentDeliveryError: any other non-2xx status.
+        """
+        try:
+            response = conn.get(self.base_url + path, timeout=self.timeout, **kwargs)
+        except requests.RequestException as exc:
+            raise TransientDeliveryError(
+                f"lookup failed: {type(exc).__name__}", code="lookup_error"
+            ) from exc
+        status = response.status_code
+        if status < 300:
+            return response
+        error = (
+            TransientDeliveryError
+            if status in (408, 429) or status >= 500
+            else PermanentDeliveryError
+        )
+        raise error(
+            self.error_message(response), code=self.error_code(response), status_code=status
+        )

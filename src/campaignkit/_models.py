@@ -171,8 +171,9 @@ class DeliveryStatus(enum.StrEnum):
 
     ``sent``, ``failed`` and ``skipped`` are final. ``pending`` waits to be sent (by
     this run, or by a resume); ``in_flight`` was handed to the provider and has no
-    answer yet; ``unknown`` was in flight when a run crashed, with a provider that
-    has no idempotency keys: it may or may not have been delivered.
+    answer yet; ``unknown`` was in flight when a run crashed, or its request ended in
+    doubt (a timeout, a lost connection, a 5xx), with a provider that has no
+    idempotency keys: it may or may not have been delivered.
     """
 
     SENT = "sent"
@@ -204,6 +205,7 @@ class Reason(enum.StrEnum):
     TIMED_OUT = "timed_out"
     CANCELLED = "cancelled"
     RENDER_ERROR = "render_error"
+    IN_DOUBT = "in_doubt"
 
 
 @attrs.frozen
@@ -219,6 +221,7 @@ class Outcome:
     error_code: str | None = None
     error: str | None = attrs.field(default=None, converter=_redacted)
     transient: bool = False
+    in_doubt: bool = False
 
     @classmethod
     def sent(cls, provider_message_id: str | None = None) -> Outcome:
@@ -226,9 +229,21 @@ class Outcome:
         return cls(True, provider_message_id=provider_message_id)
 
     @classmethod
-    def failed(cls, error: str, *, code: str | None = None, transient: bool = False) -> Outcome:
-        """The provider refused the message; ``transient`` ones are retried."""
-        return cls(False, error_code=code, error=error, transient=transient)
+    def failed(
+        cls,
+        error: str,
+        *,
+        code: str | None = None,
+        transient: bool = False,
+        in_doubt: bool = False,
+    ) -> Outcome:
+        """The provider refused the message; ``transient`` ones are retried.
+
+        ``in_doubt`` (with ``transient``): the request may have been acted on (a
+        timeout or a lost connection after it was sent); see
+        :attr:`~campaignkit.DeliveryError.in_doubt`.
+        """
+        return cls(False, error_code=code, error=error, transient=transient, in_doubt=in_doubt)
 
 
 @attrs.frozen

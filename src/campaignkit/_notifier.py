@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -108,6 +109,32 @@ class Notifier(abc.ABC, Generic[ConnT]):
             TransientDeliveryError: nothing was accepted; the batch may be retried.
             PermanentDeliveryError: nothing was accepted; retrying cannot help.
         """
+
+    def reconcile(
+        self, conn: ConnT, messages: Sequence[Message], since: datetime
+    ) -> Sequence[Outcome | None]:
+        """Optional: ask the provider whether messages whose request ended in doubt
+        were accepted after all (a lookup, for providers without idempotency keys).
+
+        The core calls it, with a connection from :meth:`connect`, before re-sending
+        messages whose request ended in doubt (a read timeout, a connection lost
+        after the request was written, a 5xx: see
+        :attr:`~campaignkit.DeliveryError.in_doubt`), at the next retry round and once
+        more at the end of the run. ``since`` is when the first attempt was made (UTC).
+        Return one answer per message, in order:
+
+        * ``Outcome.sent(provider_id)``: the provider has the message; it is recorded
+          ``sent`` and not sent again;
+        * ``Outcome.failed(..., transient=True)``: the provider surely has no such
+          message; it is sent again like any transient failure;
+        * ``None``: cannot tell; it is recorded ``unknown`` (unless the channel sets
+          ``on_doubt = "retry"``).
+
+        Raising counts as ``None`` for every message. The default implementation
+        has no lookup: without idempotency keys or this method, in-doubt messages
+        are recorded ``unknown``.
+        """
+        return [None] * len(messages)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} provider={self.name!r} channel={self.settings.channel!r}>"

@@ -805,8 +805,9 @@ def _hints(report: RunReport, where: _Where, *, logical_date: datetime | None = 
         lines.append(f"Pending:   {pending} message(s) not sent yet: {resume}")
     if unknown:
         lines.append(
-            f"Unknown:   {unknown} message(s) were in flight when a run stopped without an "
-            f"answer, to a provider without idempotency keys: they may have been delivered. "
+            f"Unknown:   {unknown} message(s) were in flight without an answer (a run "
+            f"stopped, or a timeout, a lost connection or a 5xx left them in doubt), to a "
+            f"provider without idempotency keys: they may have been delivered. "
             f"{where.command('resume', report.run_id, '--resend-unknown')} sends them again"
         )
     if deferred:
@@ -1590,8 +1591,9 @@ def _continue_run(
 @click.option(
     "--resend-unknown",
     is_flag=True,
-    help="Also send again the messages recorded as unknown (in flight at a crash, to a "
-    "provider without idempotency keys): they may be delivered twice.",
+    help="Also send again the messages recorded as unknown (in flight at a crash, or in "
+    "doubt after a timeout or a 5xx, to a provider without idempotency keys): they may be "
+    "delivered twice.",
 )
 @_json_option
 @_output_dir_option

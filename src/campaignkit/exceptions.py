@@ -10,6 +10,7 @@ Every exception campaignkit raises on purpose derives from :class:`CampaignKitEr
     ├── AudienceGuardError       a pre-send guard stopped the run before anything was sent
     └── DeliveryError            a provider did not accept a batch (raised by channel plugins)
         ├── TransientDeliveryError   worth retrying: timeout, reset, 429, 5xx, SMTP 4xx
+        │                            (``in_doubt``: the provider may have acted on it)
         └── PermanentDeliveryError   never retried: invalid recipient, auth, other 4xx, SMTP 5xx
 
 Errors never carry secrets: provider tokens are not part of any message or attribute,
@@ -129,6 +130,14 @@ class DeliveryError(CampaignKitError):
         code: the provider's error code or HTTP status, as a string (``"21211"``, ``"429"``).
         retry_after: seconds the provider asked us to wait, when it said so.
         status_code: the HTTP status code, if the error came from an HTTP response.
+        in_doubt: the request reached the provider and may have been acted on (a read
+            timeout, a connection lost after the request was written, a 5xx or a
+            gateway's 502/504): the messages may or may not have been delivered.
+            ``False`` means surely not sent (a refused connection, a connect timeout,
+            429, a code the provider documents as "not processed"). Only meaningful
+            for transient errors: the core re-sends an in-doubt batch only when the
+            provider has idempotency keys, after reconciling with the provider, or
+            when the channel opts into at-least-once (``on_doubt = "retry"``).
     """
 
     transient: bool = False
@@ -140,15 +149,21 @@ class DeliveryError(CampaignKitError):
         code: str | None = None,
         retry_after: float | None = None,
         status_code: int | None = None,
+        in_doubt: bool = False,
     ) -> None:
         super().__init__(redact(message))
         self.code = code
         self.retry_after = retry_after
         self.status_code = status_code
+        self.in_doubt = in_doubt
 
 
 class TransientDeliveryError(DeliveryError):
-    """The batch may succeed later: timeouts, connection resets, 429, 5xx, SMTP 4xx."""
+    """The batch may succeed later: timeouts, connection resets, 429, 5xx, SMTP 4xx.
+
+    With ``in_doubt=True`` the provider may already have accepted it (see
+    :class:`DeliveryError`).
+    """
 
     transient = True
 

@@ -14,6 +14,9 @@ come as ``{"errors": [{"code", "message"}]}`` with a 4xx/5xx status; the first c
 the error code.
 
 Expo has no idempotency: a re-sent batch may be delivered twice (at-least-once).
+A request that ends in doubt (a read timeout, a connection lost after the request,
+a 5xx) is therefore recorded ``unknown`` by the core unless the channel sets
+``on_doubt = "retry"``; ``TOO_MANY_REQUESTS`` and 429 are surely not processed.
 The access token (enhanced push security) is optional; ``Authorization: Bearer``
 is sent only when one is set.
 """
@@ -85,6 +88,7 @@ class ExpoNotifier(HttpNotifier):
     default_rate: ClassVar[Rate] = Rate(messages_per_second=600)
     token_required: ClassVar[bool] = False
     default_base_url: ClassVar[str] = "https://exp.host"
+    not_processed_codes: ClassVar[frozenset[str]] = TRANSIENT_REQUEST_ERRORS
 
     def __init__(self, settings: ChannelSettings) -> None:
         super().__init__(settings)

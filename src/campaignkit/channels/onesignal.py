@@ -210,7 +210,8 @@ class OneSignalNotifier(HttpNotifier):
             except TransientDeliveryError as exc:
                 if not accepted:
                     raise
-                self._fail(outcomes, groups[number:], exc, transient=True)
+                self._fail(outcomes, [group], exc, transient=True, in_doubt=exc.in_doubt)
+                self._fail(outcomes, groups[number + 1 :], exc, transient=True)
                 break
             except PermanentDeliveryError as exc:
                 fatal = exc.status_code in _FATAL_STATUSES
@@ -235,10 +236,13 @@ class OneSignalNotifier(HttpNotifier):
         exc: TransientDeliveryError | PermanentDeliveryError,
         *,
         transient: bool,
+        in_doubt: bool = False,
     ) -> None:
         for group in groups:
             for index in group:
-                outcomes[index] = Outcome.failed(str(exc), code=exc.code, transient=transient)
+                outcomes[index] = Outcome.failed(
+                    str(exc), code=exc.code, transient=transient, in_doubt=in_doubt
+                )
 
     def _send_group(self, conn: requests.Session, messages: Sequence[Message]) -> list[Outcome]:
         response = self.post(conn, NOTIFICATIONS_PATH, json=self.payload(messages))

@@ -69,7 +69,12 @@ Answers
   request's messages fail permanently; after 401 or 403 the rest of the batch is
   not attempted (every request would fail the same way).
 * 429, 5xx, timeouts, connection errors: the request's messages fail transiently
-  and the rest of the batch is not attempted (it gets the same transient outcome).
+  and the rest of the batch is not attempted (it gets the same transient outcome,
+  but never *in doubt*: it was not sent). A read timeout, a connection lost after
+  the request and any 5xx leave the request's messages in doubt (SendGrid may have
+  accepted them; it documents no idempotency key and no lookup by recipient), so
+  the core records them ``unknown`` unless the channel sets ``on_doubt = "retry"``;
+  a 429 or a refused connection is surely not sent and is retried.
 
 When nothing of the batch was sent and every message failed because of one
 request-level error, :meth:`~SendGridNotifier.send_batch` raises that error
@@ -238,8 +243,10 @@ class SendGridNotifier(HttpNotifier):
         frags: _Fragments = {}
         queue = collections.deque(self._plan(messages, valid, frags))
         stop: DeliveryError | None = None
+        skipped = False  # requests not attempted because of ``stop``
         while queue:
             request = queue.popleft()
+            attempted = stop is None
             if stop is None:
                 try:
                     self._send_request(conn, messages, request, outcomes, queue, frags)
@@ -250,14 +257,21 @@ class SendGridNotifier(HttpNotifier):
                         stop = exc
             else:
                 error = stop
+                skipped = True
             for p in request.positions:
                 if outcomes[p] is None:
                     outcomes[p] = Outcome.failed(
-                        str(error), code=error.code, transient=error.transient
+                        str(error),
+                        code=error.code,
+                        transient=error.transient,
+                        in_doubt=attempted and error.in_doubt,
                     )
                     causes[p] = error
-        if len(causes) == len(messages) and len({id(e) for e in causes.values()}) == 1:
-            raise next(iter(causes.values()))
+        one_cause = len({id(e) for e in causes.values()}) == 1
+        if len(causes) == len(messages) and one_cause:
+            error = next(iter(causes.values()))
+            if not (skipped and error.in_doubt):  # else only the attempted ones are in doubt
+                raise error
         return [o or Outcome.failed("not sent", code="internal") for o in outcomes]
 
     def _send_request(

@@ -40,9 +40,13 @@ Answers:
   per recipient.
 * The connection lost (or a 421 reply) before ``DATA`` was sent: nothing was
   committed, so the client reconnects and sends the message again at once (twice
-  per batch at most). Lost during ``DATA``: the message fails transiently (the
-  server may or may not have it). A timeout: the message fails transiently and
-  the session is closed.
+  per batch at most). A 421 reply to ``DATA`` or to the end of the data is a
+  refusal (the server answered): the same. Lost or timed out during ``DATA``
+  (after the ``DATA`` command, before the final reply): the message is *in doubt*
+  (the server may have queued it): a transient failure with ``in_doubt``, which the
+  core records ``unknown`` unless the channel sets ``on_doubt = "retry"``. A
+  timeout closes the session; the rest of the batch then fails transiently (not in
+  doubt: never sent).
 * The session cannot be opened: 535 (``SMTPAuthenticationError``), a server
   without STARTTLS or AUTH, a certificate that does not verify, a 5xx greeting:
   :class:`~campaignkit.PermanentDeliveryError`; refused or lost connections,
@@ -355,6 +359,10 @@ class SmtpNotifier(Notifier[SmtpConnection]):
                 return _abort(outcomes, len(messages), exc)
             except _Lost as lost:
                 conn.close()
+                if lost.committed:  # the server may have queued it: never re-sent here
+                    outcomes.append(
+                        Outcome.failed(str(lost), code=lost.code, transient=True, in_doubt=True)
+                    )
                 if lost.code == "timeout":  # a slow server: do not insist
                     error = TransientDeliveryError(str(lost), code="timeout")
                     return _abort(outcomes, len(messages), error)
@@ -365,9 +373,7 @@ class SmtpNotifier(Notifier[SmtpConnection]):
                     )
                     return _abort(outcomes, len(messages), error)
                 reconnects += 1
-                if not lost.committed:
-                    continue  # nothing was committed: send it again on a new session
-                outcome = Outcome.failed(str(lost), code=lost.code, transient=True)
+                continue  # uncommitted: send it again on a new session; else the next
             outcomes.append(outcome)
         return outcomes
 
@@ -421,8 +427,8 @@ class SmtpNotifier(Notifier[SmtpConnection]):
         finally:
             client.command_encoding = "ascii"
         text = f"SMTP {code} at {stage}: {self._scrub(reply)}"
-        if code == 421:  # the server is closing the session
-            raise _Lost(text, code="421", committed=stage == "DATA")
+        if code == 421:  # the server is closing the session; it answered: not accepted
+            raise _Lost(text, code="421", committed=False)
         self._reset(client)
         return Outcome.failed(text, code=str(code), transient=code < 500)
 

@@ -30,9 +30,11 @@ The auth token is the channel token (``SMS_API_TOKEN``).
 
 from __future__ import annotations
 
+import email.utils
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -44,7 +46,12 @@ from .._http import HttpNotifier
 from .._models import Message, Outcome, Rate
 from .._notifier import ChannelSettings
 from .._redact import remember
-from ..exceptions import ConfigError, PermanentDeliveryError, TransientDeliveryError
+from ..exceptions import (
+    ConfigError,
+    DeliveryError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
 from ..hookspecs import hookimpl
 
 __all__ = ["TwilioNotifier", "TwilioOptions"]
@@ -64,6 +71,13 @@ RECIPIENT_ERROR_CODES = frozenset(
 #: Twilio codes sent with a 4xx that are worth retrying: 21611, the sender's queue
 #: is full (nothing was queued).
 TRANSIENT_ERROR_CODES = frozenset({"21611"})
+
+#: Pages of the message list :meth:`TwilioNotifier.reconcile` reads per message at most.
+RECONCILE_MAX_PAGES = 5
+#: Messages per page of those lookups.
+RECONCILE_PAGE_SIZE = 50
+#: Slack for the clocks of Twilio and this machine when matching ``date_created``.
+RECONCILE_CLOCK_SKEW = timedelta(minutes=2)
 
 
 @attrs.frozen
@@ -97,10 +111,13 @@ class TwilioNotifier(HttpNotifier):
           permanent failed outcome carrying the Twilio code;
         * 401 (20003) and other 4xx: :class:`~campaignkit.PermanentDeliveryError`;
         * 429 (20429), 5xx (20500), 21611, timeouts and dropped connections:
-          :class:`~campaignkit.TransientDeliveryError`.
+          :class:`~campaignkit.TransientDeliveryError`. 429/20429 and 21611 mean
+          nothing was queued; a timeout, a connection lost after the request and a
+          5xx are *in doubt* (Twilio may have queued the message).
 
     Twilio has no idempotency keys, and warns that re-sending after a 5xx may
-    deliver a message twice.
+    deliver a message twice. Messages in doubt are looked up instead
+    (:meth:`reconcile`) before anything is sent again.
 
     Rate:
         Twilio does not publish its REST request limit; messages then wait in a
@@ -117,6 +134,7 @@ class TwilioNotifier(HttpNotifier):
     supports_idempotency_keys: ClassVar[bool] = False
     default_rate: ClassVar[Rate] = Rate(messages_per_second=10.0, requests_per_second=10.0)
     default_base_url: ClassVar[str] = "https://api.twilio.com"
+    not_processed_codes: ClassVar[frozenset[str]] = frozenset({"20429"})
 
     def __init__(self, settings: ChannelSettings) -> None:
         """Validate the options and resolve the account SID.
@@ -198,6 +216,83 @@ class TwilioNotifier(HttpNotifier):
         where = f"HTTP {response.status_code}" + (f", Twilio {code}" if code is not None else "")
         return f"{where}: {message}" if message else where
 
+    def reconcile(
+        self, conn: requests.Session, messages: Sequence[Message], since: datetime
+    ) -> Sequence[Outcome | None]:
+        """Look up messages whose create request ended in doubt.
+
+        For each message, reads Twilio's message list filtered by ``To`` (and
+        ``From`` when the channel sends from a number), newest first, and looks for
+        an outbound message with the same body created since ``since`` (less
+        :data:`RECONCILE_CLOCK_SKEW`), from the channel's sender or Messaging
+        Service. Found: ``sent`` with its sid, whatever its status now (Twilio
+        accepted it). Not found on pages that reach back before ``since``: surely
+        not created, a transient failure that may be re-sent. Otherwise (more than
+        :data:`RECONCILE_MAX_PAGES` pages of recent messages, an unreadable reply, a
+        failed lookup): ``None``, cannot tell. The list is not filtered by
+        ``DateSent``: a message still queued has no ``date_sent`` and would be missed.
+        """
+        answers: list[Outcome | None] = []
+        for message in messages:
+            try:
+                answers.append(self._lookup(conn, message, since - RECONCILE_CLOCK_SKEW))
+            except DeliveryError:  # this lookup failed: cannot tell
+                answers.append(None)
+        return answers
+
+    def _lookup(self, conn: requests.Session, message: Message, since: datetime) -> Outcome | None:
+        token = self.settings.token
+        if token is None or not token:
+            return None
+        query = {"To": message.address, "PageSize": str(RECONCILE_PAGE_SIZE)}
+        if self.options.from_ is not None:
+            query["From"] = self.options.from_
+        params: dict[str, str] | None = query
+        path = self.path
+        for _ in range(RECONCILE_MAX_PAGES):
+            response = self.get(
+                conn,
+                path,
+                params=params,
+                auth=(self.account_sid, token.reveal()),
+                headers={"Accept": "application/json"},
+            )
+            page = _error_body(response)
+            items = page.get("messages")
+            if not isinstance(items, list):
+                return None
+            older = False
+            for item in items:
+                if not isinstance(item, Mapping):
+                    return None
+                created = _parse_date(item.get("date_created"))
+                if created is None:
+                    return None
+                if created < since:
+                    older = True
+                    continue
+                if self._matches(item, message):
+                    sid = item.get("sid")
+                    return Outcome.sent(str(sid) if sid else None)
+            next_uri = page.get("next_page_uri")
+            if older or not next_uri:
+                return Outcome.failed(
+                    "Twilio has no such message", code="not_found", transient=True
+                )
+            path, params = str(next_uri), None  # the next page's URI carries its query
+        return None
+
+    def _matches(self, item: Mapping[str, Any], message: Message) -> bool:
+        """Whether a listed message is ``message`` as this channel sends it."""
+        if item.get("to") != message.address or item.get("body") != message.body:
+            return False
+        if not str(item.get("direction") or "outbound-api").startswith("outbound"):
+            return False
+        if self.options.from_ is not None and item.get("from") not in (None, self.options.from_):
+            return False
+        service = self.options.messaging_service_sid
+        return service is None or item.get("messaging_service_sid") in (None, service)
+
     def send_batch(self, conn: requests.Session, messages: Sequence[Message]) -> Sequence[Outcome]:
         """Send one message (the batch size is 1); see the class docstring for outcomes."""
         return [self._send_one(conn, message) for message in messages]
@@ -235,6 +330,17 @@ class TwilioNotifier(HttpNotifier):
         # A 2xx means Twilio queued the message: never report it failed (a retry
         # would send it twice), even if the body is not what we expect.
         return Outcome.sent(str(sid) if sid else None)
+
+
+def _parse_date(value: Any) -> datetime | None:
+    """An RFC 2822 date from Twilio (``Fri, 04 Dec 2026 20:26:48 +0000``), aware."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return parsed if parsed.tzinfo is not None else None
 
 
 @hookimpl

@@ -34,9 +34,12 @@ change that). The endpoint answers:
   ``no_result``, because the endpoint took the request and re-sending could
   deliver it twice;
 * 2xx with any other body (or none): every message is sent;
-* 408, 429 (``Retry-After`` honoured), 5xx, a timeout or a lost connection: the
-  whole batch is retried; any other status: the whole batch fails for good. An
-  error body ``{"code": ...}`` gives the error code.
+* 408, 429 (``Retry-After`` honoured), a refused connection: the whole batch is
+  retried; 5xx, a read timeout or a connection lost after the request: in doubt,
+  recorded ``unknown`` unless the channel sets ``on_doubt = "retry"`` (then
+  re-sent: right for an endpoint that drops duplicates by ``id``); any other
+  status: the whole batch fails for good. An error body ``{"code": ...}`` gives the
+  error code.
 
 Each message's ``id`` is campaignkit's idempotency key, stable across retries, so
 an endpoint can drop duplicates.

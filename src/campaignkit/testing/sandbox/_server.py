@@ -76,10 +76,20 @@ class Faults:
         stall_rate: probability that the server waits ``stall_seconds`` before
             answering (longer than the client timeout, to provoke timeouts).
         stall_seconds: see ``stall_rate``.
-        drop_rate: probability that the connection is closed without an answer.
+        drop_rate: probability that the connection is closed without an answer
+            (after reading the request, without processing it).
+        late_rate: probability that the request is processed (the message is
+            accepted and recorded) and the answer then held back ``stall_seconds``
+            (past the client timeout: the client cannot know it was accepted).
+        lost_rate: probability that the request is processed and the connection then
+            closed without an answer.
         script: faults for the next requests, consumed in order: an HTTP status
-            (``429``, ``500``, ``503``...), ``"drop"``, ``"stall"``, or ``"pass"``
-            (answer that request normally).
+            (``429``, ``500``, ``503``...), ``"drop"``, ``"stall"`` (before
+            processing), ``"late"``, ``"lost"`` (after processing: see
+            ``late_rate`` and ``lost_rate``), or ``"pass"`` (answer normally).
+        lookups: whether ``GET`` requests (lookups, such as Twilio's message list)
+            get faults too; by default they are answered normally and consume no
+            scripted fault.
         seed: seed for the random draws, for reproducible runs.
         echo_credentials: error replies (4xx and 5xx) echo the request's
             ``Authorization`` header in their error text, as some servers and
@@ -94,6 +104,9 @@ class Faults:
     stall_rate: float = 0.0
     stall_seconds: float = 5.0
     drop_rate: float = 0.0
+    late_rate: float = 0.0
+    lost_rate: float = 0.0
+    lookups: bool = False
     script: collections.deque[int | str] = attrs.field(factory=collections.deque)
     seed: int | None = None
     echo_credentials: bool = False
@@ -240,6 +253,10 @@ class ProviderServer(abc.ABC):
     def _answer(self, request: Request) -> Reply | None:
         faults = self.faults
         now = time.monotonic()
+        if request.method == "GET" and not faults.lookups:
+            with self.lock:
+                self.request_times.append(now)
+            return self.handle(request)
         with self.lock:
             self.request_times.append(now)
             scripted = faults.script.popleft() if faults.script else None
@@ -252,6 +269,7 @@ class ProviderServer(abc.ABC):
                 else:
                     self._window.append(now)
             roll_drop, roll_stall, roll_error = faults.draw(), faults.draw(), faults.draw()
+            roll_late = faults.draw() if faults.late_rate or faults.lost_rate else 1.0
         if faults.latency:
             time.sleep(faults.latency)
         if scripted == "drop" or roll_drop < faults.drop_rate:
@@ -264,7 +282,16 @@ class ProviderServer(abc.ABC):
             return self.server_error_reply(scripted)
         if roll_error < faults.error_rate:
             return self.server_error_reply(faults.error_status)
-        return self.handle(request)
+        lost = scripted == "lost" or roll_late < faults.lost_rate
+        late = scripted == "late" or faults.lost_rate <= roll_late < faults.lost_rate + (
+            faults.late_rate
+        )
+        reply = self.handle(request)
+        if lost:
+            return None  # accepted, then the connection is closed without an answer
+        if late:
+            time.sleep(faults.stall_seconds)  # accepted, answered after the client gave up
+        return reply
 
     @abc.abstractmethod
     def handle(self, request: Request) -> Reply:

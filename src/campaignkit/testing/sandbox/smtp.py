@@ -58,7 +58,11 @@ class SmtpFaults:
     ``554``...; ``421`` also closes the connection after the reply), ``"drop"``
     (close the connection without a reply), ``"stall"`` (wait
     :attr:`stall_seconds`, then answer normally) or ``"pass"`` (answer normally,
-    to fail a later command: ``fail_next("pass", 451)``).
+    to fail a later command: ``fail_next("pass", 451)``). At the ``"data"`` stage,
+    ``"late"`` accepts and records the message, then waits :attr:`stall_seconds`
+    before the ``250`` (past the client's timeout), and ``"lost"`` accepts and
+    records it, then closes the connection without a reply: the client cannot
+    know that the message was queued.
 
     Attributes:
         latency: seconds added before answering ``MAIL``, ``RCPT`` and ``DATA``.
@@ -375,6 +379,17 @@ class _Handler:
         return "250 2.1.5 Ok"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        faults = self.sandbox.faults
+        script = faults.scripts["data"]
+        if script and script[0] in ("late", "lost"):
+            kind = script.popleft()
+            queue_id = self.sandbox._record(envelope)  # accepted...
+            if kind == "lost":  # ...and the connection is closed without a reply
+                if server.transport is not None:
+                    server.transport.close()
+                await asyncio.Event().wait()  # cancelled when the connection is lost
+            await asyncio.sleep(faults.stall_seconds)  # ...and answered too late
+            return f"250 2.0.0 Ok: queued as {queue_id}"
         fault = await self._fault("data", server)
         if fault is not None:
             return fault

@@ -9,8 +9,10 @@ import hmac
 import math
 import re
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, date, datetime
 from typing import Any, ClassVar, Self
+from urllib.parse import urlencode
 
 from ._server import Faults, ProviderServer, Reply, Request
 
@@ -82,6 +84,14 @@ class TwilioServer(ProviderServer):
     Refused requests that reached validation are appended to :attr:`rejected`
     (``to``, ``code``, ``status``).
 
+    ``GET .../Messages.json`` is Twilio's message list: newest first, filtered by
+    ``To``, ``From`` and ``DateSent`` (``DateSent``, ``DateSent<``, ``DateSent>``:
+    a date ``YYYY-MM-DD``; a message not sent yet has no ``date_sent``; here
+    :attr:`sent_after` seconds after creation, ``None``: never), paged by
+    ``PageSize`` (default 50, at most 1000) and ``Page``/``PageToken``, in Twilio's
+    shape ``{"messages": [...], "page", "page_size", "uri", "first_page_uri",
+    "next_page_uri", "previous_page_uri", "start", "end"}``.
+
     Rate limiting answers 429 / 20429 with ``Retry-After``; server errors answer
     Twilio's 5xx body (20500, or 20503 for 503).
     """
@@ -114,6 +124,8 @@ class TwilioServer(ProviderServer):
         self.is_invalid = is_invalid
         self.messages: list[dict[str, Any]] = []
         self.rejected: list[dict[str, Any]] = []
+        #: seconds after creation at which a message counts as sent (``date_sent``)
+        self.sent_after: float | None = 0.0
 
     # -- uniform sandbox interface -----------------------------------------------------
     def start(self) -> Self:
@@ -184,6 +196,8 @@ class TwilioServer(ProviderServer):
                 401, 20003, "Authenticate", detail="Your AccountSid or AuthToken was incorrect."
             )
             return Reply(401, denied.body, {"WWW-Authenticate": 'Basic realm="Twilio API"'})
+        if request.method == "GET":
+            return self._list(request)
         if request.method != "POST":
             return self.error(405, 20004, "Method not allowed")
         form = request.form() if request.content_type == "application/x-www-form-urlencoded" else {}
@@ -201,7 +215,7 @@ class TwilioServer(ProviderServer):
             return refused
         sid = "SM" + secrets.token_hex(16)
         segments, _ = sms_segments(body)
-        now = email.utils.formatdate(usegmt=True)
+        created = datetime.now(UTC)
         status = "accepted" if service else "queued"
         record = {
             "id": sid,
@@ -216,33 +230,101 @@ class TwilioServer(ProviderServer):
             "status": status,
             "content_type": request.content_type,
             "account_sid": self.account_sid,
+            "date_created": created,
         }
         with self.lock:
             self.messages.append(record)
-        uri = f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}"
+        return Reply(201, self._resource(record, created))
+
+    def _date_sent(self, record: Mapping[str, Any]) -> datetime | None:
+        if self.sent_after is None:
+            return None
+        created: datetime = record["date_created"]
+        sent = created.timestamp() + self.sent_after
+        return datetime.fromtimestamp(sent, UTC) if sent <= datetime.now(UTC).timestamp() else None
+
+    def _resource(self, record: Mapping[str, Any], now: datetime | None = None) -> dict[str, Any]:
+        """Twilio's message resource for a recorded message."""
+        created: datetime = record["date_created"]
+        sent = None if now is not None else self._date_sent(record)
+        uri = f"/2010-04-01/Accounts/{self.account_sid}/Messages/{record['sid']}"
+        return {
+            "account_sid": self.account_sid,
+            "api_version": "2010-04-01",
+            "body": record["body"],
+            "date_created": email.utils.format_datetime(created, usegmt=True),
+            "date_sent": email.utils.format_datetime(sent, usegmt=True) if sent else None,
+            "date_updated": email.utils.format_datetime(sent or created, usegmt=True),
+            "direction": "outbound-api",
+            "error_code": None,
+            "error_message": None,
+            "from": record["from"],
+            "messaging_service_sid": record["messaging_service_sid"],
+            "num_media": "0",
+            "num_segments": str(record["num_segments"]),
+            "price": None,
+            "price_unit": "USD",
+            "sid": record["sid"],
+            "status": record["status"] if sent is None else "sent",
+            "subresource_uris": {"media": f"{uri}/Media.json"},
+            "to": record["to"],
+            "uri": f"{uri}.json",
+        }
+
+    def _list(self, request: Request) -> Reply:
+        """Twilio's message list (see the class docstring)."""
+        query = {key: values[0] for key, values in request.query.items() if values}
+        try:
+            size = min(max(int(query.get("PageSize", "50")), 1), 1000)
+            page = max(int(query.get("Page", "0")), 0)
+            bounds = {
+                op: date.fromisoformat(query[key])
+                for op, key in (("=", "DateSent"), ("<", "DateSent<"), (">", "DateSent>"))
+                if key in query
+            }
+        except ValueError:
+            return self.error(400, 20001, "Invalid parameter")
+        with self.lock:
+            records = list(reversed(self.messages))
+        found = []
+        for record in records:
+            if "To" in query and record["to"] != query["To"]:
+                continue
+            if "From" in query and record["from"] != query["From"]:
+                continue
+            if bounds:
+                sent = self._date_sent(record)
+                day = sent.date() if sent is not None else None
+                if day is None:
+                    continue
+                if "=" in bounds and day != bounds["="]:
+                    continue
+                if "<" in bounds and day > bounds["<"]:
+                    continue
+                if ">" in bounds and day < bounds[">"]:
+                    continue
+            found.append(record)
+        chunk = found[page * size : (page + 1) * size]
+        base = f"/2010-04-01/Accounts/{self.account_sid}/Messages.json"
+        keep = {k: v for k, v in query.items() if k not in ("Page", "PageSize", "PageToken")}
+
+        def uri(number: int) -> str:
+            params = {**keep, "PageSize": size, "Page": number, "PageToken": f"PASM{number}"}
+            return f"{base}?{urlencode(params)}"
+
+        more = (page + 1) * size < len(found)
         return Reply(
-            201,
+            200,
             {
-                "account_sid": self.account_sid,
-                "api_version": "2010-04-01",
-                "body": body,
-                "date_created": now,
-                "date_sent": None,
-                "date_updated": now,
-                "direction": "outbound-api",
-                "error_code": None,
-                "error_message": None,
-                "from": sender,
-                "messaging_service_sid": service,
-                "num_media": "0",
-                "num_segments": str(segments),
-                "price": None,
-                "price_unit": "USD",
-                "sid": sid,
-                "status": status,
-                "subresource_uris": {"media": f"{uri}/Media.json"},
-                "to": to,
-                "uri": f"{uri}.json",
+                "end": page * size + max(len(chunk) - 1, 0),
+                "first_page_uri": uri(0).split("&PageToken")[0],
+                "messages": [self._resource(r) for r in chunk],
+                "next_page_uri": uri(page + 1) if more else None,
+                "page": page,
+                "page_size": size,
+                "previous_page_uri": uri(page - 1) if page > 0 else None,
+                "start": page * size,
+                "uri": uri(page) if page else uri(0).split("&PageToken")[0],
             },
         )
 
