@@ -726,3 +726,41 @@ def test_pipeline_with_a_plugin_source_sends_no_control_character(
         # A tab in free text is allowed (it went into the subject and the SMS body).
         for m in messages:
             assert not any(CONTROL.search(t.replace("\t", "")) for t in all_strings(m))
+
+
+def test_a_line_break_from_free_text_never_reaches_a_subject(
+    tmp_path: Path, ck_sandbox: Sandbox
+) -> None:
+    """Free text may hold line breaks (a note, an address), but a subject or a push title
+    rendered from it would forge a header: that message fails, the others go."""
+    rows = [
+        {"id": f"C{i}", "email": f"a{i}@example.com", "push_token": f"ExponentPushToken[t{i}]"}
+        | {"first_name": name}
+        for i, name in enumerate(["Ann", "B\nBcc: x", "C\r\nD", "Tab\there"])
+    ]
+    chans = [
+        Channel(
+            name="email",
+            provider="sendgrid",
+            template=Template(subject="Hi {{ first_name }}", body="Dear {{ first_name }}"),
+            require_consent=False,
+            options={**ck_sandbox.channel_options("sendgrid"), "from_email": "n@example.com"},
+        ),
+        Channel(
+            name="push",
+            provider="expo",
+            template=Template(title="Hi {{ first_name }}", body="Sale"),
+            require_consent=False,
+            options=ck_sandbox.channel_options("expo"),
+        ),
+    ]
+    env = {c.token_variable: ck_sandbox.servers[c.provider].token for c in chans}
+    report = Pipeline(
+        "subjects", StaticSource.from_dicts(rows), chans, env=env, base_dir=tmp_path
+    ).run()
+    for name, provider in (("email", "sendgrid"), ("push", "expo")):
+        result = report.channels[name]
+        assert (result.sent, result.failed) == (2, 2), name
+        assert result.reasons == {"control_character": 2}
+        for m in ck_sandbox.servers[provider].messages:
+            assert "Bcc" not in json.dumps(m) and "C\r\nD" not in json.dumps(m)

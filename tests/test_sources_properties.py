@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from campaignkit._controls import find_control
 from campaignkit._models import Recipient, RejectedRow
-from campaignkit._sources import CsvSource, find_control, parse_consent
+from campaignkit._sources import CsvSource, parse_consent
 
 SETTINGS = settings(max_examples=100, deadline=None)
 

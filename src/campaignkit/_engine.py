@@ -19,6 +19,7 @@ import backoff
 from ._audience import Audience
 from ._config import Channel, RetryPolicy
 from ._content import html_to_text, list_unsubscribe_headers
+from ._controls import CONTROL_CHARACTER, control_detail, find_control
 from ._ledger import DeliveryState, Ledger, PlanRules, RunOwnershipLost
 from ._models import (
     ChannelResult,
@@ -90,6 +91,10 @@ def result_from_ledger(
         result_key=channel.report_key,
         stopped=stopped,
     )
+
+
+#: Template parts rendered as one line (headers and notification titles).
+_ONE_LINE = frozenset({"subject", "title"})
 
 
 def idempotency_key(run_id: str, channel: str, seq: int) -> str:
@@ -259,6 +264,15 @@ class ChannelRunner:
             parts = self.plan.template.render(recipient.context())
         except TemplateError as exc:
             return self._failed_row(seq, recipient, attempts, Reason.RENDER_ERROR, str(exc))
+        for name, value in parts.items():
+            # A subject or title is one line (a line break would forge a header);
+            # text may hold tab and line breaks, and no other control character.
+            if isinstance(value, str) and (
+                found := find_control(value, strict=False, line=name in _ONE_LINE)
+            ):
+                return self._failed_row(
+                    seq, recipient, attempts, CONTROL_CHARACTER, control_detail(name, *found)
+                )
         html = parts.get("html")
         body = parts.get("body")
         if body is None and html is not None:

@@ -9,16 +9,11 @@ from typing import Any
 
 import attrs
 
+from ._controls import CONTROL_CHARACTER, control_detail, find_control
 from ._csvio import safe_csv_writer
 from ._models import Recipient, RejectedRow
 from ._source import MODEL_FIELDS, Source
-from ._sources import (
-    CONTROL_CHARACTER,
-    SourceLines,
-    _FileSource,
-    control_detail,
-    find_control,
-)
+from ._sources import SourceLines
 
 __all__ = ["ExtractionStats", "Rejects", "extract"]
 
@@ -105,7 +100,7 @@ def extract(
         writer.writerow(["line", "reason", "field", "detail", "raw"])
         sink = Rejects(writer)
         records = source.records(required)
-        if not isinstance(source, _FileSource):  # the built-in sources check themselves
+        if not getattr(source, "rejects_control_characters", False):
             records = _screened(records, frozenset(required))
 
         def accepted() -> Iterator[Recipient]:

@@ -20,6 +20,13 @@ class Source(Protocol):
 
     A source is re-iterable and streams: :meth:`records` reads the data afresh on
     every call and never holds the whole segment in memory.
+
+    Extraction rejects a recipient holding a control character where it may not (any
+    in the id, addresses and the channels' address fields; other than tab and line
+    breaks in other attributes) as a ``control_character`` row, whatever the source.
+    A source that already does so per row may set the class attribute
+    ``rejects_control_characters = True`` to skip that second look (the built-in CSV
+    and JSON Lines sources do).
     """
 
     def fields(self) -> frozenset[str]:

@@ -14,7 +14,6 @@ import contextlib
 import csv
 import json
 import os
-import re
 import stat
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from operator import itemgetter
@@ -24,12 +23,13 @@ from typing import IO, Any, ClassVar
 import attrs
 
 from ._config import structure_options
+from ._controls import CONTROL_CHARACTER, control_detail, find_control
 from ._models import Recipient, RejectedRow
 from ._source import MODEL_FIELDS, SourceFactory
 from .exceptions import ConfigError, SourceError
 from .hookspecs import hookimpl
 
-__all__ = ["CsvSource", "JsonLinesSource", "SourceLines", "find_control", "parse_consent"]
+__all__ = ["CsvSource", "JsonLinesSource", "SourceLines", "parse_consent"]
 
 _TRUE = ("true", "yes", "y", "1", "t")
 _FALSE = ("false", "no", "n", "0", "f", "")
@@ -48,34 +48,6 @@ EMPTY_REQUIRED_FIELD = "empty_required_field"
 BAD_CONSENT_VALUE = "bad_consent_value"
 MALFORMED_ROW = "malformed_row"
 MULTILINE_FIELD = "multiline_field"
-CONTROL_CHARACTER = "control_character"
-
-#: Control characters: C0 (U+0000-U+001F), DEL (U+007F) and C1 (U+0080-U+009F). A
-#: strict value (an id, address, token, consent flag, mapped or ``strict_columns``
-#: column) may hold none of them; free text may hold tab, LF and CR before LF.
-_CONTROL_STRICT = re.compile("[\x00-\x1f\x7f-\x9f]")
-_CONTROL_FREE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]|\r(?!\n)")
-
-
-def find_control(value: str, *, strict: bool) -> tuple[int, str] | None:
-    """Return (0-based position, character) of the first control character ``value``
-    may not hold, or ``None``.
-
-    ``strict``: no control character at all; otherwise tab, LF and CRLF are allowed.
-    ``str.isprintable`` is the fast path (true for nearly every value); it is false for
-    other characters too (U+2028, non-breaking spaces), which the regex then clears.
-    """
-    if value.isprintable():
-        return None
-    m = (_CONTROL_STRICT if strict else _CONTROL_FREE).search(value)
-    return None if m is None else (m.start(), value[m.start()])
-
-
-def control_detail(what: str, position: int, char: str) -> str:
-    """``column 'email': control character U+0000 at position 5`` (1-based), never the
-    character itself."""
-    return f"{what}: control character U+{ord(char):04X} at position {position + 1}"
-
 
 @attrs.frozen
 class SourceLines:
@@ -184,6 +156,8 @@ class _FileSource:
     """What the CSV and JSON Lines sources share: options, opening, error locating."""
 
     name: ClassVar[str]
+    #: They reject control characters per row themselves (see :class:`~campaignkit.Source`).
+    rejects_control_characters: ClassVar[bool] = True
 
     def __init__(
         self,
