@@ -328,6 +328,17 @@ def test_simultaneous_scheduled_runs_resume_an_orphan_once(
 
 
 # -- the claim itself, many times over, at the ledger ----------------------------------------
+def _begin(ledger: Any, run_id: str) -> None:
+    ledger.begin_run(
+        run_id=run_id,
+        pipeline="p",
+        logical_date=datetime(2026, 1, 1, tzinfo=UTC),
+        fingerprint="f",
+        config_file=None,
+        max_active_runs=None,
+    )
+
+
 def _claimer(path: str, run_id: str, new: bool, barrier: Any, results: Any) -> None:
     """In a child process: open the ledger, wait for the others, claim, hold briefly."""
     from campaignkit._ledger import LedgerError, SqliteLedger
@@ -337,14 +348,7 @@ def _claimer(path: str, run_id: str, new: bool, barrier: Any, results: Any) -> N
     barrier.wait()
     try:
         if new:
-            ledger.begin_run(
-                run_id=run_id,
-                pipeline="p",
-                logical_date=datetime(2026, 1, 1, tzinfo=UTC),
-                fingerprint="f",
-                config_file=None,
-                max_active_runs=None,
-            )
+            _begin(ledger, run_id)
         else:
             ledger.claim_run(run_id)
         results.put("claimed")
@@ -369,14 +373,7 @@ def test_exactly_one_of_simultaneous_claims_wins(tmp_path: Path, new: bool) -> N
         run_id = f"r{round_}"
         if not new:  # a run whose process died
             ledger = SqliteLedger(path)
-            ledger.begin_run(
-                run_id=run_id,
-                pipeline="p",
-                logical_date=datetime(2026, 1, 1, tzinfo=UTC),
-                fingerprint="f",
-                config_file=None,
-                max_active_runs=None,
-            )
+            _begin(ledger, run_id)
             ledger.close()
             with sqlite3.connect(path) as conn:
                 conn.execute(
