@@ -1,0 +1,214 @@
+"""Hostile segments on the real path (issue 9, red-team pass).
+
+Every case runs a campaign file against the loopback sandbox (``Sandbox.pipeline``)
+and counts what the fake providers accepted: a bad row is a reject naming its column,
+never an aborted run nor a message holding what it may not hold.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from campaignkit import RunReport
+from campaignkit.testing.sandbox import Sandbox
+
+PROVIDERS = {"email": "sendgrid", "sms": "twilio", "push": "expo"}
+
+CAMPAIGN = """
+[pipeline]
+name = "hostile"
+
+[source]
+type = "{type}"
+path = "{segment}"
+
+[source.columns]
+id = "cid"
+
+[source.consent]
+email = "oe"
+sms = "os"
+push = "op"
+
+[execution]
+output_dir = "out"
+
+[channels.email]
+provider = "sendgrid"
+[channels.email.template]
+subject = "Hi {{{{ name }}}}"
+body = "Hello {{{{ name }}}}: {{{{ note }}}}"
+[channels.email.options]
+from_email = "news@example.com"
+
+[channels.sms]
+provider = "twilio"
+[channels.sms.template]
+body = "Hi {{{{ name }}}}"
+
+[channels.push]
+provider = "expo"
+[channels.push.template]
+title = "Hi {{{{ name }}}}"
+body = "{{{{ note }}}}"
+"""
+
+# Nothing a provider receives may hold these: C0 but tab/LF, DEL, C1, a lone surrogate.
+FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def values(i: int) -> dict[str, Any]:
+    return {
+        "cid": f"C{i}",
+        "email": f"u{i}@example.com",
+        "phone": f"+1415555{i:04d}",
+        "push_token": f"ExponentPushToken[t{i}]",
+        "oe": "yes",
+        "os": "yes",
+        "op": "yes",
+        "name": f"N{i}",
+        "note": f"n{i}",
+    }
+
+
+def campaign(directory: Path, segment: str, text: str, kind: str = "csv") -> Path:
+    (directory / segment).write_text(text, encoding="utf-8", errors="surrogatepass")
+    path = directory / "campaign.toml"
+    path.write_text(CAMPAIGN.format(type=kind, segment=segment), encoding="utf-8")
+    return path
+
+
+def all_strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from all_strings(k)
+            yield from all_strings(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from all_strings(v)
+
+
+def run(sandbox: Sandbox, config: Path) -> RunReport:
+    pipeline = sandbox.pipeline(config, sleep=lambda s: None)
+    plan = pipeline.plan()
+    report = pipeline.run()
+    # --dry-run reports what the run read
+    assert (plan.rows_read, plan.rows_rejected, dict(plan.rejected_reasons), plan.lines) == (
+        report.rows_read,
+        report.rows_rejected,
+        dict(report.rejected_reasons),
+        report.lines,
+    )
+    lines = dict(report.lines or {})
+    assert lines["total"] == lines["header"] + lines["blank"] + lines["accepted"] + lines[
+        "rejected"
+    ]
+    for name, provider in PROVIDERS.items():
+        messages = sandbox.servers[provider].messages
+        assert report.channels[name].sent == len(messages), name
+        for m in messages:
+            for text in all_strings(m):
+                assert not FORBIDDEN.search(text), (provider, m)
+    return report
+
+
+def rejected_rows(report: RunReport) -> list[list[str]]:
+    path = Path(report.output_dir or "") / "rejected.csv"
+    with path.open(encoding="utf-8", newline="") as f:
+        return list(csv.reader(f))[1:]
+
+
+# -- lone surrogates ----------------------------------------------------------------------
+
+
+def jsonl_line(i: int, **raw: str) -> str:
+    """Line ``i`` as JSON; ``raw`` replaces a key's value with raw JSON text (escapes)."""
+    text = json.dumps(values(i))
+    for key, value in raw.items():
+        text = text.replace(json.dumps(values(i)[key]), value)
+    return text
+
+
+@pytest.mark.parametrize(
+    ("key", "raw", "field"),
+    [
+        ("cid", '"C\\ud8002"', "id"),
+        ("email", '"u\\ud8002@example.com"', "email"),
+        ("push_token", '"ExponentPushToken[\\udc00]"', "push_token"),
+        ("name", '"N\\ud8002"', "name"),
+        ("note", '"n\\udfff"', "note"),
+    ],
+)
+def test_a_lone_surrogate_in_json_lines_is_a_row_reject(
+    tmp_path: Path, ck_sandbox: Sandbox, key: str, raw: str, field: str
+) -> None:
+    """``"\\ud800"`` is valid JSON but no text: it used to abort extraction with a
+    UnicodeEncodeError (an id) or fail a whole SendGrid batch (free text)."""
+    lines = [jsonl_line(1), jsonl_line(2, **{key: raw}), jsonl_line(3)]
+    config = campaign(tmp_path, "seg.jsonl", "\n".join(lines) + "\n", kind="jsonl")
+    report = run(ck_sandbox, config)
+    assert report.rejected_reasons == {"control_character": 1}
+    assert report.lines == {"total": 3, "header": 0, "blank": 0, "accepted": 2, "rejected": 1}
+    ((line, reason, fld, detail, *_),) = rejected_rows(report)
+    assert (line, reason, fld) == ("2", "control_character", field)
+    assert f"key {key!r}: lone surrogate U+" in detail
+    for name in PROVIDERS:
+        assert report.channels[name].sent == 2, name
+
+
+def test_a_lone_surrogate_in_a_json_lines_key(tmp_path: Path, ck_sandbox: Sandbox) -> None:
+    line = jsonl_line(2)[:-1] + ', "x\\ud800": "1"}'
+    config = campaign(tmp_path, "seg.jsonl", f"{jsonl_line(1)}\n{line}\n", kind="jsonl")
+    report = run(ck_sandbox, config)
+    ((_, reason, fld, detail, *_),) = rejected_rows(report)
+    assert (reason, fld, detail) == (
+        "control_character",
+        "",
+        "a key: lone surrogate U+D800 at position 2",
+    )
+
+
+# -- line and paragraph separators ----------------------------------------------------------
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    header = ",".join(values(0))
+    return header + "\n" + "".join(",".join(r.values()) + "\n" for r in rows)
+
+
+@pytest.mark.parametrize("char", ["\u2028", "\u2029"])
+@pytest.mark.parametrize(("column", "field"), [("cid", "id"), ("push_token", "push_token")])
+def test_a_line_separator_in_a_strict_column_is_a_row_reject(
+    tmp_path: Path, ck_sandbox: Sandbox, char: str, column: str, field: str
+) -> None:
+    rows = [values(i) for i in (1, 2, 3)]
+    rows[1][column] = rows[1][column][:2] + char + rows[1][column][2:]
+    report = run(ck_sandbox, campaign(tmp_path, "seg.csv", csv_text(rows)))
+    ((line, reason, fld, detail, *_),) = rejected_rows(report)
+    assert (line, reason, fld) == ("3", "control_character", field)
+    assert detail == f"column {column!r}: line separator U+{ord(char):04X} at position 3"
+    assert report.channels["push"].sent == 2
+
+
+def test_a_line_separator_in_free_text_stays_out_of_subjects(
+    tmp_path: Path, ck_sandbox: Sandbox
+) -> None:
+    """Free text may hold U+2028 (an SMS body, a push body), a subject or title not:
+    it is a line break to ``str.splitlines`` and to JavaScript."""
+    rows = [values(i) for i in (1, 2)]
+    rows[1]["name"] = "N\u20282"
+    report = run(ck_sandbox, campaign(tmp_path, "seg.csv", csv_text(rows)))
+    assert report.rows_rejected == 0
+    assert report.channels["sms"].sent == 2
+    for name in ("email", "push"):
+        assert report.channels[name].sent == 1
+        assert report.channels[name].reasons == {"control_character": 1}
