@@ -181,7 +181,7 @@ def test_a_lone_surrogate_in_a_json_lines_key(tmp_path: Path, ck_sandbox: Sandbo
 
 
 def csv_text(rows: list[dict[str, Any]]) -> str:
-    header = ",".join(values(0))
+    header = ",".join(rows[0])
     return header + "\n" + "".join(",".join(r.values()) + "\n" for r in rows)
 
 
@@ -212,3 +212,55 @@ def test_a_line_separator_in_free_text_stays_out_of_subjects(
     for name in ("email", "push"):
         assert report.channels[name].sent == 1
         assert report.channels[name].reasons == {"control_character": 1}
+
+
+# -- a quote inside a strict value ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "field", "position"),
+    [
+        ("cid", 'C"2', "id", 2),  # a quote inside an unquoted field: kept by csv
+        ("cid", '"C""2"', "id", 2),  # an escaped quote
+        ("push_token", 'ExponentPushToken[t"2]', "push_token", 20),
+        ("phone", '+1415"5550002', "phone", 6),
+        ("wa", 'wa"2', "wa", 3),  # a strict_columns column
+    ],
+)
+def test_a_quote_in_a_strict_value_rejects_the_record(
+    tmp_path: Path, ck_sandbox: Sandbox, column: str, value: str, field: str, position: int
+) -> None:
+    """It used to be kept: an id ``C"2`` became a customer, a token
+    ``ExponentPushToken[t"2]`` reached Expo."""
+    rows = [{**values(i), "wa": f"wa{i}"} for i in (1, 2, 3)]
+    rows[1][column] = value
+    config = campaign(tmp_path, "seg.csv", csv_text(rows))
+    config.write_text(
+        config.read_text().replace('[source.columns]', 'strict_columns = ["wa"]\n\n[source.columns]')
+    )
+    report = run(ck_sandbox, config)
+    ((line, reason, fld, detail, *_),) = rejected_rows(report)
+    assert (line, reason, fld) == ("3", "malformed_row", field)
+    assert detail == f"line 3: column {column!r} holds a quote at position {position}: a stray quote?"
+    for name in PROVIDERS:
+        assert report.channels[name].sent == 2, name
+
+
+def test_a_quote_in_a_consent_value_is_a_bad_consent_value(
+    tmp_path: Path, ck_sandbox: Sandbox
+) -> None:
+    rows = [values(i) for i in (1, 2)]
+    rows[1]["os"] = 'ye"s'
+    report = run(ck_sandbox, campaign(tmp_path, "seg.csv", csv_text(rows)))
+    ((line, reason, fld, *_),) = rejected_rows(report)
+    assert (line, reason, fld) == ("3", "bad_consent_value", "os")
+
+
+def test_a_quote_in_free_text_is_kept(tmp_path: Path, ck_sandbox: Sandbox) -> None:
+    rows = [values(i) for i in (1, 2)]
+    rows[0]["note"] = '"say ""hi"""'
+    rows[1]["name"] = 'N"2'
+    report = run(ck_sandbox, campaign(tmp_path, "seg.csv", csv_text(rows)))
+    assert report.rows_rejected == 0
+    texts = [m["text"] for m in ck_sandbox.servers["sendgrid"].messages]
+    assert sorted(texts) == ['Hello N"2: n2', 'Hello N1: say "hi"']

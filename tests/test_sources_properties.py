@@ -122,7 +122,7 @@ def test_csv_round_trip(
 
 def expected_reject(row: list[str], strict: set[int]) -> tuple[str, str] | None:
     """(reason, field) a row of ["id", "email", free text...] is rejected for by the
-    line-span and control-character rules, or None."""
+    line-span, control-character and stray-quote rules, or None."""
     names = ["id", "email", "note", "name", "zone"]
     for i in sorted(strict):
         if "\n" in row[i] or "\r" in row[i]:  # a quoted field spanning lines
@@ -130,6 +130,9 @@ def expected_reject(row: list[str], strict: set[int]) -> tuple[str, str] | None:
     for i, value in enumerate(row):
         if find_control(value, strict=i in strict) is not None:
             return "control_character", names[i]
+    for i in sorted(strict):
+        if '"' in row[i]:  # an id or address holds no quote: a stray one?
+            return "malformed_row", names[i]
     return None
 
 

@@ -415,7 +415,9 @@ class CsvSource(_FileSource):
     skipped. Rejected rows (:class:`~campaignkit.RejectedRow`, ``reason``):
 
     * ``malformed_row``: a number of fields different from the header's (when the
-      record spans lines, the detail names the line range: a stray quote?);
+      record spans lines, the detail names the line range: a stray quote?), or a
+      strict value other than a consent flag holding a quote (``line 4: column 'id' holds a quote at position
+      3: a stray quote?``: a quote inside an unquoted field, or an escaped ``""``);
     * ``multiline_field``: a strict column's quoted value spans lines, or a strict
       column follows a free-text value that does; the record's ``line``..``end_line``
       and the detail name the range, e.g. ``lines 4-6: quoted field in column 'email'
@@ -563,6 +565,8 @@ class CsvSource(_FileSource):
                 recipient = Recipient
                 rejected = RejectedRow
                 strict = layout.strict
+                # Consent values are parsed strictly anyway (a quote is a bad value).
+                strict_order = sorted(strict - {i for _, i, _ in consent_specs})
                 labels = layout.labels
                 join = "".join
                 for row in reader:
@@ -615,6 +619,23 @@ class CsvSource(_FileSource):
                                 end if end != start else None,
                             )
                             continue
+                    if '"' in join([row[i] for i in strict_order]):
+                        # Left by a stray quote inside an unquoted field (``C2"x``) or
+                        # an escaped one: no id, address or token holds a quote.
+                        i = next(i for i in strict_order if '"' in row[i])
+                        rejected_lines += end - start + 1
+                        nrej += 1
+                        where = f"lines {start}-{end}" if end != start else f"line {start}"
+                        yield rejected(
+                            start,
+                            MALFORMED_ROW,
+                            f"{where}: column {names[i]!r} holds a quote at position "
+                            f"{row[i].index(chr(34)) + 1}: a stray quote?",
+                            labels[i],
+                            tuple(row),
+                            end if end != start else None,
+                        )
+                        continue
                     if pad:
                         row.append("")
                     rid, email, phone, token = model_get(row)
