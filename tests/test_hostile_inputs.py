@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 
-from campaignkit import RunReport
+from campaignkit import Channel, Pipeline, RunReport, Template
+from campaignkit._models import Recipient, RejectedRow
+from campaignkit.testing import StaticSource
 from campaignkit.testing.sandbox import Sandbox
 
 PROVIDERS = {"email": "sendgrid", "sms": "twilio", "push": "expo"}
@@ -109,9 +111,9 @@ def run(sandbox: Sandbox, config: Path) -> RunReport:
         report.lines,
     )
     lines = dict(report.lines or {})
-    assert lines["total"] == lines["header"] + lines["blank"] + lines["accepted"] + lines[
-        "rejected"
-    ]
+    assert (
+        lines["total"] == lines["header"] + lines["blank"] + lines["accepted"] + lines["rejected"]
+    )
     for name, provider in PROVIDERS.items():
         messages = sandbox.servers[provider].messages
         assert report.channels[name].sent == len(messages), name
@@ -236,12 +238,16 @@ def test_a_quote_in_a_strict_value_rejects_the_record(
     rows[1][column] = value
     config = campaign(tmp_path, "seg.csv", csv_text(rows))
     config.write_text(
-        config.read_text().replace('[source.columns]', 'strict_columns = ["wa"]\n\n[source.columns]')
+        config.read_text().replace(
+            "[source.columns]", 'strict_columns = ["wa"]\n\n[source.columns]'
+        )
     )
     report = run(ck_sandbox, config)
     ((line, reason, fld, detail, *_),) = rejected_rows(report)
     assert (line, reason, fld) == ("3", "malformed_row", field)
-    assert detail == f"line 3: column {column!r} holds a quote at position {position}: a stray quote?"
+    assert (
+        detail == f"line 3: column {column!r} holds a quote at position {position}: a stray quote?"
+    )
     for name in PROVIDERS:
         assert report.channels[name].sent == 2, name
 
@@ -264,3 +270,57 @@ def test_a_quote_in_free_text_is_kept(tmp_path: Path, ck_sandbox: Sandbox) -> No
     assert report.rows_rejected == 0
     texts = [m["text"] for m in ck_sandbox.servers["sendgrid"].messages]
     assert sorted(texts) == ['Hello N"2: n2', 'Hello N1: say "hi"']
+
+
+def test_a_plugin_sources_lone_surrogates_are_rejects_written_escaped(
+    tmp_path: Path, ck_recorder: Any, ck_plugin_manager: Any
+) -> None:
+    """A plugin source's recipient holding a lone surrogate is screened out; its raw
+    values, and a plugin's own reject holding one, are written to rejected.csv escaped
+    (writing them used to abort the extraction with UnicodeEncodeError)."""
+    source = StaticSource(
+        [
+            Recipient("C1", "a@example.com", attributes={"n": "x"}, consent={"email": True}),
+            Recipient("C\ud8002", "b@example.com", attributes={"n": "x"}, line=2),
+            Recipient("C3", "c@example.com", attributes={"n": "x\udc00"}, line=3),
+            RejectedRow(4, "malformed_row", "bad \ud800", None, ("raw\ud800",)),
+        ]
+    )
+    channel = Channel(name="email", provider="recording", template=Template(body="Hi {{ n }}"))
+    pipeline = Pipeline(
+        "plugin_source",
+        source,
+        [channel],
+        plugins=ck_plugin_manager,
+        base_dir=tmp_path,
+        sleep=lambda s: None,
+    )
+    report = pipeline.run(output_dir=tmp_path / "out")
+    assert (report.rows_read, report.rows_rejected) == (4, 3)
+    assert report.rejected_reasons == {"control_character": 2, "malformed_row": 1}
+    assert [m.body for m in ck_recorder.outbox.messages] == ["Hi x"]
+    assert rejected_rows(report) == [
+        [
+            "2",
+            "control_character",
+            "id",
+            "field 'id': lone surrogate U+D800 at position 2",
+            "C\\ud8002",
+            "b@example.com",
+            "",
+            "",
+            "x",
+        ],
+        [
+            "3",
+            "control_character",
+            "n",
+            "attribute 'n': lone surrogate U+DC00 at position 2",
+            "C3",
+            "c@example.com",
+            "",
+            "",
+            "x\\udc00",
+        ],
+        ["4", "malformed_row", "", "bad \\ud800", "raw\\ud800"],
+    ]

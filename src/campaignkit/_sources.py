@@ -416,8 +416,9 @@ class CsvSource(_FileSource):
 
     * ``malformed_row``: a number of fields different from the header's (when the
       record spans lines, the detail names the line range: a stray quote?), or a
-      strict value other than a consent flag holding a quote (``line 4: column 'id' holds a quote at position
-      3: a stray quote?``: a quote inside an unquoted field, or an escaped ``""``);
+      strict value other than a consent flag holding a quote (``line 4: column 'id'
+      holds a quote at position 3: a stray quote?``: a quote inside an unquoted
+      field, or an escaped ``""``);
     * ``multiline_field``: a strict column's quoted value spans lines, or a strict
       column follows a free-text value that does; the record's ``line``..``end_line``
       and the detail name the range, e.g. ``lines 4-6: quoted field in column 'email'
