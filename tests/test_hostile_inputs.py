@@ -324,3 +324,43 @@ def test_a_plugin_sources_lone_surrogates_are_rejects_written_escaped(
         ],
         ["4", "malformed_row", "", "bad \\ud800", "raw\\ud800"],
     ]
+
+
+# -- a stray quote in free text that a later quote closes ------------------------------------
+
+
+@pytest.mark.parametrize("column", ["note", "name"])
+def test_records_swallowed_into_free_text_are_rejected(
+    tmp_path: Path, ck_sandbox: Sandbox, column: str
+) -> None:
+    """A quote opening C2's free text and one closing C4's made C3's and C4's records
+    part of C2's value: C2 was sent their addresses (in the e-mail body, the SMS), and
+    C3 and C4 nothing, with the line counts adding up."""
+    rows = [values(i) for i in range(1, 6)]
+    rows[1][column] = '"' + rows[1][column]
+    rows[3][column] += '"'
+    report = run(ck_sandbox, campaign(tmp_path, "seg.csv", csv_text(rows)))
+    assert report.lines == {"total": 6, "header": 1, "blank": 0, "accepted": 2, "rejected": 3}
+    ((line, reason, fld, detail, *raw),) = rejected_rows(report)
+    assert (line, reason, fld) == ("3", "multiline_field", column)
+    assert detail == (
+        f"lines 3-5: quoted field in column {column!r} spans 3 lines, and line 4 holds "
+        "8 ',', as a record does: a stray quote?"
+    )
+    assert "u3@example.com" in "".join(raw)  # in the reject, not lost
+    for name, provider in PROVIDERS.items():
+        assert report.channels[name].sent == 2, name
+        sent = json.dumps(ck_sandbox.servers[provider].messages, default=str)
+        for i in (3, 4):
+            assert f"u{i}@example.com" not in sent and f"+1415555000{i}" not in sent
+
+
+def test_multiline_free_text_with_a_few_delimiters_is_kept(
+    tmp_path: Path, ck_sandbox: Sandbox
+) -> None:
+    rows = [values(i) for i in (1, 2)]
+    rows[1]["note"] = '"first line\nsecond, with a comma; and more, commas\nthird"'
+    report = run(ck_sandbox, campaign(tmp_path, "seg.csv", csv_text(rows)))
+    assert report.rows_rejected == 0
+    assert report.lines == {"total": 5, "header": 1, "blank": 0, "accepted": 4, "rejected": 0}
+    assert report.channels["email"].sent == 2
