@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from campaignkit import Channel, Pipeline, RunReport, Template
 from campaignkit._models import Recipient, RejectedRow
+from campaignkit.cli import main
 from campaignkit.testing import StaticSource
 from campaignkit.testing.sandbox import Sandbox
 
@@ -364,3 +366,28 @@ def test_multiline_free_text_with_a_few_delimiters_is_kept(
     assert report.rows_rejected == 0
     assert report.lines == {"total": 5, "header": 1, "blank": 0, "accepted": 4, "rejected": 0}
     assert report.channels["email"].sent == 2
+
+
+# -- campaignkit suppress --reason ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reason", ["red\x1b[31m", "two\nlines", "nul\x00", "sep\u2028"])
+def test_a_suppression_reason_holds_no_control_character(tmp_path: Path, reason: str) -> None:
+    """It was stored as given, then printed raw to the terminal (an escape sequence)
+    and exported with its line breaks."""
+    config = campaign(tmp_path, "seg.csv", csv_text([values(1)]))
+    args = ["suppress", str(config), "--channel", "email", "--reason", reason]
+    result = CliRunner().invoke(main, [*args, "ann@example.com"])
+    assert result.exit_code == 2, result.output
+    assert "--reason" in result.output and "at position" in result.output
+    listed = CliRunner().invoke(main, ["suppressions", str(config), "--format", "csv"])
+    assert "ann@example.com" not in listed.output
+
+
+def test_a_formula_reason_is_kept_and_neutralised(tmp_path: Path) -> None:
+    config = campaign(tmp_path, "seg.csv", csv_text([values(1)]))
+    args = ["suppress", str(config), "--channel", "sms", "--reason", "=1+1", "+14155550100"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    listed = CliRunner().invoke(main, ["suppressions", str(config), "--format", "csv"])
+    rows = list(csv.reader(listed.output.splitlines()))
+    assert rows[1][:3] == ["phone", "+14155550100", "'=1+1"]
