@@ -224,8 +224,8 @@ def test_a_line_separator_in_free_text_stays_out_of_subjects(
 @pytest.mark.parametrize(
     ("column", "value", "field", "position"),
     [
-        ("cid", 'C"2', "id", 2),  # a quote inside an unquoted field: kept by csv
-        ("cid", '"C""2"', "id", 2),  # an escaped quote
+        ("email", 'u"2@example.com', "email", 2),  # a quote inside an unquoted field
+        ("push_token", '"ExponentPushToken[""t2]"', "push_token", 19),  # an escaped one
         ("push_token", 'ExponentPushToken[t"2]', "push_token", 20),
         ("phone", '+1415"5550002', "phone", 6),
         ("wa", 'wa"2', "wa", 3),  # a strict_columns column
@@ -234,8 +234,7 @@ def test_a_line_separator_in_free_text_stays_out_of_subjects(
 def test_a_quote_in_a_strict_value_rejects_the_record(
     tmp_path: Path, ck_sandbox: Sandbox, column: str, value: str, field: str, position: int
 ) -> None:
-    """It used to be kept: an id ``C"2`` became a customer, a token
-    ``ExponentPushToken[t"2]`` reached Expo."""
+    """It used to be kept: a token ``ExponentPushToken[t"2]`` reached Expo."""
     rows = [{**values(i), "wa": f"wa{i}"} for i in (1, 2, 3)]
     rows[1][column] = value
     config = campaign(tmp_path, "seg.csv", csv_text(rows))
@@ -252,6 +251,15 @@ def test_a_quote_in_a_strict_value_rejects_the_record(
     )
     for name in PROVIDERS:
         assert report.channels[name].sent == 2, name
+
+
+def test_an_id_may_hold_a_quote(tmp_path: Path, ck_sandbox: Sandbox) -> None:
+    """An id is an opaque key: ``=HYPERLINK("x")`` is kept (and neutralised in CSV)."""
+    rows = [values(i) for i in (1, 2)]
+    rows[1]["cid"] = '"=HYPERLINK(""x"")"'
+    report = run(ck_sandbox, campaign(tmp_path, "seg.csv", csv_text(rows)))
+    assert report.rows_rejected == 0
+    assert report.channels["email"].sent == 2
 
 
 def test_a_quote_in_a_consent_value_is_a_bad_consent_value(

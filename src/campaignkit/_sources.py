@@ -417,9 +417,9 @@ class CsvSource(_FileSource):
 
     * ``malformed_row``: a number of fields different from the header's (when the
       record spans lines, the detail names the line range: a stray quote?), or a
-      strict value other than a consent flag holding a quote (``line 4: column 'id'
-      holds a quote at position 3: a stray quote?``: a quote inside an unquoted
-      field, or an escaped ``""``);
+      strict value other than the id or a consent flag holding a quote (``line 4:
+      column 'email' holds a quote at position 3: a stray quote?``: a quote inside an
+      unquoted field, or an escaped ``""``);
     * ``multiline_field``: a strict column's quoted value spans lines, or a strict
       column follows a free-text value that does; the record's ``line``..``end_line``
       and the detail name the range, e.g. ``lines 4-6: quoted field in column 'email'
@@ -569,8 +569,12 @@ class CsvSource(_FileSource):
                 recipient = Recipient
                 rejected = RejectedRow
                 strict = layout.strict
-                # Consent values are parsed strictly anyway (a quote is a bad value).
-                strict_order = sorted(strict - {i for _, i, _ in consent_specs})
+                # Columns where a quote is a stray one: addresses, tokens, the channels'
+                # address fields and strict_columns. An id is an opaque key compared as
+                # written (it may hold one); consent values are parsed strictly anyway.
+                strict_order = sorted(
+                    strict - {i for _, i, _ in consent_specs} - {layout.model[0]}
+                )
                 labels = layout.labels
                 join = "".join
                 for row in reader:
@@ -627,7 +631,7 @@ class CsvSource(_FileSource):
                             continue
                     if '"' in join([row[i] for i in strict_order]):
                         # Left by a stray quote inside an unquoted field (``C2"x``) or
-                        # an escaped one: no id, address or token holds a quote.
+                        # an escaped one: no address or token holds a quote.
                         i = next(i for i in strict_order if '"' in row[i])
                         rejected_lines += end - start + 1
                         nrej += 1
