@@ -615,7 +615,8 @@ class CsvSource(_FileSource):
                                 start, MULTILINE_FIELD, spans[1], labels[spans[0]], tuple(row), end
                             )
                             continue
-                    if not join(row).isprintable():
+                    text = join(row)
+                    if not text.isprintable():
                         found = _control_in_row(row, strict)
                         if found is not None:
                             rejected_lines += end - start + 1
@@ -629,7 +630,7 @@ class CsvSource(_FileSource):
                                 end if end != start else None,
                             )
                             continue
-                    if '"' in join([row[i] for i in strict_order]):
+                    if '"' in text and '"' in join([row[i] for i in strict_order]):
                         # Left by a stray quote inside an unquoted field (``C2"x``) or
                         # an escaped one: no address or token holds a quote.
                         i = next(i for i in strict_order if '"' in row[i])
