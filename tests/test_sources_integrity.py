@@ -169,7 +169,14 @@ def test_stray_quote_in_a_mapped_column(tmp_path: Path) -> None:
 
 
 def test_multiline_free_text_after_the_strict_columns_is_legitimate(tmp_path: Path) -> None:
-    path = stray_file(tmp_path, "note")  # the last column
+    # A note (the last column) on lines 4-6. (A stray quote that swallows whole
+    # records into it, stray_file(tmp_path, "note"), is rejected: see
+    # test_hostile_inputs.py.)
+    rows = [values(i) for i in range(2, 8)]
+    rows[2]["note"] = '"n4\nmore, on line 5\nand line 6"'
+    path = tmp_path / "seg.csv"
+    text = ",".join(COLUMNS) + "\n" + "".join(",".join(r.values()) + "\n" for r in rows)
+    path.write_text(text, encoding="utf-8")
     src = CsvSource(path)
     items = read(src, ("email", "phone"))
     assert all(isinstance(r, Recipient) for r in items)

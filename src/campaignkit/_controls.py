@@ -1,9 +1,12 @@
 """Control characters in text: what a value may hold, and how a problem is named.
 
 A strict value (an id, an address, a token, a consent flag, a mapped or
-``strict_columns`` column) may hold no control character; free text may hold tab, LF
-and CR before LF; one line of text (a rendered subject or title) may hold tab only.
-Used by the sources, by extraction for plugin sources, and by rendering.
+``strict_columns`` column) may hold no control character and no Unicode line or
+paragraph separator (U+2028, U+2029); free text may hold tab, LF, CR before LF and
+those separators; one line of text (a rendered subject or title) may hold tab only.
+No value may hold a lone surrogate (U+D800-U+DFFF, which JSON's ``\\ud800`` escapes
+can produce): it cannot be encoded, stored or sent. Used by the sources, by extraction
+for plugin sources, and by rendering.
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ CONTROL_CHARACTER = "control_character"
 #: Control characters: C0 (U+0000-U+001F), DEL (U+007F) and C1 (U+0080-U+009F). A
 #: strict value (an id, address, token, consent flag, mapped or ``strict_columns``
 #: column) may hold none of them; free text may hold tab, LF and CR before LF.
-_CONTROL_STRICT = re.compile("[\x00-\x1f\x7f-\x9f]")
-_CONTROL_FREE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]|\r(?!\n)")
+#: Strict values and one line of text refuse the Unicode line and paragraph separators
+#: too (``str.splitlines`` and JavaScript break lines there). A lone surrogate
+#: (U+D800-U+DFFF) is refused everywhere: no UTF encoding can hold it.
+_CONTROL_STRICT = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_CONTROL_FREE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]|\r(?!\n)")
 #: One line of text (a subject, a title): tab is whitespace there, a line break is not.
-_CONTROL_LINE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_CONTROL_LINE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 def find_control(value: str, *, strict: bool, line: bool = False) -> tuple[int, str] | None:
@@ -41,5 +47,13 @@ def find_control(value: str, *, strict: bool, line: bool = False) -> tuple[int, 
 
 def control_detail(what: str, position: int, char: str) -> str:
     """``column 'email': control character U+0000 at position 5`` (1-based), never the
-    character itself."""
-    return f"{what}: control character U+{ord(char):04X} at position {position + 1}"
+    character itself; ``lone surrogate U+D800`` or ``line separator U+2028`` for those."""
+    code = ord(char)
+    kind = (
+        "lone surrogate"
+        if 0xD800 <= code <= 0xDFFF
+        else "line separator"
+        if code in (0x2028, 0x2029)
+        else "control character"
+    )
+    return f"{what}: {kind} U+{code:04X} at position {position + 1}"

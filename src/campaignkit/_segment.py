@@ -95,7 +95,10 @@ def extract(
     Raises:
         SourceError: a file-level problem; nothing was sent.
     """
-    with rejects.open("w", newline="", encoding="utf-8") as rej:
+    # A rejected row's raw values are written as read; a lone surrogate (a plugin
+    # source's, say, rejected for holding it) is written escaped (\ud800) rather than
+    # ending the extraction.
+    with rejects.open("w", newline="", encoding="utf-8", errors="backslashreplace") as rej:
         writer = safe_csv_writer(rej)  # neutralises cells a spreadsheet runs as formulas
         writer.writerow(["line", "reason", "field", "detail", "raw"])
         sink = Rejects(writer)

@@ -14,6 +14,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import stat
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from operator import itemgetter
@@ -415,12 +416,17 @@ class CsvSource(_FileSource):
     skipped. Rejected rows (:class:`~campaignkit.RejectedRow`, ``reason``):
 
     * ``malformed_row``: a number of fields different from the header's (when the
-      record spans lines, the detail names the line range: a stray quote?);
+      record spans lines, the detail names the line range: a stray quote?), or a
+      strict value other than the id or a consent flag holding a quote (``line 4:
+      column 'email' holds a quote at position 3: a stray quote?``: a quote inside an
+      unquoted field, or an escaped ``""``);
     * ``multiline_field``: a strict column's quoted value spans lines, or a strict
       column follows a free-text value that does; the record's ``line``..``end_line``
       and the detail name the range, e.g. ``lines 4-6: quoted field in column 'email'
       spans 3 lines: a stray quote?``, ``lines 4-6: quoted field in column 'note' spans
-      lines 4-6, so column 'phone' is on line 6: a stray quote?``;
+      lines 4-6, so column 'phone' is on line 6: a stray quote?``; or a free-text
+      value in column ``i`` spans lines and a later line of it holds ``i`` delimiters
+      or more, as a record swallowed by a stray quote does;
     * ``control_character``: ``column 'email': control character U+0000 at position 5``;
     * ``empty_required_field``: ``field`` names the required field;
     * ``bad_consent_value``: ``field`` names the consent column.
@@ -563,6 +569,12 @@ class CsvSource(_FileSource):
                 recipient = Recipient
                 rejected = RejectedRow
                 strict = layout.strict
+                # Columns where a quote is a stray one: addresses, tokens, the channels'
+                # address fields and strict_columns. An id is an opaque key compared as
+                # written (it may hold one); consent values are parsed strictly anyway.
+                strict_order = sorted(
+                    strict - {i for _, i, _ in consent_specs} - {layout.model[0]}
+                )
                 labels = layout.labels
                 join = "".join
                 for row in reader:
@@ -593,7 +605,9 @@ class CsvSource(_FileSource):
                         continue
                     if end != start:
                         # A quoted field spans lines: legitimate in free text only.
-                        spans = _multiline_strict(row, strict, names, start, end)
+                        spans = _multiline_strict(
+                            row, strict, names, start, end, self._delimiter
+                        )
                         if spans is not None:
                             rejected_lines += end - start + 1
                             nrej += 1
@@ -601,7 +615,8 @@ class CsvSource(_FileSource):
                                 start, MULTILINE_FIELD, spans[1], labels[spans[0]], tuple(row), end
                             )
                             continue
-                    if not join(row).isprintable():
+                    text = join(row)
+                    if not text.isprintable():
                         found = _control_in_row(row, strict)
                         if found is not None:
                             rejected_lines += end - start + 1
@@ -615,6 +630,23 @@ class CsvSource(_FileSource):
                                 end if end != start else None,
                             )
                             continue
+                    if '"' in text and '"' in join([row[i] for i in strict_order]):
+                        # Left by a stray quote inside an unquoted field (``C2"x``) or
+                        # an escaped one: no address or token holds a quote.
+                        i = next(i for i in strict_order if '"' in row[i])
+                        rejected_lines += end - start + 1
+                        nrej += 1
+                        where = f"lines {start}-{end}" if end != start else f"line {start}"
+                        yield rejected(
+                            start,
+                            MALFORMED_ROW,
+                            f"{where}: column {names[i]!r} holds a quote at position "
+                            f"{row[i].index(chr(34)) + 1}: a stray quote?",
+                            labels[i],
+                            tuple(row),
+                            end if end != start else None,
+                        )
+                        continue
                     if pad:
                         row.append("")
                     rid, email, phone, token = model_get(row)
@@ -699,20 +731,43 @@ class CsvSource(_FileSource):
             )
 
 
+_LINE_END = re.compile("\r\n|\r|\n")
+
+
 def _multiline_strict(
-    row: Sequence[str], strict: Collection[int], names: Sequence[str], start: int, end: int
+    row: Sequence[str],
+    strict: Collection[int],
+    names: Sequence[str],
+    start: int,
+    end: int,
+    delimiter: str = ",",
 ) -> tuple[int, str] | None:
     """For a record on lines ``start``..``end`` (> start): (index, detail) of the first
     strict value that spans lines or does not start on the record's first line (it
-    follows a free-text value that spans lines), or None.
+    follows a free-text value that spans lines), or of a free-text value one of whose
+    later lines holds a record (see below), or None.
 
     Either way a quote may have swallowed the following lines, so that the value is
     another customer's: only free text after the last strict column may span lines.
+    A stray quote in free text that a later quote closes swallows whole records into
+    the value, and its message would carry other customers' addresses: a later line
+    of a free-text value in column ``i`` holding ``i`` delimiters or more (as many as
+    precede the column in a record) is taken for one.
     """
     line = start  # the physical line where field i starts
     spanning: tuple[int, int] | None = None  # (index, first line) of the last multi-line
+    swallowed: tuple[int, str] | None = None  # the first free-text value holding a record
     for i, value in enumerate(row):
         breaks = _line_breaks(value, False) if ("\n" in value or "\r" in value) else 0
+        if breaks and swallowed is None and i > 0 and value.count(delimiter) >= i:
+            for n, text in enumerate(_LINE_END.split(value)[1:], 1):
+                if (count := text.count(delimiter)) >= i:
+                    swallowed = i, (
+                        f"lines {start}-{end}: quoted field in column {names[i]!r} spans "
+                        f"{breaks + 1} lines, and line {line + n} holds {count} {delimiter!r}, "
+                        "as a record does: a stray quote?"
+                    )
+                    break
         if i in strict:
             if breaks:
                 return i, (
@@ -728,7 +783,7 @@ def _multiline_strict(
         if breaks:
             spanning = (i, line)
             line += breaks
-    return None
+    return swallowed
 
 
 def _control_in_row(row: Sequence[str], strict: Collection[int]) -> tuple[int, int, str] | None:

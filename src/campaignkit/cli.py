@@ -73,6 +73,7 @@ from ._address import AddressValidator
 from ._audience import channel_validator
 from ._config import Channel, PipelineConfig, Schedule, load_config
 from ._content import sms_segments
+from ._controls import control_detail, find_control
 from ._csvio import safe_csv_writer
 from ._ledger import (
     ACTIVE_STATUSES,
@@ -2055,6 +2056,9 @@ def suppress(
         raise click.UsageError("give the addresses to suppress, or --from-file FILE")
     if not reason.strip():
         raise click.BadParameter("must not be empty", param_hint="--reason")
+    if (found := find_control(reason, strict=True)) is not None:
+        # One line of text: no escape sequence for the terminal, no line for a report.
+        raise click.BadParameter(control_detail("the reason", *found), param_hint="--reason")
     with _input_errors(config):
         cfg = load_config(config)
         if not cfg.execution.ledger:
