@@ -52,6 +52,11 @@ MAX_THROTTLE_WAITS = 10
 DEFAULT_THROTTLE_WAIT = 1.0
 #: In-doubt messages handed to :meth:`Notifier.reconcile` per call.
 RECONCILE_CHUNK = 50
+#: A provider is asked about a message in doubt no sooner than this many request
+#: timeouts after the request ended: a request the client gave up on may still be
+#: on its way (in a gateway, a queue) and be acted on after a too-early lookup said
+#: "no such message", which would then deliver the re-send as a second copy.
+RECONCILE_SETTLE_TIMEOUTS = 2.0
 
 ProgressCallback = Callable[[str, int], None]
 
@@ -146,6 +151,8 @@ class _Pending:
     in_doubt: bool = False
     #: wall-clock time (epoch seconds) of its first attempt in this session
     since: float | None = None
+    #: monotonic time its last request ended in doubt (a lookup waits for it to settle)
+    doubt_at: float | None = None
 
 
 #: (seq, result, ledger state, transient) — what a channel records for a recipient.
@@ -412,8 +419,10 @@ class ChannelRunner:
         if self._can_reconcile():
             # Unknown until the provider is asked, at the next retry round, before any
             # resend (a crash meanwhile leaves it unknown, as for a message in flight).
+            now = time.monotonic()
             for p in batch:
                 p.in_doubt = True
+                p.doubt_at = now
             with self._retry_lock:
                 self._retry.append(batch)
             return [self._row(p, DeliveryState.UNKNOWN, Reason.IN_DOUBT) for p in batch]
@@ -427,6 +436,7 @@ class ChannelRunner:
         doubt = [p for group in groups for p in group if p.in_doubt]
         if not doubt:
             return groups
+        self._settle(doubt)
         answers: list[Outcome | None] = [None] * len(doubt)
         notifier = self.plan.notifier
         since = datetime.fromtimestamp(min(p.since or time.time() for p in doubt), UTC)
@@ -476,6 +486,26 @@ class ChannelRunner:
         )
         out = [[p for p in group if id(p) not in settled] for group in groups]
         return [group for group in out if group]
+
+    def _settle(self, doubt: Sequence[_Pending]) -> None:
+        """Wait until the latest of these requests in doubt ended at least
+        :data:`RECONCILE_SETTLE_TIMEOUTS` request timeouts ago (the retry delay already
+        counts): a short ``delay_minutes``, ``--retry-delay 0`` or ``retries = 0`` must
+        not ask the provider while it may still be acting on the request."""
+        ended = [p.doubt_at for p in doubt if p.doubt_at is not None]
+        if not ended or self._stopped():
+            return
+        wait = max(ended) + RECONCILE_SETTLE_TIMEOUTS * self.plan.notifier.settings.timeout
+        wait -= time.monotonic()
+        if wait <= 0:
+            return
+        log.info(
+            "%s: waiting %.1fs before asking the provider about messages in doubt", self.name, wait
+        )
+        if self.sleep is time.sleep:  # a real wait: cut short by an interrupt
+            self.cancel.wait(wait)
+        else:
+            self.sleep(wait)
 
     def _owed(self) -> Iterator[_Pending | _Row | list[_Pending]]:
         """The pending deliveries, rendered; those that were sent together before (a
