@@ -139,6 +139,8 @@ def test_short_secret_redaction_keeps_ordinary_words() -> None:
     assert redact("credentials ab rejected; a cab, abc, ab.") == (
         "credentials *** rejected; a cab, abc, ***."
     )
+    remember("t")
+    assert redact("can't stop 't' t") == "can't stop '***' ***"
     remember("Q.z")
     assert redact("got Q.z and QQz") == "got *** and QQz"
     encoded = base64.b64encode(b"long-enough-secret").decode()
