@@ -146,3 +146,44 @@ def test_short_secret_redaction_keeps_ordinary_words() -> None:
     encoded = base64.b64encode(b"long-enough-secret").decode()
     remember("long-enough-secret")
     assert encoded not in redact(f"Basic {encoded}")
+
+
+def test_telnyx_in_doubt_on_every_attempt_is_unknown_then_resent_with_its_key(
+    tmp_path: Path,
+) -> None:
+    """Every Telnyx answer comes after the client timeout (the SMS was accepted each
+    time, the key replayed): the messages used to end ``failed`` (retries
+    exhausted), which ``retry-failed`` re-drives, after the key's 24 hours a second
+    SMS. They are ``unknown`` now; ``--resend-unknown`` re-sends with the same keys."""
+    with Sandbox(["telnyx"]) as sandbox:
+        telnyx = sandbox.servers["telnyx"]
+        telnyx.faults.stall_seconds = 0.6
+        telnyx.faults.late_rate = 1.0
+        channel = Channel(
+            name="sms",
+            provider="telnyx",
+            template=Template(body="Hello there"),
+            options=sandbox.channel_options("telnyx"),
+            require_consent=False,
+            timeout_seconds=0.2,
+            concurrency=2,
+            retry=RetryPolicy(retries=1, delay_minutes=0),
+        )
+        pipeline = Pipeline(
+            "hostile",
+            StaticSource.from_dicts(_phones(3)),
+            [channel],
+            base_dir=tmp_path,
+            env={"SMS_API_TOKEN": telnyx.token},
+            sleep=lambda s: None,
+        )
+        report = pipeline.run()
+        states = collections.Counter(r.status.value for r in pipeline.results(report.run_id))
+        assert states == {"unknown": 3}
+        assert {r.reason for r in pipeline.results(report.run_id)} == {"in_doubt"}
+        telnyx.faults.late_rate = 0.0
+        resumed = pipeline.resume(report.run_id, resend_unknown=True)
+        states = collections.Counter(r.status.value for r in pipeline.results(resumed.run_id))
+        per = collections.Counter(m["to"] for m in telnyx.messages)
+    assert states == {"sent": 3}
+    assert len(per) == 3 and set(per.values()) == {1}, per

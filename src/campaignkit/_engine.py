@@ -52,11 +52,12 @@ MAX_THROTTLE_WAITS = 10
 DEFAULT_THROTTLE_WAIT = 1.0
 #: In-doubt messages handed to :meth:`Notifier.reconcile` per call.
 RECONCILE_CHUNK = 50
-#: A provider is asked about a message in doubt no sooner than this many request
-#: timeouts after the request ended: a request the client gave up on may still be
-#: on its way (in a gateway, a queue) and be acted on after a too-early lookup said
-#: "no such message", which would then deliver the re-send as a second copy.
-RECONCILE_SETTLE_TIMEOUTS = 2.0
+#: A provider is asked about a message in doubt no sooner than this many times as
+#: long after the request ended as the request took: a request the client gave up
+#: on (a read timeout, a gateway's 504) may still be on its way and be acted on after
+#: a too-early lookup said "no such message", which would then deliver the re-send as
+#: a second copy. A request answered at once (a 500) waits for nothing more.
+RECONCILE_SETTLE_FACTOR = 2.0
 
 ProgressCallback = Callable[[str, int], None]
 
@@ -151,8 +152,15 @@ class _Pending:
     in_doubt: bool = False
     #: wall-clock time (epoch seconds) of its first attempt in this session
     since: float | None = None
-    #: monotonic time its last request ended in doubt (a lookup waits for it to settle)
-    doubt_at: float | None = None
+    #: monotonic time its last request started
+    sent_at: float | None = None
+    #: monotonic time before which the provider is not asked about it (its request
+    #: in doubt had time to settle: see :data:`RECONCILE_SETTLE_FACTOR`)
+    settle_at: float | None = None
+    #: its last attempt ended in doubt and nothing settled it since: if no retry is
+    #: left it is ``unknown``, never ``failed`` (the provider may have delivered it,
+    #: and retry-failed would re-send it, after an idempotency key's lifetime a copy)
+    uncertain: bool = False
 
 
 #: (seq, result, ledger state, transient) — what a channel records for a recipient.
@@ -392,7 +400,7 @@ class ChannelRunner:
             self._record(
                 [
                     self._row(p, DeliveryState.UNKNOWN, Reason.IN_DOUBT)
-                    if p.in_doubt
+                    if p.in_doubt or p.uncertain
                     else self._row(
                         p, DeliveryState.FAILED, Reason.RETRIES_EXHAUSTED, transient=True
                     )
@@ -422,7 +430,8 @@ class ChannelRunner:
             now = time.monotonic()
             for p in batch:
                 p.in_doubt = True
-                p.doubt_at = now
+                took = now - p.sent_at if p.sent_at is not None else 0.0
+                p.settle_at = now + RECONCILE_SETTLE_FACTOR * took
             with self._retry_lock:
                 self._retry.append(batch)
             return [self._row(p, DeliveryState.UNKNOWN, Reason.IN_DOUBT) for p in batch]
@@ -472,7 +481,7 @@ class ChannelRunner:
                 )
                 settled.add(id(pending))
             elif answer is not None and answer.transient:
-                pending.in_doubt = False  # the provider has no such message
+                pending.in_doubt = pending.uncertain = False  # the provider has no such message
             elif self.plan.channel.on_doubt == "retry":
                 pending.in_doubt = False  # at-least-once, by the channel's choice
         self._record(rows)
@@ -488,15 +497,14 @@ class ChannelRunner:
         return [group for group in out if group]
 
     def _settle(self, doubt: Sequence[_Pending]) -> None:
-        """Wait until the latest of these requests in doubt ended at least
-        :data:`RECONCILE_SETTLE_TIMEOUTS` request timeouts ago (the retry delay already
-        counts): a short ``delay_minutes``, ``--retry-delay 0`` or ``retries = 0`` must
-        not ask the provider while it may still be acting on the request."""
-        ended = [p.doubt_at for p in doubt if p.doubt_at is not None]
-        if not ended or self._stopped():
+        """Wait until these requests in doubt had time to settle (see
+        :data:`RECONCILE_SETTLE_FACTOR`; the retry delay already counts): a short
+        ``delay_minutes``, ``--retry-delay 0`` or ``retries = 0`` must not ask the
+        provider while it may still be acting on the request."""
+        until = [p.settle_at for p in doubt if p.settle_at is not None]
+        if not until or self._stopped():
             return
-        wait = max(ended) + RECONCILE_SETTLE_TIMEOUTS * self.plan.notifier.settings.timeout
-        wait -= time.monotonic()
+        wait = max(until) - time.monotonic()
         if wait <= 0:
             return
         log.info(
@@ -643,6 +651,9 @@ class ChannelRunner:
                         p.since = now
             with self.tally.lock:
                 self.tally.requests += 1
+            started = time.monotonic()
+            for p in batch:
+                p.sent_at = started
             try:
                 outcomes = self.plan.notifier.send_batch(conn, messages)
             except DeliveryError as exc:
@@ -673,6 +684,7 @@ class ChannelRunner:
                 )
                 continue
             pending.error_code, pending.error = outcome.error_code, outcome.error
+            pending.uncertain = outcome.transient and outcome.in_doubt
             if outcome.transient and outcome.in_doubt:
                 doubt.append(pending)
             elif outcome.transient:
@@ -699,10 +711,12 @@ class ChannelRunner:
     def _failed_batch(self, batch: list[_Pending], exc: BaseException) -> None:
         code = getattr(exc, "code", None) or type(exc).__name__
         error = str(exc)
+        doubtful = isinstance(exc, DeliveryError) and exc.transient and exc.in_doubt
         for pending in batch:
             pending.attempts += 1
             pending.error_code, pending.error = code, error
-        if isinstance(exc, DeliveryError) and exc.transient and exc.in_doubt:
+            pending.uncertain = doubtful
+        if doubtful:
             self._record(self._doubtful(batch))
             return
         if isinstance(exc, DeliveryError) and exc.transient:
