@@ -187,3 +187,77 @@ def test_telnyx_in_doubt_on_every_attempt_is_unknown_then_resent_with_its_key(
         per = collections.Counter(m["to"] for m in telnyx.messages)
     assert states == {"sent": 3}
     assert len(per) == 3 and set(per.values()) == {1}, per
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_a_proxy_that_drops_the_tunnel_request_is_surely_not_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, retries: int
+) -> None:
+    """``HTTPS_PROXY`` names a proxy that closes the connection on ``CONNECT``: nothing
+    reached the provider, so the message is retried (``proxy_error``), not recorded
+    ``unknown`` as a request in doubt. Loopback ``http://`` never uses the proxy."""
+    import socket
+    import threading
+
+    seen: list[bytes] = []
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(2)
+                seen.append(conn.recv(4096))
+
+    threading.Thread(target=serve, daemon=True).start()
+    proxy = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, proxy)
+    monkeypatch.setenv("NO_PROXY", "")
+    try:
+        with Sandbox(["sendgrid"]) as sandbox:
+            options = dict(sandbox.channel_options("sendgrid"))
+            clear = Channel(
+                name="email",
+                provider="sendgrid",
+                template=Template(subject="Hi", body="Hello"),
+                options=options,
+                require_consent=False,
+                retry=RetryPolicy(retries=retries, delay_minutes=0),
+                timeout_seconds=2,
+            )
+            tunnel = Channel(
+                name="mail2",
+                provider="sendgrid",
+                template=Template(subject="Hi", body="Hello"),
+                options={**options, "base_url": options["base_url"].replace("http:", "https:")},
+                require_consent=False,
+                retry=RetryPolicy(retries=retries, delay_minutes=0),
+                timeout_seconds=2,
+                token_env="EMAIL_API_TOKEN",
+            )
+            pipeline = Pipeline(
+                "proxied",
+                StaticSource.from_dicts(_phones(1)),
+                [clear, tunnel],
+                base_dir=tmp_path,
+                env=sandbox.env(),
+                sleep=lambda s: None,
+                rehearsal=True,
+            )
+            report = pipeline.run()
+            accepted = sandbox.counts()["sendgrid"]
+    finally:
+        listener.close()
+    [sent] = pipeline.results(report.run_id, "email")
+    [failed] = pipeline.results(report.run_id, "mail2")
+    assert sent.status.value == "sent" and accepted == 1  # straight to loopback
+    assert failed.status.value == "failed", failed
+    assert failed.error_code == "proxy_error"
+    assert failed.attempts == retries + 1
+    assert seen and all(s.startswith(b"CONNECT ") and b"Authorization" not in s for s in seen)
