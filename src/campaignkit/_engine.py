@@ -52,6 +52,12 @@ MAX_THROTTLE_WAITS = 10
 DEFAULT_THROTTLE_WAIT = 1.0
 #: In-doubt messages handed to :meth:`Notifier.reconcile` per call.
 RECONCILE_CHUNK = 50
+#: A provider is asked about a message in doubt no sooner than this many times as
+#: long after the request ended as the request took: a request the client gave up
+#: on (a read timeout, a gateway's 504) may still be on its way and be acted on after
+#: a too-early lookup said "no such message", which would then deliver the re-send as
+#: a second copy. A request answered at once (a 500) waits for nothing more.
+RECONCILE_SETTLE_FACTOR = 2.0
 
 ProgressCallback = Callable[[str, int], None]
 
@@ -146,6 +152,15 @@ class _Pending:
     in_doubt: bool = False
     #: wall-clock time (epoch seconds) of its first attempt in this session
     since: float | None = None
+    #: monotonic time its last request started
+    sent_at: float | None = None
+    #: monotonic time before which the provider is not asked about it (its request
+    #: in doubt had time to settle: see :data:`RECONCILE_SETTLE_FACTOR`)
+    settle_at: float | None = None
+    #: its last attempt ended in doubt and nothing settled it since: if no retry is
+    #: left it is ``unknown``, never ``failed`` (the provider may have delivered it,
+    #: and retry-failed would re-send it, after an idempotency key's lifetime a copy)
+    uncertain: bool = False
 
 
 #: (seq, result, ledger state, transient) — what a channel records for a recipient.
@@ -385,7 +400,7 @@ class ChannelRunner:
             self._record(
                 [
                     self._row(p, DeliveryState.UNKNOWN, Reason.IN_DOUBT)
-                    if p.in_doubt
+                    if p.in_doubt or p.uncertain
                     else self._row(
                         p, DeliveryState.FAILED, Reason.RETRIES_EXHAUSTED, transient=True
                     )
@@ -412,8 +427,11 @@ class ChannelRunner:
         if self._can_reconcile():
             # Unknown until the provider is asked, at the next retry round, before any
             # resend (a crash meanwhile leaves it unknown, as for a message in flight).
+            now = time.monotonic()
             for p in batch:
                 p.in_doubt = True
+                took = now - p.sent_at if p.sent_at is not None else 0.0
+                p.settle_at = now + RECONCILE_SETTLE_FACTOR * took
             with self._retry_lock:
                 self._retry.append(batch)
             return [self._row(p, DeliveryState.UNKNOWN, Reason.IN_DOUBT) for p in batch]
@@ -427,6 +445,7 @@ class ChannelRunner:
         doubt = [p for group in groups for p in group if p.in_doubt]
         if not doubt:
             return groups
+        self._settle(doubt)
         answers: list[Outcome | None] = [None] * len(doubt)
         notifier = self.plan.notifier
         since = datetime.fromtimestamp(min(p.since or time.time() for p in doubt), UTC)
@@ -462,7 +481,7 @@ class ChannelRunner:
                 )
                 settled.add(id(pending))
             elif answer is not None and answer.transient:
-                pending.in_doubt = False  # the provider has no such message
+                pending.in_doubt = pending.uncertain = False  # the provider has no such message
             elif self.plan.channel.on_doubt == "retry":
                 pending.in_doubt = False  # at-least-once, by the channel's choice
         self._record(rows)
@@ -476,6 +495,25 @@ class ChannelRunner:
         )
         out = [[p for p in group if id(p) not in settled] for group in groups]
         return [group for group in out if group]
+
+    def _settle(self, doubt: Sequence[_Pending]) -> None:
+        """Wait until these requests in doubt had time to settle (see
+        :data:`RECONCILE_SETTLE_FACTOR`; the retry delay already counts): a short
+        ``delay_minutes``, ``--retry-delay 0`` or ``retries = 0`` must not ask the
+        provider while it may still be acting on the request."""
+        until = [p.settle_at for p in doubt if p.settle_at is not None]
+        if not until or self._stopped():
+            return
+        wait = max(until) - time.monotonic()
+        if wait <= 0:
+            return
+        log.info(
+            "%s: waiting %.1fs before asking the provider about messages in doubt", self.name, wait
+        )
+        if self.sleep is time.sleep:  # a real wait: cut short by an interrupt
+            self.cancel.wait(wait)
+        else:
+            self.sleep(wait)
 
     def _owed(self) -> Iterator[_Pending | _Row | list[_Pending]]:
         """The pending deliveries, rendered; those that were sent together before (a
@@ -613,6 +651,9 @@ class ChannelRunner:
                         p.since = now
             with self.tally.lock:
                 self.tally.requests += 1
+            started = time.monotonic()
+            for p in batch:
+                p.sent_at = started
             try:
                 outcomes = self.plan.notifier.send_batch(conn, messages)
             except DeliveryError as exc:
@@ -643,6 +684,7 @@ class ChannelRunner:
                 )
                 continue
             pending.error_code, pending.error = outcome.error_code, outcome.error
+            pending.uncertain = outcome.transient and outcome.in_doubt
             if outcome.transient and outcome.in_doubt:
                 doubt.append(pending)
             elif outcome.transient:
@@ -669,10 +711,12 @@ class ChannelRunner:
     def _failed_batch(self, batch: list[_Pending], exc: BaseException) -> None:
         code = getattr(exc, "code", None) or type(exc).__name__
         error = str(exc)
+        doubtful = isinstance(exc, DeliveryError) and exc.transient and exc.in_doubt
         for pending in batch:
             pending.attempts += 1
             pending.error_code, pending.error = code, error
-        if isinstance(exc, DeliveryError) and exc.transient and exc.in_doubt:
+            pending.uncertain = doubtful
+        if doubtful:
             self._record(self._doubtful(batch))
             return
         if isinstance(exc, DeliveryError) and exc.transient:

@@ -221,6 +221,18 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         todo += [e for e in nested if isinstance(e, BaseException)]
 
 
+def _in_tunnel_setup(causes: list[BaseException]) -> bool:
+    """Whether the failure happened while a proxy was asked for a tunnel (``CONNECT``,
+    before TLS to the provider): no byte of the request can have reached it."""
+    for cause in causes:
+        tb = cause.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code.co_name == "_tunnel":
+                return True
+            tb = tb.tb_next
+    return False
+
+
 def request_error(exc: requests.RequestException, timeout: float) -> TransientDeliveryError:
     """Map a ``requests`` failure to a transient error, telling "surely not sent" from
     "in doubt" (:attr:`~campaignkit.DeliveryError.in_doubt`).
@@ -229,7 +241,8 @@ def request_error(exc: requests.RequestException, timeout: float) -> TransientDe
     byte of the request left: a connect timeout (``connect_timeout``), a refused or
     failed connection or a DNS failure (``connect_error``: urllib3's
     ``NewConnectionError``/``NameResolutionError``), a proxy that failed before
-    forwarding (``proxy_error``), a TLS certificate that does not verify
+    forwarding, including one that closes the connection on the tunnel's ``CONNECT``
+    (``proxy_error``), a TLS certificate that does not verify
     (``tls_error``, during the handshake).
 
     In doubt: everything after the connection was made, because the request may have
@@ -265,6 +278,10 @@ def request_error(exc: requests.RequestException, timeout: float) -> TransientDe
         if before:
             return TransientDeliveryError(
                 "could not connect: " + type(exc).__name__, code="connect_error", in_doubt=False
+            )
+        if _in_tunnel_setup(causes):
+            return TransientDeliveryError(
+                "proxy error: no tunnel to the provider", code="proxy_error", in_doubt=False
             )
         return TransientDeliveryError(
             f"connection error: {type(exc).__name__}", code="connection_error", in_doubt=True

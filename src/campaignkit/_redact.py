@@ -32,8 +32,10 @@ __all__ = ["REDACTED", "RedactingFilter", "redact", "remember", "token_problem"]
 
 #: What a credential is replaced with.
 REDACTED = "***"
-#: Secrets shorter than this are not searched for by value (they would blank out
-#: ordinary words); the generic patterns still apply.
+#: Secrets shorter than this are searched for as whole words only (raw or
+#: %-encoded, not inside a longer run of letters and digits), so that a short
+#: secret does not blank out ordinary words; longer ones are searched for anywhere,
+#: in every spelling. The generic patterns apply either way.
 MIN_SECRET_LENGTH = 4
 
 _lock = threading.Lock()
@@ -59,7 +61,7 @@ _KEY = re.compile(r"\b(Key)(\s+)((?=[\w.\-]*\d)[\w.\-]{16,})")
 def remember(value: str) -> None:
     """Register a secret value: :func:`redact` removes it (and its encodings) from now on."""
     global _version
-    if len(value) < MIN_SECRET_LENGTH:
+    if not value.strip():
         return
     with _lock:
         if value not in _known:
@@ -99,6 +101,12 @@ def _forms(value: str) -> tuple[re.Pattern[str], tuple[str, ...]]:
         if char == " ":
             alternatives.add(r"\+")
         pieces.append(f"(?:{'|'.join(sorted(alternatives))})")
+    if len(value) < MIN_SECRET_LENGTH:
+        # A short secret (a misconfiguration, but not a reason to leak it): only as a
+        # whole word, so that "abc" does not blank out "abcdef".
+        # (Not after a letter's apostrophe either: the "t" of "can't" is no word.)
+        bounded = f"(?<![A-Za-z0-9])(?<![A-Za-z]'){''.join(pieces)}(?![A-Za-z0-9])"
+        return re.compile(bounded), ()
     pattern = re.compile("".join(pieces))
     forms = {value.strip(), repr(value)[1:-1], json.dumps(value)[1:-1], quote_plus(value)}
     try:
@@ -128,7 +136,7 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` without credentials: the known secrets, ``secrets`` and generic shapes."""
     if not text:
         return text
-    extra = tuple(s for s in secrets if s and len(s) >= MIN_SECRET_LENGTH)
+    extra = tuple(s for s in secrets if s and s.strip())
     return _redact(text, extra, _version)
 
 

@@ -110,7 +110,8 @@ class TelnyxNotifier(HttpNotifier):
         so a retry after a timeout or a crash does not send the SMS twice, and the
         channel is marked idempotent (deliveries in flight at a crash go back to
         ``pending`` instead of ``unknown``). A 409 (the first request with that key
-        is still being processed) is transient. Telnyx's documentation lists the
+        is still being processed) is transient and in doubt: the first request may
+        yet deliver the message. Telnyx's documentation lists the
         header for the endpoints that declare it; that ``/v2/messages`` honours it
         is not confirmed in its public reference (see ``providers.md``).
 
@@ -212,8 +213,9 @@ class TelnyxNotifier(HttpNotifier):
             )
         except PermanentDeliveryError as exc:
             if exc.status_code == 409:  # the same key is still being processed
+                # In doubt: the first request with this key may yet deliver it.
                 raise TransientDeliveryError(
-                    str(exc), code=exc.code, status_code=exc.status_code
+                    str(exc), code=exc.code, status_code=exc.status_code, in_doubt=True
                 ) from None
             error = _first_error(seen[-1]) if seen else {}
             if exc.code in RECIPIENT_ERROR_CODES or (
