@@ -162,10 +162,11 @@ def sendgrid_url(base: str) -> str:
     return f"{base}/v3/mail/send"
 
 
-def idempotency_key(run_id: str, channel: str, rid: str) -> str:
+def idempotency_key(run_id: str, channel: str, seq: int) -> str:
     """What a script that wants de-duplication in webhooks would put in custom_args
-    (the same derivation campaignkit documents)."""
-    return hashlib.sha256(f"{run_id}\x1f{channel}\x1f{rid}".encode()).hexdigest()[:32]
+    (the same derivation campaignkit documents: run, channel, position in the segment)."""
+    text = f"ck2:{len(run_id)}:{run_id}:{len(channel)}:{channel}:{seq}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 # -- baseline: the hand-written script ------------------------------------------------------
@@ -174,6 +175,7 @@ def records(n: int) -> list[dict[str, str]]:
     return [
         {
             "id": recipient_id(i),
+            "seq": str(i),
             "email": email_address(i),
             "phone": phone_number(i),
             **recipient_fields(i),
@@ -201,7 +203,7 @@ def sendgrid_batch(recs: Sequence[Mapping[str, str]], run_id: str = RUN_ID) -> d
                 "subject": EMAIL_SUBJECT,
                 "custom_args": {
                     "campaignkit_recipient_id": rec["id"],
-                    "campaignkit_idempotency_key": idempotency_key(run_id, "email", rec["id"]),
+                    "campaignkit_idempotency_key": idempotency_key(run_id, "email", int(rec["seq"])),
                 },
                 "substitutions": {"%campaignkit_text%": EMAIL_FORMAT.format(**rec)},
             }

@@ -100,7 +100,7 @@ def result_from_ledger(
 
 
 #: Template parts rendered as one line (headers and notification titles).
-_ONE_LINE = frozenset({"subject", "title"})
+_ONE_LINE = ("subject", "title")
 
 
 def idempotency_key(run_id: str, channel: str, seq: int) -> str:
@@ -279,12 +279,11 @@ class ChannelRunner:
             parts = self.plan.template.render(recipient.context())
         except TemplateError as exc:
             return self._failed_row(seq, recipient, attempts, Reason.RENDER_ERROR, str(exc))
-        for name, value in parts.items():
-            # A subject or title is one line (a line break would forge a header);
-            # text may hold tab and line breaks, and no other control character.
-            if isinstance(value, str) and (
-                found := find_control(value, strict=False, line=name in _ONE_LINE)
-            ):
+        for name in _ONE_LINE:
+            # A subject or title is one line: a line break from a free-text field would
+            # forge a header. (The values themselves were checked when extracted.)
+            value = parts.get(name)
+            if isinstance(value, str) and (found := find_control(value, strict=False, line=True)):
                 return self._failed_row(
                     seq, recipient, attempts, CONTROL_CHARACTER, control_detail(name, *found)
                 )
