@@ -390,3 +390,60 @@ def test_exactly_one_of_simultaneous_claims_wins(tmp_path: Path, new: bool) -> N
             p.join(timeout=60)
         outcomes = sorted(results.get() for _ in procs)
         assert outcomes == ["claimed"] + ["refused"] * (PROCESSES - 1), (round_, outcomes)
+
+
+# -- owners on other hosts: the heartbeat ---------------------------------------------------
+def _owned_elsewhere(path: str, run_id: str, heartbeat: float | None) -> None:
+    from campaignkit._claims import Owner
+
+    other = Owner("t0ken", "another-host", 4242, "boot", 1)
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "UPDATE runs SET status = 'running', owner = ?, pid = 4242, heartbeat = ? "
+            "WHERE run_id = ?",
+            (other.to_text(), heartbeat, run_id),
+        )
+
+
+def test_an_owner_on_another_host_is_alive_while_its_heartbeat_is(tmp_path: Path) -> None:
+    from campaignkit._claims import LEASE_SECONDS
+    from campaignkit._ledger import RunInProgress, SqliteLedger
+
+    path = str(tmp_path / "ledger.db")
+    ledger = SqliteLedger(path)
+    _begin(ledger, "r")
+    ledger.finish_run("r", "cancelled", "{}")
+    for heartbeat in (time.time(), None):  # beating now, or an owner that never beat
+        _owned_elsewhere(path, "r", heartbeat)
+        with pytest.raises(RunInProgress, match="process 4242 on another-host"):
+            ledger.claim_run("r")
+    _owned_elsewhere(path, "r", time.time() - LEASE_SECONDS - 1)  # its host is gone
+    assert ledger.claim_run("r").owner.host != "another-host"  # type: ignore[union-attr]
+    ledger.close()
+
+
+def test_the_owner_beats_while_it_holds_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from campaignkit import _ledger
+    from campaignkit._ledger import SqliteLedger
+
+    monkeypatch.setattr(_ledger, "HEARTBEAT_SECONDS", 0.05)
+    path = tmp_path / "ledger.db"
+    ledger = SqliteLedger(path)
+
+    def beat() -> float:
+        with sqlite3.connect(path) as conn:
+            return float(conn.execute("SELECT heartbeat FROM runs").fetchone()[0])
+
+    _begin(ledger, "r")
+    first = beat()
+    deadline = time.monotonic() + 10
+    while beat() == first:
+        assert time.monotonic() < deadline, "no heartbeat"
+        time.sleep(0.02)
+    ledger.finish_run("r", "succeeded", "{}")
+    last = beat()
+    time.sleep(0.3)
+    assert beat() == last  # a finished run is not beaten for
+    ledger.close()

@@ -10,21 +10,30 @@ An owner is identified by a random token (one per claim), the host name, the boo
 id, the process id and the process's start time. The start time tells a live owner
 from an unrelated process that was given the dead owner's pid; the boot id tells a
 machine that restarted since. Whether an owner on another host is alive cannot be
-told from here: it is taken as alive (a SQLite ledger is not shared across hosts).
+told from its process, so the owner records a heartbeat in the ledger every
+:data:`HEARTBEAT_SECONDS`: an owner elsewhere whose heartbeat is older than
+:data:`LEASE_SECONDS` is taken as gone (a host that crashed, a container replaced).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
 import socket
 import threading
+import time
 from pathlib import Path
 
 import attrs
 
-__all__ = ["Owner"]
+__all__ = ["HEARTBEAT_SECONDS", "LEASE_SECONDS", "Owner"]
+
+#: How often the owner of a run records that it is alive (its heartbeat).
+HEARTBEAT_SECONDS = 15.0
+#: An owner on another host whose last heartbeat is older than this is taken as gone.
+LEASE_SECONDS = 120.0
 
 _HOST = socket.gethostname()
 _held: set[str] = set()  # tokens of the claims this process holds
@@ -89,14 +98,16 @@ class Owner:
         with _held_lock:
             _held.discard(self.token)
 
-    def alive(self) -> bool:
+    def alive(self, heartbeat: float | None = None, *, now: float | None = None) -> bool:
         """Whether the owner may still be working on the run.
 
         In this process: while it holds the claim. On this machine: while its process
-        runs (the same pid and start time, since the same boot). Elsewhere: always
-        (it cannot be told from here)."""
+        runs (the same pid and start time, since the same boot). On another host: while
+        its ``heartbeat`` (epoch seconds) is younger than :data:`LEASE_SECONDS`."""
         if self.host != _HOST:
-            return True
+            if heartbeat is None:
+                return True  # an owner that never beat: cannot be told from here
+            return (time.time() if now is None else now) - heartbeat < LEASE_SECONDS
         if self.boot is not None and _BOOT is not None and self.boot != _BOOT:
             return False  # the machine restarted since
         if self.pid == os.getpid():
@@ -114,6 +125,11 @@ class Owner:
     def to_text(self) -> str:
         """The owner as stored in the ledger."""
         return json.dumps(attrs.asdict(self), separators=(",", ":"))
+
+    @functools.cached_property
+    def text(self) -> str:
+        """:meth:`to_text`, computed once (the fence compares it on every mark)."""
+        return self.to_text()
 
     @classmethod
     def from_text(cls, text: str | None) -> Owner | None:

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from ._claims import Owner
+from ._claims import HEARTBEAT_SECONDS, Owner
 from ._config import ROWS_PER_CUSTOMER
 from ._models import DeliveryResult, DeliveryStatus, Recipient, RejectedRow
 from .exceptions import CampaignKitError
@@ -151,12 +151,17 @@ class RunRecord:
     recipients: int | None = None
     report: str | None = None  # the last report, as JSON
     owner: Owner | None = None
+    heartbeat: float | None = None  # when its owner last said it was alive (epoch s)
 
     @property
     def in_progress(self) -> bool:
         """Whether a live process is sending the run now (``running`` with a live owner);
         a ``running`` run whose process died is not: it waits to be resumed."""
-        return self.status in ACTIVE_STATUSES and self.owner is not None and self.owner.alive()
+        return (
+            self.status in ACTIVE_STATUSES
+            and self.owner is not None
+            and self.owner.alive(self.heartbeat)
+        )
 
 
 @attrs.frozen
@@ -384,10 +389,12 @@ _MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
     DROP INDEX IF EXISTS deliveries_by_state;
     """,
     4: _migrate_4,
-    # The owner of a run (campaignkit._claims.Owner as JSON): claims are decided by it.
+    # The owner of a run (campaignkit._claims.Owner as JSON) and its heartbeat: claims
+    # are decided by them.
     # How a snapshot's physical lines were accounted for (SourceLines as JSON).
     5: """
     ALTER TABLE runs ADD COLUMN owner TEXT;
+    ALTER TABLE runs ADD COLUMN heartbeat REAL;
     ALTER TABLE snapshots ADD COLUMN lines TEXT;
     """,
 }
@@ -486,6 +493,7 @@ class SqliteLedger:
         self._codes: dict[tuple[int, str], int] = {}
         self._runs: dict[str, int] = {}
         self._owners: dict[str, Owner] = {}  # the runs this ledger object has claimed
+        self._heartbeats: dict[str, _Heartbeat] = {}
 
     def __repr__(self) -> str:
         return f"<SqliteLedger {str(self.path)!r}>"
@@ -586,11 +594,12 @@ class SqliteLedger:
             recipients=row[9],
             report=row[10],
             owner=Owner.from_text(row[11]) or Owner.legacy(row[8]),
+            heartbeat=row[12],
         )
 
     _RUN_COLUMNS = (
         "run_id, pipeline, logical_date, status, fingerprint, config_file, created_at, "
-        "finished_at, pid, recipients, report, owner"
+        "finished_at, pid, recipients, report, owner, heartbeat"
     )
 
     def _claim(self, run_id: str, decide: Any) -> RunRecord:
@@ -602,6 +611,9 @@ class SqliteLedger:
         try:
             conn.execute("BEGIN IMMEDIATE")
             decide(conn, owner)
+            conn.execute(
+                "UPDATE runs SET heartbeat = ? WHERE run_id = ?", (time.time(), run_id)
+            )
             conn.execute("COMMIT")
         except BaseException:
             owner.release()
@@ -611,6 +623,7 @@ class SqliteLedger:
         finally:
             conn.close()
         self._owners[run_id] = owner
+        self._heartbeats[run_id] = _Heartbeat(self.path, run_id, owner)
         return self.get_run(run_id)
 
     def begin_run(
@@ -769,16 +782,23 @@ class SqliteLedger:
     def release_run(self, run_id: str) -> None:
         """Give up the claim on ``run_id`` without finishing it (it stays ``running``
         for a resume, which any process may then claim)."""
-        owner = self._owners.pop(run_id, None)
+        owner = self._let_go(run_id)
         if owner is not None:
             owner.release()
+
+    def _let_go(self, run_id: str) -> Owner | None:
+        """Stop the run's heartbeat; return its owner (still held) if this ledger had it."""
+        heartbeat = self._heartbeats.pop(run_id, None)
+        if heartbeat is not None:
+            heartbeat.stop()
+        return self._owners.pop(run_id, None)
 
     def _owns(self, conn: sqlite3.Connection, run: int, run_id: str) -> bool:
         owner = self._owners.get(run_id)
         if owner is None:
             return False
         row = conn.execute("SELECT owner FROM runs WHERE id = ?", (run,)).fetchone()
-        return row is not None and row[0] == owner.to_text()
+        return row is not None and row[0] == owner.text
 
     def delete_run(self, run_id: str) -> None:
         """Remove a run and everything recorded for it (dry runs clean up with it)."""
@@ -799,7 +819,7 @@ class SqliteLedger:
             RunOwnershipLost: another process owns the run now; nothing was recorded.
         """
         self.flush()
-        owner = self._owners.pop(run_id, None)
+        owner = self._let_go(run_id)
         try:
             with self._read as conn:
                 changed = conn.execute(
@@ -1411,6 +1431,38 @@ def _raw(r: Recipient) -> tuple[str, ...]:
     cells += [f"{k}={v}" for k, v in r.attributes.items()]
     cells += [f"consent.{k}={'yes' if v else 'no'}" for k, v in r.consent.items()]
     return tuple(cells)
+
+
+class _Heartbeat(threading.Thread):
+    """Says every :data:`HEARTBEAT_SECONDS` that the owner of a run is alive, so that
+    a process on another host can tell a live owner from a dead one (see
+    :meth:`Owner.alive`). Stops when the run is let go or its owner changed."""
+
+    def __init__(self, path: Path, run_id: str, owner: Owner) -> None:
+        super().__init__(name="ck-ledger-heartbeat", daemon=True)
+        self.path, self.run_id, self.owner = path, run_id, owner.to_text()
+        self._stop_event = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(HEARTBEAT_SECONDS):
+            try:
+                conn = _connect(self.path)
+                try:
+                    with conn:
+                        beat = conn.execute(
+                            "UPDATE runs SET heartbeat = ? WHERE run_id = ? AND owner = ?",
+                            (time.time(), self.run_id, self.owner),
+                        )
+                finally:
+                    conn.close()
+            except sqlite3.Error:  # busy or gone: try again at the next beat
+                continue
+            if beat.rowcount == 0:  # no longer ours: nothing to say
+                return
+
+    def stop(self) -> None:
+        self._stop_event.set()
 
 
 def _text(owner: Owner | None) -> str | None:
