@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from campaignkit import Channel, Pipeline, RetryPolicy, Template, get_plugin_manager, hookimpl
-from campaignkit._redact import redact, remember
+from campaignkit._redact import forget, redact, remember
 from campaignkit.testing import StaticSource
 from campaignkit.testing.sandbox import Sandbox
 
@@ -135,17 +135,21 @@ def test_a_short_token_echoed_by_the_provider_is_never_stored_or_logged(
 
 
 def test_short_secret_redaction_keeps_ordinary_words() -> None:
-    remember("ab")
-    assert redact("credentials ab rejected; a cab, abc, ab.") == (
-        "credentials *** rejected; a cab, abc, ***."
-    )
-    remember("t")
-    assert redact("can't stop 't' t") == "can't stop '***' ***"
-    remember("Q.z")
-    assert redact("got Q.z and QQz") == "got *** and QQz"
-    encoded = base64.b64encode(b"long-enough-secret").decode()
-    remember("long-enough-secret")
-    assert encoded not in redact(f"Basic {encoded}")
+    values = ("ab", "t", "Q.z", "long-enough-secret")
+    for value in values:
+        remember(value)
+    try:
+        assert redact("credentials ab rejected; a cab, abc, ab.") == (
+            "credentials *** rejected; a cab, abc, ***."
+        )
+        assert redact("can't stop 't' t") == "can't stop '***' ***"
+        assert redact("got Q.z and QQz") == "got *** and QQz"
+        encoded = base64.b64encode(b"long-enough-secret").decode()
+        assert encoded not in redact(f"Basic {encoded}")
+    finally:
+        for value in values:
+            forget(value)
+    assert redact("can't stop 't' t") == "can't stop 't' t"  # no secret is kept forever
 
 
 def test_telnyx_in_doubt_on_every_attempt_is_unknown_then_resent_with_its_key(
@@ -261,3 +265,22 @@ def test_a_proxy_that_drops_the_tunnel_request_is_surely_not_sent(
     assert failed.error_code == "proxy_error"
     assert failed.attempts == retries + 1
     assert seen and all(s.startswith(b"CONNECT ") and b"Authorization" not in s for s in seen)
+
+
+def test_a_secret_is_redacted_while_it_exists_and_forgotten_after() -> None:
+    """The registry does not keep every token a long process (a scheduler, a test
+    session) ever saw: a short token of a finished pipeline must not blank ordinary
+    text ("'t' is undefined") for ever."""
+    import gc
+
+    from campaignkit import Secret
+
+    secret = Secret("t")
+    assert redact("'t' is undefined") == "'***' is undefined"
+    other = Secret("t")  # two holders of the same value
+    del secret
+    gc.collect()
+    assert redact("'t' is undefined") == "'***' is undefined"
+    del other
+    gc.collect()
+    assert redact("'t' is undefined") == "'t' is undefined"

@@ -161,3 +161,90 @@ def test_other_templates_render_through_jinja(source: str) -> None:
     from jinja2.sandbox import SandboxedEnvironment
 
     assert out == SandboxedEnvironment().from_string(source).render(name="Ana", user={"name": "Bo"})
+
+
+@pytest.mark.parametrize(
+    ("source", "tag"),
+    [
+        ('{% include "footer.txt" %}', "include"),
+        ('{% import "macros.txt" as m %}{{ m.x() }}', "import"),
+        ('{% from "macros.txt" import x %}{{ x() }}', "from ... import"),
+        ('{% extends "base.txt" %}', "extends"),
+        ('Hi\n{% if name %}{% include "x" %}{% endif %}', "include"),
+    ],
+)
+def test_tags_that_load_templates_are_refused_when_compiled(source: str, tag: str) -> None:
+    with pytest.raises(TemplateError, match=r"^channels\.sms\.template\.body: line \d") as info:
+        compile_template(Template(body=source), channel="sms", fields={"name"})
+    assert f"{{% {tag} %}} is not supported" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("source", "error"),
+    [
+        ("{{ 1 / 0 }}", "ZeroDivisionError"),
+        ("{{ name + 1 }}", "TypeError"),
+        ("{{ name | round }}", "TypeError"),
+    ],
+)
+def test_an_expression_that_fails_is_this_recipients_template_error(
+    source: str, error: str
+) -> None:
+    compiled = compile_template(Template(body=source), channel="sms", fields={"name"})
+    with pytest.raises(TemplateError, match=error):
+        compiled.render({"name": "Ann"})
+
+
+def test_a_failing_expression_fails_the_message_not_the_run(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from campaignkit import Channel, Pipeline, get_plugin_manager
+    from campaignkit.testing import StaticSource, recording_plugin
+
+    recorder = recording_plugin()
+    rows = [{"id": f"c{i}", "email": f"u{i}@example.com", "n": str(i)} for i in range(4)]
+    channel = Channel(
+        name="email",
+        provider="recording",
+        template=Template(body="{{ 12 // (n | int) }}"),  # c0: division by zero
+        require_consent=False,
+    )
+    pipeline = Pipeline(
+        "tpl",
+        StaticSource.from_dicts(rows),
+        [channel],
+        plugins=get_plugin_manager(load_entrypoints=False, plugins=[recorder]),
+        env={},
+        base_dir=Path(str(tmp_path)),
+    )
+    report = pipeline.run()
+    result = report.channels["email"]
+    assert (result.sent, result.failed, result.pending) == (3, 1, 0)
+    assert result.reasons == {"render_error": 1}
+    assert str(report.status) == "partial"
+    assert recorder.outbox.count == 3
+
+
+def test_preview_names_the_render_error_when_no_message_renders(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from campaignkit import Channel, Pipeline, get_plugin_manager
+    from campaignkit.testing import StaticSource, recording_plugin
+
+    rows = [{"id": f"c{i}", "email": f"u{i}@example.com", "n": "0"} for i in range(5)]
+    channel = Channel(
+        name="email",
+        provider="recording",
+        template=Template(body="{{ 12 // (n | int) }}"),
+        require_consent=False,
+    )
+    pipeline = Pipeline(
+        "tpl",
+        StaticSource.from_dicts(rows),
+        [channel],
+        plugins=get_plugin_manager(load_entrypoints=False, plugins=[recording_plugin()]),
+        env={},
+        base_dir=Path(str(tmp_path)),
+    )
+    with pytest.raises(TemplateError, match=r"c0\) with render_error: .*ZeroDivisionError"):
+        pipeline.preview("email", 3)

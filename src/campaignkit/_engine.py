@@ -343,15 +343,18 @@ class ChannelRunner:
         )
         return seq, result, DeliveryState.FAILED, False
 
-    def messages(self, segment: Iterable[Recipient], now: datetime) -> Iterator[Message]:
-        """Rendered messages for recipients the per-recipient rules select (a preview:
-        de-duplication, caps and targets need the whole audience and are not applied)."""
+    def messages(
+        self, segment: Iterable[Recipient], now: datetime
+    ) -> Iterator[Message | DeliveryResult]:
+        """Rendered messages for recipients the per-recipient rules select, or the
+        failed result of one that cannot be rendered or breaks a content rule (a
+        preview: de-duplication, caps and targets need the whole audience and are not
+        applied)."""
         for seq, recipient in enumerate(segment):
             reason, address, filtered, _ = self.plan.audience.decide(recipient, now)
             if reason is None and not filtered and address is not None:
                 item = self.render(seq, recipient, address)
-                if isinstance(item, _Pending):
-                    yield item.message
+                yield item.message if isinstance(item, _Pending) else item[1]
 
     # -- the run -------------------------------------------------------------------------
     def run(self) -> ChannelResult:

@@ -19,7 +19,7 @@ from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
 from ._notifier import ChannelSettings, Notifier
-from ._redact import redact, remember, token_problem
+from ._redact import redact, token_problem
 from .exceptions import ConfigError, PermanentDeliveryError, TransientDeliveryError
 
 __all__ = [
@@ -334,8 +334,6 @@ class HttpNotifier(Notifier[requests.Session]):
             raise ConfigError(
                 f"the channel's token {problem}", path=f"channels.{settings.channel}.token_env"
             )
-        if token:
-            remember(token)
 
     def redact(self, text: str) -> str:
         """``text`` without this channel's token or any other credential."""

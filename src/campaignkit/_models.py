@@ -6,13 +6,14 @@ Everything here that crosses threads is a frozen attrs class with slots.
 from __future__ import annotations
 
 import enum
+import weakref
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 import attrs
 
-from ._redact import redact, remember
+from ._redact import forget, redact, remember
 
 __all__ = [
     "ChannelResult",
@@ -53,7 +54,9 @@ class Secret:
     _value: str = attrs.field(alias="value")
 
     def __attrs_post_init__(self) -> None:
-        remember(self._value)  # redacted from every stored or printed error text
+        # Redacted from every stored or printed error text while the secret exists.
+        remember(self._value)
+        weakref.finalize(self, forget, self._value)
 
     def reveal(self) -> str:
         """Return the secret value, for the one place that must send it."""

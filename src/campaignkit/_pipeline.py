@@ -65,7 +65,7 @@ from ._segment import ExtractionStats, extract
 from ._source import MODEL_FIELDS, Source
 from ._sources import SourceLines
 from ._templates import compile_template
-from .exceptions import AudienceGuardError, ConfigError, PluginError
+from .exceptions import AudienceGuardError, ConfigError, PluginError, TemplateError
 
 __all__ = ["ChannelPlanSummary", "Pipeline", "PlanReport", "ScheduledRuns", "ValidationSummary"]
 
@@ -426,7 +426,12 @@ class Pipeline:
     def preview(self, channel: str, n: int = 3) -> list[Message]:
         """Render the messages of the first ``n`` eligible recipients; sends nothing.
 
-        Tokens are not required for a preview.
+        Tokens are not required for a preview. Messages that cannot be rendered (or
+        break a content rule) are left out.
+
+        Raises:
+            TemplateError: eligible recipients exist but none of their messages could
+                be rendered (naming the first failure).
         """
         matches = [c for c in self.channels if c.name == channel]
         if not matches:
@@ -444,11 +449,22 @@ class Pipeline:
         runner = ChannelRunner(plan, run_id="preview", ledger=None)  # type: ignore[arg-type]
         required = self._required()
         out: list[Message] = []
+        failed: list[DeliveryResult] = []
         recipients = (r for r in self.source.records(required) if isinstance(r, Recipient))
-        for message in runner.messages(recipients, datetime.now(UTC)):
-            out.append(message)
-            if len(out) >= n:
+        for item in runner.messages(recipients, datetime.now(UTC)):
+            if isinstance(item, Message):
+                out.append(item)
+            else:
+                failed.append(item)
+            if len(out) >= n or (not out and len(failed) >= n):
                 break
+        if failed and not out:
+            first = failed[0]
+            raise TemplateError(
+                f"no message could be rendered: {len(failed)} eligible recipient(s) "
+                f"failed, the first ({first.recipient_id}) with {first.reason}: {first.error}",
+                channel=channel,
+            )
         return out
 
     def _required(self) -> set[str]:

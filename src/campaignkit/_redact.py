@@ -20,6 +20,7 @@ Latin-1) without ever quoting the value.
 from __future__ import annotations
 
 import base64
+import collections
 import functools
 import json
 import logging
@@ -28,7 +29,7 @@ import threading
 from collections.abc import Iterable
 from urllib.parse import quote, quote_plus
 
-__all__ = ["REDACTED", "RedactingFilter", "redact", "remember", "token_problem"]
+__all__ = ["REDACTED", "RedactingFilter", "forget", "redact", "remember", "token_problem"]
 
 #: What a credential is replaced with.
 REDACTED = "***"
@@ -39,7 +40,7 @@ REDACTED = "***"
 MIN_SECRET_LENGTH = 4
 
 _lock = threading.Lock()
-_known: set[str] = set()
+_known: collections.Counter[str] = collections.Counter()  # value -> holders
 _version = 0
 
 _HEADER = re.compile(
@@ -59,13 +60,25 @@ _KEY = re.compile(r"\b(Key)(\s+)((?=[\w.\-]*\d)[\w.\-]{16,})")
 
 
 def remember(value: str) -> None:
-    """Register a secret value: :func:`redact` removes it (and its encodings) from now on."""
+    """Register a secret value: :func:`redact` removes it (and its encodings) until as
+    many :func:`forget` calls (a :class:`~campaignkit.Secret` registers its value while
+    it exists)."""
     global _version
     if not value.strip():
         return
     with _lock:
-        if value not in _known:
-            _known.add(value)
+        _known[value] += 1
+        if _known[value] == 1:
+            _version += 1
+
+
+def forget(value: str) -> None:
+    """Undo one :func:`remember` of ``value``."""
+    global _version
+    with _lock:
+        if _known.get(value, 0) > 1:
+            _known[value] -= 1
+        elif _known.pop(value, None) is not None:
             _version += 1
 
 

@@ -66,6 +66,15 @@ def _pieces(env: SandboxedEnvironment, ast: nodes.Template) -> tuple[tuple[bool,
     return tuple(pieces)
 
 
+#: Tags that load other templates: a part has no loader, so they could only fail.
+_LOADING_TAGS: dict[type[nodes.Node], str] = {
+    nodes.Extends: "extends",
+    nodes.Include: "include",
+    nodes.Import: "import",
+    nodes.FromImport: "from ... import",
+}
+
+
 def _compile(
     env: SandboxedEnvironment,
     source: str,
@@ -80,6 +89,14 @@ def _compile(
         raise TemplateError(
             f"syntax error at line {exc.lineno}: {exc.message}", channel=channel, part=part
         ) from None
+    for node in ast.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
+        tag = _LOADING_TAGS[type(node)]
+        raise TemplateError(
+            f"line {node.lineno}: {{% {tag} %}} is not supported: a template part is one "
+            "self-contained text (there are no template files to load)",
+            channel=channel,
+            part=part,
+        )
     if fields is not None:
         missing = sorted(jinja2.meta.find_undeclared_variables(ast) - set(fields) - _BUILTINS)
         if missing:
@@ -109,8 +126,8 @@ class CompiledTemplate:
             with only the parts the template has.
 
         Raises:
-            TemplateError: a value is undefined for this recipient, or the sandbox
-                refused an operation.
+            TemplateError: a value is undefined for this recipient, the sandbox
+                refused an operation, or an expression failed (``{{ 1 / 0 }}``).
         """
         out: dict[str, Any] = {}
         # One variable mapping shared by the parts Jinja renders, made on first use
@@ -131,6 +148,10 @@ class CompiledTemplate:
             raise TemplateError(exc.message or "undefined value", channel=self.channel) from None
         except SecurityError as exc:
             raise TemplateError(f"unsafe template operation: {exc}", channel=self.channel) from None
+        except Exception as exc:  # e.g. {{ 1 / 0 }}, {{ name + 1 }}: this recipient's failure
+            raise TemplateError(
+                f"cannot render: {type(exc).__name__}: {exc}", channel=self.channel
+            ) from None
         return out
 
 
