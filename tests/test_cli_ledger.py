@@ -702,3 +702,25 @@ def test_scheduler_sigterm_mid_run_finishes_in_flight_and_exits_0(
     assert sorted(m["to"] for m in twilio.messages) == sorted(
         f"+1415555{i:04d}" for i in range(1, 7)
     )
+
+
+def test_latest_names_the_newest_run_and_a_forgotten_sandbox_flag_is_named(
+    tmp_path: Path,
+) -> None:
+    config = write_campaign(tmp_path, rows(3), sms_channel())
+    first = invoke("run", str(config), "--sandbox", "--logical-date", "2024-05-01")
+    second = invoke("run", str(config), "--sandbox", "--logical-date", "2024-05-02")
+    assert first.exit_code == second.exit_code == 0, second.output
+    newest = f"{NAME}__20240502T000000Z"
+    report = invoke("report", str(config), "latest", "--sandbox", "--format", "json")
+    assert report.exit_code == 0, report.output
+    assert {row["run_id"] for row in json.loads(report.stdout)} == {newest}
+    resumed = invoke("resume", str(config), "latest", "--sandbox")
+    assert resumed.exit_code == 0, resumed.output
+    assert f"Run {newest} had finished" in resumed.stdout
+    # Without --sandbox: the real ledger does not exist; the error says where the runs are.
+    for args in (("report", str(config), "latest"), ("resume", str(config), newest)):
+        missing = invoke(*args)
+        assert missing.exit_code == 2
+        line = one_error_line(missing)
+        assert "has no runs yet" in line and "ledger.sandbox.db: add --sandbox" in line

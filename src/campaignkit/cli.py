@@ -96,6 +96,7 @@ from ._notifier import ChannelSettings, Notifier
 from ._pipeline import ChannelPlanSummary, Pipeline, PlanReport, ScheduledRuns
 from ._plugins import BLOCK_ENV, Registry, get_plugin_manager
 from ._redact import redact
+from ._rehearsal import rehearsal_execution
 from ._schedule import Interval, manual_logical_date, plan_due_runs, upcoming
 from ._suppression import _entries as _suppression_entries
 from .exceptions import CampaignKitError, ConfigError, PluginError
@@ -600,7 +601,8 @@ def _open_ledger(pipeline: Pipeline, *, required: bool) -> Iterator[SqliteLedger
     if not path.exists():
         if required:
             raise LedgerError(
-                f"no ledger at {path} (execution.state_path): this campaign has no runs yet"
+                f"no ledger at {path} (execution.state_path): this campaign has no runs "
+                f"yet{_sandbox_hint(pipeline)}"
             )
         yield None
         return
@@ -611,11 +613,34 @@ def _open_ledger(pipeline: Pipeline, *, required: bool) -> Iterator[SqliteLedger
         ledger.close()
 
 
-def _get_run(ledger: SqliteLedger, run_id: str, where: _Where) -> RunRecord:
+#: What a RUN_ID argument may say instead of an id: the campaign's newest run.
+LATEST = "latest"
+
+
+def _get_run(pipeline: Pipeline, ledger: SqliteLedger, run_id: str, where: _Where) -> RunRecord:
+    """The run ``run_id`` (``latest``: the campaign's newest), with a hint when it is
+    not there (the runs command, or ``--sandbox`` when only a rehearsal has runs)."""
     try:
+        if run_id == LATEST:
+            newest = ledger.list_runs(pipeline.name, 1)
+            if not newest:
+                raise LedgerError(f"{pipeline.name} has no runs in {ledger.path}")
+            return newest[0]
         return ledger.get_run(run_id)
     except LedgerError as exc:
-        raise LedgerError(f"{exc} ({where.command('runs')} lists the runs)") from None
+        raise LedgerError(
+            f"{exc} ({where.command('runs')} lists the runs{_sandbox_hint(pipeline)})"
+        ) from None
+
+
+def _sandbox_hint(pipeline: Pipeline) -> str:
+    """``; ... add --sandbox`` when the rehearsals' ledger exists and this is not it."""
+    if pipeline.rehearsal:
+        return ""
+    rehearsals = pipeline.base_dir / rehearsal_execution(pipeline.execution).state_path
+    if not rehearsals.exists():
+        return ""
+    return f"; runs made with --sandbox are in {rehearsals}: add --sandbox"
 
 
 def _find_run(
@@ -1525,7 +1550,8 @@ def _continue_run(
         before = []
         with _input_errors(config), _open_ledger(pipeline, required=True) as ledger:
             assert ledger is not None
-            record = _get_run(ledger, run_id, where)
+            record = _get_run(pipeline, ledger, run_id, where)
+            run_id = record.run_id  # ``latest`` resolved
             if record.status == RunStatus.SKIPPED_LATE.value:
                 late = f"--logical-date {record.logical_date.isoformat()} --force"
                 raise LedgerError(
@@ -1617,7 +1643,7 @@ def resume(
     Messages that were in flight when the run stopped are sent again with the same
     idempotency key where the provider has one, and otherwise reported as unknown
     (--resend-unknown sends them). CONFIG is needed because tokens and templates are
-    not stored in the ledger.
+    not stored in the ledger. RUN_ID may be `latest`: the campaign's newest run.
     """
     _continue_run(
         config,
@@ -1661,7 +1687,8 @@ def retry_failed(
 ) -> None:
     """Send again run RUN_ID's transient failures (retries exhausted, credentials
     rejected), with the usual retry rounds. Permanent failures (an invalid number, a
-    refused address) are never sent again. Pending messages are sent too."""
+    refused address) are never sent again. Pending messages are sent too. RUN_ID may be
+    `latest`: the campaign's newest run."""
     _continue_run(
         config,
         run_id,
@@ -1859,12 +1886,14 @@ def report(
 ) -> None:
     """Show run RUN_ID of campaign CONFIG from the ledger: the per-channel table, or
     every recipient's outcome (status, reason, provider message id, attempts, error
-    code and error) as JSON or CSV. CSV cells are safe to open in a spreadsheet."""
+    code and error) as JSON or CSV. CSV cells are safe to open in a spreadsheet. RUN_ID
+    may be `latest`: the campaign's newest run."""
     pipeline = _look(config, use_sandbox)
     where = _Where(config, use_sandbox)
     with _input_errors(config), _open_ledger(pipeline, required=True) as ledger:
         assert ledger is not None
-        record = _get_run(ledger, run_id, where)
+        record = _get_run(pipeline, ledger, run_id, where)
+        run_id = record.run_id  # ``latest`` resolved
         stored = _stored_report(record)
         results = _channel_results(ledger, record, pipeline, stored)
         for name in channels:
