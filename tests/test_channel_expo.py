@@ -124,6 +124,24 @@ def test_happy_path_delivers_content_and_returns_ticket_ids(server: ExpoServer) 
         "priority": "high",
         "sound": "default",
         "channel_id": "promo",
+        # fields the notifier does not send
+        "subtitle": None,
+        "expiration": None,
+        "badge": None,
+        "category_id": None,
+        "mutable_content": None,
+        "interruption_level": None,
+        # the message object as sent
+        "message": {
+            "to": token(1),
+            "title": "Hello 1",
+            "body": "Your offer #1",
+            "data": {"offer": "1"},
+            "ttl": 3600,
+            "priority": "high",
+            "sound": "default",
+            "channelId": "promo",
+        },
     }
     assert second["title"] is None
     assert second["data"] == {}

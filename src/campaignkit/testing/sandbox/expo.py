@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import re
 import uuid
@@ -13,6 +14,11 @@ from ._server import Faults, ProviderServer, Reply, Request
 __all__ = ["ExpoServer"]
 
 SEND_PATH = "/--/api/v2/push/send"
+RECEIPTS_PATH = "/--/api/v2/push/getReceipts"
+#: Expo refuses a receipts request with more ids than this.
+MAX_RECEIPTS = 1000
+#: The ``interruptionLevel`` values Expo accepts (iOS).
+INTERRUPTION_LEVELS = ("active", "critical", "passive", "time-sensitive")
 #: Expo refuses a request with more notifications than this.
 MAX_NOTIFICATIONS = 100
 #: Largest message payload Expo delivers, in bytes.
@@ -51,7 +57,16 @@ class ExpoServer(ProviderServer):
     100 notifications per request (a message whose ``to`` is a list counts once per
     token), else 400 ``PUSH_TOO_MANY_NOTIFICATIONS``; field types (400
     ``VALIDATION_ERROR``); with ``require_auth=True``, ``Authorization: Bearer <token>``
-    (else 401 ``UNAUTHORIZED``).
+    (else 401 ``UNAUTHORIZED``; the scheme is matched without case).
+
+    Fields accepted as Expo documents them: ``to`` (a token or a list of tokens),
+    ``title``, ``subtitle``, ``body``, ``data`` (an object), ``ttl`` and
+    ``expiration`` (non-negative integers), ``priority`` (``default``, ``normal``,
+    ``high``), ``sound`` (a string, or an object ``{"critical": bool, "name": str,
+    "volume": 0..1}``), ``badge`` (a non-negative integer), ``channelId``,
+    ``categoryId``, ``mutableContent`` (a boolean) and ``interruptionLevel``
+    (``active``, ``critical``, ``passive``, ``time-sensitive``); others are ignored.
+    The ``useFcmV1`` query parameter the SDK may add is ignored.
 
     Replies 200 ``{"data": [ticket, ...]}`` with one ticket per notification, in order.
     A ``to`` that is not an Expo push token, or is in :attr:`unregistered`, gets a
@@ -60,11 +75,22 @@ class ExpoServer(ProviderServer):
     a message over 4096 bytes gets ``MessageTooBig``. Rate limiting and 5xx use
     Expo's ``{"errors": [{"code", "message"}]}`` body.
 
+    ``POST /--/api/v2/push/getReceipts`` ``{"ids": [...]}`` (at most 1,000, else 400
+    ``PUSH_TOO_MANY_RECEIPTS``) answers ``{"data": {id: receipt}}`` for the known ticket
+    ids: ``{"status": "ok"}``, or for a token in :attr:`receipt_errors` ``{"status":
+    "error", "message", "details": {"error"}}``.
+
     Attributes:
         messages: one dict per accepted notification: ``to``, ``id`` (the ticket id),
-            ``title``, ``body``, ``data``, ``ttl``, ``priority``, ``sound``, ``channel_id``.
+            ``title``, ``subtitle``, ``body``, ``data``, ``ttl``, ``expiration``,
+            ``priority``, ``sound``, ``badge``, ``channel_id``, ``category_id``,
+            ``mutable_content``, ``interruption_level`` and ``message`` (the message
+            object as sent).
         unregistered: tokens answered with ``DeviceNotRegistered``.
         ticket_errors: tokens answered with the given ticket error code.
+        receipt_errors: tokens whose receipt carries the given error code
+            (``DeviceNotRegistered``, ``MessageTooBig``, ``MessageRateExceeded``,
+            ``InvalidCredentials``).
         require_auth: whether the access token is required (enhanced push security).
     """
 
@@ -79,11 +105,13 @@ class ExpoServer(ProviderServer):
         require_auth: bool = False,
         unregistered: Iterable[str] = (),
         ticket_errors: Mapping[str, str] | None = None,
+        receipt_errors: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(token=token, port=port, faults=faults)
         self.require_auth = require_auth
         self.unregistered: set[str] = set(unregistered)
         self.ticket_errors: dict[str, str] = dict(ticket_errors or {})
+        self.receipt_errors: dict[str, str] = dict(receipt_errors or {})
         self.messages: list[dict[str, Any]] = []
 
     def channel_options(self) -> dict[str, Any]:
@@ -111,13 +139,23 @@ class ExpoServer(ProviderServer):
             return _error(status, _STATUS_CODES[status], f"HTTP {status}")
         return _error(status, "INTERNAL_SERVER_ERROR", "An unknown error occurred.")
 
+    def _authorized(self, request: Request) -> bool:
+        if not self.require_auth:
+            return True
+        scheme, _, value = request.headers.get("authorization", "").strip().partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            value.strip().encode(), self.token.encode()
+        )
+
     def handle(self, request: Request) -> Reply:
-        if request.path != SEND_PATH:
+        if request.path not in (SEND_PATH, RECEIPTS_PATH):
             return _error(404, "NOT_FOUND", f"No route for {request.path}")
         if request.method != "POST":
             return _error(405, "METHOD_NOT_ALLOWED", "Use POST")
-        if self.require_auth and request.headers.get("authorization") != f"Bearer {self.token}":
+        if not self._authorized(request):
             return _error(401, "UNAUTHORIZED", "The bearer token is invalid or missing.")
+        if request.path == RECEIPTS_PATH:
+            return self._receipts(request)
         if request.content_type != "application/json":
             return _error(400, "VALIDATION_ERROR", "Content-Type must be application/json")
         try:
@@ -160,17 +198,57 @@ class ExpoServer(ProviderServer):
                     "to": to,
                     "id": ticket_id,
                     "title": item.get("title"),
+                    "subtitle": item.get("subtitle"),
                     "body": item.get("body"),
                     "data": item.get("data") or {},
                     "ttl": item.get("ttl"),
+                    "expiration": item.get("expiration"),
                     "priority": item.get("priority"),
                     "sound": item.get("sound"),
+                    "badge": item.get("badge"),
                     "channel_id": item.get("channelId"),
+                    "category_id": item.get("categoryId"),
+                    "mutable_content": item.get("mutableContent"),
+                    "interruption_level": item.get("interruptionLevel"),
+                    "message": dict(item),
                 }
             )
         with self.lock:
             self.messages.extend(accepted)
         return Reply(200, {"data": tickets})
+
+    def _receipts(self, request: Request) -> Reply:
+        """Expo's ``getReceipts``: a receipt for each known ticket id."""
+        try:
+            payload = request.json()
+        except ValueError:
+            return _error(400, "VALIDATION_ERROR", "The request body is not valid JSON")
+        ids = payload.get("ids") if isinstance(payload, dict) else None
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            return _error(400, "VALIDATION_ERROR", '"ids" must be an array of ticket ids')
+        if len(ids) > MAX_RECEIPTS:
+            return _error(
+                400,
+                "PUSH_TOO_MANY_RECEIPTS",
+                f"You are trying to get {len(ids)} receipts; the maximum is {MAX_RECEIPTS}.",
+            )
+        with self.lock:
+            tokens = {m["id"]: m["to"] for m in self.messages}
+        receipts: dict[str, Any] = {}
+        for ticket_id in ids:
+            if ticket_id not in tokens:
+                continue
+            error = self.receipt_errors.get(tokens[ticket_id])
+            receipts[ticket_id] = (
+                {
+                    "status": "error",
+                    "message": _TICKET_MESSAGES.get(error, error).format(to=tokens[ticket_id]),
+                    "details": {"error": error},
+                }
+                if error
+                else {"status": "ok"}
+            )
+        return Reply(200, {"data": receipts})
 
     def _ticket_error(self, item: Mapping[str, Any], to: str) -> str | None:
         if not is_expo_push_token(to) or to in self.unregistered:
@@ -192,14 +270,45 @@ def _validate(item: Any) -> str | None:
         pass
     elif not (isinstance(to, list) and to and all(isinstance(t, str) for t in to)):
         return '"to" must be a push token or a non-empty list of push tokens'
-    for field in ("title", "body", "subtitle", "sound", "channelId", "categoryId"):
+    for field in ("title", "body", "subtitle", "channelId", "categoryId"):
         if item.get(field) is not None and not isinstance(item[field], str):
             return f'"{field}" must be a string'
+    problem = _sound_problem(item.get("sound"))
+    if problem:
+        return problem
     if item.get("data") is not None and not isinstance(item["data"], dict):
         return '"data" must be an object'
-    ttl = item.get("ttl")
-    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 0):
-        return '"ttl" must be a non-negative integer'
+    for field in ("ttl", "expiration", "badge"):
+        value = item.get(field)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 0
+        ):
+            return f'"{field}" must be a non-negative integer'
     if item.get("priority") not in (None, "default", "normal", "high"):
         return '"priority" must be one of default, normal, high'
+    if item.get("mutableContent") is not None and not isinstance(item["mutableContent"], bool):
+        return '"mutableContent" must be a boolean'
+    if item.get("interruptionLevel") not in (None, *INTERRUPTION_LEVELS):
+        return '"interruptionLevel" must be one of ' + ", ".join(INTERRUPTION_LEVELS)
+    return None
+
+
+def _sound_problem(sound: Any) -> str | None:
+    """What is wrong with ``sound`` (a string or ``{critical, name, volume}``), or ``None``."""
+    if sound is None or isinstance(sound, str):
+        return None
+    if not isinstance(sound, dict):
+        return '"sound" must be a string or an object'
+    unknown = set(sound) - {"critical", "name", "volume"}
+    if unknown:
+        return f'"sound.{sorted(unknown)[0]}" is not allowed'
+    if sound.get("critical") is not None and not isinstance(sound["critical"], bool):
+        return '"sound.critical" must be a boolean'
+    if sound.get("name") is not None and not isinstance(sound["name"], str):
+        return '"sound.name" must be a string'
+    volume = sound.get("volume")
+    if volume is not None and (
+        isinstance(volume, bool) or not isinstance(volume, int | float) or not 0 <= volume <= 1
+    ):
+        return '"sound.volume" must be a number between 0 and 1'
     return None

@@ -30,6 +30,17 @@ _SUBJECT_REQUIRED = (
     "The subject is required. You can get around this requirement if you use a template "
     "with a subject defined or if every personalization has a subject defined."
 )
+_TEMPLATE_ID = re.compile(
+    r"d-[0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+_TEMPLATE_INVALID = "The template_id must be a valid GUID, you provided '{}'."
+_TEMPLATE_UNKNOWN = "The template_id {} does not exist."
+_UNVERIFIED_SENDER = (
+    "The from address does not match a verified Sender Identity. Mail cannot be sent "
+    "until this error is resolved. Visit "
+    "https://sendgrid.com/docs/for-developers/sending-email/sender-identity/ to see the "
+    "Sender Identity requirements"
+)
 _CONTENT_REQUIRED = "Unless a valid template_id is provided, the content array is required."
 _CONTENT_VALUE = "The content value must be a string at least one character in length."
 _CONTENT_ORDER = (
@@ -55,17 +66,35 @@ class SendGridServer(ProviderServer):
       (``to`` + ``cc`` + ``bcc``); each personalization with a ``to`` array; every
       address valid-looking and not invalid by :meth:`is_invalid`, else 400 naming
       ``personalizations.N.to.M.email``; no address twice in the request, compared
-      without case; a subject (top level or in every personalization); ``content``
-      (unless ``template_id``) with non-empty values, text/plain first; at most
-      :attr:`max_substitution_bytes` of substitutions per personalization.
+      without case; a subject (top level or in every personalization) unless a
+      ``template_id`` is given; ``content`` (unless ``template_id``) with non-empty
+      values, text/plain first; at most :attr:`max_substitution_bytes` of
+      substitutions per personalization;
+    * ``template_id`` a dynamic template id (``d-`` + 32 hex digits) or a legacy
+      template's UUID, and one of :attr:`templates` when that set is given;
+      ``dynamic_template_data`` an object;
+    * a personalization may carry its own ``subject`` and ``from`` (a valid
+      address), used for its recipients;
+    * the sender (top-level ``from`` and every personalization's ``from``) one of
+      :attr:`verified_senders` when that set is given (compared without case), else
+      SendGrid's 403 naming ``from``;
+    * ``categories`` at most 10 strings of at most 255 characters; ``custom_args``
+      and ``headers`` string values; ``asm.group_id`` an integer and
+      ``asm.groups_to_display`` at most 25 integers; ``send_at`` an integer.
+
+    ``Authorization`` is matched without case on the scheme (``bearer`` works, as
+    at SendGrid).
 
     Every validation error found is reported in one 400, as SendGrid does.
     Accepted requests get 202 with an empty body and ``X-Message-Id``; each
     recipient is appended to :attr:`messages` as a dict with ``id`` (the
     ``X-Message-Id``), ``to``, ``name``, ``from``, ``subject``, ``text`` and
     ``html`` (with the personalization's substitutions applied), ``custom_args``,
-    ``headers`` and ``categories``. With ``mail_settings.sandbox_mode`` enabled
-    the answer is 200 and nothing is recorded. A rate-limited request gets
+    ``headers``, ``categories``, ``template_id``, ``dynamic_template_data``,
+    ``asm`` and ``send_at``. With ``mail_settings.sandbox_mode`` enabled the
+    request is validated as usual and, as at SendGrid, answered 200 with an empty
+    body and nothing sent: its body goes to :attr:`sandbox_requests`, not to
+    :attr:`messages`. A rate-limited request gets
     SendGrid's 429 with ``X-RateLimit-Limit``, ``-Remaining`` and ``-Reset`` (epoch
     seconds, rounded up unless :attr:`fractional_reset`).
 
@@ -73,6 +102,10 @@ class SendGridServer(ProviderServer):
         invalid: addresses refused as invalid (compared without case).
         invalid_patterns: ``fnmatch`` patterns of addresses refused as invalid;
             by default every address at ``invalid.example``.
+        verified_senders: the sender addresses the account may send from
+            (``None``, the default: any).
+        templates: the template ids that exist (``None``, the default: any
+            well-formed id).
     """
 
     provider: ClassVar[str] = "sendgrid"
@@ -92,6 +125,8 @@ class SendGridServer(ProviderServer):
         max_substitution_bytes: int = 50_000,
         rate_limit_limit: int = 600,
         fractional_reset: bool = False,
+        verified_senders: Iterable[str] | None = None,
+        templates: Iterable[str] | None = None,
     ) -> None:
         super().__init__(token=token, port=port, faults=faults)
         self.invalid: set[str] = {a.lower() for a in invalid}
@@ -100,9 +135,15 @@ class SendGridServer(ProviderServer):
         self.max_substitution_bytes = max_substitution_bytes
         self.rate_limit_limit = rate_limit_limit
         self.fractional_reset = fractional_reset
+        self.verified_senders: set[str] | None = (
+            None if verified_senders is None else {a.lower() for a in verified_senders}
+        )
+        self.templates: set[str] | None = None if templates is None else set(templates)
         self.messages: list[dict[str, Any]] = []
         #: bodies of the accepted requests, in order
         self.requests: list[dict[str, Any]] = []
+        #: bodies of the accepted requests in ``mail_settings.sandbox_mode``, in order
+        self.sandbox_requests: list[dict[str, Any]] = []
 
     def start(self) -> Self:
         super().start()
@@ -182,11 +223,16 @@ class SendGridServer(ProviderServer):
         errors = self._validate(body)
         if errors:
             return Reply(400, {"errors": errors})
+        unverified = self._unverified_sender(body)
+        if unverified is not None:
+            return Reply(403, {"errors": [unverified]})
         mail_settings = body.get("mail_settings")
         sandbox_mode = (
             mail_settings.get("sandbox_mode") if isinstance(mail_settings, dict) else None
         )
         if isinstance(sandbox_mode, dict) and sandbox_mode.get("enable"):
+            with self.lock:
+                self.sandbox_requests.append(dict(body))
             return Reply(200)
         message_id = secrets.token_urlsafe(16)[:22]
         self._record(body, message_id)
@@ -261,6 +307,7 @@ class SendGridServer(ProviderServer):
                     seen.add(address.lower())
             if not (isinstance(p.get("subject"), str) and p["subject"]):
                 subject_missing = True
+            errors += _validate_personalization_extras(p, where)
             substitutions = p.get("substitutions") or {}
             if not isinstance(substitutions, dict) or not all(
                 isinstance(v, str) for v in substitutions.values()
@@ -299,11 +346,38 @@ class SendGridServer(ProviderServer):
                 )
             )
         top_subject = body.get("subject")
-        if subject_missing and not (isinstance(top_subject, str) and top_subject):
+        templated = "template_id" in body
+        if subject_missing and not templated and not (isinstance(top_subject, str) and top_subject):
             errors.append(_error(_SUBJECT_REQUIRED, "subject", "message.subject"))
-        if "template_id" not in body:
+        if templated:
+            errors += self._validate_template(body["template_id"])
+            if body.get("content"):
+                errors += self._validate_content(body["content"])
+        else:
             errors += self._validate_content(body.get("content"))
+        errors += _validate_extras(body)
         return errors
+
+    def _validate_template(self, template_id: Any) -> list[dict[str, Any]]:
+        if not isinstance(template_id, str) or not _TEMPLATE_ID.fullmatch(template_id):
+            message = _TEMPLATE_INVALID.format(template_id)
+        elif self.templates is not None and template_id not in self.templates:
+            message = _TEMPLATE_UNKNOWN.format(template_id)
+        else:
+            return []
+        return [_error(message, "template_id", "message.template_id")]
+
+    def _unverified_sender(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """SendGrid's 403 error when a sender is not a verified Sender Identity."""
+        if self.verified_senders is None:
+            return None
+        senders = [body["from"]["email"]]
+        senders += [
+            p["from"]["email"] for p in body["personalizations"] if isinstance(p.get("from"), dict)
+        ]
+        if all(s.lower() in self.verified_senders for s in senders):
+            return None
+        return _error(_UNVERIFIED_SENDER, "from", "message.from")
 
     @staticmethod
     def _validate_content(content: Any) -> list[dict[str, Any]]:
@@ -327,13 +401,14 @@ class SendGridServer(ProviderServer):
         for p in body["personalizations"]:
             substitutions: dict[str, str] = p.get("substitutions") or {}
             subject = p.get("subject") or body.get("subject")
+            sender = p["from"]["email"] if isinstance(p.get("from"), dict) else None
             for entry in p["to"]:
                 records.append(
                     {
                         "id": message_id,
                         "to": entry["email"],
                         "name": entry.get("name"),
-                        "from": body["from"]["email"],
+                        "from": sender or body["from"]["email"],
                         "subject": _substitute(subject, substitutions),
                         "text": _substitute(content.get("text/plain"), substitutions),
                         "html": _substitute(content.get("text/html"), substitutions),
@@ -343,11 +418,80 @@ class SendGridServer(ProviderServer):
                         },
                         "headers": {**(body.get("headers") or {}), **(p.get("headers") or {})},
                         "categories": list(body.get("categories") or []),
+                        "template_id": body.get("template_id"),
+                        "dynamic_template_data": p.get("dynamic_template_data"),
+                        "asm": body.get("asm"),
+                        "send_at": p.get("send_at", body.get("send_at")),
                     }
                 )
         with self.lock:
             self.requests.append(dict(body))
             self.messages.extend(records)
+
+
+def _validate_personalization_extras(p: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
+    """A personalization's own ``from`` and ``dynamic_template_data``."""
+    errors = []
+    if "from" in p:
+        sender = p["from"]
+        address = sender.get("email") if isinstance(sender, dict) else None
+        if not isinstance(address, str) or not _EMAIL.fullmatch(address):
+            errors.append(_error(_INVALID_ADDRESS, f"{where}.from.email", "message.from"))
+    data = p.get("dynamic_template_data")
+    if data is not None and not isinstance(data, dict):
+        errors.append(
+            _error(
+                "The dynamic_template_data must be an object.",
+                f"{where}.dynamic_template_data",
+                "message.personalizations.dynamic_template_data",
+            )
+        )
+    return errors
+
+
+def _validate_extras(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Top-level ``categories``, ``custom_args``, ``asm`` and ``send_at``."""
+    errors = []
+    categories = body.get("categories")
+    if categories is not None:
+        if not isinstance(categories, list) or not all(isinstance(c, str) for c in categories):
+            errors.append(_error("Categories must be strings.", "categories", "message.categories"))
+        elif len(categories) > 10:
+            errors.append(
+                _error("You may not have more than 10 categories per request.", "categories")
+            )
+        elif any(len(c) > 255 for c in categories):
+            errors.append(_error("A category cannot be longer than 255 characters.", "categories"))
+    custom_args = body.get("custom_args")
+    if custom_args is not None and (
+        not isinstance(custom_args, dict)
+        or not all(isinstance(v, str) for v in custom_args.values())
+    ):
+        errors.append(_error("The custom_args values must be strings.", "custom_args"))
+    asm = body.get("asm")
+    if asm is not None:
+        group = asm.get("group_id") if isinstance(asm, dict) else None
+        if isinstance(group, bool) or not isinstance(group, int):
+            errors.append(
+                _error("The asm.group_id must be an integer.", "asm.group_id", "message.asm")
+            )
+        shown = asm.get("groups_to_display", []) if isinstance(asm, dict) else []
+        if (
+            not isinstance(shown, list)
+            or len(shown) > 25
+            or not all(isinstance(g, int) and not isinstance(g, bool) for g in shown)
+        ):
+            errors.append(
+                _error(
+                    "The asm.groups_to_display must be an array of at most 25 integers.",
+                    "asm.groups_to_display",
+                    "message.asm",
+                )
+            )
+    send_at = body.get("send_at")
+    if send_at is not None and (isinstance(send_at, bool) or not isinstance(send_at, int)):
+        errors.append(_error("The send_at must be a unix timestamp.", "send_at"))
+    return errors
 
 
 def _substitute(text: str | None, substitutions: Mapping[str, str]) -> str | None:

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Self
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -59,6 +60,10 @@ class TelnyxServer(ProviderServer):
       in +E.164 (422 / 10016, ``/from``) and one of :attr:`from_numbers` (400 /
       40305, any number when the set is empty); ``messaging_profile_id`` equal to
       :attr:`messaging_profile_id` (422 / 10017);
+    * ``media_urls`` a list of at most 10 ``http(s)://`` URLs, ``type`` ``SMS`` or
+      ``MMS`` (``SMS`` with media refused), ``subject`` and ``text`` strings,
+      ``encoding`` ``auto``, ``gsm7`` or ``ucs2`` (``gsm7`` with a character outside
+      GSM-7: 400 / 10015), else 422 / 10015 naming the field;
     * ``to`` in +E.164 (422 / 10016, ``/to``); not invalid (400 / 40310): neither
       in :attr:`invalid` nor matched by :attr:`is_invalid` (by default the reserved
       range ``+1555010XXXX``); not in :attr:`unsubscribed` (400 / 40300).
@@ -67,11 +72,17 @@ class TelnyxServer(ProviderServer):
     the carrier's refusal (40001) later by webhook: their record has
     ``delivery_status`` ``delivery_failed`` and ``delivery_error`` ``40001``.
 
+    Other documented fields (``send_at``, ``webhook_failover_url``,
+    ``use_profile_webhooks``, ``auto_detect``) are accepted and kept in the record's
+    ``payload``. The ``Authorization`` scheme is matched without case (RFC 9110).
+
     Accepted messages get 200 with Telnyx's message resource (a UUID ``id``,
-    ``to[0].status`` ``queued``) and are appended to :attr:`messages` as dicts with
-    ``id``, ``to``, ``from``, ``body``, ``messaging_profile_id``, ``webhook_url``,
-    ``parts``, ``encoding``, ``content_type``, ``idempotency_key`` and
-    ``delivery_status``. Refused
+    ``to[0].status`` ``queued``, ``type`` ``MMS`` when there is media) and are
+    appended to :attr:`messages` as dicts with ``id``, ``to``, ``from``, ``body``,
+    ``media_urls``, ``subject``, ``type``, ``messaging_profile_id``,
+    ``webhook_url``, ``parts``, ``encoding``, ``content_type``,
+    ``idempotency_key``, ``delivery_status`` and ``payload`` (the request body).
+    Refused
     requests that reached validation are appended to :attr:`rejected` (``to``,
     ``code``, ``status``).
 
@@ -219,6 +230,8 @@ class TelnyxServer(ProviderServer):
         profile = payload.get("messaging_profile_id")
         text = payload.get("text")
         reply = self._validate(to, sender, profile, text, payload.get("media_urls"))
+        if reply is None:
+            reply = _validate_optional(payload)
         if reply is not None:
             with self.lock:
                 self.rejected.append(
@@ -227,7 +240,12 @@ class TelnyxServer(ProviderServer):
             return reply
         assert isinstance(to, str)
         text = text if isinstance(text, str) else ""
+        media_urls = list(payload.get("media_urls") or [])
+        kind = payload.get("type") or ("MMS" if media_urls else "SMS")
         parts, encoding = sms_segments(text)
+        if payload.get("encoding") == "ucs2" and encoding != "UCS-2":
+            units = len(text.encode("utf-16-le")) // 2
+            parts, encoding = (1 if units <= 70 else math.ceil(units / 67)), "UCS-2"
         message_id = str(uuid.uuid4())
         now = datetime.now(UTC)
         landline = to in self.landlines
@@ -236,6 +254,9 @@ class TelnyxServer(ProviderServer):
             "to": to,
             "from": sender,
             "body": text,
+            "media_urls": media_urls,
+            "subject": payload.get("subject"),
+            "type": kind,
             "messaging_profile_id": profile,
             "webhook_url": payload.get("webhook_url"),
             "parts": parts,
@@ -244,6 +265,7 @@ class TelnyxServer(ProviderServer):
             "idempotency_key": request.headers.get("idempotency-key"),
             "delivery_status": "delivery_failed" if landline else "queued",
             "delivery_error": "40001" if landline else None,
+            "payload": payload,
         }
         with self.lock:
             self.messages.append(record)
@@ -254,7 +276,7 @@ class TelnyxServer(ProviderServer):
                     "record_type": "message",
                     "direction": "outbound",
                     "id": message_id,
-                    "type": "SMS",
+                    "type": kind,
                     "messaging_profile_id": profile or self.messaging_profile_id,
                     "organization_id": self.organization_id,
                     "from": {
@@ -271,8 +293,11 @@ class TelnyxServer(ProviderServer):
                         }
                     ],
                     "text": text,
-                    "subject": None,
-                    "media": [],
+                    "subject": payload.get("subject"),
+                    "media": [
+                        {"url": url, "content_type": None, "sha256": None, "size": None}
+                        for url in media_urls
+                    ],
                     "webhook_url": payload.get("webhook_url"),
                     "webhook_failover_url": payload.get("webhook_failover_url"),
                     "encoding": encoding,
@@ -336,3 +361,46 @@ class TelnyxServer(ProviderServer):
         if status >= 500:
             return self.error(status, "10007")
         return self.error(status, "10015")
+
+
+#: Most ``media_urls`` one Telnyx message may carry.
+MAX_MEDIA = 10
+
+
+def _invalid(pointer: str, detail: str) -> Reply:
+    return TelnyxServer.error(422, "10015", pointer=pointer, detail=detail)
+
+
+def _validate_optional(payload: dict[str, Any]) -> Reply | None:
+    """Telnyx's 422 / 400 for malformed optional fields, or ``None``."""
+    media = payload.get("media_urls")
+    if media is not None:
+        if not isinstance(media, list) or not all(isinstance(u, str) for u in media):
+            return _invalid("/media_urls", "The 'media_urls' parameter must be a list of URLs.")
+        if len(media) > MAX_MEDIA:
+            return _invalid("/media_urls", f"No more than {MAX_MEDIA} media URLs are allowed.")
+        for url in media:
+            parts = urlsplit(url)
+            if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+                return _invalid("/media_urls", f"Invalid media URL: {url}")
+    kind = payload.get("type")
+    if kind is not None and kind not in ("SMS", "MMS"):
+        return _invalid("/type", "The 'type' parameter must be SMS or MMS.")
+    if kind == "SMS" and media:
+        return _invalid("/type", "An SMS cannot carry media_urls; use type MMS.")
+    for field in ("subject", "text", "webhook_url", "webhook_failover_url", "send_at"):
+        value = payload.get(field)
+        if value is not None and not isinstance(value, str):
+            return _invalid(f"/{field}", f"The '{field}' parameter must be a string.")
+    encoding = payload.get("encoding")
+    if encoding is not None and encoding not in ("auto", "gsm7", "ucs2"):
+        return _invalid("/encoding", "The 'encoding' parameter must be auto, gsm7 or ucs2.")
+    text = payload.get("text")
+    if encoding == "gsm7" and isinstance(text, str) and sms_segments(text)[1] != "GSM-7":
+        return TelnyxServer.error(
+            400,
+            "10015",
+            pointer="/text",
+            detail="The message contains characters that cannot be encoded in GSM-7.",
+        )
+    return None

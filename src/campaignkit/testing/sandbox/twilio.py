@@ -6,17 +6,20 @@ import base64
 import binascii
 import email.utils
 import hmac
+import json
 import math
 import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime
 from typing import Any, ClassVar, Self
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
+
+import attrs
 
 from ._server import Faults, ProviderServer, Reply, Request
 
-__all__ = ["TwilioServer"]
+__all__ = ["MessageContent", "TwilioServer"]
 
 E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 
@@ -54,6 +57,60 @@ def reserved_invalid(number: str) -> bool:
     return len(number) == 12 and number.startswith("+1555010") and number[8:].isdigit()
 
 
+_CONTENT_SID = re.compile(r"HX[0-9a-fA-F]{32}")
+#: Most ``MediaUrl`` parameters Twilio accepts on one message.
+MAX_MEDIA = 10
+
+
+@attrs.frozen
+class MessageContent:
+    """What a Twilio message carries: ``Body``, ``MediaUrl`` (repeatable) and
+    ``ContentSid`` with ``ContentVariables``, as the form sent them."""
+
+    body: str = ""
+    media_urls: tuple[str, ...] = ()
+    content_sid: str | None = None
+    content_variables: str | None = None
+
+    @classmethod
+    def from_form(cls, form: Mapping[str, list[str]]) -> MessageContent:
+        """The content parameters of a parsed form (``parse_qs`` shape)."""
+        return cls(
+            body=(form.get("Body") or [""])[0],
+            media_urls=tuple(u for u in form.get("MediaUrl", []) if u),
+            content_sid=(form.get("ContentSid") or [""])[0] or None,
+            content_variables=(form.get("ContentVariables") or [""])[0] or None,
+        )
+
+    def variables(self) -> dict[str, Any] | None:
+        """``ContentVariables`` decoded, or ``None`` (absent or not a JSON object)."""
+        if self.content_variables is None:
+            return None
+        try:
+            decoded = json.loads(self.content_variables)
+        except ValueError:
+            return None
+        return decoded if isinstance(decoded, dict) else None
+
+    def problem(self) -> tuple[int, str] | None:
+        """Twilio's ``(code, message)`` for content it refuses, or ``None``."""
+        if not self.body and not self.media_urls and self.content_sid is None:
+            return 21602, "Message body is required."
+        if len(self.body) > TwilioServer.MAX_BODY:
+            return 21617, "The concatenated message body exceeds the 1600 character limit."
+        if len(self.media_urls) > MAX_MEDIA:
+            return 21623, "Number of media files exceeds allowed limit"
+        for url in self.media_urls:
+            parts = urlsplit(url)
+            if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+                return 21620, f"Invalid media URL(s): {url}"
+        if self.content_sid is not None and not _CONTENT_SID.fullmatch(self.content_sid):
+            return 21655, f"The ContentSid {self.content_sid} is invalid."
+        if self.content_variables is not None and self.variables() is None:
+            return 21656, "The ContentVariables Parameter is invalid."
+        return None
+
+
 class TwilioServer(ProviderServer):
     """Twilio's ``POST /2010-04-01/Accounts/{AccountSid}/Messages.json`` on 127.0.0.1.
 
@@ -64,10 +121,15 @@ class TwilioServer(ProviderServer):
       in the path), else 401 / 20003;
     * a form-urlencoded body (Twilio reads no JSON: another content type leaves
       every parameter missing);
-    * ``To`` (21604), ``From`` or ``MessagingServiceSid`` (21603), ``Body`` (21602)
-      present; ``From`` one of :attr:`from_numbers` (21606, any number when the set
-      is empty); ``MessagingServiceSid`` equal to :attr:`messaging_service_sid`
-      (21701); ``Body`` at most 1,600 characters (21617);
+    * ``To`` (21604), ``From`` or ``MessagingServiceSid`` (21603), and content
+      present: ``Body``, one or more ``MediaUrl`` (repeatable, with or without
+      ``Body``) or ``ContentSid`` (a Content Template ``HX`` + 32 hex digits, with
+      optional ``ContentVariables``, a JSON object; no ``Body`` needed), else 21602;
+      ``From`` one of :attr:`from_numbers` (21606, any number when the set is
+      empty); ``MessagingServiceSid`` equal to :attr:`messaging_service_sid`
+      (21701); ``Body`` at most 1,600 characters (21617); at most 10 ``MediaUrl``
+      (21623), each an ``http(s)://`` URL (21620); a well-formed ``ContentSid``
+      (21655) and ``ContentVariables`` (21656);
     * ``To`` in E.164 and not invalid (21211): neither in :attr:`invalid` nor
       matched by :attr:`is_invalid` (by default the reserved range
       ``+1555010XXXX``); not in :attr:`unsubscribed` (21610, the recipient sent
@@ -76,11 +138,19 @@ class TwilioServer(ProviderServer):
     The three sets start with Twilio's magic test numbers (``+15005550001``
     invalid, ``+15005550004`` unsubscribed, ``+15005550009`` not mobile).
 
+    Other parameters Twilio documents (``StatusCallback``, ``ValidityPeriod``,
+    ``SendAt``/``ScheduleType``, ``SmartEncoded``, ``ShortenUrls``, ...) are accepted
+    without effect, as Twilio's unknown parameters are, and kept in the record's
+    ``params``. The ``Authorization`` scheme is matched without case (RFC 9110).
+
     Accepted messages get 201 with Twilio's message resource (sid ``SM`` + 32 hex
-    digits, status ``queued``, or ``accepted`` through a Messaging Service) and
-    are appended to :attr:`messages` as dicts with ``id``/``sid``, ``to``,
-    ``from``, ``body``, ``messaging_service_sid``, ``status_callback``,
-    ``validity_period``, ``num_segments``, ``content_type`` and ``account_sid``.
+    digits, status ``queued``, or ``accepted`` through a Messaging Service;
+    ``num_media`` the number of ``MediaUrl``) and are appended to :attr:`messages`
+    as dicts with ``id``/``sid``, ``to``, ``from``, ``body``, ``media_urls``,
+    ``content_sid``, ``content_variables`` (the decoded object or ``None``),
+    ``messaging_service_sid``, ``status_callback``, ``validity_period``,
+    ``num_segments``, ``content_type``, ``account_sid`` and ``params`` (every
+    form parameter: a string, or a list of strings for a repeated one).
     Refused requests that reached validation are appended to :attr:`rejected`
     (``to``, ``code``, ``status``).
 
@@ -202,11 +272,11 @@ class TwilioServer(ProviderServer):
             return self.error(405, 20004, "Method not allowed")
         form = request.form() if request.content_type == "application/x-www-form-urlencoded" else {}
         params = {key: values[0] for key, values in form.items() if values}
+        content = MessageContent.from_form(form)
         to = params.get("To", "")
         sender = params.get("From") or None
         service = params.get("MessagingServiceSid") or None
-        body = params.get("Body", "")
-        refused = self._validate(to, sender, service, body)
+        refused = self._validate(to, sender, service, content)
         if refused is not None:
             with self.lock:
                 self.rejected.append(
@@ -214,7 +284,7 @@ class TwilioServer(ProviderServer):
                 )
             return refused
         sid = "SM" + secrets.token_hex(16)
-        segments, _ = sms_segments(body)
+        segments, _ = sms_segments(content.body)
         created = datetime.now(UTC)
         status = "accepted" if service else "queued"
         record = {
@@ -222,7 +292,10 @@ class TwilioServer(ProviderServer):
             "sid": sid,
             "to": to,
             "from": sender,
-            "body": body,
+            "body": content.body,
+            "media_urls": list(content.media_urls),
+            "content_sid": content.content_sid,
+            "content_variables": content.variables(),
             "messaging_service_sid": service,
             "status_callback": params.get("StatusCallback"),
             "validity_period": params.get("ValidityPeriod"),
@@ -231,6 +304,7 @@ class TwilioServer(ProviderServer):
             "content_type": request.content_type,
             "account_sid": self.account_sid,
             "date_created": created,
+            "params": {k: v[0] if len(v) == 1 else list(v) for k, v in form.items()},
         }
         with self.lock:
             self.messages.append(record)
@@ -260,7 +334,7 @@ class TwilioServer(ProviderServer):
             "error_message": None,
             "from": record["from"],
             "messaging_service_sid": record["messaging_service_sid"],
-            "num_media": "0",
+            "num_media": str(len(record.get("media_urls") or ())),
             "num_segments": str(record["num_segments"]),
             "price": None,
             "price_unit": "USD",
@@ -329,7 +403,7 @@ class TwilioServer(ProviderServer):
         )
 
     def _validate(
-        self, to: str, sender: str | None, service: str | None, body: str
+        self, to: str, sender: str | None, service: str | None, content: MessageContent
     ) -> Reply | None:
         if not to:
             return self.error(400, 21604, "A 'To' phone number is required.")
@@ -344,12 +418,9 @@ class TwilioServer(ProviderServer):
                 f"The From phone number {sender} is not a valid, SMS-capable inbound phone "
                 f"number or short code for your account.",
             )
-        if not body:
-            return self.error(400, 21602, "Message body is required.")
-        if len(body) > self.MAX_BODY:
-            return self.error(
-                400, 21617, "The concatenated message body exceeds the 1600 character limit."
-            )
+        refused = content.problem()
+        if refused is not None:
+            return self.error(400, *refused)
         if not E164.fullmatch(to) or to in self.invalid or self.is_invalid(to):
             return self.error(400, 21211, f"The 'To' number {to} is not a valid phone number.")
         if to in self.unsubscribed:
