@@ -420,3 +420,23 @@ def test_sandbox_accepts_a_single_object_and_token_lists(server: ExpoServer) -> 
     assert bad.json()["errors"][0]["code"] == "VALIDATION_ERROR"
     assert text.status_code == 400
     assert server.channel_options() == {"base_url": server.base_url}
+
+
+def test_sandbox_receipts_for_known_tickets_only(server: ExpoServer) -> None:
+    server.receipt_errors = {token(2): "MessageTooBig"}
+    base = server.base_url + "/--/api/v2/push"
+    with requests.Session() as http:
+        sent = http.post(f"{base}/send", json=[{"to": token(1)}, {"to": token(2)}], timeout=5)
+        ids = [t["id"] for t in sent.json()["data"]]
+        receipts = http.post(f"{base}/getReceipts", json={"ids": [*ids, "unknown"]}, timeout=5)
+        too_many = http.post(f"{base}/getReceipts", json={"ids": ["x"] * 1001}, timeout=5)
+    server.receipt_errors = {}
+    data = receipts.json()["data"]
+    assert set(data) == set(ids)
+    assert data[ids[0]] == {"status": "ok"}
+    assert (data[ids[1]]["status"], data[ids[1]]["details"]) == (
+        "error",
+        {"error": "MessageTooBig"},
+    )
+    assert too_many.status_code == 400
+    assert too_many.json()["errors"][0]["code"] == "PUSH_TOO_MANY_RECEIPTS"

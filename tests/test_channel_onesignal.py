@@ -517,3 +517,45 @@ def test_sandbox_requires_target_channel_with_aliases(server: _Server) -> None:
 def test_sandbox_channel_options(server: _Server) -> None:
     assert server.channel_options() == {"base_url": server.base_url, "app_id": server.app_id}
     assert server.token == SECRET
+
+
+def test_sandbox_serves_the_legacy_path_and_basic_scheme(server: _Server) -> None:
+    body = {"app_id": server.app_id, "contents": {"en": "hi"}, "include_player_ids": [sub(1)]}
+    with requests.Session() as http:
+        reply = http.post(
+            server.base_url + "/api/v1/notifications?c=push",
+            json=body,
+            headers={"Authorization": f"Basic {SECRET}"},
+            timeout=5,
+        )
+    assert reply.status_code == 200
+    assert [m["to"] for m in server.messages] == [sub(1)]
+
+
+@pytest.mark.parametrize(
+    "targeting",
+    [
+        {"excluded_segments": ["Churned"]},  # only with included_segments
+        {"included_segments": []},
+        {"included_segments": ["A"], "filters": [{"field": "tag"}]},  # two modes
+        {"filters": []},
+        {"filters": [{"operator": "XOR"}]},
+        {"filters": [{"key": "level"}]},
+        {
+            "include_aliases": {"external_id": ["a"], "onesignal_id": ["b"]},
+            "target_channel": "push",
+        },
+    ],
+)
+def test_sandbox_refuses_malformed_targeting(server: _Server, targeting: dict[str, Any]) -> None:
+    reply = _post(server, {"app_id": server.app_id, "contents": {"en": "hi"}, **targeting})
+    assert reply.status_code == 400
+    assert server.messages == []
+
+
+def test_sandbox_template_id_must_be_a_uuid_and_replaces_contents(server: _Server) -> None:
+    base = {"app_id": server.app_id, "included_segments": ["All"]}
+    assert _post(server, {**base, "template_id": "welcome"}).status_code == 400
+    assert _post(server, base).status_code == 400  # neither contents nor template
+    assert _post(server, {**base, "template_id": sub(7)}).status_code == 200
+    assert [m["template_id"] for m in server.messages] == [sub(7)]

@@ -610,3 +610,50 @@ def test_registers_through_the_hook() -> None:
         "email",
         False,
     )
+
+
+_TEMPLATED = {
+    "from": {"email": "a@shop.example"},
+    "personalizations": [{"to": [{"email": "u@example.com"}]}],
+    "template_id": "d-" + "0" * 32,
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"template_id": "welcome"}, "template_id"),
+        ({"categories": [f"c{i}" for i in range(11)]}, "categories"),
+        ({"categories": ["x" * 256]}, "categories"),
+        ({"custom_args": {"n": 1}}, "custom_args"),
+        ({"asm": {"group_id": "42"}}, "asm.group_id"),
+        ({"asm": {"group_id": 42, "groups_to_display": list(range(26))}}, "asm.groups_to_display"),
+        ({"send_at": "tomorrow"}, "send_at"),
+        (
+            {"personalizations": [{"to": [{"email": "u@example.com"}], "from": {"email": "x"}}]},
+            "personalizations.0.from.email",
+        ),
+        (
+            {
+                "personalizations": [
+                    {"to": [{"email": "u@example.com"}], "dynamic_template_data": []}
+                ]
+            },
+            "personalizations.0.dynamic_template_data",
+        ),
+    ],
+)
+def test_sandbox_refuses_malformed_templated_mail(
+    server: SendGridServer, change: dict[str, Any], field: str
+) -> None:
+    assert _raw(server, _TEMPLATED).status_code == 202
+    reply = _raw(server, {**_TEMPLATED, **change})
+    assert reply.status_code == 400
+    assert [e["field"] for e in reply.json()["errors"]] == [field]
+    assert len(server.messages) == 1
+
+
+def test_sandbox_known_templates() -> None:
+    with SendGridServer(token=SECRET, templates=["d-" + "1" * 32]) as server:
+        assert _raw(server, _TEMPLATED).status_code == 400
+        assert _raw(server, {**_TEMPLATED, "template_id": "d-" + "1" * 32}).status_code == 202
