@@ -2971,7 +2971,7 @@ def sandbox(
     the environment variables a program would set. Point a campaign's channels at the
     printed options (or run `campaignkit run CONFIG --sandbox`, which starts its own).
     """
-    from .testing.sandbox import Sandbox
+    from .testing.sandbox import DEFAULT_ENV, Sandbox
 
     setup = _sandbox_setup(
         providers,
@@ -2999,12 +2999,9 @@ def sandbox(
     try:
         described = _sandbox_description(servers, setup, show_tokens=show_tokens)
         env = {
-            k: v
-            for k, v in servers.env().items()
-            if show_tokens or not any(
-                p in setup.given_tokens and servers.servers[p].token == v
-                for p in setup.providers
-            )
+            variable: value
+            for variable, value in servers.env().items()
+            if show_tokens or DEFAULT_ENV[variable] not in setup.given_tokens
         }
         if as_json:
             click.echo(json.dumps({"providers": described, "env": env}))

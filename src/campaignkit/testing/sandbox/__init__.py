@@ -57,6 +57,7 @@ from ._server import (
 __all__ = [
     "CAMPAIGN_TOKEN_VARIABLES",
     "CREDENTIALS",
+    "DEFAULT_ENV",
     "PROVIDERS",
     "SENDER_KEYWORDS",
     "Credential",
@@ -143,6 +144,14 @@ CAMPAIGN_TOKEN_VARIABLES: dict[str, str] = {
     "telnyx": "SMS_API_TOKEN",
     "onesignal": "PUSH_API_TOKEN",
     "expo": "PUSH_API_TOKEN",
+}
+
+
+#: the token variables :meth:`Sandbox.env` sets without a campaign -> their provider.
+DEFAULT_ENV: dict[str, str] = {
+    "EMAIL_API_TOKEN": "sendgrid",
+    "SMS_API_TOKEN": "twilio",
+    "PUSH_API_TOKEN": "expo",
 }
 
 
@@ -349,13 +358,10 @@ class Sandbox:
         the SendGrid, Twilio and Expo tokens.
         """
         if config is None:
-            defaults = {
-                "EMAIL_API_TOKEN": "sendgrid",
-                "SMS_API_TOKEN": "twilio",
-                "PUSH_API_TOKEN": "expo",
-            }
             return {
-                var: self.servers[p].token for var, p in defaults.items() if p in self.providers
+                var: self.servers[p].token
+                for var, p in DEFAULT_ENV.items()
+                if p in self.providers
             }
         return {
             c.token_variable: self.servers[c.provider].token
