@@ -6,8 +6,14 @@ from __future__ import annotations
 import ast
 import inspect
 import json
+import os
 import re
+import shlex
 import shutil
+import signal
+import subprocess
+import sys
+import tomllib
 import types
 from pathlib import Path
 from typing import Any
@@ -250,3 +256,99 @@ def test_source_hook_example_registers_a_working_source(tmp_path: Path) -> None:
     )
     [recipient] = list(source.records())
     assert (recipient.id, recipient.email) == ("C1", "ada@example.com")
+
+
+# -- the sandbox and the plugin guide -------------------------------------------------------
+
+
+def test_every_sandbox_option_is_documented() -> None:
+    doc = read("sandbox.md")
+    command = main.commands["sandbox"]  # type: ignore[attr-defined]
+    options = [opt for param in command.params for opt in param.opts if opt.startswith("--")]
+    assert len(options) >= 17
+    for option in options:
+        assert re.search(rf"^\| `{re.escape(option)}[ `]", doc, re.M), option
+
+
+def test_sandbox_counts_are_those_of_the_example(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(
+        ROOT / "examples" / "multi_channel_campaign",
+        tmp_path / "example",
+        ignore=shutil.ignore_patterns("campaignkit-results", ".campaignkit"),
+    )
+    monkeypatch.chdir(tmp_path / "example")
+    code = snippet("sandbox.md", "counts")
+    stated = re.search(r"print\(sandbox\.counts\(\)\)\s*# (\{.*\})", code)
+    assert stated, "the counts snippet states no counts"
+    exec(compile(code, "docs/sandbox.md", "exec"), {})
+    assert capsys.readouterr().out.strip() == stated.group(1)
+
+
+def test_sandbox_console_example_is_what_the_command_prints(tmp_path: Path) -> None:
+    block = re.search(
+        r"## `campaignkit sandbox`.*?```console\n\$ ((?:[^\n]*\\\n)*[^\n]*)\n(.*?)```",
+        read("sandbox.md"),
+        re.S,
+    )
+    assert block
+    command = shlex.split(block.group(1).replace("\\\n", " "))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "campaignkit", *command[1:]],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "Sandbox ready" in line:
+                break
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    port = re.compile(r"127\.0\.0\.1:\d+")
+    assert [port.sub("127.0.0.1:PORT", line) for line in lines] == [
+        port.sub("127.0.0.1:PORT", line) for line in block.group(2).splitlines(keepends=True)
+    ]
+
+
+def test_plugin_pyproject_is_complete_and_uses_the_entry_point_group() -> None:
+    project = tomllib.loads(snippet("writing-a-channel-plugin.md", "pyproject"))
+    example = tomllib.loads(
+        (ROOT / "examples" / "campaignkit-webhook" / "pyproject.toml").read_text()
+    )
+    assert project["build-system"] == example["build-system"]
+    for key in ("name", "version", "requires-python", "dependencies"):
+        assert project["project"][key], key
+    [(name, module)] = project["project"]["entry-points"][hookspecs.PROJECT_NAME].items()
+    assert set(example["project"]["entry-points"]) == {hookspecs.PROJECT_NAME}
+    assert project["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"] == [f"src/{module}"]
+    assert name == "chat"
+
+
+def test_plugin_guide_names_the_default_token_variable() -> None:
+    channel = Channel(name="team", provider="chat")
+    assert f"reads\n`{channel.token_variable}`" in read("writing-a-channel-plugin.md")
+    assert channel.token_variable == "TEAM_API_TOKEN"
+    assert "from campaignkit.testing import StaticSource" in snippet(
+        "writing-a-channel-plugin.md", "fixtures"
+    )
+
+
+def test_plugin_guide_fixture_example_passes(tmp_path: Path) -> None:
+    (tmp_path / "test_fixtures_example.py").write_text(
+        snippet("writing-a-channel-plugin.md", "fixtures")
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
+         "-W", "error", "test_fixtures_example.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout

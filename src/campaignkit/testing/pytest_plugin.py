@@ -1,7 +1,8 @@
 """pytest fixtures for campaignkit users, registered through the ``pytest11`` entry point.
 
-* ``ck_sandbox``: a started :class:`~campaignkit.testing.sandbox.Sandbox` with every
-  provider's loopback server (needs the ``sandbox`` extra for SMTP).
+* ``ck_sandbox``: a running :class:`~campaignkit.testing.sandbox.Sandbox` serving
+  every provider, each server started when the test first uses it (only SMTP needs
+  the ``sandbox`` extra, aiosmtpd).
   ``ck_sandbox.pipeline("campaign.toml")`` is a rehearsal: its own ledger
   (``ledger.sandbox.db``) and output folder (``<output dir>/sandbox/``), never the
   campaign's real state.
@@ -22,14 +23,20 @@ from . import recording_plugin
 
 @pytest.fixture
 def ck_sandbox() -> Iterator[Any]:
-    """Every provider's sandbox server, started on 127.0.0.1 and stopped afterwards.
+    """Every provider's sandbox server on 127.0.0.1, stopped after the test.
+
+    The sandbox is lazy: a server starts when the test first uses it
+    (``ck_sandbox.servers["twilio"]``, ``ck_sandbox.pipeline(config)`` and
+    ``ck_sandbox.apply(config)`` start those of the enabled channels), so a test of
+    HTTP channels needs neither aiosmtpd nor an SMTP port.
 
     Pipelines from ``ck_sandbox.pipeline(...)`` or ``ck_sandbox.apply(...)``, and any
     pipeline whose channels point at these servers, are rehearsals: they record into
-    ``ledger.sandbox.db`` and ``<output dir>/sandbox/``, never the real state."""
+    ``ledger.sandbox.db`` and ``<output dir>/sandbox/``, never the real state, and
+    send without the providers' default rate limits."""
     from .sandbox import Sandbox
 
-    with Sandbox() as sandbox:
+    with Sandbox(lazy=True) as sandbox:
         yield sandbox
 
 

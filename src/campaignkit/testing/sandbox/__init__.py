@@ -3,40 +3,74 @@
 Each server speaks its provider's real wire contract on 127.0.0.1 (checks auth,
 content type and body shape, enforces batch limits with the provider's error,
 answers with the provider's success shape) and records every accepted message.
-:class:`Sandbox` starts them all::
+:class:`Sandbox` runs them::
 
     with Sandbox() as sandbox:
         sandbox.pipeline("campaign.toml").run()
         sandbox.servers["sendgrid"].messages
 
+``Sandbox(lazy=True)`` (what the ``ck_sandbox`` fixture uses) starts a server only
+when it is first used, so a test of HTTP channels needs neither aiosmtpd nor an SMTP
+port. ``Sandbox(record_to=DIR)`` writes every accepted message to
+``DIR/<provider>.jsonl`` the moment it is accepted.
+
 A run against the sandbox is a **rehearsal**: it records into its own ledger
 (``ledger.sandbox.db`` beside the real one: runs, deliveries, suppression list) and
 writes under ``<output dir>/sandbox/``, so it never makes the real run of a logical
 date "already done" and a fake provider's refusal never reaches the real suppression
-list. :meth:`Sandbox.apply` and :meth:`Sandbox.pipeline` isolate the state, and a
-:class:`~campaignkit.Pipeline` built by hand whose channels point at a running
-sandbox server is a rehearsal as well.
+list. :meth:`Sandbox.apply` and :meth:`Sandbox.pipeline` isolate the state (and lift
+the providers' default rate limits), and a :class:`~campaignkit.Pipeline` built by
+hand whose channels point at a running sandbox server is a rehearsal as well.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import inspect
 import json
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ..._config import PipelineConfig, load_config
-from ..._rehearsal import rehearsal_config
+from ..._models import Rate
+from ..._rehearsal import SANDBOX_DIR, rehearsal_config
 from ...exceptions import ConfigError
+from ...hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from ..._pipeline import Pipeline
-from ._server import Faults, ProviderServer, Reply, Request
+from ._server import (
+    Faults,
+    MessageJournal,
+    ProviderServer,
+    RecordedMessages,
+    Reply,
+    Request,
+    attach_journal,
+)
 
-__all__ = ["PROVIDERS", "Faults", "ProviderServer", "Reply", "Request", "Sandbox"]
+__all__ = [
+    "CAMPAIGN_TOKEN_VARIABLES",
+    "CREDENTIALS",
+    "DEFAULT_ENV",
+    "PROVIDERS",
+    "SENDER_KEYWORDS",
+    "Credential",
+    "Faults",
+    "MessageJournal",
+    "ProviderServer",
+    "RecordedMessages",
+    "Reply",
+    "Request",
+    "Sandbox",
+    "sender_keyword",
+    "server_class",
+]
 
 #: provider name -> "module:Class" of its sandbox server.
 PROVIDERS: dict[str, str] = {
@@ -48,43 +82,194 @@ PROVIDERS: dict[str, str] = {
     "expo": "campaignkit.testing.sandbox.expo:ExpoServer",
 }
 
+#: provider name -> the server's keyword argument holding the senders it accepts
+#: (requests from any other sender are refused as the provider refuses them).
+SENDER_KEYWORDS: dict[str, str] = {
+    "twilio": "from_numbers",
+    "telnyx": "from_numbers",
+}
+#: keyword names a server may take for its allowed senders, for providers not in
+#: :data:`SENDER_KEYWORDS` (checked against the server's constructor).
+_SENDER_KEYWORD_NAMES = ("from_numbers", "verified_senders", "senders")
+
+
+@attrs.frozen
+class Credential:
+    """One credential a client of a sandbox server uses.
+
+    Attributes:
+        name: what the provider calls it (``account_sid``, ``auth_token``...).
+        variable: the environment variable the provider's own SDKs and examples read it
+            from (``TWILIO_AUTH_TOKEN``...).
+        attribute: the server attribute holding it.
+        secret: whether it is the server's token.
+    """
+
+    name: str
+    variable: str
+    attribute: str
+
+    @property
+    def secret(self) -> bool:
+        return self.attribute == "token"
+
+
+#: provider name -> the credentials its clients use, with their usual variables.
+CREDENTIALS: dict[str, tuple[Credential, ...]] = {
+    "sendgrid": (Credential("api_key", "SENDGRID_API_KEY", "token"),),
+    "smtp": (
+        Credential("host", "SMTP_HOST", "HOST"),
+        Credential("port", "SMTP_PORT", "port"),
+        Credential("username", "SMTP_USERNAME", "username"),
+        Credential("password", "SMTP_PASSWORD", "token"),
+    ),
+    "twilio": (
+        Credential("account_sid", "TWILIO_ACCOUNT_SID", "account_sid"),
+        Credential("auth_token", "TWILIO_AUTH_TOKEN", "token"),
+    ),
+    "telnyx": (Credential("api_key", "TELNYX_API_KEY", "token"),),
+    "onesignal": (
+        Credential("app_id", "ONESIGNAL_APP_ID", "app_id"),
+        Credential("rest_api_key", "ONESIGNAL_REST_API_KEY", "token"),
+    ),
+    "expo": (Credential("access_token", "EXPO_ACCESS_TOKEN", "token"),),
+}
+
+#: provider name -> the token variable of a campaign channel named ``email``, ``sms``
+#: or ``push`` (``<NAME>_API_TOKEN``) sending through it.
+CAMPAIGN_TOKEN_VARIABLES: dict[str, str] = {
+    "sendgrid": "EMAIL_API_TOKEN",
+    "smtp": "EMAIL_API_TOKEN",
+    "twilio": "SMS_API_TOKEN",
+    "telnyx": "SMS_API_TOKEN",
+    "onesignal": "PUSH_API_TOKEN",
+    "expo": "PUSH_API_TOKEN",
+}
+
+
+#: the token variables :meth:`Sandbox.env` sets without a campaign -> their provider.
+DEFAULT_ENV: dict[str, str] = {
+    "EMAIL_API_TOKEN": "sendgrid",
+    "SMS_API_TOKEN": "twilio",
+    "PUSH_API_TOKEN": "expo",
+}
+
 
 def server_class(provider: str) -> Any:
-    """The sandbox server class for ``provider``."""
+    """The sandbox server class for ``provider`` (importing the SMTP one needs aiosmtpd:
+    ``pip install 'campaignkit[sandbox]'``)."""
     module, _, name = PROVIDERS[provider].partition(":")
     return getattr(importlib.import_module(module), name)
 
 
+def sender_keyword(provider: str) -> str | None:
+    """The keyword argument of ``provider``'s server that restricts the senders it
+    accepts, or ``None`` when the server accepts any sender."""
+    keyword = SENDER_KEYWORDS.get(provider)
+    if keyword is not None:
+        return keyword
+    parameters = inspect.signature(server_class(provider)).parameters
+    return next((name for name in _SENDER_KEYWORD_NAMES if name in parameters), None)
+
+
+class ServerMap(Mapping[str, Any]):
+    """A :class:`Sandbox`'s servers by provider name. While the sandbox runs, every
+    provider it was given is a key; looking one up starts its server if it is not
+    running yet (a lazy sandbox starts nothing before)."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self._sandbox = sandbox
+
+    def __getitem__(self, provider: str) -> Any:
+        return self._sandbox._server(provider)
+
+    def __contains__(self, provider: object) -> bool:
+        return self._sandbox._running and provider in self._sandbox.providers
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._sandbox.providers if self._sandbox._running else ())
+
+    def __len__(self) -> int:
+        return len(self._sandbox.providers) if self._sandbox._running else 0
+
+    def __repr__(self) -> str:
+        live = ", ".join(self._sandbox.live_servers()) or "none"
+        return f"<sandbox servers {', '.join(self)} (running: {live})>"
+
+
 class Sandbox:
-    """Starts sandbox servers for the given providers (all by default) on loopback.
+    """Sandbox servers for the given providers (all by default), on 127.0.0.1.
+
+    Args:
+        providers: the providers to serve (default: all of :data:`PROVIDERS`).
+        lazy: start each server only when it is first used (``servers[name]``,
+            :meth:`apply`, :meth:`pipeline`, :meth:`channel_options`, :meth:`url`,
+            :meth:`env`): :meth:`apply` starts exactly the providers of the enabled
+            channels, and nothing imports aiosmtpd unless SMTP is used. By default
+            :meth:`start` starts them all.
+        record_to: a directory: every accepted message is appended to
+            ``<record_to>/<provider>.jsonl`` as it is accepted (see :meth:`record_to`).
+        server_options: provider name -> keyword arguments for its server's
+            constructor (``token``, ``port``, ``faults``, ``account_sid``,
+            ``from_numbers``...).
 
     Attributes:
-        servers: provider name -> started server (each has ``token``, ``messages``,
-            ``faults`` for HTTP servers, and ``channel_options()``).
+        servers: provider name -> server (each has ``token``, ``messages``,
+            ``faults``, ``journal`` and ``channel_options()``); see :class:`ServerMap`.
     """
 
-    def __init__(self, providers: Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        providers: Iterable[str] | None = None,
+        *,
+        lazy: bool = False,
+        record_to: str | Path | None = None,
+        server_options: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
         self.providers = tuple(providers) if providers is not None else tuple(PROVIDERS)
         for p in self.providers:
             if p not in PROVIDERS:
                 raise ValueError(f"no sandbox for provider {p!r} (have: {', '.join(PROVIDERS)})")
-        self.servers: dict[str, Any] = {}
+        options = dict(server_options or {})
+        for p in options:
+            if p not in self.providers:
+                raise ValueError(f"server_options for {p!r}, which this sandbox does not serve")
+        self.lazy = lazy
+        self._server_options = options
+        self._lock = threading.RLock()
+        self._live: dict[str, Any] = {}
+        self._journals: dict[str, MessageJournal] = {}
+        self._running = False
+        self._record_dir: Path | None = None
+        self._recorded: list[Path] = []
+        self.servers = ServerMap(self)
+        if record_to is not None:
+            self.record_to(record_to)
 
+    # -- lifecycle --------------------------------------------------------------------
     def start(self) -> Sandbox:
-        try:
-            for p in self.providers:
-                server = server_class(p)()
-                server.start()
-                self.servers[p] = server
-        except BaseException:
-            self.stop()
-            raise
+        """Start serving: every server now, or each on first use when ``lazy``."""
+        with self._lock:
+            self._running = True
+        if not self.lazy:
+            try:
+                for p in self.providers:
+                    self._server(p)
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def stop(self) -> None:
-        for server in self.servers.values():
+        """Stop every running server and close the journals."""
+        with self._lock:
+            self._running = False
+            live, self._live = self._live, {}
+            journals, self._journals = self._journals, {}
+        for server in live.values():
             server.stop()
-        self.servers.clear()
+        for journal in journals.values():
+            journal.close()
 
     def __enter__(self) -> Sandbox:
         return self.start()
@@ -92,6 +277,75 @@ class Sandbox:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def live_servers(self) -> dict[str, Any]:
+        """The servers running now (a lazy sandbox starts a server on first use)."""
+        with self._lock:
+            return dict(self._live)
+
+    def _server(self, provider: str) -> Any:
+        with self._lock:
+            server = self._live.get(provider)
+            if server is not None:
+                return server
+            if provider not in self.providers:
+                raise KeyError(
+                    f"no server for provider {provider!r} in this sandbox "
+                    f"(have: {', '.join(self.providers) or 'none'})"
+                )
+            if not self._running:
+                raise KeyError(f"the sandbox is not running: start() it to use {provider!r}")
+            server = server_class(provider)(**self._server_options.get(provider, {}))
+            journal = attach_journal(server)
+            if self._record_dir is not None:
+                journal.open(self._record_dir / f"{provider}.jsonl")
+            server.start()
+            self._live[provider] = server
+            self._journals[provider] = journal
+            return server
+
+    # -- recording --------------------------------------------------------------------
+    def record_to(self, directory: str | Path | None) -> None:
+        """Append every message accepted from now on to ``<directory>/<provider>.jsonl``
+        (one JSON object a line, flushed before the request is answered: a killed
+        process loses at most the message being written). Existing files are added
+        to. ``None`` stops recording."""
+        with self._lock:
+            self._record_dir = Path(directory) if directory is not None else None
+            if self._record_dir is not None and self._record_dir not in self._recorded:
+                self._recorded.append(self._record_dir)
+            for provider, journal in self._journals.items():
+                if self._record_dir is None:
+                    journal.close()
+                else:
+                    journal.open(self._record_dir / f"{provider}.jsonl")
+
+    @property
+    def recorded_dirs(self) -> tuple[Path, ...]:
+        """Every directory messages were recorded to, in order."""
+        with self._lock:
+            return tuple(self._recorded)
+
+    def journal_paths(self) -> dict[str, Path]:
+        """Provider -> the file its accepted messages are written to now."""
+        with self._lock:
+            return {p: j.path for p, j in self._journals.items() if j.path is not None}
+
+    @contextlib.contextmanager
+    def record_runs(
+        self, pipeline: Pipeline, *, output_dir: str | Path | None = None
+    ) -> Iterator[None]:
+        """For the block, record what each run of ``pipeline`` makes the servers
+        accept to ``<run dir>/sandbox/<provider>.jsonl``, from the moment the run
+        starts sending (a resume adds to the files). ``output_dir`` is the one given to
+        ``run()`` / ``resume()``."""
+        recorder = _RunRecorder(self, pipeline.name, pipeline.output_root(output_dir))
+        pipeline.plugin_manager.register(recorder)
+        try:
+            yield
+        finally:
+            pipeline.plugin_manager.unregister(recorder)
+
+    # -- pointing campaigns at the servers --------------------------------------------
     def channel_options(self, provider: str) -> dict[str, Any]:
         """The channel options that point ``provider`` at its sandbox server."""
         return dict(self.servers[provider].channel_options())
@@ -99,22 +353,29 @@ class Sandbox:
     def env(self, config: PipelineConfig | None = None) -> dict[str, str]:
         """Token environment for a run against the sandbox.
 
-        With ``config``, each channel's token variable gets its provider's sandbox
-        token; without, the default ``EMAIL/SMS/PUSH_API_TOKEN`` variables get the
-        SendGrid, Twilio and Expo tokens.
+        With ``config``, each enabled channel's token variable gets its provider's
+        sandbox token; without, the default ``EMAIL/SMS/PUSH_API_TOKEN`` variables get
+        the SendGrid, Twilio and Expo tokens.
         """
         if config is None:
-            defaults = {
-                "EMAIL_API_TOKEN": "sendgrid",
-                "SMS_API_TOKEN": "twilio",
-                "PUSH_API_TOKEN": "expo",
+            return {
+                var: self.servers[p].token
+                for var, p in DEFAULT_ENV.items()
+                if p in self.providers
             }
-            return {var: self.servers[p].token for var, p in defaults.items() if p in self.servers}
         return {
             c.token_variable: self.servers[c.provider].token
             for c in config.channels
-            if c.provider in self.servers
+            if self._serves(c.provider, enabled=c.enabled)
         }
+
+    def _serves(self, provider: str, *, enabled: bool) -> bool:
+        """Whether a channel of ``provider`` is pointed at this sandbox: an enabled one
+        whenever the sandbox has the provider, a disabled one if its server runs."""
+        if enabled:
+            return provider in self.providers
+        with self._lock:
+            return provider in self._live
 
     def url(self, provider: str) -> str:
         """The address of ``provider``'s server: ``http://127.0.0.1:PORT``, or
@@ -123,32 +384,57 @@ class Sandbox:
         base_url = getattr(server, "base_url", None)
         return str(base_url) if base_url else f"smtp://{server.HOST}:{server.port}"
 
+    def credentials(self, provider: str) -> dict[str, str]:
+        """What a client of ``provider``'s server authenticates with, by the
+        provider's names (``account_sid`` and ``auth_token`` for Twilio...); see
+        :data:`CREDENTIALS`."""
+        server = self.servers[provider]
+        return {c.name: str(getattr(server, c.attribute)) for c in CREDENTIALS[provider]}
+
+    def provider_env(self, provider: str) -> dict[str, str]:
+        """The environment a program of your own would set to use ``provider``'s
+        server: the provider's usual variables (``TWILIO_ACCOUNT_SID``,
+        ``TWILIO_AUTH_TOKEN``, ``SENDGRID_API_KEY``...) and the token variable of a
+        campaign channel named ``email``, ``sms`` or ``push``
+        (:data:`CAMPAIGN_TOKEN_VARIABLES`)."""
+        server = self.servers[provider]
+        env = {c.variable: str(getattr(server, c.attribute)) for c in CREDENTIALS[provider]}
+        env[CAMPAIGN_TOKEN_VARIABLES[provider]] = str(server.token)
+        return env
+
     def apply(self, config: PipelineConfig) -> PipelineConfig:
-        """``config`` as a rehearsal against this sandbox: every channel's options
-        pointed at its provider's server, and the state isolated.
+        """``config`` as a rehearsal against this sandbox: every enabled channel's
+        options pointed at its provider's server (started now if the sandbox is lazy),
+        the providers' default rate limits lifted, and the state isolated.
 
         The channel's own options are kept; the sandbox's (base URL, host and port,
-        account ids) override them. The run records into its own ledger,
-        ``ledger.sandbox.db`` beside ``execution.state_path`` (runs, deliveries and the
-        suppression list), and its run directories go under ``<output_dir>/sandbox/``:
-        a rehearsal never touches the real campaign's state.
+        account ids) override them. A channel without a ``rate`` of its own sends as
+        fast as the sandbox answers (the provider's documented default rate is for the
+        real provider); an explicit ``rate`` is kept, to rehearse it. The run records
+        into its own ledger, ``ledger.sandbox.db`` beside ``execution.state_path``
+        (runs, deliveries and the suppression list), and its run directories go under
+        ``<output_dir>/sandbox/``: a rehearsal never touches the real campaign's state.
 
         Raises:
             ConfigError: an enabled channel's provider has no server in this sandbox
                 (it would send for real); nothing is changed.
         """
         for c in config.channels:
-            if c.enabled and c.provider not in self.servers:
+            if c.enabled and c.provider not in self.providers:
                 raise ConfigError(
-                    f"the sandbox has no server for provider {c.provider!r} (started: "
-                    f"{', '.join(self.servers) or 'none'}); a rehearsal never sends for "
+                    f"the sandbox has no server for provider {c.provider!r} (serves: "
+                    f"{', '.join(self.providers) or 'none'}); a rehearsal never sends for "
                     f"real: disable the channel or start the sandbox with {c.provider!r}",
                     path=f"channels.{c.name}.provider",
                     file=config.file,
                 )
         channels = tuple(
-            attrs.evolve(c, options={**c.options, **self.channel_options(c.provider)})
-            if c.provider in self.servers
+            attrs.evolve(
+                c,
+                options={**c.options, **self.channel_options(c.provider)},
+                rate=c.rate if c.rate is not None else Rate(),
+            )
+            if self._serves(c.provider, enabled=c.enabled)
             else c
             for c in config.channels
         )
@@ -170,26 +456,44 @@ class Sandbox:
         kwargs["rehearsal"] = True
         return Pipeline.from_config(applied, **kwargs)
 
+    # -- what the servers accepted ----------------------------------------------------
     def counts(self) -> dict[str, int]:
-        """Accepted messages per provider."""
-        return {p: len(s.messages) for p, s in self.servers.items()}
+        """Accepted messages per provider (0 for a server that never started)."""
+        live = self.live_servers()
+        return {p: len(live[p].messages) if p in live else 0 for p in self.servers}
 
     def dump(self, directory: str | Path) -> dict[str, Path]:
-        """Write each server's recorded messages to ``<directory>/<provider>.jsonl``."""
+        """Write each server's recorded messages to ``<directory>/<provider>.jsonl``
+        (replacing the files; an empty file for a server that never started)."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
+        live = self.live_servers()
         written = {}
-        for p, server in self.servers.items():
+        for p in self.servers:
             path = out / f"{p}.jsonl"
             with path.open("w", encoding="utf-8") as f:
-                for m in server.messages:
+                for m in live[p].messages if p in live else ():
                     f.write(json.dumps(m, default=str) + "\n")
             written[p] = path
         return written
 
     def describe(self) -> Mapping[str, Mapping[str, Any]]:
-        """Per provider: its options and token, for printing."""
+        """Per provider: its options and token, for printing (starts every server)."""
         return {
             p: {"options": self.channel_options(p), "token": s.token}
             for p, s in self.servers.items()
         }
+
+
+class _RunRecorder:
+    """A plugin pointing a sandbox's journals at each run's directory as it starts."""
+
+    def __init__(self, sandbox: Sandbox, pipeline: str, output_root: Path) -> None:
+        self.sandbox = sandbox
+        self.pipeline = pipeline
+        self.output_root = output_root
+
+    @hookimpl
+    def campaignkit_run_started(self, run_id: str, pipeline: str, channels: Any) -> None:
+        if pipeline == self.pipeline:
+            self.sandbox.record_to(self.output_root / run_id / SANDBOX_DIR)

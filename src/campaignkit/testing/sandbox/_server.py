@@ -11,16 +11,25 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from pathlib import Path
+from typing import IO, Any, Self, SupportsIndex
 from urllib.parse import parse_qs, urlsplit
 
 import attrs
 
 from ..._rehearsal import sandbox_started, sandbox_stopped
 
-__all__ = ["Faults", "ProviderServer", "Reply", "Request"]
+__all__ = [
+    "Faults",
+    "MessageJournal",
+    "ProviderServer",
+    "RecordedMessages",
+    "Reply",
+    "Request",
+    "attach_journal",
+]
 
 
 @attrs.frozen
@@ -123,6 +132,97 @@ class Faults:
         return self._rng.random()
 
 
+class MessageJournal:
+    """Appends every accepted message to a JSON Lines file the moment it is recorded.
+
+    Each message is one line, a whole JSON object, written and flushed before the
+    server answers the request that carried it: a process killed at any moment
+    (``kill -9``) leaves every earlier message in the file, and at most the one being
+    written incomplete. Without a path (the default, or after :meth:`close`) nothing
+    is written. Thread-safe.
+    """
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self._lock = threading.Lock()
+        self._file: IO[str] | None = None
+        self._path: Path | None = None
+        if path is not None:
+            self.open(path)
+
+    @property
+    def path(self) -> Path | None:
+        """The file written to, or ``None``."""
+        return self._path
+
+    def open(self, path: str | Path) -> None:
+        """Append from now on to ``path`` (created with its folder; an existing file
+        is added to), closing the previous file."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        new = target.open("a", encoding="utf-8")
+        with self._lock:
+            old, self._file, self._path = self._file, new, target
+        if old is not None:
+            old.close()
+
+    def close(self) -> None:
+        """Stop writing (the file is kept)."""
+        with self._lock:
+            old, self._file, self._path = self._file, None, None
+        if old is not None:
+            old.close()
+
+    def write(self, messages: Iterable[Any]) -> None:
+        """Append ``messages``, one JSON line each, and flush."""
+        with self._lock:
+            if self._file is None:
+                return
+            lines = "".join(json.dumps(m, default=str) + "\n" for m in messages)
+            if lines:
+                self._file.write(lines)
+                self._file.flush()
+
+
+class RecordedMessages(list[Any]):
+    """A server's list of accepted messages that also writes each message added
+    (``append``, ``extend``, ``insert``, ``+=``) to its :class:`MessageJournal`."""
+
+    def __init__(self, items: Iterable[Any] = (), journal: MessageJournal | None = None) -> None:
+        super().__init__(items)
+        self.journal = journal if journal is not None else MessageJournal()
+
+    def append(self, item: Any) -> None:
+        super().append(item)
+        self.journal.write((item,))
+
+    def extend(self, items: Iterable[Any]) -> None:
+        added = list(items)
+        super().extend(added)
+        self.journal.write(added)
+
+    def insert(self, index: SupportsIndex, item: Any) -> None:
+        super().insert(index, item)
+        self.journal.write((item,))
+
+    def __iadd__(self, items: Iterable[Any]) -> Self:  # type: ignore[misc]
+        self.extend(items)
+        return self
+
+
+def attach_journal(server: Any) -> MessageJournal:
+    """The journal of ``server`` (a :class:`ProviderServer`, or any server with a
+    ``messages`` list such as the SMTP one): from now on every message it records is
+    also written there once the journal has a path (:meth:`MessageJournal.open`)."""
+    journal = getattr(server, "journal", None)
+    if not isinstance(journal, MessageJournal):
+        journal = MessageJournal()
+        server.journal = journal
+    messages = server.messages
+    if not isinstance(messages, RecordedMessages) or messages.journal is not journal:
+        server.messages = RecordedMessages(messages, journal)
+    return journal
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Headers and body go out in separate writes: without TCP_NODELAY, Nagle plus the
@@ -185,6 +285,10 @@ class ProviderServer(abc.ABC):
     applies :attr:`faults`, counts requests (timestamps in :attr:`request_times`)
     and offers :attr:`lock` for the subclass's recording.
 
+    Every message a subclass adds to :attr:`messages` is also written to
+    :attr:`journal` (``<provider>.jsonl``) when that has a path:
+    ``server.journal.open("recorded/twilio.jsonl")`` records as messages arrive.
+
     Use as a context manager, or call :meth:`start` and :meth:`stop`.
     """
 
@@ -194,14 +298,24 @@ class ProviderServer(abc.ABC):
     def __init__(
         self, *, token: str = DEFAULT_TOKEN, port: int = 0, faults: Faults | None = None
     ) -> None:
+        #: where accepted messages are written as they arrive (no path: nowhere)
+        self.journal = MessageJournal()
         self.token = token
         self.faults = faults if faults is not None else Faults()
         self.lock = threading.Lock()
+        self.messages: list[Any] = []
         self.request_times: list[float] = []
         self._window: collections.deque[float] = collections.deque()
         self._port = port
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Whatever list a subclass records into is journaled: ``self.messages = []``.
+        if name == "messages" and not isinstance(value, RecordedMessages):
+            journal = self.__dict__.get("journal")
+            value = RecordedMessages(value, journal if journal is not None else MessageJournal())
+        super().__setattr__(name, value)
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> Self:
@@ -217,12 +331,14 @@ class ProviderServer(abc.ABC):
         return self
 
     def stop(self) -> None:
+        """Stop serving and close :attr:`journal` (the recorded messages are kept)."""
         if self._server is not None:
             port = self.port
             self._server.shutdown()
             self._server.server_close()
             self._server = None
             sandbox_stopped(port)
+        self.journal.close()
 
     def __enter__(self) -> Self:
         return self.start()
