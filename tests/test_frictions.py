@@ -281,7 +281,8 @@ def test_summary_and_plan_fit_the_columns_asked_for(tmp_path: Path, columns: int
     else:  # the table, within the width
         table = lines[lines.index(next(x for x in lines if "top reasons" in x)) :]
         assert all(len(line.rstrip()) <= columns for line in table[:6])
-    plan = invoke("run", str(config), "--dry-run", "--plan-output", "p.json", columns=columns)
+    plan_file = str(tmp_path / "plan.json")
+    plan = invoke("run", str(config), "--dry-run", "--plan-output", plan_file, columns=columns)
     assert plan.exit_code == 0
     assert "…" not in plan.stdout
     assert "invalid_address 1" in plan.stdout
@@ -370,7 +371,7 @@ def test_static_source_is_public_and_the_same_class() -> None:
     assert "StaticSource" in campaignkit.__all__
 
 
-def _plan(source: Any) -> Any:
+def _plan(source: Any, base_dir: Path) -> Any:
     recorder = recording_plugin()
     channel = Channel(
         name="email",
@@ -384,6 +385,7 @@ def _plan(source: Any) -> Any:
         [channel],
         plugins=get_plugin_manager(load_entrypoints=False, plugins=[recorder]),
         env={},
+        base_dir=base_dir,
     ).plan(samples=0)
 
 
@@ -412,8 +414,8 @@ def test_from_dicts_checks_rows_as_a_json_lines_file_is(
     path = directory / "rows.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     options: dict[str, Any] = {"columns": {"id": "customer_id"}, "consent": {"email": "opt"}}
-    from_file = _plan(JsonLinesSource(path, **options))
-    in_memory = _plan(StaticSource.from_dicts(rows, **options))
+    from_file = _plan(JsonLinesSource(path, **options), directory)
+    in_memory = _plan(StaticSource.from_dicts(rows, **options), directory)
     assert (in_memory.rows_read, in_memory.rows_rejected) == (
         from_file.rows_read,
         from_file.rows_rejected,
