@@ -5,22 +5,16 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sized
-from typing import Any, Union
+from typing import Any
 
 from ._controls import CONTROL_CHARACTER, control_detail, find_control
 from ._models import Recipient, RejectedRow
 from ._source import MODEL_FIELDS
-from ._sources import parse_consent
+from ._sources import BAD_CONSENT_VALUE, EMPTY_REQUIRED_FIELD, MALFORMED_ROW, parse_consent
 
 __all__ = ["StaticSource"]
 
-Record = Union[Recipient, RejectedRow]  # noqa: UP007 - a runtime alias
-
-#: What :meth:`StaticSource.from_dicts` reports for a row it cannot use (as the file
-#: sources name them).
-MALFORMED_ROW = "malformed_row"
-EMPTY_REQUIRED_FIELD = "empty_required_field"
-BAD_CONSENT_VALUE = "bad_consent_value"
+Record = Recipient | RejectedRow
 
 #: The key of a row that may hold the consent flags as a mapping (channel -> flag).
 CONSENT_KEY = "consent"
@@ -41,10 +35,10 @@ class StaticSource:
     * any other iterable (a generator expression): read into a list once, as it is
       given, since a source is read more than once.
 
-    Control characters, addresses and consent are checked as for every source:
-    extraction rejects a recipient holding a control character where it may not
-    (``control_character``), and selection skips invalid addresses
-    (``invalid_address``), so a bad row never stops the run.
+    As for every source, extraction rejects a recipient holding a control character
+    where it may not (``control_character``) and selection skips invalid addresses
+    (``invalid_address``), so a bad record never stops the run; :meth:`from_dicts`
+    checks each row as a JSON Lines file's line is checked.
 
     Args:
         records: the recipients, as above.
