@@ -264,7 +264,14 @@ def test_source_hook_example_registers_a_working_source(tmp_path: Path) -> None:
 def test_every_sandbox_option_is_documented() -> None:
     doc = read("sandbox.md")
     command = main.commands["sandbox"]  # type: ignore[attr-defined]
-    options = [opt for param in command.params for opt in param.opts if opt.startswith("--")]
+    # -v/-q are every command's options, documented once in cli.md.
+    common = {"--verbose", "--quiet"}
+    options = [
+        opt
+        for param in command.params
+        for opt in param.opts
+        if opt.startswith("--") and opt not in common
+    ]
     assert len(options) >= 17
     for option in options:
         assert re.search(rf"^\| `{re.escape(option)}[ `]", doc, re.M), option
@@ -336,8 +343,10 @@ def test_plugin_guide_names_the_default_token_variable() -> None:
     channel = Channel(name="team", provider="chat")
     assert f"reads\n`{channel.token_variable}`" in read("writing-a-channel-plugin.md")
     assert channel.token_variable == "TEAM_API_TOKEN"
-    assert "from campaignkit.testing import StaticSource" in snippet(
-        "writing-a-channel-plugin.md", "fixtures"
+    assert re.search(
+        r"^from campaignkit import .*\bStaticSource\b",
+        snippet("writing-a-channel-plugin.md", "fixtures"),
+        re.M,
     )
 
 
@@ -352,3 +361,52 @@ def test_plugin_guide_fixture_example_passes(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
+
+
+def readme_snippet(marker: str) -> str:
+    """The fenced block right after ``<!-- doctest: marker -->`` in README.md."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    found = re.search(rf"<!-- doctest: {re.escape(marker)} -->\n```[a-z]*\n(.*?)```", text, re.S)
+    assert found, f"no doctest block {marker!r} in README.md"
+    return found.group(1)
+
+
+def test_readme_python_snippet_rehearses_in_the_sandbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Pasted as it is, the README's snippet sends nothing for real: no token is set, and
+    everything it records is the sandbox's (its own ledger and run directories)."""
+    campaign = tmp_path / "examples" / "multi_channel_campaign"
+    shutil.copytree(
+        ROOT / "examples" / "multi_channel_campaign",
+        campaign,
+        ignore=shutil.ignore_patterns("campaignkit-results", ".campaignkit"),
+    )
+    for variable in ("EMAIL_API_TOKEN", "SMS_API_TOKEN", "PUSH_API_TOKEN"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.chdir(tmp_path)
+    code = readme_snippet("readme-python")
+    exec(compile(code, "README.md", "exec"), {})
+    said = re.search(r"print\(.*\)\s+# (.+)$", code.strip().splitlines()[-1])
+    assert said, "the snippet's last line says what it prints"
+    assert capsys.readouterr().out == said.group(1) + "\n"
+    assert (campaign / ".campaignkit" / "ledger.sandbox.db").exists()
+    assert not (campaign / ".campaignkit" / "ledger.db").exists()
+    assert [p.name for p in (campaign / "campaignkit-results").iterdir()] == ["sandbox"]
+
+
+def test_getting_started_static_source_runs_as_printed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code = snippet("getting-started.md", "from-dicts")
+    exec(compile(code, "docs/getting-started.md", "exec"), {})
+    assert capsys.readouterr().out == snippet("getting-started.md", "from-dicts-output")
+
+
+def test_verbosity_options_are_documented() -> None:
+    doc = read("cli.md")
+    for option in ("`-v`, `--verbose`", "`-q`, `--quiet`"):
+        assert f"| {option} |" in doc
+    result = CliRunner().invoke(main, ["runs", "--help"])
+    assert "-q, --quiet" in result.stdout and "-v, --verbose" in result.stdout

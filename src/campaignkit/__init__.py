@@ -1,6 +1,8 @@
 """campaignkit: multi-channel marketing campaigns.
 
-A :class:`Pipeline` extracts a customer segment from a :class:`Source`, then fans out
+A :class:`Pipeline` extracts a customer segment from a :class:`Source` (a
+:class:`CsvSource`, a :class:`JsonLinesSource`, rows held or produced in Python through
+:class:`StaticSource`, or a plugin's), then fans out
 in parallel to channels, each sent by a :class:`Notifier` plugin found through
 pluggy entry points (group ``campaignkit``).
 """
@@ -40,6 +42,7 @@ from ._plugins import Registry, get_plugin_manager
 from ._redact import RedactingFilter
 from ._source import Source
 from ._sources import CsvSource, JsonLinesSource
+from ._static import StaticSource
 from .exceptions import (
     AudienceGuardError,
     CampaignKitError,
@@ -87,6 +90,7 @@ __all__ = [
     "Source",
     "SourceConfig",
     "SourceError",
+    "StaticSource",
     "Template",
     "TemplateError",
     "TransientDeliveryError",

@@ -1330,7 +1330,9 @@ class SqliteLedger:
         return total
 
     def counts(self, run_id: str, channel: str) -> dict[str, int]:
-        """Deliveries by state, and by ``state:reason`` / ``code:<error code>``."""
+        """Deliveries by state, by ``reason:<reason>``, by ``code:<error code>`` (failed
+        and skipped ones: a sent or unknown delivery failed nothing) and, for ``unknown``
+        ones, by ``unknown:<reason>:<last error code>`` (why it is in doubt)."""
         run = self._run_key(run_id)
         code = self._channel_code(run, channel)
         self.flush()
@@ -1343,7 +1345,10 @@ class SqliteLedger:
             out[state] = out.get(state, 0) + n
             if reason:
                 out[f"reason:{reason}"] = out.get(f"reason:{reason}", 0) + n
-            if error_code and state != "sent":
+            if state == "unknown":
+                key = f"unknown:{reason or ''}:{error_code or ''}"
+                out[key] = out.get(key, 0) + n
+            elif error_code and state != "sent":
                 out[f"code:{error_code}"] = out.get(f"code:{error_code}", 0) + n
         return out
 

@@ -54,8 +54,10 @@ import attrs
 import click
 import pluggy
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -122,7 +124,7 @@ _EXIT_BY_STATUS: dict[str, int] = {
     RunStatus.CANCELLED.value: EXIT_FAILED,
 }
 
-EPILOG = """\b
+GROUP_EPILOG = """\b
 Exit codes:
   0  all sent (or deliberately skipped: no consent, suppressed, filtered, over
      target, a scheduled run too late); a canary (--limit) or quiet-hours
@@ -134,9 +136,16 @@ Exit codes:
      what it did not send stays pending: campaignkit resume CONFIG RUN_ID
 
 \b
+-v/-vv and -q work before or after the command (campaignkit -q run CONFIG, or
+campaignkit run CONFIG -q). RUN_ID may be `latest`: the campaign's newest run.
+
+\b
 Provider tokens are read from the environment (EMAIL_API_TOKEN, SMS_API_TOKEN,
 PUSH_API_TOKEN by default). CAMPAIGNKIT_BLOCK_PLUGINS=name,name blocks plugins.
 """
+
+#: The epilog of every subcommand: the exit codes are in the group's help.
+EPILOG = "Exit codes (0-3) and token variables: campaignkit --help."
 
 #: What :class:`~campaignkit.Registry` reports as the package of built-in plugins.
 BUILTIN_PACKAGE = "campaignkit (built-in)"
@@ -177,10 +186,15 @@ def _console(*, stderr: bool = False, file: IO[str] | None = None) -> Console:
         emoji=False,
         soft_wrap=True,
     )
-    if not console.is_terminal:
+    if not console.is_terminal and not _columns_set():
         # Output to a file or pipe: no terminal width to respect, keep tables readable.
         console.width = max(console.width, 120)
     return console
+
+
+def _columns_set() -> bool:
+    """Whether ``COLUMNS`` asks for a width (honoured even when output is not a terminal)."""
+    return os.environ.get("COLUMNS", "").strip().isdigit()
 
 
 def _sandbox_failure(exc: Exception) -> NoReturn:
@@ -463,15 +477,94 @@ def _sigterm_interrupts(before_sending: str | None = None) -> Iterator[None]:
 # -- the command group ---------------------------------------------------------------------
 
 
-@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "-v", "--verbose", count=True, help="Log to stderr (-v: progress of the run, -vv: debug)."
+#: Where the command line keeps -v/-q for the command being run (the root context's meta).
+_VERBOSITY = "campaignkit.verbosity"
+
+
+@attrs.define
+class _Verbosity:
+    """-v (counted) and -q given so far, before and after the subcommand."""
+
+    verbose: int = 0
+    quiet: bool = False
+
+
+def _verbosity() -> _Verbosity:
+    """The current command's verbosity (the default outside a command)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return _Verbosity()
+    state: _Verbosity = ctx.find_root().meta.setdefault(_VERBOSITY, _Verbosity())
+    return state
+
+
+def _quiet() -> bool:
+    """Whether -q was given: no progress, no tables, notes or hints from a sending command."""
+    return _verbosity().quiet
+
+
+def _set_verbosity(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """Record -v or -q (on the group or a subcommand, the same meaning), and log as
+    asked; -v with -q is a usage error."""
+    if not value:
+        return
+    state = _verbosity()
+    if param.name == "verbose":
+        state.verbose += int(value)
+    else:
+        state.quiet = True
+    if state.verbose and state.quiet:
+        raise click.UsageError("-q (quiet) and -v (verbose) contradict each other", ctx=ctx)
+    _configure_logging(state.verbose)
+
+
+def _verbosity_params() -> list[click.Parameter]:
+    """``-v/--verbose`` (counted) and ``-q/--quiet``, as the group and every subcommand
+    take them."""
+    return [
+        click.Option(
+            ["-v", "--verbose"],
+            count=True,
+            expose_value=False,
+            is_eager=True,
+            callback=_set_verbosity,
+            help="Log to stderr (-v: progress of the run, -vv: debug). Also before the command.",
+        ),
+        click.Option(
+            ["-q", "--quiet"],
+            is_flag=True,
+            expose_value=False,
+            is_eager=True,
+            callback=_set_verbosity,
+            help="Quiet: no progress bars; a sending command prints only what happened to "
+            "the run and its Status line (no tables, notes or hints). Errors still go to "
+            "stderr. Also before the command.",
+        ),
+    ]
+
+
+class _Group(click.Group):
+    """The command group: every subcommand takes -v/-q as the group does, and points to
+    the group's help for the exit codes."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        cmd.params.extend(_verbosity_params())
+        if cmd.epilog is None:
+            cmd.epilog = EPILOG
+        super().add_command(cmd, name)
+
+
+@click.group(
+    cls=_Group,
+    epilog=GROUP_EPILOG,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    params=_verbosity_params(),
 )
 @click.version_option(__version__, prog_name="campaignkit")
-def main(verbose: int) -> None:
+def main() -> None:
     """Multi-channel marketing campaigns: one customer segment fanned out in parallel
     to email, SMS and push channels, with a durable per-recipient ledger."""
-    _configure_logging(verbose)
+    _configure_logging(_verbosity().verbose)
 
 
 # -- progress ------------------------------------------------------------------------------
@@ -739,6 +832,95 @@ def _status_text(run: RunRecord) -> str:
 # -- summaries -----------------------------------------------------------------------------
 
 
+#: The reasons an ``unknown`` delivery records: it is in doubt, not failed.
+_UNKNOWN_REASONS = frozenset({Reason.IN_DOUBT.value, "in_flight_at_crash"})
+
+#: Why a delivery is in doubt, by the transient code its last attempt ended with.
+_DOUBT_BY_CODE = {
+    "timeout": "timed out after sending",
+    "connection_error": "connection lost after sending",
+    "response_error": "answer cut off after sending",
+    "tls_error": "connection broke after sending",
+}
+
+
+def _doubt_cause(reason: str, code: str) -> str:
+    """Why a delivery is ``unknown``, in words (``timed out after sending``), from its
+    reason and the error code of its last attempt."""
+    if reason == "in_flight_at_crash":
+        return "in flight when the run stopped"
+    if code in _DOUBT_BY_CODE:
+        return _DOUBT_BY_CODE[code]
+    if code.isdigit():
+        return f"provider answered {code}"
+    return f"no answer after sending ({code})" if code else "no answer after sending"
+
+
+def _doubts_from_counts(counts: Mapping[str, int]) -> dict[str, int]:
+    """``unknown:<reason>:<code>`` ledger counts as ``{cause: n}``."""
+    causes: dict[str, int] = {}
+    for key, n in counts.items():
+        if key.startswith("unknown:"):
+            reason, _, code = key[len("unknown:") :].partition(":")
+            cause = _doubt_cause(reason, code)
+            causes[cause] = causes.get(cause, 0) + n
+    return causes
+
+
+def _doubts(ledger: SqliteLedger | None, report: RunReport) -> dict[str, dict[str, int]]:
+    """Per channel with ``unknown`` deliveries, why they are in doubt, counted in the
+    ledger (``{}`` without one: the summary then says less)."""
+    if ledger is None:
+        return {}
+    out = {}
+    for name, result in report.channels.items():
+        if result.unknown and ledger.is_planned(report.run_id, name):
+            out[name] = _doubts_from_counts(ledger.counts(report.run_id, name))
+    return out
+
+
+def _run_doubts(pipeline: Pipeline, report: RunReport) -> dict[str, dict[str, int]]:
+    """:func:`_doubts` of a run just made (nothing when it keeps no ledger)."""
+    if not any(r.unknown for r in report.channels.values()) or not pipeline.execution.ledger:
+        return {}
+    try:
+        with _open_ledger(pipeline, required=False) as ledger:
+            return _doubts(ledger, report)
+    except CampaignKitError:
+        return {}
+
+
+#: The widest the reasons column of a summary grows before it wraps.
+_REASONS_WIDTH = 40
+
+
+def _fits(console: Console, table: Table) -> bool:
+    """Whether ``table`` fits the console without squeezing a column: its widest
+    rendering (wrapping columns at their ``max_width``) is no wider than the console."""
+    options = console.options.update_width(100_000)
+    return Measurement.get(console, options, table).maximum <= console.width
+
+
+def _reason_notes(result: ChannelResult, doubts: Mapping[str, int] | None) -> list[str]:
+    """The top reasons and codes of a channel's failures and skips, then its unknown
+    deliveries with why they are in doubt (never counted as failures)."""
+    failed_or_skipped = {k: v for k, v in result.reasons.items() if k not in _UNKNOWN_REASONS}
+    notes = [f"{reason} {n}" for reason, n in _top(failed_or_skipped)]
+    notes += [f"code {code}: {n}" for code, n in _top(result.error_codes)]
+    if result.unknown:
+        if not doubts:  # no ledger to ask: what the reasons say
+            doubts = {
+                _doubt_cause(reason, ""): n
+                for reason, n in result.reasons.items()
+                if reason in _UNKNOWN_REASONS
+            }
+        listed = _top(doubts, len(doubts)) or [("in doubt", result.unknown)]
+        notes += [f"unknown {n}: {cause}; provider may have it" for cause, n in listed]
+    if result.stopped:
+        notes.append(f"stopped: {result.stopped}")
+    return notes
+
+
 def _summary(
     console: Console,
     report: RunReport,
@@ -749,23 +931,31 @@ def _summary(
     results_hint: bool = True,
     hints: bool = True,
     logical_date: datetime | None = None,
+    doubts: Mapping[str, Mapping[str, int]] | None = None,
 ) -> None:
-    """The per-channel table, where things were written, and what to do next."""
-    table = Table(
-        title=f"{report.pipeline} · run {report.run_id} · {status or report.status.value}",
-        box=box.SIMPLE_HEAD,
-    )
+    """The per-channel table, where things were written, and what to do next.
+
+    The run id is printed above the table, never inside it, so that it stays whole on
+    one line at any width; the reasons column wraps (and folds a long code) rather
+    than cutting.
+    """
+    console.print(f"{report.pipeline} · run {report.run_id} · {status or report.status.value}")
     results = list(report.channels.values())
     shown = [c for c in _COUNTS if c in _COUNTS[:3] or _any(results, c)]
     headers = ["channel", "provider", *shown, "top reasons / codes", "retries", "duration"]
+    table = Table(box=box.SIMPLE_HEAD)
     for header in headers:
-        numeric = header in (*shown, "retries", "duration")
-        table.add_column(header, justify="right" if numeric else "left", no_wrap=numeric)
+        reasons = header.startswith("top reasons")
+        table.add_column(
+            header,
+            justify="left" if header in ("channel", "provider") or reasons else "right",
+            no_wrap=not reasons,
+            overflow="fold",  # a code longer than the column breaks, never "…"
+            max_width=_REASONS_WIDTH if reasons else None,
+        )
+    blocks = []
     for name, result in report.channels.items():
-        notes = [f"{reason} {n}" for reason, n in _top(result.reasons)]
-        notes += [f"code {code}: {n}" for code, n in _top(result.error_codes)]
-        if result.stopped:
-            notes.append(f"stopped: {result.stopped}")
+        notes = _reason_notes(result, (doubts or {}).get(name))
         cells: list[str | Text] = [name, result.provider]
         for count in shown:
             value = int(getattr(result, count, 0))
@@ -773,7 +963,17 @@ def _summary(
             cells.append(Text(str(value), style=style))
         cells += ["\n".join(notes) or "-", str(result.retries), _duration(result)]
         table.add_row(*cells)
-    console.print(table)
+        counts = ", ".join(f"{getattr(result, c, 0)} {c}" for c in shown)
+        head = (
+            f"{name} ({result.provider}): {counts}; {result.retries} retries, {_duration(result)}"
+        )
+        blocks.append([head, *(f"  {note}" for note in notes)])
+    if _fits(console, table):
+        console.print(table)
+    else:  # a narrow terminal: one block per channel, every line whole
+        for block in blocks:
+            for line in block:
+                console.print(line)
     if report.rows_read or report.rows_rejected:
         rejected = f" ({_counts(report.rejected_reasons)})" if report.rejected_reasons else ""
         console.print(
@@ -856,6 +1056,7 @@ def _emit(
     before: Sequence[str] = (),
     after: Sequence[str] = (),
     logical_date: datetime | None = None,
+    doubts: Mapping[str, Mapping[str, int]] | None = None,
 ) -> int:
     """Print the run's outcome (the summary, or the report as JSON with the notes on
     stderr) and return its exit code."""
@@ -869,9 +1070,10 @@ def _emit(
     out = _console()
     for note in before:
         out.print(note)
-    _summary(out, report, where=where, ledger=ledger, logical_date=logical_date)
-    for note in after:
-        out.print(note)
+    if not _quiet():
+        _summary(out, report, where=where, ledger=ledger, logical_date=logical_date, doubts=doubts)
+        for note in after:
+            out.print(note)
     out.print(f"Status: {report.status.value} (exit {code})")
     return code
 
@@ -1082,6 +1284,11 @@ def run(
     run is reported and nothing is sent; an unfinished one (or a canary) is resumed.
     Ctrl-C or SIGTERM lets the requests in flight finish, records them and exits 3.
     """
+    if run_id == LATEST:
+        raise click.BadParameter(
+            f"{LATEST!r} is reserved: where a command takes a RUN_ID it means the newest run",
+            param_hint="--run-id",
+        )
     if scheduled and (force or logical_date is not None or run_id is not None or limit is not None):
         raise click.UsageError(
             "--scheduled runs what the schedule says is due; it takes no --force, "
@@ -1176,7 +1383,7 @@ def _run_once(
     progress = _Progress(
         out,
         [c.name for c in pipeline.enabled_channels],
-        show=out.is_terminal and not as_json and not already,
+        show=out.is_terminal and not as_json and not already and not _quiet(),
         extracting=not resuming,
     )
     with _sandbox_journal(sandbox, pipeline, output_dir):
@@ -1224,6 +1431,7 @@ def _run_once(
         before=before,
         after=after,
         logical_date=logical,
+        doubts=_run_doubts(pipeline, report),
     )
 
 
@@ -1326,7 +1534,7 @@ def _dry_run(
     progress = _Progress(out, [], show=False)
 
     def plan() -> PlanReport:
-        if out.is_terminal and not as_json:
+        if out.is_terminal and not as_json and not _quiet():
             with out.status("Dry run: extracting the segment, selecting and rendering..."):
                 return pipeline.plan(samples=samples)
         return pipeline.plan(samples=samples)
@@ -1349,15 +1557,17 @@ def _dry_run(
             err.print(note)
         err.print(f"Plan:      {target}")
         return EXIT_OK
-    _plan_summary(out, report, samples=samples)
-    for note in notes:
-        out.print(note)
+    if not _quiet():
+        _plan_summary(out, report, samples=samples)
+        for note in notes:
+            out.print(note)
     out.print(f"Plan:      {target}")
-    where = _Where(path, sandboxed)
-    out.print(
-        f"Nothing was sent. {where.command('run', flags='--limit N')} sends a canary first; "
-        f"{where.command('run')} sends it all."
-    )
+    if not _quiet():
+        where = _Where(path, sandboxed)
+        out.print(
+            f"Nothing was sent. {where.command('run', flags='--limit N')} sends a canary "
+            f"first; {where.command('run')} sends it all."
+        )
     out.print(f"Status: dry run (exit {EXIT_OK})")
     return EXIT_OK
 
@@ -1386,10 +1596,8 @@ def _guard_notes(config: PipelineConfig, report: PlanReport) -> list[str]:
 def _plan_summary(console: Console, report: PlanReport, *, samples: int) -> None:
     """The per-channel plan table, what the failures mean, and the rendered samples."""
     channels = list(report.channels.values())
-    table = Table(
-        title=f"{report.pipeline} · dry run · nothing sent",
-        box=box.SIMPLE_HEAD,
-    )
+    console.print(f"{report.pipeline} · dry run · nothing sent")
+    table = Table(box=box.SIMPLE_HEAD)
     deferred = any(c.deferred for c in channels)
     segments = any(c.sms_segments is not None for c in channels)
     priced = any(c.estimated_cost is not None for c in channels)
@@ -1400,25 +1608,38 @@ def _plan_summary(console: Console, report: PlanReport, *, samples: int) -> None
     headers += ["est. cost"] if priced else []
     numeric = {"eligible", "deferred", "skipped", "SMS segments", "est. cost"}
     for header in headers:
-        table.add_column(header, justify="right" if header in numeric else "left")
+        table.add_column(header, justify="right" if header in numeric else "left", no_wrap=True)
+    blocks = []
     for c in channels:
-        reasons = _in_selection_order(c.skipped)
-        failures = _top(c.failures, len(c.failures))
+        reasons = [f"{reason} {n}" for reason, n in _in_selection_order(c.skipped)]
+        failures = [f"{reason} {n}" for reason, n in _top(c.failures, len(c.failures))]
         cells: list[str | Text] = [c.channel, c.provider, str(c.eligible)]
         cells += [str(c.deferred)] if deferred else []
         cells += [
             str(sum(c.skipped.values())),
-            "\n".join(f"{reason} {n}" for reason, n in reasons) or "-",
-            Text("\n".join(f"{reason} {n}" for reason, n in failures), style="red")
-            if failures
-            else "-",
+            "\n".join(reasons) or "-",
+            Text("\n".join(failures), style="red") if failures else "-",
         ]
-        if segments:
-            cells.append("-" if c.sms_segments is None else str(c.sms_segments))
-        if priced:
-            cells.append("-" if c.estimated_cost is None else f"{c.estimated_cost:,.2f}")
+        segments_text = "-" if c.sms_segments is None else str(c.sms_segments)
+        cost_text = "-" if c.estimated_cost is None else f"{c.estimated_cost:,.2f}"
+        cells += [segments_text] if segments else []
+        cells += [cost_text] if priced else []
         table.add_row(*cells)
-    console.print(table)
+        head = [f"{c.eligible} eligible"]
+        head += [f"{c.deferred} deferred"] if deferred else []
+        head += [f"{sum(c.skipped.values())} skipped"]
+        head += [f"{segments_text} SMS segments"] if c.sms_segments is not None else []
+        head += [f"est. cost {cost_text}"] if c.estimated_cost is not None else []
+        block: list[str | Text] = [f"{c.channel} ({c.provider}): {', '.join(head)}"]
+        block += [f"  skipped: {', '.join(reasons)}"] if reasons else []
+        block += [Text(f"  would fail: {', '.join(failures)}", style="red")] if failures else []
+        blocks.append(block)
+    if _fits(console, table):
+        console.print(table)
+    else:  # a narrow terminal: one block per channel, every line whole
+        for lines in blocks:
+            for line in lines:
+                console.print(line)
     rejected = f" ({_counts(report.rejected_reasons)})" if report.rejected_reasons else ""
     console.print(
         f"Segment:   {report.rows_read} row(s) read, {report.rows_rejected} rejected{rejected}"
@@ -1448,8 +1669,9 @@ def _plan_summary(console: Console, report: PlanReport, *, samples: int) -> None
 def _print_samples(console: Console, summary: ChannelPlanSummary) -> None:
     total = len(summary.samples)
     for i, message in enumerate(summary.samples, 1):
-        console.rule(
-            f"{summary.channel} sample {i}/{total}: {message.recipient_id} -> {message.address}"
+        _heading(
+            console,
+            f"{summary.channel} sample {i}/{total}: {message.recipient_id} -> {message.address}",
         )
         _print_message(console, message, html=False)
         if summary.sms_segments is not None:
@@ -1515,8 +1737,21 @@ def _run_scheduled(pipeline: Pipeline, config: Path, sandbox: Any, *, as_json: b
             err.print(note)
         return code
     out = _console()
+    if _quiet():
+        for report in result.reports:
+            out.print(
+                f"Status: {report.status.value} (exit {_report_exit(report)}): run {report.run_id}"
+            )
+        out.print(f"Started {len(result.reports)} run(s) (exit {code})")
+        return code
     for report in result.reports:
-        _summary(out, report, where=where, ledger=pipeline.execution.ledger)
+        _summary(
+            out,
+            report,
+            where=where,
+            ledger=pipeline.execution.ledger,
+            doubts=_run_doubts(pipeline, report),
+        )
         out.print(f"Status: {report.status.value} (exit {_report_exit(report)})")
         out.print()
     for interval in result.skipped:
@@ -1578,7 +1813,12 @@ def _continue_run(
                 output_dir = Path(stored.output_dir).parent
         names = [c.name for c in pipeline.enabled_channels if not channels or c.name in channels]
         out = _console()
-        progress = _Progress(out, names, show=out.is_terminal and not as_json, extracting=False)
+        progress = _Progress(
+            out,
+            names,
+            show=out.is_terminal and not as_json and not _quiet(),
+            extracting=False,
+        )
         with _sandbox_journal(sandbox, pipeline, output_dir):
             report = _drive(
                 lambda: pipeline.resume(
@@ -1604,9 +1844,7 @@ def _continue_run(
             )
             after = []
         else:
-            settled = ", ".join(
-                f"{name} {progress.done.get(name, 0)}" for name in report.channels
-            )
+            settled = ", ".join(f"{name} {progress.done.get(name, 0)}" for name in report.channels)
             after = [f"This time: settled (sent or failed) per channel: {settled or 'none'}"]
         if sandbox is not None:
             after += _record_sandbox(sandbox)
@@ -1617,6 +1855,7 @@ def _continue_run(
         ledger=pipeline.execution.ledger,
         before=before,
         after=after,
+        doubts=_run_doubts(pipeline, report),
     )
     raise SystemExit(code)
 
@@ -1775,29 +2014,44 @@ def runs(config: Path, limit: int, as_json: bool, use_sandbox: bool) -> None:
     if not rows:
         out.print(f"No runs of {pipeline.name} in {pipeline.state_path}.")
         return
-    wide = not out.is_terminal
-    if wide:
+    if not out.is_terminal and not _columns_set():
         out.width = max(out.width, 250)  # run ids are long; one line per run in files
     channels = list(dict.fromkeys(name for _, results in rows for name in results))
-    table = Table(title=f"Runs of {pipeline.name} ({pipeline.state_path})", box=box.SIMPLE_HEAD)
-    longest = max(len(record.run_id) for record, _ in rows)
-    table.add_column("run id", overflow="fold", no_wrap=wide, min_width=min(longest, 24))
+    out.print(f"Runs of {pipeline.name} ({pipeline.state_path})")
+    table = Table(box=box.SIMPLE_HEAD)
+    table.add_column("run id", no_wrap=True)
     for header in ("logical date (UTC)", "status", "created (UTC)", "finished (UTC)"):
-        table.add_column(header, no_wrap=wide, min_width=10)
-    table.add_column("recipients", justify="right", no_wrap=wide)
+        table.add_column(header, no_wrap=True)
+    table.add_column("recipients", justify="right", no_wrap=True)
     for name in channels:
-        table.add_column(name, no_wrap=wide, min_width=8)
+        table.add_column(name, no_wrap=True)
+    blocks = []
     for record, results in rows:
-        table.add_row(
+        cells = [
             record.run_id,
             _minute(record.logical_date),
             _status_text(record),
             _minute(record.created_at),
             _minute(record.finished_at),
             "-" if record.recipients is None else str(record.recipients),
-            *(_brief_counts(results[n]) if n in results else "-" for n in channels),
+        ]
+        per_channel = [(n, _brief_counts(results[n])) for n in channels if n in results]
+        table.add_row(*cells, *(dict(per_channel).get(n, "-") for n in channels))
+        recipients = "-" if record.recipients is None else record.recipients
+        blocks.append(
+            [
+                record.run_id,
+                f"  logical date {cells[1]} UTC · {cells[2]} · created {cells[3]} · "
+                f"finished {cells[4]} · {recipients} recipient(s)",
+                *(f"  {name}: {counts}" for name, counts in per_channel),
+            ]
         )
-    out.print(table)
+    if _fits(out, table):
+        out.print(table)
+    else:  # a narrow terminal: one block per run, its id whole on its own line
+        for block in blocks:
+            for line in block:
+                out.print(line)
 
 
 # -- report --------------------------------------------------------------------------------
@@ -1934,7 +2188,12 @@ def report(
                             rows_rejected=info.rejected,
                             rejected_reasons=info.rejected_reasons,
                         )
-                _report_table(stream, record, stored, results, where, channels)
+                doubts = {
+                    name: _doubts_from_counts(ledger.counts(run_id, name))
+                    for name, result in results.items()
+                    if result.unknown and ledger.is_planned(run_id, name)
+                }
+                _report_table(stream, record, stored, results, where, channels, doubts)
                 return
             rows = stack.enter_context(
                 contextlib.closing(_deliveries(ledger, run_id, list(channels) or [None]))
@@ -1954,6 +2213,7 @@ def _report_table(
     results: Mapping[str, ChannelResult],
     where: _Where,
     channels: Sequence[str],
+    doubts: Mapping[str, Mapping[str, int]],
 ) -> None:
     console = _console(file=None if stream is sys.stdout else stream)
     shown = {n: r for n, r in results.items() if not channels or n in channels}
@@ -1978,6 +2238,7 @@ def _report_table(
         status=_status_text(record),
         results_hint=False,
         hints=not going,  # nothing to resume while its process sends it
+        doubts=doubts,
     )
     if record.status == RunStatus.SKIPPED_LATE.value:
         console.print("Skipped:   due too long ago (max_lateness_minutes); nothing was sent")
@@ -2139,7 +2400,7 @@ def suppress(
             ledger.close()
     out = _console()
     added = [k for k in keys if k not in known]
-    for key in keys:
+    for key in keys if not _quiet() else ():
         state = f"already suppressed ({known[key]})" if key in known else f"added ({reason})"
         out.print(f"  {key}  {state}")
     out.print(
@@ -2556,9 +2817,17 @@ def preview(config: Path, channel: str, count: int, as_json: bool, block: tuple[
         out.print(f"No eligible recipient for channel {channel!r}.")
         return
     for i, message in enumerate(messages, 1):
-        out.rule(f"{channel} {i}/{len(messages)}: {message.recipient_id} -> {message.address}")
+        _heading(out, f"{channel} {i}/{len(messages)}: {message.recipient_id} -> {message.address}")
         _print_message(out, message)
     out.print(f"{len(messages)} message(s) rendered; nothing was sent.")
+
+
+def _heading(console: Console, title: str) -> None:
+    """A rule titled ``title``; the title alone when the rule would cut it."""
+    if cell_len(title) + 6 <= console.width:
+        console.rule(title)
+    else:
+        console.print(title)
 
 
 def _print_message(console: Console, message: Message, *, html: bool = True) -> None:

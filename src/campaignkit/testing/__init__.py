@@ -2,7 +2,8 @@
 
 * :class:`RecordingNotifier` / :func:`recording_plugin`: a channel that records messages
   instead of sending them, with scripted permanent and transient failures.
-* :class:`StaticSource`: a source over recipients held in memory.
+* :class:`StaticSource`: a source over recipients held in memory (the same class as
+  :class:`campaignkit.StaticSource`, importable from here too).
 * :mod:`campaignkit.testing.sandbox`: loopback servers speaking the real providers'
   wire contracts (SendGrid, SMTP, Twilio, Telnyx, OneSignal, Expo).
 * A pytest plugin (installed with campaignkit) offers fixtures; see
@@ -12,13 +13,14 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import attrs
 
-from .._models import Message, Outcome, Recipient, RejectedRow
+from .._models import Message, Outcome
 from .._notifier import ChannelSettings, Notifier
+from .._static import StaticSource
 from ..hookspecs import hookimpl
 
 __all__ = ["Outbox", "RecordingNotifier", "StaticSource", "recording_plugin"]
@@ -125,51 +127,3 @@ def recording_plugin(outbox: Outbox | None = None, *, name: str = "recording") -
             register(cls)
 
     return _Plugin()
-
-
-class StaticSource:
-    """A :class:`~campaignkit.Source` over recipients (and rejected rows) in memory."""
-
-    def __init__(
-        self,
-        records: Iterable[Recipient | RejectedRow],
-        *,
-        fields: Collection[str] | None = None,
-    ) -> None:
-        self._records = list(records)
-        if fields is None:
-            names = {"id", "email", "phone", "push_token"}
-            for r in self._records:
-                if isinstance(r, Recipient):
-                    names.update(r.attributes)
-            fields = names
-        self._fields = frozenset(fields)
-
-    @classmethod
-    def from_dicts(cls, rows: Iterable[Mapping[str, Any]], **kwargs: Any) -> StaticSource:
-        """Recipients from dicts with ``id``, ``email``, ``phone``, ``push_token``,
-        ``consent`` (mapping) and any other keys as attributes."""
-        out = []
-        for i, row in enumerate(rows, start=2):
-            row = dict(row)
-            out.append(
-                Recipient(
-                    id=str(row.pop("id")),
-                    email=row.pop("email", None),
-                    phone=row.pop("phone", None),
-                    push_token=row.pop("push_token", None),
-                    consent=row.pop("consent", {}),
-                    attributes={k: str(v) for k, v in row.items()},
-                    line=i,
-                )
-            )
-        return cls(out, **kwargs)
-
-    def fields(self) -> frozenset[str]:
-        return self._fields
-
-    def records(self, required: Collection[str] = ()) -> Iterator[Recipient | RejectedRow]:
-        return iter(self._records)
-
-    def describe(self) -> str:
-        return f"<{len(self._records)} static records>"
