@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from campaignkit import ConfigError, Pipeline, load_config
+from campaignkit._config import key_lines
 from campaignkit.cli import main
 from campaignkit.testing.sandbox import Sandbox
 
@@ -490,3 +492,86 @@ def test_documented_rows_output_is_real(
     assert result.exit_code == 0
     documented = doc_block("`--rows` also reads").removeprefix("...\n")
     assert result.stdout.endswith(documented)
+
+
+# -- where keys are written ---------------------------------------------------------------------
+
+WORD = st.text("abcxyz_-0", min_size=1, max_size=6)
+BARE = st.builds(lambda head, tail: head + tail, st.sampled_from("abz_"), WORD)
+QUOTED = st.builds(lambda a, b: f"{a} {b}", BARE, BARE)  # needs quotes in TOML
+KEYS = st.one_of(BARE, QUOTED)
+TRICKY_TEXT = st.sampled_from(
+    ["plain", "a = 1", "[table]", "# not a comment", 'say "hi"', "x = [1, 2]", "{ y = 2 }"]
+)
+VALUES = st.one_of(
+    st.integers(-5, 5),
+    st.booleans(),
+    TRICKY_TEXT,
+    st.builds(lambda t: ("multiline", t), TRICKY_TEXT),  # a """ string over lines
+    st.builds(lambda n: ("array", n), st.integers(0, 3)),  # an array over lines
+    st.builds(lambda t: ("inline", t), TRICKY_TEXT),  # an inline table
+)
+
+
+def tables(depth: int) -> st.SearchStrategy[dict[str, object]]:
+    leaf = st.dictionaries(KEYS, VALUES, max_size=4)
+    if depth == 0:
+        return leaf
+    return st.tuples(leaf, st.dictionaries(KEYS, tables(depth - 1), max_size=3)).map(
+        lambda pair: {**pair[0], **{k: v for k, v in pair[1].items() if k not in pair[0]}}
+    )
+
+
+def toml_key(key: str) -> str:
+    return key if " " not in key else f'"{key}"'
+
+
+def render(
+    table: dict[str, object], path: list[str], out: list[str], lines: dict[str, int]
+) -> dict[str, object]:
+    """Write ``table`` as TOML into ``out``, recording each key's line; return the
+    mapping tomllib must read back."""
+    expected: dict[str, object] = {}
+    subtables = {k: v for k, v in table.items() if isinstance(v, dict)}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            continue
+        lines[".".join([*path, key])] = len(out) + 1
+        if isinstance(value, tuple) and value[0] == "multiline":
+            out.extend([f'{toml_key(key)} = """', str(value[1]), '"""'])
+            expected[key] = f"{value[1]}\n"
+        elif isinstance(value, tuple) and value[0] == "array":
+            out.append(f"{toml_key(key)} = [")
+            out.extend(f"  {i}," for i in range(int(value[1])))
+            out.append("]")
+            expected[key] = list(range(int(value[1])))
+        elif isinstance(value, tuple):
+            out.append(f"{toml_key(key)} = {{ inner = {json.dumps(value[1])} }}")
+            expected[key] = {"inner": value[1]}
+        else:
+            out.append(f"{toml_key(key)} = {json.dumps(value)}  # {json.dumps(value)}")
+            expected[key] = value
+    for key, sub in subtables.items():
+        assert isinstance(sub, dict)
+        lines[".".join([*path, key])] = len(out) + 1
+        out.append(f"[{'.'.join(toml_key(k) for k in [*path, key])}]")
+        expected[key] = render(sub, [*path, key], out, lines)
+    return expected
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.dictionaries(KEYS, tables(2), min_size=1, max_size=3))
+def test_key_lines_finds_every_key_where_it_is_written(document: dict[str, object]) -> None:
+    out: list[str] = []
+    lines: dict[str, int] = {}
+    expected: dict[str, object] = {}
+    for key, table in document.items():  # top-level tables only, as a campaign has
+        lines[key] = len(out) + 1
+        out.append(f"[{toml_key(key)}]")
+        expected[key] = render(table, [key], out, lines)  # type: ignore[arg-type]
+    text = "\n".join(out) + "\n"
+    assert tomllib.loads(text) == expected  # the document is what we meant
+    found = key_lines(text)
+    for path, line in lines.items():
+        assert found[path] == line, (path, text)
+    assert set(found) == set(lines)  # nothing inside strings, arrays or inline tables

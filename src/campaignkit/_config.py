@@ -606,12 +606,15 @@ def check_config_data(
     their lines."""
     problems: list[Problem] = []
     config = _Parser(base_dir, problems).parse(data)
+    if config is not None:
+        config = attrs.evolve(config, file=file)
     lines = key_lines(text) if text is not None else {}
-    located = tuple(
+    located = [
         attrs.evolve(p, file=p.file or file, line=p.line or line_of(lines, p.path))
         for p in problems
-    )
-    return ConfigCheck(config, located)
+    ]
+    located.sort(key=lambda p: p.line or 0)  # in file order (stable: as found otherwise)
+    return ConfigCheck(config, tuple(located))
 
 
 @attrs.define
@@ -754,10 +757,7 @@ def check_config(path: str | Path) -> ConfigCheck:
         return _unusable("configuration is not UTF-8 text", file)
     except tomllib.TOMLDecodeError as exc:
         return _unusable(f"invalid TOML: {exc}", file, line=_toml_error_line(exc))
-    check = check_config_data(data, base_dir=file.resolve().parent, file=str(file), text=text)
-    if check.config is None:
-        return check
-    return attrs.evolve(check, config=attrs.evolve(check.config, file=str(file)))
+    return check_config_data(data, base_dir=file.resolve().parent, file=str(file), text=text)
 
 
 def _unusable(message: str, file: Path, *, line: int | None = None) -> ConfigCheck:

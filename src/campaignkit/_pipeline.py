@@ -1056,12 +1056,9 @@ class Pipeline:
                 except LedgerError:
                     # Another process began this run (and let go of it) since we looked:
                     # decide again from what the ledger says now.
-                    if (
-                        run_id is not None
-                        or force
-                        or new_id
-                        not in {r.run_id for r in ledger.find_runs(self.name, logical_date)}
-                    ):
+                    if run_id is not None or force or new_id not in {
+                        r.run_id for r in ledger.find_runs(self.name, logical_date)
+                    }:
                         raise
                     continue
                 break

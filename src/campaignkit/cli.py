@@ -1605,7 +1605,9 @@ def _continue_run(
             )
             after = []
         else:
-            settled = ", ".join(f"{name} {progress.done.get(name, 0)}" for name in report.channels)
+            settled = ", ".join(
+                f"{name} {progress.done.get(name, 0)}" for name in report.channels
+            )
             after = [f"This time: settled (sent or failed) per channel: {settled or 'none'}"]
         if sandbox is not None:
             after += _record_sandbox(sandbox, report.output_dir, dump=True)
@@ -2587,10 +2589,8 @@ def _load_or_list_all(path: Path, *, use_sandbox: bool, block: Sequence[str]) ->
 @click.option(
     "--examples",
     type=click.IntRange(min=0),
-    default=20,
-    show_default=True,
     metavar="N",
-    help="With --rows: list at most N rejected rows (and N invalid addresses).",
+    help="With --rows: list at most N rejected rows and N invalid addresses (default 20).",
 )
 @click.option(
     "--strict",
@@ -2602,7 +2602,7 @@ def validate(
     config: Path,
     as_json: bool,
     rows: bool,
-    examples: int,
+    examples: int | None,
     strict: bool,
     block: tuple[str, ...],
 ) -> None:
@@ -2612,11 +2612,13 @@ def validate(
 
     With --rows the whole segment is read too (as a run reads it, without sending or
     recording anything) and its rejected rows and invalid addresses are reported."""
-    if (strict or examples != 20) and not rows:
+    if (strict or examples is not None) and not rows:
         raise click.UsageError("--strict and --examples need --rows")
     with _input_errors(config):
         pm = _plugin_manager(block)
-        check = check_campaign(config, rows=rows, examples=examples, plugins=pm)
+        check = check_campaign(
+            config, rows=rows, examples=20 if examples is None else examples, plugins=pm
+        )
     rejected = check.rows is not None and (
         check.rows.rejected > 0 or any(check.rows.invalid_addresses.values())
     )
