@@ -278,6 +278,30 @@ def test_did_you_mean_only_for_near_misses(tmp_path: Path) -> None:
     assert problems["execution.zzz_quux"] == "unknown key 'zzz_quux'"
 
 
+def test_source_and_provider_option_typos_get_suggestions(tmp_path: Path) -> None:
+    config, env = write_campaign(tmp_path)
+    text = config.read_text(encoding="utf-8")
+    text = text.replace('path = "segment.csv"', 'pth = "segment.csv"')
+    text = text.replace('from_email = "news@example.com"', 'from_emial = "news@example.com"')
+    config.write_text(text, encoding="utf-8")
+    result = invoke("validate", str(config), "--json", env=env)
+    assert result.exit_code == 2
+    problems = {(p["group"], p["path"]): p for p in reported(result)}
+    assert set(problems) == {
+        ("config", "source.path"),
+        ("config", "source.pth"),
+        ("channels", "channels.email.options.from_emial"),
+        ("channels", "channels.email.options.from_email"),  # so the real key is missing
+    }
+    assert problems["config", "source.pth"]["message"] == (
+        "unknown key 'pth' (did you mean 'path'?)"
+    )
+    assert problems["config", "source.pth"]["line"] == line_of(config, 'pth = "segment.csv"')
+    assert problems["channels", "channels.email.options.from_emial"]["message"] == (
+        "unknown key 'from_emial' (did you mean 'from_email'?)"
+    )
+
+
 @settings(
     max_examples=30,
     deadline=None,

@@ -659,6 +659,8 @@ class Pipeline:
         fields = None
         try:
             fields = self.source.fields()
+        except ConfigError as exc:  # the [source] options
+            add(exc, "config")
         except CampaignKitError as exc:
             add(exc, "source")
         for channel in self.enabled_channels:
