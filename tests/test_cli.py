@@ -385,9 +385,14 @@ def test_validate_missing_token(campaign: Path) -> None:
     result = invoke("validate", str(campaign), env={"EMAIL_API_TOKEN": SECRET})
     no_traceback(result)
     assert result.exit_code == 2
+    # The example writes token_env: the error names its line.
+    lines = campaign.read_text(encoding="utf-8").splitlines()
+    (line,) = [
+        n for n, text in enumerate(lines, 1) if text.startswith('token_env = "SMS_API_TOKEN"')
+    ]
     assert (
-        f"{campaign}: channels.sms.token_env: environment variable SMS_API_TOKEN is not set"
-        in stderr_of(result)
+        f"{campaign}:{line}: channels.sms.token_env: environment variable SMS_API_TOKEN is "
+        "not set" in stderr_of(result)
     )
     assert SECRET not in result.output
 

@@ -172,6 +172,19 @@ def test_exit_codes_are_documented() -> None:
         assert f"  {code}  " in help_text
 
 
+def test_validate_options_and_groups_are_documented() -> None:
+    doc = read("cli.md")
+    section = doc[doc.index("## `campaignkit validate CONFIG`") :]
+    section = section[: section.index("\n## ", 1)]
+    command = main.commands["validate"]  # type: ignore[attr-defined]
+    for param in command.params:
+        for opt in param.opts:
+            if opt.startswith("--"):
+                assert f"`{opt}" in section, opt
+    for group in campaignkit.exceptions.PROBLEM_GROUPS:
+        assert f"`{group.capitalize()}`" in section, group
+
+
 def test_every_command_is_documented() -> None:
     doc = read("cli.md")
     for name in main.commands:  # type: ignore[attr-defined]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import keyword
 import re
 import tomllib
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,7 +17,7 @@ import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from ._models import Rate
-from .exceptions import ConfigError
+from .exceptions import ConfigError, Problem
 
 T = TypeVar("T")
 
@@ -48,70 +49,158 @@ def _describe(value: Any) -> str:
     return f"{value!r}" if isinstance(value, str) else type(value).__name__
 
 
-def _first_error(exc: BaseException, path: str, data: Any) -> ConfigError:
-    """Turn a cattrs error tree into one ConfigError naming the key path."""
+def _join(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _known_keys(cls: type) -> list[str]:
+    """The keys a table structured into ``cls`` accepts, as written in TOML."""
+    if not attrs.has(cls):
+        return []
+    names = [a.name for a in attrs.fields(cls)]
+    return [n[:-1] if n.endswith("_") and keyword.iskeyword(n[:-1]) else n for n in names]
+
+
+def did_you_mean(key: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'X'?)`` for the known key closest to ``key``, when one is close
+    enough to be a typo; else the empty string."""
+    close = difflib.get_close_matches(key, sorted(set(known)), n=1, cutoff=_SIMILAR)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+#: How similar (difflib ratio) an unknown key must be to a known one to be suggested.
+_SIMILAR = 0.75
+
+
+def unknown_key(key: str, known: Iterable[str], *, path: str) -> Problem:
+    """The problem of an unknown key, suggesting the known key it may be a typo of."""
+    return Problem(f"unknown key {key!r}{did_you_mean(key, known)}", path=_join(path, key))
+
+
+def _note_name(exc: BaseException) -> object | None:
+    note = next((n for n in getattr(exc, "__notes__", []) if hasattr(n, "name")), None)
+    return getattr(note, "name", None)
+
+
+def _child(data: Any, name: object) -> Any:
+    if isinstance(data, Mapping):
+        return data.get(name)
+    if isinstance(name, int) and isinstance(data, (list, tuple)) and 0 <= name < len(data):
+        return data[name]
+    return None
+
+
+def _problems(exc: BaseException, path: str, data: Any) -> list[Problem]:
+    """Every problem in a cattrs error tree, each naming its key path."""
     if isinstance(exc, ForbiddenExtraKeysError):
-        key = sorted(exc.extra_fields)[0]
-        return ConfigError(f"unknown key {key!r}", path=f"{path}.{key}" if path else key)
+        known = _known_keys(exc.cl)
+        return [unknown_key(key, known, path=path) for key in sorted(exc.extra_fields)]
     if isinstance(exc, (ClassValidationError, IterableValidationError)):
+        out: list[Problem] = []
         for sub in exc.exceptions:
-            note = next((n for n in getattr(sub, "__notes__", []) if hasattr(n, "name")), None)
-            name = getattr(note, "name", None)
+            name = _note_name(sub)
             if name is None:
-                return _first_error(sub, path, data)
-            child_path = f"{path}.{name}" if path else str(name)
-            child = (
-                data.get(name)
-                if isinstance(data, Mapping)
-                else (
-                    data[name]
-                    if isinstance(name, int) and isinstance(data, (list, tuple))
-                    else None
-                )
-            )
-            if isinstance(sub, KeyError):
-                return ConfigError("missing required key", path=child_path)
-            return _first_error(sub, child_path, child)
+                out.extend(_problems(sub, path, data))
+            elif isinstance(sub, KeyError):
+                out.append(Problem("missing required key", path=_join(path, name)))
+            else:
+                out.extend(_problems(sub, _join(path, name), _child(data, name)))
+        return out
     if isinstance(exc, ConfigError):
-        joined = ".".join(p for p in (path, exc.path) if p)
-        return ConfigError(exc.detail, path=joined or None)
+        return [
+            attrs.evolve(p, path=".".join(x for x in (path, p.path) if x) or None)
+            for p in exc.problems
+        ]
     if isinstance(exc, _Mismatch):
-        return ConfigError(str(exc), path=path or None)
+        return [Problem(str(exc), path=path or None)]
     if isinstance(exc, (TypeError, ValueError)):
-        return ConfigError(f"invalid value {_describe(data)}: {exc}", path=path or None)
-    return ConfigError(str(exc), path=path or None)
+        return [Problem(f"invalid value {_describe(data)}: {exc}", path=path or None)]
+    return [Problem(str(exc), path=path or None)]
 
 
-def structure_options(data: Mapping[str, Any], cls: type[T], *, path: str) -> T:
-    """Structure a mapping into attrs class ``cls``, raising :class:`ConfigError`
-    that names the offending key under ``path`` (e.g. ``channels.sms.options.from``).
+def _drop(data: dict[str, Any], parts: list[str]) -> bool:
+    """Remove the value at ``parts`` (relative key path) from ``data`` so that
+    structuring can go on without it; a value inside a list drops the whole list.
+    Whether anything was removed."""
+    node: Any = data
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        if i == len(parts) - 1 or isinstance(node[part], list):
+            del node[part]
+            return True
+        node[part] = dict(node[part]) if isinstance(node[part], Mapping) else node[part]
+        node = node[part]
+    return False
 
-    Unknown keys are errors. A key that is a Python keyword (``from``) fills the
-    attribute of the same name with a trailing underscore (``from_``); errors name the
-    key as written.
+
+def collect_options(data: Any, cls: type[T], *, path: str) -> tuple[T | None, tuple[Problem, ...]]:
+    """Structure ``data`` into ``cls`` and find every problem on the way.
+
+    Returns the structured value (``None`` when a problem leaves nothing usable, such
+    as a missing required key) and every problem, each naming its key path under
+    ``path``. A value with a problem is left out (its default applies) so that the
+    rest of the table is still checked, validators included.
     """
     if not isinstance(data, Mapping):
-        raise ConfigError(f"expected a table, got {_describe(data)}", path=path)
+        return None, (Problem(f"expected a table, got {_describe(data)}", path=path),)
     data = dict(data)
-    renamed = {}
+    renamed: dict[str, str] = {}
+    # Keys spelled as the attribute (``from_``) are unknown: the key is ``from``.
+    spelled = [k for k in data if k.endswith("_") and keyword.iskeyword(k[:-1])]
+    early = tuple(unknown_key(k, _known_keys(cls), path=path) for k in spelled)
+    for key in spelled:
+        del data[key]
     if attrs.has(cls):
         names = {a.name for a in attrs.fields(cls)}
         for key in list(data):
             if keyword.iskeyword(key) and f"{key}_" in names:
                 data[f"{key}_"] = data.pop(key)
                 renamed[f"{key}_"] = key
-            elif key.endswith("_") and keyword.iskeyword(key[:-1]):
-                raise ConfigError(f"unknown key {key!r}", path=f"{path}.{key}")
-    try:
-        return _converter.structure(data, cls)
-    except Exception as exc:  # cattrs raises several kinds
-        error = exc if isinstance(exc, ConfigError) else _first_error(exc, path, data)
+    problems: list[Problem] = []
+    seen = set()
+    while True:
+        try:
+            return _converter.structure(data, cls), early + _renamed(problems, renamed, path)
+        except Exception as exc:  # cattrs raises several kinds
+            found = [p for p in _problems(exc, path, data) if (p.path, p.message) not in seen]
+            progress = False
+            for problem in found:
+                seen.add((problem.path, problem.message))
+                problems.append(problem)
+                relative = (problem.path or "")[len(path) + 1 :] if path else problem.path or ""
+                progress = _drop(data, relative.split(".")) or progress
+            if not progress:
+                return None, early + _renamed(problems, renamed, path)
+
+
+def _renamed(problems: list[Problem], renamed: Mapping[str, str], path: str) -> tuple[Problem, ...]:
+    """Problems naming keys as written (``from``), not as attributes (``from_``)."""
+    out = []
+    for problem in problems:
         for attr, key in renamed.items():
-            if error.path is not None and error.path.startswith(f"{path}.{attr}"):
-                error = ConfigError(
-                    error.detail, path=f"{path}.{key}" + error.path[len(path) + 1 + len(attr) :]
-                )
-        raise error from None
+            head = _join(path, attr)
+            if problem.path is not None and (
+                problem.path == head or problem.path.startswith(head + ".")
+            ):
+                problem = attrs.evolve(problem, path=_join(path, key) + problem.path[len(head) :])
+        out.append(problem)
+    return tuple(out)
+
+
+def structure_options(data: Mapping[str, Any], cls: type[T], *, path: str) -> T:
+    """Structure a mapping into attrs class ``cls``, raising :class:`ConfigError`
+    that names the offending key under ``path`` (e.g. ``channels.sms.options.from``);
+    with several problems the error carries them all (:attr:`ConfigError.problems`).
+
+    Unknown keys are errors (suggesting the known key a near miss may be a typo of).
+    A key that is a Python keyword (``from``) fills the attribute of the same name with
+    a trailing underscore (``from_``); errors name the key as written.
+    """
+    value, problems = collect_options(data, cls, path=path)
+    if problems or value is None:
+        raise ConfigError.of(problems or (Problem("invalid table", path=path),))
+    return value
 
 
 # -- the campaign schema -------------------------------------------------------------------
@@ -445,28 +534,53 @@ _converter.register_structure_hook(datetime, _structure_datetime)
 _converter.register_structure_hook(Path, lambda v, _: Path(v))
 
 
-def _read_template_files(table: dict[str, Any], base_dir: Path, path: str) -> dict[str, Any]:
+def _read_template_files(
+    table: dict[str, Any], base_dir: Path, path: str, problems: list[Problem]
+) -> dict[str, Any]:
+    """Read every ``<part>_file`` into its part; a part that cannot be read is left out
+    (its problem added to ``problems``)."""
     out = dict(table)
     for part in ("body", "subject", "html", "title"):
         ref = out.get(f"{part}_file")
         if ref is None:
             continue
+        problem = None
         if out.get(part) is not None:
-            raise ConfigError(
+            problem = Problem(
                 f"give {part!r} or {part + '_file'!r}, not both", path=f"{path}.{part}"
             )
-        if not isinstance(ref, str):
-            raise ConfigError(f"expected a path, got {_describe(ref)}", path=f"{path}.{part}_file")
-        file = (base_dir / ref).resolve()
-        try:
-            out[part] = file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read {file}: {exc.strerror}", path=f"{path}.{part}_file"
-            ) from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{file} is not UTF-8 text", path=f"{path}.{part}_file") from None
+        elif not isinstance(ref, str):
+            problem = Problem(f"expected a path, got {_describe(ref)}", path=f"{path}.{part}_file")
+        else:
+            file = (base_dir / ref).resolve()
+            try:
+                out[part] = file.read_text(encoding="utf-8")
+            except OSError as exc:
+                problem = Problem(f"cannot read {file}: {exc.strerror}", path=f"{path}.{part}_file")
+            except UnicodeDecodeError:
+                problem = Problem(f"{file} is not UTF-8 text", path=f"{path}.{part}_file")
+        if problem is not None:  # an empty part stands in, so the rest is still checked
+            problems.append(problem)
+            out.pop(f"{part}_file", None)
+            out[part] = out.get(part) or ""
     return out
+
+
+@attrs.frozen
+class ConfigCheck:
+    """Every problem of a campaign file, and as much of it as could be structured.
+
+    Attributes:
+        config: the configuration with every offending value left out (defaults in
+            their place, a channel that cannot be built at all omitted), so that the
+            rest can still be checked; ``None`` when nothing usable is left (the file
+            is not TOML, has no ``[pipeline]``, ``[source]`` or usable channel).
+        problems: every problem found, in file order of discovery, each with its key
+            path and (when read from a file) its file and line.
+    """
+
+    config: PipelineConfig | None
+    problems: tuple[Problem, ...]
 
 
 def parse_config(
@@ -475,71 +589,133 @@ def parse_config(
     """Structure a campaign mapping (a parsed TOML file) into :class:`PipelineConfig`.
 
     Raises:
-        ConfigError: naming the key path of the first problem.
+        ConfigError: carrying every problem found (:attr:`ConfigError.problems`), each
+            naming its key path.
     """
-    try:
-        return _parse(data, base_dir=base_dir, file=file)
-    except ConfigError as exc:
-        if exc.file is None and file is not None:
-            raise ConfigError(exc.detail, path=exc.path, file=file) from None
-        raise
+    check = check_config_data(data, base_dir=base_dir, file=file)
+    if check.problems or check.config is None:
+        raise ConfigError.of(check.problems, file=file)
+    return check.config
 
 
-def _parse(data: Mapping[str, Any], *, base_dir: Path, file: str | None) -> PipelineConfig:
-    data = dict(data)
-    known = {"pipeline", "source", "channels", "execution", "schedule"}
-    for key in data:
-        if key not in known:
-            raise ConfigError(f"unknown table {key!r} (expected one of {sorted(known)})", path=key)
-    pipeline = data.get("pipeline")
-    if not isinstance(pipeline, Mapping):
-        raise ConfigError("missing [pipeline] table with a name", path="pipeline")
-    meta = structure_options(pipeline, _PipelineMeta, path="pipeline")
-    source_table = data.get("source")
-    if not isinstance(source_table, Mapping):
-        raise ConfigError("missing [source] table", path="source")
-    source_table = dict(source_table)
-    rows_per_customer = source_table.pop("rows_per_customer", "one")
-    if not isinstance(rows_per_customer, str):
-        raise ConfigError(
-            f"expected a string, got {_describe(rows_per_customer)}",
-            path="source.rows_per_customer",
+def check_config_data(
+    data: Mapping[str, Any], *, base_dir: Path, file: str | None = None, text: str | None = None
+) -> ConfigCheck:
+    """Structure a campaign mapping, collecting every problem instead of stopping at
+    the first. ``text`` (the TOML the mapping was parsed from) gives the problems
+    their lines."""
+    problems: list[Problem] = []
+    config = _Parser(base_dir, problems).parse(data)
+    if config is not None:
+        config = attrs.evolve(config, file=file)
+    lines = key_lines(text) if text is not None else {}
+    located = [
+        attrs.evolve(p, file=p.file or file, line=p.line or line_of(lines, p.path))
+        for p in problems
+    ]
+    located.sort(key=lambda p: p.line or 0)  # in file order (stable: as found otherwise)
+    return ConfigCheck(config, tuple(located))
+
+
+@attrs.define
+class _Parser:
+    """Structures a campaign mapping table by table, collecting problems."""
+
+    base_dir: Path
+    problems: list[Problem]
+
+    def add(self, message: str, path: str | None) -> None:
+        self.problems.append(Problem(message, path=path))
+
+    def table(self, data: Any, cls: type[T], path: str) -> T | None:
+        value, found = collect_options(data, cls, path=path)
+        self.problems.extend(found)
+        return value
+
+    def parse(self, data: Mapping[str, Any]) -> PipelineConfig | None:
+        known = ("pipeline", "source", "channels", "execution", "schedule")
+        for key in data:
+            if key not in known:
+                self.add(
+                    f"unknown table {key!r}{did_you_mean(key, known)} "
+                    f"(expected one of {sorted(known)})",
+                    key,
+                )
+        meta = self.meta(data.get("pipeline"))
+        source = self.source(data.get("source"))
+        channels = self.channels(data.get("channels"))
+        execution = self.table(data.get("execution", {}), Execution, "execution")
+        schedule = self.table(data.get("schedule", {}), Schedule, "schedule")
+        if meta is None or source is None or not channels:
+            return None
+        return PipelineConfig(
+            name=meta.name,
+            description=meta.description,
+            tags=tuple(meta.tags),
+            source=source,
+            channels=tuple(channels),
+            execution=execution or Execution(),
+            schedule=schedule or Schedule(),
+            base_dir=self.base_dir,
         )
-    source = SourceConfig(
-        type=str(source_table.pop("type", "csv")),
-        options=source_table,
-        rows_per_customer=rows_per_customer,
-    )
-    channels_table = data.get("channels")
-    if not isinstance(channels_table, Mapping) or not channels_table:
-        raise ConfigError("at least one [channels.<name>] table is required", path="channels")
-    channels = []
-    for name, table in channels_table.items():
+
+    def meta(self, pipeline: Any) -> _PipelineMeta | None:
+        if not isinstance(pipeline, Mapping):
+            self.add("missing [pipeline] table with a name", "pipeline")
+            return None
+        return self.table(pipeline, _PipelineMeta, "pipeline")
+
+    def source(self, table: Any) -> SourceConfig | None:
+        if not isinstance(table, Mapping):
+            self.add("missing [source] table", "source")
+            return None
+        options = dict(table)
+        rows_per_customer = options.pop("rows_per_customer", "one")
+        if not isinstance(rows_per_customer, str):
+            self.add(
+                f"expected a string, got {_describe(rows_per_customer)}", "source.rows_per_customer"
+            )
+            rows_per_customer = "one"
+        elif rows_per_customer not in ROWS_PER_CUSTOMER:
+            self.add(
+                f"expected one of {', '.join(map(repr, ROWS_PER_CUSTOMER))}, "
+                f"got {rows_per_customer!r}",
+                "source.rows_per_customer",
+            )
+            rows_per_customer = "one"
+        kind = options.pop("type", "csv")
+        if not isinstance(kind, str):
+            self.add(f"expected a string, got {_describe(kind)}", "source.type")
+            return None
+        return SourceConfig(type=kind, options=options, rows_per_customer=rows_per_customer)
+
+    def channels(self, table: Any) -> list[Channel]:
+        if not isinstance(table, Mapping) or not table:
+            self.add("at least one [channels.<name>] table is required", "channels")
+            return []
+        out = []
+        for name, channel_table in table.items():
+            channel = self.channel(str(name), channel_table)
+            if channel is not None:
+                out.append(channel)
+        return out
+
+    def channel(self, name: str, table: Any) -> Channel | None:
         path = f"channels.{name}"
         if not isinstance(table, Mapping):
-            raise ConfigError("expected a table", path=path)
+            self.add("expected a table", path)
+            return None
         table = dict(table)
         if "template" in table:
             if not isinstance(table["template"], Mapping):
-                raise ConfigError("expected a table", path=f"{path}.template")
-            table["template"] = _read_template_files(
-                dict(table["template"]), base_dir, f"{path}.template"
-            )
+                self.add("expected a table", f"{path}.template")
+                del table["template"]
+            else:
+                table["template"] = _read_template_files(
+                    dict(table["template"]), self.base_dir, f"{path}.template", self.problems
+                )
         table["name"] = name
-        channels.append(structure_options(table, Channel, path=path))
-    execution = structure_options(data.get("execution", {}), Execution, path="execution")
-    schedule = structure_options(data.get("schedule", {}), Schedule, path="schedule")
-    return PipelineConfig(
-        name=meta.name,
-        description=meta.description,
-        tags=tuple(meta.tags),
-        source=source,
-        channels=tuple(channels),
-        execution=execution,
-        schedule=schedule,
-        base_dir=base_dir,
-        file=file,
-    )
+        return self.table(table, Channel, path)
 
 
 @attrs.frozen
@@ -553,17 +729,134 @@ def load_config(path: str | Path) -> PipelineConfig:
     """Read and structure a campaign TOML file.
 
     Raises:
-        ConfigError: the file cannot be read, is not TOML, or does not fit the schema.
+        ConfigError: the file cannot be read, is not TOML, or does not fit the schema;
+            it carries every problem of the file (:attr:`ConfigError.problems`), each
+            with its key path and line.
+    """
+    check = check_config(path)
+    if check.problems or check.config is None:
+        raise ConfigError.of(check.problems, file=str(path))
+    return check.config
+
+
+def check_config(path: str | Path) -> ConfigCheck:
+    """Read a campaign TOML file and find every problem in it (see :class:`ConfigCheck`).
+
+    A file that cannot be read or parsed as TOML is one problem (with its line and
+    column for a TOML syntax error), and nothing else is checked.
     """
     file = Path(path)
     try:
         raw = file.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"cannot read configuration: {exc.strerror}", file=str(file)) from None
+        return _unusable(f"cannot read configuration: {exc.strerror}", file)
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        data = tomllib.loads(text)
     except UnicodeDecodeError:
-        raise ConfigError("configuration is not UTF-8 text", file=str(file)) from None
+        return _unusable("configuration is not UTF-8 text", file)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"invalid TOML: {exc}", file=str(file)) from None
-    return parse_config(data, base_dir=file.resolve().parent, file=str(file))
+        return _unusable(f"invalid TOML: {exc}", file, line=_toml_error_line(exc))
+    return check_config_data(data, base_dir=file.resolve().parent, file=str(file), text=text)
+
+
+def _unusable(message: str, file: Path, *, line: int | None = None) -> ConfigCheck:
+    return ConfigCheck(None, (Problem(message, file=str(file), line=line),))
+
+
+def _toml_error_line(exc: tomllib.TOMLDecodeError) -> int | None:
+    found = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+    return int(found.group(1)) if found else None
+
+
+# -- where keys are written ------------------------------------------------------------------
+
+_BARE = r"[A-Za-z0-9_-]+"
+_BASIC = r'"(?:[^"\\]|\\.)*"'
+_LITERAL = r"'[^']*'"
+_KEY = rf"(?:{_BARE}|{_BASIC}|{_LITERAL})"
+_DOTTED = rf"{_KEY}(?:\s*\.\s*{_KEY})*"
+_HEADER_RE = re.compile(rf"^\s*(\[\[?)\s*({_DOTTED})\s*\]\]?")
+_ASSIGN_RE = re.compile(rf"^\s*({_DOTTED})\s*=")
+_PART_RE = re.compile(_KEY)
+
+
+def _key_parts(dotted: str) -> list[str]:
+    parts = []
+    for match in _PART_RE.finditer(dotted):
+        token = match.group(0)
+        if token[0] == '"':
+            token = token[1:-1].encode().decode("unicode_escape")
+        elif token[0] == "'":
+            token = token[1:-1]
+        parts.append(token)
+    return parts
+
+
+def key_lines(text: str) -> dict[str, int]:
+    """The 1-based line where each table and key of a TOML document is written, by
+    dotted key path (``channels.sms.rate``). Keys inside inline tables and arrays are
+    not listed (their enclosing key is). Best effort: it never raises."""
+    lines: dict[str, int] = {}
+    table: list[str] = []
+    in_string: str | None = None  # the delimiter of an open multi-line string
+    depth = 0  # open brackets of a multi-line array or inline table
+    for number, line in enumerate(text.splitlines(), 1):
+        if in_string is not None:
+            if in_string in line:
+                in_string = None
+            continue
+        if depth == 0:
+            header = _HEADER_RE.match(line)
+            assign = None if header else _ASSIGN_RE.match(line)
+            if header:
+                table = _key_parts(header.group(2))
+                lines.setdefault(".".join(table), number)
+                continue
+            if assign:
+                lines.setdefault(".".join([*table, *_key_parts(assign.group(1))]), number)
+                line = line[assign.end() :]
+        in_string, depth = _scan_value(line, depth)
+    return lines
+
+
+def _scan_value(line: str, depth: int) -> tuple[str | None, int]:
+    """Follow a value's brackets and strings to the end of ``line``: the delimiter of
+    a multi-line string left open, and the bracket depth after it."""
+    i = 0
+    while i < len(line):
+        for quote in ('"""', "'''"):
+            if line.startswith(quote, i):
+                end = line.find(quote, i + 3)
+                if end < 0:
+                    return quote, depth
+                i = end + 3
+                break
+        else:
+            ch = line[i]
+            if ch == "#":
+                break
+            if ch in "\"'":
+                end = i + 1
+                while end < len(line) and line[end] != ch:
+                    end += 2 if ch == '"' and line[end] == "\\" else 1
+                i = end + 1
+                continue
+            if ch in "[{":
+                depth += 1
+            elif ch in "]}":
+                depth = max(0, depth - 1)
+            i += 1
+    return None, depth
+
+
+def line_of(lines: Mapping[str, int], path: str | None) -> int | None:
+    """The line of ``path`` in a document's :func:`key_lines`, else of the closest
+    enclosing key or table written in it; ``None`` when none is."""
+    parts = path.split(".") if path else []
+    while parts:
+        found = lines.get(".".join(parts))
+        if found is not None:
+            return found
+        parts.pop()
+    return None

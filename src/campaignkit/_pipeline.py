@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
@@ -27,9 +28,13 @@ from ._config import (
     PipelineConfig,
     Schedule,
     SourceConfig,
+    check_config,
+    key_lines,
+    line_of,
     load_config,
 )
 from ._content import sms_segments
+from ._csvio import restore
 from ._engine import ChannelPlan, ChannelRunner, ProgressCallback, result_from_ledger
 from ._ledger import (
     ACTIVE_STATUSES,
@@ -64,10 +69,29 @@ from ._schedule import Blocked, Interval, manual_logical_date, plan_due_runs
 from ._segment import ExtractionStats, extract
 from ._source import MODEL_FIELDS, Source
 from ._sources import SourceLines
-from ._templates import compile_template
-from .exceptions import AudienceGuardError, ConfigError, PluginError, TemplateError
+from ._templates import compile_template, template_problems
+from .exceptions import (
+    PROBLEM_GROUPS,
+    AudienceGuardError,
+    CampaignKitError,
+    ConfigError,
+    PluginError,
+    Problem,
+    SourceError,
+    TemplateError,
+)
 
-__all__ = ["ChannelPlanSummary", "Pipeline", "PlanReport", "ScheduledRuns", "ValidationSummary"]
+__all__ = [
+    "CampaignCheck",
+    "ChannelPlanSummary",
+    "Pipeline",
+    "PlanReport",
+    "RowCheck",
+    "RowExample",
+    "ScheduledRuns",
+    "ValidationSummary",
+    "check_campaign",
+]
 
 log = logging.getLogger("campaignkit")
 
@@ -145,6 +169,202 @@ class ValidationSummary:
     fields: frozenset[str]
     channels: Mapping[str, str]  # enabled channel -> provider
     disabled: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pipeline": self.pipeline,
+            "source": self.source,
+            "fields": sorted(self.fields),
+            "channels": dict(self.channels),
+            "disabled": list(self.disabled),
+        }
+
+
+@attrs.frozen
+class RowExample:
+    """One row that a run would not message (:meth:`Pipeline.check_rows`): where it
+    is and why, never the row's other values.
+
+    Attributes:
+        file: the segment (as configured).
+        line: the 1-based line where the row starts.
+        reason: ``malformed_row``, ``control_character``, ``duplicate_id``,
+            ``invalid_address`` ...
+        field: the field at fault, if one.
+        detail: a human explanation (it may quote the offending field's value).
+        channel: for ``invalid_address``, the channel whose address it is.
+    """
+
+    file: str
+    line: int
+    reason: str
+    field: str | None
+    detail: str
+    channel: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}: "
+        field = f"{self.field}: " if self.field else ""
+        channel = f"[{self.channel}] " if self.channel else ""
+        return f"{where}{channel}{field}{self.reason}: {self.detail}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen
+class RowCheck:
+    """The whole segment read as a run reads it (:meth:`Pipeline.check_rows`);
+    nothing was sent or recorded.
+
+    Attributes:
+        source: the segment's description (its path as configured).
+        rows_read, accepted, rejected: rows read, recipients and rejected rows
+            (``accepted + rejected == rows_read``).
+        reasons: rejected rows by reason.
+        examples: the first rejected rows (at most the limit asked for).
+        invalid_addresses: per enabled channel, accepted recipients whose address
+            for that channel is invalid (a run skips them as ``invalid_address``).
+        address_examples: the first of those, across channels.
+        lines: how the file's physical lines were accounted for, when the source
+            counts them.
+    """
+
+    source: str
+    rows_read: int
+    accepted: int
+    rejected: int
+    reasons: Mapping[str, int]
+    examples: tuple[RowExample, ...]
+    invalid_addresses: Mapping[str, int]
+    address_examples: tuple[RowExample, ...]
+    lines: Mapping[str, int] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "rows_read": self.rows_read,
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "reasons": dict(self.reasons),
+            "examples": [e.to_dict() for e in self.examples],
+            "invalid_addresses": dict(self.invalid_addresses),
+            "address_examples": [e.to_dict() for e in self.address_examples],
+            "lines": None if self.lines is None else dict(self.lines),
+        }
+
+
+@attrs.frozen
+class CampaignCheck:
+    """What :func:`check_campaign` found.
+
+    Attributes:
+        problems: every problem, grouped in the order of :data:`PROBLEM_GROUPS`.
+        summary: what was checked, when there is no problem.
+        rows: the segment's rows, when asked for and the segment could be read.
+    """
+
+    problems: tuple[Problem, ...]
+    summary: ValidationSummary | None = None
+    rows: RowCheck | None = None
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "valid": self.valid,
+            "problems": [p.to_dict() for p in self.problems],
+            "summary": None if self.summary is None else self.summary.to_dict(),
+            "rows": None if self.rows is None else self.rows.to_dict(),
+        }
+
+
+@attrs.frozen
+class _Finding:
+    """A problem, and the error it came from (raised as is when it is the only one)."""
+
+    problem: Problem
+    error: CampaignKitError
+
+
+def _problems_of(exc: CampaignKitError, group: str) -> list[Problem]:
+    """``exc`` as problems of ``group`` (a ConfigError may carry several)."""
+    if isinstance(exc, ConfigError):
+        return [attrs.evolve(p, group=group) for p in exc.problems]
+    if isinstance(exc, SourceError):
+        column = f"column {exc.column!r}: " if exc.column is not None else ""
+        return [Problem(column + exc.detail, file=exc.file, line=exc.line, group=group)]
+    if isinstance(exc, TemplateError) and exc.path is not None:
+        return [Problem(exc.detail, path=exc.path, group=group)]
+    text = str(exc)
+    head, sep, rest = text.partition(": ")
+    if sep and head.startswith("channels.") and " " not in head:
+        return [Problem(rest, path=head, group=group)]
+    return [Problem(text, group=group)]
+
+
+def _ordered(problems: Iterable[Problem]) -> tuple[Problem, ...]:
+    """Grouped in the order of :data:`PROBLEM_GROUPS`, by line within a group."""
+    rank = {g: i for i, g in enumerate(PROBLEM_GROUPS)}
+    listed = list(dict.fromkeys(problems))
+    return tuple(
+        sorted(listed, key=lambda p: (rank.get(p.group, len(rank)), p.file or "", p.line or 0))
+    )
+
+
+def _raise_findings(findings: Sequence[_Finding], file: str | None) -> None:
+    """Raise the only error there is as it is, else one ConfigError listing them all."""
+    if not findings:
+        return
+    errors = {id(f.error): f.error for f in findings}
+    if len(errors) == 1:
+        raise findings[0].error
+    raise ConfigError.of(_ordered(f.problem for f in findings), file=file)
+
+
+def check_campaign(
+    path: str | Path,
+    *,
+    rows: bool = False,
+    examples: int = 20,
+    **kwargs: Any,
+) -> CampaignCheck:
+    """Check a campaign file without sending, and report every problem at once.
+
+    Every check runs whatever the others found: the file's schema (every unknown key,
+    with a suggestion for a near miss, wrong type and bad value), then, on what could
+    be structured, every enabled channel's provider, options and token, every
+    template part of every channel, the content rules and the segment's header (see
+    :meth:`Pipeline.problems`). A file that is not TOML is one problem.
+
+    Args:
+        rows: also read the whole segment as a run would (:meth:`Pipeline.check_rows`)
+            when it can be read.
+        examples: with ``rows``, rejected rows (and invalid addresses) listed at most.
+        kwargs: passed to :class:`Pipeline` (``plugins``, ``env``).
+    """
+    checked = check_config(path)
+    problems = list(checked.problems)
+    if checked.config is None:
+        return CampaignCheck(_ordered(problems))
+    pipeline = Pipeline.from_config(checked.config, **kwargs)
+    shown = str(path)
+    for problem in pipeline.problems():
+        if problem.file == pipeline.config_file:
+            problem = attrs.evolve(problem, file=shown)
+        problems.append(problem)
+    row_check = None
+    if rows and not any(p.group == "source" for p in problems):
+        try:
+            row_check = pipeline.check_rows(examples=examples)
+        except CampaignKitError as exc:
+            problems.extend(_problems_of(exc, "source"))
+    summary = None
+    if not problems:
+        summary = pipeline.summary()
+    return CampaignCheck(_ordered(problems), summary, row_check)
 
 
 class Pipeline:
@@ -400,28 +620,248 @@ class Pipeline:
         """Check everything that can be checked without sending.
 
         Builds every enabled channel's notifier (options), reads its token from the
-        environment, reads the source's header and compiles every template against it.
+        environment, compiles every template part of every channel against the
+        source's header, checks the content rules, the audience rules and the header's
+        required columns. Every check runs whatever the others found
+        (:meth:`problems` lists them all).
 
         Raises:
-            ConfigError, TemplateError, SourceError, PluginError: the first problem.
+            ConfigError, TemplateError, SourceError, PluginError: the problem, when
+                there is one; a :class:`ConfigError` listing every problem
+                (:attr:`ConfigError.problems`) when there are several.
         """
-        fields = self.source.fields()
-        for channel in self.enabled_channels:
-            self._plan(channel, fields)
-        records = self.source.records(self._required())
+        _raise_findings(self._findings(), self.config_file)
+        return self.summary()
+
+    def summary(self) -> ValidationSummary:
+        """What :meth:`validate` checks: pipeline, source, fields and channels."""
+        return ValidationSummary(
+            pipeline=self.name,
+            source=self.source.describe(),
+            fields=self.source.fields(),
+            channels={c.name: c.provider for c in self.enabled_channels},
+            disabled=tuple(c.name for c in self.channels if not c.enabled),
+        )
+
+    def problems(self) -> tuple[Problem, ...]:
+        """Every problem :meth:`validate` finds, grouped (see :class:`Problem`): no
+        check stops another (a missing token does not hide a broken template). Key
+        paths get the line where they are written in the configuration file, when the
+        pipeline came from one (:attr:`config_file`)."""
+        return _ordered(f.problem for f in self._findings())
+
+    def _findings(self) -> list[_Finding]:
+        findings: list[_Finding] = []
+
+        def add(exc: CampaignKitError, group: str) -> None:
+            findings.extend(_Finding(p, exc) for p in _problems_of(exc, group))
+
+        fields = None
         try:
-            next(iter(records), None)  # the header and required columns are checked first
+            fields = self.source.fields()
+        except ConfigError as exc:  # the [source] options
+            add(exc, "config")
+        except CampaignKitError as exc:
+            add(exc, "source")
+        for channel in self.enabled_channels:
+            for error, group in self._channel_problems(channel, fields):
+                add(error, group)
+        if fields is not None:
+            try:
+                self._check_header()
+            except CampaignKitError as exc:
+                add(exc, "source")
+        return self._located(findings)
+
+    def _check_header(self) -> None:
+        """Read the source up to its first record: the header and the columns the
+        channels' address fields need are checked there."""
+        required = set()
+        for channel in self.enabled_channels:
+            try:
+                required |= self._required_of(channel)
+            except PluginError:
+                continue  # an unknown provider: reported with the channel
+        records = self.source.records(required)
+        try:
+            next(iter(records), None)
         finally:
             close = getattr(records, "close", None)
             if close is not None:
                 close()
-        return ValidationSummary(
-            pipeline=self.name,
-            source=self.source.describe(),
-            fields=fields,
-            channels={c.name: c.provider for c in self.enabled_channels},
-            disabled=tuple(c.name for c in self.channels if not c.enabled),
+
+    def _channel_problems(
+        self, channel: Channel, fields: frozenset[str] | None
+    ) -> list[tuple[CampaignKitError, str]]:
+        """Every problem of one channel, each with its group; the checks that need a
+        notifier are skipped when it cannot be built (its problem is listed)."""
+        path = f"channels.{channel.name}"
+        out: list[tuple[CampaignKitError, str]] = []
+        try:
+            cls = self.registry.notifier_class(channel.provider)
+        except PluginError as exc:
+            out.append((ConfigError(str(exc), path=f"{path}.provider"), "channels"))
+            cls = None
+        notifier = None
+        if cls is not None:
+            if channel.batch_size is not None and channel.batch_size > cls.max_batch_size:
+                message = f"{cls.name} accepts at most {cls.max_batch_size} message(s) per request"
+                out.append((ConfigError(message, path=f"{path}.batch_size"), "channels"))
+            token = None
+            try:
+                token = self._token(channel, cls)
+            except ConfigError as exc:
+                out.append((exc, "tokens"))
+            if token is None and cls.token_required:
+                token = Secret("validate-placeholder")  # the options are still checked
+            settings = ChannelSettings(
+                channel=channel.name,
+                options=channel.options,
+                token=token,
+                timeout=channel.timeout_seconds,
+                base_dir=self.base_dir,
+            )
+            try:
+                notifier = cls(settings)
+            except CampaignKitError as exc:
+                out.append((exc, "channels"))
+        if notifier is not None:
+            field = notifier.address_field
+            if fields is not None and field not in MODEL_FIELDS and field not in fields:
+                message = (
+                    f"{notifier.name} sends to the recipient field {field!r}, which the "
+                    f"source does not provide (fields: {', '.join(sorted(fields))})"
+                )
+                out.append((ConfigError(message, path=f"{path}.provider"), "source"))
+        extra = {
+            "unsubscribe_url": channel.unsubscribe_url,
+            "unsubscribe_mailto": channel.unsubscribe_mailto,
+        }
+        errors = template_problems(
+            channel.template, channel=channel.name, fields=fields, extra=extra
         )
+        out.extend((exc, "templates") for exc in errors)
+        if notifier is None:
+            return out
+        if not errors:
+            template = compile_template(
+                channel.template, channel=channel.name, fields=fields, extra=extra
+            )
+            try:
+                content_check(channel, notifier, template, fields)
+            except CampaignKitError as exc:
+                out.append((exc, "content"))
+        try:
+            build_audience(channel, notifier, fields, self.base_dir)
+        except CampaignKitError as exc:
+            out.append((exc, "channels"))
+        return out
+
+    def _located(self, findings: list[_Finding]) -> list[_Finding]:
+        """Problems about the configuration get its file and the line of their key."""
+        if self.config_file is None:
+            return findings
+        try:
+            lines = key_lines(Path(self.config_file).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            lines = {}
+        out = []
+        for finding in findings:
+            problem = finding.problem
+            if problem.file is None:
+                problem = attrs.evolve(problem, file=self.config_file, line=_line(lines, problem))
+            out.append(_Finding(problem, finding.error))
+        return out
+
+    def check_rows(self, *, examples: int = 20) -> RowCheck:
+        """Read the whole segment as a run does and report the rows a run would not
+        message; nothing is sent and nothing is kept (no ledger, no run directory).
+
+        Extraction is the run's own (the rows the source rejects, repeated customer ids
+        as ``duplicate_id``), in a scratch database in a temporary directory, so memory
+        stays bounded whatever the segment's size; then every accepted recipient's
+        address is checked as each enabled channel's selection would (``invalid_address``).
+        Only the first ``examples`` rows of each kind are kept, with file, line, field
+        and reason, never the rest of the row.
+
+        Raises:
+            ConfigError, SourceError, PluginError: the segment cannot be read.
+        """
+        now = datetime.now(UTC)
+        run_id = f"{self.name}__rows__{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+        shown = self.source.describe()
+        with tempfile.TemporaryDirectory(prefix="campaignkit-") as scratch:
+            ledger = SqliteLedger(Path(scratch) / "ledger.db", durable=False)
+            try:
+                ledger.begin_run(
+                    run_id=run_id,
+                    pipeline=f"{self.name}#rows",
+                    logical_date=now,
+                    fingerprint="",
+                    config_file=self.config_file,
+                    max_active_runs=None,
+                )
+                rejects = Path(scratch) / "rejected.csv"
+                stats = self._extract(ledger, run_id, rejects)
+                rejected = _rejected_examples(rejects, shown, examples)
+                invalid, address_examples = self._address_rows(
+                    ledger.snapshot(run_id), shown, examples
+                )
+            finally:
+                ledger.close()
+        return RowCheck(
+            source=shown,
+            rows_read=stats.rows_read,
+            accepted=stats.recipients,
+            rejected=stats.rejected,
+            reasons=stats.rejected_reasons,
+            examples=rejected,
+            invalid_addresses=invalid,
+            address_examples=address_examples,
+            lines=None if stats.lines is None else stats.lines.to_dict(),
+        )
+
+    def _address_rows(
+        self, snapshot: Iterable[tuple[int, Recipient]], shown: str, limit: int
+    ) -> tuple[dict[str, int], tuple[RowExample, ...]]:
+        """Recipients whose address is invalid for a channel, as its selection decides."""
+        audiences = []
+        for channel in self.enabled_channels:
+            try:
+                cls = self.registry.notifier_class(channel.provider)
+                settings = ChannelSettings(
+                    channel=channel.name,
+                    options=channel.options,
+                    token=Secret("validate-placeholder"),
+                    timeout=channel.timeout_seconds,
+                    base_dir=self.base_dir,
+                )
+                notifier = cls(settings)
+                audience = build_audience(channel, notifier, None, self.base_dir)
+            except CampaignKitError:
+                continue  # listed as a problem of the channel
+            audiences.append((channel.name, audience))
+        counts = dict.fromkeys((name for name, _ in audiences), 0)
+        found: list[RowExample] = []
+        for _, recipient in snapshot:
+            for name, audience in audiences:
+                raw = recipient.address(audience.address_field)
+                if not raw or audience.normalize(raw, recipient) is not None:
+                    continue
+                counts[name] += 1
+                if len(found) < limit:
+                    field = audience.address_field
+                    found.append(
+                        RowExample(
+                            shown,
+                            recipient.line,
+                            "invalid_address",
+                            field,
+                            f"not a valid {field.replace('_', ' ')}: {raw!r}",
+                            channel=name,
+                        )
+                    )
+        return counts, tuple(found)
 
     def preview(self, channel: str, n: int = 3) -> list[Message]:
         """Render the messages of the first ``n`` eligible recipients; sends nothing.
@@ -470,13 +910,17 @@ class Pipeline:
     def _required(self) -> set[str]:
         required = set()
         for channel in self.enabled_channels:
-            field = str(
-                channel.options.get("address_field")
-                or self.registry.notifier_class(channel.provider).address_field
-            )
-            if field in MODEL_FIELDS:
-                required.add(field)
+            required |= self._required_of(channel)
         return required
+
+    def _required_of(self, channel: Channel) -> set[str]:
+        """The model field ``channel`` sends to, when it is one (the source must have
+        its column)."""
+        field = str(
+            channel.options.get("address_field")
+            or self.registry.notifier_class(channel.provider).address_field
+        )
+        return {field} if field in MODEL_FIELDS else set()
 
     # -- runs ---------------------------------------------------------------------------
     @property
@@ -568,6 +1012,7 @@ class Pipeline:
                 "the canary's recipients again",
                 path="execution.ledger",
             )
+        _raise_findings(self._findings(), self.config_file)  # every problem, before anything
         fields = self.source.fields()
         plans = [self._plan(c, fields) for c in self.enabled_channels]
         scratch = None
@@ -825,6 +1270,7 @@ class Pipeline:
         Raises:
             ConfigError, TemplateError, SourceError, PluginError: as :meth:`run`.
         """
+        _raise_findings(self._findings(), self.config_file)  # every problem, before anything
         fields = self.source.fields()
         plans = [self._plan(c, fields) for c in self.enabled_channels]
         now = datetime.now(UTC)
@@ -1126,3 +1572,36 @@ def _call_observer(hook: Any, **kwargs: Any) -> None:
         hook(**kwargs)
     except Exception:
         log.exception("an observer hook raised; ignored")
+
+
+def _line(lines: Mapping[str, int], problem: Problem) -> int | None:
+    """The line of a problem's key path: a token's only when ``token_env`` is written;
+    a template part's, else its ``<part>_file``, else the closest enclosing table's."""
+    path = problem.path
+    if path is None:
+        return None
+    if problem.group == "tokens":
+        return lines.get(path)
+    head, _, part = path.rpartition(".template.")
+    if head and part and path not in lines:
+        found = lines.get(f"{head}.template.{part}_file")
+        if found is not None:
+            return found
+    return line_of(lines, path)
+
+
+def _rejected_examples(rejects: Path, shown: str, limit: int) -> tuple[RowExample, ...]:
+    """The first ``limit`` rows of a ``rejected.csv`` (line, reason, field, detail; the
+    raw values are not read)."""
+    found: list[RowExample] = []
+    if limit <= 0:
+        return ()
+    with rejects.open(newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        next(reader, None)  # the header
+        for row in reader:
+            line, reason, field, detail = (restore(cell) for cell in row[:4])
+            found.append(RowExample(shown, int(line), reason, field or None, detail))
+            if len(found) >= limit:
+                break
+    return tuple(found)

@@ -16,7 +16,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from ._config import Template
 from .exceptions import TemplateError
 
-__all__ = ["CompiledTemplate", "compile_template"]
+__all__ = ["CompiledTemplate", "compile_template", "template_problems"]
 
 _TEXT_ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
 _HTML_ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=True)
@@ -201,3 +201,33 @@ def compile_template(
         for key, src in template.data.items()
     }
     return CompiledTemplate(channel, compiled, data)
+
+
+def template_problems(
+    template: Template,
+    *,
+    channel: str,
+    fields: Collection[str] | None = None,
+    extra: Mapping[str, str | None] | None = None,
+) -> list[TemplateError]:
+    """Every error :func:`compile_template` could raise for ``template``, one per part
+    (all parts are compiled, not only up to the first failure); empty when it compiles."""
+    parts = template.parts()
+    parts.update({k: v for k, v in (extra or {}).items() if v is not None})
+    errors = []
+    if "body" not in parts and "html" not in parts:
+        errors.append(
+            TemplateError(
+                "a template needs a body (or html for email)", channel=channel, part="body"
+            )
+        )
+    sources = [
+        (part, _HTML_ENV if part == "html" else _TEXT_ENV, src) for part, src in parts.items()
+    ]
+    sources += [(f"data.{key}", _TEXT_ENV, src) for key, src in template.data.items()]
+    for part, env, src in sources:
+        try:
+            _compile(env, src, channel=channel, part=part, fields=fields)
+        except TemplateError as exc:
+            errors.append(exc)
+    return errors

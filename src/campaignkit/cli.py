@@ -95,13 +95,21 @@ from ._models import (
     Secret,
 )
 from ._notifier import ChannelSettings, Notifier
-from ._pipeline import ChannelPlanSummary, Pipeline, PlanReport, ScheduledRuns
+from ._pipeline import (
+    CampaignCheck,
+    ChannelPlanSummary,
+    Pipeline,
+    PlanReport,
+    RowCheck,
+    ScheduledRuns,
+    check_campaign,
+)
 from ._plugins import BLOCK_ENV, Registry, get_plugin_manager
 from ._redact import redact
 from ._rehearsal import rehearsal_execution
 from ._schedule import Interval, manual_logical_date, plan_due_runs, upcoming
 from ._suppression import _entries as _suppression_entries
-from .exceptions import CampaignKitError, ConfigError, PluginError
+from .exceptions import CampaignKitError, ConfigError, PluginError, Problem
 
 __all__ = ["EXIT_FAILED", "EXIT_INPUT_ERROR", "EXIT_OK", "EXIT_PARTIAL", "main"]
 
@@ -223,6 +231,7 @@ def _input_errors(config: Path | None = None) -> Iterator[None]:
     try:
         yield
     except CampaignKitError as exc:
+        _fail_problems(exc, config, EXIT_INPUT_ERROR)
         _fail(_describe_error(exc, config), EXIT_INPUT_ERROR)
 
 
@@ -673,6 +682,7 @@ def _drive(
             return action()
     except CampaignKitError as exc:
         code = EXIT_FAILED if progress.settled.is_set() else EXIT_INPUT_ERROR
+        _fail_problems(exc, config, code)
         _fail(_describe_error(exc, config), code)
     except FileExistsError as exc:
         _fail(f"run directory already exists: {exc.filename}", EXIT_INPUT_ERROR)
@@ -1168,7 +1178,7 @@ def _prepare(
     loaded = []
     for path in configs:
         with _input_errors(path):
-            cfg = load_config(path)
+            cfg = _load_or_list_all(path, use_sandbox=use_sandbox, block=block)
             if retry_delay is not None:
                 cfg = _with_retry_delay(cfg, retry_delay)
             if use_sandbox:
@@ -2741,17 +2751,40 @@ def _report_unfinished(where: _Where, pipeline: Pipeline, *, since: datetime) ->
 # -- validate ------------------------------------------------------------------------------
 
 
-@main.command(epilog=EPILOG)
-@click.argument("config", type=_CONFIG)
-@_block_option
-def validate(config: Path, block: tuple[str, ...]) -> None:
-    """Check CONFIG without sending: schema, plugins, provider options, tokens, the
-    segment's header and every template."""
-    out = _console()
-    with _input_errors(config):
-        cfg = load_config(config)
-        pipeline = Pipeline.from_config(cfg, plugins=_plugin_manager(block))
-        summary = pipeline.validate()
+def _one_line(text: str) -> str:
+    return " ".join(redact(text).splitlines())
+
+
+def _problem_sections(problems: Sequence[Problem]) -> list[str]:
+    """Problems grouped under a heading per group (``Config:``, ``Tokens:`` ...), one
+    line each: ``file:line: key.path: message``."""
+    lines: list[str] = []
+    group = None
+    for problem in problems:
+        if problem.group != group:
+            group = problem.group
+            lines.append(f"{group.capitalize()}:")
+        lines.append(f"  {_one_line(str(problem))}")
+    return lines
+
+
+def _fail_problems(exc: CampaignKitError, config: Path | None, code: int) -> None:
+    """Exit with ``code`` listing every problem, grouped, when ``exc`` carries several
+    (a ConfigError from checking a whole campaign); return otherwise."""
+    if not isinstance(exc, ConfigError) or len(exc.problems) < 2:
+        return
+    problems = exc.problems
+    file = config or exc.file
+    where = f"{file}: " if file else ""
+    click.echo(f"campaignkit: error: {where}{len(problems)} problems", err=True)
+    for line in _problem_sections(problems):
+        click.echo(line, err=True)
+    raise SystemExit(code)
+
+
+def _print_summary(out: Console, config: Path, check: CampaignCheck, cfg: PipelineConfig) -> None:
+    summary = check.summary
+    assert summary is not None
     by_name = {c.name: c for c in cfg.channels}
     out.print(f"{config}: valid")
     out.print(f"  pipeline: {summary.pipeline}")
@@ -2770,6 +2803,112 @@ def validate(config: Path, block: tuple[str, ...]) -> None:
         out.print(f"    {name} -> {provider} (token: ${channel.token_variable}{target})")
     for name in summary.disabled:
         out.print(f"    {name} -> {by_name[name].provider} (disabled)")
+
+
+def _print_rows(out: Console, rows: RowCheck) -> None:
+    """The ``--rows`` report: counts by reason, then the first rows of each kind."""
+    out.print(
+        f"Rows: {rows.source}: {rows.rows_read} read, {rows.accepted} accepted, "
+        f"{rows.rejected} rejected"
+    )
+    if rows.reasons:
+        out.print(f"  rejected: {_counts(rows.reasons)}")
+        shown = len(rows.examples)
+        more = f" (first {shown} of {rows.rejected})" if shown < rows.rejected else ""
+        if shown:
+            out.print(f"  rejected rows{more}:")
+        for example in rows.examples:
+            out.print(f"    {_one_line(str(example))}")
+    invalid = {k: v for k, v in rows.invalid_addresses.items() if v}
+    if invalid:
+        out.print(f"  invalid addresses (skipped as invalid_address): {_counts(invalid)}")
+        total = sum(invalid.values())
+        shown = len(rows.address_examples)
+        more = f" (first {shown} of {total})" if shown < total else ""
+        if shown:
+            out.print(f"  invalid addresses{more}:")
+        for example in rows.address_examples:
+            out.print(f"    {_one_line(str(example))}")
+
+
+def _load_or_list_all(path: Path, *, use_sandbox: bool, block: Sequence[str]) -> PipelineConfig:
+    """``load_config(path)``; when the file has problems, raise one ConfigError with
+    every problem ``validate`` finds, so that one try lists them all. Tokens are left
+    out (a dry run needs none; a run checks them with everything else before it
+    sends), and so are provider options for a ``--sandbox`` run (the sandbox sets them)."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        if exc.problems and exc.problems[0].line is None and exc.problems[0].path is None:
+            raise  # unreadable, or not TOML: nothing else can be checked
+        check = check_campaign(path, plugins=_plugin_manager(block))
+        skipped = ("tokens", "channels") if use_sandbox else ("tokens",)
+        problems = [p for p in check.problems if p.group not in skipped]
+        raise ConfigError.of(problems or exc.problems, file=str(path)) from None
+
+
+@main.command(epilog=EPILOG)
+@click.argument("config", type=_CONFIG)
+@click.option("--json", "as_json", is_flag=True, help="Print the result (problems, rows) as JSON.")
+@click.option(
+    "--rows",
+    is_flag=True,
+    help="Also read the whole segment as a run would (nothing is sent or recorded) and "
+    "report the rows it would reject and the invalid addresses, with file, line and field.",
+)
+@click.option(
+    "--examples",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="With --rows: list at most N rejected rows and N invalid addresses (default 20).",
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="With --rows: exit 2 when any row is rejected or any address is invalid.",
+)
+@_block_option
+def validate(
+    config: Path,
+    as_json: bool,
+    rows: bool,
+    examples: int | None,
+    strict: bool,
+    block: tuple[str, ...],
+) -> None:
+    """Check CONFIG without sending: schema, plugins, provider options, tokens, the
+    segment's header and every template; every problem is listed, grouped, with its key
+    path and file:line (exit 2 when there is one).
+
+    With --rows the whole segment is read too (as a run reads it, without sending or
+    recording anything) and its rejected rows and invalid addresses are reported."""
+    if (strict or examples is not None) and not rows:
+        raise click.UsageError("--strict and --examples need --rows")
+    with _input_errors(config):
+        pm = _plugin_manager(block)
+        check = check_campaign(
+            config, rows=rows, examples=20 if examples is None else examples, plugins=pm
+        )
+    rejected = check.rows is not None and (
+        check.rows.rejected > 0 or any(check.rows.invalid_addresses.values())
+    )
+    code = EXIT_INPUT_ERROR if check.problems or (strict and rejected) else EXIT_OK
+    if as_json:
+        click.echo(json.dumps(check.to_dict(), indent=2))
+        raise SystemExit(code)
+    out = _console()
+    if check.summary is not None:
+        with _input_errors(config):
+            _print_summary(out, config, check, load_config(config))
+    if check.rows is not None:
+        _print_rows(out, check.rows)
+    if len(check.problems) == 1:
+        _fail(str(check.problems[0]), EXIT_INPUT_ERROR)
+    if check.problems:
+        click.echo(f"campaignkit: error: {config}: {len(check.problems)} problems", err=True)
+        for line in _problem_sections(check.problems):
+            click.echo(line, err=True)
+    raise SystemExit(code)
 
 
 # -- preview -------------------------------------------------------------------------------

@@ -21,6 +21,10 @@ and the text of every campaignkit error passes through :func:`campaignkit._redac
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import attrs
+
 from ._redact import redact
 
 __all__ = [
@@ -30,6 +34,7 @@ __all__ = [
     "DeliveryError",
     "PermanentDeliveryError",
     "PluginError",
+    "Problem",
     "SourceError",
     "TemplateError",
     "TransientDeliveryError",
@@ -47,22 +52,104 @@ class CampaignKitError(Exception):
         return redact(super().__str__())
 
 
+#: The groups a :class:`Problem` belongs to, in the order a report lists them.
+PROBLEM_GROUPS = ("config", "tokens", "channels", "templates", "content", "source")
+
+
+@attrs.frozen
+class Problem:
+    """One problem found in a campaign, without sending.
+
+    Attributes:
+        message: what is wrong (``expected int, got 'ten'``); never a token's value.
+        path: dotted key path of the offending value (``channels.sms.rate``), or
+            ``None`` when the problem is not about one key.
+        file: the file at fault: the configuration file, or the segment for a
+            source problem.
+        line: 1-based line of ``path`` in ``file``, when known (for a key that is not
+            written in the file, the line of its table).
+        group: one of :data:`PROBLEM_GROUPS`: ``config`` (schema: unknown keys, types,
+            values), ``tokens``, ``channels`` (providers, their options, audience
+            rules), ``templates``, ``content`` (content rules such as
+            ``max_sms_segments``) or ``source`` (the segment and its header).
+    """
+
+    message: str = attrs.field(converter=redact)
+    path: str | None = None
+    file: str | None = None
+    line: int | None = None
+    group: str = "config"
+
+    def __str__(self) -> str:
+        where = ""
+        if self.file is not None:
+            where = f"{self.file}:{self.line}: " if self.line is not None else f"{self.file}: "
+        return f"{where}{self.path}: {self.message}" if self.path else f"{where}{self.message}"
+
+    def to_dict(self) -> dict[str, str | int | None]:
+        """The problem as JSON-ready data."""
+        return attrs.asdict(self)
+
+
 class ConfigError(CampaignKitError, ValueError):
     """The campaign configuration is invalid.
 
+    One error may carry several problems (every problem of a file is collected before
+    raising): :attr:`problems` lists them; ``str()`` reads as a single error when there
+    is one, else as a count followed by one line per problem.
+
     Attributes:
         path: dotted key path of the offending value (``channels.sms.target_customers``),
-            or ``None`` when the error is about the whole file.
+            or ``None`` when the error is about the whole file (the first problem's).
         file: the configuration file, when the configuration came from one.
+        line: the line of ``path`` in ``file``, when known.
+        problems: every problem, as :class:`Problem` values (at least one).
     """
 
-    def __init__(self, message: str, *, path: str | None = None, file: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        file: str | None = None,
+        line: int | None = None,
+        problems: Iterable[Problem] | None = None,
+    ) -> None:
         self.path = path
         self.file = file
+        self.line = line
+        found = tuple(problems) if problems is not None else ()
+        self.problems: tuple[Problem, ...] = found or (
+            Problem(message, path=path, file=file, line=line),
+        )
         prefix = f"{file}: " if file else ""
         where = f"{path}: " if path else ""
-        super().__init__(f"{prefix}{where}{message}")
+        if len(self.problems) > 1:
+            listed = "\n".join(f"  {p}" for p in self.problems)
+            super().__init__(f"{prefix}{message}\n{listed}")
+        else:
+            super().__init__(f"{prefix}{where}{message}")
         self.detail = message
+
+    @classmethod
+    def of(cls, problems: Iterable[Problem], *, file: str | None = None) -> ConfigError:
+        """One error carrying every problem of ``problems`` (at least one).
+
+        With one problem it reads as that problem (``file: path: message``); with
+        several, as ``file: N problems`` followed by one line per problem.
+        """
+        found = tuple(problems)
+        if not found:
+            raise ValueError("ConfigError.of needs at least one problem")
+        if len(found) == 1:
+            (one,) = found
+            return cls(
+                one.message, path=one.path, file=one.file or file, line=one.line, problems=found
+            )
+        first = found[0]
+        error = cls(f"{len(found)} problems", file=file, problems=found)
+        error.path, error.line = first.path, first.line
+        return error
 
 
 class TemplateError(CampaignKitError, ValueError):
@@ -80,6 +167,9 @@ class TemplateError(CampaignKitError, ValueError):
         self.part = part
         where = ".".join(p for p in ("channels", channel, "template", part) if p and channel)
         super().__init__(f"{where}: {message}" if where else message)
+        self.detail = message
+        #: the key path of the template part (``channels.sms.template.body``), if known
+        self.path = where or None
 
 
 class SourceError(CampaignKitError):
