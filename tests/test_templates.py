@@ -248,3 +248,22 @@ def test_preview_names_the_render_error_when_no_message_renders(tmp_path: object
     )
     with pytest.raises(TemplateError, match=r"c0\) with render_error: .*ZeroDivisionError"):
         pipeline.preview("email", 3)
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("Hi {{ name | nosuchfilter }}", "No filter named 'nosuchfilter'"),
+        ("{% if name is nosuchtest %}x{% endif %}", "No test named 'nosuchtest'"),
+        ("line one\n{{ name | upper | shout }}", "No filter named 'shout'"),
+        ("{% if name %}{{ name | shout }}{% endif %}", "No filter named 'shout'"),
+    ],
+)
+@pytest.mark.parametrize("fields", [None, {"name"}])
+def test_unknown_filter_or_test_is_a_template_error_not_a_crash(
+    source: str, message: str, fields: set[str] | None
+) -> None:
+    with pytest.raises(TemplateError, match=message) as info:
+        compile_template(Template(body=source), channel="sms", fields=fields)
+    assert info.value.part == "body"
+    assert "line " in str(info.value)

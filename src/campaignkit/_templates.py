@@ -97,6 +97,22 @@ def _compile(
             channel=channel,
             part=part,
         )
+    # Jinja defers an unknown filter or test inside an {% if %} to render time; find
+    # every one now, so that validate names it rather than each message failing.
+    for call in ast.find_all((nodes.Filter, nodes.Test)):
+        kind, known = (
+            ("filter", env.filters) if isinstance(call, nodes.Filter) else ("test", env.tests)
+        )
+        if call.name not in known:
+            raise TemplateError(
+                f"line {call.lineno}: No {kind} named {call.name!r}.", channel=channel, part=part
+            )
+    try:
+        template = env.from_string(ast)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(
+            f"line {exc.lineno}: {exc.message}", channel=channel, part=part
+        ) from None
     if fields is not None:
         missing = sorted(jinja2.meta.find_undeclared_variables(ast) - set(fields) - _BUILTINS)
         if missing:
@@ -107,7 +123,7 @@ def _compile(
                 part=part,
             )
     convert = markupsafe.escape if env.autoescape else str
-    return _Part(env.from_string(ast), _pieces(env, ast), convert)
+    return _Part(template, _pieces(env, ast), convert)
 
 
 @attrs.frozen
