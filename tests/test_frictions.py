@@ -505,3 +505,150 @@ def test_from_dicts_reads_a_generator_expression_once_and_keeps_it(tmp_path: Pat
     )
     assert len(pipeline.preview("email", 5)) == 3
     assert pipeline.run().channels["email"].sent == 3  # read again, whole
+
+
+# -- red team: what a newcomer still tripped over -----------------------------------------------
+
+
+def test_quiet_still_says_why_a_channel_stopped(tmp_path: Path) -> None:
+    """-q hides the summary, never the reason a run failed: a rejected token is said on
+    stderr, before the Status line."""
+    (tmp_path / "customers.csv").write_text(
+        "customer_id,first_name,email\nC1,Ada,ada@example.com\nC2,Bo,bo@example.com\n",
+        encoding="utf-8",
+    )
+    with Sandbox(["sendgrid"], server_options={"sendgrid": {"token": "the-right-one"}}) as box:
+        base_url = box.channel_options("sendgrid")["base_url"]
+        config = tmp_path / "campaign.toml"
+        config.write_text(
+            LATE.replace('name = "late"', 'name = "creds"').replace(
+                'from_email = "offers@example.com"',
+                f'from_email = "offers@example.com"\nbase_url = "{base_url}"',
+            ),
+            encoding="utf-8",
+        )
+        result = CliRunner().invoke(
+            main, ["-q", "run", str(config)], env={"EMAIL_API_TOKEN": "a-wrong-one"}
+        )
+    assert result.exit_code == 3, result.output
+    assert result.stdout == "Status: failed (exit 3)\n"
+    assert "Channel email stopped: credentials rejected (401)" in result.stderr
+    assert "a-wrong-one" not in result.output
+
+
+def test_quiet_resume_promises_no_report_it_does_not_print(ran: Path) -> None:
+    result = invoke("resume", str(ran), "latest", "--sandbox", "-q")
+    assert result.exit_code == 1, result.output
+    assert "Finished:  nothing was sent now." in result.stdout
+    assert "report follows" not in result.stdout
+    assert result.stdout.splitlines()[-1] == "Status: partial (exit 1)"
+
+
+def test_runs_points_to_the_rehearsals_when_only_they_ran(ran: Path) -> None:
+    result = invoke("runs", str(ran))
+    assert result.exit_code == 0
+    assert "No runs of multi_channel_marketing_campaign" in result.stdout
+    assert "ledger.sandbox.db: add --sandbox" in result.stdout
+
+
+@pytest.mark.parametrize("columns", [80, 60, 40])
+def test_channels_are_never_cut_on_a_narrow_terminal(columns: int) -> None:
+    for output in (
+        invoke("channels", columns=columns).stdout,
+        on_a_terminal("channels", columns=columns),
+    ):
+        assert "…" not in output, output
+        assert "onesignal (built-in)" in output or "onesignal  built-in" in output
+        onesignal = output[output.index("onesignal") :]
+        assert "2000" in onesignal.split("sendgrid")[0]  # OneSignal's batch, whole
+        assert "required" in onesignal.split("sendgrid")[0]  # its token column, whole
+        assert "csv" in output and "jsonl" in output
+
+
+def test_suppressions_keep_run_ids_and_addresses_whole_when_narrow(tmp_path: Path) -> None:
+    config = campaign(tmp_path)
+    with (tmp_path / "customers.csv").open("a", encoding="utf-8") as f:
+        f.write("C5,Eve,eve@example.com,+15005550004\n")  # Twilio's 21610: suppressed
+    result = invoke("run", str(config), "--sandbox", "--run-id", RUN_ID, "--retry-delay", "0")
+    assert result.exit_code == 1, result.output
+    for columns in (60, 40):
+        listed = on_a_terminal("suppressions", str(config), "--sandbox", columns=columns)
+        assert_whole(listed, RUN_ID)
+        assert any("+15005550004" in line for line in listed.splitlines()), listed
+    wide = invoke("suppressions", str(config), "--sandbox", columns=200).stdout
+    assert f"+15005550004   21610    twilio run {RUN_ID}" in wide  # still a table when it fits
+
+
+def test_static_source_refuses_what_is_not_a_record_up_front(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match=r"record 1 is a dict.*StaticSource.from_dicts"):
+        StaticSource([{"id": "C1", "email": "ada@example.com"}])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="wrap a single row in a list"):
+        StaticSource.from_dicts({"id": "C1"})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="rows is a str"):
+        StaticSource.from_dicts("C1,ada@example.com")  # type: ignore[arg-type]
+    nothing = StaticSource.from_dicts(lambda: None)  # type: ignore[arg-type,return-value]
+    with pytest.raises(TypeError, match="the rows function returned a NoneType"):
+        list(nothing.records())
+    # A function's records are checked as they stream: a clear TypeError, not an
+    # AssertionError from the middle of the extraction.
+    lazy = StaticSource(lambda: [{"id": "C1", "email": "ada@example.com"}])  # type: ignore[list-item]
+    channel = Channel(
+        name="email", provider="recording", template=Template(body="Hi"), require_consent=False
+    )
+    pipeline = Pipeline(
+        "t",
+        lazy,
+        [channel],
+        plugins=get_plugin_manager(load_entrypoints=False, plugins=[recording_plugin()]),
+        env={},
+        base_dir=tmp_path,
+    )
+    with pytest.raises(TypeError, match="record 1 is a dict"):
+        pipeline.run()
+
+
+def test_a_source_giving_something_else_than_records_is_a_source_error(tmp_path: Path) -> None:
+    class Sloppy:
+        def fields(self) -> frozenset[str]:
+            return frozenset({"id", "email", "phone", "push_token"})
+
+        def records(self, required: Any = ()) -> Iterator[Any]:
+            yield {"id": "C1", "email": "ada@example.com"}
+
+        def describe(self) -> str:
+            return "sloppy plugin"
+
+    channel = Channel(
+        name="email", provider="recording", template=Template(body="Hi"), require_consent=False
+    )
+    pipeline = Pipeline(
+        "t",
+        Sloppy(),  # type: ignore[arg-type]
+        [channel],
+        plugins=get_plugin_manager(load_entrypoints=False, plugins=[recording_plugin()]),
+        env={},
+        base_dir=tmp_path,
+    )
+    with pytest.raises(campaignkit.SourceError, match="sloppy plugin: the source gave a dict"):
+        pipeline.run()
+
+
+def test_docs_say_unknown_deliveries_are_not_in_error_codes() -> None:
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    configuration = " ".join((docs / "configuration.md").read_text(encoding="utf-8").split())
+    assert "reasons of `unknown` deliveries: `in_flight_at_crash`, `in_doubt`" in configuration
+    assert "of **failed** messages are in `error_codes`" in configuration
+    ledger = " ".join((docs / "ledger.md").read_text(encoding="utf-8").split())
+    assert "with the error code of the failure)" not in ledger
+    cli = (docs / "cli.md").read_text(encoding="utf-8")
+    assert "`in_flight_at_crash`, `in_doubt` (see" in cli
+
+
+def test_the_sandbox_demo_is_not_said_to_take_15_seconds() -> None:
+    """A rehearsal sends at the sandbox's pace (docs/sandbox.md), so the getting-started
+    page and the example's README do not promise Twilio's 10 messages a second."""
+    root = Path(__file__).resolve().parents[1]
+    for page in ("docs/getting-started.md", "examples/multi_channel_campaign/README.md"):
+        text = " ".join((root / page).read_text(encoding="utf-8").split())
+        assert "It takes about 15 seconds" not in text, page
+        assert "It takes a second or so" in text, page

@@ -14,6 +14,7 @@ from ._csvio import safe_csv_writer
 from ._models import Recipient, RejectedRow
 from ._source import MODEL_FIELDS, Source
 from ._sources import SourceLines
+from .exceptions import SourceError
 
 __all__ = ["ExtractionStats", "Rejects", "extract"]
 
@@ -111,9 +112,13 @@ def extract(
             for record in records:
                 if type(record) is Recipient:
                     yield record
-                else:
-                    assert isinstance(record, RejectedRow)
+                elif isinstance(record, RejectedRow):
                     reject(record)
+                else:  # a plugin's mistake: said, not an AssertionError mid-run
+                    raise SourceError(
+                        f"{source.describe()}: the source gave a {type(record).__name__}, "
+                        f"not a Recipient or RejectedRow"
+                    )
             # From here on, rejects come from the snapshot (repeated customer ids).
             sink.reading = False
             lines = getattr(source, "last_lines", None)

@@ -46,6 +46,11 @@ class StaticSource:
             ``id``, ``email``, ``phone``, ``push_token`` and the recipients' attributes:
             of every recipient of a collection, of the first one otherwise).
         name: what reports call the source (default ``<static records>``).
+
+    Raises:
+        TypeError: a record is neither a :class:`~campaignkit.Recipient` nor a
+            :class:`~campaignkit.RejectedRow` (a dict: use :meth:`from_dicts`); for a
+            function, when the records are read.
     """
 
     def __init__(
@@ -55,8 +60,21 @@ class StaticSource:
         fields: Collection[str] | None = None,
         name: str | None = None,
     ) -> None:
+        if isinstance(records, str | bytes | Mapping):
+            hint = (
+                ": StaticSource.from_dicts([row]) takes dicts"
+                if isinstance(records, Mapping)
+                else ""
+            )
+            raise TypeError(
+                f"StaticSource: records must be Recipient values (a list, a function "
+                f"returning them...), not a {type(records).__name__}{hint}"
+            )
         if not callable(records) and iter(records) is records:
             records = list(records)  # a one-shot iterator: kept, to be read again
+        if not callable(records):
+            for position, record in enumerate(records, start=1):
+                _check_record(position, record)
         self._records = records
         self._fields = frozenset(fields) if fields is not None else None
         self._name = name
@@ -102,6 +120,8 @@ class StaticSource:
 
         Raises:
             ValueError: ``columns`` maps something other than a model field.
+            TypeError: ``rows`` (or what its function returns) is not an iterable of
+                rows: a single dict, a string, ``None``.
         """
         keys = {f: f for f in MODEL_FIELDS}
         for field, key in (columns or {}).items():
@@ -115,13 +135,14 @@ class StaticSource:
         records: Iterable[Record] | Callable[[], Iterable[Record]]
         if callable(rows):
             produce = rows
-            records = lambda: builder.many(produce())  # noqa: E731
+            records = lambda: builder.many(_rows(produce()))  # noqa: E731
         else:
+            _rows(rows, given=True)
             kept = rows if isinstance(rows, Collection) else list(rows)
             records = lambda: builder.many(kept)  # noqa: E731
         source = cls(records, fields=fields, name=name)
         if callable(rows):
-            source._keys = lambda: builder.fields(itertools.islice(rows(), 1))
+            source._keys = lambda: builder.fields(itertools.islice(_rows(produce()), 1))
         else:
             source._size = len(kept)
             source._keys = lambda: builder.fields(kept)
@@ -129,7 +150,15 @@ class StaticSource:
 
     def _open(self) -> Iterator[Record]:
         records = self._records
-        return iter(records() if callable(records) else records)
+        if not callable(records):
+            return iter(records)
+        produced = records()
+        if isinstance(produced, str | bytes | Mapping) or not isinstance(produced, Iterable):
+            raise TypeError(
+                f"StaticSource: the records function returned a {type(produced).__name__}, "
+                f"not an iterable of records"
+            )
+        return _checked(produced)
 
     def fields(self) -> frozenset[str]:
         """The model fields and the recipients' attributes (see the class docstring)."""
@@ -156,6 +185,35 @@ class StaticSource:
 
     def __repr__(self) -> str:
         return f"StaticSource({self.describe()})"
+
+
+def _rows(rows: Any, *, given: bool = False) -> Iterable[Any]:
+    """``rows`` if it is an iterable of rows (a single dict or a string is not)."""
+    if isinstance(rows, str | bytes | Mapping) or not isinstance(rows, Iterable):
+        what = "rows is" if given else "the rows function returned"
+        hint = ": wrap a single row in a list" if isinstance(rows, Mapping) else ""
+        raise TypeError(
+            f"StaticSource.from_dicts: {what} a {type(rows).__name__}, not an iterable "
+            f"of dicts{hint}"
+        )
+    return rows
+
+
+def _check_record(position: int, record: Any) -> None:
+    """A record is a Recipient or a RejectedRow: anything else is a programming error,
+    said here rather than as a crash in the middle of a run."""
+    if not isinstance(record, Recipient | RejectedRow):
+        hint = ": StaticSource.from_dicts(rows) takes dicts" if isinstance(record, Mapping) else ""
+        raise TypeError(
+            f"StaticSource: record {position} is a {type(record).__name__}, not a "
+            f"Recipient or RejectedRow{hint}"
+        )
+
+
+def _checked(records: Iterable[Any]) -> Iterator[Record]:
+    for position, record in enumerate(records, start=1):
+        _check_record(position, record)
+        yield record
 
 
 class _DictRow:

@@ -1084,8 +1084,21 @@ def _emit(
         _summary(out, report, where=where, ledger=ledger, logical_date=logical_date, doubts=doubts)
         for note in after:
             out.print(note)
+    else:
+        _quiet_problems(report)
     out.print(f"Status: {report.status.value} (exit {code})")
     return code
+
+
+def _quiet_problems(report: RunReport) -> None:
+    """What ``-q`` must not hide (the summary says it otherwise): a channel that
+    crashed or stopped early, and why, on stderr."""
+    err = _console(stderr=True)
+    for channel, error in report.errors.items():
+        err.print(Text(f"Channel {channel} crashed: {error}", style="red"))
+    for name, result in report.channels.items():
+        if result.stopped and name not in report.errors:
+            err.print(Text(f"Channel {name} stopped: {result.stopped}", style="red"))
 
 
 # -- sandbox -------------------------------------------------------------------------------
@@ -1749,6 +1762,7 @@ def _run_scheduled(pipeline: Pipeline, config: Path, sandbox: Any, *, as_json: b
     out = _console()
     if _quiet():
         for report in result.reports:
+            _quiet_problems(report)
             out.print(
                 f"Status: {report.status.value} (exit {_report_exit(report)}): run {report.run_id}"
             )
@@ -1850,7 +1864,7 @@ def _continue_run(
                 f"({report.status.value}) and owes nothing"
                 + (" (no transient failures)" if retry_failed else "")
                 + (" (no unknown deliveries)" if resend_unknown else "")
-                + "; its stored report follows.",
+                + ("." if _quiet() else "; its stored report follows."),
             )
             after = []
         else:
@@ -2022,7 +2036,7 @@ def runs(config: Path, limit: int, as_json: bool, use_sandbox: bool) -> None:
         return
     out = _console()
     if not rows:
-        out.print(f"No runs of {pipeline.name} in {pipeline.state_path}.")
+        out.print(f"No runs of {pipeline.name} in {pipeline.state_path}{_sandbox_hint(pipeline)}.")
         return
     if not out.is_terminal and not _columns_set():
         out.width = max(out.width, 250)  # run ids are long; one line per run in files
@@ -2474,12 +2488,18 @@ def suppressions(
         return
     out = _console()
     if entries:
-        table = Table(title=f"Suppressed addresses ({pipeline.state_path})", box=box.SIMPLE_HEAD)
+        out.print(f"Suppressed addresses ({pipeline.state_path})")
+        table = Table(box=box.SIMPLE_HEAD)
         for header in ("kind", "address", "reason", "source"):
-            table.add_column(header, overflow="fold")
+            table.add_column(header, no_wrap=True)
         for k, a, r, src in entries:
             table.add_row(k, a, r, src or "-")
-        out.print(table)
+        if _fits(out, table):
+            out.print(table)
+        else:  # a narrow terminal: one block per address, nothing broken or cut
+            for k, a, r, src in entries:
+                out.print(f"{k} {a}")
+                out.print(f"  reason {r} · source {src or '-'}")
     what = f"{kind} " if kind else ""
     out.print(f"{len(entries)} suppressed {what}address(es) in the ledger.")
     for channel in pipeline.channels:
@@ -3024,7 +3044,7 @@ def channels(as_json: bool, block: tuple[str, ...]) -> None:
         click.echo(json.dumps({"channels": rows, "sources": source_rows}, indent=2))
         return
     out = _console()
-    table = Table(title="Channel providers", box=None, pad_edge=False)
+    table = Table(box=None, pad_edge=False)
     for header in (
         "provider",
         "package",
@@ -3034,14 +3054,10 @@ def channels(as_json: bool, block: tuple[str, ...]) -> None:
         "default rate",
         "token",
     ):
-        table.add_column(
-            header,
-            justify="right" if header == "batch" else "left",
-            no_wrap=header != "package",
-            min_width=8 if header == "package" else None,
-        )
+        table.add_column(header, justify="right" if header == "batch" else "left", no_wrap=True)
+    blocks = []
     for row in rows:
-        table.add_row(
+        cells = [
             row["provider"],
             _package(row["package"]),
             row["address_field"],
@@ -3049,14 +3065,33 @@ def channels(as_json: bool, block: tuple[str, ...]) -> None:
             "yes" if row["idempotency_keys"] else "no",
             row["default_rate"],
             "required" if row["token_required"] else "optional",
+        ]
+        table.add_row(*cells)
+        blocks.append(
+            [
+                f"{cells[0]} ({cells[1]})",
+                f"  address {cells[2]} · batch {cells[3]} · idempotent {cells[4]}",
+                f"  default rate {cells[5]} · token {cells[6]}",
+            ]
         )
-    out.print(table)
-    sources_table = Table(title="Source types", box=None, pad_edge=False)
-    sources_table.add_column("type")
-    sources_table.add_column("package")
+    out.print("Channel providers")
+    if _fits(out, table):
+        out.print(table)
+    else:  # a narrow terminal: one block per provider, nothing cut
+        for provider_lines in blocks:
+            for line in provider_lines:
+                out.print(line)
+    sources_table = Table(box=None, pad_edge=False)
+    sources_table.add_column("type", no_wrap=True)
+    sources_table.add_column("package", no_wrap=True)
     for source in source_rows:
         sources_table.add_row(source["type"], _package(source["package"]))
-    out.print(sources_table)
+    out.print("Source types")
+    if _fits(out, sources_table):
+        out.print(sources_table)
+    else:
+        for source in source_rows:
+            out.print(f"{source['type']} ({_package(source['package'])})")
 
 
 # -- sandbox -------------------------------------------------------------------------------
@@ -3112,9 +3147,7 @@ def _sandbox_assignments(
         raise click.BadParameter(str(exc), param_hint=hint) from None
 
 
-def _sandbox_ports(
-    chosen: Sequence[str], port_base: int, ports: Iterable[str]
-) -> dict[str, int]:
+def _sandbox_ports(chosen: Sequence[str], port_base: int, ports: Iterable[str]) -> dict[str, int]:
     """Provider -> fixed port, from ``--port-base`` and ``--port``; no port twice."""
     from .testing.sandbox._settings import SettingError, parse_port
 
@@ -3358,9 +3391,7 @@ def _print_sandbox(out: Console, described: Mapping[str, Any], env: Mapping[str,
     help="The Twilio account SID the server serves (AC and 32 hex digits; default: random).",
 )
 @_fault_options
-@click.option(
-    "--json", "as_json", is_flag=True, help="Print the description as one line of JSON."
-)
+@click.option("--json", "as_json", is_flag=True, help="Print the description as one line of JSON.")
 def sandbox(
     port_base: int,
     ports: tuple[str, ...],
