@@ -264,16 +264,23 @@ def test_a_file_saved_with_a_byte_order_mark_and_crlf_is_read(tmp_path: Path) ->
     assert problems["channels.email.target_customers"]["line"] == number
 
 
+@pytest.mark.parametrize(
+    ("problem", "path"),
+    [
+        ("sms_sender", "channels.sms.options.from"),  # a ConfigError
+        ("sms_template", "channels.sms.template.body"),  # a TemplateError
+    ],
+)
 def test_run_with_one_problem_names_its_line_as_validate_does(
-    tmp_path: Path, sandbox: Sandbox
+    tmp_path: Path, sandbox: Sandbox, problem: str, path: str
 ) -> None:
-    config, env = write_campaign(tmp_path, {"email_token"}, sandbox=sandbox)
-    env["EMAIL_API_TOKEN"] = ""
+    config, env = write_campaign(tmp_path, {problem}, sandbox=sandbox)
     checked = invoke("validate", str(config), env=env)
     result = invoke("run", str(config), env=env)
     assert result.exit_code == checked.exit_code == 2
     assert result.stderr == checked.stderr  # campaignkit: error: FILE:LINE: key.path: ...
-    assert f"{config}:" in result.stderr and ": channels.email.token_env: " in result.stderr
+    assert result.stderr.startswith(f"campaignkit: error: {config}:")
+    assert f": {path}: " in result.stderr
     assert sandbox.counts() == {"twilio": 0, "sendgrid": 0}
     assert not (tmp_path / "state").exists()
 

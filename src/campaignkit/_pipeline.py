@@ -785,7 +785,8 @@ class Pipeline:
         for finding in findings:
             problem = finding.problem
             if problem.file is None:
-                problem = attrs.evolve(problem, file=self.config_file, line=_line(lines, problem))
+                line = problem_line(lines, problem)
+                problem = attrs.evolve(problem, file=self.config_file, line=line)
             out.append(_Finding(problem, finding.error))
         return out
 
@@ -1590,7 +1591,7 @@ def _call_observer(hook: Any, **kwargs: Any) -> None:
         log.exception("an observer hook raised; ignored")
 
 
-def _line(lines: Mapping[str, int], problem: Problem) -> int | None:
+def problem_line(lines: Mapping[str, int], problem: Problem) -> int | None:
     """The line of a problem's key path: a token's only when ``token_env`` is written;
     a template part's, else its ``<part>_file``, else the closest enclosing table's."""
     path = problem.path

@@ -73,7 +73,7 @@ from rich.text import Text
 from . import __version__
 from ._address import AddressValidator
 from ._audience import channel_validator
-from ._config import ENV_NAME, Channel, PipelineConfig, Schedule, load_config
+from ._config import ENV_NAME, Channel, PipelineConfig, Schedule, key_lines, load_config
 from ._content import sms_segments
 from ._controls import control_detail, find_control
 from ._csvio import safe_csv_writer
@@ -103,13 +103,14 @@ from ._pipeline import (
     RowCheck,
     ScheduledRuns,
     check_campaign,
+    problem_line,
 )
 from ._plugins import BLOCK_ENV, Registry, get_plugin_manager
 from ._redact import redact
 from ._rehearsal import rehearsal_execution
 from ._schedule import Interval, manual_logical_date, plan_due_runs, upcoming
 from ._suppression import _entries as _suppression_entries
-from .exceptions import CampaignKitError, ConfigError, PluginError, Problem
+from .exceptions import CampaignKitError, ConfigError, PluginError, Problem, TemplateError
 
 __all__ = ["EXIT_FAILED", "EXIT_INPUT_ERROR", "EXIT_OK", "EXIT_PARTIAL", "main"]
 
@@ -238,6 +239,13 @@ def _describe_error(exc: CampaignKitError, config: Path | None) -> str:
             file = problem.file or exc.file or config
             if file is not None:
                 return str(attrs.evolve(problem, file=str(file)))
+    if isinstance(exc, TemplateError) and exc.path is not None and config is not None:
+        problem = Problem(exc.detail, path=exc.path, file=str(config), group="templates")
+        try:
+            lines = key_lines(config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            lines = {}
+        return str(attrs.evolve(problem, line=problem_line(lines, problem)))
     if isinstance(exc, ConfigError) and exc.file is None and config is not None:
         return f"{config}: {exc}"
     return str(exc)
