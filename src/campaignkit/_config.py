@@ -6,6 +6,8 @@ import difflib
 import keyword
 import re
 import tomllib
+import types
+import typing
 import zoneinfo
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
@@ -45,6 +47,25 @@ _converter.register_structure_hook(float, _strict(float, "number"))
 _converter.register_structure_hook(bool, _strict(bool, "true or false"))
 
 
+def _strings(value: Any, _: Any) -> list[str]:
+    # Not cattrs' default, which reads a string as the list of its characters.
+    if not isinstance(value, list):
+        raise _Mismatch(f"expected an array of strings, got {_describe(value)}")
+    for item in value:
+        if not isinstance(item, str):
+            raise _Mismatch(f"expected string, got {_describe(item)}")
+    return list(value)
+
+
+_converter.register_structure_hook_func(lambda t: t == list[str], _strings)
+
+
+def _expects_table(kind: Any) -> bool:
+    """Whether values of type ``kind`` (or ``kind | None``) are written as tables."""
+    options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    return any(attrs.has(k) or typing.get_origin(k) is dict or k is dict for k in options)
+
+
 def _describe(value: Any) -> str:
     return f"{value!r}" if isinstance(value, str) else type(value).__name__
 
@@ -74,12 +95,23 @@ _SIMILAR = 0.75
 
 def unknown_key(key: str, known: Iterable[str], *, path: str) -> Problem:
     """The problem of an unknown key, suggesting the known key it may be a typo of."""
-    return Problem(f"unknown key {key!r}{did_you_mean(key, known)}", path=_join(path, key))
+    return Problem(f"unknown key {_shown(key)}{did_you_mean(key, known)}", path=_join(path, key))
+
+
+def _shown(key: str) -> str:
+    """``key`` quoted; escaped (``'concurrenc\\u0443'``) when it holds anything but
+    printable ASCII, so that a look-alike letter or an invisible one shows."""
+    if key.isascii() and key.isprintable():
+        return repr(key)
+    return "'" + key.encode("ascii", "backslashreplace").decode("ascii").replace("'", "\\'") + "'"
+
+
+def _cattrs_note(exc: BaseException) -> Any:
+    return next((n for n in getattr(exc, "__notes__", []) if hasattr(n, "name")), None)
 
 
 def _note_name(exc: BaseException) -> object | None:
-    note = next((n for n in getattr(exc, "__notes__", []) if hasattr(n, "name")), None)
-    return getattr(note, "name", None)
+    return getattr(_cattrs_note(exc), "name", None)
 
 
 def _child(data: Any, name: object) -> Any:
@@ -103,6 +135,13 @@ def _problems(exc: BaseException, path: str, data: Any) -> list[Problem]:
                 out.extend(_problems(sub, path, data))
             elif isinstance(sub, KeyError):
                 out.append(Problem("missing required key", path=_join(path, name)))
+            elif (
+                isinstance(sub, (AttributeError, TypeError))
+                and _expects_table(getattr(_cattrs_note(sub), "type", None))
+                and not isinstance(_child(data, name), Mapping)
+            ):  # not "'int' object has no attribute 'keys'"
+                got = _describe(_child(data, name))
+                out.append(Problem(f"expected a table, got {got}", path=_join(path, name)))
             else:
                 out.extend(_problems(sub, _join(path, name), _child(data, name)))
         return out
@@ -159,14 +198,22 @@ def collect_options(data: Any, cls: type[T], *, path: str) -> tuple[T | None, tu
                 renamed[f"{key}_"] = key
     problems: list[Problem] = []
     seen = set()
+    flagged: set[str | None] = set()
     while True:
         try:
             return _converter.structure(data, cls), early + _renamed(problems, renamed, path)
         except Exception as exc:  # cattrs raises several kinds
-            found = [p for p in _problems(exc, path, data) if (p.path, p.message) not in seen]
+            found = [
+                p
+                for p in _problems(exc, path, data)
+                if (p.path, p.message) not in seen
+                # a value left out for its problem is not also "missing"
+                and not (p.message == "missing required key" and p.path in flagged)
+            ]
             progress = False
             for problem in found:
                 seen.add((problem.path, problem.message))
+                flagged.add(problem.path)
                 problems.append(problem)
                 relative = (problem.path or "")[len(path) + 1 :] if path else problem.path or ""
                 progress = _drop(data, relative.split(".")) or progress
@@ -213,6 +260,10 @@ DEFAULT_RESULT_KEYS = {
 }
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+#: What an environment variable's name looks like (``token_env``); a value that does
+#: not is never printed (it may be the token itself, written there by mistake).
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _check_name(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
@@ -341,7 +392,7 @@ class Channel:
         provider: the registered notifier that sends it (``sendgrid``, ``twilio`` ...).
         template: the message template.
         options: provider options (``base_url``, sender, app id ...).
-        enabled: a disabled channel is validated but not run.
+        enabled: a disabled channel is checked against the schema only, and not run.
         target_customers: message at most this many eligible recipients (source order).
         token_env: environment variable holding the provider token; defaults to
             ``<NAME>_API_TOKEN`` (``EMAIL_API_TOKEN``, ``SMS_API_TOKEN``, ``PUSH_API_TOKEN``).
@@ -635,10 +686,20 @@ class _Parser:
     def parse(self, data: Mapping[str, Any]) -> PipelineConfig | None:
         known = ("pipeline", "source", "channels", "execution", "schedule")
         for key in data:
-            if key not in known:
+            if key in known:
+                continue
+            if isinstance(data[key], Mapping):
                 self.add(
-                    f"unknown table {key!r}{did_you_mean(key, known)} "
+                    f"unknown table {_shown(key)}{did_you_mean(key, known)} "
                     f"(expected one of {sorted(known)})",
+                    key,
+                )
+            elif key in _known_keys(_PipelineMeta):  # written above [pipeline]
+                self.add(f"unknown key {_shown(key)} (it belongs in the [pipeline] table)", key)
+            else:
+                self.add(
+                    f"unknown key {_shown(key)}{did_you_mean(key, known)} (the file holds "
+                    f"only the tables {sorted(known)})",
                     key,
                 )
         meta = self.meta(data.get("pipeline"))
@@ -663,7 +724,10 @@ class _Parser:
         if not isinstance(pipeline, Mapping):
             self.add("missing [pipeline] table with a name", "pipeline")
             return None
-        return self.table(pipeline, _PipelineMeta, "pipeline")
+        meta = self.table(pipeline, _PipelineMeta, "pipeline")
+        if meta is None:  # its problem is listed; the rest of the file is still checked
+            meta = _PipelineMeta(name="unnamed")
+        return meta
 
     def source(self, table: Any) -> SourceConfig | None:
         if not isinstance(table, Mapping):
@@ -714,6 +778,9 @@ class _Parser:
                 table["template"] = _read_template_files(
                     dict(table["template"]), self.base_dir, f"{path}.template", self.problems
                 )
+        if "name" in table:  # the table's name is the channel's: not a key of its own
+            known = [k for k in _known_keys(Channel) if k != "name"]
+            self.problems.append(unknown_key("name", known, path=path))
         table["name"] = name
         return self.table(table, Channel, path)
 
@@ -751,7 +818,7 @@ def check_config(path: str | Path) -> ConfigCheck:
     except OSError as exc:
         return _unusable(f"cannot read configuration: {exc.strerror}", file)
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a byte order mark (Notepad) is not TOML
         data = tomllib.loads(text)
     except UnicodeDecodeError:
         return _unusable("configuration is not UTF-8 text", file)
@@ -785,10 +852,11 @@ def _key_parts(dotted: str) -> list[str]:
     parts = []
     for match in _PART_RE.finditer(dotted):
         token = match.group(0)
-        if token[0] == '"':
-            token = token[1:-1].encode().decode("unicode_escape")
-        elif token[0] == "'":
-            token = token[1:-1]
+        if token[0] in "\"'":
+            try:  # TOML's own reading of a quoted key: every escape, any character
+                (token,) = tomllib.loads(f"{token} = 0")
+            except (tomllib.TOMLDecodeError, ValueError):
+                token = token[1:-1]
         parts.append(token)
     return parts
 
@@ -796,58 +864,84 @@ def _key_parts(dotted: str) -> list[str]:
 def key_lines(text: str) -> dict[str, int]:
     """The 1-based line where each table and key of a TOML document is written, by
     dotted key path (``channels.sms.rate``). Keys inside inline tables and arrays are
-    not listed (their enclosing key is). Best effort: it never raises."""
+    not listed (their enclosing key is). A table that is never written itself (only
+    its sub-tables or dotted keys such as ``sms.provider = ...`` are) has the line
+    where it first appears. Best effort: it never raises."""
     lines: dict[str, int] = {}
+    implied: dict[str, int] = {}  # tables only named as a prefix
     table: list[str] = []
     in_string: str | None = None  # the delimiter of an open multi-line string
     depth = 0  # open brackets of a multi-line array or inline table
-    for number, line in enumerate(text.splitlines(), 1):
-        if in_string is not None:
-            if in_string in line:
-                in_string = None
-            continue
-        if depth == 0:
+    # TOML's lines end at "\n" only (str.splitlines also splits at U+2028, NEL ...).
+    for number, line in enumerate(text.removeprefix("\ufeff").split("\n"), 1):
+        if in_string is None and depth == 0:
             header = _HEADER_RE.match(line)
             assign = None if header else _ASSIGN_RE.match(line)
             if header:
                 table = _key_parts(header.group(2))
-                lines.setdefault(".".join(table), number)
+                _note(lines, implied, table, number)
                 continue
             if assign:
-                lines.setdefault(".".join([*table, *_key_parts(assign.group(1))]), number)
+                _note(lines, implied, [*table, *_key_parts(assign.group(1))], number)
                 line = line[assign.end() :]
-        in_string, depth = _scan_value(line, depth)
-    return lines
+        in_string, depth = _scan_value(line, depth, in_string)
+    return {**implied, **lines}
 
 
-def _scan_value(line: str, depth: int) -> tuple[str | None, int]:
-    """Follow a value's brackets and strings to the end of ``line``: the delimiter of
-    a multi-line string left open, and the bracket depth after it."""
+def _note(lines: dict[str, int], implied: dict[str, int], parts: list[str], number: int) -> None:
+    lines.setdefault(".".join(parts), number)
+    for i in range(1, len(parts)):
+        implied.setdefault(".".join(parts[:i]), number)
+
+
+def _string_end(line: str, start: int, quote: str) -> int:
+    """The index just past the delimiter closing a multi-line string opened with
+    ``quote`` before ``start`` (up to two quotes of its content may touch it), or -1
+    when the string goes on past this line."""
+    i = start
+    while i < len(line):
+        if quote == '"""' and line[i] == "\\":
+            i += 2  # an escape: \" does not close, \\ is one backslash
+            continue
+        if line.startswith(quote, i):
+            end = i + 3
+            while end < len(line) and end < i + 5 and line[end] == quote[0]:
+                end += 1
+            return end
+        i += 1
+    return -1
+
+
+def _scan_value(line: str, depth: int, in_string: str | None = None) -> tuple[str | None, int]:
+    """Follow a value's brackets and strings to the end of ``line`` (starting inside
+    the multi-line string ``in_string`` when one is open): the delimiter of a
+    multi-line string left open, and the bracket depth after it."""
     i = 0
     while i < len(line):
-        for quote in ('"""', "'''"):
-            if line.startswith(quote, i):
-                end = line.find(quote, i + 3)
-                if end < 0:
-                    return quote, depth
-                i = end + 3
-                break
-        else:
-            ch = line[i]
-            if ch == "#":
-                break
-            if ch in "\"'":
-                end = i + 1
-                while end < len(line) and line[end] != ch:
-                    end += 2 if ch == '"' and line[end] == "\\" else 1
-                i = end + 1
-                continue
-            if ch in "[{":
-                depth += 1
-            elif ch in "]}":
-                depth = max(0, depth - 1)
-            i += 1
-    return None, depth
+        if in_string is not None:
+            i = _string_end(line, i, in_string)
+            if i < 0:
+                return in_string, depth
+            in_string = None
+            continue
+        if line.startswith('"""', i) or line.startswith("'''", i):
+            in_string, i = line[i : i + 3], i + 3
+            continue
+        ch = line[i]
+        if ch == "#":
+            break
+        if ch in "\"'":
+            end = i + 1
+            while end < len(line) and line[end] != ch:
+                end += 2 if ch == '"' and line[end] == "\\" else 1
+            i = end + 1
+            continue
+        if ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+        i += 1
+    return in_string, depth
 
 
 def line_of(lines: Mapping[str, int], path: str | None) -> int | None:

@@ -23,6 +23,7 @@ import pluggy
 
 from ._audience import build_audience, content_check
 from ._config import (
+    ENV_NAME,
     Channel,
     Execution,
     PipelineConfig,
@@ -320,7 +321,10 @@ def _raise_findings(findings: Sequence[_Finding], file: str | None) -> None:
         return
     errors = {id(f.error): f.error for f in findings}
     if len(errors) == 1:
-        raise findings[0].error
+        error = findings[0].error
+        if isinstance(error, ConfigError):  # its problems with their file and line
+            error.problems = tuple(f.problem for f in findings)
+        raise error
     raise ConfigError.of(_ordered(f.problem for f in findings), file=file)
 
 
@@ -541,6 +545,13 @@ class Pipeline:
         env = self._env if self._env is not None else os.environ
         value = env.get(channel.token_variable)
         if not value:
+            if cls.token_required and not ENV_NAME.match(channel.token_variable):
+                raise ConfigError(  # never quote it: it may be the token itself
+                    "expected an environment variable name (letters, digits and '_') that "
+                    f"holds the {cls.name} token; the value written is not shown, as it may "
+                    "be the token",
+                    path=f"channels.{channel.name}.token_env",
+                )
             if cls.token_required:
                 raise ConfigError(
                     f"environment variable {channel.token_variable} is not set "
@@ -620,7 +631,7 @@ class Pipeline:
         """Check everything that can be checked without sending.
 
         Builds every enabled channel's notifier (options), reads its token from the
-        environment, compiles every template part of every channel against the
+        environment, compiles every template part of every enabled channel against the
         source's header, checks the content rules, the audience rules and the header's
         required columns. Every check runs whatever the others found
         (:meth:`problems` lists them all).
@@ -665,7 +676,12 @@ class Pipeline:
             add(exc, "source")
         for channel in self.enabled_channels:
             for error, group in self._channel_problems(channel, fields):
-                add(error, group)
+                if isinstance(error, SourceError) and group == "channels":
+                    # a suppression list: at the key naming it, then its file and line
+                    key = f"channels.{channel.name}.suppression_files"
+                    findings.append(_Finding(Problem(str(error), path=key, group=group), error))
+                else:
+                    add(error, group)
         if fields is not None:
             try:
                 self._check_header()
@@ -769,7 +785,8 @@ class Pipeline:
         for finding in findings:
             problem = finding.problem
             if problem.file is None:
-                problem = attrs.evolve(problem, file=self.config_file, line=_line(lines, problem))
+                line = problem_line(lines, problem)
+                problem = attrs.evolve(problem, file=self.config_file, line=line)
             out.append(_Finding(problem, finding.error))
         return out
 
@@ -1574,7 +1591,7 @@ def _call_observer(hook: Any, **kwargs: Any) -> None:
         log.exception("an observer hook raised; ignored")
 
 
-def _line(lines: Mapping[str, int], problem: Problem) -> int | None:
+def problem_line(lines: Mapping[str, int], problem: Problem) -> int | None:
     """The line of a problem's key path: a token's only when ``token_env`` is written;
     a template part's, else its ``<part>_file``, else the closest enclosing table's."""
     path = problem.path

@@ -73,7 +73,7 @@ from rich.text import Text
 from . import __version__
 from ._address import AddressValidator
 from ._audience import channel_validator
-from ._config import Channel, PipelineConfig, Schedule, load_config
+from ._config import ENV_NAME, Channel, PipelineConfig, Schedule, key_lines, load_config
 from ._content import sms_segments
 from ._controls import control_detail, find_control
 from ._csvio import safe_csv_writer
@@ -103,13 +103,14 @@ from ._pipeline import (
     RowCheck,
     ScheduledRuns,
     check_campaign,
+    problem_line,
 )
 from ._plugins import BLOCK_ENV, Registry, get_plugin_manager
 from ._redact import redact
 from ._rehearsal import rehearsal_execution
 from ._schedule import Interval, manual_logical_date, plan_due_runs, upcoming
 from ._suppression import _entries as _suppression_entries
-from .exceptions import CampaignKitError, ConfigError, PluginError, Problem
+from .exceptions import CampaignKitError, ConfigError, PluginError, Problem, TemplateError
 
 __all__ = ["EXIT_FAILED", "EXIT_INPUT_ERROR", "EXIT_OK", "EXIT_PARTIAL", "main"]
 
@@ -217,9 +218,34 @@ def _fail(message: str, code: int) -> NoReturn:
     raise SystemExit(code)
 
 
+def _as_given(problem: Problem, config: Path | None) -> Problem:
+    """``problem`` naming the configuration file as it was given on the command line."""
+    if config is None or problem.file is None or problem.file == str(config):
+        return problem
+    try:
+        same = Path(problem.file).resolve() == config.resolve()
+    except OSError:
+        same = False
+    return attrs.evolve(problem, file=str(config)) if same else problem
+
+
 def _describe_error(exc: CampaignKitError, config: Path | None) -> str:
     """The error's message, prefixed with the configuration file when a
-    :class:`ConfigError` does not name it already."""
+    :class:`ConfigError` does not name it already; one problem with a line reads as
+    ``validate`` prints it (``FILE:LINE: key.path: message``)."""
+    if isinstance(exc, ConfigError) and len(exc.problems) == 1:
+        problem = _as_given(exc.problems[0], config)
+        if problem.line is not None and problem.path is not None:
+            file = problem.file or exc.file or config
+            if file is not None:
+                return str(attrs.evolve(problem, file=str(file)))
+    if isinstance(exc, TemplateError) and exc.path is not None and config is not None:
+        problem = Problem(exc.detail, path=exc.path, file=str(config), group="templates")
+        try:
+            lines = key_lines(config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            lines = {}
+        return str(attrs.evolve(problem, line=problem_line(lines, problem)))
     if isinstance(exc, ConfigError) and exc.file is None and config is not None:
         return f"{config}: {exc}"
     return str(exc)
@@ -1510,8 +1536,11 @@ def _dry_run_env(
             continue  # the plan reports the unknown provider
         if cls.token_required:
             out[channel.token_variable] = _DRY_RUN_TOKEN
+            variable = channel.token_variable
+            if not ENV_NAME.match(variable):  # maybe the token itself: never shown
+                variable = f"token_env of channel {channel.name} (not a variable name)"
             notes.append(
-                f"Note:      {channel.token_variable} is not set: the dry run does not need "
+                f"Note:      {variable} is not set: the dry run does not need "
                 f"it, but a real run would stop before sending (channel {channel.name})"
             )
     return out, notes
@@ -2793,7 +2822,7 @@ def _fail_problems(exc: CampaignKitError, config: Path | None, code: int) -> Non
     (a ConfigError from checking a whole campaign); return otherwise."""
     if not isinstance(exc, ConfigError) or len(exc.problems) < 2:
         return
-    problems = exc.problems
+    problems = tuple(_as_given(p, config) for p in exc.problems)
     file = config or exc.file
     where = f"{file}: " if file else ""
     click.echo(f"campaignkit: error: {where}{len(problems)} problems", err=True)
