@@ -633,6 +633,34 @@ def test_a_source_giving_something_else_than_records_is_a_source_error(tmp_path:
         pipeline.run()
 
 
+def test_a_source_that_raises_midway_is_a_source_error_and_sends_nothing(
+    tmp_path: Path,
+) -> None:
+    """A bug in the function behind a StaticSource (or in a plugin source) is said as a
+    SourceError naming the source, with the bug as its cause; nothing is sent."""
+
+    def rows() -> Iterator[dict[str, Any]]:
+        yield {"id": "C1", "email": "ada@example.com"}
+        raise RuntimeError("database went away")
+
+    recorder = recording_plugin()
+    channel = Channel(
+        name="email", provider="recording", template=Template(body="Hi"), require_consent=False
+    )
+    pipeline = Pipeline(
+        "t",
+        StaticSource.from_dicts(rows),
+        [channel],
+        plugins=get_plugin_manager(load_entrypoints=False, plugins=[recorder]),
+        env={},
+        base_dir=tmp_path,
+    )
+    with pytest.raises(campaignkit.SourceError, match="RuntimeError: database went away") as info:
+        pipeline.run()
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert recorder.outbox.messages == []
+
+
 def test_docs_say_unknown_deliveries_are_not_in_error_codes() -> None:
     docs = Path(__file__).resolve().parents[1] / "docs"
     configuration = " ".join((docs / "configuration.md").read_text(encoding="utf-8").split())

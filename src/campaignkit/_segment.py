@@ -14,7 +14,7 @@ from ._csvio import safe_csv_writer
 from ._models import Recipient, RejectedRow
 from ._source import MODEL_FIELDS, Source
 from ._sources import SourceLines
-from .exceptions import SourceError
+from .exceptions import CampaignKitError, SourceError
 
 __all__ = ["ExtractionStats", "Rejects", "extract"]
 
@@ -103,7 +103,7 @@ def extract(
         writer = safe_csv_writer(rej)  # neutralises cells a spreadsheet runs as formulas
         writer.writerow(["line", "reason", "field", "detail", "raw"])
         sink = Rejects(writer)
-        records = source.records(required)
+        records = _plugin_errors_said(source, required)
         if not getattr(source, "rejects_control_characters", False):
             records = _screened(records, frozenset(required))
 
@@ -128,6 +128,22 @@ def extract(
     return ExtractionStats(
         count + sink.rejected, count, sink.rejected, dict(sink.reasons), sink.lines
     )
+
+
+def _plugin_errors_said(
+    source: Source, required: Collection[str]
+) -> Iterator[Recipient | RejectedRow]:
+    """``source.records(required)``, with an exception that is not campaignkit's (a bug
+    in a plugin source, or in the function behind a ``StaticSource``) turned into a
+    :class:`~campaignkit.SourceError` naming the source; the original is its cause."""
+    try:
+        yield from source.records(required)
+    except CampaignKitError:
+        raise
+    except Exception as exc:
+        raise SourceError(
+            f"{source.describe()}: reading the source failed: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def _screened(
