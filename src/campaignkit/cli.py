@@ -3070,11 +3070,11 @@ def _fault_options(func: Callable[..., Any]) -> Callable[..., Any]:
     helps = {
         "error_rate": "Probability that a request gets a 5xx instead of being processed.",
         "rate_limit": "Requests per second above which the server answers the provider's 429.",
-        "retry_after": "Seconds announced in Retry-After with a 429 (default 1).",
+        "retry_after": "Seconds announced in Retry-After with a 429 (default 1; at most a day).",
         "stall_rate": "Probability that the server waits --stall-seconds before answering.",
-        "stall_seconds": "How long a stall lasts (default 5).",
+        "stall_seconds": "How long a stall lasts, in seconds (default 5; at most a day).",
         "drop_rate": "Probability that the connection is closed without an answer.",
-        "latency": "Seconds added before every answer.",
+        "latency": "Seconds added before every answer (at most a day).",
         "seed": "Seed of the random draws, for reproducible faults.",
     }
     for setting in reversed(FAULT_SETTINGS):

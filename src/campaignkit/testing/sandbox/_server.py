@@ -32,6 +32,15 @@ __all__ = [
 ]
 
 
+def loads(text: str | bytes) -> Any:
+    """``json.loads``, raising ``ValueError`` for JSON nested too deeply to parse
+    (``RecursionError`` otherwise)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 @attrs.frozen
 class Request:
     """An HTTP request as the sandbox received it."""
@@ -43,12 +52,14 @@ class Request:
     body: bytes
 
     def json(self) -> Any:
-        """The body parsed as JSON (raises ``ValueError`` if it is not)."""
-        return json.loads(self.body.decode("utf-8"))
+        """The body parsed as JSON (raises ``ValueError`` if it is not, including
+        when it is not UTF-8 or nested too deeply to parse)."""
+        return loads(self.body.decode("utf-8"))
 
     def form(self) -> dict[str, list[str]]:
-        """The body parsed as ``application/x-www-form-urlencoded``."""
-        return parse_qs(self.body.decode("utf-8"), keep_blank_values=True)
+        """The body parsed as ``application/x-www-form-urlencoded`` (bytes that are
+        not UTF-8 read as U+FFFD, as percent-escapes that are not are)."""
+        return parse_qs(self.body.decode("utf-8", "replace"), keep_blank_values=True)
 
     @property
     def content_type(self) -> str:
@@ -234,8 +245,11 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
     def _handle(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        body = self._read_body()
+        if body is None:
+            self.close_connection = True
+            self._send(Reply(400, {"errors": [{"message": "invalid Content-Length or chunk"}]}))
+            return
         parts = urlsplit(self.path)
         request = Request(
             method=self.command,
@@ -250,6 +264,34 @@ class _Handler(BaseHTTPRequestHandler):
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
             return
+        self._send(reply)
+
+    def _read_body(self) -> bytes | None:
+        """The request body: ``Content-Length`` bytes, or the chunks of a
+        ``Transfer-Encoding: chunked`` body; ``None`` when the framing is invalid."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks: list[bytes] = []
+            while True:
+                size_line = self.rfile.readline(1024).split(b";")[0].strip()
+                try:
+                    size = int(size_line, 16)
+                except ValueError:
+                    return None
+                if size < 0:
+                    return None
+                if size == 0:
+                    while self.rfile.readline(1024).strip():  # trailers
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline(1024)  # the CRLF after the chunk
+        text = (self.headers.get("Content-Length") or "0").strip()
+        if not text.isdigit():
+            return None
+        length = int(text)
+        return self.rfile.read(length) if length else b""
+
+    def _send(self, reply: Reply) -> None:
         payload, content_type = reply.encode()
         self.send_response(reply.status)
         headers = {"Content-Type": content_type, **reply.headers}

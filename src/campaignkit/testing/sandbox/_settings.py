@@ -30,6 +30,10 @@ PROBABILITY = "a probability between 0 and 1"
 POSITIVE = "a number above 0"
 NON_NEGATIVE = "a number of 0 or more"
 INTEGER = "an integer"
+#: the most seconds a duration setting (``--latency``, ``--stall-seconds``,
+#: ``--retry-after``) takes: a day (``time.sleep`` overflows past ~3e8 years, and a
+#: longer wait has no use in a sandbox).
+MAX_SECONDS = 86_400.0
 
 
 class SettingError(ValueError):
@@ -135,6 +139,8 @@ def parse_fault_value(setting: FaultSetting, text: str) -> float | int:
         raise SettingError(f"{text} is not {POSITIVE}")
     if setting.expects == NON_NEGATIVE and value < 0.0:
         raise SettingError(f"{text} is not {NON_NEGATIVE}")
+    if setting.expects == NON_NEGATIVE and value > MAX_SECONDS:
+        raise SettingError(f"{text} is more than a day ({MAX_SECONDS:g} seconds)")
     return value
 
 

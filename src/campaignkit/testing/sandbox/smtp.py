@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import email.policy
 import fnmatch
 import hmac
@@ -168,7 +169,16 @@ class SmtpServer:
             timeout=self.idle_timeout,
             **self._tls_kwargs(),
         )
-        controller.start()
+        try:
+            controller.start()
+        except BaseException:
+            # aiosmtpd leaves its event loop open when it cannot bind (the port is
+            # taken): closed here, not at exit with a traceback on stderr.
+            with contextlib.suppress(Exception):
+                controller.stop(no_assert=True)
+            with contextlib.suppress(Exception):
+                controller.loop.close()
+            raise
         self._controller = controller
         sandbox_started(self.port)  # pipelines sending here are rehearsals
         with self.lock:  # forget the controller's own start-up probe

@@ -6,7 +6,6 @@ import base64
 import binascii
 import email.utils
 import hmac
-import json
 import math
 import re
 import secrets
@@ -17,7 +16,7 @@ from urllib.parse import urlencode, urlsplit
 
 import attrs
 
-from ._server import Faults, ProviderServer, Reply, Request
+from ._server import Faults, ProviderServer, Reply, Request, loads
 
 __all__ = ["MessageContent", "TwilioServer"]
 
@@ -87,7 +86,7 @@ class MessageContent:
         if self.content_variables is None:
             return None
         try:
-            decoded = json.loads(self.content_variables)
+            decoded = loads(self.content_variables)
         except ValueError:
             return None
         return decoded if isinstance(decoded, dict) else None
