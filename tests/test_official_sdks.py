@@ -298,6 +298,21 @@ def test_twilio_messaging_service_and_optional_params(twilio_server: TwilioServe
     assert record["params"]["ShortenUrls"] == "false"
 
 
+def test_twilio_fetch_a_message_by_its_sid(twilio_server: TwilioServer) -> None:
+    client = twilio_client(twilio_server)
+    sent = client.messages.create(to=TO, from_=twilio_server.from_number, body="Hello")
+    fetched = client.messages(sent.sid).fetch()
+    assert (fetched.sid, fetched.to, fetched.body) == (sent.sid, TO, "Hello")
+    exceptions = pytest.importorskip("twilio.base.exceptions")
+    with pytest.raises(exceptions.TwilioRestException) as info:
+        client.messages("SM" + "0" * 32).fetch()
+    assert (info.value.status, info.value.code) == (404, 20404)
+    with pytest.raises(exceptions.TwilioRestException) as info:
+        client.messages(sent.sid).delete()
+    assert (info.value.status, info.value.code) == (405, 20004)
+    assert len(twilio_server.messages) == 1
+
+
 def test_twilio_bad_token_is_a_rest_exception_20003(twilio_server: TwilioServer) -> None:
     exceptions = pytest.importorskip("twilio.base.exceptions")
     with pytest.raises(exceptions.TwilioRestException) as info:

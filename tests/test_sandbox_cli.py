@@ -33,6 +33,7 @@ from campaignkit.testing.sandbox._settings import (
     FAULT_SETTINGS,
     PROBABILITY,
     SettingError,
+    check_token,
     parse_assignment,
     parse_fault_value,
 )
@@ -265,6 +266,28 @@ def test_a_bad_token_option_never_shows_the_token(arg: str) -> None:
     assert result.exit_code == 2
     assert "--token" in result.stderr
     assert USER_TOKEN not in result.output + result.stderr
+
+
+@pytest.mark.parametrize("secret", ["pässwort", "日本-token", "tab\there", "nul\x00x"])
+def test_a_token_no_sdk_can_send_is_refused_without_quoting_it(secret: str) -> None:
+    # Such a token started a sandbox that answered every SDK request 401 (or the SDK
+    # failed to encode the header): refused up front instead, never printed.
+    result = CliRunner().invoke(main, ["sandbox", "--provider", "twilio", "--token",
+                                       f"twilio={secret}"])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "--token" in result.stderr
+    assert "twilio: TOKEN holds a character other than printable ASCII" in result.stderr
+    assert secret not in result.output + result.stderr
+
+
+@given(st.text(min_size=1).filter(lambda t: t == t.strip()))
+def test_printable_ascii_tokens_and_only_those_are_taken(value: str) -> None:
+    if value.isascii() and value.isprintable():
+        assert check_token(value) == value
+    else:
+        with pytest.raises(SettingError) as info:
+            check_token(value)
+        assert value not in str(info.value)
 
 
 @given(st.text(alphabet=string.ascii_letters + string.digits + "-_.:/+", min_size=1))

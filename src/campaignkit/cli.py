@@ -3201,7 +3201,7 @@ def _sandbox_setup(
     """Check every option of ``campaignkit sandbox`` (``click.BadParameter``, exit 2,
     naming the option) and turn them into the servers' constructor arguments."""
     from .testing.sandbox import PROVIDERS, Faults
-    from .testing.sandbox._settings import SettingError, parse_twilio_account_sid
+    from .testing.sandbox._settings import SettingError, check_token, parse_twilio_account_sid
 
     for name in providers:
         if name not in PROVIDERS:
@@ -3216,7 +3216,10 @@ def _sandbox_setup(
     for a in _sandbox_assignments(
         "--token", tokens, chosen, provider_required=True, secret=True, what="TOKEN"
     ):
-        options[a.provider]["token"] = a.value
+        try:
+            options[a.provider]["token"] = check_token(a.value)
+        except SettingError as exc:
+            raise click.BadParameter(f"{a.provider}: {exc}", param_hint="--token") from None
         given.add(a.provider)
     for name, keywords in _sandbox_senders(chosen, senders).items():
         options[name].update(keywords)

@@ -16,6 +16,7 @@ __all__ = [
     "Assignment",
     "FaultSetting",
     "SettingError",
+    "check_token",
     "fault_values",
     "parse_assignment",
     "parse_fault_value",
@@ -116,6 +117,19 @@ def _non_empty(value: str, what: str, secret: bool) -> str:
     if value != value.strip():
         raise SettingError(
             f"{what} has spaces around it" + ("" if secret else f" (got {value!r})")
+        )
+    return value
+
+
+def check_token(value: str) -> str:
+    """``value`` if it can be a token: printable ASCII (spaces allowed inside), what
+    the SDKs can send in an ``Authorization`` header (httpx refuses any other
+    character, requests sends Latin-1, Basic auth does not round-trip it). The error
+    never quotes the token."""
+    if not (value.isascii() and value.isprintable()):
+        raise SettingError(
+            "TOKEN holds a character other than printable ASCII, which the providers' "
+            "SDKs cannot send in an Authorization header"
         )
     return value
 

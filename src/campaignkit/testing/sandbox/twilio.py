@@ -22,7 +22,7 @@ __all__ = ["MessageContent", "TwilioServer"]
 
 E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 
-_MESSAGES_PATH = re.compile(r"/2010-04-01/Accounts/([^/]+)/Messages\.json")
+_MESSAGES_PATH = re.compile(r"/2010-04-01/Accounts/([^/]+)/Messages(?:/([^/]+))?\.json")
 
 # GSM 03.38: characters of the basic set cost one septet, the extension set two.
 _GSM7_BASIC = frozenset(
@@ -153,7 +153,9 @@ class TwilioServer(ProviderServer):
     Refused requests that reached validation are appended to :attr:`rejected`
     (``to``, ``code``, ``status``).
 
-    ``GET .../Messages.json`` is Twilio's message list: newest first, filtered by
+    ``GET .../Messages/{Sid}.json`` fetches one accepted message (Twilio's message
+    resource; an unknown SID is 404 / 20404; updating or deleting one is 405 /
+    20004). ``GET .../Messages.json`` is Twilio's message list: newest first, filtered by
     ``To``, ``From`` and ``DateSent`` (``DateSent``, ``DateSent<``, ``DateSent>``:
     a date ``YYYY-MM-DD``; a message not sent yet has no ``date_sent``; here
     :attr:`sent_after` seconds after creation, ``None``: never), paged by
@@ -265,6 +267,8 @@ class TwilioServer(ProviderServer):
                 401, 20003, "Authenticate", detail="Your AccountSid or AuthToken was incorrect."
             )
             return Reply(401, denied.body, {"WWW-Authenticate": 'Basic realm="Twilio API"'})
+        if match.group(2) is not None:
+            return self._message(request, match.group(2))
         if request.method == "GET":
             return self._list(request)
         if request.method != "POST":
@@ -343,6 +347,21 @@ class TwilioServer(ProviderServer):
             "to": record["to"],
             "uri": f"{uri}.json",
         }
+
+    def _message(self, request: Request, sid: str) -> Reply:
+        """Twilio's message fetch (``GET .../Messages/{Sid}.json``)."""
+        if request.method != "GET":
+            return self.error(
+                405,
+                20004,
+                "Method not allowed (the sandbox fetches messages; it does not "
+                "update or delete them)",
+            )
+        with self.lock:
+            record = next((r for r in self.messages if r["sid"] == sid), None)
+        if record is None:
+            return self.error(404, 20404, f"The requested resource {request.path} was not found")
+        return Reply(200, self._resource(record))
 
     def _list(self, request: Request) -> Reply:
         """Twilio's message list (see the class docstring)."""
