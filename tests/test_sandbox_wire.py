@@ -2,21 +2,28 @@
 framing (a bad ``Content-Length``, a chunked body), bodies the parsers choke on
 (JSON nested too deeply, a form that is not UTF-8) and gzip bodies Expo accepts get an
 answer, never a dropped connection with a traceback on the sandbox's stderr. And
-``campaignkit sandbox`` says which server cannot start when a port is taken."""
+``campaignkit sandbox`` says which server cannot start when a port is taken. A message
+the journal cannot take is refused with the provider's 5xx (451 for SMTP), never
+accepted without being journaled."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import smtplib
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from campaignkit.testing.sandbox import Sandbox
 from campaignkit.testing.sandbox.expo import ExpoServer
 from campaignkit.testing.sandbox.onesignal import OneSignalServer
 from campaignkit.testing.sandbox.sendgrid import SendGridServer
@@ -174,3 +181,85 @@ def test_a_taken_port_names_the_server_and_port(provider: str) -> None:
     assert result.returncode == 3
     [line] = result.stderr.splitlines()  # one line: no traceback from the server's clean-up
     assert f"the {provider} server cannot listen on port {port}" in line
+
+
+# -- a journal that cannot be written: nothing accepted that is not journaled ------------
+
+needs_dev_full = pytest.mark.skipif(
+    not Path("/dev/full").exists(), reason="needs /dev/full (a device that is always full)"
+)
+
+
+@needs_dev_full
+def test_a_message_the_journal_cannot_take_is_refused_not_half_accepted(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # The server recorded the message, then the journal write failed: the client got
+    # a dropped connection (and retried: a duplicate), the message was counted as
+    # accepted but missing from the journal, and stopping raised a traceback.
+    (tmp_path / "twilio.jsonl").symlink_to("/dev/full")
+    with Sandbox(["twilio"], record_to=tmp_path) as sandbox:
+        server = sandbox.servers["twilio"]
+        reply = requests.post(
+            twilio_url(server),
+            data={"To": TO, "From": server.from_number, "Body": "hi"},
+            auth=(server.account_sid, TOKEN),
+            timeout=10,
+        )
+        assert (reply.status_code, reply.json()["code"]) == (500, 20500)
+        assert server.messages == []
+        assert sandbox.counts() == {"twilio": 0}
+    err = capfd.readouterr().err
+    assert f"cannot write to the journal {tmp_path / 'twilio.jsonl'}" in err
+    assert "Traceback" not in err
+
+
+@needs_dev_full
+def test_smtp_answers_451_when_the_journal_cannot_take_the_message(tmp_path: Path) -> None:
+    pytest.importorskip("aiosmtpd")
+    (tmp_path / "smtp.jsonl").symlink_to("/dev/full")
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = "a@example.com", "b@example.com", "s"
+    message.set_content("hello")
+    with Sandbox(["smtp"], record_to=tmp_path) as sandbox:
+        server = sandbox.servers["smtp"]
+        with smtplib.SMTP(server.HOST, server.port, timeout=10) as client:
+            client.login(server.username, server.token)
+            with pytest.raises(smtplib.SMTPDataError) as info:
+                client.send_message(message)
+        assert info.value.smtp_code == 451
+        assert server.messages == []
+
+
+def test_the_journal_keeps_whole_lines_from_concurrent_senders(tmp_path: Path) -> None:
+    with Sandbox(["sendgrid"], record_to=tmp_path) as sandbox:
+        server = sandbox.servers["sendgrid"]
+
+        def send(worker: int) -> None:
+            with requests.Session() as session:
+                for batch in range(10):
+                    mail = {
+                        "from": {"email": "a@shop.example"},
+                        "subject": "s",
+                        "content": [{"type": "text/plain", "value": "x" * 5000}],
+                        "personalizations": [
+                            {"to": [{"email": f"u{worker}-{batch}-{i}@example.com"}]}
+                            for i in range(20)
+                        ],
+                    }
+                    reply = session.post(
+                        f"{server.base_url}/v3/mail/send",
+                        json=mail,
+                        headers={"Authorization": f"Bearer {TOKEN}"},
+                        timeout=30,
+                    )
+                    assert reply.status_code == 202
+
+        threads = [threading.Thread(target=send, args=(w,)) for w in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        lines = (tmp_path / "sendgrid.jsonl").read_text().splitlines()
+        assert len(lines) == len(server.messages) == 8 * 10 * 20
+        assert len({json.loads(line)["to"] for line in lines}) == 1600

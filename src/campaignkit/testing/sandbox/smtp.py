@@ -15,6 +15,7 @@ import logging
 import secrets
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -33,7 +34,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from ..._rehearsal import sandbox_started, sandbox_stopped
-from ._server import ProviderServer
+from ._server import JournalError, ProviderServer
 
 __all__ = ["SmtpFaults", "SmtpServer"]
 
@@ -316,8 +317,7 @@ class SmtpServer:
         }
         with self.lock:
             self.request_times.append(time.monotonic())
-            for rcpt in envelope.rcpt_tos:
-                self.messages.append({"to": rcpt, **record})
+            self.messages.extend({"to": rcpt, **record} for rcpt in envelope.rcpt_tos)
         return queue_id
 
 
@@ -403,7 +403,11 @@ class _Handler:
         fault = await self._fault("data", server)
         if fault is not None:
             return fault
-        queue_id = self.sandbox._record(envelope)
+        try:
+            queue_id = self.sandbox._record(envelope)
+        except JournalError as exc:  # not recorded, so not accepted: a transient refusal
+            print(f"sandbox smtp: {exc.strerror}; answered 451", file=sys.stderr)
+            return "451 4.3.0 Cannot record the message; try again later"
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
     async def _fault(self, stage: str, server: SMTP) -> str | None:
