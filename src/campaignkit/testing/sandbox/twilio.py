@@ -110,6 +110,18 @@ class MessageContent:
         return None
 
 
+def _scheduled_for(params: Mapping[str, str]) -> datetime | None:
+    """When a message with ``ScheduleType=fixed`` and an ISO 8601 ``SendAt`` is to be
+    sent (``None`` for a message sent now, or scheduling parameters not understood)."""
+    if params.get("ScheduleType") != "fixed" or not params.get("SendAt"):
+        return None
+    try:
+        when = datetime.fromisoformat(params["SendAt"])
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
 class TwilioServer(ProviderServer):
     """Twilio's ``POST /2010-04-01/Accounts/{AccountSid}/Messages.json`` on 127.0.0.1.
 
@@ -137,10 +149,14 @@ class TwilioServer(ProviderServer):
     The three sets start with Twilio's magic test numbers (``+15005550001``
     invalid, ``+15005550004`` unsubscribed, ``+15005550009`` not mobile).
 
-    Other parameters Twilio documents (``StatusCallback``, ``ValidityPeriod``,
-    ``SendAt``/``ScheduleType``, ``SmartEncoded``, ``ShortenUrls``, ...) are accepted
-    without effect, as Twilio's unknown parameters are, and kept in the record's
-    ``params``. The ``Authorization`` scheme is matched without case (RFC 9110).
+    A message with ``ScheduleType=fixed`` and an ISO 8601 ``SendAt`` is answered with
+    status ``scheduled`` (its record's ``send_at``) and has no ``date_sent`` before
+    that time. Other parameters Twilio documents (``StatusCallback``,
+    ``ValidityPeriod``, ``SmartEncoded``, ``ShortenUrls``, ...) are accepted without
+    effect, as Twilio's unknown parameters are, and kept in the record's ``params``
+    (scheduling is not checked further: the sandbox does not refuse a ``SendAt``
+    outside Twilio's window or without a Messaging Service). The ``Authorization``
+    scheme is matched without case (RFC 9110).
 
     Accepted messages get 201 with Twilio's message resource (sid ``SM`` + 32 hex
     digits, status ``queued``, or ``accepted`` through a Messaging Service;
@@ -148,7 +164,7 @@ class TwilioServer(ProviderServer):
     as dicts with ``id``/``sid``, ``to``, ``from``, ``body``, ``media_urls``,
     ``content_sid``, ``content_variables`` (the decoded object or ``None``),
     ``messaging_service_sid``, ``status_callback``, ``validity_period``,
-    ``num_segments``, ``content_type``, ``account_sid`` and ``params`` (every
+    ``num_segments``, ``content_type``, ``account_sid``, ``send_at`` and ``params`` (every
     form parameter: a string, or a list of strings for a repeated one).
     Refused requests that reached validation are appended to :attr:`rejected`
     (``to``, ``code``, ``status``).
@@ -289,7 +305,8 @@ class TwilioServer(ProviderServer):
         sid = "SM" + secrets.token_hex(16)
         segments, _ = sms_segments(content.body)
         created = datetime.now(UTC)
-        status = "accepted" if service else "queued"
+        send_at = _scheduled_for(params)
+        status = "scheduled" if send_at else "accepted" if service else "queued"
         record = {
             "id": sid,
             "sid": sid,
@@ -307,6 +324,7 @@ class TwilioServer(ProviderServer):
             "content_type": request.content_type,
             "account_sid": self.account_sid,
             "date_created": created,
+            "send_at": send_at,
             "params": {k: v[0] if len(v) == 1 else list(v) for k, v in form.items()},
         }
         with self.lock:
@@ -318,6 +336,8 @@ class TwilioServer(ProviderServer):
             return None
         created: datetime = record["date_created"]
         sent = created.timestamp() + self.sent_after
+        if record.get("send_at") is not None:  # a scheduled message leaves at SendAt
+            sent = max(sent, record["send_at"].timestamp())
         return datetime.fromtimestamp(sent, UTC) if sent <= datetime.now(UTC).timestamp() else None
 
     def _resource(self, record: Mapping[str, Any], now: datetime | None = None) -> dict[str, Any]:
