@@ -12,6 +12,7 @@ import json
 import re
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -296,6 +297,41 @@ def test_twilio_messaging_service_and_optional_params(twilio_server: TwilioServe
     assert record["params"]["ValidityPeriod"] == "600"
     assert record["params"]["SmartEncoded"] == "true"
     assert record["params"]["ShortenUrls"] == "false"
+
+
+def test_twilio_scheduled_message_is_scheduled(twilio_server: TwilioServer) -> None:
+    # Twilio's scheduling form: SendAt with ScheduleType "fixed", through a Messaging
+    # Service. The sandbox answered "accepted" and listed it as sent at once.
+    when = datetime.now(UTC).replace(microsecond=0) + timedelta(days=2)
+    client = twilio_client(twilio_server)
+    message = client.messages.create(
+        to=TO,
+        messaging_service_sid=twilio_server.messaging_service_sid,
+        body="Tomorrow",
+        schedule_type="fixed",
+        send_at=when,
+    )
+    assert message.status == "scheduled"
+    fetched = client.messages(message.sid).fetch()
+    assert (fetched.status, fetched.date_sent) == ("scheduled", None)
+    assert [m.status for m in client.messages.list(to=TO)] == ["scheduled"]
+    (record,) = twilio_server.messages
+    assert record["send_at"] == when
+
+
+def test_twilio_fetch_a_message_by_its_sid(twilio_server: TwilioServer) -> None:
+    client = twilio_client(twilio_server)
+    sent = client.messages.create(to=TO, from_=twilio_server.from_number, body="Hello")
+    fetched = client.messages(sent.sid).fetch()
+    assert (fetched.sid, fetched.to, fetched.body) == (sent.sid, TO, "Hello")
+    exceptions = pytest.importorskip("twilio.base.exceptions")
+    with pytest.raises(exceptions.TwilioRestException) as info:
+        client.messages("SM" + "0" * 32).fetch()
+    assert (info.value.status, info.value.code) == (404, 20404)
+    with pytest.raises(exceptions.TwilioRestException) as info:
+        client.messages(sent.sid).delete()
+    assert (info.value.status, info.value.code) == (405, 20004)
+    assert len(twilio_server.messages) == 1
 
 
 def test_twilio_bad_token_is_a_rest_exception_20003(twilio_server: TwilioServer) -> None:

@@ -33,6 +33,7 @@ from campaignkit.testing.sandbox._settings import (
     FAULT_SETTINGS,
     PROBABILITY,
     SettingError,
+    check_token,
     parse_assignment,
     parse_fault_value,
 )
@@ -196,6 +197,34 @@ def test_fault_options_reach_the_servers(serve: Any) -> None:
     served.stop()
 
 
+TELNYX_README = """\
+import os
+import telnyx
+
+client = telnyx.Telnyx(api_key=os.environ.get("TELNYX_API_KEY"), max_retries=0)
+response = client.messages.send(from_=os.environ["FROM"], to="+14155550101", text="Hi")
+print(response.data.id)
+"""
+
+
+def test_the_printed_telnyx_variables_point_the_sdk_at_the_sandbox(serve: Any) -> None:
+    # The Telnyx SDK reads its address from TELNYX_BASE_URL (ending in /v2): without it
+    # in the printed variables, a program set up from them sends to api.telnyx.com.
+    pytest.importorskip("telnyx")
+    served = serve("--provider", "telnyx", "--json")
+    info = served.described["providers"]["telnyx"]
+    assert info["env"]["TELNYX_BASE_URL"] == f"{info['url']}/v2"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TELNYX_")}
+    env.update(info["env"], FROM=info["options"]["from"])
+    result = subprocess.run(
+        [sys.executable, "-c", TELNYX_README],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    _, err = served.stop()
+    assert "Accepted messages: telnyx 1" in err
+
+
 @pytest.mark.parametrize(
     ("args", "option", "says"),
     [
@@ -207,6 +236,10 @@ def test_fault_options_reach_the_servers(serve: Any) -> None:
         (["--retry-after", "-1"], "--retry-after", "-1 is not a number of 0 or more"),
         (["--stall-seconds", "twilio=-2"], "--stall-seconds", "-2 is not a number of 0"),
         (["--seed", "1.5"], "--seed", "'1.5' is not an integer"),
+        # time.sleep() overflows on these: refused, not a traceback at the first request
+        (["--latency", "1e308"], "--latency", "1e308 is more than a day (86400 seconds)"),
+        (["--stall-seconds", "twilio=1e12"], "--stall-seconds", "1e12 is more than a day"),
+        (["--retry-after", "86401"], "--retry-after", "86401 is more than a day"),
         (["--error-rate", "smtp=0.5"], "--error-rate", "smtp sandbox takes --latency"),
         (["--provider", "expo", "--error-rate", "twilio=0.5"], "--error-rate", "'twilio' is not"),
         (["--twilio-account-sid", "AC123"], "--twilio-account-sid", "AC followed by 32"),
@@ -233,6 +266,28 @@ def test_a_bad_token_option_never_shows_the_token(arg: str) -> None:
     assert result.exit_code == 2
     assert "--token" in result.stderr
     assert USER_TOKEN not in result.output + result.stderr
+
+
+@pytest.mark.parametrize("secret", ["pässwort", "日本-token", "tab\there", "nul\x00x"])
+def test_a_token_no_sdk_can_send_is_refused_without_quoting_it(secret: str) -> None:
+    # Such a token started a sandbox that answered every SDK request 401 (or the SDK
+    # failed to encode the header): refused up front instead, never printed.
+    result = CliRunner().invoke(main, ["sandbox", "--provider", "twilio", "--token",
+                                       f"twilio={secret}"])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "--token" in result.stderr
+    assert "twilio: TOKEN holds a character other than printable ASCII" in result.stderr
+    assert secret not in result.output + result.stderr
+
+
+@given(st.text(min_size=1).filter(lambda t: t == t.strip()))
+def test_printable_ascii_tokens_and_only_those_are_taken(value: str) -> None:
+    if value.isascii() and value.isprintable():
+        assert check_token(value) == value
+    else:
+        with pytest.raises(SettingError) as info:
+            check_token(value)
+        assert value not in str(info.value)
 
 
 @given(st.text(alphabet=string.ascii_letters + string.digits + "-_.:/+", min_size=1))

@@ -3134,11 +3134,11 @@ def _fault_options(func: Callable[..., Any]) -> Callable[..., Any]:
     helps = {
         "error_rate": "Probability that a request gets a 5xx instead of being processed.",
         "rate_limit": "Requests per second above which the server answers the provider's 429.",
-        "retry_after": "Seconds announced in Retry-After with a 429 (default 1).",
+        "retry_after": "Seconds announced in Retry-After with a 429 (default 1; at most a day).",
         "stall_rate": "Probability that the server waits --stall-seconds before answering.",
-        "stall_seconds": "How long a stall lasts (default 5).",
+        "stall_seconds": "How long a stall lasts, in seconds (default 5; at most a day).",
         "drop_rate": "Probability that the connection is closed without an answer.",
-        "latency": "Seconds added before every answer.",
+        "latency": "Seconds added before every answer (at most a day).",
         "seed": "Seed of the random draws, for reproducible faults.",
     }
     for setting in reversed(FAULT_SETTINGS):
@@ -3263,7 +3263,7 @@ def _sandbox_setup(
     """Check every option of ``campaignkit sandbox`` (``click.BadParameter``, exit 2,
     naming the option) and turn them into the servers' constructor arguments."""
     from .testing.sandbox import PROVIDERS, Faults
-    from .testing.sandbox._settings import SettingError, parse_twilio_account_sid
+    from .testing.sandbox._settings import SettingError, check_token, parse_twilio_account_sid
 
     for name in providers:
         if name not in PROVIDERS:
@@ -3278,7 +3278,10 @@ def _sandbox_setup(
     for a in _sandbox_assignments(
         "--token", tokens, chosen, provider_required=True, secret=True, what="TOKEN"
     ):
-        options[a.provider]["token"] = a.value
+        try:
+            options[a.provider]["token"] = check_token(a.value)
+        except SettingError as exc:
+            raise click.BadParameter(f"{a.provider}: {exc}", param_hint="--token") from None
         given.add(a.provider)
     for name, keywords in _sandbox_senders(chosen, senders).items():
         options[name].update(keywords)

@@ -59,6 +59,7 @@ __all__ = [
     "CREDENTIALS",
     "DEFAULT_ENV",
     "PROVIDERS",
+    "SDK_BASE_URL_VARIABLES",
     "SENDER_KEYWORDS",
     "Credential",
     "Faults",
@@ -144,6 +145,14 @@ CAMPAIGN_TOKEN_VARIABLES: dict[str, str] = {
     "telnyx": "SMS_API_TOKEN",
     "onesignal": "PUSH_API_TOKEN",
     "expo": "PUSH_API_TOKEN",
+}
+
+
+#: provider name -> (the variable its official SDK reads its API address from, the path
+#: that address ends with). Only the Telnyx SDK reads one (``TELNYX_BASE_URL``, which
+#: includes ``/v2``): set without it, the SDK sends to the real api.telnyx.com.
+SDK_BASE_URL_VARIABLES: dict[str, tuple[str, str]] = {
+    "telnyx": ("TELNYX_BASE_URL", "/v2"),
 }
 
 
@@ -298,7 +307,16 @@ class Sandbox:
             journal = attach_journal(server)
             if self._record_dir is not None:
                 journal.open(self._record_dir / f"{provider}.jsonl")
-            server.start()
+            try:
+                server.start()
+            except OSError as exc:
+                journal.close()
+                port = self._server_options.get(provider, {}).get("port") or 0
+                where = f"port {port}" if port else "a free port"
+                reason = exc.strerror or str(exc)
+                raise OSError(
+                    exc.errno, f"the {provider} server cannot listen on {where}: {reason}"
+                ) from exc
             self._live[provider] = server
             self._journals[provider] = journal
             return server
@@ -394,11 +412,15 @@ class Sandbox:
     def provider_env(self, provider: str) -> dict[str, str]:
         """The environment a program of your own would set to use ``provider``'s
         server: the provider's usual variables (``TWILIO_ACCOUNT_SID``,
-        ``TWILIO_AUTH_TOKEN``, ``SENDGRID_API_KEY``...) and the token variable of a
-        campaign channel named ``email``, ``sms`` or ``push``
+        ``TWILIO_AUTH_TOKEN``, ``SENDGRID_API_KEY``...), the address variable of an
+        SDK that reads one (``TELNYX_BASE_URL``: :data:`SDK_BASE_URL_VARIABLES`) and
+        the token variable of a campaign channel named ``email``, ``sms`` or ``push``
         (:data:`CAMPAIGN_TOKEN_VARIABLES`)."""
         server = self.servers[provider]
         env = {c.variable: str(getattr(server, c.attribute)) for c in CREDENTIALS[provider]}
+        if provider in SDK_BASE_URL_VARIABLES:
+            variable, path = SDK_BASE_URL_VARIABLES[provider]
+            env[variable] = self.url(provider) + path
         env[CAMPAIGN_TOKEN_VARIABLES[provider]] = str(server.token)
         return env
 

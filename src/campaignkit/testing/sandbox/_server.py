@@ -6,6 +6,7 @@ import abc
 import collections
 import contextlib
 import json
+import os
 import random
 import socket
 import sys
@@ -23,6 +24,7 @@ from ..._rehearsal import sandbox_started, sandbox_stopped
 
 __all__ = [
     "Faults",
+    "JournalError",
     "MessageJournal",
     "ProviderServer",
     "RecordedMessages",
@@ -30,6 +32,15 @@ __all__ = [
     "Request",
     "attach_journal",
 ]
+
+
+def loads(text: str | bytes) -> Any:
+    """``json.loads``, raising ``ValueError`` for JSON nested too deeply to parse
+    (``RecursionError`` otherwise)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 @attrs.frozen
@@ -43,12 +54,14 @@ class Request:
     body: bytes
 
     def json(self) -> Any:
-        """The body parsed as JSON (raises ``ValueError`` if it is not)."""
-        return json.loads(self.body.decode("utf-8"))
+        """The body parsed as JSON (raises ``ValueError`` if it is not, including
+        when it is not UTF-8 or nested too deeply to parse)."""
+        return loads(self.body.decode("utf-8"))
 
     def form(self) -> dict[str, list[str]]:
-        """The body parsed as ``application/x-www-form-urlencoded``."""
-        return parse_qs(self.body.decode("utf-8"), keep_blank_values=True)
+        """The body parsed as ``application/x-www-form-urlencoded`` (bytes that are
+        not UTF-8 read as U+FFFD, as percent-escapes that are not are)."""
+        return parse_qs(self.body.decode("utf-8", "replace"), keep_blank_values=True)
 
     @property
     def content_type(self) -> str:
@@ -132,19 +145,27 @@ class Faults:
         return self._rng.random()
 
 
+class JournalError(OSError):
+    """A message could not be written to its journal (disk full, file gone...): the
+    server answers the request with its 5xx and does not record the message."""
+
+
 class MessageJournal:
     """Appends every accepted message to a JSON Lines file the moment it is recorded.
 
-    Each message is one line, a whole JSON object, written and flushed before the
-    server answers the request that carried it: a process killed at any moment
-    (``kill -9``) leaves every earlier message in the file, and at most the one being
-    written incomplete. Without a path (the default, or after :meth:`close`) nothing
-    is written. Thread-safe.
+    Each message is one line, a whole JSON object, written (unbuffered, straight to
+    the file) before the server answers the request that carried it: a process killed
+    at any moment (``kill -9``) leaves every earlier message in the file, and at most
+    the one being written incomplete. A write that fails (the disk is full...) is
+    undone as far as the file allows and raises :class:`JournalError`: the server
+    then answers the provider's 5xx and keeps nothing, so that a message is never
+    accepted without being journaled. Without a path (the default, or after
+    :meth:`close`) nothing is written. Thread-safe.
     """
 
     def __init__(self, path: str | Path | None = None) -> None:
         self._lock = threading.Lock()
-        self._file: IO[str] | None = None
+        self._file: IO[bytes] | None = None
         self._path: Path | None = None
         if path is not None:
             self.open(path)
@@ -159,7 +180,7 @@ class MessageJournal:
         is added to), closing the previous file."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        new = target.open("a", encoding="utf-8")
+        new = target.open("ab", buffering=0)
         with self._lock:
             old, self._file, self._path = self._file, new, target
         if old is not None:
@@ -173,14 +194,31 @@ class MessageJournal:
             old.close()
 
     def write(self, messages: Iterable[Any]) -> None:
-        """Append ``messages``, one JSON line each, and flush."""
+        """Append ``messages``, one JSON line each, straight to the file.
+
+        Raises:
+            JournalError: the lines could not all be written (what was written of
+                them is truncated away when the file allows it).
+        """
         with self._lock:
             if self._file is None:
                 return
-            lines = "".join(json.dumps(m, default=str) + "\n" for m in messages)
-            if lines:
-                self._file.write(lines)
-                self._file.flush()
+            data = "".join(json.dumps(m, default=str) + "\n" for m in messages).encode()
+            if not data:
+                return
+            start = None
+            try:
+                start = self._file.seek(0, os.SEEK_END)
+                view = memoryview(data)
+                while view:
+                    view = view[self._file.write(view) or 0 :]
+            except OSError as exc:
+                if start is not None:
+                    with contextlib.suppress(OSError):
+                        self._file.truncate(start)
+                raise JournalError(
+                    exc.errno, f"cannot write to the journal {self._path}: {exc.strerror or exc}"
+                ) from exc
 
 
 class RecordedMessages(list[Any]):
@@ -191,18 +229,19 @@ class RecordedMessages(list[Any]):
         super().__init__(items)
         self.journal = journal if journal is not None else MessageJournal()
 
+    # The journal first: a message it cannot take is not recorded (JournalError).
     def append(self, item: Any) -> None:
-        super().append(item)
         self.journal.write((item,))
+        super().append(item)
 
     def extend(self, items: Iterable[Any]) -> None:
         added = list(items)
-        super().extend(added)
         self.journal.write(added)
+        super().extend(added)
 
     def insert(self, index: SupportsIndex, item: Any) -> None:
-        super().insert(index, item)
         self.journal.write((item,))
+        super().insert(index, item)
 
     def __iadd__(self, items: Iterable[Any]) -> Self:  # type: ignore[misc]
         self.extend(items)
@@ -234,8 +273,11 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
     def _handle(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        body = self._read_body()
+        if body is None:
+            self.close_connection = True
+            self._send(Reply(400, {"errors": [{"message": "invalid Content-Length or chunk"}]}))
+            return
         parts = urlsplit(self.path)
         request = Request(
             method=self.command,
@@ -250,6 +292,34 @@ class _Handler(BaseHTTPRequestHandler):
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
             return
+        self._send(reply)
+
+    def _read_body(self) -> bytes | None:
+        """The request body: ``Content-Length`` bytes, or the chunks of a
+        ``Transfer-Encoding: chunked`` body; ``None`` when the framing is invalid."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks: list[bytes] = []
+            while True:
+                size_line = self.rfile.readline(1024).split(b";")[0].strip()
+                try:
+                    size = int(size_line, 16)
+                except ValueError:
+                    return None
+                if size < 0:
+                    return None
+                if size == 0:
+                    while self.rfile.readline(1024).strip():  # trailers
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline(1024)  # the CRLF after the chunk
+        text = (self.headers.get("Content-Length") or "0").strip()
+        if not text.isdigit():
+            return None
+        length = int(text)
+        return self.rfile.read(length) if length else b""
+
+    def _send(self, reply: Reply) -> None:
         payload, content_type = reply.encode()
         self.send_response(reply.status)
         headers = {"Content-Type": content_type, **reply.headers}
@@ -358,7 +428,13 @@ class ProviderServer(abc.ABC):
 
     # -- request path -----------------------------------------------------------------
     def _dispatch(self, request: Request) -> Reply | None:
-        reply = self._answer(request)
+        try:
+            reply = self._answer(request)
+        except JournalError as exc:
+            # Not recorded, so not accepted: the provider's 5xx (safe to retry).
+            name = getattr(self, "provider", type(self).__name__)
+            print(f"sandbox {name}: {exc.strerror}; answered 500", file=sys.stderr)
+            return self.server_error_reply(500)
         if reply is not None and reply.status >= 400 and self.faults.echo_credentials:
             value = request.headers.get("authorization", "")
             credential = value.partition(" ")[2] or value

@@ -16,6 +16,7 @@ __all__ = [
     "Assignment",
     "FaultSetting",
     "SettingError",
+    "check_token",
     "fault_values",
     "parse_assignment",
     "parse_fault_value",
@@ -30,6 +31,10 @@ PROBABILITY = "a probability between 0 and 1"
 POSITIVE = "a number above 0"
 NON_NEGATIVE = "a number of 0 or more"
 INTEGER = "an integer"
+#: the most seconds a duration setting (``--latency``, ``--stall-seconds``,
+#: ``--retry-after``) takes: a day (``time.sleep`` overflows past ~3e8 years, and a
+#: longer wait has no use in a sandbox).
+MAX_SECONDS = 86_400.0
 
 
 class SettingError(ValueError):
@@ -116,6 +121,19 @@ def _non_empty(value: str, what: str, secret: bool) -> str:
     return value
 
 
+def check_token(value: str) -> str:
+    """``value`` if it can be a token: printable ASCII (spaces allowed inside), what
+    the SDKs can send in an ``Authorization`` header (httpx refuses any other
+    character, requests sends Latin-1, Basic auth does not round-trip it). The error
+    never quotes the token."""
+    if not (value.isascii() and value.isprintable()):
+        raise SettingError(
+            "TOKEN holds a character other than printable ASCII, which the providers' "
+            "SDKs cannot send in an Authorization header"
+        )
+    return value
+
+
 def parse_fault_value(setting: FaultSetting, text: str) -> float | int:
     """The value of ``setting`` written ``text``, checked against its range."""
     if setting.expects == INTEGER:
@@ -135,6 +153,8 @@ def parse_fault_value(setting: FaultSetting, text: str) -> float | int:
         raise SettingError(f"{text} is not {POSITIVE}")
     if setting.expects == NON_NEGATIVE and value < 0.0:
         raise SettingError(f"{text} is not {NON_NEGATIVE}")
+    if setting.expects == NON_NEGATIVE and value > MAX_SECONDS:
+        raise SettingError(f"{text} is more than a day ({MAX_SECONDS:g} seconds)")
     return value
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import gzip
 import hmac
 import json
 import re
 import uuid
+import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
-from ._server import Faults, ProviderServer, Reply, Request
+from ._server import Faults, ProviderServer, Reply, Request, loads
 
 __all__ = ["ExpoServer"]
 
@@ -45,6 +47,18 @@ def _error(status: int, code: str, message: str, headers: Mapping[str, str] | No
     return Reply(status, {"errors": [{"code": code, "message": message}]}, dict(headers or {}))
 
 
+def _json_body(request: Request) -> Any:
+    """The request's JSON, gunzipped first when sent with ``Content-Encoding: gzip``
+    (as Expo accepts); ``ValueError`` when it is not JSON (or not gzip)."""
+    body = request.body
+    if request.headers.get("content-encoding", "").strip().lower() == "gzip":
+        try:
+            body = gzip.decompress(body)
+        except (OSError, EOFError, zlib.error):
+            raise ValueError("the body is not gzip") from None
+    return loads(body.decode("utf-8"))
+
+
 def is_expo_push_token(value: object) -> bool:
     """Whether ``value`` looks like ``ExponentPushToken[...]`` or ``ExpoPushToken[...]``."""
     return isinstance(value, str) and bool(_TOKEN_RE.match(value))
@@ -66,7 +80,8 @@ class ExpoServer(ProviderServer):
     "volume": 0..1}``), ``badge`` (a non-negative integer), ``channelId``,
     ``categoryId``, ``mutableContent`` (a boolean) and ``interruptionLevel``
     (``active``, ``critical``, ``passive``, ``time-sensitive``); others are ignored.
-    The ``useFcmV1`` query parameter the SDK may add is ignored.
+    The ``useFcmV1`` query parameter the SDK may add is ignored. A body sent with
+    ``Content-Encoding: gzip`` is decompressed first, as Expo accepts.
 
     Replies 200 ``{"data": [ticket, ...]}`` with one ticket per notification, in order.
     A ``to`` that is not an Expo push token, or is in :attr:`unregistered`, gets a
@@ -159,7 +174,7 @@ class ExpoServer(ProviderServer):
         if request.content_type != "application/json":
             return _error(400, "VALIDATION_ERROR", "Content-Type must be application/json")
         try:
-            payload = request.json()
+            payload = _json_body(request)
         except ValueError:
             return _error(400, "VALIDATION_ERROR", "The request body is not valid JSON")
         items = payload if isinstance(payload, list) else [payload]
@@ -220,7 +235,7 @@ class ExpoServer(ProviderServer):
     def _receipts(self, request: Request) -> Reply:
         """Expo's ``getReceipts``: a receipt for each known ticket id."""
         try:
-            payload = request.json()
+            payload = _json_body(request)
         except ValueError:
             return _error(400, "VALIDATION_ERROR", "The request body is not valid JSON")
         ids = payload.get("ids") if isinstance(payload, dict) else None

@@ -266,10 +266,10 @@ class OneSignalServer(ProviderServer):
         }
         if not any(k in body for k in _BY_ID):  # segments or filters: reach unknown
             notification_id = str(uuid.uuid4())
-            self.notifications.append(body)
             self.messages.append(
                 {"to": None, "id": notification_id, "notification_id": notification_id, **common}
             )
+            self.notifications.append(body)
             return Reply(200, {"id": notification_id, "external_id": None})
         ids = self._targets(body) or []
         invalid = [i for i in ids if i in self.unregistered]
@@ -284,16 +284,16 @@ class OneSignalServer(ProviderServer):
                 reply["errors"] = {"invalid_aliases": {label: invalid}}
             else:
                 reply["errors"] = {"invalid_player_ids": invalid}
+        self.messages.extend(
+            {
+                "to": to,
+                "id": f"{notification_id}:{to}",
+                "notification_id": notification_id,
+                **common,
+            }
+            for to in dict.fromkeys(valid)  # one delivery per distinct id
+        )
         self.notifications.append(body)
-        for to in dict.fromkeys(valid):  # one delivery per distinct id
-            self.messages.append(
-                {
-                    "to": to,
-                    "id": f"{notification_id}:{to}",
-                    "notification_id": notification_id,
-                    **common,
-                }
-            )
         return Reply(200, reply)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import email.policy
 import fnmatch
 import hmac
@@ -14,6 +15,7 @@ import logging
 import secrets
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -32,7 +34,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from ..._rehearsal import sandbox_started, sandbox_stopped
-from ._server import ProviderServer
+from ._server import JournalError, ProviderServer
 
 __all__ = ["SmtpFaults", "SmtpServer"]
 
@@ -168,7 +170,16 @@ class SmtpServer:
             timeout=self.idle_timeout,
             **self._tls_kwargs(),
         )
-        controller.start()
+        try:
+            controller.start()
+        except BaseException:
+            # aiosmtpd leaves its event loop open when it cannot bind (the port is
+            # taken): closed here, not at exit with a traceback on stderr.
+            with contextlib.suppress(Exception):
+                controller.stop(no_assert=True)
+            with contextlib.suppress(Exception):
+                controller.loop.close()
+            raise
         self._controller = controller
         sandbox_started(self.port)  # pipelines sending here are rehearsals
         with self.lock:  # forget the controller's own start-up probe
@@ -306,8 +317,7 @@ class SmtpServer:
         }
         with self.lock:
             self.request_times.append(time.monotonic())
-            for rcpt in envelope.rcpt_tos:
-                self.messages.append({"to": rcpt, **record})
+            self.messages.extend({"to": rcpt, **record} for rcpt in envelope.rcpt_tos)
         return queue_id
 
 
@@ -393,7 +403,11 @@ class _Handler:
         fault = await self._fault("data", server)
         if fault is not None:
             return fault
-        queue_id = self.sandbox._record(envelope)
+        try:
+            queue_id = self.sandbox._record(envelope)
+        except JournalError as exc:  # not recorded, so not accepted: a transient refusal
+            print(f"sandbox smtp: {exc.strerror}; answered 451", file=sys.stderr)
+            return "451 4.3.0 Cannot record the message; try again later"
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
     async def _fault(self, stage: str, server: SMTP) -> str | None:

@@ -6,7 +6,6 @@ import base64
 import binascii
 import email.utils
 import hmac
-import json
 import math
 import re
 import secrets
@@ -17,13 +16,13 @@ from urllib.parse import urlencode, urlsplit
 
 import attrs
 
-from ._server import Faults, ProviderServer, Reply, Request
+from ._server import Faults, ProviderServer, Reply, Request, loads
 
 __all__ = ["MessageContent", "TwilioServer"]
 
 E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 
-_MESSAGES_PATH = re.compile(r"/2010-04-01/Accounts/([^/]+)/Messages\.json")
+_MESSAGES_PATH = re.compile(r"/2010-04-01/Accounts/([^/]+)/Messages(?:/([^/]+))?\.json")
 
 # GSM 03.38: characters of the basic set cost one septet, the extension set two.
 _GSM7_BASIC = frozenset(
@@ -87,7 +86,7 @@ class MessageContent:
         if self.content_variables is None:
             return None
         try:
-            decoded = json.loads(self.content_variables)
+            decoded = loads(self.content_variables)
         except ValueError:
             return None
         return decoded if isinstance(decoded, dict) else None
@@ -109,6 +108,18 @@ class MessageContent:
         if self.content_variables is not None and self.variables() is None:
             return 21656, "The ContentVariables Parameter is invalid."
         return None
+
+
+def _scheduled_for(params: Mapping[str, str]) -> datetime | None:
+    """When a message with ``ScheduleType=fixed`` and an ISO 8601 ``SendAt`` is to be
+    sent (``None`` for a message sent now, or scheduling parameters not understood)."""
+    if params.get("ScheduleType") != "fixed" or not params.get("SendAt"):
+        return None
+    try:
+        when = datetime.fromisoformat(params["SendAt"])
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 class TwilioServer(ProviderServer):
@@ -138,10 +149,14 @@ class TwilioServer(ProviderServer):
     The three sets start with Twilio's magic test numbers (``+15005550001``
     invalid, ``+15005550004`` unsubscribed, ``+15005550009`` not mobile).
 
-    Other parameters Twilio documents (``StatusCallback``, ``ValidityPeriod``,
-    ``SendAt``/``ScheduleType``, ``SmartEncoded``, ``ShortenUrls``, ...) are accepted
-    without effect, as Twilio's unknown parameters are, and kept in the record's
-    ``params``. The ``Authorization`` scheme is matched without case (RFC 9110).
+    A message with ``ScheduleType=fixed`` and an ISO 8601 ``SendAt`` is answered with
+    status ``scheduled`` (its record's ``send_at``) and has no ``date_sent`` before
+    that time. Other parameters Twilio documents (``StatusCallback``,
+    ``ValidityPeriod``, ``SmartEncoded``, ``ShortenUrls``, ...) are accepted without
+    effect, as Twilio's unknown parameters are, and kept in the record's ``params``
+    (scheduling is not checked further: the sandbox does not refuse a ``SendAt``
+    outside Twilio's window or without a Messaging Service). The ``Authorization``
+    scheme is matched without case (RFC 9110).
 
     Accepted messages get 201 with Twilio's message resource (sid ``SM`` + 32 hex
     digits, status ``queued``, or ``accepted`` through a Messaging Service;
@@ -149,12 +164,14 @@ class TwilioServer(ProviderServer):
     as dicts with ``id``/``sid``, ``to``, ``from``, ``body``, ``media_urls``,
     ``content_sid``, ``content_variables`` (the decoded object or ``None``),
     ``messaging_service_sid``, ``status_callback``, ``validity_period``,
-    ``num_segments``, ``content_type``, ``account_sid`` and ``params`` (every
+    ``num_segments``, ``content_type``, ``account_sid``, ``send_at`` and ``params`` (every
     form parameter: a string, or a list of strings for a repeated one).
     Refused requests that reached validation are appended to :attr:`rejected`
     (``to``, ``code``, ``status``).
 
-    ``GET .../Messages.json`` is Twilio's message list: newest first, filtered by
+    ``GET .../Messages/{Sid}.json`` fetches one accepted message (Twilio's message
+    resource; an unknown SID is 404 / 20404; updating or deleting one is 405 /
+    20004). ``GET .../Messages.json`` is Twilio's message list: newest first, filtered by
     ``To``, ``From`` and ``DateSent`` (``DateSent``, ``DateSent<``, ``DateSent>``:
     a date ``YYYY-MM-DD``; a message not sent yet has no ``date_sent``; here
     :attr:`sent_after` seconds after creation, ``None``: never), paged by
@@ -266,6 +283,8 @@ class TwilioServer(ProviderServer):
                 401, 20003, "Authenticate", detail="Your AccountSid or AuthToken was incorrect."
             )
             return Reply(401, denied.body, {"WWW-Authenticate": 'Basic realm="Twilio API"'})
+        if match.group(2) is not None:
+            return self._message(request, match.group(2))
         if request.method == "GET":
             return self._list(request)
         if request.method != "POST":
@@ -286,7 +305,8 @@ class TwilioServer(ProviderServer):
         sid = "SM" + secrets.token_hex(16)
         segments, _ = sms_segments(content.body)
         created = datetime.now(UTC)
-        status = "accepted" if service else "queued"
+        send_at = _scheduled_for(params)
+        status = "scheduled" if send_at else "accepted" if service else "queued"
         record = {
             "id": sid,
             "sid": sid,
@@ -304,6 +324,7 @@ class TwilioServer(ProviderServer):
             "content_type": request.content_type,
             "account_sid": self.account_sid,
             "date_created": created,
+            "send_at": send_at,
             "params": {k: v[0] if len(v) == 1 else list(v) for k, v in form.items()},
         }
         with self.lock:
@@ -315,6 +336,8 @@ class TwilioServer(ProviderServer):
             return None
         created: datetime = record["date_created"]
         sent = created.timestamp() + self.sent_after
+        if record.get("send_at") is not None:  # a scheduled message leaves at SendAt
+            sent = max(sent, record["send_at"].timestamp())
         return datetime.fromtimestamp(sent, UTC) if sent <= datetime.now(UTC).timestamp() else None
 
     def _resource(self, record: Mapping[str, Any], now: datetime | None = None) -> dict[str, Any]:
@@ -344,6 +367,21 @@ class TwilioServer(ProviderServer):
             "to": record["to"],
             "uri": f"{uri}.json",
         }
+
+    def _message(self, request: Request, sid: str) -> Reply:
+        """Twilio's message fetch (``GET .../Messages/{Sid}.json``)."""
+        if request.method != "GET":
+            return self.error(
+                405,
+                20004,
+                "Method not allowed (the sandbox fetches messages; it does not "
+                "update or delete them)",
+            )
+        with self.lock:
+            record = next((r for r in self.messages if r["sid"] == sid), None)
+        if record is None:
+            return self.error(404, 20404, f"The requested resource {request.path} was not found")
+        return Reply(200, self._resource(record))
 
     def _list(self, request: Request) -> Reply:
         """Twilio's message list (see the class docstring)."""
