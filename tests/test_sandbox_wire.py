@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import requests
 
-from campaignkit.testing.sandbox import Sandbox
+from campaignkit.testing.sandbox import Faults, Sandbox
 from campaignkit.testing.sandbox.expo import ExpoServer
 from campaignkit.testing.sandbox.onesignal import OneSignalServer
 from campaignkit.testing.sandbox.sendgrid import SendGridServer
@@ -263,3 +263,27 @@ def test_the_journal_keeps_whole_lines_from_concurrent_senders(tmp_path: Path) -
         lines = (tmp_path / "sendgrid.jsonl").read_text().splitlines()
         assert len(lines) == len(server.messages) == 8 * 10 * 20
         assert len({json.loads(line)["to"] for line in lines}) == 1600
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("latency", 1e308),
+        ("stall_seconds", -1.0),
+        ("retry_after", float("inf")),
+        ("error_rate", float("nan")),
+        ("drop_rate", 1.5),
+        ("rate_limit", 0),
+        ("error_status", 200),
+        ("late_rate", "0.5"),
+    ],
+)
+def test_faults_refuse_values_that_would_crash_the_server(field: str, value: object) -> None:
+    """From Python as from the CLI: a fault the server cannot act on (time.sleep
+    overflows on 1e308; a probability of NaN never fires) is refused when set, at
+    construction and on assignment, rather than crashing every request's thread."""
+    with pytest.raises((ValueError, TypeError), match=field):
+        Faults(**{field: value})
+    faults = Faults()
+    with pytest.raises((ValueError, TypeError), match=field):
+        setattr(faults, field, value)

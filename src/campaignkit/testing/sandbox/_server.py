@@ -84,6 +84,39 @@ class Reply:
         return json.dumps(self.body).encode("utf-8"), "application/json"
 
 
+#: The longest delay a fault may ask for: a day (``time.sleep`` overflows far above).
+MAX_FAULT_SECONDS = 86400.0
+
+
+def _number(attribute: attrs.Attribute[Any], value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"Faults.{attribute.name} must be a number, got {value!r}")
+    return float(value)
+
+
+def _probability(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not 0.0 <= _number(attribute, value) <= 1.0:  # NaN fails too
+        raise ValueError(f"Faults.{attribute.name} must be between 0 and 1, got {value!r}")
+
+
+def _seconds(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not 0.0 <= _number(attribute, value) <= MAX_FAULT_SECONDS:
+        raise ValueError(
+            f"Faults.{attribute.name} must be between 0 and {MAX_FAULT_SECONDS:g} seconds, "
+            f"got {value!r}"
+        )
+
+
+def _optional_positive(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not 0.0 < _number(attribute, value) < float("inf"):
+        raise ValueError(f"Faults.{attribute.name} must be a positive number, got {value!r}")
+
+
+def _http_error(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 400 <= value <= 599:
+        raise ValueError(f"Faults.{attribute.name} must be an HTTP error status, got {value!r}")
+
+
 @attrs.define
 class Faults:
     """Fault injection for a sandbox server; change fields at any time.
@@ -118,16 +151,16 @@ class Faults:
             proxies do, to check that credentials never reach a ledger or report.
     """
 
-    rate_limit: float | None = None
-    retry_after: float = 1.0
-    error_rate: float = 0.0
-    error_status: int = 503
-    latency: float = 0.0
-    stall_rate: float = 0.0
-    stall_seconds: float = 5.0
-    drop_rate: float = 0.0
-    late_rate: float = 0.0
-    lost_rate: float = 0.0
+    rate_limit: float | None = attrs.field(default=None, validator=_optional_positive)
+    retry_after: float = attrs.field(default=1.0, validator=_seconds)
+    error_rate: float = attrs.field(default=0.0, validator=_probability)
+    error_status: int = attrs.field(default=503, validator=_http_error)
+    latency: float = attrs.field(default=0.0, validator=_seconds)
+    stall_rate: float = attrs.field(default=0.0, validator=_probability)
+    stall_seconds: float = attrs.field(default=5.0, validator=_seconds)
+    drop_rate: float = attrs.field(default=0.0, validator=_probability)
+    late_rate: float = attrs.field(default=0.0, validator=_probability)
+    lost_rate: float = attrs.field(default=0.0, validator=_probability)
     lookups: bool = False
     script: collections.deque[int | str] = attrs.field(factory=collections.deque)
     seed: int | None = None
