@@ -18,6 +18,7 @@ import attrs
 import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
+from ._cron import parse_cron
 from ._models import Rate
 from .exceptions import ConfigError, Problem
 
@@ -303,8 +304,6 @@ def _check_timezone(instance: Any, attribute: attrs.Attribute[str], value: str) 
 
 
 def _check_cron(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
-    from ._schedule import parse_cron  # the schedule module builds on this one
-
     try:
         parse_cron(value)
     except ConfigError as exc:
