@@ -394,7 +394,8 @@ class Pipeline:
         source: a :class:`~campaignkit.Source`, or a :class:`SourceConfig` naming a
             registered source type.
         channels: the channels; their names must be unique.
-        execution, schedule: execution and schedule parameters.
+        execution: execution parameters.
+        schedule: schedule parameters.
         base_dir: directory that relative paths (output dir, source path) are read
             against; defaults to the configuration file's directory or the cwd.
         plugins: the plugin manager; by default :func:`get_plugin_manager` builds one
