@@ -15,6 +15,7 @@ from campaignkit import ChannelSettings, ConfigError, Secret
 from campaignkit.channels.expo import ExpoNotifier
 from campaignkit.channels.sendgrid import SendGridNotifier
 from campaignkit.channels.smtp import SmtpNotifier
+from campaignkit.channels.twilio import TwilioNotifier
 from campaignkit.options import between, check, matches, one_of
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -91,7 +92,7 @@ def test_a_required_key_left_out_for_its_problem_is_not_also_missing() -> None:
     error = _error(SmtpNotifier, {"host": "h.example.com", "from_email": "x"})
     assert [p.message for p in error.problems] == ["not an email address: 'x'"]
     twilio = _error(
-        __import__("campaignkit.channels.twilio", fromlist=["x"]).TwilioNotifier,
+        TwilioNotifier,
         {"from": "not a number!", "account_sid": "AC" + "0" * 32},
     )
     assert _paths(twilio) == ["channels.ch.options.from"]
@@ -142,3 +143,29 @@ def test_settings_keep_the_environment_out_of_their_repr() -> None:
     assert settings.getenv("SECRET_THING") == "value"
     assert settings.getenv("UNSET") is None
     assert settings.path == "channels.ch.options"
+
+
+def test_validate_lists_every_option_problem_of_a_channel(tmp_path: Path) -> None:
+    from campaignkit import Channel, Pipeline, Template, get_plugin_manager
+    from campaignkit.testing import StaticSource
+
+    channel = Channel(
+        name="sms",
+        provider="twilio",
+        template=Template(body="Hi"),
+        options={"from": "not a number!", "validity_period": 0, "account_sid": "AC1"},
+    )
+    pipeline = Pipeline(
+        "t",
+        StaticSource.from_dicts([{"id": "c1", "phone": "+14155550001"}]),
+        [channel],
+        plugins=get_plugin_manager(load_entrypoints=False),
+        env={"SMS_API_TOKEN": "t"},
+        base_dir=tmp_path,
+    )
+    found = {(p.path, p.group) for p in pipeline.problems()}
+    assert {
+        ("channels.sms.options.from", "channels"),
+        ("channels.sms.options.validity_period", "channels"),
+        ("channels.sms.options.account_sid", "channels"),
+    } <= found
