@@ -43,6 +43,10 @@ change that). The endpoint answers:
 
 Each message's ``id`` is campaignkit's idempotency key, stable across retries, so
 an endpoint can drop duplicates.
+
+The plugin also ships a fake endpoint speaking this contract,
+:class:`campaignkit_webhook.sandbox.WebhookServer`, registered for campaignkit's
+sandbox: ``campaignkit run campaign.toml --sandbox`` sends to it, never to ``url``.
 """
 
 from __future__ import annotations
@@ -183,3 +187,12 @@ def _outcome(result: Mapping[str, Any] | None) -> Outcome:
 def campaignkit_register_channels(register: Callable[[type[Any]], None]) -> None:
     """Register :class:`WebhookNotifier` as ``provider = "webhook"``."""
     register(WebhookNotifier)
+
+
+@campaignkit.hookimpl
+def campaignkit_register_sandbox_servers(register: Callable[..., None]) -> None:
+    """Register the fake endpoint (:mod:`campaignkit_webhook.sandbox`) for rehearsals.
+
+    Named as ``"module:Class"``, it is imported only when a sandbox starts it.
+    """
+    register("webhook", "campaignkit_webhook.sandbox:WebhookServer")
