@@ -1130,18 +1130,20 @@ def _quiet_problems(report: RunReport) -> None:
 # -- sandbox -------------------------------------------------------------------------------
 
 
-def _sandbox_providers(config: PipelineConfig) -> list[str]:
+def _sandbox_providers(config: PipelineConfig, pm: pluggy.PluginManager | None) -> list[str]:
     """Providers of the enabled channels; each must have a sandbox server."""
-    from .testing.sandbox import PROVIDERS
+    from .testing.sandbox import sandbox_fakes
+
+    fakes = sandbox_fakes(pm)
 
     providers: list[str] = []
     for channel in config.channels:
         if not channel.enabled:
             continue
-        if channel.provider not in PROVIDERS:
+        if channel.provider not in fakes:
             raise ConfigError(
                 f"--sandbox has no server for provider {channel.provider!r} (sandboxed: "
-                f"{', '.join(PROVIDERS)}); disable the channel or run without --sandbox",
+                f"{', '.join(fakes)}); disable the channel or run without --sandbox",
                 path=f"channels.{channel.name}.provider",
                 file=config.file,
             )
@@ -1152,7 +1154,7 @@ def _sandbox_providers(config: PipelineConfig) -> list[str]:
 
 @contextmanager
 def _sandboxed(
-    configs: Sequence[PipelineConfig], enabled: bool
+    configs: Sequence[PipelineConfig], enabled: bool, pm: pluggy.PluginManager
 ) -> Iterator[tuple[list[PipelineConfig], dict[str, str] | None, Any]]:
     """Without ``enabled``: the configs as they are. With it: sandbox servers for their
     providers, started for the block, and the configs pointed at them (options,
@@ -1162,8 +1164,8 @@ def _sandboxed(
         return
     from .testing.sandbox import Sandbox
 
-    providers = list(dict.fromkeys(p for cfg in configs for p in _sandbox_providers(cfg)))
-    sandbox = Sandbox(providers)
+    providers = list(dict.fromkeys(p for cfg in configs for p in _sandbox_providers(cfg, pm)))
+    sandbox = Sandbox(providers, plugins=pm)
     try:
         sandbox.start()
     except Exception as exc:  # e.g. the SMTP sandbox without aiosmtpd
@@ -1220,11 +1222,12 @@ def _prepare(
             cfg = _load_or_list_all(path, use_sandbox=use_sandbox, block=block)
             if retry_delay is not None:
                 cfg = _with_retry_delay(cfg, retry_delay)
-            if use_sandbox:
-                _sandbox_providers(cfg)
             loaded.append(cfg)
     with _input_errors():
         pm = _plugin_manager(block)
+    for path, cfg in zip(configs, loaded, strict=True) if use_sandbox else ():
+        with _input_errors(path):
+            _sandbox_providers(cfg, pm)
     return loaded, pm
 
 
@@ -1366,7 +1369,7 @@ def run(
     configs, pm = _prepare([config], retry_delay=retry_delay, use_sandbox=use_sandbox, block=block)
     with (
         _sigterm_interrupts("interrupted before sending started; nothing was sent"),
-        _sandboxed(configs, use_sandbox) as (applied, env, sandbox),
+        _sandboxed(configs, use_sandbox, pm) as (applied, env, sandbox),
     ):
         cfg = applied[0]
         if dry_run:
@@ -1839,7 +1842,7 @@ def _continue_run(
     configs, pm = _prepare([config], retry_delay=retry_delay, use_sandbox=use_sandbox, block=block)
     with (
         _sigterm_interrupts("interrupted before sending started; nothing was sent"),
-        _sandboxed(configs, use_sandbox) as (applied, env, sandbox),
+        _sandboxed(configs, use_sandbox, pm) as (applied, env, sandbox),
     ):
         pipeline = _build(applied[0], pm, env, rehearsal=use_sandbox)
         where = _Where(config, use_sandbox)
@@ -2716,7 +2719,7 @@ def scheduler(
     loaded, pm = _prepare(paths, retry_delay=retry_delay, use_sandbox=use_sandbox, block=block)
     started = datetime.now(UTC)
     pipelines: list[tuple[Path, Pipeline]] = []
-    with _sigterm_interrupts(), _sandboxed(loaded, use_sandbox) as (applied, env, _sandbox):
+    with _sigterm_interrupts(), _sandboxed(loaded, use_sandbox, pm) as (applied, env, _sandbox):
         try:
             for path, cfg in zip(paths, applied, strict=True):
                 pipeline = _build(cfg, pm, env, rehearsal=use_sandbox)

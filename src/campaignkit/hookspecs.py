@@ -64,6 +64,36 @@ def campaignkit_register_sources(register: Callable[[SourceFactory], None]) -> N
     """
 
 
+@_hookspec
+def campaignkit_register_sandbox_servers(register: Callable[..., None]) -> None:
+    """Register sandbox fakes: loopback servers speaking a provider's wire contract.
+
+    Called once when a sandbox reads a plugin manager's fakes (``Sandbox``, the
+    ``ck_sandbox`` fixture, ``campaignkit sandbox`` and ``--sandbox``). Call
+    ``register(provider, server, **details)`` for each fake the plugin ships:
+
+    * ``provider``: the channel provider it stands in for (``"webhook"``);
+    * ``server``: a class or factory called with keyword arguments (``token``,
+      ``port``, ``faults`` and whatever ``Sandbox(server_options=...)`` gives) that
+      returns a server with ``start()``, ``stop()``, ``token``, ``messages``,
+      ``port``, ``base_url`` and ``channel_options()``, as
+      :class:`~campaignkit.testing.sandbox.ProviderServer` subclasses have; or a
+      ``"module:Class"`` string, imported when the server is first started;
+    * ``details`` (all optional): ``credentials`` (a tuple of
+      :class:`~campaignkit.testing.sandbox.Credential`), ``token_variable`` (the token
+      variable of a campaign channel using it), ``sender_keyword`` (the server's
+      argument restricting senders) and ``sdk_base_url`` (``(variable, path)``: the
+      variable the provider's SDK reads its API address from).
+
+    Registering a provider that is already taken raises
+    :class:`~campaignkit.PluginError`.
+
+    :param register: callback taking the provider name, the server and details.
+
+    .. versionadded:: 0.1
+    """
+
+
 # -- observation --------------------------------------------------------------------------
 
 
