@@ -405,8 +405,11 @@ def test_a_killed_run_keeps_the_journal_of_everything_accepted(tmp_path: Path) -
         by_status.setdefault(d["status"], set()).add(d["address"])
         ids[d["address"]] = d["provider_message_id"]
     sent = by_status.get("sent", set())
-    assert 30 <= len(sent) < 400, by_status.keys()  # killed mid-run
     to = [m["to"] for m in recorded]
+    # Killed mid-run: the journal had 30 lines; the ledger records a message after the
+    # fake answered it, so it may be up to the requests in flight behind.
+    assert len(to) >= 30
+    assert 0 < len(sent) < 400, by_status.keys()
     assert len(to) == len(set(to))  # each accepted message once
     # Every delivery the run recorded as sent is in the journal, with the fake's id...
     assert sent <= set(to)
