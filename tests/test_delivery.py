@@ -202,3 +202,19 @@ def test_per_recipient_failures_inside_http_200(
     push = report.channels["push"]
     assert (push.sent, push.failed, push.requests) == (5, 1, 1)
     assert push.error_codes == {"DeviceNotRegistered": 1}
+
+
+def test_an_injected_retry_delay_counts_as_time_for_messages_in_doubt(
+    tmp_path: Path, pm: pluggy.PluginManager, twilio: TwilioServer
+) -> None:
+    """A message in doubt is asked about once it had time to settle (twice its request's
+    duration); the retry delay counts toward that. An injected ``sleep`` (instant
+    retries) stands for the time it was asked for, so no second, real-time wait is
+    added after it (on a loaded machine that wait leaked into the sleeps)."""
+    twilio.faults.latency = 0.3
+    twilio.faults.fail_next("drop")
+    sleeps: list[float] = []
+    report = sms_pipeline(tmp_path, pm, twilio, phones(2), sleeps, concurrency=1).run()
+    assert report.channels["sms"].sent == 2
+    assert sleeps == [300.0]
+    assert len(twilio.messages) == 2

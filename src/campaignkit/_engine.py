@@ -152,7 +152,7 @@ class _Pending:
     in_doubt: bool = False
     #: wall-clock time (epoch seconds) of its first attempt in this session
     since: float | None = None
-    #: monotonic time its last request started
+    #: monotonic time its last request started (the runner's clock, ``_now``)
     sent_at: float | None = None
     #: monotonic time before which the provider is not asked about it (its request
     #: in doubt had time to settle: see :data:`RECONCILE_SETTLE_FACTOR`)
@@ -241,6 +241,9 @@ class ChannelRunner:
         self.run_id = run_id
         self.ledger = ledger
         self.sleep = sleep
+        # Seconds an injected ``sleep`` (tests, instant retries) stood for: the engine's
+        # own waits count them as elapsed, as a real sleep would be.
+        self._slept = 0.0
         self.deadline = deadline
         self.clock = clock
         self.cancel = cancel or threading.Event()
@@ -379,10 +382,7 @@ class ChannelRunner:
                 sum(map(len, groups)),
                 delay,
             )
-            if self.sleep is time.sleep:  # a real wait: cut short by an interrupt
-                self.cancel.wait(delay)
-            else:
-                self.sleep(delay)
+            self._wait(delay)
             groups = self._reconcile(groups)
             # Messages still in doubt (the lookup could not tell) wait for the next round.
             ready = [[p for p in group if not p.in_doubt] for group in groups]
@@ -429,7 +429,7 @@ class ChannelRunner:
         if self._can_reconcile():
             # Unknown until the provider is asked, at the next retry round, before any
             # resend (a crash meanwhile leaves it unknown, as for a message in flight).
-            now = time.monotonic()
+            now = self._now()
             for p in batch:
                 p.in_doubt = True
                 took = now - p.sent_at if p.sent_at is not None else 0.0
@@ -506,16 +506,24 @@ class ChannelRunner:
         until = [p.settle_at for p in doubt if p.settle_at is not None]
         if not until or self._stopped():
             return
-        wait = max(until) - time.monotonic()
+        wait = max(until) - self._now()
         if wait <= 0:
             return
         log.info(
             "%s: waiting %.1fs before asking the provider about messages in doubt", self.name, wait
         )
+        self._wait(wait)
+
+    def _now(self) -> float:
+        """Monotonic time, with what injected sleeps stood for counted as elapsed."""
+        return time.monotonic() + self._slept
+
+    def _wait(self, seconds: float) -> None:
         if self.sleep is time.sleep:  # a real wait: cut short by an interrupt
-            self.cancel.wait(wait)
+            self.cancel.wait(seconds)
         else:
-            self.sleep(wait)
+            self.sleep(seconds)
+            self._slept += seconds
 
     def _owed(self) -> Iterator[_Pending | _Row | list[_Pending]]:
         """The pending deliveries, rendered; those that were sent together before (a
@@ -653,7 +661,7 @@ class ChannelRunner:
                         p.since = now
             with self.tally.lock:
                 self.tally.requests += 1
-            started = time.monotonic()
+            started = self._now()
             for p in batch:
                 p.sent_at = started
             try:
