@@ -20,9 +20,10 @@ import requests
 from click.testing import CliRunner, Result
 
 import campaignkit
-from campaignkit import cli as cli_module
 from campaignkit import load_config
-from campaignkit.cli import _with_retry_delay, main
+from campaignkit.cli import _campaign as cli_campaign
+from campaignkit.cli import main
+from campaignkit.cli._options import _with_retry_delay
 from campaignkit.testing import sandbox as sandbox_module
 from campaignkit.testing.sandbox import Sandbox
 
@@ -591,7 +592,7 @@ def test_plugin_errors_before_and_after_sending(
 ) -> None:
     """A guard that stops the run before any send is an input error (2)."""
     monkeypatch.setattr(
-        cli_module,
+        cli_campaign,
         "_plugin_manager",
         lambda block: campaignkit.get_plugin_manager(plugins=[GuardPlugin(hook)]),
     )
@@ -612,7 +613,7 @@ def test_observer_error_after_sending_does_not_change_the_outcome(
     """Messages went out: an observer failing in campaignkit_run_finished is logged, and
     the run's own outcome (and summary) stand."""
     monkeypatch.setattr(
-        cli_module,
+        cli_campaign,
         "_plugin_manager",
         lambda block: campaignkit.get_plugin_manager(plugins=[GuardPlugin("finished")]),
     )

@@ -16,7 +16,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from campaignkit import ChannelResult, RunReport, RunStatus
-from campaignkit.cli import EXIT_OK, EXIT_PARTIAL, _report_exit, main
+from campaignkit.cli import EXIT_OK, EXIT_PARTIAL, main
+from campaignkit.cli._output import _report_exit
 from campaignkit.testing import sandbox as sandbox_module
 from campaignkit.testing.sandbox import Sandbox
 

@@ -1,0 +1,265 @@
+"""Information: ``validate``, ``preview``, ``channels``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .._config import PipelineConfig, load_config
+from .._pipeline import (
+    CampaignCheck,
+    Pipeline,
+    RowCheck,
+    check_campaign,
+)
+from .._plugins import Registry
+from ._group import EPILOG, main
+from ._options import _CONFIG, _block_option, _plugin_manager
+from ._output import (
+    EXIT_INPUT_ERROR,
+    EXIT_OK,
+    _console,
+    _counts,
+    _fail,
+    _fits,
+    _format_rate,
+    _heading,
+    _input_errors,
+    _message_dict,
+    _one_line,
+    _package,
+    _print_message,
+    _problem_sections,
+)
+
+
+def _print_summary(out: Console, config: Path, check: CampaignCheck, cfg: PipelineConfig) -> None:
+    summary = check.summary
+    assert summary is not None
+    by_name = {c.name: c for c in cfg.channels}
+    out.print(f"{config}: valid")
+    out.print(f"  pipeline: {summary.pipeline}")
+    out.print(f"  source:   {cfg.source.type} {summary.source}")
+    out.print(f"  fields:   {', '.join(sorted(summary.fields))}")
+    out.print("  channels:")
+    for name, provider in summary.channels.items():
+        channel = by_name[name]
+        target = (
+            f", at most {channel.target_customers} recipients"
+            if channel.target_customers is not None
+            else ""
+        )
+        if channel.filter:
+            target += f", filter: {channel.filter}"
+        out.print(f"    {name} -> {provider} (token: ${channel.token_variable}{target})")
+    for name in summary.disabled:
+        out.print(f"    {name} -> {by_name[name].provider} (disabled)")
+
+
+def _print_rows(out: Console, rows: RowCheck) -> None:
+    """The ``--rows`` report: counts by reason, then the first rows of each kind."""
+    out.print(
+        f"Rows: {rows.source}: {rows.rows_read} read, {rows.accepted} accepted, "
+        f"{rows.rejected} rejected"
+    )
+    if rows.reasons:
+        out.print(f"  rejected: {_counts(rows.reasons)}")
+        shown = len(rows.examples)
+        more = f" (first {shown} of {rows.rejected})" if shown < rows.rejected else ""
+        if shown:
+            out.print(f"  rejected rows{more}:")
+        for example in rows.examples:
+            out.print(f"    {_one_line(str(example))}")
+    invalid = {k: v for k, v in rows.invalid_addresses.items() if v}
+    if invalid:
+        out.print(f"  invalid addresses (skipped as invalid_address): {_counts(invalid)}")
+        total = sum(invalid.values())
+        shown = len(rows.address_examples)
+        more = f" (first {shown} of {total})" if shown < total else ""
+        if shown:
+            out.print(f"  invalid addresses{more}:")
+        for example in rows.address_examples:
+            out.print(f"    {_one_line(str(example))}")
+
+
+@main.command(epilog=EPILOG)
+@click.argument("config", type=_CONFIG)
+@click.option("--json", "as_json", is_flag=True, help="Print the result (problems, rows) as JSON.")
+@click.option(
+    "--rows",
+    is_flag=True,
+    help="Also read the whole segment as a run would (nothing is sent or recorded) and "
+    "report the rows it would reject and the invalid addresses, with file, line and field.",
+)
+@click.option(
+    "--examples",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="With --rows: list at most N rejected rows and N invalid addresses (default 20).",
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="With --rows: exit 2 when any row is rejected or any address is invalid.",
+)
+@_block_option
+def validate(
+    config: Path,
+    as_json: bool,
+    rows: bool,
+    examples: int | None,
+    strict: bool,
+    block: tuple[str, ...],
+) -> None:
+    """Check CONFIG without sending: schema, plugins, provider options, tokens, the
+    segment's header and every template; every problem is listed, grouped, with its key
+    path and file:line (exit 2 when there is one).
+
+    With --rows the whole segment is read too (as a run reads it, without sending or
+    recording anything) and its rejected rows and invalid addresses are reported."""
+    if (strict or examples is not None) and not rows:
+        raise click.UsageError("--strict and --examples need --rows")
+    with _input_errors(config):
+        pm = _plugin_manager(block)
+        check = check_campaign(
+            config, rows=rows, examples=20 if examples is None else examples, plugins=pm
+        )
+    rejected = check.rows is not None and (
+        check.rows.rejected > 0 or any(check.rows.invalid_addresses.values())
+    )
+    code = EXIT_INPUT_ERROR if check.problems or (strict and rejected) else EXIT_OK
+    if as_json:
+        click.echo(json.dumps(check.to_dict(), indent=2))
+        raise SystemExit(code)
+    out = _console()
+    if check.summary is not None:
+        with _input_errors(config):
+            _print_summary(out, config, check, load_config(config))
+    if check.rows is not None:
+        _print_rows(out, check.rows)
+    if len(check.problems) == 1:
+        _fail(str(check.problems[0]), EXIT_INPUT_ERROR)
+    if check.problems:
+        click.echo(f"campaignkit: error: {config}: {len(check.problems)} problems", err=True)
+        for line in _problem_sections(check.problems):
+            click.echo(line, err=True)
+    raise SystemExit(code)
+
+
+@main.command(epilog=EPILOG)
+@click.argument("config", type=_CONFIG)
+@click.option("--channel", "-c", required=True, help="The channel to render (email, sms, ...).")
+@click.option(
+    "-n",
+    "count",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="How many recipients.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the messages as a JSON list.")
+@_block_option
+def preview(config: Path, channel: str, count: int, as_json: bool, block: tuple[str, ...]) -> None:
+    """Render CHANNEL's messages for the first eligible recipients of CONFIG.
+
+    Sends nothing and needs no token.
+    """
+    with _input_errors(config):
+        pipeline = Pipeline.from_file(config, plugins=_plugin_manager(block))
+        messages = pipeline.preview(channel, count)
+    if as_json:
+        click.echo(json.dumps([_message_dict(m) for m in messages], indent=2, ensure_ascii=False))
+        return
+    out = _console()
+    if not messages:
+        out.print(f"No eligible recipient for channel {channel!r}.")
+        return
+    for i, message in enumerate(messages, 1):
+        _heading(out, f"{channel} {i}/{len(messages)}: {message.recipient_id} -> {message.address}")
+        _print_message(out, message)
+    out.print(f"{len(messages)} message(s) rendered; nothing was sent.")
+
+
+# -- channels ------------------------------------------------------------------------------
+
+
+@main.command(epilog=EPILOG)
+@click.option("--json", "as_json", is_flag=True, help="Print the providers as JSON.")
+@_block_option
+def channels(as_json: bool, block: tuple[str, ...]) -> None:
+    """List the channel providers and source types that are installed."""
+    with _input_errors():
+        registry = Registry(_plugin_manager(block))
+        providers = dict(sorted(registry.channels.items()))
+        sources = dict(sorted(registry.sources.items()))
+    rows = []
+    for name, info in providers.items():
+        cls = info.factory
+        rows.append(
+            {
+                "provider": name,
+                "package": info.package,
+                "address_field": cls.address_field,
+                "max_batch_size": cls.max_batch_size,
+                "idempotency_keys": bool(cls.supports_idempotency_keys),
+                "default_rate": _format_rate(cls.default_rate),
+                "token_required": bool(cls.token_required),
+            }
+        )
+    source_rows = [{"type": n, "package": i.package} for n, i in sources.items()]
+    if as_json:
+        click.echo(json.dumps({"channels": rows, "sources": source_rows}, indent=2))
+        return
+    out = _console()
+    table = Table(box=None, pad_edge=False)
+    for header in (
+        "provider",
+        "package",
+        "address",
+        "batch",
+        "idempotent",
+        "default rate",
+        "token",
+    ):
+        table.add_column(header, justify="right" if header == "batch" else "left", no_wrap=True)
+    blocks = []
+    for row in rows:
+        cells = [
+            row["provider"],
+            _package(row["package"]),
+            row["address_field"],
+            str(row["max_batch_size"]),
+            "yes" if row["idempotency_keys"] else "no",
+            row["default_rate"],
+            "required" if row["token_required"] else "optional",
+        ]
+        table.add_row(*cells)
+        blocks.append(
+            [
+                f"{cells[0]} ({cells[1]})",
+                f"  address {cells[2]} · batch {cells[3]} · idempotent {cells[4]}",
+                f"  default rate {cells[5]} · token {cells[6]}",
+            ]
+        )
+    out.print("Channel providers")
+    if _fits(out, table):
+        out.print(table)
+    else:  # a narrow terminal: one block per provider, nothing cut
+        for provider_lines in blocks:
+            for line in provider_lines:
+                out.print(line)
+    sources_table = Table(box=None, pad_edge=False)
+    sources_table.add_column("type", no_wrap=True)
+    sources_table.add_column("package", no_wrap=True)
+    for source in source_rows:
+        sources_table.add_row(source["type"], _package(source["package"]))
+    out.print("Source types")
+    if _fits(out, sources_table):
+        out.print(sources_table)
+    else:
+        for source in source_rows:
+            out.print(f"{source['type']} ({_package(source['package'])})")

@@ -1,0 +1,529 @@
+"""Sending: ``run``, ``resume``, ``retry-failed``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from .._ledger import (
+    ACTIVE_STATUSES,
+    RESUMABLE_STATUSES,
+    LedgerError,
+)
+from .._models import (
+    RunStatus,
+)
+from .._pipeline import (
+    Pipeline,
+)
+from .._schedule import manual_logical_date
+from ._campaign import (
+    LATEST,
+    _build,
+    _find_run,
+    _get_run,
+    _interrupt_message,
+    _open_ledger,
+    _prepare,
+    _record_sandbox,
+    _sandbox_journal,
+    _sandboxed,
+    _stored_report,
+)
+from ._dry_run import _dry_run
+from ._group import EPILOG, main
+from ._options import (
+    _CONFIG,
+    _DATETIME,
+    _block_option,
+    _json_option,
+    _output_dir_option,
+    _retry_delay_option,
+    _sandbox_option,
+    _sigterm_interrupts,
+)
+from ._output import (
+    EXIT_INPUT_ERROR,
+    EXIT_OK,
+    _console,
+    _fail,
+    _input_errors,
+    _quiet,
+    _report_exit,
+    _utc,
+    _Where,
+)
+from ._progress import _drive, _Progress
+from ._schedules import _next_due_line, _scheduled_dict, _skipped_line
+from ._summary import _emit, _hints, _quiet_problems, _run_doubts, _summary
+
+# -- run -----------------------------------------------------------------------------------
+
+
+@main.command(epilog=EPILOG)
+@click.argument("config", type=_CONFIG)
+@_json_option
+@_output_dir_option
+@click.option(
+    "--logical-date",
+    type=_DATETIME,
+    help="The run's logical date, ISO 8601 (no offset: UTC). Default: the latest "
+    "complete schedule interval, as a manual trigger.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Start a new run even if the logical date has one (which would otherwise be "
+    "reported, or resumed if unfinished, and nothing sent twice).",
+)
+@click.option("--run-id", help="The new run's id (default: <pipeline>__<logical date>[__<n>]).")
+@click.option(
+    "--scheduled",
+    is_flag=True,
+    help="Run whatever the schedule says is due now (catchup, lateness, "
+    "max_active_runs, depends_on_past), then exit; for cron.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="A canary: send to the first N eligible recipients of each channel only (status "
+    "canary). Running the same logical date again sends the rest, never these twice.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Plan the run and send nothing: extraction, audience selection and rendering "
+    "as a run would do them; prints per channel the eligible count, every skip reason, "
+    "messages that would fail, SMS segments, the estimated cost and samples, and writes "
+    "the plan as JSON. Records no run and needs no token.",
+)
+@click.option(
+    "--samples",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="With --dry-run: rendered messages shown (and kept in the plan) per channel (default 3).",
+)
+@click.option(
+    "--plan-output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="With --dry-run: write the plan there (default: <output_dir>/plan-<timestamp>.json).",
+)
+@_sandbox_option
+@_retry_delay_option
+@_block_option
+def run(
+    config: Path,
+    as_json: bool,
+    output_dir: Path | None,
+    logical_date: datetime | None,
+    force: bool,
+    run_id: str | None,
+    scheduled: bool,
+    limit: int | None,
+    dry_run: bool,
+    samples: int | None,
+    plan_output: Path | None,
+    use_sandbox: bool,
+    retry_delay: float | None,
+    block: tuple[str, ...],
+) -> None:
+    """Run the campaign CONFIG for one logical date: extract the segment into the
+    ledger, decide every channel's audience, then send every enabled channel in
+    parallel.
+
+    A logical date is sent once: if the ledger already has a finished run for it, that
+    run is reported and nothing is sent; an unfinished one (or a canary) is resumed.
+    Ctrl-C or SIGTERM lets the requests in flight finish, records them and exits 3.
+    """
+    if run_id == LATEST:
+        raise click.BadParameter(
+            f"{LATEST!r} is reserved: where a command takes a RUN_ID it means the newest run",
+            param_hint="--run-id",
+        )
+    if scheduled and (force or logical_date is not None or run_id is not None or limit is not None):
+        raise click.UsageError(
+            "--scheduled runs what the schedule says is due; it takes no --force, "
+            "--logical-date, --run-id or --limit"
+        )
+    if dry_run:
+        clashing = [
+            name
+            for name, given in (
+                ("--scheduled", scheduled),
+                ("--force", force),
+                ("--logical-date", logical_date is not None),
+                ("--run-id", run_id is not None),
+                ("--limit", limit is not None),
+            )
+            if given
+        ]
+        if clashing:
+            raise click.UsageError(
+                f"--dry-run plans a run without recording one; it takes no {', '.join(clashing)}"
+            )
+    else:
+        for name, value in (("--samples", samples), ("--plan-output", plan_output)):
+            if value is not None:
+                raise click.UsageError(f"{name} needs --dry-run")
+    configs, pm = _prepare([config], retry_delay=retry_delay, use_sandbox=use_sandbox, block=block)
+    with (
+        _sigterm_interrupts("interrupted before sending started; nothing was sent"),
+        _sandboxed(configs, use_sandbox) as (applied, env, sandbox),
+    ):
+        cfg = applied[0]
+        if dry_run:
+            code = _dry_run(
+                cfg,
+                pm,
+                env,
+                config,
+                as_json=as_json,
+                samples=3 if samples is None else samples,
+                plan_output=plan_output,
+                output_dir=output_dir,
+                sandboxed=use_sandbox,
+            )
+            raise SystemExit(code)
+        pipeline = _build(cfg, pm, env, rehearsal=use_sandbox)
+        if scheduled:
+            code = _run_scheduled(pipeline, config, sandbox, as_json=as_json)
+        else:
+            code = _run_once(
+                pipeline,
+                config,
+                sandbox,
+                as_json=as_json,
+                output_dir=output_dir,
+                logical_date=logical_date,
+                force=force,
+                run_id=run_id,
+                limit=limit,
+            )
+    raise SystemExit(code)
+
+
+def _run_once(
+    pipeline: Pipeline,
+    config: Path,
+    sandbox: Any,
+    *,
+    as_json: bool,
+    output_dir: Path | None,
+    logical_date: datetime | None,
+    force: bool,
+    run_id: str | None,
+    limit: int | None = None,
+) -> int:
+    where = _Where(config, sandbox is not None)
+    with _input_errors(config):
+        logical = logical_date or manual_logical_date(pipeline.schedule, datetime.now(UTC))
+    keeps_ledger = pipeline.execution.ledger
+    if limit is not None and not keeps_ledger:
+        # Without a ledger the full run could not know whom the canary messaged.
+        _fail(
+            f"{config}: execution.ledger: --limit needs the ledger (execution.ledger = "
+            f"false): the full run would message the canary's recipients again",
+            EXIT_INPUT_ERROR,
+        )
+    previous = _find_run(pipeline, logical_date=logical) if keeps_ledger and not force else None
+    resuming = previous is not None and (
+        previous.status in ACTIVE_STATUSES or previous.status in RESUMABLE_STATUSES
+    )
+    already = previous is not None and not resuming
+    out = _console()
+    progress = _Progress(
+        out,
+        [c.name for c in pipeline.enabled_channels],
+        show=out.is_terminal and not as_json and not already and not _quiet(),
+        extracting=not resuming,
+    )
+    with _sandbox_journal(sandbox, pipeline, output_dir):
+        report = _drive(
+            lambda: pipeline.run(
+                logical_date=logical,
+                force=force,
+                run_id=run_id,
+                output_dir=output_dir,
+                progress=progress,
+                on_extracted=progress.on_extracted,
+                limit=limit,
+            ),
+            progress,
+            config=config,
+            interrupted=lambda: _interrupt_message(
+                where, _find_run(pipeline, logical_date=logical)
+            ),
+        )
+    before = []
+    if report.replayed:
+        before.append(
+            f"Already ran: nothing was sent now. Logical date {_utc(logical)} has run "
+            f"{report.run_id} ({report.status.value}); --force starts a new run."
+        )
+    elif resuming and previous is not None and previous.status == RunStatus.CANARY.value:
+        before.append(
+            f"Canary:    logical date {_utc(logical)} had canary run {previous.run_id}; "
+            f"its recipients were not messaged again"
+            + (f", and at most {limit} more per channel were now." if limit else ".")
+        )
+    elif resuming and previous is not None:
+        before.append(
+            f"Resumed:   logical date {_utc(logical)} had an unfinished run "
+            f"{previous.run_id} ({previous.status}); only what it still owed was sent."
+        )
+    after = _record_sandbox(sandbox) if sandbox else []
+    if as_json and str(report.status) == RunStatus.CANARY.value:
+        after += _hints(report, where, logical_date=logical)[:1]  # stdout stays pure JSON
+    return _emit(
+        report,
+        as_json=as_json,
+        where=where,
+        ledger=keeps_ledger,
+        before=before,
+        after=after,
+        logical_date=logical,
+        doubts=_run_doubts(pipeline, report),
+    )
+
+
+def _run_scheduled(pipeline: Pipeline, config: Path, sandbox: Any, *, as_json: bool) -> int:
+    where = _Where(config, sandbox is not None)
+    progress = _Progress(_console(), [], show=False)
+    with _sandbox_journal(sandbox, pipeline, None):
+        result = _drive(
+            lambda: pipeline.run_scheduled(progress=progress),
+            progress,
+            config=config,
+            interrupted=lambda: _interrupt_message(where, _find_run(pipeline)),
+        )
+    code = max((_report_exit(r) for r in result.reports), default=EXIT_OK)
+    notes = []
+    if sandbox is not None:
+        notes = _record_sandbox(sandbox)
+    if as_json:
+        click.echo(json.dumps(_scheduled_dict(result), indent=2))
+        err = _console(stderr=True)
+        for note in notes:
+            err.print(note)
+        return code
+    out = _console()
+    if _quiet():
+        for report in result.reports:
+            _quiet_problems(report)
+            out.print(
+                f"Status: {report.status.value} (exit {_report_exit(report)}): run {report.run_id}"
+            )
+        out.print(f"Started {len(result.reports)} run(s) (exit {code})")
+        return code
+    for report in result.reports:
+        _summary(
+            out,
+            report,
+            where=where,
+            ledger=pipeline.execution.ledger,
+            doubts=_run_doubts(pipeline, report),
+        )
+        out.print(f"Status: {report.status.value} (exit {_report_exit(report)})")
+        out.print()
+    for interval in result.skipped:
+        out.print(_skipped_line(interval, pipeline.schedule))
+    for blocked in result.blocked:
+        out.print(f"Blocked:   logical date {_utc(blocked.interval.start)}: {blocked.reason}")
+    if not (result.reports or result.skipped or result.blocked):
+        out.print("Nothing due.")
+    out.print(_next_due_line(pipeline, result.next_due))
+    for note in notes:
+        out.print(note)
+    out.print(f"Started {len(result.reports)} run(s) (exit {code})")
+    return code
+
+
+# -- resume and retry-failed ---------------------------------------------------------------
+
+
+def _continue_run(
+    config: Path,
+    run_id: str,
+    *,
+    resend_unknown: bool,
+    retry_failed: bool,
+    channels: Sequence[str],
+    as_json: bool,
+    output_dir: Path | None,
+    use_sandbox: bool,
+    retry_delay: float | None,
+    block: Sequence[str],
+) -> NoReturn:
+    configs, pm = _prepare([config], retry_delay=retry_delay, use_sandbox=use_sandbox, block=block)
+    with (
+        _sigterm_interrupts("interrupted before sending started; nothing was sent"),
+        _sandboxed(configs, use_sandbox) as (applied, env, sandbox),
+    ):
+        pipeline = _build(applied[0], pm, env, rehearsal=use_sandbox)
+        where = _Where(config, use_sandbox)
+        before = []
+        with _input_errors(config), _open_ledger(pipeline, required=True) as ledger:
+            assert ledger is not None
+            record = _get_run(pipeline, ledger, run_id, where)
+            run_id = record.run_id  # ``latest`` resolved
+            if record.status == RunStatus.SKIPPED_LATE.value:
+                late = f"--logical-date {record.logical_date.isoformat()} --force"
+                raise LedgerError(
+                    f"run {run_id!r} was skipped as too late and has nothing to resume; "
+                    f"{where.command('run', flags=late)} sends it now"
+                )
+            if sandbox is None and record.fingerprint != pipeline.fingerprint():
+                before.append(
+                    "Note:      the campaign (source, channels, options or templates) changed "
+                    "since the run started; what is left is sent as configured now."
+                )
+        if output_dir is None:
+            # Keep the run's report next to its rejected rows when it was written elsewhere.
+            stored = _stored_report(record)
+            if stored is not None and stored.output_dir:
+                output_dir = Path(stored.output_dir).parent
+        names = [c.name for c in pipeline.enabled_channels if not channels or c.name in channels]
+        out = _console()
+        progress = _Progress(
+            out,
+            names,
+            show=out.is_terminal and not as_json and not _quiet(),
+            extracting=False,
+        )
+        with _sandbox_journal(sandbox, pipeline, output_dir):
+            report = _drive(
+                lambda: pipeline.resume(
+                    run_id,
+                    resend_unknown=resend_unknown,
+                    retry_failed=retry_failed,
+                    channels=list(channels) or None,
+                    progress=progress,
+                    output_dir=output_dir,
+                ),
+                progress,
+                config=config,
+                interrupted=lambda: _interrupt_message(where, _find_run(pipeline, run_id=run_id)),
+            )
+        if report.replayed:
+            before.insert(
+                0,
+                f"Finished:  nothing was sent now. Run {run_id} had finished "
+                f"({report.status.value}) and owes nothing"
+                + (" (no transient failures)" if retry_failed else "")
+                + (" (no unknown deliveries)" if resend_unknown else "")
+                + ("." if _quiet() else "; its stored report follows."),
+            )
+            after = []
+        else:
+            settled = ", ".join(f"{name} {progress.done.get(name, 0)}" for name in report.channels)
+            after = [f"This time: settled (sent or failed) per channel: {settled or 'none'}"]
+        if sandbox is not None:
+            after += _record_sandbox(sandbox)
+    code = _emit(
+        report,
+        as_json=as_json,
+        where=where,
+        ledger=pipeline.execution.ledger,
+        before=before,
+        after=after,
+        doubts=_run_doubts(pipeline, report),
+    )
+    raise SystemExit(code)
+
+
+@main.command(epilog=EPILOG)
+@click.argument("config", type=_CONFIG)
+@click.argument("run_id")
+@click.option(
+    "--resend-unknown",
+    is_flag=True,
+    help="Also send again the messages recorded as unknown (in flight at a crash, or in "
+    "doubt after a timeout or a 5xx, to a provider without idempotency keys): they may be "
+    "delivered twice.",
+)
+@_json_option
+@_output_dir_option
+@_sandbox_option
+@_retry_delay_option
+@_block_option
+def resume(
+    config: Path,
+    run_id: str,
+    resend_unknown: bool,
+    as_json: bool,
+    output_dir: Path | None,
+    use_sandbox: bool,
+    retry_delay: float | None,
+    block: tuple[str, ...],
+) -> None:
+    """Continue run RUN_ID of campaign CONFIG after a crash, a timeout or an interruption.
+
+    Every pending message is sent exactly once; nothing recorded as sent is sent again.
+    Messages that were in flight when the run stopped are sent again with the same
+    idempotency key where the provider has one, and otherwise reported as unknown
+    (--resend-unknown sends them). CONFIG is needed because tokens and templates are
+    not stored in the ledger. RUN_ID may be `latest`: the campaign's newest run.
+    """
+    _continue_run(
+        config,
+        run_id,
+        resend_unknown=resend_unknown,
+        retry_failed=False,
+        channels=(),
+        as_json=as_json,
+        output_dir=output_dir,
+        use_sandbox=use_sandbox,
+        retry_delay=retry_delay,
+        block=block,
+    )
+
+
+@main.command("retry-failed", epilog=EPILOG)
+@click.argument("config", type=_CONFIG)
+@click.argument("run_id")
+@click.option(
+    "--channel",
+    "-c",
+    "channels",
+    multiple=True,
+    metavar="NAME",
+    help="Only this channel (repeatable; default: every enabled channel).",
+)
+@_json_option
+@_output_dir_option
+@_sandbox_option
+@_retry_delay_option
+@_block_option
+def retry_failed(
+    config: Path,
+    run_id: str,
+    channels: tuple[str, ...],
+    as_json: bool,
+    output_dir: Path | None,
+    use_sandbox: bool,
+    retry_delay: float | None,
+    block: tuple[str, ...],
+) -> None:
+    """Send again run RUN_ID's transient failures (retries exhausted, credentials
+    rejected), with the usual retry rounds. Permanent failures (an invalid number, a
+    refused address) are never sent again. Pending messages are sent too. RUN_ID may be
+    `latest`: the campaign's newest run."""
+    _continue_run(
+        config,
+        run_id,
+        resend_unknown=False,
+        retry_failed=True,
+        channels=channels,
+        as_json=as_json,
+        output_dir=output_dir,
+        use_sandbox=use_sandbox,
+        retry_delay=retry_delay,
+        block=block,
+    )
