@@ -19,10 +19,7 @@ from .._audience import channel_validator
 from .._config import Channel, PipelineConfig, load_config
 from .._controls import control_detail, find_control
 from .._csvio import safe_csv_writer
-from .._models import (
-    Secret,
-)
-from .._notifier import ChannelSettings, Notifier
+from .._notifier import ChannelSettings, Notifier, placeholder_token
 from .._plugins import Registry
 from .._suppression import _entries as _suppression_entries
 from ..exceptions import CampaignKitError, ConfigError, PluginError
@@ -32,10 +29,6 @@ from ._options import _CONFIG, _block_option, _plugin_manager, _sandbox_ledger_o
 from ._output import EXIT_INPUT_ERROR, _console, _fail, _fits, _input_errors, _quiet
 
 # -- suppress and suppressions ------------------------------------------------------------
-
-#: Only to build a channel's notifier (for its address field); nothing is sent.
-_SUPPRESS_TOKEN = "suppress-placeholder"  # noqa: S105 - not a credential
-
 
 def _channel(config: PipelineConfig, name: str) -> Channel:
     for channel in config.channels:
@@ -60,7 +53,7 @@ def _address_validator(
             ChannelSettings(
                 channel=channel.name,
                 options=channel.options,
-                token=Secret(_SUPPRESS_TOKEN) if cls.token_required else None,
+                token=placeholder_token("suppress") if cls.token_required else None,
                 timeout=channel.timeout_seconds,
                 base_dir=config.base_dir,
             )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -10,10 +9,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pluggy
 
 from .._config import PipelineConfig, load_config
+from .._engine import counted_result
 from .._ledger import (
     ACTIVE_STATUSES,
     LedgerError,
@@ -106,19 +105,6 @@ def _find_run(
         return None
 
 
-def _stored_report(run: RunRecord) -> RunReport | None:
-    """The report a run stored in the ledger when it last finished, if any."""
-    if not run.report:
-        return None
-    try:
-        data = json.loads(run.report)
-        if not isinstance(data, dict) or "status" not in data:
-            return None
-        return RunReport.from_dict(data, run)
-    except (ValueError, TypeError, KeyError, StopIteration):
-        return None
-
-
 def _channel_results(
     ledger: SqliteLedger,
     run: RunRecord,
@@ -142,32 +128,14 @@ def _channel_results(
         if current and stored is not None and name in stored.channels:
             out[name] = stored.channels[name]
         elif ledger.is_planned(run.run_id, name):
-            counts = ledger.counts(run.run_id, name)
             old = stored.channels.get(name) if stored is not None else None
-            out[name] = attrs.evolve(
-                ChannelResult(
-                    channel=name,
-                    provider=old.provider if old is not None else providers.get(name, "?"),
-                    result_key=old.result_key if old is not None else keys.get(name, ""),
-                    reasons={k[7:]: v for k, v in counts.items() if k.startswith("reason:")},
-                    error_codes={k[5:]: v for k, v in counts.items() if k.startswith("code:")},
-                ),
-                **_state_counts(counts),
+            out[name] = counted_result(
+                ledger,
+                run.run_id,
+                name,
+                provider=old.provider if old is not None else providers.get(name, "?"),
+                result_key=old.result_key if old is not None else keys.get(name, ""),
             )
-    return out
-
-
-def _state_counts(counts: Mapping[str, int]) -> dict[str, Any]:
-    """Ledger state counts as :class:`ChannelResult` fields (in flight counts as pending)."""
-    out = {
-        "sent": counts.get("sent", 0),
-        "failed": counts.get("failed", 0),
-        "skipped": counts.get("skipped", 0),
-        "pending": counts.get("pending", 0) + counts.get("in_flight", 0),
-        "unknown": counts.get("unknown", 0),
-    }
-    if "deferred" in attrs.fields_dict(ChannelResult):
-        out["deferred"] = counts.get("deferred", 0)
     return out
 
 

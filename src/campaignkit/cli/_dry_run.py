@@ -20,10 +20,12 @@ from .._content import sms_segments
 from .._models import (
     Reason,
 )
+from .._notifier import placeholder_token
 from .._pipeline import (
     ChannelPlanSummary,
     Pipeline,
     PlanReport,
+    audience_drift,
 )
 from .._plugins import Registry
 from ..exceptions import ConfigError, PluginError
@@ -67,10 +69,6 @@ _FAILURE_MEANING = {
     "invalid_unsubscribe_url": "the rendered unsubscribe_url is not a valid https URL",
 }
 
-#: Stands in for a missing token in a dry run, which opens no connection.
-_DRY_RUN_TOKEN = "dry-run-placeholder"  # noqa: S105 - not a credential
-
-
 def _in_selection_order(counts: Mapping[str, int]) -> list[tuple[str, int]]:
     rank = {reason: i for i, reason in enumerate(_SELECTION_ORDER)}
     return sorted(
@@ -95,7 +93,7 @@ def _dry_run_env(
         except PluginError:
             continue  # the plan reports the unknown provider
         if cls.token_required:
-            out[channel.token_variable] = _DRY_RUN_TOKEN
+            out[channel.token_variable] = placeholder_token("dry-run").reveal()
             variable = channel.token_variable
             if not ENV_NAME.match(variable):  # maybe the token itself: never shown
                 variable = f"token_env of channel {channel.name} (not a variable name)"
@@ -190,17 +188,14 @@ def _guard_notes(config: PipelineConfig, report: PlanReport) -> list[str]:
     notes = []
     for channel in config.channels:
         summary = report.channels.get(channel.name)
-        expected = channel.expected_audience
-        if summary is None or expected is None:
+        if summary is None:
             continue
         # As the run counts it: every recipient selected, sent now or later.
         eligible = summary.eligible + summary.deferred + sum(summary.failures.values())
-        tolerance = channel.audience_tolerance
-        if abs(eligible - expected) > tolerance * expected:
+        drift = audience_drift(channel, eligible)
+        if drift is not None:
             notes.append(
-                f"Guard:     channels.{channel.name}: {eligible} eligible recipient(s), "
-                f"expected {expected} ± {tolerance:.0%}: a run would stop before sending "
-                f"(exit {EXIT_INPUT_ERROR})"
+                f"Guard:     {drift}: a run would stop before sending (exit {EXIT_INPUT_ERROR})"
             )
     return notes
 

@@ -28,6 +28,7 @@ from .._models import (
     RunReport,
     RunStatus,
 )
+from .._pipeline import stored_report
 from ..exceptions import ConfigError
 from ._campaign import (
     _channel_results,
@@ -36,7 +37,6 @@ from ._campaign import (
     _open_ledger,
     _sandbox_hint,
     _status_text,
-    _stored_report,
 )
 from ._group import EPILOG, main
 from ._options import _CONFIG, _sandbox_ledger_option
@@ -108,7 +108,7 @@ def runs(config: Path, limit: int, as_json: bool, use_sandbox: bool) -> None:
     with _input_errors(config), _open_ledger(pipeline, required=False) as ledger:
         if ledger is not None:
             for record in ledger.list_runs(pipeline.name, limit):
-                stored = _stored_report(record)
+                stored = stored_report(record)
                 rows.append((record, _channel_results(ledger, record, pipeline, stored)))
     if as_json:
         click.echo(json.dumps([_run_dict(r, results) for r, results in rows], indent=2))
@@ -260,7 +260,7 @@ def report(
         assert ledger is not None
         record = _get_run(pipeline, ledger, run_id, where)
         run_id = record.run_id  # ``latest`` resolved
-        stored = _stored_report(record)
+        stored = stored_report(record)
         results = _channel_results(ledger, record, pipeline, stored)
         for name in channels:
             if name not in results:

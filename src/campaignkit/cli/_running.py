@@ -20,6 +20,7 @@ from .._models import (
 )
 from .._pipeline import (
     Pipeline,
+    stored_report,
 )
 from .._schedule import manual_logical_date
 from ._campaign import (
@@ -33,7 +34,6 @@ from ._campaign import (
     _record_sandbox,
     _sandbox_journal,
     _sandboxed,
-    _stored_report,
 )
 from ._dry_run import _dry_run
 from ._group import EPILOG, main
@@ -386,7 +386,7 @@ def _continue_run(
                 )
         if output_dir is None:
             # Keep the run's report next to its rejected rows when it was written elsewhere.
-            stored = _stored_report(record)
+            stored = stored_report(record)
             if stored is not None and stored.output_dir:
                 output_dir = Path(stored.output_dir).parent
         names = [c.name for c in pipeline.enabled_channels if not channels or c.name in channels]
