@@ -30,6 +30,7 @@ from ._output import EXIT_INPUT_ERROR, _console, _fail, _fits, _input_errors, _q
 
 # -- suppress and suppressions ------------------------------------------------------------
 
+
 def _channel(config: PipelineConfig, name: str) -> Channel:
     for channel in config.channels:
         if channel.name == name:

@@ -69,6 +69,7 @@ _FAILURE_MEANING = {
     "invalid_unsubscribe_url": "the rendered unsubscribe_url is not a valid https URL",
 }
 
+
 def _in_selection_order(counts: Mapping[str, int]) -> list[tuple[str, int]]:
     rank = {reason: i for i, reason in enumerate(_SELECTION_ORDER)}
     return sorted(

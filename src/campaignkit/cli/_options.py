@@ -22,9 +22,21 @@ from ._output import EXIT_FAILED, _fail
 _CONFIG = click.Path(dir_okay=False, path_type=Path)
 
 
+#: Builds a command's plugin manager from its ``--block`` names. The command line uses
+#: :func:`~campaignkit.get_plugin_manager`; ``main(obj=factory)`` (as
+#: ``CliRunner().invoke(main, args, obj=factory)``) passes another through the click
+#: context, e.g. one with a test's plugins.
+PluginManagerFactory = Callable[[Sequence[str]], pluggy.PluginManager]
+
+
 def _plugin_manager(block: Sequence[str]) -> pluggy.PluginManager:
-    """The built-ins and installed plugins, less ``block`` (and CAMPAIGNKIT_BLOCK_PLUGINS)."""
-    return get_plugin_manager(block=block)
+    """The current command's plugin manager, built by the factory in the click context's
+    ``obj`` (:data:`PluginManagerFactory`), if one was passed."""
+    ctx = click.get_current_context(silent=True)
+    factory: PluginManagerFactory | None = ctx.obj if ctx is not None else None
+    if factory is None:
+        return get_plugin_manager(block=block)
+    return factory(block)
 
 
 def _with_retry_delay(config: PipelineConfig, seconds: float) -> PipelineConfig:

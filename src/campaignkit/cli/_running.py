@@ -14,10 +14,9 @@ from .._ledger import (
     ACTIVE_STATUSES,
     RESUMABLE_STATUSES,
     LedgerError,
+    RunRecord,
 )
-from .._models import (
-    RunStatus,
-)
+from .._models import RunReport, RunStatus
 from .._pipeline import (
     Pipeline,
     stored_report,
@@ -142,36 +141,16 @@ def run(
     run is reported and nothing is sent; an unfinished one (or a canary) is resumed.
     Ctrl-C or SIGTERM lets the requests in flight finish, records them and exits 3.
     """
-    if run_id == LATEST:
-        raise click.BadParameter(
-            f"{LATEST!r} is reserved: where a command takes a RUN_ID it means the newest run",
-            param_hint="--run-id",
-        )
-    if scheduled and (force or logical_date is not None or run_id is not None or limit is not None):
-        raise click.UsageError(
-            "--scheduled runs what the schedule says is due; it takes no --force, "
-            "--logical-date, --run-id or --limit"
-        )
-    if dry_run:
-        clashing = [
-            name
-            for name, given in (
-                ("--scheduled", scheduled),
-                ("--force", force),
-                ("--logical-date", logical_date is not None),
-                ("--run-id", run_id is not None),
-                ("--limit", limit is not None),
-            )
-            if given
-        ]
-        if clashing:
-            raise click.UsageError(
-                f"--dry-run plans a run without recording one; it takes no {', '.join(clashing)}"
-            )
-    else:
-        for name, value in (("--samples", samples), ("--plan-output", plan_output)):
-            if value is not None:
-                raise click.UsageError(f"{name} needs --dry-run")
+    _check_run_options(
+        run_id=run_id,
+        scheduled=scheduled,
+        force=force,
+        logical_date=logical_date,
+        limit=limit,
+        dry_run=dry_run,
+        samples=samples,
+        plan_output=plan_output,
+    )
     configs, pm = _prepare([config], retry_delay=retry_delay, use_sandbox=use_sandbox, block=block)
     with (
         _sigterm_interrupts("interrupted before sending started; nothing was sent"),
@@ -207,6 +186,50 @@ def run(
                 limit=limit,
             )
     raise SystemExit(code)
+
+
+def _check_run_options(
+    *,
+    run_id: str | None,
+    scheduled: bool,
+    force: bool,
+    logical_date: datetime | None,
+    limit: int | None,
+    dry_run: bool,
+    samples: int | None,
+    plan_output: Path | None,
+) -> None:
+    """The usage errors of ``run``: options that contradict each other."""
+    if run_id == LATEST:
+        raise click.BadParameter(
+            f"{LATEST!r} is reserved: where a command takes a RUN_ID it means the newest run",
+            param_hint="--run-id",
+        )
+    if scheduled and (force or logical_date is not None or run_id is not None or limit is not None):
+        raise click.UsageError(
+            "--scheduled runs what the schedule says is due; it takes no --force, "
+            "--logical-date, --run-id or --limit"
+        )
+    if dry_run:
+        clashing = [
+            name
+            for name, given in (
+                ("--scheduled", scheduled),
+                ("--force", force),
+                ("--logical-date", logical_date is not None),
+                ("--run-id", run_id is not None),
+                ("--limit", limit is not None),
+            )
+            if given
+        ]
+        if clashing:
+            raise click.UsageError(
+                f"--dry-run plans a run without recording one; it takes no {', '.join(clashing)}"
+            )
+    else:
+        for name, value in (("--samples", samples), ("--plan-output", plan_output)):
+            if value is not None:
+                raise click.UsageError(f"{name} needs --dry-run")
 
 
 def _run_once(
@@ -261,6 +284,32 @@ def _run_once(
                 where, _find_run(pipeline, logical_date=logical)
             ),
         )
+    before = _run_once_notes(report, previous, logical, limit, resuming=resuming)
+    after = _record_sandbox(sandbox) if sandbox else []
+    if as_json and str(report.status) == RunStatus.CANARY.value:
+        after += _hints(report, where, logical_date=logical)[:1]  # stdout stays pure JSON
+    return _emit(
+        report,
+        as_json=as_json,
+        where=where,
+        ledger=keeps_ledger,
+        before=before,
+        after=after,
+        logical_date=logical,
+        doubts=_run_doubts(pipeline, report),
+    )
+
+
+def _run_once_notes(
+    report: RunReport,
+    previous: RunRecord | None,
+    logical: datetime,
+    limit: int | None,
+    *,
+    resuming: bool,
+) -> list[str]:
+    """What ``run`` says before the summary: the logical date had already run, or its
+    canary or unfinished run was resumed."""
     before = []
     if report.replayed:
         before.append(
@@ -278,19 +327,7 @@ def _run_once(
             f"Resumed:   logical date {_utc(logical)} had an unfinished run "
             f"{previous.run_id} ({previous.status}); only what it still owed was sent."
         )
-    after = _record_sandbox(sandbox) if sandbox else []
-    if as_json and str(report.status) == RunStatus.CANARY.value:
-        after += _hints(report, where, logical_date=logical)[:1]  # stdout stays pure JSON
-    return _emit(
-        report,
-        as_json=as_json,
-        where=where,
-        ledger=keeps_ledger,
-        before=before,
-        after=after,
-        logical_date=logical,
-        doubts=_run_doubts(pipeline, report),
-    )
+    return before
 
 
 def _run_scheduled(pipeline: Pipeline, config: Path, sandbox: Any, *, as_json: bool) -> int:
@@ -348,6 +385,41 @@ def _run_scheduled(pipeline: Pipeline, config: Path, sandbox: Any, *, as_json: b
 # -- resume and retry-failed ---------------------------------------------------------------
 
 
+def _run_to_continue(
+    pipeline: Pipeline, run_id: str, where: _Where, *, sandboxed: bool
+) -> tuple[RunRecord, list[str]]:
+    """The run ``resume`` or ``retry-failed`` continues (``latest`` resolved), and a
+    note when the campaign changed since it started; a run skipped as too late is an
+    error (it has nothing to resume)."""
+    before = []
+    with _input_errors(where.config), _open_ledger(pipeline, required=True) as ledger:
+        assert ledger is not None
+        record = _get_run(pipeline, ledger, run_id, where)
+        if record.status == RunStatus.SKIPPED_LATE.value:
+            late = f"--logical-date {record.logical_date.isoformat()} --force"
+            raise LedgerError(
+                f"run {record.run_id!r} was skipped as too late and has nothing to resume; "
+                f"{where.command('run', flags=late)} sends it now"
+            )
+        if not sandboxed and record.fingerprint != pipeline.fingerprint():
+            before.append(
+                "Note:      the campaign (source, channels, options or templates) changed "
+                "since the run started; what is left is sent as configured now."
+            )
+    return record, before
+
+
+def _finished_line(run_id: str, report: RunReport, retry_failed: bool, resend_unknown: bool) -> str:
+    """Said by ``resume`` and ``retry-failed`` when the run had finished: nothing was sent."""
+    return (
+        f"Finished:  nothing was sent now. Run {run_id} had finished "
+        f"({report.status.value}) and owes nothing"
+        + (" (no transient failures)" if retry_failed else "")
+        + (" (no unknown deliveries)" if resend_unknown else "")
+        + ("." if _quiet() else "; its stored report follows.")
+    )
+
+
 def _continue_run(
     config: Path,
     run_id: str,
@@ -368,22 +440,8 @@ def _continue_run(
     ):
         pipeline = _build(applied[0], pm, env, rehearsal=use_sandbox)
         where = _Where(config, use_sandbox)
-        before = []
-        with _input_errors(config), _open_ledger(pipeline, required=True) as ledger:
-            assert ledger is not None
-            record = _get_run(pipeline, ledger, run_id, where)
-            run_id = record.run_id  # ``latest`` resolved
-            if record.status == RunStatus.SKIPPED_LATE.value:
-                late = f"--logical-date {record.logical_date.isoformat()} --force"
-                raise LedgerError(
-                    f"run {run_id!r} was skipped as too late and has nothing to resume; "
-                    f"{where.command('run', flags=late)} sends it now"
-                )
-            if sandbox is None and record.fingerprint != pipeline.fingerprint():
-                before.append(
-                    "Note:      the campaign (source, channels, options or templates) changed "
-                    "since the run started; what is left is sent as configured now."
-                )
+        record, before = _run_to_continue(pipeline, run_id, where, sandboxed=sandbox is not None)
+        run_id = record.run_id  # ``latest`` resolved
         if output_dir is None:
             # Keep the run's report next to its rejected rows when it was written elsewhere.
             stored = stored_report(record)
@@ -412,14 +470,7 @@ def _continue_run(
                 interrupted=lambda: _interrupt_message(where, _find_run(pipeline, run_id=run_id)),
             )
         if report.replayed:
-            before.insert(
-                0,
-                f"Finished:  nothing was sent now. Run {run_id} had finished "
-                f"({report.status.value}) and owes nothing"
-                + (" (no transient failures)" if retry_failed else "")
-                + (" (no unknown deliveries)" if resend_unknown else "")
-                + ("." if _quiet() else "; its stored report follows."),
-            )
+            before.insert(0, _finished_line(run_id, report, retry_failed, resend_unknown))
             after = []
         else:
             settled = ", ".join(f"{name} {progress.done.get(name, 0)}" for name in report.channels)

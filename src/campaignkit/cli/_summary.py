@@ -126,25 +126,11 @@ def _reason_notes(result: ChannelResult, doubts: Mapping[str, int] | None) -> li
     return notes
 
 
-def _summary(
-    console: Console,
-    report: RunReport,
-    *,
-    where: _Where | None,
-    ledger: bool = True,
-    status: str | None = None,
-    results_hint: bool = True,
-    hints: bool = True,
-    logical_date: datetime | None = None,
-    doubts: Mapping[str, Mapping[str, int]] | None = None,
-) -> None:
-    """The per-channel table, where things were written, and what to do next.
-
-    The run id is printed above the table, never inside it, so that it stays whole on
-    one line at any width; the reasons column wraps (and folds a long code) rather
-    than cutting.
-    """
-    console.print(f"{report.pipeline} · run {report.run_id} · {status or report.status.value}")
+def _channel_table(
+    report: RunReport, doubts: Mapping[str, Mapping[str, int]] | None
+) -> tuple[Table, list[list[str]]]:
+    """The per-channel table of a summary, and the same as one block of lines per
+    channel (for a terminal too narrow for the table)."""
     results = list(report.channels.values())
     shown = [c for c in _COUNTS if c in _COUNTS[:3] or _any(results, c)]
     headers = ["channel", "provider", *shown, "top reasons / codes", "retries", "duration"]
@@ -173,6 +159,29 @@ def _summary(
             f"{name} ({result.provider}): {counts}; {result.retries} retries, {_duration(result)}"
         )
         blocks.append([head, *(f"  {note}" for note in notes)])
+    return table, blocks
+
+
+def _summary(
+    console: Console,
+    report: RunReport,
+    *,
+    where: _Where | None,
+    ledger: bool = True,
+    status: str | None = None,
+    results_hint: bool = True,
+    hints: bool = True,
+    logical_date: datetime | None = None,
+    doubts: Mapping[str, Mapping[str, int]] | None = None,
+) -> None:
+    """The per-channel table, where things were written, and what to do next.
+
+    The run id is printed above the table, never inside it, so that it stays whole on
+    one line at any width; the reasons column wraps (and folds a long code) rather
+    than cutting.
+    """
+    console.print(f"{report.pipeline} · run {report.run_id} · {status or report.status.value}")
+    table, blocks = _channel_table(report, doubts)
     if _fits(console, table):
         console.print(table)
     else:  # a narrow terminal: one block per channel, every line whole
