@@ -34,7 +34,7 @@ traceback, and nothing printed here ever holds a provider token.
 from __future__ import annotations
 
 # The command modules register their commands on ``main`` when imported.
-from . import _audience, _history, _info, _running, _sandbox, _schedules  # noqa: F401
+from . import _audience, _history, _info, _resume, _running, _sandbox, _schedules  # noqa: F401
 from ._group import main
 from ._output import EXIT_FAILED, EXIT_INPUT_ERROR, EXIT_OK, EXIT_PARTIAL
 

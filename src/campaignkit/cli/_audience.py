@@ -86,6 +86,33 @@ def _suppress_inputs(
     return out
 
 
+def _suppression_keys(
+    inputs: Sequence[tuple[str, str]], validator: AddressValidator, target: Channel
+) -> dict[str, str]:
+    """The suppression key of every address given (to the value as given, first time);
+    if any is invalid, the command exits 2 naming them and nothing is suppressed."""
+    keys: dict[str, str] = {}  # key -> the value as given (first time)
+    invalid: list[str] = []
+    for where, value in inputs:
+        normalized = validator.normalize_value(value.strip())
+        if normalized is None:
+            invalid.append(repr(value) if where == "argument" else f"{where}: {value!r}")
+        else:
+            keys.setdefault(validator.key(normalized), value)
+    noun, _ = _KIND_NOUN.get(validator.kind, ("address", "address(es)"))
+    if invalid:
+        shown = ", ".join(invalid[:10]) + (f" and {len(invalid) - 10} more" if invalid[10:] else "")
+        hint = ""
+        if validator.kind == "phone" and target.phone_region is None:
+            hint = f" (numbers without +country code need channels.{target.name}.phone_region)"
+        _fail(
+            f"not a valid {noun} for channel {target.name!r}: {shown}{hint}; "
+            "nothing was suppressed",
+            EXIT_INPUT_ERROR,
+        )
+    return keys
+
+
 @main.command(epilog=EPILOG)
 @click.argument("config", type=_CONFIG)
 @click.argument("addresses", nargs=-1)
@@ -150,24 +177,7 @@ def suppress(
         target = _channel(cfg, channel)
         kind, validator = _address_validator(cfg, target, _plugin_manager(block))
         inputs = _suppress_inputs(addresses, files, validator.kind)
-    keys: dict[str, str] = {}  # key -> the value as given (first time)
-    invalid: list[str] = []
-    for where, value in inputs:
-        normalized = validator.normalize_value(value.strip())
-        if normalized is None:
-            invalid.append(repr(value) if where == "argument" else f"{where}: {value!r}")
-        else:
-            keys.setdefault(validator.key(normalized), value)
-    noun, nouns = _KIND_NOUN.get(validator.kind, ("address", "address(es)"))
-    if invalid:
-        shown = ", ".join(invalid[:10]) + (f" and {len(invalid) - 10} more" if invalid[10:] else "")
-        hint = ""
-        if validator.kind == "phone" and target.phone_region is None:
-            hint = f" (numbers without +country code need channels.{channel}.phone_region)"
-        _fail(
-            f"not a valid {noun} for channel {channel!r}: {shown}{hint}; nothing was suppressed",
-            EXIT_INPUT_ERROR,
-        )
+    keys = _suppression_keys(inputs, validator, target)
     pipeline = _build(cfg, None, None, rehearsal=use_sandbox)
     with _input_errors(config):
         ledger = pipeline.ledger()
@@ -178,6 +188,7 @@ def suppress(
                     ledger.suppress(kind, key, reason=reason, source="campaignkit suppress")
         finally:
             ledger.close()
+    _, nouns = _KIND_NOUN.get(validator.kind, ("address", "address(es)"))
     out = _console()
     added = [k for k in keys if k not in known]
     for key in keys if not _quiet() else ():

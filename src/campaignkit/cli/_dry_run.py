@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -201,10 +201,11 @@ def _guard_notes(config: PipelineConfig, report: PlanReport) -> list[str]:
     return notes
 
 
-def _plan_summary(console: Console, report: PlanReport, *, samples: int) -> None:
-    """The per-channel plan table, what the failures mean, and the rendered samples."""
-    channels = list(report.channels.values())
-    console.print(f"{report.pipeline} · dry run · nothing sent")
+def _plan_table(
+    channels: Sequence[ChannelPlanSummary],
+) -> tuple[Table, list[list[str | Text]]]:
+    """The per-channel table of a plan, and the same as one block of lines per channel
+    (for a terminal too narrow for the table)."""
     table = Table(box=box.SIMPLE_HEAD)
     deferred = any(c.deferred for c in channels)
     segments = any(c.sms_segments is not None for c in channels)
@@ -217,7 +218,7 @@ def _plan_summary(console: Console, report: PlanReport, *, samples: int) -> None
     numeric = {"eligible", "deferred", "skipped", "SMS segments", "est. cost"}
     for header in headers:
         table.add_column(header, justify="right" if header in numeric else "left", no_wrap=True)
-    blocks = []
+    blocks: list[list[str | Text]] = []
     for c in channels:
         reasons = [f"{reason} {n}" for reason, n in _in_selection_order(c.skipped)]
         failures = [f"{reason} {n}" for reason, n in _top(c.failures, len(c.failures))]
@@ -242,6 +243,15 @@ def _plan_summary(console: Console, report: PlanReport, *, samples: int) -> None
         block += [f"  skipped: {', '.join(reasons)}"] if reasons else []
         block += [Text(f"  would fail: {', '.join(failures)}", style="red")] if failures else []
         blocks.append(block)
+    return table, blocks
+
+
+def _plan_summary(console: Console, report: PlanReport, *, samples: int) -> None:
+    """The per-channel plan table, what the failures mean, and the rendered samples."""
+    channels = list(report.channels.values())
+    console.print(f"{report.pipeline} · dry run · nothing sent")
+    deferred = any(c.deferred for c in channels)
+    table, blocks = _plan_table(channels)
     if _fits(console, table):
         console.print(table)
     else:  # a narrow terminal: one block per channel, every line whole

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -187,15 +189,8 @@ def preview(config: Path, channel: str, count: int, as_json: bool, block: tuple[
 # -- channels ------------------------------------------------------------------------------
 
 
-@main.command(epilog=EPILOG)
-@click.option("--json", "as_json", is_flag=True, help="Print the providers as JSON.")
-@_block_option
-def channels(as_json: bool, block: tuple[str, ...]) -> None:
-    """List the channel providers and source types that are installed."""
-    with _input_errors():
-        registry = Registry(_plugin_manager(block))
-        providers = dict(sorted(registry.channels.items()))
-        sources = dict(sorted(registry.sources.items()))
+def _provider_rows(providers: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per channel provider, as ``channels --json`` prints them."""
     rows = []
     for name, info in providers.items():
         cls = info.factory
@@ -210,11 +205,13 @@ def channels(as_json: bool, block: tuple[str, ...]) -> None:
                 "token_required": bool(cls.token_required),
             }
         )
-    source_rows = [{"type": n, "package": i.package} for n, i in sources.items()]
-    if as_json:
-        click.echo(json.dumps({"channels": rows, "sources": source_rows}, indent=2))
-        return
-    out = _console()
+    return rows
+
+
+def _print_channels(
+    out: Console, rows: Sequence[Mapping[str, Any]], source_rows: Sequence[Mapping[str, str]]
+) -> None:
+    """The tables of ``channels`` (one block per provider on a narrow terminal)."""
     table = Table(box=None, pad_edge=False)
     for header in (
         "provider",
@@ -263,3 +260,20 @@ def channels(as_json: bool, block: tuple[str, ...]) -> None:
     else:
         for source in source_rows:
             out.print(f"{source['type']} ({_package(source['package'])})")
+
+
+@main.command(epilog=EPILOG)
+@click.option("--json", "as_json", is_flag=True, help="Print the providers as JSON.")
+@_block_option
+def channels(as_json: bool, block: tuple[str, ...]) -> None:
+    """List the channel providers and source types that are installed."""
+    with _input_errors():
+        registry = Registry(_plugin_manager(block))
+        providers = dict(sorted(registry.channels.items()))
+        sources = dict(sorted(registry.sources.items()))
+    rows = _provider_rows(providers)
+    source_rows = [{"type": n, "package": i.package} for n, i in sources.items()]
+    if as_json:
+        click.echo(json.dumps({"channels": rows, "sources": source_rows}, indent=2))
+        return
+    _print_channels(_console(), rows, source_rows)

@@ -1,34 +1,29 @@
-"""Sending: ``run``, ``resume``, ``retry-failed``."""
+"""Sending: ``run`` (one logical date, or what the schedule says is due)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
 from .._ledger import (
     ACTIVE_STATUSES,
     RESUMABLE_STATUSES,
-    LedgerError,
     RunRecord,
 )
 from .._models import RunReport, RunStatus
 from .._pipeline import (
     Pipeline,
-    stored_report,
 )
 from .._schedule import manual_logical_date
 from ._campaign import (
     LATEST,
     _build,
     _find_run,
-    _get_run,
     _interrupt_message,
-    _open_ledger,
     _prepare,
     _record_sandbox,
     _sandbox_journal,
@@ -383,198 +378,3 @@ def _run_scheduled(pipeline: Pipeline, config: Path, sandbox: Any, *, as_json: b
 
 
 # -- resume and retry-failed ---------------------------------------------------------------
-
-
-def _run_to_continue(
-    pipeline: Pipeline, run_id: str, where: _Where, *, sandboxed: bool
-) -> tuple[RunRecord, list[str]]:
-    """The run ``resume`` or ``retry-failed`` continues (``latest`` resolved), and a
-    note when the campaign changed since it started; a run skipped as too late is an
-    error (it has nothing to resume)."""
-    before = []
-    with _input_errors(where.config), _open_ledger(pipeline, required=True) as ledger:
-        assert ledger is not None
-        record = _get_run(pipeline, ledger, run_id, where)
-        if record.status == RunStatus.SKIPPED_LATE.value:
-            late = f"--logical-date {record.logical_date.isoformat()} --force"
-            raise LedgerError(
-                f"run {record.run_id!r} was skipped as too late and has nothing to resume; "
-                f"{where.command('run', flags=late)} sends it now"
-            )
-        if not sandboxed and record.fingerprint != pipeline.fingerprint():
-            before.append(
-                "Note:      the campaign (source, channels, options or templates) changed "
-                "since the run started; what is left is sent as configured now."
-            )
-    return record, before
-
-
-def _finished_line(run_id: str, report: RunReport, retry_failed: bool, resend_unknown: bool) -> str:
-    """Said by ``resume`` and ``retry-failed`` when the run had finished: nothing was sent."""
-    return (
-        f"Finished:  nothing was sent now. Run {run_id} had finished "
-        f"({report.status.value}) and owes nothing"
-        + (" (no transient failures)" if retry_failed else "")
-        + (" (no unknown deliveries)" if resend_unknown else "")
-        + ("." if _quiet() else "; its stored report follows.")
-    )
-
-
-def _continue_run(
-    config: Path,
-    run_id: str,
-    *,
-    resend_unknown: bool,
-    retry_failed: bool,
-    channels: Sequence[str],
-    as_json: bool,
-    output_dir: Path | None,
-    use_sandbox: bool,
-    retry_delay: float | None,
-    block: Sequence[str],
-) -> NoReturn:
-    configs, pm = _prepare([config], retry_delay=retry_delay, use_sandbox=use_sandbox, block=block)
-    with (
-        _sigterm_interrupts("interrupted before sending started; nothing was sent"),
-        _sandboxed(configs, use_sandbox) as (applied, env, sandbox),
-    ):
-        pipeline = _build(applied[0], pm, env, rehearsal=use_sandbox)
-        where = _Where(config, use_sandbox)
-        record, before = _run_to_continue(pipeline, run_id, where, sandboxed=sandbox is not None)
-        run_id = record.run_id  # ``latest`` resolved
-        if output_dir is None:
-            # Keep the run's report next to its rejected rows when it was written elsewhere.
-            stored = stored_report(record)
-            if stored is not None and stored.output_dir:
-                output_dir = Path(stored.output_dir).parent
-        names = [c.name for c in pipeline.enabled_channels if not channels or c.name in channels]
-        out = _console()
-        progress = _Progress(
-            out,
-            names,
-            show=out.is_terminal and not as_json and not _quiet(),
-            extracting=False,
-        )
-        with _sandbox_journal(sandbox, pipeline, output_dir):
-            report = _drive(
-                lambda: pipeline.resume(
-                    run_id,
-                    resend_unknown=resend_unknown,
-                    retry_failed=retry_failed,
-                    channels=list(channels) or None,
-                    progress=progress,
-                    output_dir=output_dir,
-                ),
-                progress,
-                config=config,
-                interrupted=lambda: _interrupt_message(where, _find_run(pipeline, run_id=run_id)),
-            )
-        if report.replayed:
-            before.insert(0, _finished_line(run_id, report, retry_failed, resend_unknown))
-            after = []
-        else:
-            settled = ", ".join(f"{name} {progress.done.get(name, 0)}" for name in report.channels)
-            after = [f"This time: settled (sent or failed) per channel: {settled or 'none'}"]
-        if sandbox is not None:
-            after += _record_sandbox(sandbox)
-    code = _emit(
-        report,
-        as_json=as_json,
-        where=where,
-        ledger=pipeline.execution.ledger,
-        before=before,
-        after=after,
-        doubts=_run_doubts(pipeline, report),
-    )
-    raise SystemExit(code)
-
-
-@main.command(epilog=EPILOG)
-@click.argument("config", type=_CONFIG)
-@click.argument("run_id")
-@click.option(
-    "--resend-unknown",
-    is_flag=True,
-    help="Also send again the messages recorded as unknown (in flight at a crash, or in "
-    "doubt after a timeout or a 5xx, to a provider without idempotency keys): they may be "
-    "delivered twice.",
-)
-@_json_option
-@_output_dir_option
-@_sandbox_option
-@_retry_delay_option
-@_block_option
-def resume(
-    config: Path,
-    run_id: str,
-    resend_unknown: bool,
-    as_json: bool,
-    output_dir: Path | None,
-    use_sandbox: bool,
-    retry_delay: float | None,
-    block: tuple[str, ...],
-) -> None:
-    """Continue run RUN_ID of campaign CONFIG after a crash, a timeout or an interruption.
-
-    Every pending message is sent exactly once; nothing recorded as sent is sent again.
-    Messages that were in flight when the run stopped are sent again with the same
-    idempotency key where the provider has one, and otherwise reported as unknown
-    (--resend-unknown sends them). CONFIG is needed because tokens and templates are
-    not stored in the ledger. RUN_ID may be `latest`: the campaign's newest run.
-    """
-    _continue_run(
-        config,
-        run_id,
-        resend_unknown=resend_unknown,
-        retry_failed=False,
-        channels=(),
-        as_json=as_json,
-        output_dir=output_dir,
-        use_sandbox=use_sandbox,
-        retry_delay=retry_delay,
-        block=block,
-    )
-
-
-@main.command("retry-failed", epilog=EPILOG)
-@click.argument("config", type=_CONFIG)
-@click.argument("run_id")
-@click.option(
-    "--channel",
-    "-c",
-    "channels",
-    multiple=True,
-    metavar="NAME",
-    help="Only this channel (repeatable; default: every enabled channel).",
-)
-@_json_option
-@_output_dir_option
-@_sandbox_option
-@_retry_delay_option
-@_block_option
-def retry_failed(
-    config: Path,
-    run_id: str,
-    channels: tuple[str, ...],
-    as_json: bool,
-    output_dir: Path | None,
-    use_sandbox: bool,
-    retry_delay: float | None,
-    block: tuple[str, ...],
-) -> None:
-    """Send again run RUN_ID's transient failures (retries exhausted, credentials
-    rejected), with the usual retry rounds. Permanent failures (an invalid number, a
-    refused address) are never sent again. Pending messages are sent too. RUN_ID may be
-    `latest`: the campaign's newest run."""
-    _continue_run(
-        config,
-        run_id,
-        resend_unknown=False,
-        retry_failed=True,
-        channels=channels,
-        as_json=as_json,
-        output_dir=output_dir,
-        use_sandbox=use_sandbox,
-        retry_delay=retry_delay,
-        block=block,
-    )

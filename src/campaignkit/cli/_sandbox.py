@@ -268,6 +268,30 @@ def _print_sandbox(out: Console, described: Mapping[str, Any], env: Mapping[str,
         out.print(f"export {variable}={shlex.quote(value)}")
 
 
+def _announce_sandbox(
+    servers: Any, setup: _SandboxSetup, *, show_tokens: bool, as_json: bool
+) -> Console:
+    """Print what the running sandbox serves (as JSON on stdout, or tables) and that it
+    is ready; returns the console for the notes that follow (stderr with ``--json``)."""
+    from ..testing.sandbox import DEFAULT_ENV
+
+    described = _sandbox_description(servers, setup, show_tokens=show_tokens)
+    env = {
+        variable: value
+        for variable, value in servers.env().items()
+        if show_tokens or DEFAULT_ENV[variable] not in setup.given_tokens
+    }
+    if as_json:
+        click.echo(json.dumps({"providers": described, "env": env}))
+        note = _console(stderr=True)
+    else:
+        note = _console()
+        _print_sandbox(note, described, env)
+    note.print("Sandbox ready; press Ctrl-C to stop.")
+    sys.stdout.flush()
+    return note
+
+
 @main.command(epilog=EPILOG)
 @click.option(
     "--port-base",
@@ -342,7 +366,7 @@ def sandbox(
     the environment variables a program would set. Point a campaign's channels at the
     printed options (or run `campaignkit run CONFIG --sandbox`, which starts its own).
     """
-    from ..testing.sandbox import DEFAULT_ENV, Sandbox
+    from ..testing.sandbox import Sandbox
 
     setup = _sandbox_setup(
         providers,
@@ -368,20 +392,7 @@ def sandbox(
 
     previous = signal.signal(signal.SIGTERM, on_signal)
     try:
-        described = _sandbox_description(servers, setup, show_tokens=show_tokens)
-        env = {
-            variable: value
-            for variable, value in servers.env().items()
-            if show_tokens or DEFAULT_ENV[variable] not in setup.given_tokens
-        }
-        if as_json:
-            click.echo(json.dumps({"providers": described, "env": env}))
-            note = _console(stderr=True)
-        else:
-            note = _console()
-            _print_sandbox(note, described, env)
-        note.print("Sandbox ready; press Ctrl-C to stop.")
-        sys.stdout.flush()
+        note = _announce_sandbox(servers, setup, show_tokens=show_tokens, as_json=as_json)
         try:
             while not stop.wait(0.2):
                 pass

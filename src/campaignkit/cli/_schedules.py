@@ -19,6 +19,7 @@ from .._config import Schedule
 from .._ledger import (
     ACTIVE_STATUSES,
     RESUMABLE_STATUSES,
+    RunRecord,
 )
 from .._models import (
     RunReport,
@@ -28,7 +29,7 @@ from .._pipeline import (
     ScheduledRuns,
 )
 from .._redact import redact
-from .._schedule import Interval, plan_due_runs, upcoming
+from .._schedule import Interval, Plan, plan_due_runs, upcoming
 from ..exceptions import CampaignKitError
 from ._campaign import _build, _look, _open_ledger, _prepare, _sandboxed
 from ._group import EPILOG, main
@@ -105,6 +106,47 @@ def _describe_schedule(schedule: Schedule) -> str:
     return ", ".join(parts)
 
 
+def _schedule_dict(
+    pipeline: Pipeline,
+    now: datetime,
+    plan: Plan,
+    orphans: Sequence[RunRecord],
+    upcoming_intervals: Sequence[Interval],
+) -> dict[str, Any]:
+    """``schedule --json``: the schedule, what is due now, the upcoming logical dates."""
+    sched = pipeline.schedule
+    zone = sched.timezone
+    return {
+        "pipeline": pipeline.name,
+        "now": _iso(now),
+        "schedule": {
+            "enabled": sched.enabled,
+            "cron": sched.cron,
+            "timezone": zone,
+            "catchup": sched.catchup,
+            "start_date": _iso(sched.start_date),
+            "end_date": _iso(sched.end_date),
+            "max_lateness_minutes": sched.max_lateness_minutes,
+        },
+        "due_now": {
+            "resume": [r.run_id for r in orphans],
+            "start": [_interval_dict(i) for i in plan.start],
+            "skip": [_interval_dict(i) for i in plan.skip],
+            "blocked": [
+                {**_interval_dict(b.interval), "cause": b.cause, "reason": b.reason}
+                for b in plan.blocked
+            ],
+        },
+        "upcoming": [
+            {
+                **_interval_dict(i),
+                "due_local": i.end.astimezone(zoneinfo.ZoneInfo(zone)).isoformat(),
+            }
+            for i in upcoming_intervals
+        ],
+    }
+
+
 @main.command(epilog=EPILOG)
 @click.argument("config", type=_CONFIG)
 @click.option(
@@ -139,35 +181,7 @@ def schedule(
     orphans = [r for r in known if r.status in ACTIVE_STATUSES and not r.in_progress]
     zone = sched.timezone
     if as_json:
-        data = {
-            "pipeline": pipeline.name,
-            "now": _iso(now),
-            "schedule": {
-                "enabled": sched.enabled,
-                "cron": sched.cron,
-                "timezone": zone,
-                "catchup": sched.catchup,
-                "start_date": _iso(sched.start_date),
-                "end_date": _iso(sched.end_date),
-                "max_lateness_minutes": sched.max_lateness_minutes,
-            },
-            "due_now": {
-                "resume": [r.run_id for r in orphans],
-                "start": [_interval_dict(i) for i in plan.start],
-                "skip": [_interval_dict(i) for i in plan.skip],
-                "blocked": [
-                    {**_interval_dict(b.interval), "cause": b.cause, "reason": b.reason}
-                    for b in plan.blocked
-                ],
-            },
-            "upcoming": [
-                {
-                    **_interval_dict(i),
-                    "due_local": i.end.astimezone(zoneinfo.ZoneInfo(zone)).isoformat(),
-                }
-                for i in upcoming_intervals
-            ],
-        }
+        data = _schedule_dict(pipeline, now, plan, orphans, upcoming_intervals)
         click.echo(json.dumps(data, indent=2))
         return
     out = _console()
