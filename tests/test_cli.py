@@ -23,7 +23,7 @@ from click.testing import CliRunner, Result
 import campaignkit
 from campaignkit import load_config
 from campaignkit.cli import main
-from campaignkit.cli._options import _with_retry_delay
+from campaignkit.cli._options import with_retry_delay
 from campaignkit.testing import sandbox as sandbox_module
 from campaignkit.testing.sandbox import Sandbox
 
@@ -240,7 +240,7 @@ def test_with_retry_delay_sets_every_channel(campaign: Path) -> None:
             for c in config.channels
         ),
     )
-    changed = _with_retry_delay(config, 1.5)
+    changed = with_retry_delay(config, 1.5)
     assert changed.execution.retry.delay_seconds == pytest.approx(1.5)
     assert changed.execution.retry.retries == 2
     by_name = {c.name: c for c in changed.channels}

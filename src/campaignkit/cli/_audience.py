@@ -23,10 +23,10 @@ from .._notifier import ChannelSettings, Notifier, placeholder_token
 from .._plugins import Registry
 from .._suppression import _entries as _suppression_entries
 from ..exceptions import CampaignKitError, ConfigError, PluginError
-from ._campaign import _build, _look, _open_ledger
+from ._campaign import build_pipeline, look, open_ledger
 from ._group import EPILOG, main
-from ._options import _CONFIG, _block_option, _plugin_manager, _sandbox_ledger_option
-from ._output import EXIT_INPUT_ERROR, _console, _fail, _fits, _input_errors, _quiet
+from ._options import CONFIG_PATH, block_option, plugin_manager, sandbox_ledger_option
+from ._output import EXIT_INPUT_ERROR, fail, fits, input_errors, is_quiet, make_console
 
 # -- suppress and suppressions ------------------------------------------------------------
 
@@ -105,7 +105,7 @@ def _suppression_keys(
         hint = ""
         if validator.kind == "phone" and target.phone_region is None:
             hint = f" (numbers without +country code need channels.{target.name}.phone_region)"
-        _fail(
+        fail(
             f"not a valid {noun} for channel {target.name!r}: {shown}{hint}; "
             "nothing was suppressed",
             EXIT_INPUT_ERROR,
@@ -114,7 +114,7 @@ def _suppression_keys(
 
 
 @main.command(epilog=EPILOG)
-@click.argument("config", type=_CONFIG)
+@click.argument("config", type=CONFIG_PATH)
 @click.argument("addresses", nargs=-1)
 @click.option("--channel", "-c", required=True, help="The channel whose recipients are suppressed.")
 @click.option(
@@ -138,7 +138,7 @@ def _suppression_keys(
     is_flag=True,
     help="Add to the sandbox's ledger (runs made with --sandbox).",
 )
-@_block_option
+@block_option
 def suppress(
     config: Path,
     addresses: tuple[str, ...],
@@ -165,7 +165,7 @@ def suppress(
     if (found := find_control(reason, strict=True)) is not None:
         # One line of text: no escape sequence for the terminal, no line for a report.
         raise click.BadParameter(control_detail("the reason", *found), param_hint="--reason")
-    with _input_errors(config):
+    with input_errors(config):
         cfg = load_config(config)
         if not cfg.execution.ledger:
             raise ConfigError(
@@ -175,11 +175,11 @@ def suppress(
                 path="execution.ledger",
             )
         target = _channel(cfg, channel)
-        kind, validator = _address_validator(cfg, target, _plugin_manager(block))
+        kind, validator = _address_validator(cfg, target, plugin_manager(block))
         inputs = _suppress_inputs(addresses, files, validator.kind)
     keys = _suppression_keys(inputs, validator, target)
-    pipeline = _build(cfg, None, None, rehearsal=use_sandbox)
-    with _input_errors(config):
+    pipeline = build_pipeline(cfg, None, None, rehearsal=use_sandbox)
+    with input_errors(config):
         ledger = pipeline.ledger()
         try:
             known = {address: why for _, address, why, _ in ledger.suppressions(kind)}
@@ -189,9 +189,9 @@ def suppress(
         finally:
             ledger.close()
     _, nouns = _KIND_NOUN.get(validator.kind, ("address", "address(es)"))
-    out = _console()
+    out = make_console()
     added = [k for k in keys if k not in known]
-    for key in keys if not _quiet() else ():
+    for key in keys if not is_quiet() else ():
         state = f"already suppressed ({known[key]})" if key in known else f"added ({reason})"
         out.print(f"  {key}  {state}")
     out.print(
@@ -202,7 +202,7 @@ def suppress(
 
 
 @main.command(epilog=EPILOG)
-@click.argument("config", type=_CONFIG)
+@click.argument("config", type=CONFIG_PATH)
 @click.option("--kind", help="Only this kind of address: email, phone, push_token.")
 @click.option(
     "--format",
@@ -220,7 +220,7 @@ def suppress(
     type=click.Path(dir_okay=False, path_type=Path),
     help="With --format json or csv: write to this file instead of stdout.",
 )
-@_sandbox_ledger_option
+@sandbox_ledger_option
 def suppressions(
     config: Path,
     kind: str | None,
@@ -242,18 +242,18 @@ def suppressions(
         fmt = "json"
     if output is not None and fmt == "table":
         raise click.UsageError("--output needs --format json or csv")
-    pipeline = _look(config, use_sandbox)
+    pipeline = look(config, use_sandbox)
     entries: list[tuple[str, str, str, str | None]] = []
-    with _input_errors(config), _open_ledger(pipeline, required=False) as ledger:
+    with input_errors(config), open_ledger(pipeline, required=False) as ledger:
         if ledger is not None:
             entries = ledger.suppressions(kind or None)
     if fmt != "table":
-        with _input_errors(config):
+        with input_errors(config):
             _export_suppressions(entries, fmt, output)
         if output is not None:
             click.echo(f"{len(entries)} suppressed address(es) written to {output}", err=True)
         return
-    out = _console()
+    out = make_console()
     if entries:
         out.print(f"Suppressed addresses ({pipeline.state_path})")
         table = Table(box=box.SIMPLE_HEAD)
@@ -261,7 +261,7 @@ def suppressions(
             table.add_column(header, no_wrap=True)
         for k, a, r, src in entries:
             table.add_row(k, a, r, src or "-")
-        if _fits(out, table):
+        if fits(out, table):
             out.print(table)
         else:  # a narrow terminal: one block per address, nothing broken or cut
             for k, a, r, src in entries:

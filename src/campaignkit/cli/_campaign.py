@@ -29,14 +29,14 @@ from .._pipeline import (
 )
 from .._rehearsal import rehearsal_execution
 from ..exceptions import ConfigError
-from ._options import _plugin_manager, _with_retry_delay
-from ._output import _input_errors, _sandbox_failure, _Where
+from ._options import plugin_manager, with_retry_delay
+from ._output import Where, input_errors, sandbox_failure
 
 # -- ledger helpers ------------------------------------------------------------------------
 
 
 @contextmanager
-def _open_ledger(pipeline: Pipeline, *, required: bool) -> Iterator[SqliteLedger | None]:
+def open_ledger(pipeline: Pipeline, *, required: bool) -> Iterator[SqliteLedger | None]:
     """The pipeline's ledger, or ``None`` when it does not exist yet (it is not
     created by looking). With ``required``, a missing ledger is a :class:`LedgerError`."""
     path = pipeline.state_path
@@ -44,7 +44,7 @@ def _open_ledger(pipeline: Pipeline, *, required: bool) -> Iterator[SqliteLedger
         if required:
             raise LedgerError(
                 f"no ledger at {path} (execution.state_path): this campaign has no runs "
-                f"yet{_sandbox_hint(pipeline)}"
+                f"yet{sandbox_hint(pipeline)}"
             )
         yield None
         return
@@ -59,7 +59,7 @@ def _open_ledger(pipeline: Pipeline, *, required: bool) -> Iterator[SqliteLedger
 LATEST = "latest"
 
 
-def _get_run(pipeline: Pipeline, ledger: SqliteLedger, run_id: str, where: _Where) -> RunRecord:
+def get_run(pipeline: Pipeline, ledger: SqliteLedger, run_id: str, where: Where) -> RunRecord:
     """The run ``run_id`` (``latest``: the campaign's newest), with a hint when it is
     not there (the runs command, or ``--sandbox`` when only a rehearsal has runs)."""
     try:
@@ -71,11 +71,11 @@ def _get_run(pipeline: Pipeline, ledger: SqliteLedger, run_id: str, where: _Wher
         return ledger.get_run(run_id)
     except LedgerError as exc:
         raise LedgerError(
-            f"{exc} ({where.command('runs')} lists the runs{_sandbox_hint(pipeline)})"
+            f"{exc} ({where.command('runs')} lists the runs{sandbox_hint(pipeline)})"
         ) from None
 
 
-def _sandbox_hint(pipeline: Pipeline) -> str:
+def sandbox_hint(pipeline: Pipeline) -> str:
     """``; ... add --sandbox`` when the rehearsals' ledger exists and this is not it."""
     if pipeline.rehearsal:
         return ""
@@ -85,13 +85,13 @@ def _sandbox_hint(pipeline: Pipeline) -> str:
     return f"; runs made with --sandbox are in {rehearsals}: add --sandbox"
 
 
-def _find_run(
+def find_run(
     pipeline: Pipeline, *, run_id: str | None = None, logical_date: datetime | None = None
 ) -> RunRecord | None:
     """A run by id, else the latest one for ``logical_date``, else the newest; ``None``
     when there is none or the ledger cannot be read."""
     try:
-        with _open_ledger(pipeline, required=False) as ledger:
+        with open_ledger(pipeline, required=False) as ledger:
             if ledger is None:
                 return None
             if run_id is not None:
@@ -105,7 +105,7 @@ def _find_run(
         return None
 
 
-def _channel_results(
+def channel_results(
     ledger: SqliteLedger,
     run: RunRecord,
     pipeline: Pipeline,
@@ -139,7 +139,7 @@ def _channel_results(
     return out
 
 
-def _status_text(run: RunRecord) -> str:
+def status_text(run: RunRecord) -> str:
     if run.status in ACTIVE_STATUSES:
         if run.in_progress and run.owner is not None:
             return f"{run.status} ({run.owner.describe()})"
@@ -171,7 +171,7 @@ def _sandbox_providers(config: PipelineConfig) -> list[str]:
 
 
 @contextmanager
-def _sandboxed(
+def sandboxed_configs(
     configs: Sequence[PipelineConfig], enabled: bool
 ) -> Iterator[tuple[list[PipelineConfig], dict[str, str] | None, Any]]:
     """Without ``enabled``: the configs as they are. With it: sandbox servers for their
@@ -187,7 +187,7 @@ def _sandboxed(
     try:
         sandbox.start()
     except Exception as exc:  # e.g. the SMTP sandbox without aiosmtpd
-        _sandbox_failure(exc)
+        sandbox_failure(exc)
     try:
         # apply() also isolates the state: the sandbox ledger and run directories.
         applied = [sandbox.apply(cfg) for cfg in configs]
@@ -199,7 +199,7 @@ def _sandboxed(
         sandbox.stop()
 
 
-def _record_sandbox(sandbox: Any) -> list[str]:
+def record_sandbox(sandbox: Any) -> list[str]:
     """What to print after a sandboxed command: the messages each server accepted and
     where they were recorded as they arrived (``<run dir>/sandbox/<provider>.jsonl``)."""
     counts = ", ".join(f"{p} {n}" for p, n in sandbox.counts().items())
@@ -211,7 +211,7 @@ def _record_sandbox(sandbox: Any) -> list[str]:
 
 
 @contextmanager
-def _sandbox_journal(
+def sandbox_journal(
     sandbox: Any, pipeline: Pipeline, output_dir: str | Path | None
 ) -> Iterator[None]:
     """While a sandboxed command sends: each run records what the servers accept to
@@ -226,7 +226,7 @@ def _sandbox_journal(
 # -- setup shared by the sending commands --------------------------------------------------
 
 
-def _prepare(
+def prepare(
     configs: Sequence[Path],
     *,
     retry_delay: float | None,
@@ -236,19 +236,19 @@ def _prepare(
     """Load the campaign files and the plugins; exit 2 on any problem."""
     loaded = []
     for path in configs:
-        with _input_errors(path):
+        with input_errors(path):
             cfg = _load_or_list_all(path, use_sandbox=use_sandbox, block=block)
             if retry_delay is not None:
-                cfg = _with_retry_delay(cfg, retry_delay)
+                cfg = with_retry_delay(cfg, retry_delay)
             if use_sandbox:
                 _sandbox_providers(cfg)
             loaded.append(cfg)
-    with _input_errors():
-        pm = _plugin_manager(block)
+    with input_errors():
+        pm = plugin_manager(block)
     return loaded, pm
 
 
-def _build(
+def build_pipeline(
     config: PipelineConfig,
     pm: pluggy.PluginManager | None,
     env: Mapping[str, str] | None,
@@ -259,11 +259,11 @@ def _build(
     ledger and run directories, anything else the campaign's, whatever its channels
     point at."""
     file = Path(config.file) if config.file else None
-    with _input_errors(file):
+    with input_errors(file):
         return Pipeline.from_config(config, plugins=pm, env=env, rehearsal=rehearsal)
 
 
-def _interrupt_message(where: _Where, run: RunRecord | None) -> str:
+def interrupt_message(where: Where, run: RunRecord | None) -> str:
     if run is None:
         return "interrupted before the run started; nothing was sent"
     return (
@@ -276,11 +276,11 @@ def _interrupt_message(where: _Where, run: RunRecord | None) -> str:
 # -- runs ----------------------------------------------------------------------------------
 
 
-def _look(config: Path, use_sandbox: bool) -> Pipeline:
+def look(config: Path, use_sandbox: bool) -> Pipeline:
     """The pipeline of CONFIG for looking at its ledger (no plugins, no tokens)."""
-    with _input_errors(config):
+    with input_errors(config):
         cfg = load_config(config)
-    return _build(cfg, None, None, rehearsal=use_sandbox)
+    return build_pipeline(cfg, None, None, rehearsal=use_sandbox)
 
 
 def _load_or_list_all(path: Path, *, use_sandbox: bool, block: Sequence[str]) -> PipelineConfig:
@@ -293,7 +293,7 @@ def _load_or_list_all(path: Path, *, use_sandbox: bool, block: Sequence[str]) ->
     except ConfigError as exc:
         if exc.problems and exc.problems[0].line is None and exc.problems[0].path is None:
             raise  # unreadable, or not TOML: nothing else can be checked
-        check = check_campaign(path, plugins=_plugin_manager(block))
+        check = check_campaign(path, plugins=plugin_manager(block))
         skipped = ("tokens", "channels") if use_sandbox else ("tokens",)
         problems = [p for p in check.problems if p.group not in skipped]
         raise ConfigError.of(problems or exc.problems, file=str(path)) from None

@@ -29,22 +29,22 @@ from .._pipeline import (
 )
 from .._plugins import Registry
 from ..exceptions import ConfigError, PluginError
-from ._campaign import _build
+from ._campaign import build_pipeline
 from ._output import (
     EXIT_INPUT_ERROR,
     EXIT_OK,
-    _console,
-    _counts,
-    _fits,
-    _heading,
-    _input_errors,
-    _lines,
-    _print_message,
-    _quiet,
-    _top,
-    _Where,
+    Where,
+    fits,
+    format_counts,
+    format_lines,
+    input_errors,
+    is_quiet,
+    make_console,
+    print_heading,
+    print_message,
+    top_counts,
 )
-from ._progress import _drive, _Progress
+from ._progress import RunProgress, drive
 
 # -- dry run -------------------------------------------------------------------------------
 
@@ -125,7 +125,7 @@ def _write_plan(path: Path, text: str) -> None:
         raise ConfigError(f"cannot write the plan to {path}: {exc.strerror or exc}") from None
 
 
-def _dry_run(
+def dry_run_plan(
     config: PipelineConfig,
     pm: pluggy.PluginManager,
     env: Mapping[str, str] | None,
@@ -138,19 +138,19 @@ def _dry_run(
     sandboxed: bool = False,
 ) -> int:
     """Plan the run (:meth:`Pipeline.plan`), print and write the plan; exit 0."""
-    with _input_errors(path):
+    with input_errors(path):
         env, notes = _dry_run_env(config, pm, env)
-    pipeline = _build(config, pm, env, rehearsal=sandboxed)
-    out = _console()
-    progress = _Progress(out, [], show=False)
+    pipeline = build_pipeline(config, pm, env, rehearsal=sandboxed)
+    out = make_console()
+    progress = RunProgress(out, [], show=False)
 
     def plan() -> PlanReport:
-        if out.is_terminal and not as_json and not _quiet():
+        if out.is_terminal and not as_json and not is_quiet():
             with out.status("Dry run: extracting the segment, selecting and rendering..."):
                 return pipeline.plan(samples=samples)
         return pipeline.plan(samples=samples)
 
-    report = _drive(
+    report = drive(
         plan,
         progress,
         config=path,
@@ -159,22 +159,22 @@ def _dry_run(
     notes += _guard_notes(config, report)
     target = plan_output or _plan_path(pipeline, output_dir, report.created_at)
     text = json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n"
-    with _input_errors(path):
+    with input_errors(path):
         _write_plan(target, text)
     if as_json:
         click.echo(text, nl=False)
-        err = _console(stderr=True)
+        err = make_console(stderr=True)
         for note in notes:
             err.print(note)
         err.print(f"Plan:      {target}")
         return EXIT_OK
-    if not _quiet():
+    if not is_quiet():
         _plan_summary(out, report, samples=samples)
         for note in notes:
             out.print(note)
     out.print(f"Plan:      {target}")
-    if not _quiet():
-        where = _Where(path, sandboxed)
+    if not is_quiet():
+        where = Where(path, sandboxed)
         out.print(
             f"Nothing was sent. {where.command('run', flags='--limit N')} sends a canary "
             f"first; {where.command('run')} sends it all."
@@ -221,7 +221,7 @@ def _plan_table(
     blocks: list[list[str | Text]] = []
     for c in channels:
         reasons = [f"{reason} {n}" for reason, n in _in_selection_order(c.skipped)]
-        failures = [f"{reason} {n}" for reason, n in _top(c.failures, len(c.failures))]
+        failures = [f"{reason} {n}" for reason, n in top_counts(c.failures, len(c.failures))]
         cells: list[str | Text] = [c.channel, c.provider, str(c.eligible)]
         cells += [str(c.deferred)] if deferred else []
         cells += [
@@ -252,18 +252,18 @@ def _plan_summary(console: Console, report: PlanReport, *, samples: int) -> None
     console.print(f"{report.pipeline} · dry run · nothing sent")
     deferred = any(c.deferred for c in channels)
     table, blocks = _plan_table(channels)
-    if _fits(console, table):
+    if fits(console, table):
         console.print(table)
     else:  # a narrow terminal: one block per channel, every line whole
         for lines in blocks:
             for line in lines:
                 console.print(line)
-    rejected = f" ({_counts(report.rejected_reasons)})" if report.rejected_reasons else ""
+    rejected = f" ({format_counts(report.rejected_reasons)})" if report.rejected_reasons else ""
     console.print(
         f"Segment:   {report.rows_read} row(s) read, {report.rows_rejected} rejected{rejected}"
     )
     if report.lines:
-        console.print(_lines(report.lines))
+        console.print(format_lines(report.lines))
     costs = [c.estimated_cost for c in channels if c.estimated_cost is not None]
     if len(costs) > 1:
         console.print(
@@ -287,11 +287,11 @@ def _plan_summary(console: Console, report: PlanReport, *, samples: int) -> None
 def _print_samples(console: Console, summary: ChannelPlanSummary) -> None:
     total = len(summary.samples)
     for i, message in enumerate(summary.samples, 1):
-        _heading(
+        print_heading(
             console,
             f"{summary.channel} sample {i}/{total}: {message.recipient_id} -> {message.address}",
         )
-        _print_message(console, message, html=False)
+        print_message(console, message, html=False)
         if summary.sms_segments is not None:
             info = sms_segments(message.body)
             console.print(

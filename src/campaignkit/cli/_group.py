@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from .. import __version__
-from ._output import _configure_logging, _verbosity
+from ._output import configure_logging, verbosity
 
 GROUP_EPILOG = """\b
 Exit codes:
@@ -38,14 +38,14 @@ def _set_verbosity(ctx: click.Context, param: click.Parameter, value: Any) -> No
     asked; -v with -q is a usage error."""
     if not value:
         return
-    state = _verbosity()
+    state = verbosity()
     if param.name == "verbose":
         state.verbose += int(value)
     else:
         state.quiet = True
     if state.verbose and state.quiet:
         raise click.UsageError("-q (quiet) and -v (verbose) contradict each other", ctx=ctx)
-    _configure_logging(state.verbose)
+    configure_logging(state.verbose)
 
 
 def _verbosity_params() -> list[click.Parameter]:
@@ -94,4 +94,4 @@ class _Group(click.Group):
 def main() -> None:
     """Multi-channel marketing campaigns: one customer segment fanned out in parallel
     to email, SMS and push channels, with a durable per-recipient ledger."""
-    _configure_logging(_verbosity().verbose)
+    configure_logging(verbosity().verbose)

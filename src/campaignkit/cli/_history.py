@@ -31,29 +31,29 @@ from .._models import (
 from .._pipeline import stored_report
 from ..exceptions import ConfigError
 from ._campaign import (
-    _channel_results,
-    _get_run,
-    _look,
-    _open_ledger,
-    _sandbox_hint,
-    _status_text,
+    channel_results,
+    get_run,
+    look,
+    open_ledger,
+    sandbox_hint,
+    status_text,
 )
 from ._group import EPILOG, main
-from ._options import _CONFIG, _sandbox_ledger_option
+from ._options import CONFIG_PATH, sandbox_ledger_option
 from ._output import (
-    _COUNTS,
+    COUNTS,
     EXIT_OK,
-    _brief_counts,
-    _columns_set,
-    _console,
-    _fits,
-    _input_errors,
-    _iso,
-    _minute,
-    _utc,
-    _Where,
+    Where,
+    brief_counts,
+    columns_set,
+    fits,
+    format_minute,
+    format_utc,
+    input_errors,
+    iso,
+    make_console,
 )
-from ._summary import _doubts_from_counts, _summary
+from ._summary import doubts_from_counts, print_run_summary
 
 _CSV_FIELDS = (
     "run_id",
@@ -74,21 +74,21 @@ def _run_dict(run: RunRecord, results: Mapping[str, ChannelResult]) -> dict[str,
     return {
         "run_id": run.run_id,
         "pipeline": run.pipeline,
-        "logical_date": _iso(run.logical_date),
+        "logical_date": iso(run.logical_date),
         "status": run.status,
         "process_alive": run.in_progress if run.status in ACTIVE_STATUSES else None,
-        "created_at": _iso(run.created_at),
-        "finished_at": _iso(run.finished_at),
+        "created_at": iso(run.created_at),
+        "finished_at": iso(run.finished_at),
         "recipients": run.recipients,
         "channels": {
-            name: {count: int(getattr(r, count, 0)) for count in _COUNTS}
+            name: {count: int(getattr(r, count, 0)) for count in COUNTS}
             for name, r in results.items()
         },
     }
 
 
 @main.command(epilog=EPILOG)
-@click.argument("config", type=_CONFIG)
+@click.argument("config", type=CONFIG_PATH)
 @click.option(
     "--limit",
     "-n",
@@ -98,26 +98,26 @@ def _run_dict(run: RunRecord, results: Mapping[str, ChannelResult]) -> dict[str,
     help="How many runs, newest first.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as a JSON list.")
-@_sandbox_ledger_option
+@sandbox_ledger_option
 def runs(config: Path, limit: int, as_json: bool, use_sandbox: bool) -> None:
     """List the runs of campaign CONFIG recorded in its ledger, newest first: logical
     date, status, times, recipients and per channel what was sent, failed, is pending
     or unknown."""
-    pipeline = _look(config, use_sandbox)
+    pipeline = look(config, use_sandbox)
     rows: list[tuple[RunRecord, dict[str, ChannelResult]]] = []
-    with _input_errors(config), _open_ledger(pipeline, required=False) as ledger:
+    with input_errors(config), open_ledger(pipeline, required=False) as ledger:
         if ledger is not None:
             for record in ledger.list_runs(pipeline.name, limit):
                 stored = stored_report(record)
-                rows.append((record, _channel_results(ledger, record, pipeline, stored)))
+                rows.append((record, channel_results(ledger, record, pipeline, stored)))
     if as_json:
         click.echo(json.dumps([_run_dict(r, results) for r, results in rows], indent=2))
         return
-    out = _console()
+    out = make_console()
     if not rows:
-        out.print(f"No runs of {pipeline.name} in {pipeline.state_path}{_sandbox_hint(pipeline)}.")
+        out.print(f"No runs of {pipeline.name} in {pipeline.state_path}{sandbox_hint(pipeline)}.")
         return
-    if not out.is_terminal and not _columns_set():
+    if not out.is_terminal and not columns_set():
         out.width = max(out.width, 250)  # run ids are long; one line per run in files
     channels = list(dict.fromkeys(name for _, results in rows for name in results))
     out.print(f"Runs of {pipeline.name} ({pipeline.state_path})")
@@ -132,13 +132,13 @@ def runs(config: Path, limit: int, as_json: bool, use_sandbox: bool) -> None:
     for record, results in rows:
         cells = [
             record.run_id,
-            _minute(record.logical_date),
-            _status_text(record),
-            _minute(record.created_at),
-            _minute(record.finished_at),
+            format_minute(record.logical_date),
+            status_text(record),
+            format_minute(record.created_at),
+            format_minute(record.finished_at),
             "-" if record.recipients is None else str(record.recipients),
         ]
-        per_channel = [(n, _brief_counts(results[n])) for n in channels if n in results]
+        per_channel = [(n, brief_counts(results[n])) for n in channels if n in results]
         table.add_row(*cells, *(dict(per_channel).get(n, "-") for n in channels))
         recipients = "-" if record.recipients is None else record.recipients
         blocks.append(
@@ -149,7 +149,7 @@ def runs(config: Path, limit: int, as_json: bool, use_sandbox: bool) -> None:
                 *(f"  {name}: {counts}" for name, counts in per_channel),
             ]
         )
-    if _fits(out, table):
+    if fits(out, table):
         out.print(table)
     else:  # a narrow terminal: one block per run, its id whole on its own line
         for block in blocks:
@@ -216,7 +216,7 @@ def _write_deliveries(
 
 
 @main.command(epilog=EPILOG)
-@click.argument("config", type=_CONFIG)
+@click.argument("config", type=CONFIG_PATH)
 @click.argument("run_id")
 @click.option(
     "--format",
@@ -241,7 +241,7 @@ def _write_deliveries(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write to this file instead of stdout.",
 )
-@_sandbox_ledger_option
+@sandbox_ledger_option
 def report(
     config: Path,
     run_id: str,
@@ -254,14 +254,14 @@ def report(
     every recipient's outcome (status, reason, provider message id, attempts, error
     code and error) as JSON or CSV. CSV cells are safe to open in a spreadsheet. RUN_ID
     may be `latest`: the campaign's newest run."""
-    pipeline = _look(config, use_sandbox)
-    where = _Where(config, use_sandbox)
-    with _input_errors(config), _open_ledger(pipeline, required=True) as ledger:
+    pipeline = look(config, use_sandbox)
+    where = Where(config, use_sandbox)
+    with input_errors(config), open_ledger(pipeline, required=True) as ledger:
         assert ledger is not None
-        record = _get_run(pipeline, ledger, run_id, where)
+        record = get_run(pipeline, ledger, run_id, where)
         run_id = record.run_id  # ``latest`` resolved
         stored = stored_report(record)
-        results = _channel_results(ledger, record, pipeline, stored)
+        results = channel_results(ledger, record, pipeline, stored)
         for name in channels:
             if name not in results:
                 have = ", ".join(results) or "none"
@@ -292,7 +292,7 @@ def report(
                             rejected_reasons=info.rejected_reasons,
                         )
                 doubts = {
-                    name: _doubts_from_counts(ledger.counts(run_id, name))
+                    name: doubts_from_counts(ledger.counts(run_id, name))
                     for name, result in results.items()
                     if result.unknown and ledger.is_planned(run_id, name)
                 }
@@ -314,11 +314,11 @@ def _report_table(
     record: RunRecord,
     stored: RunReport | None,
     results: Mapping[str, ChannelResult],
-    where: _Where,
+    where: Where,
     channels: Sequence[str],
     doubts: Mapping[str, Mapping[str, int]],
 ) -> None:
-    console = _console(file=None if stream is sys.stdout else stream)
+    console = make_console(file=None if stream is sys.stdout else stream)
     shown = {n: r for n, r in results.items() if not channels or n in channels}
     base = stored or RunReport(
         run_id=record.run_id,
@@ -329,16 +329,17 @@ def _report_table(
     )
     view = attrs.evolve(base, channels=shown)
     console.print(
-        f"Logical date {_utc(record.logical_date)} · created {_utc(record.created_at)} · "
-        f"finished {_utc(record.finished_at)} · "
+        f"Logical date {format_utc(record.logical_date)} · "
+        f"created {format_utc(record.created_at)} · "
+        f"finished {format_utc(record.finished_at)} · "
         f"{'-' if record.recipients is None else record.recipients} recipient(s)"
     )
     going = record.in_progress
-    _summary(
+    print_run_summary(
         console,
         view,
         where=where,
-        status=_status_text(record),
+        status=status_text(record),
         results_hint=False,
         hints=not going,  # nothing to resume while its process sends it
         doubts=doubts,

@@ -20,22 +20,22 @@ from .._pipeline import (
 )
 from .._plugins import Registry
 from ._group import EPILOG, main
-from ._options import _CONFIG, _block_option, _plugin_manager
+from ._options import CONFIG_PATH, block_option, plugin_manager
 from ._output import (
     EXIT_INPUT_ERROR,
     EXIT_OK,
-    _console,
-    _counts,
-    _fail,
-    _fits,
-    _format_rate,
-    _heading,
-    _input_errors,
-    _message_dict,
-    _one_line,
-    _package,
-    _print_message,
-    _problem_sections,
+    fail,
+    fits,
+    format_counts,
+    format_rate,
+    input_errors,
+    make_console,
+    message_dict,
+    package_label,
+    print_heading,
+    print_message,
+    problem_sections,
+    single_line,
 )
 
 
@@ -69,27 +69,27 @@ def _print_rows(out: Console, rows: RowCheck) -> None:
         f"{rows.rejected} rejected"
     )
     if rows.reasons:
-        out.print(f"  rejected: {_counts(rows.reasons)}")
+        out.print(f"  rejected: {format_counts(rows.reasons)}")
         shown = len(rows.examples)
         more = f" (first {shown} of {rows.rejected})" if shown < rows.rejected else ""
         if shown:
             out.print(f"  rejected rows{more}:")
         for example in rows.examples:
-            out.print(f"    {_one_line(str(example))}")
+            out.print(f"    {single_line(str(example))}")
     invalid = {k: v for k, v in rows.invalid_addresses.items() if v}
     if invalid:
-        out.print(f"  invalid addresses (skipped as invalid_address): {_counts(invalid)}")
+        out.print(f"  invalid addresses (skipped as invalid_address): {format_counts(invalid)}")
         total = sum(invalid.values())
         shown = len(rows.address_examples)
         more = f" (first {shown} of {total})" if shown < total else ""
         if shown:
             out.print(f"  invalid addresses{more}:")
         for example in rows.address_examples:
-            out.print(f"    {_one_line(str(example))}")
+            out.print(f"    {single_line(str(example))}")
 
 
 @main.command(epilog=EPILOG)
-@click.argument("config", type=_CONFIG)
+@click.argument("config", type=CONFIG_PATH)
 @click.option("--json", "as_json", is_flag=True, help="Print the result (problems, rows) as JSON.")
 @click.option(
     "--rows",
@@ -108,7 +108,7 @@ def _print_rows(out: Console, rows: RowCheck) -> None:
     is_flag=True,
     help="With --rows: exit 2 when any row is rejected or any address is invalid.",
 )
-@_block_option
+@block_option
 def validate(
     config: Path,
     as_json: bool,
@@ -125,8 +125,8 @@ def validate(
     recording anything) and its rejected rows and invalid addresses are reported."""
     if (strict or examples is not None) and not rows:
         raise click.UsageError("--strict and --examples need --rows")
-    with _input_errors(config):
-        pm = _plugin_manager(block)
+    with input_errors(config):
+        pm = plugin_manager(block)
         check = check_campaign(
             config, rows=rows, examples=20 if examples is None else examples, plugins=pm
         )
@@ -137,23 +137,23 @@ def validate(
     if as_json:
         click.echo(json.dumps(check.to_dict(), indent=2))
         raise SystemExit(code)
-    out = _console()
+    out = make_console()
     if check.summary is not None:
-        with _input_errors(config):
+        with input_errors(config):
             _print_summary(out, config, check, load_config(config))
     if check.rows is not None:
         _print_rows(out, check.rows)
     if len(check.problems) == 1:
-        _fail(str(check.problems[0]), EXIT_INPUT_ERROR)
+        fail(str(check.problems[0]), EXIT_INPUT_ERROR)
     if check.problems:
         click.echo(f"campaignkit: error: {config}: {len(check.problems)} problems", err=True)
-        for line in _problem_sections(check.problems):
+        for line in problem_sections(check.problems):
             click.echo(line, err=True)
     raise SystemExit(code)
 
 
 @main.command(epilog=EPILOG)
-@click.argument("config", type=_CONFIG)
+@click.argument("config", type=CONFIG_PATH)
 @click.option("--channel", "-c", required=True, help="The channel to render (email, sms, ...).")
 @click.option(
     "-n",
@@ -164,25 +164,27 @@ def validate(
     help="How many recipients.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the messages as a JSON list.")
-@_block_option
+@block_option
 def preview(config: Path, channel: str, count: int, as_json: bool, block: tuple[str, ...]) -> None:
     """Render CHANNEL's messages for the first eligible recipients of CONFIG.
 
     Sends nothing and needs no token.
     """
-    with _input_errors(config):
-        pipeline = Pipeline.from_file(config, plugins=_plugin_manager(block))
+    with input_errors(config):
+        pipeline = Pipeline.from_file(config, plugins=plugin_manager(block))
         messages = pipeline.preview(channel, count)
     if as_json:
-        click.echo(json.dumps([_message_dict(m) for m in messages], indent=2, ensure_ascii=False))
+        click.echo(json.dumps([message_dict(m) for m in messages], indent=2, ensure_ascii=False))
         return
-    out = _console()
+    out = make_console()
     if not messages:
         out.print(f"No eligible recipient for channel {channel!r}.")
         return
     for i, message in enumerate(messages, 1):
-        _heading(out, f"{channel} {i}/{len(messages)}: {message.recipient_id} -> {message.address}")
-        _print_message(out, message)
+        print_heading(
+            out, f"{channel} {i}/{len(messages)}: {message.recipient_id} -> {message.address}"
+        )
+        print_message(out, message)
     out.print(f"{len(messages)} message(s) rendered; nothing was sent.")
 
 
@@ -201,7 +203,7 @@ def _provider_rows(providers: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "address_field": cls.address_field,
                 "max_batch_size": cls.max_batch_size,
                 "idempotency_keys": bool(cls.supports_idempotency_keys),
-                "default_rate": _format_rate(cls.default_rate),
+                "default_rate": format_rate(cls.default_rate),
                 "token_required": bool(cls.token_required),
             }
         )
@@ -227,7 +229,7 @@ def _print_channels(
     for row in rows:
         cells = [
             row["provider"],
-            _package(row["package"]),
+            package_label(row["package"]),
             row["address_field"],
             str(row["max_batch_size"]),
             "yes" if row["idempotency_keys"] else "no",
@@ -243,7 +245,7 @@ def _print_channels(
             ]
         )
     out.print("Channel providers")
-    if _fits(out, table):
+    if fits(out, table):
         out.print(table)
     else:  # a narrow terminal: one block per provider, nothing cut
         for provider_lines in blocks:
@@ -253,22 +255,22 @@ def _print_channels(
     sources_table.add_column("type", no_wrap=True)
     sources_table.add_column("package", no_wrap=True)
     for source in source_rows:
-        sources_table.add_row(source["type"], _package(source["package"]))
+        sources_table.add_row(source["type"], package_label(source["package"]))
     out.print("Source types")
-    if _fits(out, sources_table):
+    if fits(out, sources_table):
         out.print(sources_table)
     else:
         for source in source_rows:
-            out.print(f"{source['type']} ({_package(source['package'])})")
+            out.print(f"{source['type']} ({package_label(source['package'])})")
 
 
 @main.command(epilog=EPILOG)
 @click.option("--json", "as_json", is_flag=True, help="Print the providers as JSON.")
-@_block_option
+@block_option
 def channels(as_json: bool, block: tuple[str, ...]) -> None:
     """List the channel providers and source types that are installed."""
-    with _input_errors():
-        registry = Registry(_plugin_manager(block))
+    with input_errors():
+        registry = Registry(plugin_manager(block))
         providers = dict(sorted(registry.channels.items()))
         sources = dict(sorted(registry.sources.items()))
     rows = _provider_rows(providers)
@@ -276,4 +278,4 @@ def channels(as_json: bool, block: tuple[str, ...]) -> None:
     if as_json:
         click.echo(json.dumps({"channels": rows, "sources": source_rows}, indent=2))
         return
-    _print_channels(_console(), rows, source_rows)
+    _print_channels(make_console(), rows, source_rows)

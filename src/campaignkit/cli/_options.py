@@ -17,9 +17,9 @@ import pluggy
 
 from .._config import PipelineConfig
 from .._plugins import BLOCK_ENV, get_plugin_manager
-from ._output import EXIT_FAILED, _fail
+from ._output import EXIT_FAILED, fail
 
-_CONFIG = click.Path(dir_okay=False, path_type=Path)
+CONFIG_PATH = click.Path(dir_okay=False, path_type=Path)
 
 
 #: Builds a command's plugin manager from its ``--block`` names. The command line uses
@@ -29,7 +29,7 @@ _CONFIG = click.Path(dir_okay=False, path_type=Path)
 PluginManagerFactory = Callable[[Sequence[str]], pluggy.PluginManager]
 
 
-def _plugin_manager(block: Sequence[str]) -> pluggy.PluginManager:
+def plugin_manager(block: Sequence[str]) -> pluggy.PluginManager:
     """The current command's plugin manager, built by the factory in the click context's
     ``obj`` (:data:`PluginManagerFactory`), if one was passed."""
     ctx = click.get_current_context(silent=True)
@@ -39,7 +39,7 @@ def _plugin_manager(block: Sequence[str]) -> pluggy.PluginManager:
     return factory(block)
 
 
-def _with_retry_delay(config: PipelineConfig, seconds: float) -> PipelineConfig:
+def with_retry_delay(config: PipelineConfig, seconds: float) -> PipelineConfig:
     """``config`` with every retry delay (execution default and per channel) set to
     ``seconds``; jitter and retry counts are kept."""
     minutes = seconds / 60.0
@@ -55,7 +55,7 @@ def _with_retry_delay(config: PipelineConfig, seconds: float) -> PipelineConfig:
     return attrs.evolve(config, execution=execution, channels=channels)
 
 
-def _block_option(func: Callable[..., Any]) -> Callable[..., Any]:
+def block_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--block-plugin",
         "block",
@@ -66,7 +66,7 @@ def _block_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
-def _sandbox_option(func: Callable[..., Any]) -> Callable[..., Any]:
+def sandbox_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--sandbox",
         "use_sandbox",
@@ -78,7 +78,7 @@ def _sandbox_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
-def _sandbox_ledger_option(func: Callable[..., Any]) -> Callable[..., Any]:
+def sandbox_ledger_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--sandbox",
         "use_sandbox",
@@ -87,7 +87,7 @@ def _sandbox_ledger_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
-def _retry_delay_option(func: Callable[..., Any]) -> Callable[..., Any]:
+def retry_delay_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--retry-delay",
         type=click.FloatRange(min=0),
@@ -96,13 +96,13 @@ def _retry_delay_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
-def _json_option(func: Callable[..., Any]) -> Callable[..., Any]:
+def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--json", "as_json", is_flag=True, help="Print only the run report as JSON."
     )(func)
 
 
-def _output_dir_option(func: Callable[..., Any]) -> Callable[..., Any]:
+def output_dir_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--output-dir",
         type=click.Path(file_okay=False, path_type=Path),
@@ -126,14 +126,14 @@ class _DateTime(click.ParamType[datetime]):
         return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-_DATETIME = _DateTime()
+DATETIME = _DateTime()
 
 
 # -- signals -------------------------------------------------------------------------------
 
 
 @contextmanager
-def _sigterm_interrupts(before_sending: str | None = None) -> Iterator[None]:
+def sigterm_interrupts(before_sending: str | None = None) -> Iterator[None]:
     """While active, the first SIGTERM raises :class:`KeyboardInterrupt` in the main
     thread, exactly like Ctrl-C: a run stops starting batches, lets the requests in
     flight finish, records them and ends ``cancelled``. Further SIGTERMs are ignored
@@ -160,6 +160,6 @@ def _sigterm_interrupts(before_sending: str | None = None) -> Iterator[None]:
     except KeyboardInterrupt:
         if before_sending is None:
             raise
-        _fail(before_sending, EXIT_FAILED)
+        fail(before_sending, EXIT_FAILED)
     finally:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

@@ -58,13 +58,13 @@ _EXIT_BY_STATUS: dict[str, int] = {
 BUILTIN_PACKAGE = "campaignkit (built-in)"
 
 #: Delivery counts shown per channel; the first three always, the others when not zero.
-_COUNTS = ("sent", "failed", "skipped", "pending", "unknown", "deferred")
+COUNTS = ("sent", "failed", "skipped", "pending", "unknown", "deferred")
 
 
 # -- output helpers ------------------------------------------------------------------------
 
 
-def _console(*, stderr: bool = False, file: IO[str] | None = None) -> Console:
+def make_console(*, stderr: bool = False, file: IO[str] | None = None) -> Console:
     """A console for human output. Markup and highlighting are off: values such as
     ``ExponentPushToken[...]`` must print verbatim."""
     console = Console(
@@ -75,23 +75,23 @@ def _console(*, stderr: bool = False, file: IO[str] | None = None) -> Console:
         emoji=False,
         soft_wrap=True,
     )
-    if not console.is_terminal and not _columns_set():
+    if not console.is_terminal and not columns_set():
         # Output to a file or pipe: no terminal width to respect, keep tables readable.
         console.width = max(console.width, 120)
     return console
 
 
-def _columns_set() -> bool:
+def columns_set() -> bool:
     """Whether ``COLUMNS`` asks for a width (honoured even when output is not a terminal)."""
     return os.environ.get("COLUMNS", "").strip().isdigit()
 
 
-def _sandbox_failure(exc: Exception) -> NoReturn:
+def sandbox_failure(exc: Exception) -> NoReturn:
     hint = " (pip install 'campaignkit[sandbox]')" if isinstance(exc, ImportError) else ""
-    _fail(f"cannot start the sandbox: {type(exc).__name__}: {exc}{hint}", EXIT_FAILED)
+    fail(f"cannot start the sandbox: {type(exc).__name__}: {exc}{hint}", EXIT_FAILED)
 
 
-def _fail(message: str, code: int) -> NoReturn:
+def fail(message: str, code: int) -> NoReturn:
     """Print ``message`` as one line on stderr and exit with ``code``."""
     one_line = " ".join(redact(message).splitlines())
     click.echo(f"campaignkit: error: {one_line}", err=True)
@@ -109,7 +109,7 @@ def _as_given(problem: Problem, config: Path | None) -> Problem:
     return attrs.evolve(problem, file=str(config)) if same else problem
 
 
-def _describe_error(exc: CampaignKitError, config: Path | None) -> str:
+def describe_error(exc: CampaignKitError, config: Path | None) -> str:
     """The error's message, prefixed with the configuration file when a
     :class:`ConfigError` does not name it already; one problem with a line reads as
     ``validate`` prints it (``FILE:LINE: key.path: message``)."""
@@ -132,16 +132,16 @@ def _describe_error(exc: CampaignKitError, config: Path | None) -> str:
 
 
 @contextmanager
-def _input_errors(config: Path | None = None) -> Iterator[None]:
+def input_errors(config: Path | None = None) -> Iterator[None]:
     """Turn a :class:`CampaignKitError` into one line on stderr and exit code 2."""
     try:
         yield
     except CampaignKitError as exc:
-        _fail_problems(exc, config, EXIT_INPUT_ERROR)
-        _fail(_describe_error(exc, config), EXIT_INPUT_ERROR)
+        fail_problems(exc, config, EXIT_INPUT_ERROR)
+        fail(describe_error(exc, config), EXIT_INPUT_ERROR)
 
 
-def _format_rate(rate: Rate | None) -> str:
+def format_rate(rate: Rate | None) -> str:
     if rate is None or (rate.messages_per_second is None and rate.requests_per_second is None):
         return "unlimited"
     parts = []
@@ -152,20 +152,20 @@ def _format_rate(rate: Rate | None) -> str:
     return ", ".join(parts)
 
 
-def _package(package: str) -> str:
+def package_label(package: str) -> str:
     return "built-in" if package == BUILTIN_PACKAGE else package
 
 
-def _top(counts: Mapping[str, int], limit: int = 3) -> list[tuple[str, int]]:
+def top_counts(counts: Mapping[str, int], limit: int = 3) -> list[tuple[str, int]]:
     """The ``limit`` largest counts, largest first."""
     return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
 
 
-def _counts(counts: Mapping[str, int]) -> str:
-    return ", ".join(f"{name} {n}" for name, n in _top(counts, len(counts)))
+def format_counts(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{name} {n}" for name, n in top_counts(counts, len(counts)))
 
 
-def _lines(lines: Mapping[str, int]) -> str:
+def format_lines(lines: Mapping[str, int]) -> str:
     """``Lines:     302 = 1 header + 290 in accepted rows + 8 in rejected rows + 3 blank``"""
     return (
         f"Lines:     {lines.get('total', 0)} = {lines.get('header', 0)} header + "
@@ -174,18 +174,18 @@ def _lines(lines: Mapping[str, int]) -> str:
     )
 
 
-def _duration(result: ChannelResult) -> str:
+def format_duration(result: ChannelResult) -> str:
     seconds = result.duration_seconds
     return "-" if seconds is None else f"{seconds:.1f}s"
 
 
-def _q(value: object) -> str:
+def shell_quote(value: object) -> str:
     """``value`` quoted for a shell command line."""
     return shlex.quote(str(value))
 
 
 @attrs.frozen
-class _Where:
+class Where:
     """A campaign file (and whether the sandbox's ledger is meant), for the commands
     that hints print."""
 
@@ -194,9 +194,9 @@ class _Where:
 
     def command(self, verb: str, run_id: str | None = None, flags: str = "") -> str:
         """``campaignkit VERB CONFIG [RUN_ID] [FLAGS] [--sandbox]``, shell-quoted."""
-        parts = ["campaignkit", verb, _q(self.config)]
+        parts = ["campaignkit", verb, shell_quote(self.config)]
         if run_id is not None:
-            parts.append(_q(run_id))
+            parts.append(shell_quote(run_id))
         if flags:
             parts.append(flags)
         if self.sandbox:
@@ -204,7 +204,7 @@ class _Where:
         return " ".join(parts)
 
 
-def _utc(value: datetime | None) -> str:
+def format_utc(value: datetime | None) -> str:
     """``2024-05-01 09:30 UTC`` (seconds only when not zero); ``-`` for None."""
     if value is None:
         return "-"
@@ -212,18 +212,18 @@ def _utc(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S" if value.second else "%Y-%m-%d %H:%M") + " UTC"
 
 
-def _minute(value: datetime | None) -> str:
+def format_minute(value: datetime | None) -> str:
     """``2024-05-01 09:30`` in UTC; ``-`` for None."""
     return "-" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
 
 
-def _local(value: datetime, zone: str) -> str:
+def format_local(value: datetime, zone: str) -> str:
     """``value`` on the wall clock of ``zone`` with its abbreviation (``02:00 CEST``)."""
     local = value.astimezone(zoneinfo.ZoneInfo(zone))
     return local.strftime("%Y-%m-%d %H:%M:%S %Z" if local.second else "%Y-%m-%d %H:%M %Z")
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso(value: datetime | None) -> str | None:
     return None if value is None else value.astimezone(UTC).isoformat()
 
 
@@ -231,7 +231,7 @@ def _exit_code(status: str) -> int:
     return _EXIT_BY_STATUS.get(str(status), EXIT_FAILED)
 
 
-def _report_exit(report: RunReport) -> int:
+def report_exit(report: RunReport) -> int:
     """The exit code of a run: its status's, except that a canary or a run holding
     messages for quiet hours exits 1, as a partial run, when deliveries failed or are
     unknown (those statuses say what is still owed, not whether what went out failed)."""
@@ -246,13 +246,13 @@ def _report_exit(report: RunReport) -> int:
     return code
 
 
-def _configure_logging(verbose: int) -> None:
+def configure_logging(verbose: int) -> None:
     for handler in list(log.handlers):
         if getattr(handler, "_campaignkit_cli", False):
             log.removeHandler(handler)
     if not verbose:
         return
-    handler = RichHandler(console=_console(stderr=True), show_path=False, markup=False)
+    handler = RichHandler(console=make_console(stderr=True), show_path=False, markup=False)
     handler._campaignkit_cli = True  # type: ignore[attr-defined]
     log.addHandler(handler)
     log.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
@@ -273,7 +273,7 @@ class _Verbosity:
     quiet: bool = False
 
 
-def _verbosity() -> _Verbosity:
+def verbosity() -> _Verbosity:
     """The current command's verbosity (the default outside a command)."""
     ctx = click.get_current_context(silent=True)
     if ctx is None:
@@ -282,32 +282,32 @@ def _verbosity() -> _Verbosity:
     return state
 
 
-def _quiet() -> bool:
+def is_quiet() -> bool:
     """Whether -q was given: no progress, no tables, notes or hints from a sending command."""
-    return _verbosity().quiet
+    return verbosity().quiet
 
 
-def _fits(console: Console, table: Table) -> bool:
+def fits(console: Console, table: Table) -> bool:
     """Whether ``table`` fits the console without squeezing a column: its widest
     rendering (wrapping columns at their ``max_width``) is no wider than the console."""
     options = console.options.update_width(100_000)
     return Measurement.get(console, options, table).maximum <= console.width
 
 
-def _brief_counts(result: ChannelResult) -> str:
+def brief_counts(result: ChannelResult) -> str:
     parts = [f"{result.sent} sent"]
-    parts += [f"{getattr(result, c)} {c}" for c in _COUNTS[1:] if getattr(result, c, 0)]
+    parts += [f"{getattr(result, c)} {c}" for c in COUNTS[1:] if getattr(result, c, 0)]
     return ", ".join(parts)
 
 
 # -- validate ------------------------------------------------------------------------------
 
 
-def _one_line(text: str) -> str:
+def single_line(text: str) -> str:
     return " ".join(redact(text).splitlines())
 
 
-def _problem_sections(problems: Sequence[Problem]) -> list[str]:
+def problem_sections(problems: Sequence[Problem]) -> list[str]:
     """Problems grouped under a heading per group (``Config:``, ``Tokens:`` ...), one
     line each: ``file:line: key.path: message``."""
     lines: list[str] = []
@@ -316,11 +316,11 @@ def _problem_sections(problems: Sequence[Problem]) -> list[str]:
         if problem.group != group:
             group = problem.group
             lines.append(f"{group.capitalize()}:")
-        lines.append(f"  {_one_line(str(problem))}")
+        lines.append(f"  {single_line(str(problem))}")
     return lines
 
 
-def _fail_problems(exc: CampaignKitError, config: Path | None, code: int) -> None:
+def fail_problems(exc: CampaignKitError, config: Path | None, code: int) -> None:
     """Exit with ``code`` listing every problem, grouped, when ``exc`` carries several
     (a ConfigError from checking a whole campaign); return otherwise."""
     if not isinstance(exc, ConfigError) or len(exc.problems) < 2:
@@ -329,7 +329,7 @@ def _fail_problems(exc: CampaignKitError, config: Path | None, code: int) -> Non
     file = config or exc.file
     where = f"{file}: " if file else ""
     click.echo(f"campaignkit: error: {where}{len(problems)} problems", err=True)
-    for line in _problem_sections(problems):
+    for line in problem_sections(problems):
         click.echo(line, err=True)
     raise SystemExit(code)
 
@@ -337,7 +337,7 @@ def _fail_problems(exc: CampaignKitError, config: Path | None, code: int) -> Non
 # -- preview -------------------------------------------------------------------------------
 
 
-def _message_dict(message: Message) -> dict[str, Any]:
+def message_dict(message: Message) -> dict[str, Any]:
     out: dict[str, Any] = {"recipient_id": message.recipient_id, "address": message.address}
     for part in ("subject", "title", "body", "html"):
         value = getattr(message, part)
@@ -350,7 +350,7 @@ def _message_dict(message: Message) -> dict[str, Any]:
     return out
 
 
-def _heading(console: Console, title: str) -> None:
+def print_heading(console: Console, title: str) -> None:
     """A rule titled ``title``; the title alone when the rule would cut it."""
     if cell_len(title) + 6 <= console.width:
         console.rule(title)
@@ -358,10 +358,10 @@ def _heading(console: Console, title: str) -> None:
         console.print(title)
 
 
-def _print_message(console: Console, message: Message, *, html: bool = True) -> None:
+def print_message(console: Console, message: Message, *, html: bool = True) -> None:
     """A rendered message's parts, one ``key: value`` each (multi-line values indented);
     without ``html``, only the HTML part's size."""
-    for key, value in _message_dict(message).items():
+    for key, value in message_dict(message).items():
         if key in ("recipient_id", "address"):
             continue
         if key == "html" and not html:

@@ -19,7 +19,7 @@ from rich.progress import (
 )
 
 from ..exceptions import CampaignKitError
-from ._output import EXIT_FAILED, EXIT_INPUT_ERROR, _describe_error, _fail, _fail_problems, log
+from ._output import EXIT_FAILED, EXIT_INPUT_ERROR, describe_error, fail, fail_problems, log
 
 _T = TypeVar("_T")
 
@@ -84,7 +84,7 @@ class _RunDisplay:
             self.progress.update(task, completed=done)
 
 
-class _Progress:
+class RunProgress:
     """The progress callbacks of one sending command: bars on a terminal, whether any
     delivery was settled yet (for the exit code of an error) and how many were settled
     per channel in this session."""
@@ -110,9 +110,9 @@ class _Progress:
             self.display.advance(channel, done)
 
 
-def _drive(
+def drive(
     action: Callable[[], _T],
-    progress: _Progress,
+    progress: RunProgress,
     *,
     config: Path | None,
     interrupted: Callable[[], str],
@@ -130,12 +130,12 @@ def _drive(
             return action()
     except CampaignKitError as exc:
         code = EXIT_FAILED if progress.settled.is_set() else EXIT_INPUT_ERROR
-        _fail_problems(exc, config, code)
-        _fail(_describe_error(exc, config), code)
+        fail_problems(exc, config, code)
+        fail(describe_error(exc, config), code)
     except FileExistsError as exc:
-        _fail(f"run directory already exists: {exc.filename}", EXIT_INPUT_ERROR)
+        fail(f"run directory already exists: {exc.filename}", EXIT_INPUT_ERROR)
     except KeyboardInterrupt:
-        _fail(interrupted(), EXIT_FAILED)
+        fail(interrupted(), EXIT_FAILED)
     except Exception as exc:
         log.debug("run failed", exc_info=True)
-        _fail(f"run failed: {type(exc).__name__}: {exc} (use -vv for details)", EXIT_FAILED)
+        fail(f"run failed: {type(exc).__name__}: {exc} (use -vv for details)", EXIT_FAILED)

@@ -18,46 +18,46 @@ from .._pipeline import (
     stored_report,
 )
 from ._campaign import (
-    _build,
-    _find_run,
-    _get_run,
-    _interrupt_message,
-    _open_ledger,
-    _prepare,
-    _record_sandbox,
-    _sandbox_journal,
-    _sandboxed,
+    build_pipeline,
+    find_run,
+    get_run,
+    interrupt_message,
+    open_ledger,
+    prepare,
+    record_sandbox,
+    sandbox_journal,
+    sandboxed_configs,
 )
 from ._group import EPILOG, main
 from ._options import (
-    _CONFIG,
-    _block_option,
-    _json_option,
-    _output_dir_option,
-    _retry_delay_option,
-    _sandbox_option,
-    _sigterm_interrupts,
+    CONFIG_PATH,
+    block_option,
+    json_option,
+    output_dir_option,
+    retry_delay_option,
+    sandbox_option,
+    sigterm_interrupts,
 )
 from ._output import (
-    _console,
-    _input_errors,
-    _quiet,
-    _Where,
+    Where,
+    input_errors,
+    is_quiet,
+    make_console,
 )
-from ._progress import _drive, _Progress
-from ._summary import _emit, _run_doubts
+from ._progress import RunProgress, drive
+from ._summary import emit_report, run_doubts
 
 
 def _run_to_continue(
-    pipeline: Pipeline, run_id: str, where: _Where, *, sandboxed: bool
+    pipeline: Pipeline, run_id: str, where: Where, *, sandboxed: bool
 ) -> tuple[RunRecord, list[str]]:
     """The run ``resume`` or ``retry-failed`` continues (``latest`` resolved), and a
     note when the campaign changed since it started; a run skipped as too late is an
     error (it has nothing to resume)."""
     before = []
-    with _input_errors(where.config), _open_ledger(pipeline, required=True) as ledger:
+    with input_errors(where.config), open_ledger(pipeline, required=True) as ledger:
         assert ledger is not None
-        record = _get_run(pipeline, ledger, run_id, where)
+        record = get_run(pipeline, ledger, run_id, where)
         if record.status == RunStatus.SKIPPED_LATE.value:
             late = f"--logical-date {record.logical_date.isoformat()} --force"
             raise LedgerError(
@@ -79,7 +79,7 @@ def _finished_line(run_id: str, report: RunReport, retry_failed: bool, resend_un
         f"({report.status.value}) and owes nothing"
         + (" (no transient failures)" if retry_failed else "")
         + (" (no unknown deliveries)" if resend_unknown else "")
-        + ("." if _quiet() else "; its stored report follows.")
+        + ("." if is_quiet() else "; its stored report follows.")
     )
 
 
@@ -96,13 +96,13 @@ def _continue_run(
     retry_delay: float | None,
     block: Sequence[str],
 ) -> NoReturn:
-    configs, pm = _prepare([config], retry_delay=retry_delay, use_sandbox=use_sandbox, block=block)
+    configs, pm = prepare([config], retry_delay=retry_delay, use_sandbox=use_sandbox, block=block)
     with (
-        _sigterm_interrupts("interrupted before sending started; nothing was sent"),
-        _sandboxed(configs, use_sandbox) as (applied, env, sandbox),
+        sigterm_interrupts("interrupted before sending started; nothing was sent"),
+        sandboxed_configs(configs, use_sandbox) as (applied, env, sandbox),
     ):
-        pipeline = _build(applied[0], pm, env, rehearsal=use_sandbox)
-        where = _Where(config, use_sandbox)
+        pipeline = build_pipeline(applied[0], pm, env, rehearsal=use_sandbox)
+        where = Where(config, use_sandbox)
         record, before = _run_to_continue(pipeline, run_id, where, sandboxed=sandbox is not None)
         run_id = record.run_id  # ``latest`` resolved
         if output_dir is None:
@@ -111,15 +111,15 @@ def _continue_run(
             if stored is not None and stored.output_dir:
                 output_dir = Path(stored.output_dir).parent
         names = [c.name for c in pipeline.enabled_channels if not channels or c.name in channels]
-        out = _console()
-        progress = _Progress(
+        out = make_console()
+        progress = RunProgress(
             out,
             names,
-            show=out.is_terminal and not as_json and not _quiet(),
+            show=out.is_terminal and not as_json and not is_quiet(),
             extracting=False,
         )
-        with _sandbox_journal(sandbox, pipeline, output_dir):
-            report = _drive(
+        with sandbox_journal(sandbox, pipeline, output_dir):
+            report = drive(
                 lambda: pipeline.resume(
                     run_id,
                     resend_unknown=resend_unknown,
@@ -130,7 +130,7 @@ def _continue_run(
                 ),
                 progress,
                 config=config,
-                interrupted=lambda: _interrupt_message(where, _find_run(pipeline, run_id=run_id)),
+                interrupted=lambda: interrupt_message(where, find_run(pipeline, run_id=run_id)),
             )
         if report.replayed:
             before.insert(0, _finished_line(run_id, report, retry_failed, resend_unknown))
@@ -139,21 +139,21 @@ def _continue_run(
             settled = ", ".join(f"{name} {progress.done.get(name, 0)}" for name in report.channels)
             after = [f"This time: settled (sent or failed) per channel: {settled or 'none'}"]
         if sandbox is not None:
-            after += _record_sandbox(sandbox)
-    code = _emit(
+            after += record_sandbox(sandbox)
+    code = emit_report(
         report,
         as_json=as_json,
         where=where,
         ledger=pipeline.execution.ledger,
         before=before,
         after=after,
-        doubts=_run_doubts(pipeline, report),
+        doubts=run_doubts(pipeline, report),
     )
     raise SystemExit(code)
 
 
 @main.command(epilog=EPILOG)
-@click.argument("config", type=_CONFIG)
+@click.argument("config", type=CONFIG_PATH)
 @click.argument("run_id")
 @click.option(
     "--resend-unknown",
@@ -162,11 +162,11 @@ def _continue_run(
     "doubt after a timeout or a 5xx, to a provider without idempotency keys): they may be "
     "delivered twice.",
 )
-@_json_option
-@_output_dir_option
-@_sandbox_option
-@_retry_delay_option
-@_block_option
+@json_option
+@output_dir_option
+@sandbox_option
+@retry_delay_option
+@block_option
 def resume(
     config: Path,
     run_id: str,
@@ -200,7 +200,7 @@ def resume(
 
 
 @main.command("retry-failed", epilog=EPILOG)
-@click.argument("config", type=_CONFIG)
+@click.argument("config", type=CONFIG_PATH)
 @click.argument("run_id")
 @click.option(
     "--channel",
@@ -210,11 +210,11 @@ def resume(
     metavar="NAME",
     help="Only this channel (repeatable; default: every enabled channel).",
 )
-@_json_option
-@_output_dir_option
-@_sandbox_option
-@_retry_delay_option
-@_block_option
+@json_option
+@output_dir_option
+@sandbox_option
+@retry_delay_option
+@block_option
 def retry_failed(
     config: Path,
     run_id: str,

@@ -21,51 +21,51 @@ from .._pipeline import (
 from .._schedule import manual_logical_date
 from ._campaign import (
     LATEST,
-    _build,
-    _find_run,
-    _interrupt_message,
-    _prepare,
-    _record_sandbox,
-    _sandbox_journal,
-    _sandboxed,
+    build_pipeline,
+    find_run,
+    interrupt_message,
+    prepare,
+    record_sandbox,
+    sandbox_journal,
+    sandboxed_configs,
 )
-from ._dry_run import _dry_run
+from ._dry_run import dry_run_plan
 from ._group import EPILOG, main
 from ._options import (
-    _CONFIG,
-    _DATETIME,
-    _block_option,
-    _json_option,
-    _output_dir_option,
-    _retry_delay_option,
-    _sandbox_option,
-    _sigterm_interrupts,
+    CONFIG_PATH,
+    DATETIME,
+    block_option,
+    json_option,
+    output_dir_option,
+    retry_delay_option,
+    sandbox_option,
+    sigterm_interrupts,
 )
 from ._output import (
     EXIT_INPUT_ERROR,
     EXIT_OK,
-    _console,
-    _fail,
-    _input_errors,
-    _quiet,
-    _report_exit,
-    _utc,
-    _Where,
+    Where,
+    fail,
+    format_utc,
+    input_errors,
+    is_quiet,
+    make_console,
+    report_exit,
 )
-from ._progress import _drive, _Progress
-from ._schedules import _next_due_line, _scheduled_dict, _skipped_line
-from ._summary import _emit, _hints, _quiet_problems, _run_doubts, _summary
+from ._progress import RunProgress, drive
+from ._schedules import next_due_line, scheduled_dict, skipped_line
+from ._summary import emit_report, print_run_summary, quiet_problems, run_doubts, run_hints
 
 # -- run -----------------------------------------------------------------------------------
 
 
 @main.command(epilog=EPILOG)
-@click.argument("config", type=_CONFIG)
-@_json_option
-@_output_dir_option
+@click.argument("config", type=CONFIG_PATH)
+@json_option
+@output_dir_option
 @click.option(
     "--logical-date",
-    type=_DATETIME,
+    type=DATETIME,
     help="The run's logical date, ISO 8601 (no offset: UTC). Default: the latest "
     "complete schedule interval, as a manual trigger.",
 )
@@ -109,9 +109,9 @@ from ._summary import _emit, _hints, _quiet_problems, _run_doubts, _summary
     metavar="FILE",
     help="With --dry-run: write the plan there (default: <output_dir>/plan-<timestamp>.json).",
 )
-@_sandbox_option
-@_retry_delay_option
-@_block_option
+@sandbox_option
+@retry_delay_option
+@block_option
 def run(
     config: Path,
     as_json: bool,
@@ -146,14 +146,14 @@ def run(
         samples=samples,
         plan_output=plan_output,
     )
-    configs, pm = _prepare([config], retry_delay=retry_delay, use_sandbox=use_sandbox, block=block)
+    configs, pm = prepare([config], retry_delay=retry_delay, use_sandbox=use_sandbox, block=block)
     with (
-        _sigterm_interrupts("interrupted before sending started; nothing was sent"),
-        _sandboxed(configs, use_sandbox) as (applied, env, sandbox),
+        sigterm_interrupts("interrupted before sending started; nothing was sent"),
+        sandboxed_configs(configs, use_sandbox) as (applied, env, sandbox),
     ):
         cfg = applied[0]
         if dry_run:
-            code = _dry_run(
+            code = dry_run_plan(
                 cfg,
                 pm,
                 env,
@@ -165,7 +165,7 @@ def run(
                 sandboxed=use_sandbox,
             )
             raise SystemExit(code)
-        pipeline = _build(cfg, pm, env, rehearsal=use_sandbox)
+        pipeline = build_pipeline(cfg, pm, env, rehearsal=use_sandbox)
         if scheduled:
             code = _run_scheduled(pipeline, config, sandbox, as_json=as_json)
         else:
@@ -239,31 +239,31 @@ def _run_once(
     run_id: str | None,
     limit: int | None = None,
 ) -> int:
-    where = _Where(config, sandbox is not None)
-    with _input_errors(config):
+    where = Where(config, sandbox is not None)
+    with input_errors(config):
         logical = logical_date or manual_logical_date(pipeline.schedule, datetime.now(UTC))
     keeps_ledger = pipeline.execution.ledger
     if limit is not None and not keeps_ledger:
         # Without a ledger the full run could not know whom the canary messaged.
-        _fail(
+        fail(
             f"{config}: execution.ledger: --limit needs the ledger (execution.ledger = "
             f"false): the full run would message the canary's recipients again",
             EXIT_INPUT_ERROR,
         )
-    previous = _find_run(pipeline, logical_date=logical) if keeps_ledger and not force else None
+    previous = find_run(pipeline, logical_date=logical) if keeps_ledger and not force else None
     resuming = previous is not None and (
         previous.status in ACTIVE_STATUSES or previous.status in RESUMABLE_STATUSES
     )
     already = previous is not None and not resuming
-    out = _console()
-    progress = _Progress(
+    out = make_console()
+    progress = RunProgress(
         out,
         [c.name for c in pipeline.enabled_channels],
-        show=out.is_terminal and not as_json and not already and not _quiet(),
+        show=out.is_terminal and not as_json and not already and not is_quiet(),
         extracting=not resuming,
     )
-    with _sandbox_journal(sandbox, pipeline, output_dir):
-        report = _drive(
+    with sandbox_journal(sandbox, pipeline, output_dir):
+        report = drive(
             lambda: pipeline.run(
                 logical_date=logical,
                 force=force,
@@ -275,15 +275,13 @@ def _run_once(
             ),
             progress,
             config=config,
-            interrupted=lambda: _interrupt_message(
-                where, _find_run(pipeline, logical_date=logical)
-            ),
+            interrupted=lambda: interrupt_message(where, find_run(pipeline, logical_date=logical)),
         )
     before = _run_once_notes(report, previous, logical, limit, resuming=resuming)
-    after = _record_sandbox(sandbox) if sandbox else []
+    after = record_sandbox(sandbox) if sandbox else []
     if as_json and str(report.status) == RunStatus.CANARY.value:
-        after += _hints(report, where, logical_date=logical)[:1]  # stdout stays pure JSON
-    return _emit(
+        after += run_hints(report, where, logical_date=logical)[:1]  # stdout stays pure JSON
+    return emit_report(
         report,
         as_json=as_json,
         where=where,
@@ -291,7 +289,7 @@ def _run_once(
         before=before,
         after=after,
         logical_date=logical,
-        doubts=_run_doubts(pipeline, report),
+        doubts=run_doubts(pipeline, report),
     )
 
 
@@ -308,69 +306,69 @@ def _run_once_notes(
     before = []
     if report.replayed:
         before.append(
-            f"Already ran: nothing was sent now. Logical date {_utc(logical)} has run "
+            f"Already ran: nothing was sent now. Logical date {format_utc(logical)} has run "
             f"{report.run_id} ({report.status.value}); --force starts a new run."
         )
     elif resuming and previous is not None and previous.status == RunStatus.CANARY.value:
         before.append(
-            f"Canary:    logical date {_utc(logical)} had canary run {previous.run_id}; "
+            f"Canary:    logical date {format_utc(logical)} had canary run {previous.run_id}; "
             f"its recipients were not messaged again"
             + (f", and at most {limit} more per channel were now." if limit else ".")
         )
     elif resuming and previous is not None:
         before.append(
-            f"Resumed:   logical date {_utc(logical)} had an unfinished run "
+            f"Resumed:   logical date {format_utc(logical)} had an unfinished run "
             f"{previous.run_id} ({previous.status}); only what it still owed was sent."
         )
     return before
 
 
 def _run_scheduled(pipeline: Pipeline, config: Path, sandbox: Any, *, as_json: bool) -> int:
-    where = _Where(config, sandbox is not None)
-    progress = _Progress(_console(), [], show=False)
-    with _sandbox_journal(sandbox, pipeline, None):
-        result = _drive(
+    where = Where(config, sandbox is not None)
+    progress = RunProgress(make_console(), [], show=False)
+    with sandbox_journal(sandbox, pipeline, None):
+        result = drive(
             lambda: pipeline.run_scheduled(progress=progress),
             progress,
             config=config,
-            interrupted=lambda: _interrupt_message(where, _find_run(pipeline)),
+            interrupted=lambda: interrupt_message(where, find_run(pipeline)),
         )
-    code = max((_report_exit(r) for r in result.reports), default=EXIT_OK)
+    code = max((report_exit(r) for r in result.reports), default=EXIT_OK)
     notes = []
     if sandbox is not None:
-        notes = _record_sandbox(sandbox)
+        notes = record_sandbox(sandbox)
     if as_json:
-        click.echo(json.dumps(_scheduled_dict(result), indent=2))
-        err = _console(stderr=True)
+        click.echo(json.dumps(scheduled_dict(result), indent=2))
+        err = make_console(stderr=True)
         for note in notes:
             err.print(note)
         return code
-    out = _console()
-    if _quiet():
+    out = make_console()
+    if is_quiet():
         for report in result.reports:
-            _quiet_problems(report)
+            quiet_problems(report)
             out.print(
-                f"Status: {report.status.value} (exit {_report_exit(report)}): run {report.run_id}"
+                f"Status: {report.status.value} (exit {report_exit(report)}): run {report.run_id}"
             )
         out.print(f"Started {len(result.reports)} run(s) (exit {code})")
         return code
     for report in result.reports:
-        _summary(
+        print_run_summary(
             out,
             report,
             where=where,
             ledger=pipeline.execution.ledger,
-            doubts=_run_doubts(pipeline, report),
+            doubts=run_doubts(pipeline, report),
         )
-        out.print(f"Status: {report.status.value} (exit {_report_exit(report)})")
+        out.print(f"Status: {report.status.value} (exit {report_exit(report)})")
         out.print()
     for interval in result.skipped:
-        out.print(_skipped_line(interval, pipeline.schedule))
+        out.print(skipped_line(interval, pipeline.schedule))
     for blocked in result.blocked:
-        out.print(f"Blocked:   logical date {_utc(blocked.interval.start)}: {blocked.reason}")
+        out.print(f"Blocked:   logical date {format_utc(blocked.interval.start)}: {blocked.reason}")
     if not (result.reports or result.skipped or result.blocked):
         out.print("Nothing due.")
-    out.print(_next_due_line(pipeline, result.next_due))
+    out.print(next_due_line(pipeline, result.next_due))
     for note in notes:
         out.print(note)
     out.print(f"Started {len(result.reports)} run(s) (exit {code})")

@@ -21,7 +21,7 @@ from .._models import (
     Secret,
 )
 from ._group import EPILOG, main
-from ._output import _console, _sandbox_failure
+from ._output import make_console, sandbox_failure
 
 # -- sandbox -------------------------------------------------------------------------------
 
@@ -283,9 +283,9 @@ def _announce_sandbox(
     }
     if as_json:
         click.echo(json.dumps({"providers": described, "env": env}))
-        note = _console(stderr=True)
+        note = make_console(stderr=True)
     else:
-        note = _console()
+        note = make_console()
         _print_sandbox(note, described, env)
     note.print("Sandbox ready; press Ctrl-C to stop.")
     sys.stdout.flush()
@@ -384,7 +384,7 @@ def sandbox(
         servers.start()
     except Exception as exc:
         servers.stop()
-        _sandbox_failure(exc)
+        sandbox_failure(exc)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

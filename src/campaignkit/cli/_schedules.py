@@ -31,32 +31,32 @@ from .._pipeline import (
 from .._redact import redact
 from .._schedule import Interval, Plan, plan_due_runs, upcoming
 from ..exceptions import CampaignKitError
-from ._campaign import _build, _look, _open_ledger, _prepare, _sandboxed
+from ._campaign import build_pipeline, look, open_ledger, prepare, sandboxed_configs
 from ._group import EPILOG, main
 from ._options import (
-    _CONFIG,
-    _DATETIME,
-    _block_option,
-    _retry_delay_option,
-    _sandbox_ledger_option,
-    _sandbox_option,
-    _sigterm_interrupts,
+    CONFIG_PATH,
+    DATETIME,
+    block_option,
+    retry_delay_option,
+    sandbox_ledger_option,
+    sandbox_option,
+    sigterm_interrupts,
 )
 from ._output import (
     EXIT_OK,
-    _brief_counts,
-    _console,
-    _describe_error,
-    _input_errors,
-    _iso,
-    _local,
-    _utc,
-    _Where,
+    Where,
+    brief_counts,
+    describe_error,
+    format_local,
+    format_utc,
+    input_errors,
+    iso,
     log,
+    make_console,
 )
 
 
-def _scheduled_dict(result: ScheduledRuns) -> dict[str, Any]:
+def scheduled_dict(result: ScheduledRuns) -> dict[str, Any]:
     return {
         "reports": [r.to_dict() for r in result.reports],
         "skipped": [_interval_dict(i) for i in result.skipped],
@@ -64,30 +64,31 @@ def _scheduled_dict(result: ScheduledRuns) -> dict[str, Any]:
             {**_interval_dict(b.interval), "cause": b.cause, "reason": b.reason}
             for b in result.blocked
         ],
-        "next_due": _iso(result.next_due),
+        "next_due": iso(result.next_due),
     }
 
 
 def _interval_dict(interval: Interval) -> dict[str, Any]:
-    return {"logical_date": _iso(interval.start), "due": _iso(interval.end)}
+    return {"logical_date": iso(interval.start), "due": iso(interval.end)}
 
 
-def _skipped_line(interval: Interval, schedule: Schedule) -> str:
+def skipped_line(interval: Interval, schedule: Schedule) -> str:
     return (
-        f"Skipped:   logical date {_utc(interval.start)}: due at {_utc(interval.end)}, more "
+        f"Skipped:   logical date {format_utc(interval.start)}: "
+        f"due at {format_utc(interval.end)}, more "
         f"than max_lateness_minutes ({schedule.max_lateness_minutes:g}) ago; recorded as "
         f"skipped_late, nothing sent"
     )
 
 
-def _next_due_line(pipeline: Pipeline, next_due: datetime | None) -> str:
+def next_due_line(pipeline: Pipeline, next_due: datetime | None) -> str:
     schedule = pipeline.schedule
     if not schedule.enabled:
         return "Next due:  never (schedule.enabled = false)"
     if next_due is None:
         return "Next due:  none (the schedule's end_date has passed)"
-    local = "" if schedule.timezone == "UTC" else f" ({_local(next_due, schedule.timezone)})"
-    return f"Next due:  {_utc(next_due)}{local}"
+    local = "" if schedule.timezone == "UTC" else f" ({format_local(next_due, schedule.timezone)})"
+    return f"Next due:  {format_utc(next_due)}{local}"
 
 
 # -- schedule ------------------------------------------------------------------------------
@@ -96,9 +97,9 @@ def _next_due_line(pipeline: Pipeline, next_due: datetime | None) -> str:
 def _describe_schedule(schedule: Schedule) -> str:
     parts = [f"cron {schedule.cron!r} in {schedule.timezone}"]
     parts.append(f"catchup {'on' if schedule.catchup else 'off'}")
-    parts.append(f"from {_utc(schedule.start_date)}")
+    parts.append(f"from {format_utc(schedule.start_date)}")
     if schedule.end_date is not None:
-        parts.append(f"until {_utc(schedule.end_date)}")
+        parts.append(f"until {format_utc(schedule.end_date)}")
     if schedule.max_lateness_minutes is not None:
         parts.append(f"max lateness {schedule.max_lateness_minutes:g} min")
     if not schedule.enabled:
@@ -118,14 +119,14 @@ def _schedule_dict(
     zone = sched.timezone
     return {
         "pipeline": pipeline.name,
-        "now": _iso(now),
+        "now": iso(now),
         "schedule": {
             "enabled": sched.enabled,
             "cron": sched.cron,
             "timezone": zone,
             "catchup": sched.catchup,
-            "start_date": _iso(sched.start_date),
-            "end_date": _iso(sched.end_date),
+            "start_date": iso(sched.start_date),
+            "end_date": iso(sched.end_date),
             "max_lateness_minutes": sched.max_lateness_minutes,
         },
         "due_now": {
@@ -148,7 +149,7 @@ def _schedule_dict(
 
 
 @main.command(epilog=EPILOG)
-@click.argument("config", type=_CONFIG)
+@click.argument("config", type=CONFIG_PATH)
 @click.option(
     "-n",
     "count",
@@ -159,23 +160,23 @@ def _schedule_dict(
 )
 @click.option(
     "--at",
-    type=_DATETIME,
+    type=DATETIME,
     help="Compute as of this moment (ISO 8601, no offset: UTC) instead of now.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-@_sandbox_ledger_option
+@sandbox_ledger_option
 def schedule(
     config: Path, count: int, at: datetime | None, as_json: bool, use_sandbox: bool
 ) -> None:
     """Print what `campaignkit run CONFIG --scheduled` would do now, and the next
     logical dates of CONFIG's schedule with their due times in UTC and in the
     schedule's time zone. Sends nothing."""
-    pipeline = _look(config, use_sandbox)
+    pipeline = look(config, use_sandbox)
     sched = pipeline.schedule
     now = at or datetime.now(UTC)
-    with _input_errors(config):
+    with input_errors(config):
         upcoming_intervals = upcoming(sched, now, count)
-        with _open_ledger(pipeline, required=False) as ledger:
+        with open_ledger(pipeline, required=False) as ledger:
             known = ledger.find_runs(pipeline.name) if ledger is not None else []
         plan = plan_due_runs(sched, pipeline.execution, now=now, runs=known)
     orphans = [r for r in known if r.status in ACTIVE_STATUSES and not r.in_progress]
@@ -184,15 +185,21 @@ def schedule(
         data = _schedule_dict(pipeline, now, plan, orphans, upcoming_intervals)
         click.echo(json.dumps(data, indent=2))
         return
-    out = _console()
+    out = make_console()
     out.print(f"{pipeline.name}: {_describe_schedule(sched)}")
-    out.print(f"As of {_utc(now)}, campaignkit run --scheduled would:")
+    out.print(f"As of {format_utc(now)}, campaignkit run --scheduled would:")
     lines = [f"  resume  run {r.run_id} (its process is gone)" for r in orphans]
-    lines += [f"  start   logical date {_utc(i.start)} (due {_utc(i.end)})" for i in plan.start]
     lines += [
-        f"  skip    logical date {_utc(i.start)} (due {_utc(i.end)}, too late)" for i in plan.skip
+        f"  start   logical date {format_utc(i.start)} (due {format_utc(i.end)})"
+        for i in plan.start
     ]
-    lines += [f"  hold    logical date {_utc(b.interval.start)}: {b.reason}" for b in plan.blocked]
+    lines += [
+        f"  skip    logical date {format_utc(i.start)} (due {format_utc(i.end)}, too late)"
+        for i in plan.skip
+    ]
+    lines += [
+        f"  hold    logical date {format_utc(b.interval.start)}: {b.reason}" for b in plan.blocked
+    ]
     for line in lines or ["  nothing (no interval is due that has not run)"]:
         out.print(line)
     if not upcoming_intervals:
@@ -204,8 +211,8 @@ def schedule(
     if zone != "UTC":
         table.add_column(f"due ({zone})")
     for interval in upcoming_intervals:
-        local = [_local(interval.end, zone)] if zone != "UTC" else []
-        table.add_row(_utc(interval.start), _utc(interval.end), *local)
+        local = [format_local(interval.end, zone)] if zone != "UTC" else []
+        table.add_row(format_utc(interval.start), format_utc(interval.end), *local)
     out.print(table)
 
 
@@ -222,12 +229,12 @@ def _say(line: str, *, err: bool = False) -> None:
 
 
 def _report_line(report: RunReport) -> str:
-    channels = "; ".join(f"{n} {_brief_counts(r)}" for n, r in report.channels.items())
+    channels = "; ".join(f"{n} {brief_counts(r)}" for n, r in report.channels.items())
     return f"run {report.run_id} {report.status.value}" + (f": {channels}" if channels else "")
 
 
 @main.command(epilog=EPILOG)
-@click.argument("configs", nargs=-1, required=True, type=_CONFIG)
+@click.argument("configs", nargs=-1, required=True, type=CONFIG_PATH)
 @click.option(
     "--poll",
     type=click.FloatRange(min=0.05),
@@ -236,9 +243,9 @@ def _report_line(report: RunReport) -> str:
     metavar="SECONDS",
     help="Longest sleep between checks (blocked runs are retried this often).",
 )
-@_sandbox_option
-@_retry_delay_option
-@_block_option
+@sandbox_option
+@retry_delay_option
+@block_option
 def scheduler(
     configs: tuple[Path, ...],
     poll: float,
@@ -254,14 +261,14 @@ def scheduler(
     logical date left.
     """
     paths = list({p.resolve(): p for p in configs}.values())
-    loaded, pm = _prepare(paths, retry_delay=retry_delay, use_sandbox=use_sandbox, block=block)
+    loaded, pm = prepare(paths, retry_delay=retry_delay, use_sandbox=use_sandbox, block=block)
     started = datetime.now(UTC)
     pipelines: list[tuple[Path, Pipeline]] = []
-    with _sigterm_interrupts(), _sandboxed(loaded, use_sandbox) as (applied, env, _sandbox):
+    with sigterm_interrupts(), sandboxed_configs(loaded, use_sandbox) as (applied, env, _sandbox):
         try:
             for path, cfg in zip(paths, applied, strict=True):
-                pipeline = _build(cfg, pm, env, rehearsal=use_sandbox)
-                with _input_errors(path):
+                pipeline = build_pipeline(cfg, pm, env, rehearsal=use_sandbox)
+                with input_errors(path):
                     pipeline.validate()
                 pipelines.append((path, pipeline))
             names = ", ".join(p.name for _, p in pipelines)
@@ -270,7 +277,7 @@ def scheduler(
         except KeyboardInterrupt:
             _say("stopping (requests in flight, if any, finished and were recorded)")
             for path, pipeline in pipelines:
-                _report_unfinished(_Where(path, use_sandbox), pipeline, since=started)
+                _report_unfinished(Where(path, use_sandbox), pipeline, since=started)
     _say("scheduler stopped")
     raise SystemExit(EXIT_OK)
 
@@ -286,7 +293,7 @@ def _schedule_loop(pipelines: Sequence[tuple[Path, Pipeline]], poll: float) -> N
             try:
                 result = pipeline.run_scheduled()
             except CampaignKitError as exc:
-                _say(f"{pipeline.name}: error: {_describe_error(exc, path)}", err=True)
+                _say(f"{pipeline.name}: error: {describe_error(exc, path)}", err=True)
                 live = True
                 continue
             except Exception as exc:
@@ -297,14 +304,14 @@ def _schedule_loop(pipelines: Sequence[tuple[Path, Pipeline]], poll: float) -> N
             for report in result.reports:
                 _say(f"{pipeline.name}: {_report_line(report)}")
             for interval in result.skipped:
-                _say(f"{pipeline.name}: {_skipped_line(interval, pipeline.schedule)}")
-            held = "; ".join(f"{_utc(b.interval.start)}: {b.reason}" for b in result.blocked)
+                _say(f"{pipeline.name}: {skipped_line(interval, pipeline.schedule)}")
+            held = "; ".join(f"{format_utc(b.interval.start)}: {b.reason}" for b in result.blocked)
             state = f"{held}|{result.next_due}"
             if last_said.get(pipeline.name) != state:  # say it when it changes
                 last_said[pipeline.name] = state
                 if held:
                     _say(f"{pipeline.name}: held back: {held}")
-                when = _next_due_line(pipeline, result.next_due).removeprefix("Next due:  ")
+                when = next_due_line(pipeline, result.next_due).removeprefix("Next due:  ")
                 _say(f"{pipeline.name}: next run due {when}")
             if result.next_due is not None:
                 dues.append(result.next_due)
@@ -321,10 +328,10 @@ def _schedule_loop(pipelines: Sequence[tuple[Path, Pipeline]], poll: float) -> N
         time.sleep(wait)
 
 
-def _report_unfinished(where: _Where, pipeline: Pipeline, *, since: datetime) -> None:
+def _report_unfinished(where: Where, pipeline: Pipeline, *, since: datetime) -> None:
     """Name the runs this scheduler left unfinished, with the command that resumes them."""
     try:
-        with _open_ledger(pipeline, required=False) as ledger:
+        with open_ledger(pipeline, required=False) as ledger:
             recent = ledger.list_runs(pipeline.name, 20) if ledger is not None else []
     except CampaignKitError:
         return

@@ -26,19 +26,19 @@ from .._pipeline import (
     Pipeline,
 )
 from ..exceptions import CampaignKitError
-from ._campaign import _open_ledger
+from ._campaign import open_ledger
 from ._output import (
-    _COUNTS,
-    _console,
-    _counts,
-    _duration,
-    _fits,
-    _lines,
-    _q,
-    _quiet,
-    _report_exit,
-    _top,
-    _Where,
+    COUNTS,
+    Where,
+    fits,
+    format_counts,
+    format_duration,
+    format_lines,
+    is_quiet,
+    make_console,
+    report_exit,
+    shell_quote,
+    top_counts,
 )
 
 # -- summaries -----------------------------------------------------------------------------
@@ -68,7 +68,7 @@ def _doubt_cause(reason: str, code: str) -> str:
     return f"no answer after sending ({code})" if code else "no answer after sending"
 
 
-def _doubts_from_counts(counts: Mapping[str, int]) -> dict[str, int]:
+def doubts_from_counts(counts: Mapping[str, int]) -> dict[str, int]:
     """``unknown:<reason>:<code>`` ledger counts as ``{cause: n}``."""
     causes: dict[str, int] = {}
     for key, n in counts.items():
@@ -87,16 +87,16 @@ def _doubts(ledger: SqliteLedger | None, report: RunReport) -> dict[str, dict[st
     out = {}
     for name, result in report.channels.items():
         if result.unknown and ledger.is_planned(report.run_id, name):
-            out[name] = _doubts_from_counts(ledger.counts(report.run_id, name))
+            out[name] = doubts_from_counts(ledger.counts(report.run_id, name))
     return out
 
 
-def _run_doubts(pipeline: Pipeline, report: RunReport) -> dict[str, dict[str, int]]:
+def run_doubts(pipeline: Pipeline, report: RunReport) -> dict[str, dict[str, int]]:
     """:func:`_doubts` of a run just made (nothing when it keeps no ledger)."""
     if not any(r.unknown for r in report.channels.values()) or not pipeline.execution.ledger:
         return {}
     try:
-        with _open_ledger(pipeline, required=False) as ledger:
+        with open_ledger(pipeline, required=False) as ledger:
             return _doubts(ledger, report)
     except CampaignKitError:
         return {}
@@ -110,8 +110,8 @@ def _reason_notes(result: ChannelResult, doubts: Mapping[str, int] | None) -> li
     """The top reasons and codes of a channel's failures and skips, then its unknown
     deliveries with why they are in doubt (never counted as failures)."""
     failed_or_skipped = {k: v for k, v in result.reasons.items() if k not in _UNKNOWN_REASONS}
-    notes = [f"{reason} {n}" for reason, n in _top(failed_or_skipped)]
-    notes += [f"code {code}: {n}" for code, n in _top(result.error_codes)]
+    notes = [f"{reason} {n}" for reason, n in top_counts(failed_or_skipped)]
+    notes += [f"code {code}: {n}" for code, n in top_counts(result.error_codes)]
     if result.unknown:
         if not doubts:  # no ledger to ask: what the reasons say
             doubts = {
@@ -119,7 +119,7 @@ def _reason_notes(result: ChannelResult, doubts: Mapping[str, int] | None) -> li
                 for reason, n in result.reasons.items()
                 if reason in _UNKNOWN_REASONS
             }
-        listed = _top(doubts, len(doubts)) or [("in doubt", result.unknown)]
+        listed = top_counts(doubts, len(doubts)) or [("in doubt", result.unknown)]
         notes += [f"unknown {n}: {cause}; provider may have it" for cause, n in listed]
     if result.stopped:
         notes.append(f"stopped: {result.stopped}")
@@ -132,7 +132,7 @@ def _channel_table(
     """The per-channel table of a summary, and the same as one block of lines per
     channel (for a terminal too narrow for the table)."""
     results = list(report.channels.values())
-    shown = [c for c in _COUNTS if c in _COUNTS[:3] or _any(results, c)]
+    shown = [c for c in COUNTS if c in COUNTS[:3] or _any(results, c)]
     headers = ["channel", "provider", *shown, "top reasons / codes", "retries", "duration"]
     table = Table(box=box.SIMPLE_HEAD)
     for header in headers:
@@ -152,21 +152,22 @@ def _channel_table(
             value = int(getattr(result, count, 0))
             style = "red" if value and count in ("failed", "unknown") else ""
             cells.append(Text(str(value), style=style))
-        cells += ["\n".join(notes) or "-", str(result.retries), _duration(result)]
+        cells += ["\n".join(notes) or "-", str(result.retries), format_duration(result)]
         table.add_row(*cells)
         counts = ", ".join(f"{getattr(result, c, 0)} {c}" for c in shown)
         head = (
-            f"{name} ({result.provider}): {counts}; {result.retries} retries, {_duration(result)}"
+            f"{name} ({result.provider}): {counts}; "
+            f"{result.retries} retries, {format_duration(result)}"
         )
         blocks.append([head, *(f"  {note}" for note in notes)])
     return table, blocks
 
 
-def _summary(
+def print_run_summary(
     console: Console,
     report: RunReport,
     *,
-    where: _Where | None,
+    where: Where | None,
     ledger: bool = True,
     status: str | None = None,
     results_hint: bool = True,
@@ -182,19 +183,19 @@ def _summary(
     """
     console.print(f"{report.pipeline} · run {report.run_id} · {status or report.status.value}")
     table, blocks = _channel_table(report, doubts)
-    if _fits(console, table):
+    if fits(console, table):
         console.print(table)
     else:  # a narrow terminal: one block per channel, every line whole
         for block in blocks:
             for line in block:
                 console.print(line)
     if report.rows_read or report.rows_rejected:
-        rejected = f" ({_counts(report.rejected_reasons)})" if report.rejected_reasons else ""
+        rejected = f" ({format_counts(report.rejected_reasons)})" if report.rejected_reasons else ""
         console.print(
             f"Segment:   {report.rows_read} row(s) read, {report.rows_rejected} rejected{rejected}"
         )
         if report.lines:
-            console.print(_lines(report.lines))
+            console.print(format_lines(report.lines))
     for channel, error in report.errors.items():
         console.print(Text(f"Channel {channel} crashed: {error}", style="red"))
     out = Path(report.output_dir) if report.output_dir else None
@@ -211,7 +212,7 @@ def _summary(
     if out is not None and report.rows_rejected:
         console.print(f"Rejected:  {out / 'rejected.csv'}")
     if hints and ledger and where is not None:
-        for hint in _hints(report, where, logical_date=logical_date):
+        for hint in run_hints(report, where, logical_date=logical_date):
             console.print(hint)
 
 
@@ -219,7 +220,9 @@ def _any(results: Iterable[ChannelResult], count: str) -> bool:
     return any(getattr(r, count, 0) for r in results)
 
 
-def _hints(report: RunReport, where: _Where, *, logical_date: datetime | None = None) -> list[str]:
+def run_hints(
+    report: RunReport, where: Where, *, logical_date: datetime | None = None
+) -> list[str]:
     """What to run next: resume what is pending or unknown, retry transient failures;
     after a canary, the command that sends the rest (the same logical date again)."""
     resume = where.command("resume", report.run_id)
@@ -232,7 +235,7 @@ def _hints(report: RunReport, where: _Where, *, logical_date: datetime | None = 
     lines = []
     if pending and str(report.status) == RunStatus.CANARY.value:
         again = (
-            where.command("run", flags=f"--logical-date {_q(logical_date.isoformat())}")
+            where.command("run", flags=f"--logical-date {shell_quote(logical_date.isoformat())}")
             if logical_date is not None
             else resume
         )
@@ -261,11 +264,11 @@ def _hints(report: RunReport, where: _Where, *, logical_date: datetime | None = 
     return lines
 
 
-def _emit(
+def emit_report(
     report: RunReport,
     *,
     as_json: bool,
-    where: _Where,
+    where: Where,
     ledger: bool,
     before: Sequence[str] = (),
     after: Sequence[str] = (),
@@ -274,30 +277,32 @@ def _emit(
 ) -> int:
     """Print the run's outcome (the summary, or the report as JSON with the notes on
     stderr) and return its exit code."""
-    code = _report_exit(report)
+    code = report_exit(report)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
-        err = _console(stderr=True)
+        err = make_console(stderr=True)
         for note in (*before, *after):
             err.print(note)
         return code
-    out = _console()
+    out = make_console()
     for note in before:
         out.print(note)
-    if not _quiet():
-        _summary(out, report, where=where, ledger=ledger, logical_date=logical_date, doubts=doubts)
+    if not is_quiet():
+        print_run_summary(
+            out, report, where=where, ledger=ledger, logical_date=logical_date, doubts=doubts
+        )
         for note in after:
             out.print(note)
     else:
-        _quiet_problems(report)
+        quiet_problems(report)
     out.print(f"Status: {report.status.value} (exit {code})")
     return code
 
 
-def _quiet_problems(report: RunReport) -> None:
+def quiet_problems(report: RunReport) -> None:
     """What ``-q`` must not hide (the summary says it otherwise): a channel that
     crashed or stopped early, and why, on stderr."""
-    err = _console(stderr=True)
+    err = make_console(stderr=True)
     for channel, error in report.errors.items():
         err.print(Text(f"Channel {channel} crashed: {error}", style="red"))
     for name, result in report.channels.items():
