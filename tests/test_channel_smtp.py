@@ -416,12 +416,15 @@ def test_stall_after_a_sent_message_gives_outcomes(server: SmtpServer) -> None:
 # -- configuration ------------------------------------------------------------------------
 
 
-def _settings(options: dict[str, Any], token: str | None = SECRET) -> ChannelSettings:
+def _settings(
+    options: dict[str, Any], token: str | None = SECRET, env: dict[str, str] | None = None
+) -> ChannelSettings:
     base = {"host": "smtp.example.com", "from_email": "a@shop.example", "username": "u"}
     return ChannelSettings(
         channel="email",
         options={**base, **options},
         token=Secret(token) if token is not None else None,
+        env=env or {},
     )
 
 
@@ -457,14 +460,14 @@ def test_default_ports_follow_security() -> None:
 
 
 def test_password_and_username_go_together(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SMTP_USERNAME", raising=False)
+    monkeypatch.setenv("SMTP_USERNAME", "never-read")  # only the env given counts
     with pytest.raises(ConfigError) as info:
         SmtpNotifier(_settings({"username": None}))
     assert info.value.path == "channels.email.options.username"
     with pytest.raises(ConfigError):
         SmtpNotifier(_settings({}, token=None))
-    monkeypatch.setenv("MY_SMTP_USER", "from-env")
-    notifier = SmtpNotifier(_settings({"username": None, "username_env": "MY_SMTP_USER"}))
+    env = {"MY_SMTP_USER": "from-env"}
+    notifier = SmtpNotifier(_settings({"username": None, "username_env": "MY_SMTP_USER"}, env=env))
     assert notifier.username == "from-env"
     assert SECRET not in repr(notifier)
 

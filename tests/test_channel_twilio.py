@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,11 +12,13 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from campaignkit import Channel, Pipeline, Template, get_plugin_manager
 from campaignkit._models import Message, Outcome, Rate, Secret
 from campaignkit._notifier import ChannelSettings
 from campaignkit.channels import twilio as twilio_module
 from campaignkit.channels.twilio import TwilioNotifier
 from campaignkit.exceptions import ConfigError, PermanentDeliveryError, TransientDeliveryError
+from campaignkit.testing import StaticSource
 from campaignkit.testing.sandbox._server import Faults, Reply, Request
 from campaignkit.testing.sandbox.twilio import TwilioServer, sms_segments
 
@@ -39,6 +42,7 @@ def make_notifier(
     *,
     token_value: str | None = SECRET,
     timeout: float = 5.0,
+    env: dict[str, str] | None = None,
     **options: Any,
 ) -> TwilioNotifier:
     opts = {**server.channel_options(), **options}
@@ -48,6 +52,7 @@ def make_notifier(
             options={k: v for k, v in opts.items() if v is not None},
             token=Secret(token_value) if token_value is not None else None,
             timeout=timeout,
+            env=env or {},
         )
     )
 
@@ -152,13 +157,22 @@ def test_messaging_service_and_optional_parameters(server: TwilioServer) -> None
     assert recorded["validity_period"] == "600"
 
 
-def test_account_sid_from_environment(
+def test_account_sid_from_the_environment_given(
     server: TwilioServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MY_TWILIO_SID", server.account_sid)
-    notifier = make_notifier(server, account_sid=None, account_sid_env="MY_TWILIO_SID")
+    monkeypatch.setenv("MY_TWILIO_SID", "AC" + "0" * 32)  # never read: not what was given
+    env = {"MY_TWILIO_SID": server.account_sid}
+    notifier = make_notifier(server, account_sid=None, account_sid_env="MY_TWILIO_SID", env=env)
     assert notifier.account_sid == server.account_sid
     assert send(notifier, [message()])[0].ok
+
+
+def test_account_sid_is_never_read_from_os_environ(
+    server: TwilioServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TWILIO_ACCOUNT_SID", server.account_sid)
+    err = _config_error(server, account_sid=None)
+    assert err.path == "channels.sms.options.account_sid"
 
 
 @pytest.mark.parametrize(
@@ -383,13 +397,71 @@ def test_invalid_options_name_the_key(
     assert _config_error(server, **options).path == path
 
 
-def test_missing_account_sid(server: TwilioServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("TWILIO_ACCOUNT_SID", raising=False)
+def test_missing_account_sid(server: TwilioServer) -> None:
     err = _config_error(server, account_sid=None)
     assert err.path == "channels.sms.options.account_sid"
     assert "TWILIO_ACCOUNT_SID" in str(err)
-    monkeypatch.setenv("TWILIO_ACCOUNT_SID", "nonsense")
-    assert _config_error(server, account_sid=None).path == "channels.sms.options.account_sid_env"
+    err = _config_error(server, account_sid=None, env={"TWILIO_ACCOUNT_SID": "nonsense"})
+    assert err.path == "channels.sms.options.account_sid_env"
+
+
+def test_pipeline_env_reaches_the_account_sid(
+    server: TwilioServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TWILIO_ACCOUNT_SID", raising=False)
+    options = {k: v for k, v in server.channel_options().items() if k != "account_sid"}
+    channel = Channel(
+        name="sms", provider="twilio", template=Template(body="Hi {{ id }}"), options=options
+    )
+    source = StaticSource.from_dicts(
+        [{"id": "c1", "phone": "+14155550001", "consent": {"sms": True}}]
+    )
+    env = {"SMS_API_TOKEN": SECRET, "TWILIO_ACCOUNT_SID": server.account_sid}
+    pipeline = Pipeline(
+        "t",
+        source,
+        [channel],
+        plugins=get_plugin_manager(load_entrypoints=False),
+        env=env,
+        base_dir=tmp_path,
+    )
+    result = pipeline.run().channels["sms"]
+    assert result.sent == 1, result.reasons
+    [recorded] = server.messages
+    assert recorded["account_sid"] == server.account_sid
+    with pytest.raises(ConfigError, match="TWILIO_ACCOUNT_SID"):
+        Pipeline(
+            "t",
+            source,
+            [channel],
+            plugins=get_plugin_manager(load_entrypoints=False),
+            env={"SMS_API_TOKEN": SECRET},
+            base_dir=tmp_path,
+        ).run()
+
+
+def test_every_option_problem_is_reported_at_once(server: TwilioServer) -> None:
+    err = _config_error(
+        server,
+        **{"from": "not a number!"},
+        messaging_service_sid="MG1",
+        validity_period=0,
+        status_callback="ftp://x",
+        base_url="http://api.twilio.com",
+        bogus=1,
+    )
+    assert sorted(p.path or "" for p in err.problems) == [
+        f"channels.sms.options.{key}"
+        for key in (
+            "base_url",
+            "bogus",
+            "from",
+            "messaging_service_sid",
+            "status_callback",
+            "validity_period",
+        )
+    ]
+    assert "expected 1 to 36000 seconds, got 0" in str(err)
 
 
 def test_accepted_senders() -> None:

@@ -252,13 +252,13 @@ def test_with_retry_delay_sets_every_channel(campaign: Path) -> None:
 
 def test_run_sandbox_refuses_a_provider_without_sandbox(tmp_path: Path) -> None:
     config = make_campaign(
-        tmp_path, edit=lambda t: t.replace('provider = "expo"', 'provider = "webhook"')
+        tmp_path, edit=lambda t: t.replace('provider = "expo"', 'provider = "pigeon"')
     )
     result = invoke("run", str(config), "--sandbox")
     no_traceback(result)
     assert result.exit_code == 2
     assert "channels.push.provider" in stderr_of(result)
-    assert "--sandbox has no server for provider 'webhook'" in stderr_of(result)
+    assert "--sandbox has no server for provider 'pigeon'" in stderr_of(result)
 
 
 def test_run_without_token_exits_2_before_sending(campaign: Path, tmp_path: Path) -> None:

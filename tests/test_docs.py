@@ -193,6 +193,35 @@ def test_every_command_is_documented() -> None:
         assert f"## `campaignkit {name}" in doc, name
 
 
+def all_commands() -> list[tuple[str, Any]]:
+    return [("campaignkit", main), *((f"campaignkit {n}", c) for n, c in main.commands.items())]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("name", [name for name, _ in all_commands()])
+def test_every_command_and_option_has_help(name: str) -> None:
+    """The CLI reference (docs/cli-reference.md) is generated from the commands' help:
+    nothing in it may be blank."""
+    import click
+
+    command = dict(all_commands())[name]
+    assert (command.help or "").strip(), f"{name} has no help text"
+    for param in command.params:
+        if isinstance(param, click.Option) and not param.hidden:
+            assert (param.help or "").strip(), f"{name} {param.opts[0]} has no help text"
+
+
+def test_cli_reference_is_generated_from_the_commands() -> None:
+    doc = read("cli-reference.md")
+    directive = re.search(r"^::: mkdocs-click\n((?:    :\w+: .*\n)+)", doc, re.M)
+    assert directive, "docs/cli-reference.md does not generate the reference"
+    options = dict(re.findall(r":(\w+): (.*)", directive.group(1)))
+    assert (options["module"], options["command"]) == ("campaignkit.cli", "main")
+    assert options["prog_name"] == "campaignkit"
+    import importlib
+
+    assert getattr(importlib.import_module(options["module"]), options["command"]) is main
+
+
 # -- links -------------------------------------------------------------------------------------
 
 
@@ -276,20 +305,30 @@ def test_source_hook_example_registers_a_working_source(tmp_path: Path) -> None:
 # -- the sandbox and the plugin guide -------------------------------------------------------
 
 
-def test_every_sandbox_option_is_documented() -> None:
-    doc = read("sandbox.md")
+def sandbox_options() -> list[str]:
     command = main.commands["sandbox"]  # type: ignore[attr-defined]
     # -v/-q are every command's options, documented once in cli.md.
     common = {"--verbose", "--quiet"}
-    options = [
+    return [
         opt
         for param in command.params
         for opt in param.opts
         if opt.startswith("--") and opt not in common
     ]
+
+
+def test_every_sandbox_option_is_documented() -> None:
+    """The options are in the generated CLI reference (from their help texts, checked in
+    test_every_command_and_option_has_help); the sandbox guide sends readers there and
+    says what the help cannot (the JSON shape, the fault options' meaning)."""
+    doc = read("sandbox.md")
+    options = sandbox_options()
     assert len(options) >= 17
-    for option in options:
-        assert re.search(rf"^\| `{re.escape(option)}[ `]", doc, re.M), option
+    assert "(cli-reference.md#campaignkit-sandbox)" in doc
+    assert '`{"providers": {NAME: {"url", "options", "token",' in doc
+    section = doc[doc.index("## `campaignkit sandbox`") : doc.index("## The servers")]
+    for option in ("--error-rate", "--rate-limit", "--drop-rate", "--token", "--sender"):
+        assert f"`{option}" in section, option
 
 
 def test_sandbox_counts_are_those_of_the_example(
@@ -425,3 +464,52 @@ def test_verbosity_options_are_documented() -> None:
         assert f"| {option} |" in doc
     result = CliRunner().invoke(main, ["runs", "--help"])
     assert "-q, --quiet" in result.stdout and "-v, --verbose" in result.stdout
+
+
+# -- the site ----------------------------------------------------------------------------------
+
+
+def test_every_page_is_in_the_site_navigation() -> None:
+    config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    nav = config[config.index("\nnav:\n") : config.index("\nvalidation:")]
+    listed = re.findall(r"^\s+- (?:[^:\n]+: )?([\w-]+\.md)$", nav, re.M)
+    assert sorted(listed) == sorted(p.name for p in DOCS.glob("*.md"))
+    sections = re.findall(r"^  - ([\w -]+):$", nav, re.M)
+    assert sections == ["Tutorial", "How-to guides", "Reference", "Explanation"]
+
+
+def test_api_reference_is_generated_from_the_public_modules() -> None:
+    import importlib
+
+    modules = re.findall(r"^::: ([\w.]+)$", read("api.md"), re.M)
+    assert modules[0] == "campaignkit"
+    assert {"campaignkit.testing", "campaignkit.testing.sandbox", "campaignkit.hookspecs",
+            "campaignkit.exceptions"} <= set(modules)  # fmt: skip
+    for name in modules:
+        importlib.import_module(name)
+
+
+def test_site_builds_without_a_warning(tmp_path: Path) -> None:
+    """``mkdocs build --strict`` (the `docs` extra; .ci/run installs it): the generated
+    references hold every command, option and public name."""
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocs_click")
+    pytest.importorskip("mkdocstrings_handlers.python")
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    cli = (tmp_path / "cli-reference" / "index.html").read_text(encoding="utf-8")
+    for name, command in all_commands():
+        assert name in cli, name
+        for param in command.params:
+            for opt in param.opts if param.param_type_name == "option" else ():
+                assert opt in cli, f"{name} {opt}"
+    api = (tmp_path / "api" / "index.html").read_text(encoding="utf-8")
+    for name in campaignkit.__all__:
+        assert f'id="campaignkit.{name}"' in api, name
+    for name in ("testing.RecordingNotifier", "testing.sandbox.Sandbox", "testing.sandbox.Faults",
+                 "hookspecs.campaignkit_register_channels"):  # fmt: skip
+        assert f'id="campaignkit.{name}"' in api, name

@@ -1,5 +1,6 @@
 """`ck_sandbox` starts only the servers a test uses (no aiosmtpd for HTTP-only tests),
-and rehearsals are not slowed by the providers' default rate limits."""
+rehearsals are not slowed by the providers' default rate limits, and the fakes come
+from the plugin manager (``campaignkit_register_sandbox_servers``)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,31 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from campaignkit import Channel, PipelineConfig, SourceConfig, Template
+import pytest
+
+from campaignkit import (
+    Channel,
+    PipelineConfig,
+    PluginError,
+    SourceConfig,
+    Template,
+    get_plugin_manager,
+    hookimpl,
+)
 from campaignkit._models import Rate
 from campaignkit.channels.twilio import TwilioNotifier
-from campaignkit.testing.sandbox import Sandbox
+from campaignkit.testing.sandbox import (
+    Credential,
+    ProviderServer,
+    Reply,
+    Request,
+    Sandbox,
+    sandbox_fakes,
+)
 
 PHONES = [f"+1415555{i:04d}" for i in range(40)]
 
@@ -157,3 +177,87 @@ def test_an_explicit_rate_is_rehearsed(tmp_path: Path) -> None:
         report = sandbox.pipeline(config, sleep=lambda s: None).run()
         assert report.channels["sms"].sent == 10
         assert sandbox.servers["twilio"].requests_per_second() <= limit + 1
+
+
+# -- fakes from plugins ----------------------------------------------------------------------
+
+
+class EchoServer(ProviderServer):
+    """A fake accepting any request."""
+
+    def handle(self, request: Request) -> Reply:
+        with self.lock:
+            self.messages.append(request.json())
+        return Reply(200, {"ok": True})
+
+    def channel_options(self) -> dict[str, Any]:
+        return {"base_url": self.base_url}
+
+
+def fake_plugin(*calls: tuple[Any, ...], **details: Any) -> object:
+    """A plugin registering ``EchoServer`` as ``echo`` (or making the given calls)."""
+
+    class Plugin:
+        @hookimpl
+        def campaignkit_register_sandbox_servers(self, register: Callable[..., None]) -> None:
+            for call in calls or (("echo", EchoServer),):
+                register(*call, **details)
+
+    return Plugin()
+
+
+def test_a_plugin_fake_is_served_through_the_plugin_manager() -> None:
+    pm = get_plugin_manager(load_entrypoints=False, plugins=[fake_plugin()])
+    with Sandbox(["echo", "twilio"], plugins=pm, lazy=True) as sandbox:
+        assert sandbox.live_servers() == {}
+        assert sandbox.channel_options("echo")["base_url"] == sandbox.url("echo")
+        assert set(sandbox.live_servers()) == {"echo"}
+        assert sandbox.provider_env("echo") == {"ECHO_API_TOKEN": "sandbox-token"}
+    assert "echo" in Sandbox(plugins=pm).providers  # all, by default
+
+
+def test_a_provider_without_a_fake_is_refused_clearly() -> None:
+    with pytest.raises(ValueError, match="no sandbox for provider 'echo'") as info:
+        Sandbox(["echo"], plugins=get_plugin_manager(load_entrypoints=False))
+    assert "campaignkit_register_sandbox_servers" in str(info.value)
+
+
+def test_the_builtin_fakes_are_a_plugin_like_any_other() -> None:
+    pm = get_plugin_manager(
+        load_entrypoints=False, block=["campaignkit.testing.sandbox.providers"]
+    )
+    assert sandbox_fakes(pm) == {}
+    builtin = sandbox_fakes(get_plugin_manager(load_entrypoints=False))
+    assert list(builtin) == ["sendgrid", "smtp", "twilio", "telnyx", "onesignal", "expo"]
+    assert builtin["telnyx"].sdk_base_url == ("TELNYX_BASE_URL", "/v2")
+    assert builtin["twilio"].plugin == "campaignkit.testing.sandbox.providers"
+
+
+def test_details_of_a_plugin_fake() -> None:
+    secret = Credential("api_key", "ECHO_KEY", "token")
+    pm = get_plugin_manager(
+        load_entrypoints=False,
+        plugins=[fake_plugin(credentials=[secret], token_variable="CRM_API_TOKEN")],
+    )
+    with Sandbox(["echo"], plugins=pm) as sandbox:
+        assert sandbox.credentials("echo") == {"api_key": "sandbox-token"}
+        assert sandbox.provider_env("echo") == {
+            "ECHO_KEY": "sandbox-token",
+            "CRM_API_TOKEN": "sandbox-token",
+        }
+
+
+@pytest.mark.parametrize(
+    ("plugin", "says"),
+    [
+        (fake_plugin(("twilio", EchoServer)), "sandbox server 'twilio' is registered twice"),
+        (fake_plugin(("echo", 42)), "is not a class, a factory or a 'module:Class' string"),
+        (fake_plugin(("", EchoServer)), "registered a sandbox server without a provider"),
+        (fake_plugin(colour="red"), "unknown details: colour"),
+        (fake_plugin(credentials=42), "sandbox server 'echo'"),
+    ],
+)
+def test_a_fake_registered_wrongly_is_a_plugin_error(plugin: object, says: str) -> None:
+    pm = get_plugin_manager(load_entrypoints=False, plugins=[plugin])
+    with pytest.raises(PluginError, match=says):
+        Sandbox(plugins=pm)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from click.testing import CliRunner
 
 from campaignkit import (
@@ -332,3 +336,178 @@ def test_invalid_options_name_the_key(
     assert info.value.path == path
     assert message in str(info.value)
     assert TOKEN not in str(info.value)
+
+
+# -- the plugin's sandbox fake ---------------------------------------------------------------
+
+# The campaign's endpoint is not a real host: a send that escaped the sandbox fails.
+UNREACHABLE = "https://hooks.example.invalid/campaign"
+
+CAMPAIGN = f"""
+[pipeline]
+name = "hooks_rehearsal"
+
+[source]
+type = "csv"
+path = "segment.csv"
+
+[channels.crm]
+provider = "webhook"
+require_consent = false
+batch_size = 2
+
+[channels.crm.template]
+subject = "Spring sale"
+body = "Hi {{{{ first_name }}}}"
+
+[channels.crm.options]
+url = "{UNREACHABLE}"
+"""
+
+
+def write_campaign(directory: Path) -> Path:
+    rows = "".join(f"{r['id']},{r['email']},{r['first_name']}\n" for r in RECIPIENTS)
+    (directory / "segment.csv").write_text("id,email,first_name\n" + rows)
+    config = directory / "campaign.toml"
+    config.write_text(CAMPAIGN)
+    return config
+
+
+def test_the_fake_is_registered_through_the_hook() -> None:
+    from campaignkit_webhook.sandbox import WebhookServer
+
+    from campaignkit.testing.sandbox import sandbox_fakes
+
+    info = Registry(get_plugin_manager()).sandbox_servers["webhook"]
+    assert (info.plugin, info.package) == ("webhook", f"campaignkit-webhook {DIST_VERSION}")
+    fake = sandbox_fakes()["webhook"]
+    assert fake.server_class() is WebhookServer
+    assert fake.token_variable == "WEBHOOK_API_TOKEN"  # the defaults of a plugin's fake
+    assert "webhook" not in sandbox_fakes(get_plugin_manager(block=["webhook"]))
+
+
+def test_a_blocked_plugin_has_no_fake() -> None:
+    from campaignkit.testing.sandbox import Sandbox
+
+    with pytest.raises(ValueError, match="no sandbox for provider 'webhook'") as info:
+        Sandbox(["webhook"], plugins=get_plugin_manager(block=["webhook"]))
+    assert "campaignkit_register_sandbox_servers" in str(info.value)
+
+
+def test_ck_sandbox_rehearses_a_webhook_campaign(ck_sandbox: Any, tmp_path: Path) -> None:
+    fake = ck_sandbox.servers["webhook"]
+    fake.refused["user2@example.com"] = "blocked"
+    fake.busy.add("user3@example.com")
+    pipeline = ck_sandbox.pipeline(write_campaign(tmp_path), sleep=lambda seconds: None)
+    assert pipeline.rehearsal
+    assert set(ck_sandbox.live_servers()) == {"webhook"}  # only what the campaign uses
+
+    result = pipeline.run().channels["crm"]
+    assert (result.sent, result.failed, result.retries) == (4, 1, 1)
+    assert result.error_codes == {"blocked": 1}
+    sent = {m["recipient_id"]: m for m in fake.messages}
+    assert sorted(sent) == ["C1", "C3", "C4", "C5"]
+    assert sent["C1"]["body"] == "Hi Ada" and sent["C1"]["channel"] == "crm"
+    assert fake.requests_per_second() > 0
+
+
+def test_campaignkit_run_sandbox_sends_to_the_fake(tmp_path: Path) -> None:
+    config = write_campaign(tmp_path)
+    result = CliRunner().invoke(
+        main, ["run", str(config), "--sandbox"], env={"CRM_API_TOKEN": None}
+    )
+    assert result.exit_code == 0, result.output
+    assert "accepted messages per provider: webhook 5" in result.stdout
+    [journal] = (tmp_path / "campaignkit-results" / "sandbox").glob("*/sandbox/webhook.jsonl")
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert sorted(m["to"] for m in lines) == sorted(r["email"] for r in RECIPIENTS)
+    assert (tmp_path / ".campaignkit" / "ledger.sandbox.db").exists()
+    assert not (tmp_path / ".campaignkit" / "ledger.db").exists()  # a rehearsal
+
+
+def test_campaignkit_run_sandbox_honours_block_plugin(tmp_path: Path) -> None:
+    config = write_campaign(tmp_path)
+    result = CliRunner().invoke(
+        main, ["run", str(config), "--sandbox", "--block-plugin", "webhook"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "--sandbox has no server for provider 'webhook'" in result.stderr
+
+
+def test_campaignkit_sandbox_serves_the_fake(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "campaignkit", "sandbox", "--provider", "webhook", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        described = json.loads(proc.stdout.readline())["providers"]["webhook"]
+        assert described["env"] == {"WEBHOOK_API_TOKEN": "sandbox-token"}
+        message = {"id": "k1", "recipient_id": "C1", "to": "ada@example.com", "body": "Hi"}
+        reply = requests.post(
+            described["options"]["url"],
+            json={"channel": "crm", "messages": [message]},
+            headers={"Authorization": "Bearer sandbox-token"},
+            timeout=10,
+        )
+        assert reply.json()["results"][0]["status"] == "sent"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Accepted messages: webhook 1" in out + err
+
+
+@pytest.fixture
+def fake() -> Iterator[Any]:
+    from campaignkit_webhook.sandbox import WebhookServer
+
+    with WebhookServer(token=TOKEN) as server:
+        yield server
+
+
+def post(fake: Any, body: Any, *, token: str | None = TOKEN) -> requests.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return requests.post(fake.channel_options()["url"], json=body, headers=headers, timeout=10)
+
+
+def message(i: int) -> dict[str, Any]:
+    return {"id": f"k{i}", "recipient_id": f"C{i}", "to": f"user{i}@example.com", "body": "b"}
+
+
+def test_the_fake_checks_the_wire_contract(fake: Any) -> None:
+    assert post(fake, {"channel": "crm", "messages": [message(1)]}, token=None).status_code == 401
+    assert post(fake, {"channel": "crm", "messages": [message(1)]}, token="x").status_code == 401
+    bad = post(fake, {"channel": "crm", "messages": [{"id": 1}]})
+    assert (bad.status_code, bad.json()["code"]) == (422, "bad_payload")
+    big = post(fake, {"channel": "crm", "messages": [message(i) for i in range(501)]})
+    assert (big.status_code, big.json()["code"]) == (413, "too_many_messages")
+    assert fake.messages == []
+
+
+def test_the_fake_drops_duplicates_by_id(fake: Any) -> None:
+    first = post(fake, {"channel": "crm", "messages": [message(1)]}).json()["results"]
+    again = post(fake, {"channel": "crm", "messages": [message(1)]}).json()["results"]
+    assert first == again and first[0]["status"] == "sent"
+    assert len(fake.messages) == 1
+
+
+def test_the_fake_answers_faults_with_the_contract_s_error_body(fake: Any) -> None:
+    fake.faults.fail_next(503, 429)
+    assert post(fake, {"channel": "crm", "messages": [message(1)]}).json() == {
+        "code": "server_error",
+        "error": "internal error",
+    }
+    limited = post(fake, {"channel": "crm", "messages": [message(1)]})
+    assert (limited.status_code, limited.json()["code"]) == (429, "rate_limited")
+    assert "Retry-After" in limited.headers
+
+
+def test_a_pipeline_pointed_at_the_fake_by_hand_is_a_rehearsal(
+    ck_sandbox: Any, tmp_path: Path
+) -> None:
+    p = pipeline(ck_sandbox.channel_options("webhook")["url"], tmp_path)
+    assert p.rehearsal
+    assert pipeline(UNREACHABLE, tmp_path).rehearsal is False

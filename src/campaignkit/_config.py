@@ -18,6 +18,7 @@ import attrs
 import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
+from ._cron import parse_cron
 from ._models import Rate
 from .exceptions import ConfigError, Problem
 
@@ -152,6 +153,9 @@ def _problems(exc: BaseException, path: str, data: Any) -> list[Problem]:
         ]
     if isinstance(exc, _Mismatch):
         return [Problem(str(exc), path=path or None)]
+    named = exc.args[1] if isinstance(exc, (TypeError, ValueError)) and len(exc.args) > 1 else None
+    if isinstance(named, attrs.Attribute):  # attrs' own validators (in_, matches_re...)
+        return [Problem(str(exc.args[0]), path=_join(path, named.name))]
     if isinstance(exc, (TypeError, ValueError)):
         return [Problem(f"invalid value {_describe(data)}: {exc}", path=path or None)]
     return [Problem(str(exc), path=path or None)]
@@ -192,10 +196,11 @@ def collect_options(data: Any, cls: type[T], *, path: str) -> tuple[T | None, tu
         del data[key]
     if attrs.has(cls):
         names = {a.name for a in attrs.fields(cls)}
+        # problems name ``from``, never ``from_``, whether the key is written or missing
+        renamed = {n: n[:-1] for n in names if n.endswith("_") and keyword.iskeyword(n[:-1])}
         for key in list(data):
             if keyword.iskeyword(key) and f"{key}_" in names:
                 data[f"{key}_"] = data.pop(key)
-                renamed[f"{key}_"] = key
     problems: list[Problem] = []
     seen = set()
     flagged: set[str | None] = set()
@@ -208,7 +213,7 @@ def collect_options(data: Any, cls: type[T], *, path: str) -> tuple[T | None, tu
                 for p in _problems(exc, path, data)
                 if (p.path, p.message) not in seen
                 # a value left out for its problem is not also "missing"
-                and not (p.message == "missing required key" and p.path in flagged)
+                and not (p.message.startswith("missing required key") and p.path in flagged)
             ]
             progress = False
             for problem in found:
@@ -218,7 +223,32 @@ def collect_options(data: Any, cls: type[T], *, path: str) -> tuple[T | None, tu
                 relative = (problem.path or "")[len(path) + 1 :] if path else problem.path or ""
                 progress = _drop(data, relative.split(".")) or progress
             if not progress:
+                problems += [p for p in _field_problems(data, cls, path) if p.path not in flagged]
                 return None, early + _renamed(problems, renamed, path)
+
+
+def _field_problems(data: Mapping[str, Any], cls: type, path: str) -> list[Problem]:
+    """What the field validators of ``cls`` say of the values in ``data``, each value
+    checked on its own: when a required key is missing no instance runs them."""
+    if not attrs.has(cls):
+        return []
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # an annotation that does not resolve here: no such check
+        return []
+    out: list[Problem] = []
+    for field in attrs.fields(cls):
+        if field.validator is None or field.name not in data:
+            continue
+        try:
+            value = _converter.structure(data[field.name], hints[field.name])
+        except Exception:  # noqa: S112 - a type problem is reported by structuring
+            continue
+        try:
+            field.validator(None, field, value)
+        except (ConfigError, TypeError, ValueError) as exc:
+            out.extend(_problems(exc, path, data))
+    return out
 
 
 def _renamed(problems: list[Problem], renamed: Mapping[str, str], path: str) -> tuple[Problem, ...]:
@@ -303,8 +333,6 @@ def _check_timezone(instance: Any, attribute: attrs.Attribute[str], value: str) 
 
 
 def _check_cron(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
-    from ._schedule import parse_cron  # the schedule module builds on this one
-
     try:
         parse_cron(value)
     except ConfigError as exc:

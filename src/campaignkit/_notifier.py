@@ -36,6 +36,10 @@ class ChannelSettings:
             or ``None`` when the notifier needs none and none is set.
         timeout: seconds allowed for one provider request.
         base_dir: directory of the configuration file (for relative paths).
+        env: the environment the pipeline was given (``Pipeline(env=...)``, else
+            ``os.environ``), for settings an option names a variable of
+            (``account_sid_env``). Channels read it, never ``os.environ``: a
+            notifier built by hand sees only what it is given (nothing by default).
     """
 
     channel: str
@@ -43,6 +47,16 @@ class ChannelSettings:
     token: Secret | None = None
     timeout: float = 30.0
     base_dir: Path = attrs.field(factory=Path.cwd)
+    env: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+
+    @property
+    def path(self) -> str:
+        """The key path of the channel's options (``channels.sms.options``)."""
+        return f"channels.{self.channel}.options"
+
+    def getenv(self, name: str) -> str | None:
+        """The variable ``name`` of :attr:`env`, stripped; ``None`` when unset or blank."""
+        return self.env.get(name, "").strip() or None
 
     def structure(self, cls: type[T]) -> T:
         """Structure :attr:`options` into the attrs class ``cls``.
@@ -52,7 +66,7 @@ class ChannelSettings:
         """
         from ._config import structure_options
 
-        return structure_options(self.options, cls, path=f"channels.{self.channel}.options")
+        return structure_options(self.options, cls, path=self.path)
 
 
 class Notifier(abc.ABC, Generic[ConnT]):
@@ -84,6 +98,10 @@ class Notifier(abc.ABC, Generic[ConnT]):
             request carrying the same :attr:`Message.idempotency_key`.
         default_rate: the provider's documented rate, used when the channel sets none.
         token_required: whether a missing token is a configuration error.
+        options_class: the attrs class the channel's ``options`` table is structured
+            into (validators on its fields, see :mod:`campaignkit.options`); the
+            constructor sets :attr:`options` from it. ``None``: the notifier reads
+            ``settings.options`` itself.
         stop_codes: provider error codes meaning "never message this address again"
             (unsubscribed, unregistered device, hard bounce); the core adds such
             addresses to the ledger's suppression list.
@@ -96,10 +114,20 @@ class Notifier(abc.ABC, Generic[ConnT]):
     default_rate: ClassVar[Rate] = Rate()
     token_required: ClassVar[bool] = True
     stop_codes: ClassVar[frozenset[str]] = frozenset()
+    options_class: ClassVar[type[Any] | None] = None
+    #: The structured options (an instance of :attr:`options_class`).
+    options: Any
 
     def __init__(self, settings: ChannelSettings) -> None:
-        """Build the notifier; validate options here so errors come before any send."""
+        """Build the notifier; validate options here so errors come before any send.
+
+        Raises:
+            ConfigError: every problem of the options table, each naming its key
+                path (``channels.sms.options.from``), when :attr:`options_class` is set.
+        """
         self.settings = settings
+        if self.options_class is not None:
+            self.options = settings.structure(self.options_class)
 
     def connect(self) -> ConnT:
         """Open this worker thread's connection (a ``requests.Session``, an SMTP client...)."""

@@ -394,12 +394,14 @@ class Pipeline:
         source: a :class:`~campaignkit.Source`, or a :class:`SourceConfig` naming a
             registered source type.
         channels: the channels; their names must be unique.
-        execution, schedule: execution and schedule parameters.
+        execution: execution parameters.
+        schedule: schedule parameters.
         base_dir: directory that relative paths (output dir, source path) are read
             against; defaults to the configuration file's directory or the cwd.
         plugins: the plugin manager; by default :func:`get_plugin_manager` builds one
             (built-ins plus installed entry points).
-        env: where provider tokens are read from; defaults to ``os.environ``.
+        env: where provider tokens, and settings channels read from variables (such
+            as Twilio's ``TWILIO_ACCOUNT_SID``), are read from; defaults to ``os.environ``.
         sleep: how retry waits sleep; tests pass a function that does not wait.
         rehearsal: a rehearsal records into its own state, never the real one: the
             ledger ``ledger.sandbox.db`` beside ``execution.state_path`` (runs,
@@ -567,6 +569,11 @@ class Pipeline:
             )
         return Secret(value)
 
+    @property
+    def _environ(self) -> Mapping[str, str]:
+        """The environment channels read their settings from (``env``, else the process's)."""
+        return self._env if self._env is not None else os.environ
+
     def _plan(self, channel: Channel, fields: frozenset[str] | None) -> ChannelPlan:
         path = f"channels.{channel.name}"
         try:
@@ -584,6 +591,7 @@ class Pipeline:
             token=self._token(channel, cls),
             timeout=channel.timeout_seconds,
             base_dir=self.base_dir,
+            env=self._environ,
         )
         notifier = cls(settings)
         # A missing model-field column is the source's file-level error (file, line, column).
@@ -736,6 +744,7 @@ class Pipeline:
                 token=token,
                 timeout=channel.timeout_seconds,
                 base_dir=self.base_dir,
+                env=self._environ,
             )
             try:
                 notifier = cls(settings)
@@ -852,6 +861,7 @@ class Pipeline:
                     token=placeholder_token("validate"),
                     timeout=channel.timeout_seconds,
                     base_dir=self.base_dir,
+                    env=self._environ,
                 )
                 notifier = cls(settings)
                 audience = build_audience(channel, notifier, None, self.base_dir)

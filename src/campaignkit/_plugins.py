@@ -1,11 +1,11 @@
-"""Plugin manager factory and the registries of channels and sources."""
+"""Plugin manager factory and the registries of channels, sources and sandbox fakes."""
 
 from __future__ import annotations
 
 import importlib
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -29,6 +29,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "campaignkit.channels.telnyx",
     "campaignkit.channels.onesignal",
     "campaignkit.channels.expo",
+    "campaignkit.testing.sandbox.providers",
 )
 
 #: Environment variable: comma-separated plugin names to block.
@@ -76,13 +77,15 @@ def get_plugin_manager(
 
 @attrs.frozen
 class PluginInfo:
-    """Where a registered channel or source comes from."""
+    """Where a registered channel, source or sandbox server comes from."""
 
     name: str
-    kind: str  # "channel" or "source"
+    kind: str  # "channel", "source" or "sandbox server"
     factory: Any
     plugin: str  # plugin name in the manager
     package: str  # distribution "name version", or "campaignkit (built-in)"
+    #: keyword arguments given with a sandbox server (``credentials``...), as given
+    details: Mapping[str, Any] = attrs.field(factory=dict)
 
 
 class Registry:
@@ -95,6 +98,7 @@ class Registry:
         self.pm = pm
         self._channels: dict[str, PluginInfo] | None = None
         self._sources: dict[str, PluginInfo] | None = None
+        self._sandbox_servers: dict[str, PluginInfo] | None = None
 
     def _packages(self) -> dict[int, str]:
         out: dict[int, str] = {}
@@ -102,14 +106,10 @@ class Registry:
             out[id(plugin)] = f"{dist.project_name} {dist.version}"
         return out
 
-    def _collect(self, kind: str) -> dict[str, PluginInfo]:
+    def _implementations(self, hook: Any) -> Iterator[tuple[Any, str, str]]:
+        """``(hookimpl, plugin name, package)`` for each implementation of ``hook``, the
+        last registered first (the order pluggy calls them)."""
         packages = self._packages()
-        found: dict[str, PluginInfo] = {}
-        hook = (
-            self.pm.hook.campaignkit_register_channels
-            if kind == "channel"
-            else self.pm.hook.campaignkit_register_sources
-        )
         for impl in reversed(hook.get_hookimpls()):
             plugin_name = self.pm.get_name(impl.plugin) or repr(impl.plugin)
             package = packages.get(id(impl.plugin))
@@ -117,6 +117,16 @@ class Registry:
                 package = (
                     "campaignkit (built-in)" if plugin_name in BUILTIN_PLUGINS else plugin_name
                 )
+            yield impl, plugin_name, package
+
+    def _collect(self, kind: str) -> dict[str, PluginInfo]:
+        found: dict[str, PluginInfo] = {}
+        hook = (
+            self.pm.hook.campaignkit_register_channels
+            if kind == "channel"
+            else self.pm.hook.campaignkit_register_sources
+        )
+        for impl, plugin_name, package in self._implementations(hook):
 
             def register(factory: Any, *, _p: str = plugin_name, _pkg: str = package) -> None:
                 name = getattr(factory, "name", None)
@@ -138,6 +148,14 @@ class Registry:
             impl.function(register=register)
         return found
 
+    def _collect_sandbox_servers(self) -> dict[str, PluginInfo]:
+        found: dict[str, PluginInfo] = {}
+        hook = self.pm.hook.campaignkit_register_sandbox_servers
+        # Registration order: the built-ins' fakes first, as ``Sandbox()`` lists them.
+        for impl, plugin_name, package in reversed(list(self._implementations(hook))):
+            impl.function(register=_sandbox_register(found, plugin_name, package))
+        return found
+
     @property
     def channels(self) -> dict[str, PluginInfo]:
         """Channel providers by name."""
@@ -151,6 +169,15 @@ class Registry:
         if self._sources is None:
             self._sources = self._collect("source")
         return self._sources
+
+    @property
+    def sandbox_servers(self) -> dict[str, PluginInfo]:
+        """Sandbox fakes by provider name (``factory`` is the server class, a factory
+        or a ``"module:Class"`` string; ``details`` the keyword arguments given);
+        :mod:`campaignkit.testing.sandbox` reads them."""
+        if self._sandbox_servers is None:
+            self._sandbox_servers = self._collect_sandbox_servers()
+        return self._sandbox_servers
 
     def notifier_class(self, provider: str) -> type[Notifier[Any]]:
         """The notifier class registered as ``provider``.
@@ -173,3 +200,26 @@ class Registry:
             known = ", ".join(sorted(self.sources)) or "none"
             raise PluginError(f"no source type {type_!r} (installed: {known})") from None
         return factory
+
+
+def _sandbox_register(
+    found: dict[str, PluginInfo], plugin: str, package: str
+) -> Callable[..., None]:
+    """The ``register`` callback of ``campaignkit_register_sandbox_servers`` for one plugin."""
+
+    def register(provider: str, server: Any, /, **details: Any) -> None:
+        if not isinstance(provider, str) or not provider:
+            raise PluginError(f"plugin {plugin!r} registered a sandbox server without a provider")
+        if not (callable(server) or (isinstance(server, str) and ":" in server)):
+            raise PluginError(
+                f"plugin {plugin!r}: sandbox server {provider!r} is not a class, a factory "
+                f"or a 'module:Class' string"
+            )
+        if provider in found:
+            raise PluginError(
+                f"sandbox server {provider!r} is registered twice: by "
+                f"{found[provider].plugin!r} and by {plugin!r}"
+            )
+        found[provider] = PluginInfo(provider, "sandbox server", server, plugin, package, details)
+
+    return register

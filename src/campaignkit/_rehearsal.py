@@ -95,8 +95,9 @@ def sandbox_stopped(port: int) -> None:
 
 
 def _endpoint(options: Mapping[str, Any]) -> tuple[str, int] | None:
-    """The (host, port) a channel's options send to, if they say."""
-    base_url = options.get("base_url")
+    """The (host, port) a channel's options send to, if they say (``base_url``, a
+    plugin channel's ``url``, or ``host`` and ``port``)."""
+    base_url = options.get("base_url") or options.get("url")
     if isinstance(base_url, str) and base_url:
         try:
             parts = urlsplit(base_url)

@@ -10,7 +10,7 @@ Every exception campaignkit raises on purpose derives from :class:`CampaignKitEr
     ├── AudienceGuardError       a pre-send guard stopped the run before anything was sent
     └── DeliveryError            a provider did not accept a batch (raised by channel plugins)
         ├── TransientDeliveryError   worth retrying: timeout, reset, 429, 5xx, SMTP 4xx
-        │                            (``in_doubt``: the provider may have acted on it)
+        │                            (in_doubt: the provider may have acted on it)
         └── PermanentDeliveryError   never retried: invalid recipient, auth, other 4xx, SMTP 5xx
 
 Errors never carry secrets: provider tokens are not part of any message or attribute,

@@ -31,10 +31,10 @@ import requests
 
 from .._http import HttpNotifier
 from .._models import Message, Outcome, Rate
-from .._notifier import ChannelSettings
 from .._redact import redact
-from ..exceptions import ConfigError, PermanentDeliveryError, TransientDeliveryError
+from ..exceptions import PermanentDeliveryError, TransientDeliveryError
 from ..hookspecs import hookimpl
+from ..options import check, one_of, safe_base_url
 
 __all__ = ["ExpoNotifier", "ExpoOptions"]
 
@@ -48,6 +48,7 @@ TRANSIENT_TICKET_ERRORS = frozenset({"MessageRateExceeded"})
 TRANSIENT_REQUEST_ERRORS = frozenset({"TOO_MANY_REQUESTS"})
 
 PRIORITIES = ("default", "normal", "high")
+_TTL = "expected a number >= 0, got {value}"
 
 
 @attrs.frozen
@@ -62,9 +63,9 @@ class ExpoOptions:
         channel_id: the Android notification channel (``channelId``).
     """
 
-    base_url: str = "https://exp.host"
-    ttl: int | None = None
-    priority: str | None = None
+    base_url: str = attrs.field(default="https://exp.host", validator=safe_base_url)
+    ttl: int | None = attrs.field(default=None, validator=check(lambda v: v >= 0, _TTL))
+    priority: str | None = attrs.field(default=None, validator=one_of(*PRIORITIES))
     sound: str | None = None
     channel_id: str | None = None
 
@@ -90,17 +91,8 @@ class ExpoNotifier(HttpNotifier):
     default_base_url: ClassVar[str] = "https://exp.host"
     not_processed_codes: ClassVar[frozenset[str]] = TRANSIENT_REQUEST_ERRORS
 
-    def __init__(self, settings: ChannelSettings) -> None:
-        super().__init__(settings)
-        self.options = settings.structure(ExpoOptions)
-        path = f"channels.{settings.channel}.options"
-        if self.options.ttl is not None and self.options.ttl < 0:
-            raise ConfigError(f"expected a number >= 0, got {self.options.ttl}", path=f"{path}.ttl")
-        if self.options.priority is not None and self.options.priority not in PRIORITIES:
-            raise ConfigError(
-                f"expected one of {', '.join(PRIORITIES)}, got {self.options.priority!r}",
-                path=f"{path}.priority",
-            )
+    options_class: ClassVar[type[ExpoOptions]] = ExpoOptions
+    options: ExpoOptions
 
     def connect(self) -> requests.Session:
         session = super().connect()

@@ -44,10 +44,10 @@ import requests
 
 from .._http import HttpNotifier
 from .._models import Message, Outcome, Rate
-from .._notifier import ChannelSettings
 from .._redact import redact
-from ..exceptions import ConfigError, PermanentDeliveryError, TransientDeliveryError
+from ..exceptions import PermanentDeliveryError, TransientDeliveryError
 from ..hookspecs import hookimpl
+from ..options import not_blank, one_of, safe_base_url
 
 __all__ = ["OneSignalNotifier", "OneSignalOptions", "idempotency_key"]
 
@@ -73,9 +73,9 @@ class OneSignalOptions:
             ``target_channel = "push"``).
     """
 
-    app_id: str
-    base_url: str = "https://api.onesignal.com"
-    targeting: str = "subscription_ids"
+    app_id: str = attrs.field(validator=not_blank())
+    base_url: str = attrs.field(default="https://api.onesignal.com", validator=safe_base_url)
+    targeting: str = attrs.field(default="subscription_ids", validator=one_of(*TARGETING_MODES))
 
 
 def idempotency_key(keys: Sequence[str]) -> str | None:
@@ -133,17 +133,8 @@ class OneSignalNotifier(HttpNotifier):
     token_required: ClassVar[bool] = True
     default_base_url: ClassVar[str] = "https://api.onesignal.com"
 
-    def __init__(self, settings: ChannelSettings) -> None:
-        super().__init__(settings)
-        self.options = settings.structure(OneSignalOptions)
-        path = f"channels.{settings.channel}.options"
-        if not self.options.app_id.strip():
-            raise ConfigError("must not be empty", path=f"{path}.app_id")
-        if self.options.targeting not in TARGETING_MODES:
-            raise ConfigError(
-                f"expected one of {', '.join(TARGETING_MODES)}, got {self.options.targeting!r}",
-                path=f"{path}.targeting",
-            )
+    options_class: ClassVar[type[OneSignalOptions]] = OneSignalOptions
+    options: OneSignalOptions
 
     def connect(self) -> requests.Session:
         session = super().connect()

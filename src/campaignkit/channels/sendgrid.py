@@ -98,6 +98,7 @@ from .._models import Message, Outcome
 from .._notifier import ChannelSettings
 from ..exceptions import ConfigError, DeliveryError, PermanentDeliveryError
 from ..hookspecs import hookimpl
+from ..options import email_address, safe_base_url
 
 __all__ = ["SendGridNotifier", "SendGridOptions"]
 
@@ -116,7 +117,6 @@ HTML_TAG = "%campaignkit_html%"
 RECIPIENT_ARG = "campaignkit_recipient_id"
 IDEMPOTENCY_ARG = "campaignkit_idempotency_key"
 
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _PERSONALIZATION_FIELD = re.compile(r"personalizations\.(\d+)(?:\.(.*))?")
 _JSON_HEADERS = {"Content-Type": "application/json"}
 # json.dumps(..., ensure_ascii=False, separators=(",", ":")) without a new encoder per call.
@@ -127,22 +127,36 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 _Fragments = dict[tuple[int, bool], bytes]
 
 
+def _check_categories(instance: Any, attribute: Any, value: tuple[str, ...]) -> None:
+    if len(value) > 10:
+        raise ConfigError("SendGrid allows at most 10 categories", path="categories")
+    for i, category in enumerate(value):
+        if not category or len(category) > 255:
+            raise ConfigError("expected 1 to 255 characters", path=f"categories.{i}")
+
+
+def _check_custom_args(instance: Any, attribute: Any, value: dict[str, str]) -> None:
+    reserved = sorted({RECIPIENT_ARG, IDEMPOTENCY_ARG} & set(value))
+    if reserved:
+        raise ConfigError("reserved for campaignkit", path=f"custom_args.{reserved[0]}")
+
+
 @attrs.frozen
 class SendGridOptions:
     """The ``options`` table of a SendGrid channel (see the module docstring)."""
 
-    from_email: str
+    from_email: str = attrs.field(validator=email_address)
     from_name: str | None = None
-    reply_to: str | None = None
+    reply_to: str | None = attrs.field(default=None, validator=email_address)
     reply_to_name: str | None = None
-    categories: tuple[str, ...] = ()
-    custom_args: dict[str, str] = attrs.field(factory=dict)
+    categories: tuple[str, ...] = attrs.field(default=(), validator=_check_categories)
+    custom_args: dict[str, str] = attrs.field(factory=dict, validator=_check_custom_args)
     asm_group_id: int | None = None
     ip_pool_name: str | None = None
     track_opens: bool | None = None
     track_clicks: bool | None = None
     sandbox_mode: bool = False
-    base_url: str = "https://api.sendgrid.com"
+    base_url: str = attrs.field(default="https://api.sendgrid.com", validator=safe_base_url)
 
 
 @attrs.frozen
@@ -170,26 +184,11 @@ class SendGridNotifier(HttpNotifier):
     supports_idempotency_keys: ClassVar[bool] = False
     default_base_url: ClassVar[str] = "https://api.sendgrid.com"
 
+    options_class: ClassVar[type[SendGridOptions]] = SendGridOptions
+    options: SendGridOptions
+
     def __init__(self, settings: ChannelSettings) -> None:
         super().__init__(settings)
-        self.options = settings.structure(SendGridOptions)
-        path = f"channels.{settings.channel}.options"
-        opts = self.options
-        if not _EMAIL.fullmatch(opts.from_email):
-            raise ConfigError(
-                f"not an email address: {opts.from_email!r}", path=f"{path}.from_email"
-            )
-        if opts.reply_to is not None and not _EMAIL.fullmatch(opts.reply_to):
-            raise ConfigError(f"not an email address: {opts.reply_to!r}", path=f"{path}.reply_to")
-        if len(opts.categories) > 10:
-            raise ConfigError("SendGrid allows at most 10 categories", path=f"{path}.categories")
-        for i, category in enumerate(opts.categories):
-            if not category or len(category) > 255:
-                raise ConfigError("expected 1 to 255 characters", path=f"{path}.categories.{i}")
-        reserved = {RECIPIENT_ARG, IDEMPOTENCY_ARG} & set(opts.custom_args)
-        if reserved:
-            key = sorted(reserved)[0]
-            raise ConfigError("reserved for campaignkit", path=f"{path}.custom_args.{key}")
         if settings.token is None or not settings.token:
             raise ConfigError(
                 f"channel {settings.channel!r} needs a SendGrid API key in its token "

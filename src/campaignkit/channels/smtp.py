@@ -62,7 +62,6 @@ from __future__ import annotations
 import contextlib
 import email.policy
 import email.utils
-import os
 import re
 import smtplib
 import socket
@@ -84,6 +83,7 @@ from ..exceptions import (
     TransientDeliveryError,
 )
 from ..hookspecs import hookimpl
+from ..options import between, check, email_address
 
 __all__ = ["SmtpConnection", "SmtpNotifier", "SmtpOptions"]
 
@@ -122,16 +122,28 @@ class SmtpOptions:
     """The ``options`` table of an SMTP channel (see the module docstring)."""
 
     host: str
-    from_email: str
-    port: int | None = None
+    from_email: str = attrs.field(validator=email_address)
+    port: int | None = attrs.field(
+        default=None, validator=between(1, 65535, "not a port number: {value}")
+    )
     security: Literal["starttls", "tls", "none"] = "starttls"
     username: str | None = None
     username_env: str = "SMTP_USERNAME"
     from_name: str | None = None
-    reply_to: str | None = None
-    timeout: float | None = None
+    reply_to: str | None = attrs.field(default=None, validator=email_address)
+    timeout: float | None = attrs.field(
+        default=None, validator=check(lambda v: v > 0, "expected a positive number")
+    )
     ca_file: str | None = None
     local_hostname: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.security == "none" and not is_loopback(self.host):
+            raise ConfigError(
+                f"refusing clear-text SMTP to remote host {self.host!r}; "
+                "use security = 'starttls' or 'tls'",
+                path="security",
+            )
 
 
 class SmtpConnection:
@@ -176,44 +188,26 @@ class SmtpNotifier(Notifier[SmtpConnection]):
     supports_idempotency_keys: ClassVar[bool] = False
     token_required: ClassVar[bool] = False
 
+    options_class: ClassVar[type[SmtpOptions]] = SmtpOptions
+    options: SmtpOptions
+
     def __init__(self, settings: ChannelSettings) -> None:
         super().__init__(settings)
-        opts = settings.structure(SmtpOptions)
-        self.options = opts
-        path = f"channels.{settings.channel}.options"
-        if opts.security not in DEFAULT_PORTS:
-            raise ConfigError(
-                f"expected 'starttls', 'tls' or 'none', got {opts.security!r}",
-                path=f"{path}.security",
-            )
-        if opts.security == "none" and not is_loopback(opts.host):
-            raise ConfigError(
-                f"refusing clear-text SMTP to remote host {opts.host!r}; "
-                "use security = 'starttls' or 'tls'",
-                path=f"{path}.security",
-            )
+        opts = self.options
         self.port = opts.port if opts.port is not None else DEFAULT_PORTS[opts.security]
-        if not 0 < self.port < 65536:
-            raise ConfigError(f"not a port number: {self.port}", path=f"{path}.port")
-        for key in ("from_email", "reply_to"):
-            value = getattr(opts, key)
-            if value is not None and not _EMAIL.fullmatch(value):
-                raise ConfigError(f"not an email address: {value!r}", path=f"{path}.{key}")
         self.timeout = opts.timeout if opts.timeout is not None else settings.timeout
-        if self.timeout <= 0:
-            raise ConfigError("expected a positive number", path=f"{path}.timeout")
         self._password: Secret | None = settings.token if settings.token else None
-        self.username = opts.username or os.environ.get(opts.username_env) or None
+        self.username = opts.username or settings.env.get(opts.username_env) or None
         if self._password is not None and self.username is None:
             raise ConfigError(
                 f"a password (the channel token) is set but no username; set username "
                 f"or the {opts.username_env} environment variable",
-                path=f"{path}.username",
+                path=f"{settings.path}.username",
             )
         if self._password is None and opts.username is not None:
             raise ConfigError(
                 "a username is set but no password: set the channel's token environment variable",
-                path=f"{path}.username",
+                path=f"{settings.path}.username",
             )
         self.domain = opts.from_email.rpartition("@")[2]
         self._sender = (
@@ -229,7 +223,7 @@ class SmtpNotifier(Notifier[SmtpConnection]):
                 self._context = ssl.create_default_context(cafile=cafile)
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(
-                    f"cannot load CA file {cafile!r}: {exc}", path=f"{path}.ca_file"
+                    f"cannot load CA file {cafile!r}: {exc}", path=f"{settings.path}.ca_file"
                 ) from None
 
     # -- connection -------------------------------------------------------------------

@@ -30,17 +30,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 import attrs
 import requests
 
-from .._address import valid_sms_sender
 from .._http import HttpNotifier
 from .._models import Message, Outcome, Rate
-from .._notifier import ChannelSettings
 from ..exceptions import ConfigError, PermanentDeliveryError, TransientDeliveryError
 from ..hookspecs import hookimpl
+from ..options import http_url, not_blank, safe_base_url, sms_sender
 
 __all__ = ["TelnyxNotifier", "TelnyxOptions"]
 
@@ -62,11 +60,20 @@ _MESSAGE_POINTERS = frozenset({"/to", "/text"})
 class TelnyxOptions:
     """The ``options`` table of a Telnyx channel (``from`` is spelled ``from_`` here)."""
 
-    from_: str | None = None
-    messaging_profile_id: str | None = None
-    webhook_url: str | None = None
-    webhook_failover_url: str | None = None
-    base_url: str = "https://api.telnyx.com"
+    from_: str | None = attrs.field(default=None, validator=sms_sender)
+    messaging_profile_id: str | None = attrs.field(
+        default=None, validator=not_blank("expected a messaging profile id")
+    )
+    webhook_url: str | None = attrs.field(default=None, validator=http_url)
+    webhook_failover_url: str | None = attrs.field(default=None, validator=http_url)
+    base_url: str = attrs.field(default="https://api.telnyx.com", validator=safe_base_url)
+
+    def __attrs_post_init__(self) -> None:
+        if self.from_ is None and self.messaging_profile_id is None:
+            raise ConfigError(
+                "missing required key: set 'from' (a sender number) or 'messaging_profile_id'",
+                path="from_",
+            )
 
 
 def _first_error(response: requests.Response) -> Mapping[str, Any]:
@@ -128,42 +135,8 @@ class TelnyxNotifier(HttpNotifier):
     default_rate: ClassVar[Rate] = Rate(messages_per_second=50.0, requests_per_second=50.0)
     default_base_url: ClassVar[str] = "https://api.telnyx.com"
 
-    def __init__(self, settings: ChannelSettings) -> None:
-        """Validate the options.
-
-        Raises:
-            ConfigError: naming the key path: neither ``from`` nor
-                ``messaging_profile_id``, a malformed value, or a clear-text
-                ``http://`` base URL to a remote host.
-        """
-        options = settings.structure(TelnyxOptions)
-        super().__init__(settings)
-        prefix = f"channels.{settings.channel}.options"
-        if options.from_ is None and options.messaging_profile_id is None:
-            raise ConfigError(
-                "missing required key: set 'from' (a sender number) or 'messaging_profile_id'",
-                path=f"{prefix}.from",
-            )
-        sender = options.from_
-        if sender is not None and not valid_sms_sender(sender):
-            raise ConfigError(
-                f"expected an E.164 number (+15551234567), a short code or an alphanumeric "
-                f"sender ID, got {sender!r}",
-                path=f"{prefix}.from",
-            )
-        if options.messaging_profile_id is not None and not options.messaging_profile_id.strip():
-            raise ConfigError(
-                "expected a messaging profile id", path=f"{prefix}.messaging_profile_id"
-            )
-        for key in ("webhook_url", "webhook_failover_url"):
-            url: str | None = getattr(options, key)
-            if url is not None:
-                parts = urlsplit(url)
-                if parts.scheme not in ("http", "https") or not parts.hostname:
-                    raise ConfigError(
-                        f"expected an http(s) URL, got {url!r}", path=f"{prefix}.{key}"
-                    )
-        self.options = options
+    options_class: ClassVar[type[TelnyxOptions]] = TelnyxOptions
+    options: TelnyxOptions
 
     def error_code(self, response: requests.Response) -> str | None:
         """Telnyx's ``errors[0].code``, else the HTTP status."""

@@ -17,7 +17,8 @@ Options (``[channels.sms.options]``):
     At least one of ``from`` and ``messaging_service_sid`` is required.
 ``account_sid``
     ``AC...``; when absent it is read from the environment variable named by
-    ``account_sid_env`` (default ``TWILIO_ACCOUNT_SID``).
+    ``account_sid_env`` (default ``TWILIO_ACCOUNT_SID``), in the environment the
+    pipeline is given (``Pipeline(env=...)``, else the process's).
 ``status_callback``
     URL Twilio calls with delivery status updates.
 ``validity_period``
@@ -31,17 +32,14 @@ The auth token is the channel token (``SMS_API_TOKEN``).
 from __future__ import annotations
 
 import email.utils
-import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 import attrs
 import requests
 
-from .._address import valid_sms_sender
 from .._http import HttpNotifier
 from .._models import Message, Outcome, Rate
 from .._notifier import ChannelSettings
@@ -53,11 +51,11 @@ from ..exceptions import (
     TransientDeliveryError,
 )
 from ..hookspecs import hookimpl
+from ..options import between, http_url, matches, safe_base_url, sms_sender
 
 __all__ = ["TwilioNotifier", "TwilioOptions"]
 
 _ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
-_SERVICE_SID = re.compile(r"MG[0-9a-fA-F]{32}")
 
 #: Twilio codes that concern one recipient or one message: that message fails for
 #: good, the rest of the campaign goes on. 21211 invalid To, 21408 region not
@@ -84,13 +82,49 @@ RECONCILE_CLOCK_SKEW = timedelta(minutes=2)
 class TwilioOptions:
     """The ``options`` table of a Twilio channel (``from`` is spelled ``from_`` here)."""
 
-    from_: str | None = None
-    messaging_service_sid: str | None = None
-    account_sid: str | None = None
+    from_: str | None = attrs.field(default=None, validator=sms_sender)
+    messaging_service_sid: str | None = attrs.field(
+        default=None, validator=matches("MG[0-9a-fA-F]{32}", "MG followed by 32 hex digits")
+    )
+    account_sid: str | None = attrs.field(
+        default=None, validator=matches(_ACCOUNT_SID.pattern, "AC followed by 32 hex digits")
+    )
     account_sid_env: str = "TWILIO_ACCOUNT_SID"
-    status_callback: str | None = None
-    validity_period: int | None = None
-    base_url: str = "https://api.twilio.com"
+    status_callback: str | None = attrs.field(default=None, validator=http_url)
+    validity_period: int | None = attrs.field(
+        default=None, validator=between(1, 36_000, "expected 1 to 36000 seconds, got {value}")
+    )
+    base_url: str = attrs.field(default="https://api.twilio.com", validator=safe_base_url)
+
+    def __attrs_post_init__(self) -> None:
+        if self.from_ is None and self.messaging_service_sid is None:
+            raise ConfigError(
+                "missing required key: set 'from' (a sender number) or 'messaging_service_sid'",
+                path="from_",
+            )
+
+    def resolve_account_sid(self, settings: ChannelSettings) -> str:
+        """``account_sid``, else the variable ``account_sid_env`` of the pipeline's env.
+
+        Raises:
+            ConfigError: the variable is unset, or holds no account SID.
+        """
+        if self.account_sid is not None:
+            return self.account_sid
+        sid = settings.getenv(self.account_sid_env)
+        if sid is None:
+            raise ConfigError(
+                f"missing required key: set 'account_sid' or the environment variable "
+                f"{self.account_sid_env}",
+                path=f"{settings.path}.account_sid",
+            )
+        if not _ACCOUNT_SID.fullmatch(sid):
+            raise ConfigError(
+                f"environment variable {self.account_sid_env} does not hold an "
+                f"account SID (AC followed by 32 hex digits)",
+                path=f"{settings.path}.account_sid_env",
+            )
+        return sid
 
 
 def _error_body(response: requests.Response) -> Mapping[str, Any]:
@@ -136,69 +170,20 @@ class TwilioNotifier(HttpNotifier):
     default_base_url: ClassVar[str] = "https://api.twilio.com"
     not_processed_codes: ClassVar[frozenset[str]] = frozenset({"20429"})
 
+    options_class: ClassVar[type[TwilioOptions]] = TwilioOptions
+    options: TwilioOptions
+
     def __init__(self, settings: ChannelSettings) -> None:
-        """Validate the options and resolve the account SID.
+        """Validate the options and resolve the account SID (from the options, else
+        from the environment the pipeline passes: ``settings.env``).
 
         Raises:
             ConfigError: naming the key path: neither ``from`` nor
                 ``messaging_service_sid``, a malformed value, no account SID, or a
                 clear-text ``http://`` base URL to a remote host.
         """
-        options: TwilioOptions = settings.structure(TwilioOptions)
         super().__init__(settings)
-        prefix = f"channels.{settings.channel}.options"
-        if options.from_ is None and options.messaging_service_sid is None:
-            raise ConfigError(
-                "missing required key: set 'from' (a sender number) or 'messaging_service_sid'",
-                path=f"{prefix}.from",
-            )
-        if options.from_ is not None and not valid_sms_sender(options.from_):
-            raise ConfigError(
-                f"expected an E.164 number (+15551234567), a short code or an alphanumeric "
-                f"sender ID, got {options.from_!r}",
-                path=f"{prefix}.from",
-            )
-        sid = options.messaging_service_sid
-        if sid is not None and not _SERVICE_SID.fullmatch(sid):
-            raise ConfigError(
-                f"expected MG followed by 32 hex digits, got {sid!r}",
-                path=f"{prefix}.messaging_service_sid",
-            )
-        if options.validity_period is not None and not 1 <= options.validity_period <= 36_000:
-            raise ConfigError(
-                f"expected 1 to 36000 seconds, got {options.validity_period}",
-                path=f"{prefix}.validity_period",
-            )
-        if options.status_callback is not None:
-            parts = urlsplit(options.status_callback)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ConfigError(
-                    f"expected an http(s) URL, got {options.status_callback!r}",
-                    path=f"{prefix}.status_callback",
-                )
-        account_sid = options.account_sid
-        if account_sid is not None:
-            if not _ACCOUNT_SID.fullmatch(account_sid):
-                raise ConfigError(
-                    f"expected AC followed by 32 hex digits, got {account_sid!r}",
-                    path=f"{prefix}.account_sid",
-                )
-        else:
-            account_sid = os.environ.get(options.account_sid_env, "").strip() or None
-            if account_sid is None:
-                raise ConfigError(
-                    f"missing required key: set 'account_sid' or the environment variable "
-                    f"{options.account_sid_env}",
-                    path=f"{prefix}.account_sid",
-                )
-            if not _ACCOUNT_SID.fullmatch(account_sid):
-                raise ConfigError(
-                    f"environment variable {options.account_sid_env} does not hold an "
-                    f"account SID (AC followed by 32 hex digits)",
-                    path=f"{prefix}.account_sid_env",
-                )
-        self.options = options
-        self.account_sid = account_sid
+        self.account_sid = account_sid = self.options.resolve_account_sid(settings)
         if settings.token:  # the Basic credential, as an error body may echo it
             remember(f"{account_sid}:{settings.token.reveal()}")
         self.path = f"/2010-04-01/Accounts/{account_sid}/Messages.json"

@@ -150,18 +150,20 @@ def status_text(run: RunRecord) -> str:
 # -- sandbox -------------------------------------------------------------------------------
 
 
-def _sandbox_providers(config: PipelineConfig) -> list[str]:
+def _sandbox_providers(config: PipelineConfig, pm: pluggy.PluginManager | None) -> list[str]:
     """Providers of the enabled channels; each must have a sandbox server."""
-    from ..testing.sandbox import PROVIDERS
+    from ..testing.sandbox import sandbox_fakes
+
+    fakes = sandbox_fakes(pm)
 
     providers: list[str] = []
     for channel in config.channels:
         if not channel.enabled:
             continue
-        if channel.provider not in PROVIDERS:
+        if channel.provider not in fakes:
             raise ConfigError(
                 f"--sandbox has no server for provider {channel.provider!r} (sandboxed: "
-                f"{', '.join(PROVIDERS)}); disable the channel or run without --sandbox",
+                f"{', '.join(fakes)}); disable the channel or run without --sandbox",
                 path=f"channels.{channel.name}.provider",
                 file=config.file,
             )
@@ -172,7 +174,7 @@ def _sandbox_providers(config: PipelineConfig) -> list[str]:
 
 @contextmanager
 def sandboxed_configs(
-    configs: Sequence[PipelineConfig], enabled: bool
+    configs: Sequence[PipelineConfig], enabled: bool, pm: pluggy.PluginManager
 ) -> Iterator[tuple[list[PipelineConfig], dict[str, str] | None, Any]]:
     """Without ``enabled``: the configs as they are. With it: sandbox servers for their
     providers, started for the block, and the configs pointed at them (options,
@@ -182,8 +184,8 @@ def sandboxed_configs(
         return
     from ..testing.sandbox import Sandbox
 
-    providers = list(dict.fromkeys(p for cfg in configs for p in _sandbox_providers(cfg)))
-    sandbox = Sandbox(providers)
+    providers = list(dict.fromkeys(p for cfg in configs for p in _sandbox_providers(cfg, pm)))
+    sandbox = Sandbox(providers, plugins=pm)
     try:
         sandbox.start()
     except Exception as exc:  # e.g. the SMTP sandbox without aiosmtpd
@@ -240,11 +242,12 @@ def prepare(
             cfg = _load_or_list_all(path, use_sandbox=use_sandbox, block=block)
             if retry_delay is not None:
                 cfg = with_retry_delay(cfg, retry_delay)
-            if use_sandbox:
-                _sandbox_providers(cfg)
             loaded.append(cfg)
     with input_errors():
         pm = plugin_manager(block)
+    for path, cfg in zip(configs, loaded, strict=True) if use_sandbox else ():
+        with input_errors(path):
+            _sandbox_providers(cfg, pm)
     return loaded, pm
 
 

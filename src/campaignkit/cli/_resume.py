@@ -99,7 +99,7 @@ def _continue_run(
     configs, pm = prepare([config], retry_delay=retry_delay, use_sandbox=use_sandbox, block=block)
     with (
         sigterm_interrupts("interrupted before sending started; nothing was sent"),
-        sandboxed_configs(configs, use_sandbox) as (applied, env, sandbox),
+        sandboxed_configs(configs, use_sandbox, pm) as (applied, env, sandbox),
     ):
         pipeline = build_pipeline(applied[0], pm, env, rehearsal=use_sandbox)
         where = Where(config, use_sandbox)

@@ -149,7 +149,7 @@ def run(
     configs, pm = prepare([config], retry_delay=retry_delay, use_sandbox=use_sandbox, block=block)
     with (
         sigterm_interrupts("interrupted before sending started; nothing was sent"),
-        sandboxed_configs(configs, use_sandbox) as (applied, env, sandbox),
+        sandboxed_configs(configs, use_sandbox, pm) as (applied, env, sandbox),
     ):
         cfg = applied[0]
         if dry_run:

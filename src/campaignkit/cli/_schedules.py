@@ -264,7 +264,10 @@ def scheduler(
     loaded, pm = prepare(paths, retry_delay=retry_delay, use_sandbox=use_sandbox, block=block)
     started = datetime.now(UTC)
     pipelines: list[tuple[Path, Pipeline]] = []
-    with sigterm_interrupts(), sandboxed_configs(loaded, use_sandbox) as (applied, env, _sandbox):
+    with (
+        sigterm_interrupts(),
+        sandboxed_configs(loaded, use_sandbox, pm) as (applied, env, _sandbox),
+    ):
         try:
             for path, cfg in zip(paths, applied, strict=True):
                 pipeline = build_pipeline(cfg, pm, env, rehearsal=use_sandbox)

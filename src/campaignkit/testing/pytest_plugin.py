@@ -1,8 +1,9 @@
 """pytest fixtures for campaignkit users, registered through the ``pytest11`` entry point.
 
 * ``ck_sandbox``: a running :class:`~campaignkit.testing.sandbox.Sandbox` serving
-  every provider, each server started when the test first uses it (only SMTP needs
-  the ``sandbox`` extra, aiosmtpd).
+  every provider with a fake (the built-in ones and those installed plugins register),
+  each server started when the test first uses it (only SMTP needs the ``sandbox``
+  extra, aiosmtpd).
   ``ck_sandbox.pipeline("campaign.toml")`` is a rehearsal: its own ledger
   (``ledger.sandbox.db``) and output folder (``<output dir>/sandbox/``), never the
   campaign's real state.
@@ -23,7 +24,9 @@ from . import recording_plugin
 
 @pytest.fixture
 def ck_sandbox() -> Iterator[Any]:
-    """Every provider's sandbox server on 127.0.0.1, stopped after the test.
+    """Every provider's sandbox server on 127.0.0.1, stopped after the test: the
+    built-in fakes and those of the installed plugins (``CAMPAIGNKIT_BLOCK_PLUGINS``
+    leaves a plugin's out).
 
     The sandbox is lazy: a server starts when the test first uses it
     (``ck_sandbox.servers["twilio"]``, ``ck_sandbox.pipeline(config)`` and

@@ -43,6 +43,10 @@ change that). The endpoint answers:
 
 Each message's ``id`` is campaignkit's idempotency key, stable across retries, so
 an endpoint can drop duplicates.
+
+The plugin also ships a fake endpoint speaking this contract,
+:class:`campaignkit_webhook.sandbox.WebhookServer`, registered for campaignkit's
+sandbox: ``campaignkit run campaign.toml --sandbox`` sends to it, never to ``url``.
 """
 
 from __future__ import annotations
@@ -80,6 +84,14 @@ class WebhookOptions:
     token_prefix: str = "Bearer "  # noqa: S105 - a scheme, not a secret
     headers: dict[str, str] = attrs.field(factory=dict)
 
+    @headers.validator
+    def _not_the_channel_s_own(
+        self, attribute: attrs.Attribute[Any], value: dict[str, str]
+    ) -> None:
+        clash = {h.lower() for h in value} & {self.token_header.lower(), "content-type"}
+        if clash:
+            raise ConfigError(f"set by the channel itself: {sorted(clash)[0]}", path=attribute.name)
+
 
 class WebhookNotifier(HttpNotifier):
     """Posts each batch of rendered messages as one JSON request (see the module doc).
@@ -95,7 +107,8 @@ class WebhookNotifier(HttpNotifier):
     default_base_url: ClassVar[str] = ""
 
     def __init__(self, settings: ChannelSettings) -> None:
-        """Validate the options; the URL goes through campaignkit's base URL check.
+        """Structure the options (:class:`WebhookOptions` validates them); the URL goes
+        through campaignkit's base URL check.
 
         Raises:
             ConfigError: naming the key path (``channels.crm.options.url``).
@@ -110,14 +123,6 @@ class WebhookNotifier(HttpNotifier):
         self.options = options
         # Which field a message is addressed to is an option here, not a constant.
         self.address_field = options.address_field  # type: ignore[misc]
-        clash = {h.lower() for h in options.headers} & {
-            options.token_header.lower(),
-            "content-type",
-        }
-        if clash:
-            raise ConfigError(
-                f"set by the channel itself: {sorted(clash)[0]}", path=f"{path}.headers"
-            )
 
     def connect(self) -> requests.Session:
         session = super().connect()
@@ -183,3 +188,12 @@ def _outcome(result: Mapping[str, Any] | None) -> Outcome:
 def campaignkit_register_channels(register: Callable[[type[Any]], None]) -> None:
     """Register :class:`WebhookNotifier` as ``provider = "webhook"``."""
     register(WebhookNotifier)
+
+
+@campaignkit.hookimpl
+def campaignkit_register_sandbox_servers(register: Callable[..., None]) -> None:
+    """Register the fake endpoint (:mod:`campaignkit_webhook.sandbox`) for rehearsals.
+
+    Named as ``"module:Class"``, it is imported only when a sandbox starts it.
+    """
+    register("webhook", "campaignkit_webhook.sandbox:WebhookServer")

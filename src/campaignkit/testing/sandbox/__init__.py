@@ -1,4 +1,5 @@
-"""Loopback provider sandbox: fake SendGrid, SMTP, Twilio, Telnyx, OneSignal and Expo.
+"""Loopback provider sandbox: fake SendGrid, SMTP, Twilio, Telnyx, OneSignal and Expo,
+and the fakes channel plugins ship (``campaignkit_register_sandbox_servers``).
 
 Each server speaks its provider's real wire contract on 127.0.0.1 (checks auth,
 content type and body shape, enforces batch limits with the provider's error,
@@ -26,8 +27,6 @@ hand whose channels point at a running sandbox server is a rehearsal as well.
 from __future__ import annotations
 
 import contextlib
-import importlib
-import inspect
 import json
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import pluggy
 
 from ..._config import PipelineConfig, load_config
 from ..._models import Rate
@@ -44,6 +44,18 @@ from ...hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from ..._pipeline import Pipeline
+from ._fakes import (
+    CAMPAIGN_TOKEN_VARIABLES,
+    CREDENTIALS,
+    PROVIDERS,
+    SDK_BASE_URL_VARIABLES,
+    SENDER_KEYWORDS,
+    Credential,
+    SandboxFake,
+    sandbox_fakes,
+    sender_keyword,
+    server_class,
+)
 from ._server import (
     Faults,
     MessageJournal,
@@ -69,92 +81,11 @@ __all__ = [
     "Reply",
     "Request",
     "Sandbox",
+    "SandboxFake",
+    "sandbox_fakes",
     "sender_keyword",
     "server_class",
 ]
-
-#: provider name -> "module:Class" of its sandbox server.
-PROVIDERS: dict[str, str] = {
-    "sendgrid": "campaignkit.testing.sandbox.sendgrid:SendGridServer",
-    "smtp": "campaignkit.testing.sandbox.smtp:SmtpServer",
-    "twilio": "campaignkit.testing.sandbox.twilio:TwilioServer",
-    "telnyx": "campaignkit.testing.sandbox.telnyx:TelnyxServer",
-    "onesignal": "campaignkit.testing.sandbox.onesignal:OneSignalServer",
-    "expo": "campaignkit.testing.sandbox.expo:ExpoServer",
-}
-
-#: provider name -> the server's keyword argument holding the senders it accepts
-#: (requests from any other sender are refused as the provider refuses them).
-SENDER_KEYWORDS: dict[str, str] = {
-    "twilio": "from_numbers",
-    "telnyx": "from_numbers",
-}
-#: keyword names a server may take for its allowed senders, for providers not in
-#: :data:`SENDER_KEYWORDS` (checked against the server's constructor).
-_SENDER_KEYWORD_NAMES = ("from_numbers", "verified_senders", "senders")
-
-
-@attrs.frozen
-class Credential:
-    """One credential a client of a sandbox server uses.
-
-    Attributes:
-        name: what the provider calls it (``account_sid``, ``auth_token``...).
-        variable: the environment variable the provider's own SDKs and examples read it
-            from (``TWILIO_AUTH_TOKEN``...).
-        attribute: the server attribute holding it.
-        secret: whether it is the server's token.
-    """
-
-    name: str
-    variable: str
-    attribute: str
-
-    @property
-    def secret(self) -> bool:
-        return self.attribute == "token"
-
-
-#: provider name -> the credentials its clients use, with their usual variables.
-CREDENTIALS: dict[str, tuple[Credential, ...]] = {
-    "sendgrid": (Credential("api_key", "SENDGRID_API_KEY", "token"),),
-    "smtp": (
-        Credential("host", "SMTP_HOST", "HOST"),
-        Credential("port", "SMTP_PORT", "port"),
-        Credential("username", "SMTP_USERNAME", "username"),
-        Credential("password", "SMTP_PASSWORD", "token"),
-    ),
-    "twilio": (
-        Credential("account_sid", "TWILIO_ACCOUNT_SID", "account_sid"),
-        Credential("auth_token", "TWILIO_AUTH_TOKEN", "token"),
-    ),
-    "telnyx": (Credential("api_key", "TELNYX_API_KEY", "token"),),
-    "onesignal": (
-        Credential("app_id", "ONESIGNAL_APP_ID", "app_id"),
-        Credential("rest_api_key", "ONESIGNAL_REST_API_KEY", "token"),
-    ),
-    "expo": (Credential("access_token", "EXPO_ACCESS_TOKEN", "token"),),
-}
-
-#: provider name -> the token variable of a campaign channel named ``email``, ``sms``
-#: or ``push`` (``<NAME>_API_TOKEN``) sending through it.
-CAMPAIGN_TOKEN_VARIABLES: dict[str, str] = {
-    "sendgrid": "EMAIL_API_TOKEN",
-    "smtp": "EMAIL_API_TOKEN",
-    "twilio": "SMS_API_TOKEN",
-    "telnyx": "SMS_API_TOKEN",
-    "onesignal": "PUSH_API_TOKEN",
-    "expo": "PUSH_API_TOKEN",
-}
-
-
-#: provider name -> (the variable its official SDK reads its API address from, the path
-#: that address ends with). Only the Telnyx SDK reads one (``TELNYX_BASE_URL``, which
-#: includes ``/v2``): set without it, the SDK sends to the real api.telnyx.com.
-SDK_BASE_URL_VARIABLES: dict[str, tuple[str, str]] = {
-    "telnyx": ("TELNYX_BASE_URL", "/v2"),
-}
-
 
 #: the token variables :meth:`Sandbox.env` sets without a campaign -> their provider.
 DEFAULT_ENV: dict[str, str] = {
@@ -162,23 +93,6 @@ DEFAULT_ENV: dict[str, str] = {
     "SMS_API_TOKEN": "twilio",
     "PUSH_API_TOKEN": "expo",
 }
-
-
-def server_class(provider: str) -> Any:
-    """The sandbox server class for ``provider`` (importing the SMTP one needs aiosmtpd:
-    ``pip install 'campaignkit[sandbox]'``)."""
-    module, _, name = PROVIDERS[provider].partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def sender_keyword(provider: str) -> str | None:
-    """The keyword argument of ``provider``'s server that restricts the senders it
-    accepts, or ``None`` when the server accepts any sender."""
-    keyword = SENDER_KEYWORDS.get(provider)
-    if keyword is not None:
-        return keyword
-    parameters = inspect.signature(server_class(provider)).parameters
-    return next((name for name in _SENDER_KEYWORD_NAMES if name in parameters), None)
 
 
 class ServerMap(Mapping[str, Any]):
@@ -209,8 +123,12 @@ class ServerMap(Mapping[str, Any]):
 class Sandbox:
     """Sandbox servers for the given providers (all by default), on 127.0.0.1.
 
+    Each provider's server is the fake its plugin registers through the
+    ``campaignkit_register_sandbox_servers`` hook (the built-in providers' come with
+    campaignkit, a third-party channel's with its plugin).
+
     Args:
-        providers: the providers to serve (default: all of :data:`PROVIDERS`).
+        providers: the providers to serve (default: every provider with a fake).
         lazy: start each server only when it is first used (``servers[name]``,
             :meth:`apply`, :meth:`pipeline`, :meth:`channel_options`, :meth:`url`,
             :meth:`env`): :meth:`apply` starts exactly the providers of the enabled
@@ -221,6 +139,13 @@ class Sandbox:
         server_options: provider name -> keyword arguments for its server's
             constructor (``token``, ``port``, ``faults``, ``account_sid``,
             ``from_numbers``...).
+        plugins: the plugin manager whose fakes to use (default:
+            :func:`~campaignkit.get_plugin_manager`, which honours
+            ``CAMPAIGNKIT_BLOCK_PLUGINS``); give the pipeline's to honour its blocks.
+
+    Raises:
+        ValueError: a provider has no fake (no plugin registers one).
+        PluginError: a plugin registers a fake wrongly.
 
     Attributes:
         servers: provider name -> server (each has ``token``, ``messages``,
@@ -234,11 +159,18 @@ class Sandbox:
         lazy: bool = False,
         record_to: str | Path | None = None,
         server_options: Mapping[str, Mapping[str, Any]] | None = None,
+        plugins: pluggy.PluginManager | None = None,
     ) -> None:
-        self.providers = tuple(providers) if providers is not None else tuple(PROVIDERS)
+        #: provider -> the fake serving it, as the plugins register them
+        self.fakes = sandbox_fakes(plugins)
+        self.providers = tuple(providers) if providers is not None else tuple(self.fakes)
         for p in self.providers:
-            if p not in PROVIDERS:
-                raise ValueError(f"no sandbox for provider {p!r} (have: {', '.join(PROVIDERS)})")
+            if p not in self.fakes:
+                raise ValueError(
+                    f"no sandbox for provider {p!r} (have: {', '.join(self.fakes) or 'none'}); "
+                    f"a channel plugin ships its fake through the "
+                    f"campaignkit_register_sandbox_servers hook"
+                )
         options = dict(server_options or {})
         for p in options:
             if p not in self.providers:
@@ -303,7 +235,7 @@ class Sandbox:
                 )
             if not self._running:
                 raise KeyError(f"the sandbox is not running: start() it to use {provider!r}")
-            server = server_class(provider)(**self._server_options.get(provider, {}))
+            server = self.fakes[provider].create(**self._server_options.get(provider, {}))
             journal = attach_journal(server)
             if self._record_dir is not None:
                 journal.open(self._record_dir / f"{provider}.jsonl")
@@ -405,23 +337,26 @@ class Sandbox:
     def credentials(self, provider: str) -> dict[str, str]:
         """What a client of ``provider``'s server authenticates with, by the
         provider's names (``account_sid`` and ``auth_token`` for Twilio...); see
-        :data:`CREDENTIALS`."""
+        :attr:`SandboxFake.credentials`)."""
         server = self.servers[provider]
-        return {c.name: str(getattr(server, c.attribute)) for c in CREDENTIALS[provider]}
+        credentials = self.fakes[provider].credentials
+        return {c.name: str(getattr(server, c.attribute)) for c in credentials}
 
     def provider_env(self, provider: str) -> dict[str, str]:
         """The environment a program of your own would set to use ``provider``'s
         server: the provider's usual variables (``TWILIO_ACCOUNT_SID``,
         ``TWILIO_AUTH_TOKEN``, ``SENDGRID_API_KEY``...), the address variable of an
-        SDK that reads one (``TELNYX_BASE_URL``: :data:`SDK_BASE_URL_VARIABLES`) and
-        the token variable of a campaign channel named ``email``, ``sms`` or ``push``
-        (:data:`CAMPAIGN_TOKEN_VARIABLES`)."""
+        SDK that reads one (``TELNYX_BASE_URL``: :attr:`SandboxFake.sdk_base_url`) and
+        the token variable of a campaign channel using it (``<NAME>_API_TOKEN`` of a
+        channel named ``email``, ``sms`` or ``push`` for the built-ins:
+        :attr:`SandboxFake.token_variable`)."""
         server = self.servers[provider]
-        env = {c.variable: str(getattr(server, c.attribute)) for c in CREDENTIALS[provider]}
-        if provider in SDK_BASE_URL_VARIABLES:
-            variable, path = SDK_BASE_URL_VARIABLES[provider]
+        fake = self.fakes[provider]
+        env = {c.variable: str(getattr(server, c.attribute)) for c in fake.credentials}
+        if fake.sdk_base_url is not None:
+            variable, path = fake.sdk_base_url
             env[variable] = self.url(provider) + path
-        env[CAMPAIGN_TOKEN_VARIABLES[provider]] = str(server.token)
+        env[fake.token_variable] = str(server.token)
         return env
 
     def apply(self, config: PipelineConfig) -> PipelineConfig:
