@@ -10,19 +10,20 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
+import pluggy
 import pytest
 import requests
 from click.testing import CliRunner, Result
 
 import campaignkit
-from campaignkit import cli as cli_module
 from campaignkit import load_config
-from campaignkit.cli import _with_retry_delay, main
+from campaignkit.cli import main
+from campaignkit.cli._options import with_retry_delay
 from campaignkit.testing import sandbox as sandbox_module
 from campaignkit.testing.sandbox import Sandbox
 
@@ -65,14 +66,14 @@ def make_campaign(directory: Path, rows: list[str] = ROWS, *, edit: Any = None) 
     return config
 
 
-def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
+def invoke(*args: str, env: dict[str, str] | None = None, obj: Any = None) -> Result:
     base = {
         "EMAIL_API_TOKEN": None,
         "SMS_API_TOKEN": None,
         "PUSH_API_TOKEN": None,
         "CAMPAIGNKIT_BLOCK_PLUGINS": None,
     }
-    return CliRunner().invoke(main, list(args), env={**base, **(env or {})})
+    return CliRunner().invoke(main, list(args), env={**base, **(env or {})}, obj=obj)
 
 
 # A sandbox server thread left over from an earlier test (a stalled reply to a client
@@ -239,7 +240,7 @@ def test_with_retry_delay_sets_every_channel(campaign: Path) -> None:
             for c in config.channels
         ),
     )
-    changed = _with_retry_delay(config, 1.5)
+    changed = with_retry_delay(config, 1.5)
     assert changed.execution.retry.delay_seconds == pytest.approx(1.5)
     assert changed.execution.retry.retries == 2
     by_name = {c.name: c for c in changed.channels}
@@ -586,17 +587,16 @@ class GuardPlugin:
 
 
 @pytest.mark.parametrize(("hook", "code"), [("started", 2)])
-def test_plugin_errors_before_and_after_sending(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hook: str, code: int
-) -> None:
+def test_plugin_errors_before_and_after_sending(tmp_path: Path, hook: str, code: int) -> None:
     """A guard that stops the run before any send is an input error (2)."""
-    monkeypatch.setattr(
-        cli_module,
-        "_plugin_manager",
-        lambda block: campaignkit.get_plugin_manager(plugins=[GuardPlugin(hook)]),
-    )
+
+    def guarded(block: Sequence[str]) -> pluggy.PluginManager:
+        return campaignkit.get_plugin_manager(plugins=[GuardPlugin(hook)])
+
     config = make_campaign(tmp_path, GOOD_ROWS)
-    result = invoke("run", str(config), "--sandbox", "--output-dir", str(tmp_path / "o"))
+    result = invoke(
+        "run", str(config), "--sandbox", "--output-dir", str(tmp_path / "o"), obj=guarded
+    )
     no_traceback(result)
     assert result.exit_code == code
     assert stderr_of(result).count("\n") == 1
@@ -607,17 +607,18 @@ def test_plugin_errors_before_and_after_sending(
 
 
 def test_observer_error_after_sending_does_not_change_the_outcome(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """Messages went out: an observer failing in campaignkit_run_finished is logged, and
     the run's own outcome (and summary) stand."""
-    monkeypatch.setattr(
-        cli_module,
-        "_plugin_manager",
-        lambda block: campaignkit.get_plugin_manager(plugins=[GuardPlugin("finished")]),
-    )
+
+    def guarded(block: Sequence[str]) -> pluggy.PluginManager:
+        return campaignkit.get_plugin_manager(plugins=[GuardPlugin("finished")])
+
     config = make_campaign(tmp_path, GOOD_ROWS)
-    result = invoke("run", str(config), "--sandbox", "--json", "--output-dir", str(tmp_path / "o"))
+    result = invoke(
+        "run", str(config), "--sandbox", "--json", "--output-dir", str(tmp_path / "o"), obj=guarded
+    )
     no_traceback(result)
     report = json.loads(result.stdout)
     assert result.exit_code == (0 if report["status"] == "succeeded" else 1)

@@ -16,7 +16,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from campaignkit import ChannelResult, RunReport, RunStatus
-from campaignkit.cli import EXIT_OK, EXIT_PARTIAL, _report_exit, main
+from campaignkit.cli import EXIT_OK, EXIT_PARTIAL, main
+from campaignkit.cli._output import report_exit
 from campaignkit.testing import sandbox as sandbox_module
 from campaignkit.testing.sandbox import Sandbox
 
@@ -381,10 +382,10 @@ def test_canary_or_deferral_with_failures_exits_1() -> None:
         )
         return RunReport("r", "p", status, now, now, channels={"sms": result})
 
-    assert _report_exit(report(RunStatus.CANARY, 0)) == EXIT_OK
-    assert _report_exit(report(RunStatus.CANARY, 1)) == EXIT_PARTIAL
-    assert _report_exit(report(RunStatus.DEFERRED, 1)) == EXIT_PARTIAL
-    assert _report_exit(report(RunStatus.SUCCEEDED, 0)) == EXIT_OK
+    assert report_exit(report(RunStatus.CANARY, 0)) == EXIT_OK
+    assert report_exit(report(RunStatus.CANARY, 1)) == EXIT_PARTIAL
+    assert report_exit(report(RunStatus.DEFERRED, 1)) == EXIT_PARTIAL
+    assert report_exit(report(RunStatus.SUCCEEDED, 0)) == EXIT_OK
 
 
 # -- suppress and suppressions ---------------------------------------------------------------

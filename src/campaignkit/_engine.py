@@ -39,6 +39,7 @@ from .exceptions import DeliveryError, TemplateError
 __all__ = [
     "ChannelPlan",
     "ChannelRunner",
+    "counted_result",
     "idempotency_key",
     "legacy_idempotency_key",
     "result_from_ledger",
@@ -66,6 +67,27 @@ ProgressCallback = Callable[[str, int], None]
 ContentCheck = Callable[[Message], str | None]
 
 
+def counted_result(
+    ledger: Ledger, run_id: str, channel: str, *, provider: str, result_key: str = ""
+) -> ChannelResult:
+    """A channel's totals as the ledger counts them: no session counters, no times."""
+    counts = ledger.counts(run_id, channel)
+    states = {k: v for k, v in counts.items() if ":" not in k}
+    return ChannelResult(
+        channel=channel,
+        provider=provider,
+        sent=states.get(DeliveryState.SENT, 0),
+        failed=states.get(DeliveryState.FAILED, 0),
+        skipped=states.get(DeliveryState.SKIPPED, 0),
+        pending=states.get(DeliveryState.PENDING, 0) + states.get(DeliveryState.IN_FLIGHT, 0),
+        unknown=states.get(DeliveryState.UNKNOWN, 0),
+        deferred=states.get(DeliveryState.DEFERRED, 0),
+        reasons={k[7:]: v for k, v in counts.items() if k.startswith("reason:")},
+        error_codes={k[5:]: v for k, v in counts.items() if k.startswith("code:")},
+        result_key=result_key,
+    )
+
+
 def result_from_ledger(
     ledger: Ledger,
     run_id: str,
@@ -77,24 +99,15 @@ def result_from_ledger(
     stopped: str | None = None,
 ) -> ChannelResult:
     """A channel's totals as the ledger records them (this session's counters aside)."""
-    counts = ledger.counts(run_id, channel.name)
-    states = {k: v for k, v in counts.items() if ":" not in k}
-    return ChannelResult(
-        channel=channel.name,
-        provider=channel.provider,
-        sent=states.get(DeliveryState.SENT, 0),
-        failed=states.get(DeliveryState.FAILED, 0),
-        skipped=states.get(DeliveryState.SKIPPED, 0),
-        pending=states.get(DeliveryState.PENDING, 0) + states.get(DeliveryState.IN_FLIGHT, 0),
-        unknown=states.get(DeliveryState.UNKNOWN, 0),
-        deferred=states.get(DeliveryState.DEFERRED, 0),
-        reasons={k[7:]: v for k, v in counts.items() if k.startswith("reason:")},
-        error_codes={k[5:]: v for k, v in counts.items() if k.startswith("code:")},
+    counted = counted_result(
+        ledger, run_id, channel.name, provider=channel.provider, result_key=channel.report_key
+    )
+    return attrs.evolve(
+        counted,
         retries=retries,
         requests=requests,
         started_at=started,
         finished_at=datetime.now(UTC),
-        result_key=channel.report_key,
         stopped=stopped,
     )
 

@@ -12,7 +12,14 @@ import attrs
 
 from ._models import Message, Outcome, Rate, Secret
 
-__all__ = ["ChannelSettings", "Notifier"]
+__all__ = ["ChannelSettings", "Notifier", "placeholder_token"]
+
+
+def placeholder_token(use: str) -> Secret:
+    """A token standing in for a channel's own where nothing is sent: a notifier built
+    only to check its options or learn its address field, a dry run (``use`` names which,
+    as in ``validate-placeholder``)."""
+    return Secret(f"{use}-placeholder")
 
 ConnT = TypeVar("ConnT")
 T = TypeVar("T")

@@ -57,7 +57,7 @@ from ._models import (
     RunStatus,
     Secret,
 )
-from ._notifier import ChannelSettings, Notifier
+from ._notifier import ChannelSettings, Notifier, placeholder_token
 from ._plugins import Registry, get_plugin_manager
 from ._redact import token_problem
 from ._rehearsal import (
@@ -737,7 +737,7 @@ class Pipeline:
             except ConfigError as exc:
                 out.append((exc, "tokens"))
             if token is None and cls.token_required:
-                token = Secret("validate-placeholder")  # the options are still checked
+                token = placeholder_token("validate")  # the options are still checked
             settings = ChannelSettings(
                 channel=channel.name,
                 options=channel.options,
@@ -858,7 +858,7 @@ class Pipeline:
                 settings = ChannelSettings(
                     channel=channel.name,
                     options=channel.options,
-                    token=Secret("validate-placeholder"),
+                    token=placeholder_token("validate"),
                     timeout=channel.timeout_seconds,
                     base_dir=self.base_dir,
                     env=self._environ,
@@ -1546,22 +1546,46 @@ class Pipeline:
         """``expected_audience``: abort before any send when the eligible count drifts
         further than the tolerance."""
         for plan in plans:
-            expected = plan.channel.expected_audience
-            if expected is None:
-                continue
             counts = ledger.counts(run_id, plan.channel.name)
-            eligible = counts.get("pending", 0) + counts.get("deferred", 0)
-            tolerance = plan.channel.audience_tolerance
-            if abs(eligible - expected) > tolerance * expected:
-                raise AudienceGuardError(
-                    f"channels.{plan.channel.name}: {eligible} eligible recipient(s), expected "
-                    f"{expected} ± {tolerance:.0%}; nothing was sent"
-                )
+            drift = audience_drift(
+                plan.channel, counts.get("pending", 0) + counts.get("deferred", 0)
+            )
+            if drift is not None:
+                raise AudienceGuardError(f"{drift}; nothing was sent")
+
+
+def audience_drift(channel: Channel, eligible: int) -> str | None:
+    """``expected_audience``: what is wrong when ``eligible`` recipients drift from the
+    channel's expected audience further than its tolerance, else ``None``."""
+    expected = channel.expected_audience
+    if expected is None:
+        return None
+    tolerance = channel.audience_tolerance
+    if abs(eligible - expected) <= tolerance * expected:
+        return None
+    return (
+        f"channels.{channel.name}: {eligible} eligible recipient(s), expected "
+        f"{expected} ± {tolerance:.0%}"
+    )
 
 
 def _stored_report(run: RunRecord) -> RunReport:
     """The report a finished run stored in the ledger."""
     return RunReport.from_dict(json.loads(run.report or "{}"), run)
+
+
+def stored_report(run: RunRecord) -> RunReport | None:
+    """The report a run stored in the ledger when it last finished, if any: ``None``
+    when it has none or it cannot be read (a run that is going or crashed)."""
+    if not run.report:
+        return None
+    try:
+        data = json.loads(run.report)
+        if not isinstance(data, dict) or "status" not in data:
+            return None
+        return RunReport.from_dict(data, run)
+    except (ValueError, TypeError, KeyError, StopIteration):
+        return None
 
 
 def _replay(run: RunRecord) -> RunReport:
