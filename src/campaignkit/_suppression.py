@@ -44,7 +44,7 @@ from ._address import (
 from ._csvio import restore
 from .exceptions import SourceError
 
-__all__ = ["SuppressionKind", "SuppressionList"]
+__all__ = ["SuppressionEntry", "SuppressionKind", "SuppressionList", "read_entries"]
 
 SuppressionKind: TypeAlias = Literal["email", "phone", "push_token"]
 _KINDS: Final = ("email", "phone", "push_token")
@@ -169,6 +169,30 @@ def _why(value: str, kind: str, default_region: str | None) -> str:
 
 
 # -- reading --------------------------------------------------------------------------
+
+
+@attrs.frozen
+class SuppressionEntry:
+    """One entry of a suppression file, as written (not yet normalised)."""
+
+    line: int
+    value: str
+    #: the CSV column it came from; ``None`` for a plain list
+    column: str | None = None
+
+
+def read_entries(
+    file: str, kind: str, column: str | None = None
+) -> Iterator[SuppressionEntry]:
+    """Every entry of the suppression file ``file`` with its line, as written;
+    ``kind`` (``email``, ``phone`` or ``push_token``) names the column a CSV file's
+    entries are read from when ``column`` is not given.
+
+    Raises:
+        SourceError: the file cannot be read or decoded, or its CSV has no such column.
+    """
+    for line, value, where in _entries(file, kind, column):
+        yield SuppressionEntry(line, value, where)
 
 
 def _entries(file: str, kind: str, column: str | None) -> Iterator[tuple[int, str, str | None]]:

@@ -21,7 +21,7 @@ from .._controls import control_detail, find_control
 from .._csvio import safe_csv_writer
 from .._notifier import ChannelSettings, Notifier, placeholder_token
 from .._plugins import Registry
-from .._suppression import _entries as _suppression_entries
+from .._suppression import read_entries
 from ..exceptions import CampaignKitError, ConfigError, PluginError
 from ._campaign import build_pipeline, look, open_ledger
 from ._group import EPILOG, main
@@ -81,8 +81,8 @@ def _suppress_inputs(
     ``#`` comments)."""
     out = [("argument", a) for a in addresses]
     for file in files:
-        for line, value, _ in _suppression_entries(str(file), kind, None):
-            out.append((f"{file}:{line}", value))
+        for entry in read_entries(str(file), kind):
+            out.append((f"{file}:{entry.line}", entry.value))
     return out
 
 
