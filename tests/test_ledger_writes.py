@@ -239,7 +239,7 @@ def test_marks_and_outcomes_by_list_match_one_update_per_row(
     n: int, batches: list[list[tuple[int, int]]], in_max: int
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_ledger, "_IN_MAX", in_max)  # lists of a few values: many of them
+        mp.setattr(_ledger._sql, "_IN_MAX", in_max)  # lists of a few values: many of them
         path = Path(tmp) / "l.db"
         ledger = SqliteLedger(path)
         begin(ledger, "r", n)
