@@ -1,8 +1,19 @@
 """The durable delivery ledger: runs, each run's recipient snapshot, one row per delivery.
 
-The embedded implementation is SQLite (stdlib ``sqlite3``, WAL). The schema is
-versioned in ``PRAGMA user_version`` and migrated on open. :class:`Ledger` is the
-interface the core uses, so that a server database can be added later.
+:class:`Ledger` is the interface the core uses (:mod:`._protocol`): the values it
+takes and gives are in :mod:`._types`, what it raises in :mod:`._errors`, so that a
+server database can be added behind it. The embedded implementation is
+:class:`SqliteLedger` (stdlib ``sqlite3``, WAL; :func:`open_ledger` opens it as a
+:class:`Ledger`), built from modules by responsibility:
+
+- :mod:`._schema`: the schema, versioned in ``PRAGMA user_version`` and migrated on
+  open, and the stored values' formats;
+- :mod:`._connection`: :func:`connect`, the one way a connection is opened (read-only
+  ones refuse every write), and the single writer thread;
+- :mod:`._claims` and :mod:`._runs`: who owns a run, and the runs' rows;
+- :mod:`._snapshot`: a run's recipient snapshot;
+- :mod:`._selection`: the plan rules, one function per rule;
+- :mod:`._deliveries` and :mod:`._queries`: the writes of sending, and the reads.
 
 Delivery states::
 
@@ -22,22 +33,22 @@ most one batch per worker thread is ``in_flight``.
 from __future__ import annotations
 
 from ._claims import HEARTBEAT_SECONDS, LEASE_SECONDS, Owner
+from ._connection import connect
+from ._errors import LedgerError, MaxActiveRunsReached, RunInProgress, RunOwnershipLost
 from ._protocol import Ledger, RejectSink
-from ._schema import _MIGRATIONS, SCHEMA_VERSION, _json_encoder
-from ._sqlite import SqliteLedger
+from ._schema import SCHEMA_VERSION
+from ._sqlite import SqliteLedger, open_ledger
 from ._types import (
     ACTIVE_STATUSES,
     DUPLICATE_ID,
     RESUMABLE_STATUSES,
     DeliveryState,
-    LedgerError,
-    MaxActiveRunsReached,
+    PendingDelivery,
     PlanRow,
     PlanRules,
-    RunInProgress,
-    RunOwnershipLost,
     RunRecord,
     SnapshotInfo,
+    Suppression,
 )
 
 __all__ = [
@@ -47,12 +58,12 @@ __all__ = [
     "LEASE_SECONDS",
     "RESUMABLE_STATUSES",
     "SCHEMA_VERSION",
-    "_MIGRATIONS",
     "DeliveryState",
     "Ledger",
     "LedgerError",
     "MaxActiveRunsReached",
     "Owner",
+    "PendingDelivery",
     "PlanRow",
     "PlanRules",
     "RejectSink",
@@ -61,5 +72,7 @@ __all__ = [
     "RunRecord",
     "SnapshotInfo",
     "SqliteLedger",
-    "_json_encoder",
+    "Suppression",
+    "connect",
+    "open_ledger",
 ]

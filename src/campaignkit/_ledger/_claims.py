@@ -29,7 +29,7 @@ from pathlib import Path
 
 import attrs
 
-from ._connection import _connect
+from ._connection import connect
 
 __all__ = ["HEARTBEAT_SECONDS", "LEASE_SECONDS", "Owner"]
 
@@ -157,7 +157,7 @@ class Owner:
         return None if not pid else cls("", _HOST, pid)
 
 
-class _Heartbeat(threading.Thread):
+class Heartbeat(threading.Thread):
     """Says every :data:`HEARTBEAT_SECONDS` that the owner of a run is alive, so that
     a process on another host can tell a live owner from a dead one (see
     :meth:`Owner.alive`). Stops when the run is let go or its owner changed."""
@@ -171,7 +171,7 @@ class _Heartbeat(threading.Thread):
     def run(self) -> None:
         while not self._stop_event.wait(HEARTBEAT_SECONDS):
             try:
-                conn = _connect(self.path)
+                conn = connect(self.path)
                 try:
                     with conn:
                         beat = conn.execute(
@@ -189,5 +189,5 @@ class _Heartbeat(threading.Thread):
         self._stop_event.set()
 
 
-def _text(owner: Owner | None) -> str | None:
+def owner_text(owner: Owner | None) -> str | None:
     return None if owner is None else owner.to_text()

@@ -10,31 +10,33 @@ import marshal
 import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from .._models import Recipient
+from ._errors import LedgerError
 
-__all__ = ["SCHEMA_VERSION"]
+__all__ = ["SCHEMA_VERSION", "migrate"]
 
 SCHEMA_VERSION = 5
 
 
-def _loads(text: str) -> dict[str, Any]:
+def load_object(text: str) -> dict[str, Any]:
     value = json.loads(text)
     return value if isinstance(value, dict) else {}
 
 
-def _ts(dt: datetime) -> str:
+def timestamp(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _dt(text: str | None) -> datetime | None:
+def parse_timestamp(text: str | None) -> datetime | None:
     if text is None:
         return None
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
-def _migrate_4(conn: sqlite3.Connection) -> None:
+def migrate_4(conn: sqlite3.Connection) -> None:
     """Schema 4: snapshots in a stable format, with their extraction counts.
 
     Schema 3 stored each recipient with :mod:`marshal`, whose format belongs to the
@@ -53,7 +55,7 @@ def _migrate_4(conn: sqlite3.Connection) -> None:
 
     def convert(data: bytes) -> str:
         email, phone, token, attributes, consent, _ = marshal.loads(data)  # noqa: S302 - ours
-        return _dumps([email, phone, token, attributes, consent])
+        return dumps([email, phone, token, attributes, consent])
 
     def line(data: bytes) -> int:
         return int(marshal.loads(data)[5])  # noqa: S302 - ours
@@ -70,7 +72,7 @@ def _migrate_4(conn: sqlite3.Connection) -> None:
         conn.create_function("ck_v3_data", 1, None)
 
 
-_MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
+MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
     1: """
     CREATE TABLE runs (
         id INTEGER PRIMARY KEY,
@@ -141,7 +143,7 @@ _MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
     DROP INDEX IF EXISTS deliveries_by_address;
     DROP INDEX IF EXISTS deliveries_by_state;
     """,
-    4: _migrate_4,
+    4: migrate_4,
     # The owner of a run (campaignkit._claims.Owner as JSON) and its heartbeat: claims
     # are decided by them.
     # How a snapshot's physical lines were accounted for (SourceLines as JSON).
@@ -153,7 +155,7 @@ _MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
 }
 
 
-def _json_encoder() -> Callable[[Any], str]:
+def json_encoder() -> Callable[[Any], str]:
     """A compact, ASCII JSON encoder (any string survives, lone surrogates included).
 
     ``json.JSONEncoder.encode`` builds a C encoder on every call, a third of the cost
@@ -186,19 +188,48 @@ def _json_encoder() -> Callable[[Any], str]:
 
 #: A recipient as stored (schema 4): a compact JSON array ``[email, phone, push_token,
 #: attributes, consent]`` (ASCII: any string survives), its id and line in columns.
-_dumps = _json_encoder()
-_decode = json.JSONDecoder().raw_decode
+dumps = json_encoder()
+decode = json.JSONDecoder().raw_decode
 
 
-def _recipient(rid: str, data: str, line: int) -> Recipient:
-    email, phone, token, attributes, consent = _decode(data)[0]
+def recipient_from_row(rid: str, data: str, line: int) -> Recipient:
+    email, phone, token, attributes, consent = decode(data)[0]
     return Recipient(rid, email, phone, token, attributes, consent, line)
 
 
-def _raw(r: Recipient) -> tuple[str, ...]:
+def raw_cells(r: Recipient) -> tuple[str, ...]:
     """A stored recipient's values as ``name=value`` cells (a rejected row's raw values)."""
     cells = [f"id={r.id}"]
     cells += [f"{f}={v}" for f in ("email", "phone", "push_token") if (v := getattr(r, f))]
     cells += [f"{k}={v}" for k, v in r.attributes.items()]
     cells += [f"consent.{k}={'yes' if v else 'no'}" for k, v in r.consent.items()]
     return tuple(cells)
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring the ledger behind ``conn`` to :data:`SCHEMA_VERSION`, in one transaction.
+
+    Raises:
+        LedgerError: the ledger's schema is newer than this campaignkit's.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise LedgerError(
+                f"{path}: ledger schema {version} is newer than this campaignkit "
+                f"({SCHEMA_VERSION}); upgrade campaignkit"
+            )
+        for v in range(version + 1, SCHEMA_VERSION + 1):
+            step = MIGRATIONS[v]
+            if isinstance(step, str):
+                for statement in step.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            else:
+                step(conn)
+            conn.execute(f"PRAGMA user_version = {int(v)}")  # a pragma takes no parameter
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

@@ -1,28 +1,27 @@
-"""The ledger's values and errors: what callers get back and what it raises."""
+"""The ledger's values: what callers hand it and get back, and its state names."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from typing import NamedTuple
 
 import attrs
 
+from .._models import Recipient
 from ._claims import Owner
-from ._errors import LedgerError, MaxActiveRunsReached, RunInProgress, RunOwnershipLost
 
 __all__ = [
     "ACTIVE_STATUSES",
     "DUPLICATE_ID",
     "RESUMABLE_STATUSES",
     "DeliveryState",
-    "LedgerError",
-    "MaxActiveRunsReached",
+    "PendingDelivery",
     "PlanRow",
     "PlanRules",
-    "RunInProgress",
-    "RunOwnershipLost",
     "RunRecord",
     "SnapshotInfo",
+    "Suppression",
 ]
 
 #: Reason code of a row whose customer id an earlier row has (``rows_per_customer = "one"``).
@@ -122,3 +121,23 @@ class SnapshotInfo:
     rejected_reasons: Mapping[str, int]
     rows_per_customer: str
     lines: Mapping[str, int] | None = None
+
+
+class PendingDelivery(NamedTuple):
+    """A delivery waiting to be sent, as :meth:`Ledger.pending` streams it."""
+
+    seq: int
+    recipient: Recipient
+    address: str
+    attempts: int
+    #: The request it was last part of (``None`` if never sent): re-sent together.
+    batch: int | None
+
+
+class Suppression(NamedTuple):
+    """An entry of the suppression list."""
+
+    kind: str
+    address: str
+    reason: str
+    source: str | None
