@@ -61,8 +61,11 @@ def pages(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> Iterat
 
 def pending(conn: sqlite3.Connection, run: int, code: int) -> Iterator[PendingDelivery]:
     """A channel's pending deliveries (see :meth:`SqliteLedger.pending`)."""
+    new = tuple.__new__  # PendingDelivery(...) without its Python-level __new__: per row
     for seq, rid, data, line, address, attempts, batch in pages(conn, _PENDING, (run, code)):
-        yield PendingDelivery(seq, recipient_from_row(rid, data, line), address, attempts, batch)
+        yield new(
+            PendingDelivery, (seq, recipient_from_row(rid, data, line), address, attempts, batch)
+        )
 
 
 def snapshot(conn: sqlite3.Connection, run: int) -> Iterator[tuple[int, Recipient]]:

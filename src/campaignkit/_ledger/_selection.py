@@ -62,16 +62,27 @@ def insert_audience(
     """Replace the channel's rows by ``rows``; returns whether a pending row is
     ``filtered`` and whether one has a not-before time (a rule that cannot match any
     row is not run)."""
-    seen = [False, False]
+    run, code = key
+    seen_filtered = seen_not_before = False
 
     def inserts() -> Iterator[tuple[Any, ...]]:
+        nonlocal seen_filtered, seen_not_before
         for seq, reason, address, filtered, not_before in rows:
             flag = int(filtered)
             if not reason:
-                seen[0] = seen[0] or flag == 1
-                seen[1] = seen[1] or not_before is not None
-            state = "skipped" if reason else "pending"
-            yield (*key, seq, state, reason, address, flag, not_before, now)
+                seen_filtered = seen_filtered or flag == 1
+                seen_not_before = seen_not_before or not_before is not None
+            yield (
+                run,
+                code,
+                seq,
+                "skipped" if reason else "pending",
+                reason,
+                address,
+                flag,
+                not_before,
+                now,
+            )
 
     conn.execute("DELETE FROM deliveries WHERE run = ? AND channel = ?", key)
     conn.executemany(
@@ -79,7 +90,7 @@ def insert_audience(
         "not_before, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         inserts(),
     )
-    return seen[0], seen[1]
+    return seen_filtered, seen_not_before
 
 
 def skip_suppressed(conn: sqlite3.Connection, key: Key, kind: str, *, history: bool) -> None:
