@@ -394,7 +394,7 @@ def test_exactly_one_of_simultaneous_claims_wins(tmp_path: Path, new: bool) -> N
 
 # -- owners on other hosts: the heartbeat ---------------------------------------------------
 def _owned_elsewhere(path: str, run_id: str, heartbeat: float | None) -> None:
-    from campaignkit._claims import Owner
+    from campaignkit._ledger import Owner
 
     other = Owner("t0ken", "another-host", 4242, "boot", 1)
     with sqlite3.connect(path) as conn:
@@ -406,8 +406,7 @@ def _owned_elsewhere(path: str, run_id: str, heartbeat: float | None) -> None:
 
 
 def test_an_owner_on_another_host_is_alive_while_its_heartbeat_is(tmp_path: Path) -> None:
-    from campaignkit._claims import LEASE_SECONDS
-    from campaignkit._ledger import RunInProgress, SqliteLedger
+    from campaignkit._ledger import LEASE_SECONDS, RunInProgress, SqliteLedger
 
     path = str(tmp_path / "ledger.db")
     ledger = SqliteLedger(path)
@@ -425,10 +424,9 @@ def test_an_owner_on_another_host_is_alive_while_its_heartbeat_is(tmp_path: Path
 def test_the_owner_beats_while_it_holds_the_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from campaignkit import _ledger
-    from campaignkit._ledger import SqliteLedger
+    from campaignkit._ledger import SqliteLedger, _claims
 
-    monkeypatch.setattr(_ledger, "HEARTBEAT_SECONDS", 0.05)
+    monkeypatch.setattr(_claims, "HEARTBEAT_SECONDS", 0.05)
     path = tmp_path / "ledger.db"
     ledger = SqliteLedger(path)
 

@@ -14,8 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from campaignkit import DeliveryResult, DeliveryStatus, Recipient, _ledger
-from campaignkit._ledger import _MIGRATIONS, SCHEMA_VERSION, PlanRules, SqliteLedger
+from campaignkit import DeliveryResult, DeliveryStatus, Recipient
+from campaignkit._ledger import SCHEMA_VERSION, PlanRules, SqliteLedger, _sql
+from campaignkit._ledger._schema import MIGRATIONS
 
 DAY = datetime(2026, 1, 1, tzinfo=UTC)
 FUTURE = 4_000_000_000.0
@@ -239,7 +240,7 @@ def test_marks_and_outcomes_by_list_match_one_update_per_row(
     n: int, batches: list[list[tuple[int, int]]], in_max: int
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_ledger, "_IN_MAX", in_max)  # lists of a few values: many of them
+        mp.setattr(_sql, "IN_MAX", in_max)  # lists of a few values: many of them
         path = Path(tmp) / "l.db"
         ledger = SqliteLedger(path)
         begin(ledger, "r", n)
@@ -311,7 +312,7 @@ def test_mark_in_flight_of_nothing_still_waits_for_queued_outcomes(tmp_path: Pat
 def v2_ledger(path: Path) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     for v in (1, 2):
-        for statement in _MIGRATIONS[v].split(";"):
+        for statement in MIGRATIONS[v].split(";"):
             if statement.strip():
                 conn.execute(statement)
     conn.execute("PRAGMA user_version = 2")
@@ -362,7 +363,8 @@ def test_hot_queries_stay_within_the_run(tmp_path: Path) -> None:
     plan_all(ledger, "r", "e", 3)
     statements: list[str] = []
     conn = sqlite3.connect(path)
-    ledger._read.set_trace_callback(statements.append)
+    for traced in (ledger._read, ledger._write):  # reads, and the writes callers wait for
+        traced.set_trace_callback(statements.append)
     ledger.plan(
         "r",
         "e",
@@ -374,7 +376,8 @@ def test_hot_queries_stay_within_the_run(tmp_path: Path) -> None:
     ledger.resolve_in_flight("r", "e", resend=False)
     ledger.requeue("r", "e", failed=True, unknown=True)
     ledger.counts("r", "e")
-    ledger._read.set_trace_callback(None)
+    for traced in (ledger._read, ledger._write):
+        traced.set_trace_callback(None)
     plans = []
     for sql in statements:
         if "deliveries" not in sql or sql.startswith(("INSERT", "BEGIN", "COMMIT")):

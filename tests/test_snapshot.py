@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from campaignkit import Channel, CsvSource, Pipeline, Recipient, RejectedRow, Template
 from campaignkit._engine import ChannelRunner, idempotency_key, legacy_idempotency_key
-from campaignkit._ledger import _MIGRATIONS, SCHEMA_VERSION, LedgerError, SqliteLedger
+from campaignkit._ledger import SCHEMA_VERSION, LedgerError, SqliteLedger
+from campaignkit._ledger._schema import MIGRATIONS
 
 DAY = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -116,7 +117,7 @@ def v3_ledger(path: Path, recipients: list[Recipient], states: list[str]) -> Non
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     for v in (1, 2, 3):
-        step = _MIGRATIONS[v]
+        step = MIGRATIONS[v]
         assert isinstance(step, str)
         for statement in step.split(";"):
             if statement.strip():
@@ -329,11 +330,11 @@ def test_keys_derive_from_the_snapshot_position(tmp_path: Path, pm: Any) -> None
 
 
 def test_the_encoder_falls_back_to_the_public_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    from campaignkit import _ledger
+    from campaignkit._ledger import _schema
 
     value = ["Zoë\ud800", None, "tok", {"a": "b"}, {"sms": False}]
-    fast = _ledger._json_encoder()
+    fast = _schema.json_encoder()
     monkeypatch.setattr(json.encoder, "c_make_encoder", None)
-    slow = _ledger._json_encoder()
+    slow = _schema.json_encoder()
     assert fast is not slow
     assert fast(value) == slow(value) == json.dumps(value, separators=(",", ":"))

@@ -22,11 +22,14 @@ import json
 import os
 import secrets
 import socket
+import sqlite3
 import threading
 import time
 from pathlib import Path
 
 import attrs
+
+from ._connection import connect
 
 __all__ = ["HEARTBEAT_SECONDS", "LEASE_SECONDS", "Owner"]
 
@@ -152,3 +155,39 @@ class Owner:
     def legacy(cls, pid: int | None) -> Owner | None:
         """The owner of a run recorded before owners were (by pid on this machine)."""
         return None if not pid else cls("", _HOST, pid)
+
+
+class Heartbeat(threading.Thread):
+    """Says every :data:`HEARTBEAT_SECONDS` that the owner of a run is alive, so that
+    a process on another host can tell a live owner from a dead one (see
+    :meth:`Owner.alive`). Stops when the run is let go or its owner changed."""
+
+    def __init__(self, path: Path, run_id: str, owner: Owner) -> None:
+        super().__init__(name="ck-ledger-heartbeat", daemon=True)
+        self.path, self.run_id, self.owner = path, run_id, owner.to_text()
+        self._stop_event = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(HEARTBEAT_SECONDS):
+            try:
+                conn = connect(self.path)
+                try:
+                    with conn:
+                        beat = conn.execute(
+                            "UPDATE runs SET heartbeat = ? WHERE run_id = ? AND owner = ?",
+                            (time.time(), self.run_id, self.owner),
+                        )
+                finally:
+                    conn.close()
+            except sqlite3.Error:  # busy or gone: try again at the next beat
+                continue
+            if beat.rowcount == 0:  # no longer ours: nothing to say
+                return
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
+def owner_text(owner: Owner | None) -> str | None:
+    return None if owner is None else owner.to_text()

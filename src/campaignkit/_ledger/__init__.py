@@ -1,0 +1,78 @@
+"""The durable delivery ledger: runs, each run's recipient snapshot, one row per delivery.
+
+:class:`Ledger` is the interface the core uses (:mod:`._protocol`): the values it
+takes and gives are in :mod:`._types`, what it raises in :mod:`._errors`, so that a
+server database can be added behind it. The embedded implementation is
+:class:`SqliteLedger` (stdlib ``sqlite3``, WAL; :func:`open_ledger` opens it as a
+:class:`Ledger`), built from modules by responsibility:
+
+- :mod:`._schema`: the schema, versioned in ``PRAGMA user_version`` and migrated on
+  open, and the stored values' formats;
+- :mod:`._connection`: :func:`connect`, the one way a connection is opened (read-only
+  ones refuse every write), and the single writer thread;
+- :mod:`._claims` and :mod:`._runs`: who owns a run, and the runs' rows;
+- :mod:`._snapshot`: a run's recipient snapshot;
+- :mod:`._selection`: the plan rules, one function per rule;
+- :mod:`._deliveries` and :mod:`._queries`: the writes of sending, and the reads.
+
+Delivery states::
+
+    pending -> in_flight -> sent | failed | unknown
+    pending -> skipped (reason)             (selection decided not to send)
+    pending -> deferred -> pending          (quiet hours; released when they are over)
+    failed (transient, retries exhausted) -> pending        (retry-failed)
+    in_flight -> pending | unknown          (resume after a crash, by policy)
+    unknown -> pending                      (resume --resend-unknown)
+
+``in_flight`` is committed before a request leaves and the outcome after it: a
+single writer thread commits both in batched transactions (group commit), and a
+worker does not send until its ``in_flight`` mark is durable. After a crash at
+most one batch per worker thread is ``in_flight``.
+"""
+
+from __future__ import annotations
+
+from ._claims import HEARTBEAT_SECONDS, LEASE_SECONDS, Owner
+from ._connection import connect
+from ._errors import LedgerError, MaxActiveRunsReached, RunInProgress, RunOwnershipLost
+from ._protocol import Ledger, RejectSink
+from ._schema import SCHEMA_VERSION
+from ._sqlite import SqliteLedger, open_ledger
+from ._types import (
+    ACTIVE_STATUSES,
+    DUPLICATE_ID,
+    RESUMABLE_STATUSES,
+    DeliveryState,
+    PendingDelivery,
+    PlanRow,
+    PlanRules,
+    RunRecord,
+    SnapshotInfo,
+    Suppression,
+)
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "DUPLICATE_ID",
+    "HEARTBEAT_SECONDS",
+    "LEASE_SECONDS",
+    "RESUMABLE_STATUSES",
+    "SCHEMA_VERSION",
+    "DeliveryState",
+    "Ledger",
+    "LedgerError",
+    "MaxActiveRunsReached",
+    "Owner",
+    "PendingDelivery",
+    "PlanRow",
+    "PlanRules",
+    "RejectSink",
+    "RunInProgress",
+    "RunOwnershipLost",
+    "RunRecord",
+    "SnapshotInfo",
+    "SqliteLedger",
+    "Suppression",
+    "connect",
+    "open_ledger",
+]

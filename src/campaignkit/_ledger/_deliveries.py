@@ -1,0 +1,110 @@
+"""The ledger's writes to deliveries (a channel's rows) once they are planned."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .._models import DeliveryResult
+from ._sql import seq_lists
+
+__all__ = [
+    "mark_in_flight",
+    "record_outcomes",
+    "release_deferred",
+    "requeue",
+    "resolve_in_flight",
+]
+
+_MARK = (
+    "UPDATE deliveries SET state = 'in_flight', updated_at = ?, batch = ? "
+    "WHERE run = ? AND channel = ? AND seq IN "
+)
+_OUTCOME = (
+    "UPDATE deliveries SET state = ?, reason = ?, attempts = ?, transient = ?, "
+    "provider_message_id = ?, error_code = ?, error = ?, updated_at = ? "
+    "WHERE run = ? AND channel = ? AND seq "
+)
+_REQUEUE = (
+    "UPDATE deliveries SET state = 'pending', reason = NULL "
+    "WHERE run = ? AND channel = ? AND ((? AND state = 'failed' AND transient = 1) "
+    "OR (? AND state = 'unknown'))"
+)
+
+
+def mark_in_flight(
+    conn: sqlite3.Connection, run: int, code: int, seqs: Sequence[int], now: float
+) -> None:
+    """Mark deliveries in flight as one batch (its id is its first seq): one statement
+    per list of seqs, not per delivery."""
+    batch = min(seqs) if seqs else None
+    for marks, values in seq_lists(seqs):
+        conn.execute(_MARK + "(" + marks + ")", (now, batch, run, code, *values))
+
+
+def record_outcomes(
+    run: int, code: int, rows: Sequence[tuple[int, DeliveryResult, str, bool]], now: float
+) -> Callable[[sqlite3.Connection], None]:
+    """The write of outcomes ``(seq, result, state, transient)``, for the writer thread."""
+    # A delivery's last outcome is the one that stays (as with one UPDATE per row).
+    last = {
+        seq: (
+            state,
+            r.reason,
+            r.attempts,
+            int(transient),
+            r.provider_message_id,
+            r.error_code,
+            r.error,
+            now,
+            run,
+            code,
+        )
+        for seq, r, state, transient in rows
+    }
+    # Deliveries with the same outcome (a batch sent in one request usually shares
+    # it, provider message id included) are updated by one statement.
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for seq, values in last.items():
+        groups.setdefault(values, []).append(seq)
+    singles = [(*values, seqs[0]) for values, seqs in groups.items() if len(seqs) == 1]
+    lists = [
+        (values, marks, seq_list)
+        for values, seqs in groups.items()
+        if len(seqs) > 1
+        for marks, seq_list in seq_lists(seqs)
+    ]
+
+    def op(conn: sqlite3.Connection) -> None:
+        for values, marks, seq_list in lists:
+            conn.execute(_OUTCOME + "IN (" + marks + ")", (*values, *seq_list))
+        if singles:
+            conn.executemany(_OUTCOME + "= ?", singles)
+
+    return op
+
+
+def resolve_in_flight(conn: sqlite3.Connection, run: int, code: int, *, resend: bool) -> int:
+    """Settle deliveries left ``in_flight``: ``pending`` if ``resend``, else ``unknown``."""
+    state, reason = ("pending", None) if resend else ("unknown", "in_flight_at_crash")
+    return conn.execute(
+        "UPDATE deliveries SET state = ?, reason = ? "
+        "WHERE run = ? AND channel = ? AND state = 'in_flight'",
+        (state, reason, run, code),
+    ).rowcount
+
+
+def requeue(conn: sqlite3.Connection, run: int, code: int, *, failed: bool, unknown: bool) -> int:
+    """Put transient failures (``failed``) and/or ``unknown`` deliveries back to
+    ``pending``, in one pass over the channel's rows."""
+    return conn.execute(_REQUEUE, (run, code, failed, unknown)).rowcount
+
+
+def release_deferred(conn: sqlite3.Connection, run: int, code: int, now: float) -> int:
+    """Deferred deliveries whose time has come become ``pending``."""
+    return conn.execute(
+        "UPDATE deliveries SET state = 'pending', reason = NULL "
+        "WHERE run = ? AND channel = ? AND state = 'deferred' AND not_before <= ?",
+        (run, code, now),
+    ).rowcount

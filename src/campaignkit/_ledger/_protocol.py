@@ -1,0 +1,203 @@
+"""The interface the core uses: :class:`Ledger`, and :class:`RejectSink`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Protocol
+
+from .._models import DeliveryResult, Recipient, RejectedRow
+from ._types import (
+    PendingDelivery,
+    PlanRow,
+    PlanRules,
+    RunRecord,
+    SnapshotInfo,
+)
+
+__all__ = ["Ledger", "RejectSink"]
+
+
+class RejectSink(Protocol):
+    """Where :meth:`SqliteLedger.write_snapshot` hands the rows it rejects (a repeated
+    customer id), and where it reads how many rows the source rejected, so that the
+    snapshot records the extraction's counts in its own transaction."""
+
+    @property
+    def rejected(self) -> int:
+        """Rows rejected so far (by the source, and handed to :meth:`reject`)."""
+        ...
+
+    @property
+    def reasons(self) -> Mapping[str, int]:
+        """Rows rejected so far, by reason."""
+        ...
+
+    def line_counts(self) -> Mapping[str, int] | None:
+        """How the source's physical lines were accounted for, if it counts them."""
+        ...
+
+    def reject(self, row: RejectedRow) -> None:
+        """Record a rejected row (``rejected.csv``) and count it."""
+        ...
+
+
+class Ledger(Protocol):
+    """What the core needs from a ledger; :class:`SqliteLedger` is the embedded one.
+
+    A backend stores runs (with the process that owns each), each run's recipient
+    snapshot and one delivery per recipient and channel, and applies the plan rules
+    (:class:`PlanRules`) over a channel's whole audience. Nothing here names a
+    database: a server backend implements the same methods.
+    """
+
+    @property
+    def location(self) -> str:
+        """Where the ledger is (a file, a database), for messages."""
+        ...
+
+    # -- runs
+    def begin_run(
+        self,
+        *,
+        run_id: str,
+        pipeline: str,
+        logical_date: datetime,
+        fingerprint: str,
+        config_file: str | None,
+        max_active_runs: int | None,
+    ) -> RunRecord:
+        """Record a new ``running`` run owned by this process (checks ``max_active_runs``)."""
+        ...
+
+    def record_run(
+        self,
+        *,
+        run_id: str,
+        pipeline: str,
+        logical_date: datetime,
+        status: str,
+        fingerprint: str,
+        report: str | None = None,
+    ) -> RunRecord:
+        """Record a finished run that sent nothing (e.g. ``skipped_late``)."""
+        ...
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """The run ``run_id`` (:class:`LedgerError` if there is none)."""
+        ...
+
+    def find_runs(self, pipeline: str, logical_date: datetime | None = None) -> list[RunRecord]:
+        """Runs of ``pipeline`` (for one logical date if given), oldest first."""
+        ...
+
+    def list_runs(self, pipeline: str | None = None, limit: int = 50) -> list[RunRecord]:
+        """The most recent runs, newest first."""
+        ...
+
+    def claim_run(self, run_id: str) -> RunRecord:
+        """Make this process the owner of ``run_id`` (to resume it)."""
+        ...
+
+    def release_run(self, run_id: str) -> None:
+        """Give up the claim on ``run_id`` without finishing it."""
+        ...
+
+    def finish_run(self, run_id: str, status: str, report: str) -> None:
+        """Record a run's final status and report, and give up the claim on it."""
+        ...
+
+    # -- snapshot
+    def write_snapshot(
+        self,
+        run_id: str,
+        recipients: Iterable[Recipient],
+        *,
+        rows_per_customer: str = "one",
+        rejects: RejectSink | None = None,
+    ) -> int:
+        """Store the run's extracted segment, in order; returns how many it holds."""
+        ...
+
+    def has_snapshot(self, run_id: str) -> bool:
+        """Whether the run's snapshot is written."""
+        ...
+
+    def snapshot_info(self, run_id: str) -> SnapshotInfo | None:
+        """What the run's extraction recorded with its snapshot."""
+        ...
+
+    def snapshot(self, run_id: str) -> Iterator[tuple[int, Recipient]]:
+        """The snapshot in source order, as ``(seq, recipient)``; streamed."""
+        ...
+
+    # -- planning
+    def is_planned(self, run_id: str, channel: str) -> bool:
+        """Whether :meth:`plan` completed for this channel."""
+        ...
+
+    def plan(self, run_id: str, channel: str, rows: Iterable[PlanRow], rules: PlanRules) -> None:
+        """Record the channel's audience and apply the plan rules, in one transaction."""
+        ...
+
+    def release_deferred(self, run_id: str, channel: str, *, now: float | None = None) -> int:
+        """Deferred deliveries whose time has come become ``pending``; returns how many."""
+        ...
+
+    def next_deferred(self, run_id: str) -> float | None:
+        """The earliest time a deferred delivery of the run becomes due, if any."""
+        ...
+
+    # -- suppression
+    def suppress(self, kind: str, address: str, *, reason: str, source: str | None = None) -> None:
+        """Add ``address`` to the suppression list of ``kind``."""
+        ...
+
+    def suppressions(self, kind: str | None = None) -> list[tuple[str, str, str, str | None]]:
+        """``(kind, address, reason, source)`` entries of the suppression list
+        (:class:`Suppression` values)."""
+        ...
+
+    # -- sending
+    def pending(self, run_id: str, channel: str) -> Iterator[PendingDelivery]:
+        """Pending deliveries, ``(seq, recipient, address, attempts, batch)``; streamed."""
+        ...
+
+    def mark_in_flight(self, run_id: str, channel: str, seqs: Sequence[int]) -> None:
+        """Mark deliveries in flight as one batch; returns when the mark is durable."""
+        ...
+
+    def record(
+        self, run_id: str, channel: str, rows: Sequence[tuple[int, DeliveryResult, str, bool]]
+    ) -> None:
+        """Queue outcomes ``(seq, result, state, transient)``."""
+        ...
+
+    def flush(self) -> None:
+        """Wait until every queued write is committed."""
+        ...
+
+    def resolve_in_flight(self, run_id: str, channel: str, *, resend: bool) -> int:
+        """Settle deliveries left ``in_flight`` by a crash; returns how many."""
+        ...
+
+    def requeue(self, run_id: str, channel: str, *, failed: bool, unknown: bool) -> int:
+        """Put transient failures and/or ``unknown`` deliveries back to ``pending``."""
+        ...
+
+    # -- reading outcomes
+    def owed(self, run_id: str, channels: Sequence[str], *, failed: bool, unknown: bool) -> int:
+        """How many deliveries a resume of these channels would send."""
+        ...
+
+    def counts(self, run_id: str, channel: str) -> dict[str, int]:
+        """Deliveries by state, reason and error code."""
+        ...
+
+    def deliveries(self, run_id: str, channel: str | None = None) -> Iterator[DeliveryResult]:
+        """Per-recipient outcomes in recipient order (all channels, or one)."""
+        ...
+
+    def close(self) -> None:
+        """Flush pending writes, give up the claims on unfinished runs, and close."""
+        ...

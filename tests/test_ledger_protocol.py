@@ -1,0 +1,122 @@
+"""The ledger package's contracts: the ``Ledger`` protocol is what callers use and what
+``SqliteLedger`` implements; reads go through connections that refuse writes.
+
+(mypy checks ``SqliteLedger`` against ``Ledger`` in the source: ``open_ledger`` returns
+one as the other.)
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+import campaignkit
+from campaignkit import DeliveryResult, DeliveryStatus, Recipient
+from campaignkit._ledger import Ledger, PlanRules, SqliteLedger, connect, open_ledger
+
+SRC = Path(campaignkit.__file__).parent
+DAY = datetime(2026, 1, 1, tzinfo=UTC)
+WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER")
+
+
+def members(cls: type) -> set[str]:
+    return {name for name in vars(cls) if not name.startswith("_")}
+
+
+def test_sqlite_ledger_has_every_protocol_member_with_its_signature() -> None:
+    for name in members(Ledger):
+        expected, actual = getattr(Ledger, name), getattr(SqliteLedger, name)
+        if isinstance(expected, property):
+            assert isinstance(actual, property), name
+            continue
+        assert inspect.signature(actual) == inspect.signature(expected), name
+
+
+def test_the_protocol_names_no_database() -> None:
+    for name in members(Ledger):
+        member = getattr(Ledger, name)
+        function = member.fget if isinstance(member, property) else member
+        for annotation in function.__annotations__.values():
+            assert "sqlite" not in str(annotation).lower(), (name, annotation)
+
+
+def test_callers_use_only_what_the_protocol_has() -> None:
+    """Every method called on a ledger outside the ledger package is in the protocol
+    (a second backend then serves every caller)."""
+    called: set[str] = set()
+    for path in SRC.rglob("*.py"):
+        if "_ledger" in path.relative_to(SRC).parts[:1]:
+            continue
+        called |= set(re.findall(r"\bledger(?:\(\))?\.([a-z_]+)\(", path.read_text()))
+    assert called, "no calls found: the pattern no longer matches the callers"
+    assert called <= members(Ledger), called - members(Ledger)
+
+
+def test_open_ledger_opens_the_sqlite_ledger(tmp_path: Path) -> None:
+    ledger = open_ledger(tmp_path / "l.db")
+    try:
+        assert isinstance(ledger, SqliteLedger)
+        assert ledger.location == str(tmp_path / "l.db")
+        assert ledger.list_runs() == []
+    finally:
+        ledger.close()
+
+
+def test_a_read_only_connection_refuses_a_write(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    SqliteLedger(path).close()
+    reader, writer = connect(path, readonly=True), connect(path)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.execute("INSERT INTO suppressions VALUES ('email', 'a@x.com', 'r', NULL, 't')")
+        with writer:
+            writer.execute("INSERT INTO suppressions VALUES ('email', 'a@x.com', 'r', NULL, 't')")
+        assert reader.execute("SELECT COUNT(*) FROM suppressions").fetchone()[0] == 1
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_the_ledger_reads_through_a_connection_that_never_writes(tmp_path: Path) -> None:
+    ledger = SqliteLedger(tmp_path / "l.db")
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        ledger._read.execute("DELETE FROM runs")
+    statements: list[str] = []
+    ledger._read.set_trace_callback(statements.append)
+    ledger.begin_run(
+        run_id="r",
+        pipeline="p",
+        logical_date=DAY,
+        fingerprint="f",
+        config_file=None,
+        max_active_runs=1,
+    )
+    recipients = [Recipient(f"c{i}", f"u{i}@x.com", None, None, {}, {}, i + 2) for i in range(3)]
+    ledger.write_snapshot("r", recipients)
+    rows = [(seq, None, r.email, False, None) for seq, r in ledger.snapshot("r")]
+    ledger.plan("r", "e", rows, PlanRules("email", cap=1, cap_since=0.0, target=2))
+    ledger.release_deferred("r", "e")
+    for delivery in list(ledger.pending("r", "e")):  # named values
+        seq = delivery.seq
+        assert delivery.address == delivery.recipient.email
+        ledger.mark_in_flight("r", "e", [seq])
+        sent = DeliveryResult("e", f"c{seq}", DeliveryStatus.SENT, None, f"m{seq}", 1)
+        ledger.record("r", "e", [(seq, sent, "sent", False)])
+    ledger.suppress("email", "u0@x.com", reason="bounce")
+    ledger.requeue("r", "e", failed=True, unknown=True)
+    ledger.resolve_in_flight("r", "e", resend=False)
+    assert ledger.counts("r", "e") == {"sent": 2, "skipped": 1, "reason:over_target": 1}
+    assert ledger.owed("r", ["e"], failed=True, unknown=True) == 0
+    assert [s.address for s in ledger.suppressions()] == ["u0@x.com"]
+    assert len(list(ledger.deliveries("r"))) == 3
+    ledger.finish_run("r", "succeeded", "{}")
+    assert ledger.get_run("r").status == "succeeded"
+    ledger._read.set_trace_callback(None)
+    ledger.close()
+    assert statements
+    assert not [s for s in statements if s.lstrip().upper().startswith(WRITES)]
