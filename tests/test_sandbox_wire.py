@@ -287,3 +287,24 @@ def test_faults_refuse_values_that_would_crash_the_server(field: str, value: obj
     faults = Faults()
     with pytest.raises((ValueError, TypeError), match=field):
         setattr(faults, field, value)
+
+
+def test_a_listen_with_nothing_to_accept_never_blocks_the_server() -> None:
+    """A client that connects and resets before the server accepts leaves nothing to
+    accept: the server's loop must go on (else ``stop()`` hangs for ever, as a CI run
+    once did in a fixture's teardown). Handling a request when none is queued returns
+    at once instead of waiting for the next client."""
+    with TwilioServer() as server:
+        listener = server._server
+        assert listener is not None
+        done = threading.Event()
+
+        def handle_one() -> None:
+            listener._handle_request_noblock()  # what serve_forever does when readable
+            done.set()
+
+        threading.Thread(target=handle_one, daemon=True).start()
+        assert done.wait(5), "accept() blocked with no client queued"
+        # ...and the server still answers.
+        reply = requests.get(server.base_url + "/", timeout=5)
+        assert reply.status_code in (401, 404, 405)

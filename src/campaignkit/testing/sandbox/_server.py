@@ -380,6 +380,19 @@ class _Server(ThreadingHTTPServer):
         self.provider = provider
         super().__init__(("127.0.0.1", port), _Handler)
 
+    def server_activate(self) -> None:
+        super().server_activate()
+        # A client that connects and resets before the accept (a timed-out SDK, a
+        # dropped fault) leaves the selector "readable" with nothing to accept: on a
+        # blocking socket accept() would then wait for the next client, and shutdown()
+        # with it, forever. Non-blocking, socketserver just returns to its loop.
+        self.socket.setblocking(False)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        conn, address = self.socket.accept()
+        conn.setblocking(True)  # the handler reads with ordinary blocking I/O
+        return conn, address
+
 
 class ProviderServer(abc.ABC):
     """Base of the sandbox servers: a threaded HTTP/1.1 server on 127.0.0.1.
