@@ -21,8 +21,8 @@ from typing import Any
 import attrs
 import pluggy
 
-from ._audience import build_audience, content_check
-from ._config import (
+from .._audience import build_audience, content_check
+from .._config import (
     ENV_NAME,
     Channel,
     Execution,
@@ -34,10 +34,10 @@ from ._config import (
     line_of,
     load_config,
 )
-from ._content import sms_segments
-from ._csvio import restore
-from ._engine import ChannelPlan, ChannelRunner, ProgressCallback, result_from_ledger
-from ._ledger import (
+from .._content import sms_segments
+from .._csvio import restore
+from .._engine import ChannelPlan, ChannelRunner, ProgressCallback, result_from_ledger
+from .._ledger import (
     ACTIVE_STATUSES,
     RESUMABLE_STATUSES,
     LedgerError,
@@ -47,7 +47,7 @@ from ._ledger import (
     RunRecord,
     SqliteLedger,
 )
-from ._models import (
+from .._models import (
     ChannelResult,
     DeliveryResult,
     Message,
@@ -57,21 +57,21 @@ from ._models import (
     RunStatus,
     Secret,
 )
-from ._notifier import ChannelSettings, Notifier, placeholder_token
-from ._plugins import Registry, get_plugin_manager
-from ._redact import token_problem
-from ._rehearsal import (
+from .._notifier import ChannelSettings, Notifier, placeholder_token
+from .._plugins import Registry, get_plugin_manager
+from .._redact import token_problem
+from .._rehearsal import (
     is_rehearsal,
     rehearsal_execution,
     rehearsal_output_root,
     sandbox_channels,
 )
-from ._schedule import Blocked, Interval, manual_logical_date, plan_due_runs
-from ._segment import ExtractionStats, extract
-from ._source import MODEL_FIELDS, Source
-from ._sources import SourceLines
-from ._templates import compile_template, template_problems
-from .exceptions import (
+from .._schedule import Blocked, Interval, manual_logical_date, plan_due_runs
+from .._segment import ExtractionStats, extract
+from .._source import MODEL_FIELDS, Source
+from .._sources import SourceLines
+from .._templates import compile_template, template_problems
+from ..exceptions import (
     PROBLEM_GROUPS,
     AudienceGuardError,
     CampaignKitError,
@@ -91,7 +91,10 @@ __all__ = [
     "RowExample",
     "ScheduledRuns",
     "ValidationSummary",
+    "audience_drift",
     "check_campaign",
+    "problem_line",
+    "stored_report",
 ]
 
 log = logging.getLogger("campaignkit")
