@@ -25,15 +25,12 @@ from ._http import HttpNotifier
 from ._models import (
     ChannelResult,
     DeliveryResult,
-    DeliveryStatus,
     Message,
     Outcome,
     Rate,
-    Reason,
     Recipient,
     RejectedRow,
     RunReport,
-    RunStatus,
     Secret,
 )
 from ._notifier import ChannelSettings, Notifier
@@ -42,6 +39,7 @@ from ._plugins import Registry, get_plugin_manager
 from ._redact import RedactingFilter
 from ._source import Source
 from ._sources import CsvSource, JsonLinesSource
+from ._states import DeliveryStatus, Reason, RunStatus
 from ._static import StaticSource
 from .exceptions import (
     AudienceGuardError,

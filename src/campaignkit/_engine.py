@@ -20,7 +20,7 @@ from ._audience import Audience
 from ._config import Channel, RetryPolicy
 from ._content import html_to_text, list_unsubscribe_headers
 from ._controls import CONTROL_CHARACTER, control_detail, find_control
-from ._ledger import DeliveryState, Ledger, PlanRules, RunOwnershipLost
+from ._ledger import Ledger, PlanRules, RunOwnershipLost, Slice
 from ._models import (
     ChannelResult,
     DeliveryResult,
@@ -33,6 +33,7 @@ from ._models import (
 )
 from ._notifier import Notifier
 from ._ratelimit import RateLimiter
+from ._states import FINAL_DELIVERY_STATES
 from ._templates import CompiledTemplate
 from .exceptions import DeliveryError, TemplateError
 
@@ -72,18 +73,17 @@ def counted_result(
 ) -> ChannelResult:
     """A channel's totals as the ledger counts them: no session counters, no times."""
     counts = ledger.counts(run_id, channel)
-    states = {k: v for k, v in counts.items() if ":" not in k}
     return ChannelResult(
         channel=channel,
         provider=provider,
-        sent=states.get(DeliveryState.SENT, 0),
-        failed=states.get(DeliveryState.FAILED, 0),
-        skipped=states.get(DeliveryState.SKIPPED, 0),
-        pending=states.get(DeliveryState.PENDING, 0) + states.get(DeliveryState.IN_FLIGHT, 0),
-        unknown=states.get(DeliveryState.UNKNOWN, 0),
-        deferred=states.get(DeliveryState.DEFERRED, 0),
-        reasons={k[7:]: v for k, v in counts.items() if k.startswith("reason:")},
-        error_codes={k[5:]: v for k, v in counts.items() if k.startswith("code:")},
+        sent=counts[DeliveryStatus.SENT],
+        failed=counts[DeliveryStatus.FAILED],
+        skipped=counts[DeliveryStatus.SKIPPED],
+        pending=counts[DeliveryStatus.PENDING] + counts[DeliveryStatus.IN_FLIGHT],
+        unknown=counts[DeliveryStatus.UNKNOWN],
+        deferred=counts[DeliveryStatus.DEFERRED],
+        reasons=dict(counts.reasons),
+        error_codes=dict(counts.error_codes),
         result_key=result_key,
     )
 
@@ -198,11 +198,11 @@ class _Tally:
         with self.lock:
             for _, r, state, _ in rows:
                 self.states[state] += 1
-                if state in DeliveryState.FINAL:
+                if state in FINAL_DELIVERY_STATES:
                     self.done += 1
                     if r.reason:
                         self.reasons[str(r.reason)] += 1
-                    if r.error_code and state != DeliveryState.SENT:
+                    if r.error_code and state != DeliveryStatus.SENT:
                         self.codes[r.error_code] += 1
             done = self.done
         if self._progress is not None:
@@ -240,14 +240,16 @@ class ChannelRunner:
         *,
         run_id: str,
         ledger: Ledger,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         deadline: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
         limit: int | None = None,
+        part: Slice | None = None,
     ) -> None:
         self.plan = plan
+        self.part = part or Slice()  # the share of the channel's deliveries it sends
         self.limit = limit  # send at most this many messages (a canary)
         self._handed = 0
         self.name = plan.channel.name
@@ -357,7 +359,7 @@ class ChannelRunner:
             error_code=reason,
             error=error,
         )
-        return seq, result, DeliveryState.FAILED, False
+        return seq, result, DeliveryStatus.FAILED, False
 
     def messages(
         self, segment: Iterable[Recipient], now: datetime
@@ -407,17 +409,17 @@ class ChannelRunner:
         self._retry = []
         if self._stopped():
             doubt = [p for p in leftover if p.in_doubt]
-            self._record([self._row(p, DeliveryState.UNKNOWN, Reason.IN_DOUBT) for p in doubt])
+            self._record([self._row(p, DeliveryStatus.UNKNOWN, Reason.IN_DOUBT) for p in doubt])
             self._leave_pending([p for p in leftover if not p.in_doubt])
         else:
             if any(p.in_doubt for p in leftover):
                 leftover = [p for group in self._reconcile([leftover]) for p in group]
             self._record(
                 [
-                    self._row(p, DeliveryState.UNKNOWN, Reason.IN_DOUBT)
+                    self._row(p, DeliveryStatus.UNKNOWN, Reason.IN_DOUBT)
                     if p.in_doubt or p.uncertain
                     else self._row(
-                        p, DeliveryState.FAILED, Reason.RETRIES_EXHAUSTED, transient=True
+                        p, DeliveryStatus.FAILED, Reason.RETRIES_EXHAUSTED, transient=True
                     )
                     for p in leftover
                 ]
@@ -438,7 +440,7 @@ class ChannelRunner:
             # Re-sent as it was formed: the same keys (or at-least-once, by choice).
             with self._retry_lock:
                 self._retry.append(batch)
-            return [self._row(p, DeliveryState.PENDING, None) for p in batch]
+            return [self._row(p, DeliveryStatus.PENDING, None) for p in batch]
         if self._can_reconcile():
             # Unknown until the provider is asked, at the next retry round, before any
             # resend (a crash meanwhile leaves it unknown, as for a message in flight).
@@ -449,8 +451,8 @@ class ChannelRunner:
                 p.settle_at = now + RECONCILE_SETTLE_FACTOR * took
             with self._retry_lock:
                 self._retry.append(batch)
-            return [self._row(p, DeliveryState.UNKNOWN, Reason.IN_DOUBT) for p in batch]
-        return [self._row(p, DeliveryState.UNKNOWN, Reason.IN_DOUBT) for p in batch]
+            return [self._row(p, DeliveryStatus.UNKNOWN, Reason.IN_DOUBT) for p in batch]
+        return [self._row(p, DeliveryStatus.UNKNOWN, Reason.IN_DOUBT) for p in batch]
 
     def _reconcile(self, groups: list[list[_Pending]]) -> list[list[_Pending]]:
         """Ask the provider about the in-doubt members of ``groups``: found ones are
@@ -492,7 +494,7 @@ class ChannelRunner:
         for pending, answer in zip(doubt, answers, strict=True):
             if answer is not None and answer.ok:
                 rows.append(
-                    self._row(pending, DeliveryState.SENT, None, answer.provider_message_id)
+                    self._row(pending, DeliveryStatus.SENT, None, answer.provider_message_id)
                 )
                 settled.add(id(pending))
             elif answer is not None and answer.transient:
@@ -532,7 +534,7 @@ class ChannelRunner:
         return time.monotonic() + self._slept
 
     def _wait(self, seconds: float) -> None:
-        if self.sleep is time.sleep:  # a real wait: cut short by an interrupt
+        if self.sleep is None:  # a real wait: cut short by an interrupt
             self.cancel.wait(seconds)
         else:
             self.sleep(seconds)
@@ -543,7 +545,8 @@ class ChannelRunner:
         crash or a transient failure) come as the same batch again."""
         group: list[_Pending] = []
         group_id: int | None = None
-        for seq, recipient, address, attempts, batch in self.ledger.pending(self.run_id, self.name):
+        pending = self.ledger.pending(self.run_id, self.name, self.part)
+        for seq, recipient, address, attempts, batch in pending:
             item = self.render(seq, recipient, address, attempts)
             if batch is not None and batch == group_id and isinstance(item, _Pending):
                 group.append(item)
@@ -566,10 +569,10 @@ class ChannelRunner:
             retries=rounds,
             requests=self.tally.requests,
             started=started,
-            stopped=self._stop_reason(),
+            stopped=self.stop_reason(),
         )
 
-    def _stop_reason(self) -> str | None:
+    def stop_reason(self) -> str | None:
         if self._lost is not None:
             return "ownership_lost"
         if self._abort is not None:
@@ -581,7 +584,7 @@ class ChannelRunner:
         return None
 
     def _stopped(self) -> bool:
-        return self._stop_reason() is not None
+        return self.stop_reason() is not None
 
     def _pass(self, items: Iterator[_Pending | _Row | list[_Pending]]) -> None:
         """One pass: batch ``items`` and let the workers send them; a list is a batch
@@ -703,7 +706,7 @@ class ChannelRunner:
             pending.attempts += 1
             if outcome.ok:
                 rows.append(
-                    self._row(pending, DeliveryState.SENT, None, outcome.provider_message_id)
+                    self._row(pending, DeliveryStatus.SENT, None, outcome.provider_message_id)
                 )
                 continue
             pending.error_code, pending.error = outcome.error_code, outcome.error
@@ -712,9 +715,9 @@ class ChannelRunner:
                 doubt.append(pending)
             elif outcome.transient:
                 again.append(pending)
-                rows.append(self._row(pending, DeliveryState.PENDING, None))
+                rows.append(self._row(pending, DeliveryStatus.PENDING, None))
             else:
-                rows.append(self._row(pending, DeliveryState.FAILED, Reason.PERMANENT_ERROR))
+                rows.append(self._row(pending, DeliveryStatus.FAILED, Reason.PERMANENT_ERROR))
                 if outcome.error_code in self.plan.notifier.stop_codes:
                     kind = self.plan.notifier.address_field
                     address = pending.message.address
@@ -745,7 +748,7 @@ class ChannelRunner:
         if isinstance(exc, DeliveryError) and exc.transient:
             with self._retry_lock:
                 self._retry.append(batch)
-            self._record([self._row(p, DeliveryState.PENDING, None) for p in batch])
+            self._record([self._row(p, DeliveryStatus.PENDING, None) for p in batch])
             return
         if isinstance(exc, DeliveryError) and exc.status_code in (401, 403):
             # Credentials are wrong: every further request would fail the same way.
@@ -753,18 +756,18 @@ class ChannelRunner:
             self._abort = (code, error)
             self._record(
                 [
-                    self._row(p, DeliveryState.FAILED, Reason.PERMANENT_ERROR, transient=True)
+                    self._row(p, DeliveryStatus.FAILED, Reason.PERMANENT_ERROR, transient=True)
                     for p in batch
                 ]
             )
             return
-        self._record([self._row(p, DeliveryState.FAILED, Reason.PERMANENT_ERROR) for p in batch])
+        self._record([self._row(p, DeliveryStatus.FAILED, Reason.PERMANENT_ERROR) for p in batch])
 
     def _leave_pending(self, batch: Sequence[_Pending]) -> None:
         """The run stopped before these were sent: they stay pending for a resume
         (recorded only while this process owns the run: the new owner decides)."""
         if batch and self._lost is None:
-            self._record([self._row(p, DeliveryState.PENDING, None) for p in batch])
+            self._record([self._row(p, DeliveryStatus.PENDING, None) for p in batch])
 
     def _row(
         self,
@@ -775,7 +778,7 @@ class ChannelRunner:
         *,
         transient: bool = False,
     ) -> _Row:
-        sent = state == DeliveryState.SENT
+        sent = state == DeliveryStatus.SENT
         result = DeliveryResult(
             channel=self.name,
             recipient_id=pending.message.recipient_id,

@@ -5,7 +5,6 @@ Everything here that crosses threads is a frozen attrs class with slots.
 
 from __future__ import annotations
 
-import enum
 import weakref
 from collections.abc import Mapping
 from datetime import datetime
@@ -14,6 +13,7 @@ from typing import Any
 import attrs
 
 from ._redact import forget, redact, remember
+from ._states import DeliveryStatus, Reason, RunStatus
 
 __all__ = [
     "ChannelResult",
@@ -169,48 +169,6 @@ class Message:
     idempotency_key: str = ""
 
 
-class DeliveryStatus(enum.StrEnum):
-    """State of one recipient on one channel (the ledger's delivery states).
-
-    ``sent``, ``failed`` and ``skipped`` are final. ``pending`` waits to be sent (by
-    this run, or by a resume); ``in_flight`` was handed to the provider and has no
-    answer yet; ``unknown`` was in flight when a run crashed, or its request ended in
-    doubt (a timeout, a lost connection, a 5xx), with a provider that has no
-    idempotency keys: it may or may not have been delivered.
-    """
-
-    SENT = "sent"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-    PENDING = "pending"
-    IN_FLIGHT = "in_flight"
-    UNKNOWN = "unknown"
-    DEFERRED = "deferred"
-
-
-class Reason(enum.StrEnum):
-    """Reason codes recorded with failed and skipped deliveries.
-
-    Providers' own codes are kept in :attr:`DeliveryResult.error_code`.
-    """
-
-    PERMANENT_ERROR = "permanent_error"
-    INVALID_ADDRESS = "invalid_address"
-    SUPPRESSED = "suppressed"
-    DUPLICATE = "duplicate"
-    FILTERED = "filtered"
-    FREQUENCY_CAPPED = "frequency_capped"
-    DEFERRED = "deferred"
-    RETRIES_EXHAUSTED = "retries_exhausted"
-    MISSING_ADDRESS = "missing_address"
-    NO_CONSENT = "no_consent"
-    OVER_TARGET = "over_target"
-    TIMED_OUT = "timed_out"
-    CANCELLED = "cancelled"
-    RENDER_ERROR = "render_error"
-    IN_DOUBT = "in_doubt"
-
-
 @attrs.frozen
 class Outcome:
     """What a notifier says about one message of a batch.
@@ -350,19 +308,6 @@ class ChannelResult:
             "finished_at": _iso(self.finished_at),
             "duration_seconds": self.duration_seconds,
         }
-
-
-class RunStatus(enum.StrEnum):
-    """How a run ended."""
-
-    SUCCEEDED = "succeeded"  # every recipient was sent or deliberately skipped
-    PARTIAL = "partial"  # some deliveries failed
-    FAILED = "failed"  # the run could not complete (e.g. a channel crashed)
-    TIMED_OUT = "timed_out"  # the execution deadline passed; the rest is pending
-    CANCELLED = "cancelled"  # interrupted; the rest is pending
-    DEFERRED = "deferred"  # quiet hours hold messages back; a later resume sends them
-    CANARY = "canary"  # a --limit run: the rest is pending for the full run
-    SKIPPED_LATE = "skipped_late"  # a scheduled run was due too long ago and was not sent
 
 
 @attrs.frozen

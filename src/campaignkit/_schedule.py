@@ -46,15 +46,13 @@ import attrs
 
 from ._cron import Cron, parse_cron
 from ._cron import aware_utc as _utc
+from ._states import ACTIVE_STATUSES, RunStatus
 
 if TYPE_CHECKING:
     from ._config import Execution, Schedule
 
 __all__ = [
     "ACTIVE_STATUSES",
-    "RUNNING",
-    "SKIPPED_LATE",
-    "SUCCEEDED",
     "Blocked",
     "Cron",
     "Interval",
@@ -69,12 +67,10 @@ __all__ = [
     "upcoming",
 ]
 
-#: Run statuses the planner understands (the ledger's vocabulary).
-RUNNING = "running"
-SUCCEEDED = "succeeded"
-SKIPPED_LATE = "skipped_late"
-#: Runs in these statuses count against ``max_active_runs``.
-ACTIVE_STATUSES = frozenset({RUNNING})
+# The run statuses the planner reads (the one vocabulary, campaignkit._states).
+RUNNING = RunStatus.RUNNING
+SUCCEEDED = RunStatus.SUCCEEDED
+SKIPPED_LATE = RunStatus.SKIPPED_LATE
 
 _TICK = timedelta(microseconds=1)
 

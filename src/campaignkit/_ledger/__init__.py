@@ -15,7 +15,7 @@ server database can be added behind it. The embedded implementation is
 - :mod:`._selection`: the plan rules, one function per rule;
 - :mod:`._deliveries` and :mod:`._queries`: the writes of sending, and the reads.
 
-Delivery states::
+Delivery states (their names are :mod:`campaignkit._states`)::
 
     pending -> in_flight -> sent | failed | unknown
     pending -> skipped (reason)             (selection decided not to send)
@@ -39,26 +39,22 @@ from ._protocol import Ledger, RejectSink
 from ._schema import SCHEMA_VERSION
 from ._sqlite import SqliteLedger, open_ledger
 from ._types import (
-    ACTIVE_STATUSES,
     DUPLICATE_ID,
-    RESUMABLE_STATUSES,
-    DeliveryState,
     PendingDelivery,
     PlanRow,
     PlanRules,
     RunRecord,
+    Slice,
+    SliceOutcome,
     SnapshotInfo,
     Suppression,
 )
 
 __all__ = [
-    "ACTIVE_STATUSES",
     "DUPLICATE_ID",
     "HEARTBEAT_SECONDS",
     "LEASE_SECONDS",
-    "RESUMABLE_STATUSES",
     "SCHEMA_VERSION",
-    "DeliveryState",
     "Ledger",
     "LedgerError",
     "MaxActiveRunsReached",
@@ -70,6 +66,8 @@ __all__ = [
     "RunInProgress",
     "RunOwnershipLost",
     "RunRecord",
+    "Slice",
+    "SliceOutcome",
     "SnapshotInfo",
     "SqliteLedger",
     "Suppression",

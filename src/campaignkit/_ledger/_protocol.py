@@ -7,11 +7,15 @@ from datetime import datetime
 from typing import Protocol
 
 from .._models import DeliveryResult, Recipient, RejectedRow
+from .._states import DeliveryCounts
 from ._types import (
+    WHOLE,
     PendingDelivery,
     PlanRow,
     PlanRules,
     RunRecord,
+    Slice,
+    SliceOutcome,
     SnapshotInfo,
 )
 
@@ -159,8 +163,21 @@ class Ledger(Protocol):
         ...
 
     # -- sending
-    def pending(self, run_id: str, channel: str) -> Iterator[PendingDelivery]:
-        """Pending deliveries, ``(seq, recipient, address, attempts, batch)``; streamed."""
+    def pending(self, run_id: str, channel: str, part: Slice = WHOLE) -> Iterator[PendingDelivery]:
+        """Pending deliveries, ``(seq, recipient, address, attempts, batch)``; streamed;
+        only those of slice ``part`` when given (see :class:`Slice`)."""
+        ...
+
+    def record_slice(self, run_id: str, outcome: SliceOutcome) -> None:
+        """Record what a send of one slice did, replacing its earlier outcome."""
+        ...
+
+    def slice_outcomes(self, run_id: str) -> list[SliceOutcome]:
+        """The outcomes of the slices sent since the run was last (re)opened."""
+        ...
+
+    def clear_slices(self, run_id: str) -> None:
+        """Forget the slices' outcomes: the run is (re)opened for a new attempt."""
         ...
 
     def mark_in_flight(self, run_id: str, channel: str, seqs: Sequence[int]) -> None:
@@ -190,8 +207,8 @@ class Ledger(Protocol):
         """How many deliveries a resume of these channels would send."""
         ...
 
-    def counts(self, run_id: str, channel: str) -> dict[str, int]:
-        """Deliveries by state, reason and error code."""
+    def counts(self, run_id: str, channel: str) -> DeliveryCounts:
+        """The channel's deliveries counted by state, reason, error code and doubt."""
         ...
 
     def deliveries(self, run_id: str, channel: str | None = None) -> Iterator[DeliveryResult]:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .._models import DeliveryResult, DeliveryStatus, Recipient
+from .._models import DeliveryResult, Recipient
+from .._states import DeliveryCounts, DeliveryStatus, Doubt
 from ._schema import load_object, recipient_from_row
 from ._sql import PAGE
-from ._types import PendingDelivery, SnapshotInfo, Suppression
+from ._types import PendingDelivery, Slice, SliceOutcome, SnapshotInfo, Suppression
 
 __all__ = [
     "counts",
@@ -20,6 +22,7 @@ __all__ = [
     "next_deferred",
     "owed",
     "pending",
+    "slice_outcomes",
     "snapshot",
     "snapshot_info",
     "suppressions",
@@ -31,6 +34,10 @@ _PENDING = (
     "JOIN recipients r ON r.run = d.run AND r.seq = d.seq "
     "WHERE d.run = ? AND d.channel = ? AND d.state = 'pending' AND d.seq > ? "
     "ORDER BY d.seq LIMIT ?"
+)
+# One slice of the pending deliveries (see Slice): by batch, else by seq, modulo.
+_PENDING_SLICE = _PENDING.replace(
+    "AND d.seq > ?", "AND COALESCE(d.batch, d.seq) % ? = ? AND d.seq > ?"
 )
 _SNAPSHOT = (
     "SELECT seq, recipient_id, data, line FROM recipients WHERE run = ? AND seq > ? "
@@ -59,13 +66,28 @@ def pages(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> Iterat
         last = rows[-1][0]
 
 
-def pending(conn: sqlite3.Connection, run: int, code: int) -> Iterator[PendingDelivery]:
+def pending(
+    conn: sqlite3.Connection, run: int, code: int, part: Slice
+) -> Iterator[PendingDelivery]:
     """A channel's pending deliveries (see :meth:`SqliteLedger.pending`)."""
     new = tuple.__new__  # PendingDelivery(...) without its Python-level __new__: per row
-    for seq, rid, data, line, address, attempts, batch in pages(conn, _PENDING, (run, code)):
+    if part.count == 1:
+        rows = pages(conn, _PENDING, (run, code))
+    else:
+        rows = pages(conn, _PENDING_SLICE, (run, code, part.count, part.index))
+    for seq, rid, data, line, address, attempts, batch in rows:
         yield new(
             PendingDelivery, (seq, recipient_from_row(rid, data, line), address, attempts, batch)
         )
+
+
+def slice_outcomes(conn: sqlite3.Connection, run: int) -> list[SliceOutcome]:
+    """The outcomes of the slices sent since the run was (re)opened, by channel."""
+    rows = conn.execute(
+        "SELECT outcome FROM slices WHERE run = ? ORDER BY channel, slice_count, slice_index",
+        (run,),
+    )
+    return [SliceOutcome.from_dict(json.loads(text)) for (text,) in rows]
 
 
 def snapshot(conn: sqlite3.Connection, run: int) -> Iterator[tuple[int, Recipient]]:
@@ -138,23 +160,25 @@ def owed(conn: sqlite3.Connection, run: int, code: int, *, failed: bool, unknown
     return int(row[0])
 
 
-def counts(conn: sqlite3.Connection, run: int, code: int) -> dict[str, int]:
+def counts(conn: sqlite3.Connection, run: int, code: int) -> DeliveryCounts:
     """A channel's deliveries by state and reason (see :meth:`SqliteLedger.counts`)."""
-    out: dict[str, int] = {}
+    states: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    codes: Counter[str] = Counter()
+    doubts: Counter[Doubt] = Counter()
     for state, reason, error_code, n in conn.execute(
         "SELECT state, reason, error_code, COUNT(*) FROM deliveries "
         "WHERE run = ? AND channel = ? GROUP BY state, reason, error_code",
         (run, code),
     ):
-        out[state] = out.get(state, 0) + n
+        states[state] += n
         if reason:
-            out[f"reason:{reason}"] = out.get(f"reason:{reason}", 0) + n
-        if state == "unknown":
-            key = f"unknown:{reason or ''}:{error_code or ''}"
-            out[key] = out.get(key, 0) + n
-        elif error_code and state != "sent":
-            out[f"code:{error_code}"] = out.get(f"code:{error_code}", 0) + n
-    return out
+            reasons[reason] += n
+        if state == DeliveryStatus.UNKNOWN:
+            doubts[Doubt(reason or "", error_code or "")] += n
+        elif error_code and state != DeliveryStatus.SENT:
+            codes[error_code] += n
+    return DeliveryCounts(states, reasons, codes, doubts)
 
 
 def deliveries(conn: sqlite3.Connection, run: int, code: int | None) -> Iterator[DeliveryResult]:

@@ -28,6 +28,7 @@ __all__ = [
     "finish_run",
     "get_run",
     "insert_run",
+    "let_go",
     "recent_runs",
     "record_run",
     "run_record",
@@ -191,12 +192,22 @@ def finish_run(
     )
 
 
+def let_go(conn: sqlite3.Connection, run_id: str, owner: Owner) -> None:
+    """Record that ``owner`` no longer works on ``run_id`` (if it still owns it): the
+    run stays ``running`` and any process may claim it at once, this one's next step
+    in another process included."""
+    conn.execute(
+        "UPDATE runs SET owner = NULL WHERE run_id = ? AND owner = ?", (run_id, owner.to_text())
+    )
+
+
 def delete_run(conn: sqlite3.Connection, run: int) -> None:
     """Remove run ``run`` and everything recorded for it."""
     conn.execute("DELETE FROM deliveries WHERE run = ?", (run,))
     conn.execute("DELETE FROM recipients WHERE run = ?", (run,))
     conn.execute("DELETE FROM channels WHERE run = ?", (run,))
     conn.execute("DELETE FROM snapshots WHERE run = ?", (run,))
+    conn.execute("DELETE FROM slices WHERE run = ?", (run,))
     conn.execute("DELETE FROM runs WHERE id = ?", (run,))
 
 

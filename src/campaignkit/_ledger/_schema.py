@@ -18,7 +18,7 @@ from ._errors import LedgerError
 
 __all__ = ["SCHEMA_VERSION", "migrate"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def load_object(text: str) -> dict[str, Any]:
@@ -151,6 +151,19 @@ MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
     ALTER TABLE runs ADD COLUMN owner TEXT;
     ALTER TABLE runs ADD COLUMN heartbeat REAL;
     ALTER TABLE snapshots ADD COLUMN lines TEXT;
+    """,
+    # The last outcome of each slice of a channel sent since the run was (re)opened
+    # (campaignkit._ledger.SliceOutcome as JSON): finishing a run reads them, so that
+    # a run's steps can run in different processes.
+    6: """
+    CREATE TABLE slices (
+        run INTEGER NOT NULL,
+        channel TEXT NOT NULL,
+        slice_index INTEGER NOT NULL,
+        slice_count INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        PRIMARY KEY (run, channel, slice_index, slice_count)
+    ) WITHOUT ROWID;
     """,
 }
 

@@ -8,6 +8,7 @@ modules by responsibility: :mod:`._runs` (runs and claims), :mod:`._snapshot`,
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -18,6 +19,7 @@ from typing import TypeVar
 
 from .._config import ROWS_PER_CUSTOMER
 from .._models import DeliveryResult, Recipient
+from .._states import DeliveryCounts
 from . import _deliveries, _queries, _runs, _selection, _snapshot
 from ._claims import Heartbeat, Owner
 from ._connection import Writer, connect
@@ -25,10 +27,13 @@ from ._errors import LedgerError, RunOwnershipLost
 from ._protocol import Ledger, RejectSink
 from ._schema import migrate, timestamp
 from ._types import (
+    WHOLE,
     PendingDelivery,
     PlanRow,
     PlanRules,
     RunRecord,
+    Slice,
+    SliceOutcome,
     SnapshotInfo,
 )
 
@@ -256,7 +261,12 @@ class SqliteLedger:
         for a resume, which any process may then claim)."""
         owner = self._let_go(run_id)
         if owner is not None:
-            owner.release()
+            self.flush()
+            try:
+                with self._write as conn:
+                    _runs.let_go(conn, run_id, owner)
+            finally:
+                owner.release()
 
     def _let_go(self, run_id: str) -> Owner | None:
         """Stop the run's heartbeat; return its owner (still held) if this ledger had it."""
@@ -401,13 +411,38 @@ class SqliteLedger:
         self.flush()
         return _queries.suppressions(self._read, kind)
 
-    def pending(self, run_id: str, channel: str) -> Iterator[PendingDelivery]:
+    def pending(self, run_id: str, channel: str, part: Slice = WHOLE) -> Iterator[PendingDelivery]:
         """Pending deliveries in recipient order: ``(seq, recipient, address, attempts,
-        batch)``; streamed. ``batch`` identifies the request a delivery was last part of
-        (``None`` if never sent): members of a batch must be re-sent together, so that
-        a provider's idempotency key for the request stays the same."""
+        batch)``; streamed; only those of slice ``part`` if given. ``batch`` identifies
+        the request a delivery was last part of (``None`` if never sent): members of a
+        batch must be re-sent together, so that a provider's idempotency key for the
+        request stays the same (they are in one slice)."""
         run, code = self._key(run_id, channel)
-        yield from self._stream(lambda conn: _queries.pending(conn, run, code))
+        yield from self._stream(lambda conn: _queries.pending(conn, run, code, part))
+
+    def record_slice(self, run_id: str, outcome: SliceOutcome) -> None:
+        """Record what a send of one slice did (after flushing its deliveries),
+        replacing that slice's earlier outcome since the run was (re)opened."""
+        run = self._run_key(run_id)
+        self.flush()
+        text = json.dumps(outcome.to_dict())
+        with self._write as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO slices (run, channel, slice_index, slice_count, "
+                "outcome) VALUES (?, ?, ?, ?, ?)",
+                (run, outcome.channel, outcome.slice.index, outcome.slice.count, text),
+            )
+
+    def slice_outcomes(self, run_id: str) -> list[SliceOutcome]:
+        """The outcomes of the slices sent since the run was last (re)opened."""
+        run = self._run_key(run_id)
+        return _queries.slice_outcomes(self._read, run)
+
+    def clear_slices(self, run_id: str) -> None:
+        """Forget the slices' outcomes: the run is (re)opened for a new attempt."""
+        run = self._run_key(run_id)
+        with self._write as conn:
+            conn.execute("DELETE FROM slices WHERE run = ?", (run,))
 
     def mark_in_flight(self, run_id: str, channel: str, seqs: Sequence[int]) -> None:
         """Mark deliveries in flight as one batch (its id is its first seq); returns
@@ -474,10 +509,10 @@ class SqliteLedger:
             total += _queries.owed(self._read, run, code, failed=failed, unknown=unknown)
         return total
 
-    def counts(self, run_id: str, channel: str) -> dict[str, int]:
-        """Deliveries by state, by ``reason:<reason>``, by ``code:<error code>`` (failed
-        and skipped ones: a sent or unknown delivery failed nothing) and, for ``unknown``
-        ones, by ``unknown:<reason>:<last error code>`` (why it is in doubt)."""
+    def counts(self, run_id: str, channel: str) -> DeliveryCounts:
+        """The channel's deliveries by state, reason, error code (failed and skipped
+        ones: a sent or unknown delivery failed nothing) and, for ``unknown`` ones, why
+        each is in doubt."""
         run, code = self._key(run_id, channel)
         self.flush()
         return _queries.counts(self._read, run, code)

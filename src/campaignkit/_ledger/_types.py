@@ -4,48 +4,29 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import attrs
 
 from .._models import Recipient
+from .._states import ACTIVE_STATUSES
 from ._claims import Owner
 
 __all__ = [
-    "ACTIVE_STATUSES",
     "DUPLICATE_ID",
-    "RESUMABLE_STATUSES",
-    "DeliveryState",
+    "WHOLE",
     "PendingDelivery",
     "PlanRow",
     "PlanRules",
     "RunRecord",
+    "Slice",
+    "SliceOutcome",
     "SnapshotInfo",
     "Suppression",
 ]
 
 #: Reason code of a row whose customer id an earlier row has (``rows_per_customer = "one"``).
 DUPLICATE_ID = "duplicate_id"
-
-
-class DeliveryState:
-    """Delivery states as stored (short strings)."""
-
-    PENDING = "pending"
-    IN_FLIGHT = "in_flight"
-    SENT = "sent"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-    UNKNOWN = "unknown"
-    DEFERRED = "deferred"
-
-    FINAL = frozenset({SENT, FAILED, SKIPPED})
-
-
-#: A run being sent (or whose process died while sending: then it awaits a resume).
-ACTIVE_STATUSES = frozenset({"running"})
-#: Finished runs with messages still owed: running the logical date again resumes them.
-RESUMABLE_STATUSES = frozenset({"timed_out", "cancelled", "failed", "deferred", "canary"})
 
 
 #: A recipient's row as selection decided it: (seq, skip reason, normalized address,
@@ -132,6 +113,110 @@ class PendingDelivery(NamedTuple):
     attempts: int
     #: The request it was last part of (``None`` if never sent): re-sent together.
     batch: int | None
+
+
+def _count(instance: Slice, attribute: attrs.Attribute[int], value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"a slice count must be a positive integer, not {value!r}")
+
+
+def _index(instance: Slice, attribute: attrs.Attribute[int], value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < instance.count:
+        raise ValueError(f"a slice index must be in 0..{instance.count - 1}, not {value!r}")
+
+
+@attrs.frozen
+class Slice:
+    """A share of a channel's planned deliveries, for sending by several workers.
+
+    Slice ``index`` of ``count`` holds the deliveries whose request (batch) id, or
+    position in the snapshot when never sent, is ``index`` modulo ``count``: the
+    slices of one count share nothing and cover everything, and the members of a
+    batch (re-sent together, under the same idempotency keys) are in one slice.
+    ``Slice()`` is the whole channel.
+    """
+
+    count: int = attrs.field(default=1, validator=_count, kw_only=True)
+    index: int = attrs.field(default=0, validator=_index, kw_only=True)
+
+    def __str__(self) -> str:
+        return f"{self.index + 1}/{self.count}"
+
+    @classmethod
+    def parse(cls, text: str) -> Slice:
+        """``"2/4"`` (the second of four, 1-based as written) as ``Slice(index=1, count=4)``.
+
+        Raises:
+            ValueError: not ``N/M`` with ``1 <= N <= M``.
+        """
+        number, sep, total = text.partition("/")
+        try:
+            return cls(index=int(number) - 1, count=int(total)) if sep else cls(index=-1)
+        except ValueError:
+            raise ValueError(f"expected a slice as N/M (e.g. 2/4), not {text!r}") from None
+
+
+#: The whole of a channel, as one slice.
+WHOLE = Slice()
+
+
+@attrs.frozen
+class SliceOutcome:
+    """What one send of a slice of a channel did, beyond its deliveries' states.
+
+    The ledger keeps the last outcome of each slice since the run was (re)opened;
+    finishing the run reads them (who stopped early and why, what crashed), so that
+    the steps of a run can run in different processes.
+
+    Attributes:
+        channel: the channel.
+        slice: which share of it.
+        started_at, finished_at: when the send started and ended.
+        requests: requests made to the provider.
+        retries: retry rounds waited for.
+        stopped: why it stopped before sending everything owed (``timed_out``,
+            ``cancelled``, ``credentials rejected (401)``, ``ownership_lost``).
+        error: what crashed the send (``"Type: message"``), if something did.
+        canary: it sent to at most a limit of recipients (a canary).
+    """
+
+    channel: str
+    slice: Slice
+    started_at: datetime
+    finished_at: datetime
+    requests: int = 0
+    retries: int = 0
+    stopped: str | None = None
+    error: str | None = None
+    canary: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "channel": self.channel,
+            "slice": [self.slice.index, self.slice.count],
+            "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat(),
+            "requests": self.requests,
+            "retries": self.retries,
+            "stopped": self.stopped,
+            "error": self.error,
+            "canary": self.canary,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SliceOutcome:
+        index, count = data["slice"]
+        return cls(
+            channel=str(data["channel"]),
+            slice=Slice(index=int(index), count=int(count)),
+            started_at=datetime.fromisoformat(data["started_at"]),
+            finished_at=datetime.fromisoformat(data["finished_at"]),
+            requests=int(data["requests"]),
+            retries=int(data["retries"]),
+            stopped=data.get("stopped"),
+            error=data.get("error"),
+            canary=bool(data.get("canary")),
+        )
 
 
 class Suppression(NamedTuple):

@@ -38,8 +38,6 @@ from .._content import sms_segments
 from .._csvio import restore
 from .._engine import ChannelPlan, ChannelRunner, ProgressCallback, result_from_ledger
 from .._ledger import (
-    ACTIVE_STATUSES,
-    RESUMABLE_STATUSES,
     LedgerError,
     MaxActiveRunsReached,
     PlanRules,
@@ -70,6 +68,7 @@ from .._schedule import Blocked, Interval, manual_logical_date, plan_due_runs
 from .._segment import ExtractionStats, extract
 from .._source import MODEL_FIELDS, Source
 from .._sources import SourceLines
+from .._states import ACTIVE_STATUSES, RESUMABLE_STATUSES, DeliveryStatus
 from .._templates import compile_template, template_problems
 from ..exceptions import (
     PROBLEM_GROUPS,
@@ -1088,9 +1087,12 @@ class Pipeline:
                 except LedgerError:
                     # Another process began this run (and let go of it) since we looked:
                     # decide again from what the ledger says now.
-                    if run_id is not None or force or new_id not in {
-                        r.run_id for r in ledger.find_runs(self.name, logical_date)
-                    }:
+                    if (
+                        run_id is not None
+                        or force
+                        or new_id
+                        not in {r.run_id for r in ledger.find_runs(self.name, logical_date)}
+                    ):
                         raise
                     continue
                 break
@@ -1350,7 +1352,7 @@ class Pipeline:
         runner = ChannelRunner(plan, run_id=run_id, ledger=ledger)
         runner.plan_audience(ledger.snapshot(run_id), now)
         counts = ledger.counts(run_id, plan.channel.name)
-        reasons = {k[7:]: v for k, v in counts.items() if k.startswith("reason:")}
+        reasons = counts.reasons
         rendered = segments = 0
         failures: dict[str, int] = {}
         kept: list[Message] = []
@@ -1371,7 +1373,7 @@ class Pipeline:
             cost = rendered * (channel.price_per_message or 0.0) + segments * (
                 channel.price_per_segment or 0.0
             )
-        deferred = counts.get("deferred", 0)
+        deferred = counts[DeliveryStatus.DEFERRED]
         return ChannelPlanSummary(
             channel=channel.name,
             provider=channel.provider,
@@ -1550,9 +1552,7 @@ class Pipeline:
         further than the tolerance."""
         for plan in plans:
             counts = ledger.counts(run_id, plan.channel.name)
-            drift = audience_drift(
-                plan.channel, counts.get("pending", 0) + counts.get("deferred", 0)
-            )
+            drift = audience_drift(plan.channel, counts.eligible)
             if drift is not None:
                 raise AudienceGuardError(f"{drift}; nothing was sent")
 

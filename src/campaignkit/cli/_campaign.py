@@ -14,7 +14,6 @@ import pluggy
 from .._config import PipelineConfig, load_config
 from .._engine import counted_result
 from .._ledger import (
-    ACTIVE_STATUSES,
     LedgerError,
     RunRecord,
     SqliteLedger,
@@ -28,6 +27,7 @@ from .._pipeline import (
     check_campaign,
 )
 from .._rehearsal import rehearsal_execution
+from .._states import ACTIVE_STATUSES
 from ..exceptions import ConfigError
 from ._options import plugin_manager, with_retry_delay
 from ._output import Where, input_errors, sandbox_failure

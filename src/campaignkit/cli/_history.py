@@ -17,7 +17,6 @@ from rich.table import Table
 
 from .._csvio import safe_csv_writer
 from .._ledger import (
-    ACTIVE_STATUSES,
     LedgerError,
     RunRecord,
     SqliteLedger,
@@ -29,6 +28,7 @@ from .._models import (
     RunStatus,
 )
 from .._pipeline import stored_report
+from .._states import ACTIVE_STATUSES
 from ..exceptions import ConfigError
 from ._campaign import (
     channel_results,

@@ -10,8 +10,6 @@ from typing import Any
 import click
 
 from .._ledger import (
-    ACTIVE_STATUSES,
-    RESUMABLE_STATUSES,
     RunRecord,
 )
 from .._models import RunReport, RunStatus
@@ -19,6 +17,7 @@ from .._pipeline import (
     Pipeline,
 )
 from .._schedule import manual_logical_date
+from .._states import ACTIVE_STATUSES, RESUMABLE_STATUSES
 from ._campaign import (
     LATEST,
     build_pipeline,

@@ -17,8 +17,6 @@ from rich.table import Table
 
 from .._config import Schedule
 from .._ledger import (
-    ACTIVE_STATUSES,
-    RESUMABLE_STATUSES,
     RunRecord,
 )
 from .._models import (
@@ -30,6 +28,7 @@ from .._pipeline import (
 )
 from .._redact import redact
 from .._schedule import Interval, Plan, plan_due_runs, upcoming
+from .._states import ACTIVE_STATUSES, RESUMABLE_STATUSES
 from ..exceptions import CampaignKitError
 from ._campaign import build_pipeline, look, open_ledger, prepare, sandboxed_configs
 from ._group import EPILOG, main

@@ -25,6 +25,7 @@ from .._models import (
 from .._pipeline import (
     Pipeline,
 )
+from .._states import DeliveryCounts
 from ..exceptions import CampaignKitError
 from ._campaign import open_ledger
 from ._output import (
@@ -68,14 +69,12 @@ def _doubt_cause(reason: str, code: str) -> str:
     return f"no answer after sending ({code})" if code else "no answer after sending"
 
 
-def doubts_from_counts(counts: Mapping[str, int]) -> dict[str, int]:
-    """``unknown:<reason>:<code>`` ledger counts as ``{cause: n}``."""
+def doubts_from_counts(counts: DeliveryCounts) -> dict[str, int]:
+    """The ledger's ``unknown`` deliveries as ``{cause in words: n}``."""
     causes: dict[str, int] = {}
-    for key, n in counts.items():
-        if key.startswith("unknown:"):
-            reason, _, code = key[len("unknown:") :].partition(":")
-            cause = _doubt_cause(reason, code)
-            causes[cause] = causes.get(cause, 0) + n
+    for doubt, n in counts.doubts.items():
+        cause = _doubt_cause(doubt.reason, doubt.code)
+        causes[cause] = causes.get(cause, 0) + n
     return causes
 
 

@@ -1,0 +1,481 @@
+"""The steps of a run: open it, plan each channel, send slices, finish it.
+
+Each step works on a run in the ledger and hands the next one only references (the
+run id, a channel's name, a :class:`Slice`): what a step decides is in the ledger
+before it returns, so the steps of one run may run in different processes, one after
+another, given the same campaign. :meth:`Pipeline.run` composes them in one process.
+
+- :func:`open_run` begins the run of a logical date: claims it and extracts the whole
+  segment into its snapshot (or takes up the date's unfinished run, or replays its
+  finished one). :func:`reopen_run` takes up an unfinished run (a resume).
+- :func:`plan_channel` decides a channel's audience once per run: one ledger row per
+  recipient, ``pending`` or ``skipped`` with its reason; then the guard.
+- :func:`send_slice` sends a slice of a channel's pending deliveries and records what
+  it did (requests, retries, why it stopped early, what crashed).
+- :func:`finish_run` reads the channels' totals and the slices' outcomes from the
+  ledger, decides the run's status and writes its report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
+from datetime import UTC, datetime
+from pathlib import Path
+
+import attrs
+
+from .._engine import ChannelPlan, ChannelRunner, ProgressCallback, result_from_ledger
+from .._ledger import LedgerError, RunInProgress, Slice, SliceOutcome, SqliteLedger
+from .._models import ChannelResult, RunReport
+from .._segment import ExtractionStats, extract
+from .._states import ACTIVE_STATUSES, RESUMABLE_STATUSES, RunStatus
+from ._campaign import Campaign
+from ._reports import call_observer, check_guard, replay, run_status, stored_stats
+from ._values import OpenedRun
+
+__all__ = [
+    "RunContext",
+    "decide_audience",
+    "extract_into",
+    "finish_run",
+    "open_run",
+    "plan_channel",
+    "reopen_run",
+    "run_dir",
+    "run_ledger",
+    "send_channels",
+    "send_slice",
+    "start_sending",
+]
+
+log = logging.getLogger("campaignkit")
+
+
+@attrs.frozen
+class RunContext:
+    """A run being worked on in this process: its campaign, and the ledger in which
+    this process owns it."""
+
+    campaign: Campaign
+    ledger: SqliteLedger
+    run_id: str
+
+    def fail(self, exc: BaseException) -> None:
+        """Record the run as ``failed`` by ``exc`` (before anything was sent)."""
+        self.ledger.finish_run(self.run_id, RunStatus.FAILED.value, json.dumps({"error": str(exc)}))
+
+
+@contextlib.contextmanager
+def run_ledger(campaign: Campaign) -> Iterator[SqliteLedger]:
+    """The campaign's ledger, or without one (``execution.ledger = false``) a
+    throwaway ledger: the same selection and sending, nothing kept."""
+    scratch = None
+    if campaign.execution.ledger:
+        ledger = campaign.ledger()
+    else:
+        scratch = tempfile.TemporaryDirectory(prefix="campaignkit-")
+        ledger = SqliteLedger(Path(scratch.name) / "ledger.db", durable=False)
+    try:
+        yield ledger
+    finally:
+        ledger.close()
+        if scratch is not None:
+            scratch.cleanup()
+
+
+def run_dir(campaign: Campaign, run_id: str, output_dir: str | Path | None) -> Path:
+    """The run's directory (its report and rejected rows), created if need be."""
+    path = campaign.output_root(output_dir) / run_id
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def extract_into(
+    campaign: Campaign, ledger: SqliteLedger, run_id: str, rejects: Path
+) -> ExtractionStats:
+    """Read the whole source into the run's snapshot (with its counts, durably);
+    rejected rows, repeated customer ids included, go to ``rejects``."""
+    return extract(
+        campaign.source,
+        required=campaign.required_fields(),
+        rejects=rejects,
+        store=lambda recipients, rejected: ledger.write_snapshot(
+            run_id, recipients, rows_per_customer=campaign.rows_per_customer, rejects=rejected
+        ),
+    )
+
+
+def open_run(
+    campaign: Campaign,
+    ledger: SqliteLedger,
+    plans: Sequence[ChannelPlan],
+    *,
+    logical_date: datetime,
+    force: bool = False,
+    run_id: str | None = None,
+    output_dir: str | Path | None = None,
+) -> OpenedRun:
+    """Begin the run of ``logical_date``: claim it, then extract the segment into its
+    snapshot. A logical date is run once: its finished run is replayed (nothing to
+    send), its unfinished one is taken up (:func:`reopen_run`); ``force`` begins a
+    new one deliberately.
+
+    Raises:
+        RunInProgress: a live process is running the logical date.
+        MaxActiveRunsReached: the pipeline has ``max_active_runs`` runs going.
+        LedgerError: ``run_id`` exists.
+        SourceError: extraction failed (the run is recorded ``failed``).
+    """
+    while True:
+        previous = ledger.find_runs(campaign.name, logical_date)
+        if previous and not force:
+            last = previous[-1]
+            if last.status in ACTIVE_STATUSES or last.status in RESUMABLE_STATUSES:
+                log.info("%s: resuming run %s", campaign.name, last.run_id)
+                return reopen_run(campaign, ledger, plans, last.run_id, output_dir=output_dir)
+            log.info(
+                "%s: %s already ran (%s); nothing was sent now",
+                campaign.name,
+                logical_date.isoformat(),
+                last.run_id,
+            )
+            return OpenedRun(last.run_id, replay=replay(last))
+        new_id = run_id
+        if new_id is None:
+            new_id = f"{campaign.name}__{logical_date:%Y%m%dT%H%M%SZ}"
+            if previous:
+                new_id += f"__{len(previous) + 1}"
+        try:
+            run = ledger.begin_run(
+                run_id=new_id,
+                pipeline=campaign.name,
+                logical_date=logical_date,
+                fingerprint=campaign.fingerprint(),
+                config_file=campaign.config_file,
+                max_active_runs=campaign.execution.max_active_runs,
+            )
+        except RunInProgress:
+            raise
+        except LedgerError:
+            # Another process began this run (and let go of it) since we looked:
+            # decide again from what the ledger says now.
+            if (
+                run_id is not None
+                or force
+                or new_id not in {r.run_id for r in ledger.find_runs(campaign.name, logical_date)}
+            ):
+                raise
+            continue
+        break
+    context = RunContext(campaign, ledger, run.run_id)
+    try:
+        rejects = run_dir(campaign, run.run_id, output_dir) / "rejected.csv"
+        stats = extract_into(campaign, ledger, run.run_id, rejects)
+    except BaseException as exc:
+        context.fail(exc)
+        raise
+    log.info(
+        "%s: extracted %d recipient(s), rejected %d row(s)",
+        run.run_id,
+        stats.recipients,
+        stats.rejected,
+    )
+    return OpenedRun(run.run_id, extracted=stats)
+
+
+def reopen_run(
+    campaign: Campaign,
+    ledger: SqliteLedger,
+    plans: Sequence[ChannelPlan],
+    run_id: str,
+    *,
+    retry_failed: bool = False,
+    resend_unknown: bool = False,
+    output_dir: str | Path | None = None,
+) -> OpenedRun:
+    """Take up an unfinished run (a resume) for the channels of ``plans``: claim it,
+    settle what a crash left ``in_flight`` (re-sent under the same idempotency keys
+    where the provider has them, else ``unknown``), and put back to ``pending`` the
+    transient failures (``retry_failed``) and ``unknown`` deliveries
+    (``resend_unknown``). A run that crashed during extraction is extracted again.
+    A finished run with nothing owed is replayed.
+
+    Raises:
+        LedgerError: no such run, it belongs to another pipeline, or it was skipped
+            as too late.
+        RunInProgress: a live process is running it.
+    """
+    previous = ledger.get_run(run_id)
+    if previous.status == RunStatus.SKIPPED_LATE:
+        raise LedgerError(
+            f"run {run_id!r} was skipped as too late; start the logical date again "
+            "deliberately (run with force) if it should still be sent"
+        )
+    finished = not (previous.status in ACTIVE_STATUSES or previous.status in RESUMABLE_STATUSES)
+    names = [p.channel.name for p in plans]
+    if finished and not ledger.owed(run_id, names, failed=retry_failed, unknown=resend_unknown):
+        log.info("%s: finished (%s); nothing was sent now", run_id, previous.status)
+        return OpenedRun(run_id, resumed=True, replay=replay(previous))
+    run = ledger.claim_run(run_id)
+    if run.pipeline != campaign.name:
+        raise LedgerError(f"run {run_id!r} belongs to pipeline {run.pipeline!r}")
+    if run.fingerprint != campaign.fingerprint():
+        log.warning("%s: the configuration changed since the run started", run_id)
+    ledger.clear_slices(run_id)
+    path = run_dir(campaign, run_id, output_dir)
+    extracted = None
+    if not ledger.has_snapshot(run_id):  # crashed during extraction: extract again
+        extracted = extract_into(campaign, ledger, run_id, path / "rejected.csv")
+    for plan in plans:
+        if ledger.is_planned(run_id, plan.channel.name):
+            _take_up(ledger, run_id, plan, retry_failed=retry_failed, resend_unknown=resend_unknown)
+    return OpenedRun(run_id, resumed=True, extracted=extracted)
+
+
+def _take_up(
+    ledger: SqliteLedger,
+    run_id: str,
+    plan: ChannelPlan,
+    *,
+    retry_failed: bool,
+    resend_unknown: bool,
+) -> None:
+    """Make a planned channel's owed deliveries ``pending`` again for a resume."""
+    resend = plan.notifier.supports_idempotency_keys
+    n = ledger.resolve_in_flight(run_id, plan.channel.name, resend=resend)
+    if n:
+        log.warning(
+            "%s/%s: %d message(s) were in flight at the crash; %s",
+            run_id,
+            plan.channel.name,
+            n,
+            "re-sending with the same idempotency keys" if resend else "recorded as unknown",
+        )
+    ledger.requeue(run_id, plan.channel.name, failed=retry_failed, unknown=resend_unknown)
+
+
+def plan_channel(context: RunContext, plan: ChannelPlan, now: datetime) -> bool:
+    """Decide the channel's audience, once per run: every recipient of the snapshot
+    as ``pending`` or ``skipped`` with its reason; then check its ``expected_audience``.
+    Returns whether it decided now (``False``: decided before, by an earlier step or
+    run, whose guard was checked then).
+
+    Raises:
+        AudienceGuardError: the audience drifted; the run is recorded ``failed`` and
+            nothing was sent.
+    """
+    try:
+        fresh = decide_audience(context, plan, now)
+        if fresh:
+            check_guard(context.ledger, context.run_id, plan.channel)
+    except BaseException as exc:
+        context.fail(exc)
+        raise
+    return fresh
+
+
+def decide_audience(context: RunContext, plan: ChannelPlan, now: datetime) -> bool:
+    """Record the channel's audience in the ledger, once per run (see
+    :func:`plan_channel`, which also checks the guard); returns whether it did now."""
+    runner = ChannelRunner(plan, run_id=context.run_id, ledger=context.ledger)
+    return runner.plan_audience(context.ledger.snapshot(context.run_id), now)
+
+
+def start_sending(context: RunContext, plans: Sequence[ChannelPlan]) -> None:
+    """Tell the ``campaignkit_run_started`` observers that the channels are about to
+    send; what one raises aborts the run before any send (recorded ``failed``)."""
+    try:
+        context.campaign.plugin_manager.hook.campaignkit_run_started(
+            run_id=context.run_id,
+            pipeline=context.campaign.name,
+            channels=[p.channel.name for p in plans],
+        )
+    except BaseException as exc:
+        context.fail(exc)
+        raise
+
+
+def send_slice(
+    context: RunContext,
+    plan: ChannelPlan,
+    part: Slice | None = None,
+    *,
+    limit: int | None = None,
+    progress: ProgressCallback | None = None,
+    deadline: float | None = None,
+    cancel: threading.Event | None = None,
+) -> ChannelResult:
+    """Send the channel's pending deliveries of slice ``part`` (all of them by
+    default), with the channel's batching, rate limit and retries, and record what
+    the send did (:class:`SliceOutcome`). Returns the channel's totals as the ledger
+    has them now. Delivery problems never raise: they are recorded per recipient.
+
+    Args:
+        limit: send at most this many messages (a canary); the rest stays pending.
+        progress: called as ``progress(channel, recipients_done)``.
+        deadline: a :func:`time.monotonic` time after which nothing more is sent
+            (default: ``execution.timeout_seconds`` from now, if set).
+        cancel: set it to stop starting batches (in-flight requests finish).
+    """
+    campaign, ledger = context.campaign, context.ledger
+    if deadline is None and campaign.execution.timeout_seconds:
+        deadline = time.monotonic() + campaign.execution.timeout_seconds
+    part = part or Slice()
+    runner = ChannelRunner(
+        plan,
+        run_id=context.run_id,
+        ledger=ledger,
+        sleep=campaign.sleep,
+        progress=progress,
+        limit=limit,
+        deadline=deadline,
+        cancel=cancel,
+        part=part,
+    )
+    started = datetime.now(UTC)
+    outcome = SliceOutcome(plan.channel.name, part, started, started, canary=limit is not None)
+    try:
+        result = runner.run()
+    except BaseException as exc:
+        stopped = "cancelled" if isinstance(exc, KeyboardInterrupt) else runner.stop_reason()
+        error = None if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+        outcome = attrs.evolve(
+            outcome,
+            finished_at=datetime.now(UTC),
+            requests=runner.tally.requests,
+            stopped=stopped,
+            error=error,
+        )
+        ledger.record_slice(context.run_id, outcome)
+        raise
+    outcome = attrs.evolve(
+        outcome,
+        finished_at=result.finished_at or datetime.now(UTC),
+        requests=result.requests,
+        retries=result.retries,
+        stopped=result.stopped,
+    )
+    ledger.record_slice(context.run_id, outcome)
+    return result
+
+
+def send_channels(
+    context: RunContext,
+    plans: Sequence[ChannelPlan],
+    *,
+    limit: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> bool:
+    """Send every channel of ``plans`` in parallel, one whole slice each, under one
+    deadline; an interrupt stops starting batches and lets in-flight requests finish.
+    Returns whether it was interrupted."""
+    campaign = context.campaign
+    timeout = campaign.execution.timeout_seconds
+    deadline = time.monotonic() + timeout if timeout else None
+    cancel = threading.Event()
+    hook = campaign.plugin_manager.hook
+
+    def send(plan: ChannelPlan) -> None:
+        result = send_slice(
+            context, plan, limit=limit, progress=progress, deadline=deadline, cancel=cancel
+        )
+        call_observer(hook.campaignkit_channel_finished, run_id=context.run_id, result=result)
+
+    workers = min(len(plans), campaign.execution.max_workers or len(plans)) or 1
+    interrupted = False
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ck-channel") as pool:
+        futures = {p.channel.name: pool.submit(send, p) for p in plans}
+        try:
+            futures_wait(futures.values())
+        except KeyboardInterrupt:
+            # Stop starting batches; in-flight requests finish and are recorded.
+            log.warning("%s: interrupted; finishing in-flight requests", context.run_id)
+            cancel.set()
+            interrupted = True
+            futures_wait(futures.values())
+        for name, future in futures.items():
+            if future.exception() is not None:
+                log.error("channel %s crashed", name, exc_info=future.exception())
+    return interrupted
+
+
+def finish_run(
+    context: RunContext, *, output_dir: str | Path | None = None, interrupted: bool = False
+) -> RunReport:
+    """Decide the run's status from its channels' totals and its slices' outcomes,
+    write its report (``report.json`` in the run directory, and in the ledger) and
+    tell the ``campaignkit_run_finished`` observers. Channels not sent since the run
+    was (re)opened are reported as the ledger has them.
+
+    Raises:
+        RunOwnershipLost: another process owns the run now; nothing was recorded.
+    """
+    campaign, ledger, run_id = context.campaign, context.ledger, context.run_id
+    outcomes = ledger.slice_outcomes(run_id)
+    results, errors = _channel_results(context, outcomes)
+    run = ledger.get_run(run_id)
+    stats = stored_stats(ledger, run)
+    path = run_dir(campaign, run_id, output_dir)
+    now = datetime.now(UTC)
+    report = RunReport(
+        run_id=run_id,
+        pipeline=campaign.name,
+        status=run_status(
+            results, errors, interrupted=interrupted, canary=any(o.canary for o in outcomes)
+        ),
+        started_at=min((o.started_at for o in outcomes), default=now),
+        finished_at=now,
+        channels=results,
+        rows_read=stats.rows_read,
+        rows_rejected=stats.rejected,
+        rejected_reasons=stats.rejected_reasons,
+        lines=None if stats.lines is None else stats.lines.to_dict(),
+        output_dir=str(path),
+        errors=errors,
+    )
+    text = json.dumps(report.to_dict(), indent=2)
+    (path / "report.json").write_text(text + "\n")
+    ledger.finish_run(run_id, report.status.value, text)
+    call_observer(campaign.plugin_manager.hook.campaignkit_run_finished, report=report)
+    return report
+
+
+def _channel_results(
+    context: RunContext, outcomes: Sequence[SliceOutcome]
+) -> tuple[dict[str, ChannelResult], dict[str, str]]:
+    """Each channel's totals (first those sent since the run was (re)opened, with
+    what their slices did; then the others as recorded) and the errors of those that
+    crashed (they have no totals)."""
+    ledger, run_id = context.ledger, context.run_id
+    results: dict[str, ChannelResult] = {}
+    errors: dict[str, str] = {}
+    channels = context.campaign.enabled_channels
+    sent = [c for c in channels if any(o.channel == c.name for o in outcomes)]
+    for channel in sent:
+        mine = [o for o in outcomes if o.channel == channel.name]
+        error = next((o.error for o in mine if o.error), None)
+        if error is not None:
+            errors[channel.name] = error
+            continue
+        result = result_from_ledger(
+            ledger,
+            run_id,
+            channel,
+            retries=max(o.retries for o in mine),
+            requests=sum(o.requests for o in mine),
+            started=min(o.started_at for o in mine),
+            stopped=next((o.stopped for o in mine if o.stopped), None),
+        )
+        results[channel.name] = attrs.evolve(result, finished_at=max(o.finished_at for o in mine))
+    for channel in channels:
+        if channel not in sent and ledger.is_planned(run_id, channel.name):
+            results[channel.name] = result_from_ledger(ledger, run_id, channel)
+    return results, errors
