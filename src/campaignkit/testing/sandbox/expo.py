@@ -11,7 +11,9 @@ import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
-from ._server import Faults, ProviderServer, Reply, Request, loads
+from ._faults import Faults
+from ._server import ProviderServer
+from ._wire import Reply, Request, loads
 
 __all__ = ["ExpoServer"]
 

@@ -10,7 +10,9 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Self
 
-from ._server import Faults, ProviderServer, Reply, Request
+from ._faults import Faults
+from ._server import ProviderServer
+from ._wire import Reply, Request
 
 __all__ = ["SendGridServer"]
 

@@ -13,7 +13,9 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from ._server import Faults, ProviderServer, Reply, Request
+from ._faults import Faults
+from ._server import ProviderServer
+from ._wire import Reply, Request
 from .twilio import E164, reserved_invalid, sms_segments
 
 __all__ = ["TelnyxServer"]
