@@ -149,6 +149,41 @@ class SendGridServer(ProviderServer):
         return Reply(status, {"errors": [error("internal error")]})
 
     def handle(self, request: Request) -> Reply:
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
+        try:
+            body = request.json()
+        except ValueError:
+            return Reply(400, {"errors": [error("Bad Request", anchor="message")]})
+        if not isinstance(body, dict):
+            return Reply(400, {"errors": [error("Bad Request", anchor="message")]})
+        errors = validate(
+            body,
+            is_invalid=self.is_invalid,
+            max_substitution_bytes=self.max_substitution_bytes,
+            templates=self.templates,
+        )
+        if errors:
+            return Reply(400, {"errors": errors})
+        unverified = unverified_sender(body, self.verified_senders)
+        if unverified is not None:
+            return Reply(403, {"errors": [unverified]})
+        mail_settings = body.get("mail_settings")
+        sandbox_mode = (
+            mail_settings.get("sandbox_mode") if isinstance(mail_settings, dict) else None
+        )
+        if isinstance(sandbox_mode, dict) and sandbox_mode.get("enable"):
+            with self.lock:
+                self.sandbox_requests.append(dict(body))
+            return Reply(200)
+        message_id = secrets.token_urlsafe(16)[:22]
+        self._record(body, message_id)
+        return Reply(202, None, {"X-Message-Id": message_id})
+
+    def _refusal(self, request: Request) -> Reply | None:
+        """SendGrid's answer to a request refused before its body is read: the wrong
+        path or method, bad credentials, another content type, a body too large."""
         if request.path != self.PATH:
             return Reply(404, {"errors": [error("resource not found")]})
         if request.method != "POST":
@@ -179,34 +214,7 @@ class SendGridServer(ProviderServer):
                     ]
                 },
             )
-        try:
-            body = request.json()
-        except ValueError:
-            return Reply(400, {"errors": [error("Bad Request", anchor="message")]})
-        if not isinstance(body, dict):
-            return Reply(400, {"errors": [error("Bad Request", anchor="message")]})
-        errors = validate(
-            body,
-            is_invalid=self.is_invalid,
-            max_substitution_bytes=self.max_substitution_bytes,
-            templates=self.templates,
-        )
-        if errors:
-            return Reply(400, {"errors": errors})
-        unverified = unverified_sender(body, self.verified_senders)
-        if unverified is not None:
-            return Reply(403, {"errors": [unverified]})
-        mail_settings = body.get("mail_settings")
-        sandbox_mode = (
-            mail_settings.get("sandbox_mode") if isinstance(mail_settings, dict) else None
-        )
-        if isinstance(sandbox_mode, dict) and sandbox_mode.get("enable"):
-            with self.lock:
-                self.sandbox_requests.append(dict(body))
-            return Reply(200)
-        message_id = secrets.token_urlsafe(16)[:22]
-        self._record(body, message_id)
-        return Reply(202, None, {"X-Message-Id": message_id})
+        return None
 
     # -- recording ----------------------------------------------------------------------
     def _record(self, body: Mapping[str, Any], message_id: str) -> None:
