@@ -85,7 +85,6 @@ SendGrid documents no idempotency key.
 from __future__ import annotations
 
 import collections
-import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -99,32 +98,32 @@ from .._notifier import ChannelSettings
 from ..exceptions import ConfigError, DeliveryError, PermanentDeliveryError
 from ..hookspecs import hookimpl
 from ..options import email_address, safe_base_url
+from ._sendgrid_mail import HTML_TAG as HTML_TAG
+from ._sendgrid_mail import (
+    IDEMPOTENCY_ARG,
+    MAX_PERSONALIZATIONS,
+    RECIPIENT_ARG,
+    Fragments,
+    PlannedRequest,
+    address,
+    payload,
+    plan,
+)
+from ._sendgrid_mail import MAX_SUBSTITUTION_BYTES as MAX_SUBSTITUTION_BYTES
+from ._sendgrid_mail import TEXT_TAG as TEXT_TAG
+from ._sendgrid_mail import personalization as _personalization  # noqa: F401
 
+# The tags, limits and _personalization imported "as" themselves are re-exported: the
+# module docstring names them and tests use them from here.
 __all__ = ["SendGridNotifier", "SendGridOptions"]
 
 #: Mail Send endpoint, below ``base_url``.
 PATH = "/v3/mail/send"
-#: Most personalizations (and recipients) in one request.
-MAX_PERSONALIZATIONS = 1000
-#: SendGrid's limit on one personalization's substitutions (keys and values, UTF-8).
-MAX_SUBSTITUTION_BYTES = 50_000
 #: Budget for one request's JSON; SendGrid refuses messages over 30 MB.
 MAX_REQUEST_BYTES = 20_000_000
-#: Substitution tags standing for each recipient's text and HTML body.
-TEXT_TAG = "%campaignkit_text%"
-HTML_TAG = "%campaignkit_html%"
-#: ``custom_args`` keys naming the recipient and the message in event webhooks.
-RECIPIENT_ARG = "campaignkit_recipient_id"
-IDEMPOTENCY_ARG = "campaignkit_idempotency_key"
 
 _PERSONALIZATION_FIELD = re.compile(r"personalizations\.(\d+)(?:\.(.*))?")
 _JSON_HEADERS = {"Content-Type": "application/json"}
-# json.dumps(..., ensure_ascii=False, separators=(",", ":")) without a new encoder per call.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-
-#: A batch's serialized personalizations by (position, substitute): each is built and
-#: dumped once, sized by ``_split`` and joined into request bodies by ``_payload``.
-_Fragments = dict[tuple[int, bool], bytes]
 
 
 def _check_categories(instance: Any, attribute: Any, value: tuple[str, ...]) -> None:
@@ -157,18 +156,6 @@ class SendGridOptions:
     track_clicks: bool | None = None
     sandbox_mode: bool = False
     base_url: str = attrs.field(default="https://api.sendgrid.com", validator=safe_base_url)
-
-
-@attrs.frozen
-class _Request:
-    """One planned Mail Send request.
-
-    ``positions`` index the batch; ``content`` is the shared ``(text, html)`` of a
-    request that carries its content, ``None`` for one that uses substitutions.
-    """
-
-    positions: tuple[int, ...]
-    content: tuple[str, str | None] | None
 
 
 class SendGridNotifier(HttpNotifier):
@@ -239,8 +226,8 @@ class SendGridNotifier(HttpNotifier):
                 valid.append(i)
             else:
                 outcomes[i] = Outcome.failed(problem, code="invalid_message")
-        frags: _Fragments = {}
-        queue = collections.deque(self._plan(messages, valid, frags))
+        frags: Fragments = {}
+        queue = collections.deque(plan(messages, valid, frags, MAX_REQUEST_BYTES))
         stop: DeliveryError | None = None
         skipped = False  # requests not attempted because of ``stop``
         while queue:
@@ -277,10 +264,10 @@ class SendGridNotifier(HttpNotifier):
         self,
         conn: requests.Session,
         messages: Sequence[Message],
-        request: _Request,
+        request: PlannedRequest,
         outcomes: list[Outcome | None],
-        queue: collections.deque[_Request],
-        frags: _Fragments,
+        queue: collections.deque[PlannedRequest],
+        frags: Fragments,
     ) -> None:
         """Send one planned request, dropping recipients SendGrid names in a 400.
 
@@ -293,7 +280,7 @@ class SendGridNotifier(HttpNotifier):
         """
         positions = list(request.positions)
         while positions:
-            data = self._payload(messages, positions, request.content, frags)
+            data = payload(messages, positions, request.content, frags, self._static)
             captured = _Capture()
             try:
                 response = self.post(
@@ -316,7 +303,7 @@ class SendGridNotifier(HttpNotifier):
                         f.startswith(f"personalizations.{index}.substitutions") for f in fields
                     ):
                         message = messages[p]
-                        queue.append(_Request((p,), (message.body, message.html)))
+                        queue.append(PlannedRequest((p,), (message.body, message.html)))
                         continue
                     text = "; ".join(
                         f"{self.redact(str(e.get('message') or 'invalid'))[:200]} ({f})"
@@ -330,110 +317,12 @@ class SendGridNotifier(HttpNotifier):
                 outcomes[p] = sent
             return
 
-    # -- request building ------------------------------------------------------------
-    def _plan(
-        self, messages: Sequence[Message], positions: Sequence[int], frags: _Fragments
-    ) -> list[_Request]:
-        """Group messages into requests (see "Requests" in the module docstring)."""
-        by_content: dict[tuple[str, str | None], list[int]] = {}
-        for p in positions:
-            message = messages[p]
-            by_content.setdefault((message.body, message.html), []).append(p)
-        static: list[tuple[tuple[str, str | None], list[int]]] = []
-        substituted: dict[tuple[bool, bool], list[int]] = {}
-        for content, group in by_content.items():
-            if (
-                len(group) > 1
-                or len(by_content) == 1
-                or _substitution_bytes(messages[group[0]]) > MAX_SUBSTITUTION_BYTES
-            ):
-                static.append((content, group))
-            else:
-                parts = (bool(content[0]), bool(content[1]))
-                substituted.setdefault(parts, []).append(group[0])
-        planned: list[_Request] = []
-        for content, group in static:
-            chunks = self._split(messages, group, False, frags)
-            planned += [_Request(chunk, content) for chunk in chunks]
-        for group in substituted.values():
-            if len(group) == 1:
-                content = (messages[group[0]].body, messages[group[0]].html)
-                planned.append(_Request(tuple(group), content))
-            else:
-                planned += [
-                    _Request(chunk, None) for chunk in self._split(messages, group, True, frags)
-                ]
-        planned.sort(key=lambda r: r.positions[0])
-        return planned
-
-    def _split(
-        self,
-        messages: Sequence[Message],
-        group: Sequence[int],
-        substitute: bool,
-        frags: _Fragments,
-    ) -> list[tuple[int, ...]]:
-        """Split ``group`` into chunks without a repeated address, each within the
-        personalization and size limits (first fit, keeping batch order).
-
-        Sizes each personalization by its serialized bytes, kept in ``frags``.
-        """
-        chunks: list[list[int]] = []
-        seen: list[set[str]] = []
-        sizes: list[int] = []
-        for p in group:
-            message = messages[p]
-            address = message.address.strip().lower()
-            size = len(_fragment(messages, frags, p, substitute))
-            for i, chunk in enumerate(chunks):
-                if (
-                    address not in seen[i]
-                    and len(chunk) < MAX_PERSONALIZATIONS
-                    and sizes[i] + size <= MAX_REQUEST_BYTES
-                ):
-                    chunk.append(p)
-                    seen[i].add(address)
-                    sizes[i] += size
-                    break
-            else:
-                base = 0 if substitute else _utf8_len(message.body) + _utf8_len(message.html)
-                chunks.append([p])
-                seen.append({address})
-                sizes.append(base + size)
-        return [tuple(c) for c in chunks]
-
-    def _payload(
-        self,
-        messages: Sequence[Message],
-        positions: Sequence[int],
-        content: tuple[str, str | None] | None,
-        frags: _Fragments,
-    ) -> bytes:
-        """The JSON body of a request for ``positions``, with the batch's cached
-        personalizations (the bytes ``json.dumps`` of the whole body gives)."""
-        if content is None:
-            first = messages[positions[0]]
-            text = TEXT_TAG if first.body else None
-            html = HTML_TAG if first.html else None
-        else:
-            text, html = content[0] or None, content[1]
-        parts = []
-        if text:
-            parts.append({"type": "text/plain", "value": text})
-        if html:
-            parts.append({"type": "text/html", "value": html})
-        substitute = content is None
-        joined = b",".join(_fragment(messages, frags, p, substitute) for p in positions)
-        # _dumps({"personalizations": [...], **self._static, "content": parts})
-        rest = _dumps({**self._static, "content": parts})
-        return b'{"personalizations":[' + joined + b"]," + rest[1:]
-
     def _static_fields(self) -> dict[str, Any]:
         """The request fields that come from the options."""
         opts = self.options
-        fields: dict[str, Any] = {"from": _address(opts.from_email, opts.from_name)}
+        fields: dict[str, Any] = {"from": address(opts.from_email, opts.from_name)}
         if opts.reply_to:
-            fields["reply_to"] = _address(opts.reply_to, opts.reply_to_name)
+            fields["reply_to"] = address(opts.reply_to, opts.reply_to_name)
         if opts.categories:
             fields["categories"] = list(opts.categories)
         if opts.custom_args:
@@ -461,59 +350,6 @@ class _Capture:
 
     def __call__(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
         self.response = response
-
-
-def _address(email: str, name: str | None) -> dict[str, str]:
-    return {"email": email, "name": name} if name else {"email": email}
-
-
-def _dumps(value: Any) -> bytes:
-    return _ENCODER.encode(value).encode("utf-8")
-
-
-def _fragment(messages: Sequence[Message], frags: _Fragments, p: int, substitute: bool) -> bytes:
-    """Message ``p``'s serialized personalization, built once per batch."""
-    key = (p, substitute)
-    data = frags.get(key)
-    if data is None:
-        data = frags[key] = _personalization(messages[p], substitute)
-    return data
-
-
-def _personalization(message: Message, substitute: bool) -> bytes:
-    """``message``'s personalization as JSON; with ``substitute``, its content
-    travels in ``substitutions``."""
-    custom_args = {RECIPIENT_ARG: message.recipient_id}
-    if message.idempotency_key:
-        custom_args[IDEMPOTENCY_ARG] = message.idempotency_key
-    personalization: dict[str, Any] = {
-        "to": [_address(message.address, message.name)],
-        "subject": message.subject,
-    }
-    if message.headers:
-        personalization["headers"] = message.headers  # a dict: Message converts it
-    personalization["custom_args"] = custom_args
-    if substitute:
-        substitutions = {}
-        if message.body:
-            substitutions[TEXT_TAG] = message.body
-        if message.html:
-            substitutions[HTML_TAG] = message.html
-        personalization["substitutions"] = substitutions
-    return _dumps(personalization)
-
-
-def _utf8_len(text: str | None) -> int:
-    if not text:
-        return 0
-    return len(text) if text.isascii() else len(text.encode())
-
-
-def _substitution_bytes(message: Message) -> int:
-    size = len(TEXT_TAG) + _utf8_len(message.body) if message.body else 0
-    if message.html:
-        size += len(HTML_TAG) + _utf8_len(message.html)
-    return size
 
 
 def _local_problem(message: Message) -> str | None:
