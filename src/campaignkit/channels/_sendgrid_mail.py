@@ -1,18 +1,21 @@
-"""The bodies of a batch's SendGrid Mail Send requests.
+"""SendGrid's Mail Send wire format, for the SendGrid channel: request and error bodies.
 
-:func:`plan` groups a batch's messages into as few requests as SendGrid allows (see
-"Requests" in :mod:`campaignkit.channels.sendgrid`) and :func:`payload` serializes a
-request's JSON body, each message's personalization dumped once per batch (kept in
-its :data:`Fragments`).
+:class:`MailBodies` groups a batch's messages into as few requests as SendGrid
+allows (see "Requests" in :mod:`campaignkit.channels.sendgrid`) and serializes each
+request's JSON body; :func:`personalization` is one message's part of it.
+:func:`error_list` reads the errors of an answer and :func:`recipient_errors` sorts
+them by the personalization they name.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
+import requests
 
 from .._models import Message
 
@@ -23,12 +26,12 @@ __all__ = [
     "MAX_SUBSTITUTION_BYTES",
     "RECIPIENT_ARG",
     "TEXT_TAG",
-    "Fragments",
+    "MailBodies",
     "PlannedRequest",
     "address",
-    "payload",
+    "error_list",
     "personalization",
-    "plan",
+    "recipient_errors",
 ]
 
 #: Most personalizations (and recipients) in one request.
@@ -43,10 +46,7 @@ RECIPIENT_ARG = "campaignkit_recipient_id"
 IDEMPOTENCY_ARG = "campaignkit_idempotency_key"
 # json.dumps(..., ensure_ascii=False, separators=(",", ":")) without a new encoder per call.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-
-#: A batch's serialized personalizations by (position, substitute): each is built and
-#: dumped once, sized by ``split`` and joined into request bodies by ``payload``.
-Fragments = dict[tuple[int, bool], bytes]
+_PERSONALIZATION_FIELD = re.compile(r"personalizations\.(\d+)(?:\.(.*))?")
 
 
 @attrs.frozen
@@ -61,126 +61,119 @@ class PlannedRequest:
     content: tuple[str, str | None] | None
 
 
-def plan(
-    messages: Sequence[Message],
-    positions: Sequence[int],
-    frags: Fragments,
-    max_request_bytes: int,
-) -> list[PlannedRequest]:
-    """Group messages into requests (see "Requests" in the channel's docstring), each
-    within about ``max_request_bytes`` of JSON."""
-    by_content: dict[tuple[str, str | None], list[int]] = {}
-    for p in positions:
-        message = messages[p]
-        by_content.setdefault((message.body, message.html), []).append(p)
-    static: list[tuple[tuple[str, str | None], list[int]]] = []
-    substituted: dict[tuple[bool, bool], list[int]] = {}
-    for content, group in by_content.items():
-        if (
-            len(group) > 1
-            or len(by_content) == 1
-            or _substitution_bytes(messages[group[0]]) > MAX_SUBSTITUTION_BYTES
-        ):
-            static.append((content, group))
-        else:
-            parts = (bool(content[0]), bool(content[1]))
-            substituted.setdefault(parts, []).append(group[0])
-    planned: list[PlannedRequest] = []
-    for content, group in static:
-        chunks = split(messages, group, False, frags, max_request_bytes)
-        planned += [PlannedRequest(chunk, content) for chunk in chunks]
-    for group in substituted.values():
-        if len(group) == 1:
-            content = (messages[group[0]].body, messages[group[0]].html)
-            planned.append(PlannedRequest(tuple(group), content))
-        else:
-            planned += [
-                PlannedRequest(chunk, None)
-                for chunk in split(messages, group, True, frags, max_request_bytes)
-            ]
-    planned.sort(key=lambda r: r.positions[0])
-    return planned
+class MailBodies:
+    """The Mail Send requests of one batch: :meth:`plan` groups its messages into
+    requests and :meth:`payload` gives a request's JSON body.
 
+    Each message's personalization is built and serialized once (by position, and
+    whether its content travels in substitutions), both to size the requests and
+    to join into their bodies.
 
-def split(
-    messages: Sequence[Message],
-    group: Sequence[int],
-    substitute: bool,
-    frags: Fragments,
-    max_request_bytes: int,
-) -> list[tuple[int, ...]]:
-    """Split ``group`` into chunks without a repeated address, each within the
-    personalization and size limits (first fit, keeping batch order).
-
-    Sizes each personalization by its serialized bytes, kept in ``frags``.
+    Args:
+        messages: the batch.
+        static: the request fields that come from the channel's options.
+        max_request_bytes: about the most JSON one request may carry.
     """
-    chunks: list[list[int]] = []
-    seen: list[set[str]] = []
-    sizes: list[int] = []
-    for p in group:
-        message = messages[p]
-        address = message.address.strip().lower()
-        size = len(_fragment(messages, frags, p, substitute))
-        for i, chunk in enumerate(chunks):
+
+    def __init__(
+        self, messages: Sequence[Message], static: Mapping[str, Any], max_request_bytes: int
+    ) -> None:
+        self.messages = messages
+        self._static = static
+        self._max_request_bytes = max_request_bytes
+        self._fragments: dict[tuple[int, bool], bytes] = {}
+
+    def plan(self, positions: Sequence[int]) -> list[PlannedRequest]:
+        """Group the messages at ``positions`` into requests (see "Requests" in the
+        channel's docstring), in batch order."""
+        messages = self.messages
+        by_content: dict[tuple[str, str | None], list[int]] = {}
+        for p in positions:
+            by_content.setdefault((messages[p].body, messages[p].html), []).append(p)
+        static: list[tuple[tuple[str, str | None], list[int]]] = []
+        substituted: dict[tuple[bool, bool], list[int]] = {}
+        for content, group in by_content.items():
             if (
-                address not in seen[i]
-                and len(chunk) < MAX_PERSONALIZATIONS
-                and sizes[i] + size <= max_request_bytes
+                len(group) > 1
+                or len(by_content) == 1
+                or _substitution_bytes(messages[group[0]]) > MAX_SUBSTITUTION_BYTES
             ):
-                chunk.append(p)
-                seen[i].add(address)
-                sizes[i] += size
-                break
+                static.append((content, group))
+            else:
+                parts = (bool(content[0]), bool(content[1]))
+                substituted.setdefault(parts, []).append(group[0])
+        planned: list[PlannedRequest] = []
+        for content, group in static:
+            planned += [PlannedRequest(chunk, content) for chunk in self._split(group, False)]
+        for group in substituted.values():
+            if len(group) == 1:
+                content = (messages[group[0]].body, messages[group[0]].html)
+                planned.append(PlannedRequest(tuple(group), content))
+            else:
+                planned += [PlannedRequest(chunk, None) for chunk in self._split(group, True)]
+        planned.sort(key=lambda r: r.positions[0])
+        return planned
+
+    def payload(self, positions: Sequence[int], content: tuple[str, str | None] | None) -> bytes:
+        """The JSON body of a request for ``positions`` (the bytes ``json.dumps`` of
+        the whole body gives), carrying ``content`` or, when ``None``, the tags the
+        personalizations' substitutions fill in."""
+        if content is None:
+            first = self.messages[positions[0]]
+            text = TEXT_TAG if first.body else None
+            html = HTML_TAG if first.html else None
         else:
-            base = 0 if substitute else _utf8_len(message.body) + _utf8_len(message.html)
-            chunks.append([p])
-            seen.append({address})
-            sizes.append(base + size)
-    return [tuple(c) for c in chunks]
+            text, html = content[0] or None, content[1]
+        parts = []
+        if text:
+            parts.append({"type": "text/plain", "value": text})
+        if html:
+            parts.append({"type": "text/html", "value": html})
+        substitute = content is None
+        joined = b",".join(self._fragment(p, substitute) for p in positions)
+        # _dumps({"personalizations": [...], **static, "content": parts})
+        rest = _dumps({**self._static, "content": parts})
+        return b'{"personalizations":[' + joined + b"]," + rest[1:]
 
+    def _split(self, group: Sequence[int], substitute: bool) -> list[tuple[int, ...]]:
+        """Split ``group`` into chunks without a repeated address, each within the
+        personalization and size limits (first fit, keeping batch order)."""
+        chunks: list[list[int]] = []
+        seen: list[set[str]] = []
+        sizes: list[int] = []
+        for p in group:
+            message = self.messages[p]
+            key = message.address.strip().lower()
+            size = len(self._fragment(p, substitute))
+            for i, chunk in enumerate(chunks):
+                if (
+                    key not in seen[i]
+                    and len(chunk) < MAX_PERSONALIZATIONS
+                    and sizes[i] + size <= self._max_request_bytes
+                ):
+                    chunk.append(p)
+                    seen[i].add(key)
+                    sizes[i] += size
+                    break
+            else:
+                base = 0 if substitute else _utf8_len(message.body) + _utf8_len(message.html)
+                chunks.append([p])
+                seen.append({key})
+                sizes.append(base + size)
+        return [tuple(c) for c in chunks]
 
-def payload(
-    messages: Sequence[Message],
-    positions: Sequence[int],
-    content: tuple[str, str | None] | None,
-    frags: Fragments,
-    static: Mapping[str, Any],
-) -> bytes:
-    """The JSON body of a request for ``positions``, with the batch's cached
-    personalizations (the bytes ``json.dumps`` of the whole body gives)."""
-    if content is None:
-        first = messages[positions[0]]
-        text = TEXT_TAG if first.body else None
-        html = HTML_TAG if first.html else None
-    else:
-        text, html = content[0] or None, content[1]
-    parts = []
-    if text:
-        parts.append({"type": "text/plain", "value": text})
-    if html:
-        parts.append({"type": "text/html", "value": html})
-    substitute = content is None
-    joined = b",".join(_fragment(messages, frags, p, substitute) for p in positions)
-    # _dumps({"personalizations": [...], **static, "content": parts})
-    rest = _dumps({**static, "content": parts})
-    return b'{"personalizations":[' + joined + b"]," + rest[1:]
+    def _fragment(self, p: int, substitute: bool) -> bytes:
+        """Message ``p``'s serialized personalization, built once per batch."""
+        key = (p, substitute)
+        data = self._fragments.get(key)
+        if data is None:
+            data = self._fragments[key] = personalization(self.messages[p], substitute)
+        return data
 
 
 def address(email: str, name: str | None) -> dict[str, str]:
+    """A SendGrid email object, ``{"email", "name"}`` (no name when there is none)."""
     return {"email": email, "name": name} if name else {"email": email}
-
-
-def _dumps(value: Any) -> bytes:
-    return _ENCODER.encode(value).encode("utf-8")
-
-
-def _fragment(messages: Sequence[Message], frags: Fragments, p: int, substitute: bool) -> bytes:
-    """Message ``p``'s serialized personalization, built once per batch."""
-    key = (p, substitute)
-    data = frags.get(key)
-    if data is None:
-        data = frags[key] = personalization(messages[p], substitute)
-    return data
 
 
 def personalization(message: Message, substitute: bool) -> bytes:
@@ -189,21 +182,25 @@ def personalization(message: Message, substitute: bool) -> bytes:
     custom_args = {RECIPIENT_ARG: message.recipient_id}
     if message.idempotency_key:
         custom_args[IDEMPOTENCY_ARG] = message.idempotency_key
-    personalization: dict[str, Any] = {
+    fields: dict[str, Any] = {
         "to": [address(message.address, message.name)],
         "subject": message.subject,
     }
     if message.headers:
-        personalization["headers"] = message.headers  # a dict: Message converts it
-    personalization["custom_args"] = custom_args
+        fields["headers"] = message.headers  # a dict: Message converts it
+    fields["custom_args"] = custom_args
     if substitute:
         substitutions = {}
         if message.body:
             substitutions[TEXT_TAG] = message.body
         if message.html:
             substitutions[HTML_TAG] = message.html
-        personalization["substitutions"] = substitutions
-    return _dumps(personalization)
+        fields["substitutions"] = substitutions
+    return _dumps(fields)
+
+
+def _dumps(value: Any) -> bytes:
+    return _ENCODER.encode(value).encode("utf-8")
 
 
 def _utf8_len(text: str | None) -> int:
@@ -217,3 +214,30 @@ def _substitution_bytes(message: Message) -> int:
     if message.html:
         size += len(HTML_TAG) + _utf8_len(message.html)
     return size
+
+
+# -- answers ----------------------------------------------------------------------
+def error_list(response: requests.Response) -> list[Mapping[str, Any]]:
+    """The ``errors`` list of a SendGrid error body (empty if there is none)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return []
+    errors = body.get("errors") if isinstance(body, dict) else None
+    if not isinstance(errors, list):
+        return []
+    return [e for e in errors if isinstance(e, Mapping)]
+
+
+def recipient_errors(
+    errors: Sequence[Mapping[str, Any]], count: int
+) -> dict[int, list[Mapping[str, Any]]] | None:
+    """Errors by personalization index, or ``None`` unless every error names one of
+    the ``count`` personalizations (then the request as a whole is at fault)."""
+    named: dict[int, list[Mapping[str, Any]]] = {}
+    for error in errors:
+        match = _PERSONALIZATION_FIELD.fullmatch(str(error.get("field") or ""))
+        if match is None or int(match.group(1)) >= count:
+            return None
+        named.setdefault(int(match.group(1)), []).append(error)
+    return named or None

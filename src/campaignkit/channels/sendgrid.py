@@ -85,7 +85,6 @@ SendGrid documents no idempotency key.
 from __future__ import annotations
 
 import collections
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -103,18 +102,18 @@ from ._sendgrid_mail import (
     IDEMPOTENCY_ARG,
     MAX_PERSONALIZATIONS,
     RECIPIENT_ARG,
-    Fragments,
+    MailBodies,
     PlannedRequest,
     address,
-    payload,
-    plan,
+    error_list,
+    recipient_errors,
 )
 from ._sendgrid_mail import MAX_SUBSTITUTION_BYTES as MAX_SUBSTITUTION_BYTES
 from ._sendgrid_mail import TEXT_TAG as TEXT_TAG
 from ._sendgrid_mail import personalization as _personalization  # noqa: F401
 
-# The tags, limits and _personalization imported "as" themselves are re-exported: the
-# module docstring names them and tests use them from here.
+# Re-exported (imported "as" themselves): the module docstring names the tags and the
+# substitution limit, and tests use them and _personalization from here.
 __all__ = ["SendGridNotifier", "SendGridOptions"]
 
 #: Mail Send endpoint, below ``base_url``.
@@ -122,7 +121,6 @@ PATH = "/v3/mail/send"
 #: Budget for one request's JSON; SendGrid refuses messages over 30 MB.
 MAX_REQUEST_BYTES = 20_000_000
 
-_PERSONALIZATION_FIELD = re.compile(r"personalizations\.(\d+)(?:\.(.*))?")
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
 
@@ -193,7 +191,7 @@ class SendGridNotifier(HttpNotifier):
     # -- errors ---------------------------------------------------------------------
     def error_message(self, response: requests.Response) -> str:
         """``HTTP 400: Does not contain a valid address. (personalizations.0.to.0.email)``."""
-        errors = _errors(response)
+        errors = error_list(response)
         if not errors:
             return super().error_message(response)
         parts = []
@@ -226,8 +224,8 @@ class SendGridNotifier(HttpNotifier):
                 valid.append(i)
             else:
                 outcomes[i] = Outcome.failed(problem, code="invalid_message")
-        frags: Fragments = {}
-        queue = collections.deque(plan(messages, valid, frags, MAX_REQUEST_BYTES))
+        bodies = MailBodies(messages, self._static, MAX_REQUEST_BYTES)
+        queue = collections.deque(bodies.plan(valid))
         stop: DeliveryError | None = None
         skipped = False  # requests not attempted because of ``stop``
         while queue:
@@ -235,7 +233,7 @@ class SendGridNotifier(HttpNotifier):
             attempted = stop is None
             if stop is None:
                 try:
-                    self._send_request(conn, messages, request, outcomes, queue, frags)
+                    self._send_request(conn, bodies, request, outcomes, queue)
                     continue
                 except DeliveryError as exc:
                     error = exc
@@ -263,11 +261,10 @@ class SendGridNotifier(HttpNotifier):
     def _send_request(
         self,
         conn: requests.Session,
-        messages: Sequence[Message],
+        bodies: MailBodies,
         request: PlannedRequest,
         outcomes: list[Outcome | None],
         queue: collections.deque[PlannedRequest],
-        frags: Fragments,
     ) -> None:
         """Send one planned request, dropping recipients SendGrid names in a 400.
 
@@ -280,7 +277,7 @@ class SendGridNotifier(HttpNotifier):
         """
         positions = list(request.positions)
         while positions:
-            data = payload(messages, positions, request.content, frags, self._static)
+            data = bodies.payload(positions, request.content)
             captured = _Capture()
             try:
                 response = self.post(
@@ -293,29 +290,43 @@ class SendGridNotifier(HttpNotifier):
             except PermanentDeliveryError as exc:
                 if exc.status_code != 400 or captured.response is None:
                     raise
-                named = _recipient_errors(_errors(captured.response), len(positions))
+                named = recipient_errors(error_list(captured.response), len(positions))
                 if named is None:
                     raise
-                for index, errors in sorted(named.items()):
-                    p = positions[index]
-                    fields = [str(e.get("field") or "") for e in errors]
-                    if request.content is None and all(
-                        f.startswith(f"personalizations.{index}.substitutions") for f in fields
-                    ):
-                        message = messages[p]
-                        queue.append(PlannedRequest((p,), (message.body, message.html)))
-                        continue
-                    text = "; ".join(
-                        f"{self.redact(str(e.get('message') or 'invalid'))[:200]} ({f})"
-                        for e, f in zip(errors, fields, strict=True)
-                    )
-                    outcomes[p] = Outcome.failed(f"HTTP 400: {text}", code="400")
+                self._settle_named(bodies, request, positions, named, outcomes, queue)
                 positions = [p for i, p in enumerate(positions) if i not in named]
                 continue
             sent = Outcome.sent(response.headers.get("X-Message-Id") or None)
             for p in positions:
                 outcomes[p] = sent
             return
+
+    def _settle_named(
+        self,
+        bodies: MailBodies,
+        request: PlannedRequest,
+        positions: Sequence[int],
+        named: Mapping[int, list[Mapping[str, Any]]],
+        outcomes: list[Outcome | None],
+        queue: collections.deque[PlannedRequest],
+    ) -> None:
+        """Settle the recipients a 400 named (by index in ``positions``): each fails
+        permanently, unless only its substitutions were at fault in a request using
+        them: then it is queued again alone, with its content in the request."""
+        for index, errors in sorted(named.items()):
+            p = positions[index]
+            fields = [str(e.get("field") or "") for e in errors]
+            if request.content is None and all(
+                f.startswith(f"personalizations.{index}.substitutions") for f in fields
+            ):
+                message = bodies.messages[p]
+                queue.append(PlannedRequest((p,), (message.body, message.html)))
+                continue
+            text = "; ".join(
+                f"{self.redact(str(e.get('message') or 'invalid'))[:200]} ({f})"
+                for e, f in zip(errors, fields, strict=True)
+            )
+            outcomes[p] = Outcome.failed(f"HTTP 400: {text}", code="400")
 
     def _static_fields(self) -> dict[str, Any]:
         """The request fields that come from the options."""
@@ -359,32 +370,6 @@ def _local_problem(message: Message) -> str | None:
     if not message.body and not message.html:
         return "an email needs a text or HTML body"
     return None
-
-
-def _errors(response: requests.Response) -> list[Mapping[str, Any]]:
-    """The ``errors`` list of a SendGrid error body (empty if there is none)."""
-    try:
-        body = response.json()
-    except ValueError:
-        return []
-    errors = body.get("errors") if isinstance(body, dict) else None
-    if not isinstance(errors, list):
-        return []
-    return [e for e in errors if isinstance(e, Mapping)]
-
-
-def _recipient_errors(
-    errors: Sequence[Mapping[str, Any]], count: int
-) -> dict[int, list[Mapping[str, Any]]] | None:
-    """Errors by personalization index, or ``None`` unless every error names one of
-    the ``count`` personalizations (then the request as a whole is at fault)."""
-    named: dict[int, list[Mapping[str, Any]]] = {}
-    for error in errors:
-        match = _PERSONALIZATION_FIELD.fullmatch(str(error.get("field") or ""))
-        if match is None or int(match.group(1)) >= count:
-            return None
-        named.setdefault(int(match.group(1)), []).append(error)
-    return named or None
 
 
 @hookimpl
