@@ -85,8 +85,6 @@ SendGrid documents no idempotency key.
 from __future__ import annotations
 
 import collections
-import json
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -99,32 +97,31 @@ from .._notifier import ChannelSettings
 from ..exceptions import ConfigError, DeliveryError, PermanentDeliveryError
 from ..hookspecs import hookimpl
 from ..options import email_address, safe_base_url
+from ._sendgrid_mail import HTML_TAG as HTML_TAG
+from ._sendgrid_mail import (
+    IDEMPOTENCY_ARG,
+    MAX_PERSONALIZATIONS,
+    RECIPIENT_ARG,
+    MailBodies,
+    PlannedRequest,
+    address,
+    error_list,
+    recipient_errors,
+)
+from ._sendgrid_mail import MAX_SUBSTITUTION_BYTES as MAX_SUBSTITUTION_BYTES
+from ._sendgrid_mail import TEXT_TAG as TEXT_TAG
+from ._sendgrid_mail import personalization as _personalization  # noqa: F401
 
+# Re-exported (imported "as" themselves): the module docstring names the tags and the
+# substitution limit, and tests use them and _personalization from here.
 __all__ = ["SendGridNotifier", "SendGridOptions"]
 
 #: Mail Send endpoint, below ``base_url``.
 PATH = "/v3/mail/send"
-#: Most personalizations (and recipients) in one request.
-MAX_PERSONALIZATIONS = 1000
-#: SendGrid's limit on one personalization's substitutions (keys and values, UTF-8).
-MAX_SUBSTITUTION_BYTES = 50_000
 #: Budget for one request's JSON; SendGrid refuses messages over 30 MB.
 MAX_REQUEST_BYTES = 20_000_000
-#: Substitution tags standing for each recipient's text and HTML body.
-TEXT_TAG = "%campaignkit_text%"
-HTML_TAG = "%campaignkit_html%"
-#: ``custom_args`` keys naming the recipient and the message in event webhooks.
-RECIPIENT_ARG = "campaignkit_recipient_id"
-IDEMPOTENCY_ARG = "campaignkit_idempotency_key"
 
-_PERSONALIZATION_FIELD = re.compile(r"personalizations\.(\d+)(?:\.(.*))?")
 _JSON_HEADERS = {"Content-Type": "application/json"}
-# json.dumps(..., ensure_ascii=False, separators=(",", ":")) without a new encoder per call.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-
-#: A batch's serialized personalizations by (position, substitute): each is built and
-#: dumped once, sized by ``_split`` and joined into request bodies by ``_payload``.
-_Fragments = dict[tuple[int, bool], bytes]
 
 
 def _check_categories(instance: Any, attribute: Any, value: tuple[str, ...]) -> None:
@@ -157,18 +154,6 @@ class SendGridOptions:
     track_clicks: bool | None = None
     sandbox_mode: bool = False
     base_url: str = attrs.field(default="https://api.sendgrid.com", validator=safe_base_url)
-
-
-@attrs.frozen
-class _Request:
-    """One planned Mail Send request.
-
-    ``positions`` index the batch; ``content`` is the shared ``(text, html)`` of a
-    request that carries its content, ``None`` for one that uses substitutions.
-    """
-
-    positions: tuple[int, ...]
-    content: tuple[str, str | None] | None
 
 
 class SendGridNotifier(HttpNotifier):
@@ -206,7 +191,7 @@ class SendGridNotifier(HttpNotifier):
     # -- errors ---------------------------------------------------------------------
     def error_message(self, response: requests.Response) -> str:
         """``HTTP 400: Does not contain a valid address. (personalizations.0.to.0.email)``."""
-        errors = _errors(response)
+        errors = error_list(response)
         if not errors:
             return super().error_message(response)
         parts = []
@@ -239,8 +224,8 @@ class SendGridNotifier(HttpNotifier):
                 valid.append(i)
             else:
                 outcomes[i] = Outcome.failed(problem, code="invalid_message")
-        frags: _Fragments = {}
-        queue = collections.deque(self._plan(messages, valid, frags))
+        bodies = MailBodies(messages, self._static, MAX_REQUEST_BYTES)
+        queue = collections.deque(bodies.plan(valid))
         stop: DeliveryError | None = None
         skipped = False  # requests not attempted because of ``stop``
         while queue:
@@ -248,7 +233,7 @@ class SendGridNotifier(HttpNotifier):
             attempted = stop is None
             if stop is None:
                 try:
-                    self._send_request(conn, messages, request, outcomes, queue, frags)
+                    self._send_request(conn, bodies, request, outcomes, queue)
                     continue
                 except DeliveryError as exc:
                     error = exc
@@ -276,11 +261,10 @@ class SendGridNotifier(HttpNotifier):
     def _send_request(
         self,
         conn: requests.Session,
-        messages: Sequence[Message],
-        request: _Request,
+        bodies: MailBodies,
+        request: PlannedRequest,
         outcomes: list[Outcome | None],
-        queue: collections.deque[_Request],
-        frags: _Fragments,
+        queue: collections.deque[PlannedRequest],
     ) -> None:
         """Send one planned request, dropping recipients SendGrid names in a 400.
 
@@ -293,7 +277,7 @@ class SendGridNotifier(HttpNotifier):
         """
         positions = list(request.positions)
         while positions:
-            data = self._payload(messages, positions, request.content, frags)
+            data = bodies.payload(positions, request.content)
             captured = _Capture()
             try:
                 response = self.post(
@@ -306,23 +290,10 @@ class SendGridNotifier(HttpNotifier):
             except PermanentDeliveryError as exc:
                 if exc.status_code != 400 or captured.response is None:
                     raise
-                named = _recipient_errors(_errors(captured.response), len(positions))
+                named = recipient_errors(error_list(captured.response), len(positions))
                 if named is None:
                     raise
-                for index, errors in sorted(named.items()):
-                    p = positions[index]
-                    fields = [str(e.get("field") or "") for e in errors]
-                    if request.content is None and all(
-                        f.startswith(f"personalizations.{index}.substitutions") for f in fields
-                    ):
-                        message = messages[p]
-                        queue.append(_Request((p,), (message.body, message.html)))
-                        continue
-                    text = "; ".join(
-                        f"{self.redact(str(e.get('message') or 'invalid'))[:200]} ({f})"
-                        for e, f in zip(errors, fields, strict=True)
-                    )
-                    outcomes[p] = Outcome.failed(f"HTTP 400: {text}", code="400")
+                self._settle_named(bodies, request, positions, named, outcomes, queue)
                 positions = [p for i, p in enumerate(positions) if i not in named]
                 continue
             sent = Outcome.sent(response.headers.get("X-Message-Id") or None)
@@ -330,110 +301,39 @@ class SendGridNotifier(HttpNotifier):
                 outcomes[p] = sent
             return
 
-    # -- request building ------------------------------------------------------------
-    def _plan(
-        self, messages: Sequence[Message], positions: Sequence[int], frags: _Fragments
-    ) -> list[_Request]:
-        """Group messages into requests (see "Requests" in the module docstring)."""
-        by_content: dict[tuple[str, str | None], list[int]] = {}
-        for p in positions:
-            message = messages[p]
-            by_content.setdefault((message.body, message.html), []).append(p)
-        static: list[tuple[tuple[str, str | None], list[int]]] = []
-        substituted: dict[tuple[bool, bool], list[int]] = {}
-        for content, group in by_content.items():
-            if (
-                len(group) > 1
-                or len(by_content) == 1
-                or _substitution_bytes(messages[group[0]]) > MAX_SUBSTITUTION_BYTES
-            ):
-                static.append((content, group))
-            else:
-                parts = (bool(content[0]), bool(content[1]))
-                substituted.setdefault(parts, []).append(group[0])
-        planned: list[_Request] = []
-        for content, group in static:
-            chunks = self._split(messages, group, False, frags)
-            planned += [_Request(chunk, content) for chunk in chunks]
-        for group in substituted.values():
-            if len(group) == 1:
-                content = (messages[group[0]].body, messages[group[0]].html)
-                planned.append(_Request(tuple(group), content))
-            else:
-                planned += [
-                    _Request(chunk, None) for chunk in self._split(messages, group, True, frags)
-                ]
-        planned.sort(key=lambda r: r.positions[0])
-        return planned
-
-    def _split(
+    def _settle_named(
         self,
-        messages: Sequence[Message],
-        group: Sequence[int],
-        substitute: bool,
-        frags: _Fragments,
-    ) -> list[tuple[int, ...]]:
-        """Split ``group`` into chunks without a repeated address, each within the
-        personalization and size limits (first fit, keeping batch order).
-
-        Sizes each personalization by its serialized bytes, kept in ``frags``.
-        """
-        chunks: list[list[int]] = []
-        seen: list[set[str]] = []
-        sizes: list[int] = []
-        for p in group:
-            message = messages[p]
-            address = message.address.strip().lower()
-            size = len(_fragment(messages, frags, p, substitute))
-            for i, chunk in enumerate(chunks):
-                if (
-                    address not in seen[i]
-                    and len(chunk) < MAX_PERSONALIZATIONS
-                    and sizes[i] + size <= MAX_REQUEST_BYTES
-                ):
-                    chunk.append(p)
-                    seen[i].add(address)
-                    sizes[i] += size
-                    break
-            else:
-                base = 0 if substitute else _utf8_len(message.body) + _utf8_len(message.html)
-                chunks.append([p])
-                seen.append({address})
-                sizes.append(base + size)
-        return [tuple(c) for c in chunks]
-
-    def _payload(
-        self,
-        messages: Sequence[Message],
+        bodies: MailBodies,
+        request: PlannedRequest,
         positions: Sequence[int],
-        content: tuple[str, str | None] | None,
-        frags: _Fragments,
-    ) -> bytes:
-        """The JSON body of a request for ``positions``, with the batch's cached
-        personalizations (the bytes ``json.dumps`` of the whole body gives)."""
-        if content is None:
-            first = messages[positions[0]]
-            text = TEXT_TAG if first.body else None
-            html = HTML_TAG if first.html else None
-        else:
-            text, html = content[0] or None, content[1]
-        parts = []
-        if text:
-            parts.append({"type": "text/plain", "value": text})
-        if html:
-            parts.append({"type": "text/html", "value": html})
-        substitute = content is None
-        joined = b",".join(_fragment(messages, frags, p, substitute) for p in positions)
-        # _dumps({"personalizations": [...], **self._static, "content": parts})
-        rest = _dumps({**self._static, "content": parts})
-        return b'{"personalizations":[' + joined + b"]," + rest[1:]
+        named: Mapping[int, list[Mapping[str, Any]]],
+        outcomes: list[Outcome | None],
+        queue: collections.deque[PlannedRequest],
+    ) -> None:
+        """Settle the recipients a 400 named (by index in ``positions``): each fails
+        permanently, unless only its substitutions were at fault in a request using
+        them: then it is queued again alone, with its content in the request."""
+        for index, errors in sorted(named.items()):
+            p = positions[index]
+            fields = [str(e.get("field") or "") for e in errors]
+            if request.content is None and all(
+                f.startswith(f"personalizations.{index}.substitutions") for f in fields
+            ):
+                message = bodies.messages[p]
+                queue.append(PlannedRequest((p,), (message.body, message.html)))
+                continue
+            text = "; ".join(
+                f"{self.redact(str(e.get('message') or 'invalid'))[:200]} ({f})"
+                for e, f in zip(errors, fields, strict=True)
+            )
+            outcomes[p] = Outcome.failed(f"HTTP 400: {text}", code="400")
 
     def _static_fields(self) -> dict[str, Any]:
         """The request fields that come from the options."""
         opts = self.options
-        fields: dict[str, Any] = {"from": _address(opts.from_email, opts.from_name)}
+        fields: dict[str, Any] = {"from": address(opts.from_email, opts.from_name)}
         if opts.reply_to:
-            fields["reply_to"] = _address(opts.reply_to, opts.reply_to_name)
+            fields["reply_to"] = address(opts.reply_to, opts.reply_to_name)
         if opts.categories:
             fields["categories"] = list(opts.categories)
         if opts.custom_args:
@@ -463,59 +363,6 @@ class _Capture:
         self.response = response
 
 
-def _address(email: str, name: str | None) -> dict[str, str]:
-    return {"email": email, "name": name} if name else {"email": email}
-
-
-def _dumps(value: Any) -> bytes:
-    return _ENCODER.encode(value).encode("utf-8")
-
-
-def _fragment(messages: Sequence[Message], frags: _Fragments, p: int, substitute: bool) -> bytes:
-    """Message ``p``'s serialized personalization, built once per batch."""
-    key = (p, substitute)
-    data = frags.get(key)
-    if data is None:
-        data = frags[key] = _personalization(messages[p], substitute)
-    return data
-
-
-def _personalization(message: Message, substitute: bool) -> bytes:
-    """``message``'s personalization as JSON; with ``substitute``, its content
-    travels in ``substitutions``."""
-    custom_args = {RECIPIENT_ARG: message.recipient_id}
-    if message.idempotency_key:
-        custom_args[IDEMPOTENCY_ARG] = message.idempotency_key
-    personalization: dict[str, Any] = {
-        "to": [_address(message.address, message.name)],
-        "subject": message.subject,
-    }
-    if message.headers:
-        personalization["headers"] = message.headers  # a dict: Message converts it
-    personalization["custom_args"] = custom_args
-    if substitute:
-        substitutions = {}
-        if message.body:
-            substitutions[TEXT_TAG] = message.body
-        if message.html:
-            substitutions[HTML_TAG] = message.html
-        personalization["substitutions"] = substitutions
-    return _dumps(personalization)
-
-
-def _utf8_len(text: str | None) -> int:
-    if not text:
-        return 0
-    return len(text) if text.isascii() else len(text.encode())
-
-
-def _substitution_bytes(message: Message) -> int:
-    size = len(TEXT_TAG) + _utf8_len(message.body) if message.body else 0
-    if message.html:
-        size += len(HTML_TAG) + _utf8_len(message.html)
-    return size
-
-
 def _local_problem(message: Message) -> str | None:
     """Why SendGrid would refuse ``message`` whatever the rest of the batch, if so."""
     if not message.subject:
@@ -523,32 +370,6 @@ def _local_problem(message: Message) -> str | None:
     if not message.body and not message.html:
         return "an email needs a text or HTML body"
     return None
-
-
-def _errors(response: requests.Response) -> list[Mapping[str, Any]]:
-    """The ``errors`` list of a SendGrid error body (empty if there is none)."""
-    try:
-        body = response.json()
-    except ValueError:
-        return []
-    errors = body.get("errors") if isinstance(body, dict) else None
-    if not isinstance(errors, list):
-        return []
-    return [e for e in errors if isinstance(e, Mapping)]
-
-
-def _recipient_errors(
-    errors: Sequence[Mapping[str, Any]], count: int
-) -> dict[int, list[Mapping[str, Any]]] | None:
-    """Errors by personalization index, or ``None`` unless every error names one of
-    the ``count`` personalizations (then the request as a whole is at fault)."""
-    named: dict[int, list[Mapping[str, Any]]] = {}
-    for error in errors:
-        match = _PERSONALIZATION_FIELD.fullmatch(str(error.get("field") or ""))
-        if match is None or int(match.group(1)) >= count:
-            return None
-        named.setdefault(int(match.group(1)), []).append(error)
-    return named or None
 
 
 @hookimpl

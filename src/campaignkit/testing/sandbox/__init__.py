@@ -56,15 +56,10 @@ from ._fakes import (
     sender_keyword,
     server_class,
 )
-from ._server import (
-    Faults,
-    MessageJournal,
-    ProviderServer,
-    RecordedMessages,
-    Reply,
-    Request,
-    attach_journal,
-)
+from ._faults import Faults
+from ._journal import MessageJournal, RecordedMessages, attach_journal
+from ._server import ProviderServer
+from ._wire import Reply, Request
 
 __all__ = [
     "CAMPAIGN_TOKEN_VARIABLES",

@@ -1,26 +1,29 @@
-"""The loopback HTTP server every sandbox provider is built on, with fault injection."""
+"""The loopback HTTP server every sandbox provider is built on, with fault injection.
+
+The pieces live in their own modules, re-exported here: the request and reply
+(:mod:`._wire`), the fault settings (:mod:`._faults`) and the message journal
+(:mod:`._journal`).
+"""
 
 from __future__ import annotations
 
 import abc
 import collections
 import contextlib
-import json
-import os
-import random
 import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import IO, Any, Self, SupportsIndex
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 import attrs
 
 from ..._rehearsal import sandbox_started, sandbox_stopped
+from ._faults import Faults
+from ._journal import JournalError, MessageJournal, RecordedMessages, attach_journal
+from ._wire import Reply, Request
 
 __all__ = [
     "Faults",
@@ -32,267 +35,6 @@ __all__ = [
     "Request",
     "attach_journal",
 ]
-
-
-def loads(text: str | bytes) -> Any:
-    """``json.loads``, raising ``ValueError`` for JSON nested too deeply to parse
-    (``RecursionError`` otherwise)."""
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
-
-
-@attrs.frozen
-class Request:
-    """An HTTP request as the sandbox received it."""
-
-    method: str
-    path: str
-    query: Mapping[str, list[str]]
-    headers: Mapping[str, str]  # lower-cased names
-    body: bytes
-
-    def json(self) -> Any:
-        """The body parsed as JSON (raises ``ValueError`` if it is not, including
-        when it is not UTF-8 or nested too deeply to parse)."""
-        return loads(self.body.decode("utf-8"))
-
-    def form(self) -> dict[str, list[str]]:
-        """The body parsed as ``application/x-www-form-urlencoded`` (bytes that are
-        not UTF-8 read as U+FFFD, as percent-escapes that are not are)."""
-        return parse_qs(self.body.decode("utf-8", "replace"), keep_blank_values=True)
-
-    @property
-    def content_type(self) -> str:
-        return self.headers.get("content-type", "").split(";")[0].strip().lower()
-
-
-@attrs.frozen
-class Reply:
-    """An HTTP reply: ``body`` is JSON-encoded unless it is bytes."""
-
-    status: int
-    body: Any = None
-    headers: Mapping[str, str] = attrs.field(factory=dict)
-
-    def encode(self) -> tuple[bytes, str]:
-        if self.body is None:
-            return b"", "application/json"
-        if isinstance(self.body, bytes):
-            return self.body, "text/plain"
-        return json.dumps(self.body).encode("utf-8"), "application/json"
-
-
-#: The longest delay a fault may ask for: a day (``time.sleep`` overflows far above).
-MAX_FAULT_SECONDS = 86400.0
-
-
-def _number(attribute: attrs.Attribute[Any], value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"Faults.{attribute.name} must be a number, got {value!r}")
-    return float(value)
-
-
-def _probability(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not 0.0 <= _number(attribute, value) <= 1.0:  # NaN fails too
-        raise ValueError(f"Faults.{attribute.name} must be between 0 and 1, got {value!r}")
-
-
-def _seconds(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not 0.0 <= _number(attribute, value) <= MAX_FAULT_SECONDS:
-        raise ValueError(
-            f"Faults.{attribute.name} must be between 0 and {MAX_FAULT_SECONDS:g} seconds, "
-            f"got {value!r}"
-        )
-
-
-def _optional_positive(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and not 0.0 < _number(attribute, value) < float("inf"):
-        raise ValueError(f"Faults.{attribute.name} must be a positive number, got {value!r}")
-
-
-def _http_error(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 400 <= value <= 599:
-        raise ValueError(f"Faults.{attribute.name} must be an HTTP error status, got {value!r}")
-
-
-@attrs.define
-class Faults:
-    """Fault injection for a sandbox server; change fields at any time.
-
-    Attributes:
-        rate_limit: requests per second (sliding one-second window) above which
-            the server answers the provider's 429 with ``Retry-After``.
-        retry_after: seconds announced in ``Retry-After`` when rate limiting.
-        error_rate: probability that a request gets a 5xx instead of being processed.
-        error_status: the 5xx status used for ``error_rate`` and scripted errors.
-        latency: seconds added before every answer.
-        stall_rate: probability that the server waits ``stall_seconds`` before
-            answering (longer than the client timeout, to provoke timeouts).
-        stall_seconds: see ``stall_rate``.
-        drop_rate: probability that the connection is closed without an answer
-            (after reading the request, without processing it).
-        late_rate: probability that the request is processed (the message is
-            accepted and recorded) and the answer then held back ``stall_seconds``
-            (past the client timeout: the client cannot know it was accepted).
-        lost_rate: probability that the request is processed and the connection then
-            closed without an answer.
-        script: faults for the next requests, consumed in order: an HTTP status
-            (``429``, ``500``, ``503``...), ``"drop"``, ``"stall"`` (before
-            processing), ``"late"``, ``"lost"`` (after processing: see
-            ``late_rate`` and ``lost_rate``), or ``"pass"`` (answer normally).
-        lookups: whether ``GET`` requests (lookups, such as Twilio's message list)
-            get faults too; by default they are answered normally and consume no
-            scripted fault.
-        seed: seed for the random draws, for reproducible runs.
-        echo_credentials: error replies (4xx and 5xx) echo the request's
-            ``Authorization`` header in their error text, as some servers and
-            proxies do, to check that credentials never reach a ledger or report.
-    """
-
-    rate_limit: float | None = attrs.field(default=None, validator=_optional_positive)
-    retry_after: float = attrs.field(default=1.0, validator=_seconds)
-    error_rate: float = attrs.field(default=0.0, validator=_probability)
-    error_status: int = attrs.field(default=503, validator=_http_error)
-    latency: float = attrs.field(default=0.0, validator=_seconds)
-    stall_rate: float = attrs.field(default=0.0, validator=_probability)
-    stall_seconds: float = attrs.field(default=5.0, validator=_seconds)
-    drop_rate: float = attrs.field(default=0.0, validator=_probability)
-    late_rate: float = attrs.field(default=0.0, validator=_probability)
-    lost_rate: float = attrs.field(default=0.0, validator=_probability)
-    lookups: bool = False
-    script: collections.deque[int | str] = attrs.field(factory=collections.deque)
-    seed: int | None = None
-    echo_credentials: bool = False
-    _rng: random.Random = attrs.field(init=False, factory=random.Random)
-
-    def __attrs_post_init__(self) -> None:
-        self._rng.seed(self.seed)
-
-    def fail_next(self, *faults: int | str) -> None:
-        """Queue faults for the next requests, e.g. ``fail_next(503, "drop")``."""
-        self.script.extend(faults)
-
-    def draw(self) -> float:
-        return self._rng.random()
-
-
-class JournalError(OSError):
-    """A message could not be written to its journal (disk full, file gone...): the
-    server answers the request with its 5xx and does not record the message."""
-
-
-class MessageJournal:
-    """Appends every accepted message to a JSON Lines file the moment it is recorded.
-
-    Each message is one line, a whole JSON object, written (unbuffered, straight to
-    the file) before the server answers the request that carried it: a process killed
-    at any moment (``kill -9``) leaves every earlier message in the file, and at most
-    the one being written incomplete. A write that fails (the disk is full...) is
-    undone as far as the file allows and raises :class:`JournalError`: the server
-    then answers the provider's 5xx and keeps nothing, so that a message is never
-    accepted without being journaled. Without a path (the default, or after
-    :meth:`close`) nothing is written. Thread-safe.
-    """
-
-    def __init__(self, path: str | Path | None = None) -> None:
-        self._lock = threading.Lock()
-        self._file: IO[bytes] | None = None
-        self._path: Path | None = None
-        if path is not None:
-            self.open(path)
-
-    @property
-    def path(self) -> Path | None:
-        """The file written to, or ``None``."""
-        return self._path
-
-    def open(self, path: str | Path) -> None:
-        """Append from now on to ``path`` (created with its folder; an existing file
-        is added to), closing the previous file."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        new = target.open("ab", buffering=0)
-        with self._lock:
-            old, self._file, self._path = self._file, new, target
-        if old is not None:
-            old.close()
-
-    def close(self) -> None:
-        """Stop writing (the file is kept)."""
-        with self._lock:
-            old, self._file, self._path = self._file, None, None
-        if old is not None:
-            old.close()
-
-    def write(self, messages: Iterable[Any]) -> None:
-        """Append ``messages``, one JSON line each, straight to the file.
-
-        Raises:
-            JournalError: the lines could not all be written (what was written of
-                them is truncated away when the file allows it).
-        """
-        with self._lock:
-            if self._file is None:
-                return
-            data = "".join(json.dumps(m, default=str) + "\n" for m in messages).encode()
-            if not data:
-                return
-            start = None
-            try:
-                start = self._file.seek(0, os.SEEK_END)
-                view = memoryview(data)
-                while view:
-                    view = view[self._file.write(view) or 0 :]
-            except OSError as exc:
-                if start is not None:
-                    with contextlib.suppress(OSError):
-                        self._file.truncate(start)
-                raise JournalError(
-                    exc.errno, f"cannot write to the journal {self._path}: {exc.strerror or exc}"
-                ) from exc
-
-
-class RecordedMessages(list[Any]):
-    """A server's list of accepted messages that also writes each message added
-    (``append``, ``extend``, ``insert``, ``+=``) to its :class:`MessageJournal`."""
-
-    def __init__(self, items: Iterable[Any] = (), journal: MessageJournal | None = None) -> None:
-        super().__init__(items)
-        self.journal = journal if journal is not None else MessageJournal()
-
-    # The journal first: a message it cannot take is not recorded (JournalError).
-    def append(self, item: Any) -> None:
-        self.journal.write((item,))
-        super().append(item)
-
-    def extend(self, items: Iterable[Any]) -> None:
-        added = list(items)
-        self.journal.write(added)
-        super().extend(added)
-
-    def insert(self, index: SupportsIndex, item: Any) -> None:
-        self.journal.write((item,))
-        super().insert(index, item)
-
-    def __iadd__(self, items: Iterable[Any]) -> Self:  # type: ignore[misc]
-        self.extend(items)
-        return self
-
-
-def attach_journal(server: Any) -> MessageJournal:
-    """The journal of ``server`` (a :class:`ProviderServer`, or any server with a
-    ``messages`` list such as the SMTP one): from now on every message it records is
-    also written there once the journal has a path (:meth:`MessageJournal.open`)."""
-    journal = getattr(server, "journal", None)
-    if not isinstance(journal, MessageJournal):
-        journal = MessageJournal()
-        server.journal = journal
-    messages = server.messages
-    if not isinstance(messages, RecordedMessages) or messages.journal is not journal:
-        server.messages = RecordedMessages(messages, journal)
-    return journal
 
 
 class _Handler(BaseHTTPRequestHandler):

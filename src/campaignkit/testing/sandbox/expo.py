@@ -11,7 +11,9 @@ import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
-from ._server import Faults, ProviderServer, Reply, Request, loads
+from ._faults import Faults
+from ._server import ProviderServer
+from ._wire import Reply, Request, loads
 
 __all__ = ["ExpoServer"]
 
@@ -193,6 +195,10 @@ class ExpoServer(ProviderServer):
                 f"You are trying to send {len(notifications)} push notifications in one request; "
                 f"the maximum is {MAX_NOTIFICATIONS}.",
             )
+        return self._push(notifications)
+
+    def _push(self, notifications: list[tuple[dict[str, Any], str]]) -> Reply:
+        """A ticket for each notification; the accepted ones go to :attr:`messages`."""
         tickets: list[dict[str, Any]] = []
         accepted: list[dict[str, Any]] = []
         for item, to in notifications:
@@ -208,26 +214,7 @@ class ExpoServer(ProviderServer):
                 continue
             ticket_id = str(uuid.uuid4())
             tickets.append({"status": "ok", "id": ticket_id})
-            accepted.append(
-                {
-                    "to": to,
-                    "id": ticket_id,
-                    "title": item.get("title"),
-                    "subtitle": item.get("subtitle"),
-                    "body": item.get("body"),
-                    "data": item.get("data") or {},
-                    "ttl": item.get("ttl"),
-                    "expiration": item.get("expiration"),
-                    "priority": item.get("priority"),
-                    "sound": item.get("sound"),
-                    "badge": item.get("badge"),
-                    "channel_id": item.get("channelId"),
-                    "category_id": item.get("categoryId"),
-                    "mutable_content": item.get("mutableContent"),
-                    "interruption_level": item.get("interruptionLevel"),
-                    "message": dict(item),
-                }
-            )
+            accepted.append(_record(item, to, ticket_id))
         with self.lock:
             self.messages.extend(accepted)
         return Reply(200, {"data": tickets})
@@ -274,6 +261,28 @@ class ExpoServer(ProviderServer):
         if size > MAX_MESSAGE_BYTES:
             return "MessageTooBig"
         return None
+
+
+def _record(item: Mapping[str, Any], to: str, ticket_id: str) -> dict[str, Any]:
+    """What :attr:`ExpoServer.messages` keeps of an accepted notification."""
+    return {
+        "to": to,
+        "id": ticket_id,
+        "title": item.get("title"),
+        "subtitle": item.get("subtitle"),
+        "body": item.get("body"),
+        "data": item.get("data") or {},
+        "ttl": item.get("ttl"),
+        "expiration": item.get("expiration"),
+        "priority": item.get("priority"),
+        "sound": item.get("sound"),
+        "badge": item.get("badge"),
+        "channel_id": item.get("channelId"),
+        "category_id": item.get("categoryId"),
+        "mutable_content": item.get("mutableContent"),
+        "interruption_level": item.get("interruptionLevel"),
+        "message": dict(item),
+    }
 
 
 def _validate(item: Any) -> str | None:

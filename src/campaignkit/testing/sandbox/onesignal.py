@@ -7,7 +7,9 @@ import uuid
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from ._server import Faults, ProviderServer, Reply, Request
+from ._faults import Faults
+from ._server import ProviderServer
+from ._wire import Reply, Request
 
 __all__ = ["OneSignalServer"]
 

@@ -34,7 +34,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from ..._rehearsal import sandbox_started, sandbox_stopped
-from ._server import JournalError, ProviderServer
+from ._journal import JournalError
+from ._server import ProviderServer
 
 __all__ = ["SmtpFaults", "SmtpServer"]
 

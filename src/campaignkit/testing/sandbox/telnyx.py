@@ -13,7 +13,9 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from ._server import Faults, ProviderServer, Reply, Request
+from ._faults import Faults
+from ._server import ProviderServer
+from ._wire import Reply, Request
 from .twilio import E164, reserved_invalid, sms_segments
 
 __all__ = ["TelnyxServer"]
@@ -217,6 +219,18 @@ class TelnyxServer(ProviderServer):
         return reply
 
     def _process(self, request: Request) -> Reply:
+        payload = self._read_payload(request)
+        if isinstance(payload, Reply):
+            return payload
+        refusal = self._refusal(payload)
+        if refusal is not None:
+            return refusal
+        now = datetime.now(UTC)
+        record = self._record(request, payload)
+        return Reply(200, {"data": self._resource(record, now)})
+
+    def _read_payload(self, request: Request) -> dict[str, Any] | Reply:
+        """The request's JSON object, or Telnyx's refusal of the body."""
         if request.content_type != "application/json":
             return self.error(415, "10014")
         try:
@@ -225,11 +239,18 @@ class TelnyxServer(ProviderServer):
             return self.error(400, "10015", detail="The request body is not valid JSON.")
         if not isinstance(payload, dict):
             return self.error(400, "10015", detail="The request body must be a JSON object.")
+        return payload
+
+    def _refusal(self, payload: dict[str, Any]) -> Reply | None:
+        """Telnyx's refusal of a message (appended to :attr:`rejected`), or ``None``."""
         to = payload.get("to")
-        sender = payload.get("from")
-        profile = payload.get("messaging_profile_id")
-        text = payload.get("text")
-        reply = self._validate(to, sender, profile, text, payload.get("media_urls"))
+        reply = self._validate(
+            to,
+            payload.get("from"),
+            payload.get("messaging_profile_id"),
+            payload.get("text"),
+            payload.get("media_urls"),
+        )
         if reply is None:
             reply = _validate_optional(payload)
         if reply is not None:
@@ -237,27 +258,28 @@ class TelnyxServer(ProviderServer):
                 self.rejected.append(
                     {"to": to, "code": reply.body["errors"][0]["code"], "status": reply.status}
                 )
-            return reply
-        assert isinstance(to, str)
+        return reply
+
+    def _record(self, request: Request, payload: dict[str, Any]) -> dict[str, Any]:
+        """Record an accepted message in :attr:`messages`, and return its record."""
+        to = payload["to"]
+        text = payload.get("text")
         text = text if isinstance(text, str) else ""
         media_urls = list(payload.get("media_urls") or [])
-        kind = payload.get("type") or ("MMS" if media_urls else "SMS")
         parts, encoding = sms_segments(text)
         if payload.get("encoding") == "ucs2" and encoding != "UCS-2":
             units = len(text.encode("utf-16-le")) // 2
             parts, encoding = (1 if units <= 70 else math.ceil(units / 67)), "UCS-2"
-        message_id = str(uuid.uuid4())
-        now = datetime.now(UTC)
         landline = to in self.landlines
         record = {
-            "id": message_id,
+            "id": str(uuid.uuid4()),
             "to": to,
-            "from": sender,
+            "from": payload.get("from"),
             "body": text,
             "media_urls": media_urls,
             "subject": payload.get("subject"),
-            "type": kind,
-            "messaging_profile_id": profile,
+            "type": payload.get("type") or ("MMS" if media_urls else "SMS"),
+            "messaging_profile_id": payload.get("messaging_profile_id"),
             "webhook_url": payload.get("webhook_url"),
             "parts": parts,
             "encoding": encoding,
@@ -269,49 +291,45 @@ class TelnyxServer(ProviderServer):
         }
         with self.lock:
             self.messages.append(record)
-        return Reply(
-            200,
-            {
-                "data": {
-                    "record_type": "message",
-                    "direction": "outbound",
-                    "id": message_id,
-                    "type": kind,
-                    "messaging_profile_id": profile or self.messaging_profile_id,
-                    "organization_id": self.organization_id,
-                    "from": {
-                        "phone_number": sender,
-                        "carrier": "Telnyx",
-                        "line_type": "Wireless",
-                    },
-                    "to": [
-                        {
-                            "phone_number": to,
-                            "status": "queued",
-                            "carrier": "SANDBOX WIRELESS",
-                            "line_type": "Wireline" if landline else "Wireless",
-                        }
-                    ],
-                    "text": text,
-                    "subject": payload.get("subject"),
-                    "media": [
-                        {"url": url, "content_type": None, "sha256": None, "size": None}
-                        for url in media_urls
-                    ],
-                    "webhook_url": payload.get("webhook_url"),
-                    "webhook_failover_url": payload.get("webhook_failover_url"),
-                    "encoding": encoding,
-                    "parts": parts,
-                    "tags": [],
-                    "cost": None,
-                    "received_at": now.isoformat(),
-                    "sent_at": None,
-                    "completed_at": None,
-                    "valid_until": (now + timedelta(hours=4)).isoformat(),
-                    "errors": [],
+        return record
+
+    def _resource(self, record: dict[str, Any], now: datetime) -> dict[str, Any]:
+        """Telnyx's message resource for an accepted message's record."""
+        return {
+            "record_type": "message",
+            "direction": "outbound",
+            "id": record["id"],
+            "type": record["type"],
+            "messaging_profile_id": record["messaging_profile_id"] or self.messaging_profile_id,
+            "organization_id": self.organization_id,
+            "from": {"phone_number": record["from"], "carrier": "Telnyx", "line_type": "Wireless"},
+            "to": [
+                {
+                    "phone_number": record["to"],
+                    "status": "queued",
+                    "carrier": "SANDBOX WIRELESS",
+                    # a landline's message fails later with 40001 (see _record)
+                    "line_type": "Wireline" if record["delivery_error"] == "40001" else "Wireless",
                 }
-            },
-        )
+            ],
+            "text": record["body"],
+            "subject": record["subject"],
+            "media": [
+                {"url": url, "content_type": None, "sha256": None, "size": None}
+                for url in record["media_urls"]
+            ],
+            "webhook_url": record["webhook_url"],
+            "webhook_failover_url": record["payload"].get("webhook_failover_url"),
+            "encoding": record["encoding"],
+            "parts": record["parts"],
+            "tags": [],
+            "cost": None,
+            "received_at": now.isoformat(),
+            "sent_at": None,
+            "completed_at": None,
+            "valid_until": (now + timedelta(hours=4)).isoformat(),
+            "errors": [],
+        }
 
     def _validate(self, to: Any, sender: Any, profile: Any, text: Any, media: Any) -> Reply | None:
         if not isinstance(to, str) or not to:

@@ -16,7 +16,9 @@ from urllib.parse import urlencode, urlsplit
 
 import attrs
 
-from ._server import Faults, ProviderServer, Reply, Request, loads
+from ._faults import Faults
+from ._server import ProviderServer
+from ._wire import Reply, Request, loads
 
 __all__ = ["MessageContent", "TwilioServer"]
 
