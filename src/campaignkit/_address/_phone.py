@@ -71,6 +71,8 @@ def normalize_phone(
 
 
 def region_code(value: str | None) -> str | None:
+    """The ISO 3166 region ``value`` names (any case, ``UK`` for ``GB``), or ``None``
+    when it is empty or not a region ``phonenumbers`` knows."""
     if not value:
         return None
     code = value.strip().upper()

@@ -96,28 +96,9 @@ class AddressValidator:
             kind = _FIELD_KINDS.get(address_field, "text")
         if kind not in _KINDS:
             raise ValueError(f"unknown address kind {kind!r} (expected one of {_KINDS})")
-        if push_mode is None:
-            targeting = (options or {}).get("targeting") if provider == "onesignal" else None
-            push_mode = targeting if targeting in PUSH_MODES else PUSH_MODES[0]
-        if push_mode not in PUSH_MODES:
-            raise ValueError(f"unknown push mode {push_mode!r} (expected one of {PUSH_MODES})")
-        if default_region is not None and region_code(default_region) is None:
-            raise ConfigError(
-                f"unknown region {default_region!r} (expected an ISO 3166 code such as 'US')",
-                path="phone_region",
-            )
-        region = region_code(default_region)
-        normalizer: _Normalizer
-        key: Callable[[str], str] = _identity
-        if kind == "email":
-            normalizer = _email_normalizer
-            key = dedupe_key_email
-        elif kind == "phone":
-            normalizer = _phone_normalizer(region, strict_phone)
-        elif kind == "push_token":
-            normalizer = _push_normalizer(provider, push_mode)
-        else:
-            normalizer = _text_normalizer
+        push_mode = _push_mode(provider, options, push_mode)
+        region = _default_region(default_region)
+        normalizer, key = _normalizer_and_key(kind, provider, region, push_mode, strict_phone)
         return cls(
             address_field,
             kind,
@@ -164,3 +145,37 @@ def _push_normalizer(provider: str, mode: str) -> _Normalizer:
         return value if valid_push_token(value, provider, mode=mode) else None
 
     return normalize
+
+
+def _push_mode(provider: str, options: Mapping[str, Any] | None, push_mode: str | None) -> str:
+    """``push_mode`` when given, else OneSignal's ``targeting`` option when it is a push
+    mode, else the default mode (``subscription_ids``)."""
+    if push_mode is None:
+        targeting = (options or {}).get("targeting") if provider == "onesignal" else None
+        push_mode = targeting if targeting in PUSH_MODES else PUSH_MODES[0]
+    if push_mode not in PUSH_MODES:
+        raise ValueError(f"unknown push mode {push_mode!r} (expected one of {PUSH_MODES})")
+    return push_mode
+
+
+def _default_region(default_region: str | None) -> str | None:
+    """The ISO 3166 code of a channel's ``phone_region`` (``None`` when not given)."""
+    if default_region is not None and region_code(default_region) is None:
+        raise ConfigError(
+            f"unknown region {default_region!r} (expected an ISO 3166 code such as 'US')",
+            path="phone_region",
+        )
+    return region_code(default_region)
+
+
+def _normalizer_and_key(
+    kind: AddressKind, provider: str, region: str | None, push_mode: str, strict_phone: bool
+) -> tuple[_Normalizer, Callable[[str], str]]:
+    """How addresses of ``kind`` are normalised, and their deduplication key."""
+    if kind == "email":
+        return _email_normalizer, dedupe_key_email
+    if kind == "phone":
+        return _phone_normalizer(region, strict_phone), _identity
+    if kind == "push_token":
+        return _push_normalizer(provider, push_mode), _identity
+    return _text_normalizer, _identity

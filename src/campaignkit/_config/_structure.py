@@ -78,6 +78,7 @@ def _expects_table(kind: Any) -> bool:
 
 
 def describe(value: Any) -> str:
+    """A value as problems show it: a string quoted, anything else by its type."""
     return f"{value!r}" if isinstance(value, str) else type(value).__name__
 
 

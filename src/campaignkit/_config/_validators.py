@@ -31,6 +31,8 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def check_name(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
+    """A pipeline or channel name: lower-case letters, digits and ``_``, starting with a
+    letter."""
     if not _NAME_RE.match(value):
         raise ConfigError(
             f"expected lower-case letters, digits and '_', starting with a letter, got {value!r}",
@@ -39,16 +41,20 @@ def check_name(instance: Any, attribute: attrs.Attribute[str], value: str) -> No
 
 
 def positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """A number above zero, or ``None``."""
     if value is not None and value <= 0:
         raise ConfigError(f"expected a positive number, got {value!r}", path=attribute.name)
 
 
 def non_negative(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """Zero or a number above it, or ``None``."""
     if value is not None and value < 0:
         raise ConfigError(f"expected zero or more, got {value!r}", path=attribute.name)
 
 
 def one_of(*choices: str) -> Any:
+    """A validator accepting only the strings ``choices``."""
+
     def check(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
         if value not in choices:
             raise ConfigError(
@@ -60,6 +66,7 @@ def one_of(*choices: str) -> Any:
 
 
 def check_timezone(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
+    """An IANA time zone name (``Europe/Berlin``)."""
     try:
         zoneinfo.ZoneInfo(value)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -67,6 +74,7 @@ def check_timezone(instance: Any, attribute: attrs.Attribute[str], value: str) -
 
 
 def check_cron(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
+    """A cron expression (see :mod:`campaignkit._cron`)."""
     try:
         parse_cron(value)
     except ConfigError as exc:
@@ -79,6 +87,7 @@ ROWS_PER_CUSTOMER = ("one", "many")
 
 
 def check_rows_per_customer(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
+    """One of :data:`ROWS_PER_CUSTOMER`."""
     if value not in ROWS_PER_CUSTOMER:
         raise ConfigError(
             f"expected one of {', '.join(map(repr, ROWS_PER_CUSTOMER))}, got {value!r}",
