@@ -12,18 +12,15 @@ from hypothesis import strategies as st
 from phonenumbers import PhoneMetadata
 
 from campaignkit._address import (
-    _EMAIL_FAST,
-    _SLOW,
     AddressValidator,
-    _email_slow,
-    _phone_fast,
-    _phone_slow,
     dedupe_key_email,
     email_error,
     normalize_email,
     normalize_phone,
     valid_push_token,
 )
+from campaignkit._address._email import _EMAIL_FAST, _email_slow
+from campaignkit._address._phone import _SLOW, _phone_fast, _phone_slow
 from campaignkit._models import Recipient
 from campaignkit.exceptions import ConfigError
 

@@ -573,7 +573,7 @@ def test_unsubscribe_url_shortcut_agrees_with_urlsplit(url: str) -> None:
     """The regex that skips urlsplit only accepts URLs urlsplit reads as https + host."""
     from urllib.parse import urlsplit
 
-    from campaignkit._content import _HTTPS_WITH_HOST
+    from campaignkit._content._unsubscribe import _HTTPS_WITH_HOST
 
     for candidate in (url, "https://" + url, "HTTPS://" + url):
         if _HTTPS_WITH_HOST.match(candidate) is not None:

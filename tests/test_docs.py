@@ -32,9 +32,9 @@ from campaignkit._config import (
     Schedule,
     SourceConfig,
     Template,
-    _PipelineMeta,
     parse_config,
 )
+from campaignkit._config._loader import _PipelineMeta
 from campaignkit._models import Rate
 from campaignkit._plugins import BUILTIN_PLUGINS, Registry
 from campaignkit._sources import _CsvOptions, _JsonLinesOptions

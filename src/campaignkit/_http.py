@@ -9,7 +9,7 @@ import ssl
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import requests
 import requests.adapters
@@ -80,6 +80,17 @@ def check_base_url(url: str, *, path: str) -> str:
     Raises:
         ConfigError: naming ``path``.
     """
+    _check_characters(url, path)
+    raw = _split(url, path)
+    _check_port_and_host(url, raw, path)
+    scheme, host = _agreed_endpoint(url, path)
+    if scheme == "http" and not is_loopback(host):
+        raise _refuse(f"refusing clear-text http:// to remote host {host!r}; use https://", path)
+    return url.rstrip("/")
+
+
+def _check_characters(url: str, path: str) -> None:
+    """Refuse anything but a string of printable ASCII without backslashes."""
     if not isinstance(url, str):
         raise _refuse("expected a string", path)
     if any(not (0x20 < ord(c) < 0x7F) for c in url):
@@ -88,6 +99,11 @@ def check_base_url(url: str, *, path: str) -> str:
         )
     if "\\" in url:
         raise _refuse("a base URL may not contain a backslash", path)
+
+
+def _split(url: str, path: str) -> SplitResult:
+    """``url`` as ``urllib.parse`` splits it: an http(s) URL with a host part, refused
+    when it has userinfo, a query string, a fragment or %-escapes in the host."""
     try:
         raw = urlsplit(url)
     except ValueError:  # e.g. an unbalanced "[" (an IPv6 literal)
@@ -104,6 +120,12 @@ def check_base_url(url: str, *, path: str) -> str:
         raise _refuse(f"a base URL may not have a query string or fragment: {url!r}", path)
     if "%" in raw.netloc:
         raise _refuse(f"a base URL's host may not be %-encoded: {url!r}", path)
+    return raw
+
+
+def _check_port_and_host(url: str, raw: SplitResult, path: str) -> None:
+    """Refuse an empty, zero or malformed port, and a host that is not a plain host
+    name or IP literal."""
     try:
         raw_port = raw.port
     except ValueError:
@@ -118,6 +140,11 @@ def check_base_url(url: str, *, path: str) -> str:
         not literal and (host.startswith(("-", ".")) or ".." in host)
     ):
         raise _refuse(f"not a valid host name in {url!r}", path)
+
+
+def _agreed_endpoint(url: str, path: str) -> tuple[str, str]:
+    """(scheme, host) of ``url``, which the raw URL and the one ``requests`` prepares
+    from it, each read by both parsers (:func:`_endpoint`), must agree on."""
     seen = {_endpoint(url, path)}
     try:
         prepared = requests.PreparedRequest()
@@ -129,9 +156,7 @@ def check_base_url(url: str, *, path: str) -> str:
     if len(seen) != 1:
         raise _refuse(f"ambiguous URL (parsers disagree on its host): {url!r}", path)
     scheme, host, _ = seen.pop()
-    if scheme == "http" and not is_loopback(host):
-        raise _refuse(f"refusing clear-text http:// to remote host {host!r}; use https://", path)
-    return url.rstrip("/")
+    return scheme, host
 
 
 def _endpoint(url: str, path: str) -> tuple[str, str, int | None]:

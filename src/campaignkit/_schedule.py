@@ -312,22 +312,53 @@ def plan_due_runs(
           the rest are blocked.
     """
     now = _utc(now, "now")
+    by_date, active = _runs_by_date(runs)
+    if not schedule.enabled:
+        return Plan(active=active)
+    cron = _cron(schedule)
+    candidates = _candidates(schedule, cron, now, latest=max(by_date, default=None))
+    start, skip, blocked = _triage(candidates, schedule, execution, now, by_date, active)
+    return Plan(
+        start=tuple(start),
+        skip=tuple(skip),
+        blocked=tuple(blocked),
+        active=active,
+        next_due=_pending_end(schedule, cron, now),
+    )
+
+
+def _runs_by_date(runs: Sequence[_RunLike]) -> tuple[dict[datetime, str], int]:
+    """The status of each logical date (the last run's of a date) and how many runs
+    are active."""
     by_date: dict[datetime, str] = {}
     active = 0
     for run in runs:
         by_date[_utc(run.logical_date, "run logical_date")] = run.status
         active += run.status in ACTIVE_STATUSES
-    if not schedule.enabled:
-        return Plan(active=active)
-    cron = _cron(schedule)
-    latest = max(by_date, default=None)
-    candidates: list[Interval]
-    if schedule.catchup:
-        candidates = list(intervals(schedule, after=latest, until=now))
-    else:
-        last = _latest_due(schedule, cron, now)
-        candidates = [last] if last is not None and (latest is None or last.start > latest) else []
+    return by_date, active
 
+
+def _candidates(
+    schedule: Schedule, cron: Cron, now: datetime, *, latest: datetime | None
+) -> list[Interval]:
+    """The due intervals after the ``latest`` logical date with a run: every one with
+    ``catchup``, else only the latest due one."""
+    if schedule.catchup:
+        return list(intervals(schedule, after=latest, until=now))
+    last = _latest_due(schedule, cron, now)
+    return [last] if last is not None and (latest is None or last.start > latest) else []
+
+
+def _triage(
+    candidates: list[Interval],
+    schedule: Schedule,
+    execution: Execution,
+    now: datetime,
+    by_date: dict[datetime, str],
+    active: int,
+) -> tuple[list[Interval], list[Interval], list[Blocked]]:
+    """Sort the candidates, oldest first, into those to start, to skip as late and
+    blocked (the rules of :func:`plan_due_runs`)."""
     lateness = (
         None
         if schedule.max_lateness_minutes is None
@@ -344,13 +375,7 @@ def plan_due_runs(
             skip.append(interval)
             continue
         if execution.depends_on_past and previous is not None and previous[1] != SUCCEEDED:
-            date, status = previous
-            if status == "":
-                why = f"the previous logical date {date.isoformat()} has not run yet"
-            elif status in ACTIVE_STATUSES:
-                why = f"the previous run (logical date {date.isoformat()}) is still {status}"
-            else:
-                why = f"the previous run (logical date {date.isoformat()}) ended {status!r}"
+            why = _not_succeeded(*previous)
             blocked.append(Blocked(interval, "depends_on_past", f"depends_on_past: {why}"))
             previous = (interval.start, "")
             continue
@@ -366,13 +391,17 @@ def plan_due_runs(
             continue
         start.append(interval)
         previous = (interval.start, RUNNING)
-    return Plan(
-        start=tuple(start),
-        skip=tuple(skip),
-        blocked=tuple(blocked),
-        active=active,
-        next_due=_pending_end(schedule, cron, now),
-    )
+    return start, skip, blocked
+
+
+def _not_succeeded(date: datetime, status: str) -> str:
+    """Why the previous logical date blocks ``depends_on_past`` (``status`` is ``""``
+    when it has not run)."""
+    if status == "":
+        return f"the previous logical date {date.isoformat()} has not run yet"
+    if status in ACTIVE_STATUSES:
+        return f"the previous run (logical date {date.isoformat()}) is still {status}"
+    return f"the previous run (logical date {date.isoformat()}) ended {status!r}"
 
 
 def _pending_end(schedule: Schedule, cron: Cron, now: datetime) -> datetime | None:
