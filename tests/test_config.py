@@ -124,6 +124,6 @@ def test_token_never_in_repr_or_errors(tmp_path: Path) -> None:
     assert secret.reveal() == token
     (tmp_path / "seg.csv").write_text("id,phone,first_name\n1,+14155550100,Ann\n", encoding="utf-8")
     pipeline = Pipeline.from_file(write(tmp_path, BASE), env={"SMS_API_TOKEN": token})
-    plan = pipeline._plan(pipeline.channels[0], None)
+    plan = pipeline.channel_plan(pipeline.channels[0], None)
     assert token not in repr(plan) and token not in repr(plan.notifier)
     assert token not in repr(pipeline)

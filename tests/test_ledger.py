@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -226,3 +227,26 @@ class LedgerMachine(RuleBasedStateMachine):
 
 TestLedgerMachine = LedgerMachine.TestCase
 TestLedgerMachine.settings = settings(max_examples=60, stateful_step_count=20, deadline=None)
+
+
+def _open_at(path: str, start: float) -> str:
+    while time.time() < start:
+        time.sleep(0.001)
+    try:
+        SqliteLedger(path).close()
+    except LedgerError as exc:
+        return str(exc)
+    return "ok"
+
+
+def test_processes_opening_a_new_ledger_at_once_all_open_it(tmp_path: Path) -> None:
+    """A new ledger is switched to WAL and migrated by whichever process comes first;
+    the others wait for it (they once failed with 'database is locked')."""
+    import multiprocessing
+
+    for attempt in range(1):
+        path = str(tmp_path / f"new{attempt}.db")
+        start = time.time() + 0.5
+        with multiprocessing.get_context("spawn").Pool(8) as pool:
+            got = pool.starmap(_open_at, [(path, start)] * 8)
+        assert got == ["ok"] * 8

@@ -316,7 +316,7 @@ def test_keys_derive_from_the_snapshot_position(tmp_path: Path, pm: Any) -> None
     )
     keys = []
     for channel in pipeline.channels:
-        runner = ChannelRunner(pipeline._plan(channel, None), run_id="r1", ledger=ledger)
+        runner = ChannelRunner(pipeline.channel_plan(channel, None), run_id="r1", ledger=ledger)
         for seq, person in ledger.snapshot("r1"):
             item = runner.render(seq, person, person.id)
             assert not isinstance(item, tuple)

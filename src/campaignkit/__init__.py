@@ -22,6 +22,7 @@ from ._config import (
     load_config,
 )
 from ._http import HttpNotifier
+from ._ledger import Slice
 from ._models import (
     ChannelResult,
     DeliveryResult,
@@ -34,12 +35,12 @@ from ._models import (
     Secret,
 )
 from ._notifier import ChannelSettings, Notifier
-from ._pipeline import Pipeline, ValidationSummary
+from ._pipeline import OpenedRun, Pipeline, ValidationSummary
 from ._plugins import Registry, get_plugin_manager
 from ._redact import RedactingFilter
 from ._source import Source
 from ._sources import CsvSource, JsonLinesSource
-from ._states import DeliveryStatus, Reason, RunStatus
+from ._states import DeliveryCounts, DeliveryStatus, Reason, RunStatus
 from ._static import StaticSource
 from .exceptions import (
     AudienceGuardError,
@@ -63,6 +64,7 @@ __all__ = [
     "ChannelSettings",
     "ConfigError",
     "CsvSource",
+    "DeliveryCounts",
     "DeliveryError",
     "DeliveryResult",
     "DeliveryStatus",
@@ -71,6 +73,7 @@ __all__ = [
     "JsonLinesSource",
     "Message",
     "Notifier",
+    "OpenedRun",
     "Outcome",
     "PermanentDeliveryError",
     "Pipeline",
@@ -87,6 +90,7 @@ __all__ = [
     "RunStatus",
     "Schedule",
     "Secret",
+    "Slice",
     "Source",
     "SourceConfig",
     "SourceError",

@@ -67,11 +67,6 @@ __all__ = [
     "upcoming",
 ]
 
-# The run statuses the planner reads (the one vocabulary, campaignkit._states).
-RUNNING = RunStatus.RUNNING
-SUCCEEDED = RunStatus.SUCCEEDED
-SKIPPED_LATE = RunStatus.SKIPPED_LATE
-
 _TICK = timedelta(microseconds=1)
 
 
@@ -272,7 +267,7 @@ class Plan:
 
 
 def _latest_past_run(by_date: dict[datetime, str], before: datetime) -> tuple[datetime, str] | None:
-    dates = [d for d, status in by_date.items() if d < before and status != SKIPPED_LATE]
+    dates = [d for d, status in by_date.items() if d < before and status != RunStatus.SKIPPED_LATE]
     if not dates:
         return None
     latest = max(dates)
@@ -374,7 +369,7 @@ def _triage(
         if lateness is not None and now - interval.end > lateness:
             skip.append(interval)
             continue
-        if execution.depends_on_past and previous is not None and previous[1] != SUCCEEDED:
+        if execution.depends_on_past and previous and previous[1] != RunStatus.SUCCEEDED:
             why = _not_succeeded(*previous)
             blocked.append(Blocked(interval, "depends_on_past", f"depends_on_past: {why}"))
             previous = (interval.start, "")
@@ -390,7 +385,7 @@ def _triage(
             previous = (interval.start, "")
             continue
         start.append(interval)
-        previous = (interval.start, RUNNING)
+        previous = (interval.start, RunStatus.RUNNING)
     return start, skip, blocked
 
 

@@ -42,6 +42,36 @@ __all__ = ["SqliteLedger", "open_ledger"]
 _T = TypeVar("_T")
 
 
+#: How long opening a ledger waits out other processes' locks (as a write does).
+OPEN_TIMEOUT = 30.0
+
+
+def _open_and_migrate(path: Path) -> None:
+    """Open the ledger and bring it to this version's schema. Processes that open a
+    new ledger at the same instant may find it locked before SQLite's busy handler
+    applies (switching a new file to WAL, a recovery in progress): they wait and try
+    again, up to :data:`OPEN_TIMEOUT`."""
+    deadline = time.monotonic() + OPEN_TIMEOUT
+    delay = 0.01
+    while True:
+        conn = None
+        try:
+            conn = connect(path)
+            migrate(conn, path)
+            return
+        except sqlite3.OperationalError as exc:
+            busy = "locked" in str(exc) or "busy" in str(exc)
+            if not busy or time.monotonic() + delay > deadline:
+                raise LedgerError(f"{path}: cannot open the ledger: {exc}") from None
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{path}: cannot open the ledger: {exc}") from None
+        finally:
+            if conn is not None:
+                conn.close()
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
 def open_ledger(
     path: str | Path, *, durable: bool = True, history: str | Path | None = None
 ) -> Ledger:
@@ -71,12 +101,7 @@ class SqliteLedger:
         # rules use instead of this one's: a dry run plans in a scratch ledger.
         self.history = Path(history).resolve() if history is not None else None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            conn = connect(self.path)
-            migrate(conn, self.path)
-            conn.close()
-        except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"{self.path}: cannot open the ledger: {exc}") from None
+        _open_and_migrate(self.path)
         self._local = threading.local()
         self._writer = Writer(self.path, durable=durable)
         self._writer.start()

@@ -6,7 +6,7 @@ against this protocol so that they need not import the class that composes them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -62,5 +62,7 @@ class Campaign(Protocol):
     def required_fields(self) -> set[str]: ...
 
     def channel_plan(self, channel: Channel, fields: frozenset[str] | None) -> ChannelPlan: ...
+
+    def checked_plans(self, channels: Sequence[str] | None = None) -> list[ChannelPlan]: ...
 
     def token(self, channel: Channel, cls: type[Notifier[Any]]) -> Secret | None: ...

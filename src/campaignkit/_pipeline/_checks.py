@@ -12,11 +12,12 @@ from typing import Any
 import attrs
 
 from .._audience import Audience, build_audience, content_check
-from .._config import Channel, key_lines, line_of
+from .._config import ENV_NAME, Channel, key_lines, line_of
 from .._engine import ChannelPlan, ContentCheck
 from .._ledger import PlanRules
-from .._models import Rate
+from .._models import Rate, Secret
 from .._notifier import ChannelSettings, Notifier, placeholder_token
+from .._redact import token_problem
 from .._source import MODEL_FIELDS
 from .._templates import CompiledTemplate, compile_template, template_problems
 from ..exceptions import (
@@ -30,15 +31,21 @@ from ..exceptions import (
 )
 from ._campaign import Campaign
 
+#: The token a preview's notifier gets when the channel's is not set (nothing is sent).
+PREVIEW_TOKEN = "preview-token"  # noqa: S105 - a placeholder, never sent
+
 __all__ = [
+    "PREVIEW_TOKEN",
     "Checked",
     "Finding",
+    "channel_plans",
     "check_campaign_parts",
     "ordered",
     "prepare_channel",
     "problem_line",
     "problems_of",
     "raise_findings",
+    "read_token",
     "required_of",
 ]
 
@@ -87,6 +94,39 @@ def raise_findings(findings: Sequence[Finding], file: str | None) -> None:
             error.problems = tuple(f.problem for f in findings)
         raise error
     raise ConfigError.of(ordered(f.problem for f in findings), file=file)
+
+
+def read_token(
+    environ: Mapping[str, str], channel: Channel, cls: type[Notifier[Any]]
+) -> Secret | None:
+    """The channel's token, from the variable its ``token_env`` names.
+
+    Raises:
+        ConfigError: it is required and not set, or not a usable token (never quoted).
+    """
+    value = environ.get(channel.token_variable)
+    path = f"channels.{channel.name}.token_env"
+    if not value:
+        if cls.token_required and not ENV_NAME.match(channel.token_variable):
+            raise ConfigError(  # never quote it: it may be the token itself
+                "expected an environment variable name (letters, digits and '_') that "
+                f"holds the {cls.name} token; the value written is not shown, as it may "
+                "be the token",
+                path=path,
+            )
+        if cls.token_required:
+            raise ConfigError(
+                f"environment variable {channel.token_variable} is not set (the {cls.name} token)",
+                path=path,
+            )
+        return None
+    problem = token_problem(value)
+    if problem is not None:  # never quote the value
+        raise ConfigError(
+            f"environment variable {channel.token_variable} (the {cls.name} token) {problem}",
+            path=path,
+        )
+    return Secret(value)
 
 
 def problem_line(lines: Mapping[str, int], problem: Problem) -> int | None:
@@ -281,10 +321,15 @@ def _channel_problems(
 
 
 def prepare_channel(
-    campaign: Campaign, channel: Channel, fields: frozenset[str] | None
+    campaign: Campaign,
+    channel: Channel,
+    fields: frozenset[str] | None,
+    *,
+    preview: bool = False,
 ) -> ChannelPlan:
     """Everything needed to run one channel (its notifier with its token and options,
-    its template, content rules and audience rules).
+    its template, content rules and audience rules). For a ``preview`` a token that
+    is not set is not needed (a placeholder stands for it).
 
     Raises:
         ConfigError, TemplateError, SourceError, PluginError: the first problem.
@@ -299,7 +344,11 @@ def prepare_channel(
             f"{cls.name} accepts at most {cls.max_batch_size} message(s) per request",
             path=f"{path}.batch_size",
         )
-    notifier = cls(_settings(campaign, channel, campaign.token(channel, cls)))
+    if preview and channel.token_variable not in campaign.environ:
+        token: Secret | None = Secret(PREVIEW_TOKEN)
+    else:
+        token = campaign.token(channel, cls)
+    notifier = cls(_settings(campaign, channel, token))
     # A missing model-field column is the source's file-level error (file, line, column).
     _missing_field(notifier, fields, path)
     template = compile_template(
@@ -337,3 +386,23 @@ def _assemble(
         ),
         content=content,
     )
+
+
+def channel_plans(campaign: Campaign, channels: Sequence[str] | None) -> list[ChannelPlan]:
+    """The plans of the enabled channels (of ``channels`` only, if given), each
+    prepared on its own (:func:`prepare_channel`).
+
+    Raises:
+        ConfigError: ``channels`` names a channel that is not enabled; a channel's
+            first problem.
+    """
+    if channels is not None:
+        unknown = set(channels) - {c.name for c in campaign.enabled_channels}
+        if unknown:
+            raise ConfigError(f"no enabled channel {sorted(unknown)[0]!r}", path="channels")
+    fields = campaign.source.fields()
+    return [
+        campaign.channel_plan(c, fields)
+        for c in campaign.enabled_channels
+        if channels is None or c.name in channels
+    ]

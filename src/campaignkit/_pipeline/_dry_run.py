@@ -13,14 +13,16 @@ from pathlib import Path
 from .._content import sms_segments
 from .._engine import ChannelPlan, ChannelRunner
 from .._ledger import SqliteLedger
-from .._models import Message
+from .._models import DeliveryResult, Message, Recipient
 from .._schedule import manual_logical_date
 from .._states import DeliveryStatus
+from ..exceptions import ConfigError, TemplateError
 from ._campaign import Campaign
+from ._checks import prepare_channel
 from ._steps import RunContext, decide_audience, extract_into
 from ._values import ChannelPlanSummary, PlanReport
 
-__all__ = ["dry_run"]
+__all__ = ["dry_run", "preview"]
 
 
 def dry_run(
@@ -114,3 +116,32 @@ def _summary(
         estimated_cost=cost,
         samples=tuple(kept),
     )
+
+
+def preview(campaign: Campaign, channel: str, n: int = 3) -> list[Message]:
+    """The messages of the first ``n`` eligible recipients (see :meth:`Pipeline.preview`)."""
+    matches = [c for c in campaign.channels if c.name == channel]
+    if not matches:
+        raise ConfigError(f"no channel named {channel!r}", path=f"channels.{channel}")
+    plan = prepare_channel(campaign, matches[0], campaign.source.fields(), preview=True)
+    # A preview decides per recipient only (no ledger: no de-duplication or caps).
+    runner = ChannelRunner(plan, run_id="preview", ledger=None)  # type: ignore[arg-type]
+    out: list[Message] = []
+    failed: list[DeliveryResult] = []
+    records = campaign.source.records(campaign.required_fields())
+    recipients = (r for r in records if isinstance(r, Recipient))
+    for item in runner.messages(recipients, datetime.now(UTC)):
+        if isinstance(item, Message):
+            out.append(item)
+        else:
+            failed.append(item)
+        if len(out) >= n or (not out and len(failed) >= n):
+            break
+    if failed and not out:
+        first = failed[0]
+        raise TemplateError(
+            f"no message could be rendered: {len(failed)} eligible recipient(s) "
+            f"failed, the first ({first.recipient_id}) with {first.reason}: {first.error}",
+            channel=channel,
+        )
+    return out

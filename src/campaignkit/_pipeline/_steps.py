@@ -37,6 +37,7 @@ from .._ledger import LedgerError, RunInProgress, Slice, SliceOutcome, SqliteLed
 from .._models import ChannelResult, RunReport
 from .._segment import ExtractionStats, extract
 from .._states import ACTIVE_STATUSES, RESUMABLE_STATUSES, RunStatus
+from ..exceptions import ConfigError
 from ._campaign import Campaign
 from ._reports import call_observer, check_guard, replay, run_status, stored_stats
 from ._values import OpenedRun
@@ -74,9 +75,19 @@ class RunContext:
 
 
 @contextlib.contextmanager
-def run_ledger(campaign: Campaign) -> Iterator[SqliteLedger]:
+def run_ledger(campaign: Campaign, *, canary: bool = False) -> Iterator[SqliteLedger]:
     """The campaign's ledger, or without one (``execution.ledger = false``) a
-    throwaway ledger: the same selection and sending, nothing kept."""
+    throwaway ledger: the same selection and sending, nothing kept.
+
+    Raises:
+        ConfigError: a ``canary`` run without the ledger.
+    """
+    if canary and not campaign.execution.ledger:
+        raise ConfigError(
+            "a canary (limit) needs the ledger: without it the full run would message "
+            "the canary's recipients again",
+            path="execution.ledger",
+        )
     scratch = None
     if campaign.execution.ledger:
         ledger = campaign.ledger()
@@ -117,7 +128,6 @@ def open_run(
     campaign: Campaign,
     ledger: SqliteLedger,
     plans: Sequence[ChannelPlan],
-    *,
     logical_date: datetime,
     force: bool = False,
     run_id: str | None = None,

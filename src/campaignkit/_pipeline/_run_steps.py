@@ -1,0 +1,239 @@
+""":class:`Pipeline`'s run steps one call at a time, for a run driven from outside:
+each call opens the ledger, claims the run, does one step and lets the run go, so
+the next step may run in another process (a worker, an orchestrator's task); and the
+dry run and the ledger's reads."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .._config import Channel
+from .._engine import ProgressCallback
+from .._ledger import LedgerError, RunRecord, Slice
+from .._models import ChannelResult, DeliveryResult, RunReport
+from .._schedule import manual_logical_date
+from .._states import ACTIVE_STATUSES, DeliveryCounts
+from ..exceptions import ConfigError
+from . import _steps as steps
+from ._campaign import Campaign
+from ._checks import channel_plans
+from ._dry_run import dry_run
+from ._values import OpenedRun, PlanReport
+
+__all__ = ["RunSteps"]
+
+
+class RunSteps:
+    """The steps of a run, one per call (a mixin of :class:`Pipeline`: see
+    :class:`Campaign`). :meth:`Pipeline.run` is these steps in one process::
+
+        opened = pipeline.open_run()                         # claim, extract, snapshot
+        for channel in ("email", "sms"):
+            pipeline.plan_channel(opened.run_id, channel)    # every audience first
+        for channel in ("email", "sms"):
+            pipeline.send_slice(opened.run_id, channel)      # or Slice(index=i, count=n)
+        report = pipeline.finish_run(opened.run_id)          # status and report
+
+    Steps need the ledger (``execution.ledger``): it is what they hand each other.
+    One process works on a run at a time: a step that finds the run claimed by a
+    live process raises :class:`RunInProgress`.
+    """
+
+    def open_run(
+        self: Campaign,
+        *,
+        logical_date: datetime | None = None,
+        force: bool = False,
+        run_id: str | None = None,
+        output_dir: str | Path | None = None,
+    ) -> OpenedRun:
+        """The first step: check everything, then begin the run of ``logical_date``
+        (by default the latest complete schedule interval) and extract the whole
+        segment into its snapshot. As :meth:`run`, a logical date runs once: its
+        unfinished run is taken up (``resumed``), its finished one replayed
+        (``replay``: there is nothing to do).
+
+        Raises:
+            ConfigError, TemplateError, SourceError, PluginError: before the run begins.
+            RunInProgress, MaxActiveRunsReached: as :meth:`run`.
+        """
+        _need_ledger(self)
+        plans = self.checked_plans()
+        date = logical_date or manual_logical_date(self.schedule, datetime.now(UTC))
+        ledger = self.ledger()
+        try:
+            return steps.open_run(
+                self,
+                ledger,
+                plans,
+                logical_date=date.astimezone(UTC),
+                force=force,
+                run_id=run_id,
+                output_dir=output_dir,
+            )
+        finally:
+            ledger.close()
+
+    def reopen_run(
+        self: Campaign,
+        run_id: str,
+        *,
+        retry_failed: bool = False,
+        resend_unknown: bool = False,
+        channels: Sequence[str] | None = None,
+        output_dir: str | Path | None = None,
+    ) -> OpenedRun:
+        """The first step of a resume (see :meth:`resume`): take up an unfinished run,
+        or a finished one with ``retry_failed`` / ``resend_unknown`` deliveries owed,
+        for ``channels`` (default: every enabled one).
+
+        Raises:
+            LedgerError: no such run, or it belongs to another pipeline.
+            RunInProgress: a live process is running it.
+        """
+        _need_ledger(self)
+        plans = channel_plans(self, channels)
+        ledger = self.ledger()
+        try:
+            return steps.reopen_run(
+                self,
+                ledger,
+                plans,
+                run_id,
+                retry_failed=retry_failed,
+                resend_unknown=resend_unknown,
+                output_dir=output_dir,
+            )
+        finally:
+            ledger.close()
+
+    def plan_channel(self: Campaign, run_id: str, channel: str) -> DeliveryCounts:
+        """Decide a channel's audience in the run (once: a channel planned before keeps
+        its audience) and check its ``expected_audience``. Plan every channel before
+        sending any: then a guard that fails stops the run before anything is sent.
+        Returns the channel's deliveries counted by state.
+
+        Raises:
+            AudienceGuardError: the audience drifted; the run is recorded ``failed``.
+            LedgerError: no such run, or it is finished.
+        """
+        plan = self.channel_plan(_enabled(self, channel), self.source.fields())
+        with _claimed(self, run_id) as context:
+            steps.plan_channel(context, plan, datetime.now(UTC))
+            return context.ledger.counts(run_id, channel)
+
+    def send_slice(
+        self: Campaign,
+        run_id: str,
+        channel: str,
+        part: Slice | None = None,
+        *,
+        limit: int | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> ChannelResult:
+        """Send a planned channel's pending deliveries: all of them, or those of slice
+        ``part`` (see :class:`Slice`). What was sent and what stopped the send (the
+        deadline, rejected credentials) is recorded for :meth:`finish_run`. Sending
+        a slice again sends what it still owes, never a message twice.
+
+        Args:
+            limit: a canary: at most this many messages; the rest stays pending.
+            progress: called as ``progress(channel, recipients_done)``.
+
+        Raises:
+            LedgerError: no such run, it is finished, or the channel is not planned.
+        """
+        plan = self.channel_plan(_enabled(self, channel), self.source.fields())
+        with _claimed(self, run_id) as context:
+            if not context.ledger.is_planned(run_id, channel):
+                raise LedgerError(f"channel {channel!r} of run {run_id!r} is not planned yet")
+            return steps.send_slice(context, plan, part, limit=limit, progress=progress)
+
+    def finish_run(
+        self: Campaign, run_id: str, *, output_dir: str | Path | None = None
+    ) -> RunReport:
+        """The last step: decide the run's status from what its channels' slices did
+        and the ledger's totals, write ``report.json`` and record the report.
+
+        Raises:
+            LedgerError: no such run, or it is finished.
+        """
+        with _claimed(self, run_id) as context:
+            return steps.finish_run(context, output_dir=output_dir)
+
+    # -- the dry run and the ledger's reads ------------------------------------------------
+    def plan(
+        self: Campaign,
+        *,
+        samples: int = 3,
+        output: str | Path | None = None,
+        on_extracted: Callable[[int, Mapping[str, int]], None] | None = None,
+    ) -> PlanReport:
+        """A dry run: extraction and selection exactly as a run would do them (with the
+        ledger's suppression list and frequency caps), every message rendered and
+        checked; nothing is sent and nothing is kept in the ledger.
+
+        Args:
+            samples: rendered messages to keep per channel.
+            output: also write the plan as JSON there.
+
+        Raises:
+            ConfigError, TemplateError, SourceError, PluginError: as :meth:`run`.
+        """
+        plans = self.checked_plans()  # every problem, before anything
+        return dry_run(self, plans, samples=samples, output=output, on_extracted=on_extracted)
+
+    def results(self: Campaign, run_id: str, channel: str | None = None) -> list[DeliveryResult]:
+        """Per-recipient outcomes of a run from the ledger (one channel, or all)."""
+        ledger = self.ledger()
+        try:
+            return list(ledger.deliveries(run_id, channel))
+        finally:
+            ledger.close()
+
+    def runs(self: Campaign, limit: int = 50) -> list[RunRecord]:
+        """This pipeline's runs in the ledger, newest first."""
+        ledger = self.ledger()
+        try:
+            return ledger.list_runs(self.name, limit)
+        finally:
+            ledger.close()
+
+
+def _need_ledger(campaign: Campaign) -> None:
+    if not campaign.execution.ledger:
+        raise ConfigError(
+            "a run driven step by step needs the ledger: the steps hand each other "
+            "what they did through it",
+            path="execution.ledger",
+        )
+
+
+def _enabled(campaign: Campaign, name: str) -> Channel:
+    for channel in campaign.enabled_channels:
+        if channel.name == name:
+            return channel
+    raise ConfigError(f"no enabled channel {name!r}", path="channels")
+
+
+@contextlib.contextmanager
+def _claimed(campaign: Campaign, run_id: str) -> Iterator[steps.RunContext]:
+    """The run, claimed by this process in the campaign's ledger (let go after)."""
+    _need_ledger(campaign)
+    ledger = campaign.ledger()
+    try:
+        run = ledger.get_run(run_id)
+        if run.pipeline != campaign.name:
+            raise LedgerError(f"run {run_id!r} belongs to pipeline {run.pipeline!r}")
+        if run.status not in ACTIVE_STATUSES:
+            raise LedgerError(
+                f"run {run_id!r} is finished ({run.status}); reopen it (reopen_run) to "
+                "send what it still owes"
+            )
+        ledger.claim_run(run_id)
+        yield steps.RunContext(campaign, ledger, run_id)
+    finally:
+        ledger.close()
