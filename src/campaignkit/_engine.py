@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import logging
 import queue
@@ -20,7 +19,7 @@ from ._audience import Audience
 from ._config import Channel, RetryPolicy
 from ._content import html_to_text, list_unsubscribe_headers
 from ._controls import CONTROL_CHARACTER, control_detail, find_control
-from ._ledger import Ledger, PlanRules, RunOwnershipLost, Slice
+from ._ledger import DeliveryRecord, Ledger, PlanRules, RunOwnershipLost, Slice
 from ._models import (
     ChannelResult,
     DeliveryResult,
@@ -153,7 +152,7 @@ class ChannelPlan:
 
 
 @attrs.define
-class _Pending:
+class Pending:
     """A message on its way, with its place in the segment and its attempts so far."""
 
     seq: int
@@ -176,34 +175,28 @@ class _Pending:
     uncertain: bool = False
 
 
-#: (seq, result, ledger state, transient) — what a channel records for a recipient.
-_Row = tuple[int, DeliveryResult, str, bool]
+@attrs.frozen
+class Batch:
+    """Messages sent together before (a crash, a transient failure): re-sent as the
+    same batch, so that a provider's idempotency key for the request still matches."""
+
+    members: list[Pending]
 
 
 class _Tally:
-    """Thread-safe counters of what this session recorded, for progress and for runs
-    without a ledger."""
+    """Thread-safe counts of this session: requests made, and deliveries settled
+    (sent, failed or skipped) for progress."""
 
     def __init__(self, channel: str, progress: ProgressCallback | None) -> None:
         self.channel = channel
         self.lock = threading.Lock()
-        self.states: collections.Counter[str] = collections.Counter()
-        self.reasons: collections.Counter[str] = collections.Counter()
-        self.codes: collections.Counter[str] = collections.Counter()
         self.requests = 0
         self.done = 0
         self._progress = progress
 
-    def add(self, rows: Sequence[_Row]) -> None:
+    def add(self, rows: Sequence[DeliveryRecord]) -> None:
         with self.lock:
-            for _, r, state, _ in rows:
-                self.states[state] += 1
-                if state in FINAL_DELIVERY_STATES:
-                    self.done += 1
-                    if r.reason:
-                        self.reasons[str(r.reason)] += 1
-                    if r.error_code and state != DeliveryStatus.SENT:
-                        self.codes[r.error_code] += 1
+            self.done += sum(row.state in FINAL_DELIVERY_STATES for row in rows)
             done = self.done
         if self._progress is not None:
             self._progress(self.channel, done)
@@ -266,7 +259,7 @@ class ChannelRunner:
         self.limiter = RateLimiter(plan.rate.messages_per_second, plan.rate.requests_per_second)
         # Transiently failed messages, grouped as they will be re-sent: a retried batch
         # holds the same messages every time, so providers' idempotency keys still match.
-        self._retry: list[list[_Pending]] = []
+        self._retry: list[list[Pending]] = []
         self._retry_lock = threading.Lock()
         self._abort: tuple[str | None, str] | None = None  # (code, error) of a 401/403
         self._lost: str | None = None  # another process took the run over
@@ -290,7 +283,7 @@ class ChannelRunner:
 
     def render(
         self, seq: int, recipient: Recipient, address: str, attempts: int = 0
-    ) -> _Pending | _Row:
+    ) -> Pending | DeliveryRecord:
         """The message for one selected recipient, or a failed row if it cannot be
         rendered or breaks the channel's content rules."""
         try:
@@ -335,7 +328,7 @@ class ChannelRunner:
             problem = self.plan.content(message)
             if problem is not None:
                 return self._failed_row(seq, recipient, attempts, problem, problem)
-        return _Pending(seq, message, attempts)
+        return Pending(seq, message, attempts)
 
     def _key(self, seq: int, recipient: Recipient) -> str:
         """The delivery's idempotency key: by snapshot position, or by recipient id for
@@ -349,7 +342,7 @@ class ChannelRunner:
 
     def _failed_row(
         self, seq: int, recipient: Recipient, attempts: int, reason: str, error: str
-    ) -> _Row:
+    ) -> DeliveryRecord:
         result = DeliveryResult(
             self.name,
             recipient.id,
@@ -359,7 +352,7 @@ class ChannelRunner:
             error_code=reason,
             error=error,
         )
-        return seq, result, DeliveryStatus.FAILED, False
+        return DeliveryRecord(seq, result, DeliveryStatus.FAILED, False)
 
     def messages(
         self, segment: Iterable[Recipient], now: datetime
@@ -372,7 +365,7 @@ class ChannelRunner:
             reason, address, filtered, _ = self.plan.audience.decide(recipient, now)
             if reason is None and not filtered and address is not None:
                 item = self.render(seq, recipient, address)
-                yield item.message if isinstance(item, _Pending) else item[1]
+                yield item.message if isinstance(item, Pending) else item.result
 
     # -- the run -------------------------------------------------------------------------
     def run(self) -> ChannelResult:
@@ -404,7 +397,7 @@ class ChannelRunner:
             waiting = [[p for p in group if p.in_doubt] for group in groups]
             with self._retry_lock:
                 self._retry.extend(group for group in waiting if group)
-            self._pass(iter([group for group in ready if group]))
+            self._pass(Batch(group) for group in ready if group)
         leftover = [p for group in self._retry for p in group]
         self._retry = []
         if self._stopped():
@@ -430,7 +423,7 @@ class ChannelRunner:
     def _can_reconcile(self) -> bool:
         return type(self.plan.notifier).reconcile is not Notifier.reconcile
 
-    def _doubtful(self, batch: list[_Pending]) -> list[_Row]:
+    def _doubtful(self, batch: list[Pending]) -> list[DeliveryRecord]:
         """Rows for messages whose request ended in doubt, by the channel's policy;
         those to be re-sent (now, or after reconciling) join the retry groups."""
         notifier = self.plan.notifier
@@ -454,7 +447,7 @@ class ChannelRunner:
             return [self._row(p, DeliveryStatus.UNKNOWN, Reason.IN_DOUBT) for p in batch]
         return [self._row(p, DeliveryStatus.UNKNOWN, Reason.IN_DOUBT) for p in batch]
 
-    def _reconcile(self, groups: list[list[_Pending]]) -> list[list[_Pending]]:
+    def _reconcile(self, groups: list[list[Pending]]) -> list[list[Pending]]:
         """Ask the provider about the in-doubt members of ``groups``: found ones are
         recorded ``sent`` and dropped, surely absent ones become ordinary retries,
         and the rest stay in doubt (re-sent anyway with ``on_doubt = "retry"``).
@@ -490,7 +483,7 @@ class ChannelRunner:
         except Exception as exc:  # a failed lookup settles nothing (more)
             log.warning("%s: could not reconcile %d message(s): %s", self.name, len(doubt), exc)
         settled: set[int] = set()
-        rows: list[_Row] = []
+        rows: list[DeliveryRecord] = []
         for pending, answer in zip(doubt, answers, strict=True):
             if answer is not None and answer.ok:
                 rows.append(
@@ -513,7 +506,7 @@ class ChannelRunner:
         out = [[p for p in group if id(p) not in settled] for group in groups]
         return [group for group in out if group]
 
-    def _settle(self, doubt: Sequence[_Pending]) -> None:
+    def _settle(self, doubt: Sequence[Pending]) -> None:
         """Wait until these requests in doubt had time to settle (see
         :data:`RECONCILE_SETTLE_FACTOR`; the retry delay already counts): a short
         ``delay_minutes``, ``--retry-delay 0`` or ``retries = 0`` must not ask the
@@ -540,26 +533,26 @@ class ChannelRunner:
             self.sleep(seconds)
             self._slept += seconds
 
-    def _owed(self) -> Iterator[_Pending | _Row | list[_Pending]]:
+    def _owed(self) -> Iterator[Pending | DeliveryRecord | Batch]:
         """The pending deliveries, rendered; those that were sent together before (a
         crash or a transient failure) come as the same batch again."""
-        group: list[_Pending] = []
+        group: list[Pending] = []
         group_id: int | None = None
         pending = self.ledger.pending(self.run_id, self.name, self.part)
         for seq, recipient, address, attempts, batch in pending:
             item = self.render(seq, recipient, address, attempts)
-            if batch is not None and batch == group_id and isinstance(item, _Pending):
+            if batch is not None and batch == group_id and isinstance(item, Pending):
                 group.append(item)
                 continue
             if group:
-                yield group
+                yield Batch(group)
             group, group_id = [], None
-            if batch is not None and isinstance(item, _Pending):
+            if batch is not None and isinstance(item, Pending):
                 group, group_id = [item], batch
             else:
                 yield item
         if group:
-            yield group
+            yield Batch(group)
 
     def _result(self, started: datetime, rounds: int) -> ChannelResult:
         return result_from_ledger(
@@ -586,11 +579,12 @@ class ChannelRunner:
     def _stopped(self) -> bool:
         return self.stop_reason() is not None
 
-    def _pass(self, items: Iterator[_Pending | _Row | list[_Pending]]) -> None:
-        """One pass: batch ``items`` and let the workers send them; a list is a batch
-        already formed (a retry), a tuple a row to record as it is."""
+    def _pass(self, items: Iterator[Pending | DeliveryRecord | Batch]) -> None:
+        """One pass: batch ``items`` and let the workers send them; a :class:`Batch`
+        is one formed before (a retry), a :class:`DeliveryRecord` an outcome to record
+        as it is (a message that cannot be rendered)."""
         workers = self.plan.channel.concurrency
-        batches: queue.Queue[list[_Pending] | None] = queue.Queue(maxsize=workers * 2)
+        batches: queue.Queue[list[Pending] | None] = queue.Queue(maxsize=workers * 2)
         threads = [
             threading.Thread(
                 target=self._worker, args=(batches,), name=f"ck-{self.name}-{i}", daemon=True
@@ -600,12 +594,12 @@ class ChannelRunner:
         for t in threads:
             t.start()
         try:
-            batch: list[_Pending] = []
-            rows: list[_Row] = []
+            batch: list[Pending] = []
+            rows: list[DeliveryRecord] = []
             for item in items:
-                if isinstance(item, list):
-                    batches.put(item)
-                elif isinstance(item, tuple):
+                if isinstance(item, Batch):
+                    batches.put(item.members)
+                elif isinstance(item, DeliveryRecord):
                     rows.append(item)
                     if len(rows) >= 500:
                         self._record(rows)
@@ -631,7 +625,7 @@ class ChannelRunner:
             for t in threads:
                 t.join()
 
-    def _worker(self, batches: queue.Queue[list[_Pending] | None]) -> None:
+    def _worker(self, batches: queue.Queue[list[Pending] | None]) -> None:
         notifier = self.plan.notifier
         conn: Any = None
         connected = False
@@ -655,7 +649,7 @@ class ChannelRunner:
                 except Exception:  # closing must not lose results
                     log.exception("%s: error closing a connection", self.name)
 
-    def _send(self, conn: Any, batch: list[_Pending]) -> None:
+    def _send(self, conn: Any, batch: list[Pending]) -> None:
         messages = [p.message for p in batch]
         throttle_waits = 0
         outcomes: Sequence[Outcome] = ()
@@ -696,12 +690,17 @@ class ChannelRunner:
                 self._failed_batch(batch, exc)
                 return
             break
+        self._outcomes(batch, outcomes)
+
+    def _outcomes(self, batch: list[Pending], outcomes: Sequence[Outcome]) -> None:
+        """Record a batch's outcomes: sent, failed (a provider's stop code suppresses
+        the address), or to be retried (the retry groups), in doubt by the policy."""
         if len(outcomes) != len(batch):
             error = f"notifier returned {len(outcomes)} outcome(s) for {len(batch)} message(s)"
             outcomes = [Outcome.failed(error, code="plugin_error")] * len(batch)
-        rows: list[_Row] = []
-        again: list[_Pending] = []
-        doubt: list[_Pending] = []
+        rows: list[DeliveryRecord] = []
+        again: list[Pending] = []
+        doubt: list[Pending] = []
         for pending, outcome in zip(batch, outcomes, strict=True):
             pending.attempts += 1
             if outcome.ok:
@@ -734,7 +733,7 @@ class ChannelRunner:
             rows += self._doubtful(doubt)
         self._record(rows)
 
-    def _failed_batch(self, batch: list[_Pending], exc: BaseException) -> None:
+    def _failed_batch(self, batch: list[Pending], exc: BaseException) -> None:
         code = getattr(exc, "code", None) or type(exc).__name__
         error = str(exc)
         doubtful = isinstance(exc, DeliveryError) and exc.transient and exc.in_doubt
@@ -763,7 +762,7 @@ class ChannelRunner:
             return
         self._record([self._row(p, DeliveryStatus.FAILED, Reason.PERMANENT_ERROR) for p in batch])
 
-    def _leave_pending(self, batch: Sequence[_Pending]) -> None:
+    def _leave_pending(self, batch: Sequence[Pending]) -> None:
         """The run stopped before these were sent: they stay pending for a resume
         (recorded only while this process owns the run: the new owner decides)."""
         if batch and self._lost is None:
@@ -771,13 +770,13 @@ class ChannelRunner:
 
     def _row(
         self,
-        pending: _Pending,
+        pending: Pending,
         state: str,
         reason: str | None,
         provider_id: str | None = None,
         *,
         transient: bool = False,
-    ) -> _Row:
+    ) -> DeliveryRecord:
         sent = state == DeliveryStatus.SENT
         result = DeliveryResult(
             channel=self.name,
@@ -789,9 +788,9 @@ class ChannelRunner:
             error_code=None if sent else pending.error_code,
             error=None if sent else pending.error,
         )
-        return pending.seq, result, state, transient
+        return DeliveryRecord(pending.seq, result, state, transient)
 
-    def _record(self, rows: Sequence[_Row]) -> None:
+    def _record(self, rows: Sequence[DeliveryRecord]) -> None:
         if rows:
             self.ledger.record(self.run_id, self.name, rows)
             self.tally.add(rows)

@@ -40,6 +40,7 @@ from ._schema import SCHEMA_VERSION
 from ._sqlite import SqliteLedger, open_ledger
 from ._types import (
     DUPLICATE_ID,
+    DeliveryRecord,
     PendingDelivery,
     PlanRow,
     PlanRules,
@@ -55,6 +56,7 @@ __all__ = [
     "HEARTBEAT_SECONDS",
     "LEASE_SECONDS",
     "SCHEMA_VERSION",
+    "DeliveryRecord",
     "Ledger",
     "LedgerError",
     "MaxActiveRunsReached",

@@ -25,13 +25,14 @@ import socket
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
 
 from ._connection import connect
 
-__all__ = ["HEARTBEAT_SECONDS", "LEASE_SECONDS", "Owner"]
+__all__ = ["HEARTBEAT_SECONDS", "LEASE_SECONDS", "Owner", "claim"]
 
 #: How often the owner of a run records that it is alive (its heartbeat).
 HEARTBEAT_SECONDS = 15.0
@@ -191,3 +192,25 @@ class Heartbeat(threading.Thread):
 
 def owner_text(owner: Owner | None) -> str | None:
     return None if owner is None else owner.to_text()
+
+
+def claim(path: Path, run_id: str, decide: Callable[[sqlite3.Connection, Owner], None]) -> Owner:
+    """Make this process the owner of ``run_id`` in the ledger at ``path``: a new
+    :class:`Owner` (held until released) if ``decide(conn, owner)``, which checks and
+    writes inside one ``BEGIN IMMEDIATE`` transaction, does not raise. Claims are thus
+    serialised with every other process's; what ``decide`` raises aborts the claim."""
+    owner = Owner.claim()
+    conn = connect(path)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        decide(conn, owner)
+        conn.execute("UPDATE runs SET heartbeat = ? WHERE run_id = ?", (time.time(), run_id))
+        conn.execute("COMMIT")
+    except BaseException:
+        owner.release()
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    finally:
+        conn.close()
+    return owner

@@ -6,8 +6,8 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .._models import DeliveryResult
 from ._sql import seq_lists
+from ._types import DeliveryRecord
 
 __all__ = [
     "mark_in_flight",
@@ -15,6 +15,7 @@ __all__ = [
     "release_deferred",
     "requeue",
     "resolve_in_flight",
+    "suppress",
 ]
 
 _MARK = (
@@ -33,6 +34,20 @@ _REQUEUE = (
 )
 
 
+def suppress(
+    kind: str, address: str, reason: str, source: str | None, now: str
+) -> Callable[[sqlite3.Connection], None]:
+    """The write that adds ``address`` to the suppression list, for the writer thread."""
+
+    def op(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT OR IGNORE INTO suppressions VALUES (?, ?, ?, ?, ?)",
+            (kind, address, reason, source, now),
+        )
+
+    return op
+
+
 def mark_in_flight(
     conn: sqlite3.Connection, run: int, code: int, seqs: Sequence[int], now: float
 ) -> None:
@@ -44,7 +59,7 @@ def mark_in_flight(
 
 
 def record_outcomes(
-    run: int, code: int, rows: Sequence[tuple[int, DeliveryResult, str, bool]], now: float
+    run: int, code: int, rows: Sequence[DeliveryRecord], now: float
 ) -> Callable[[sqlite3.Connection], None]:
     """The write of outcomes ``(seq, result, state, transient)``, for the writer thread."""
     # A delivery's last outcome is the one that stays (as with one UPDATE per row).

@@ -10,6 +10,7 @@ from .._models import DeliveryResult, Recipient, RejectedRow
 from .._states import DeliveryCounts
 from ._types import (
     WHOLE,
+    DeliveryRecord,
     PendingDelivery,
     PlanRow,
     PlanRules,
@@ -185,7 +186,7 @@ class Ledger(Protocol):
         ...
 
     def record(
-        self, run_id: str, channel: str, rows: Sequence[tuple[int, DeliveryResult, str, bool]]
+        self, run_id: str, channel: str, rows: Sequence[DeliveryRecord]
     ) -> None:
         """Queue outcomes ``(seq, result, state, transient)``."""
         ...

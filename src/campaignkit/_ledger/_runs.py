@@ -7,6 +7,7 @@ other process's (see :mod:`campaignkit._ledger._claims`).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -16,13 +17,14 @@ from typing import Any
 from ._claims import Owner, owner_text
 from ._errors import LedgerError, MaxActiveRunsReached, RunInProgress
 from ._schema import parse_timestamp, timestamp
-from ._types import RunRecord
+from ._types import RunRecord, SliceOutcome
 
 __all__ = [
     "SELECT_RUNS",
     "active_runs",
     "busy_message",
     "channel_code",
+    "clear_slices",
     "delete_run",
     "find_runs",
     "finish_run",
@@ -31,6 +33,7 @@ __all__ = [
     "let_go",
     "recent_runs",
     "record_run",
+    "record_slice",
     "run_record",
     "take_run",
 ]
@@ -199,6 +202,26 @@ def let_go(conn: sqlite3.Connection, run_id: str, owner: Owner) -> None:
     conn.execute(
         "UPDATE runs SET owner = NULL WHERE run_id = ? AND owner = ?", (run_id, owner.to_text())
     )
+
+
+def record_slice(conn: sqlite3.Connection, run: int, outcome: SliceOutcome) -> None:
+    """Record what a send of one slice did, replacing that slice's earlier outcome."""
+    conn.execute(
+        "INSERT OR REPLACE INTO slices (run, channel, slice_index, slice_count, outcome) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (
+            run,
+            outcome.channel,
+            outcome.slice.index,
+            outcome.slice.count,
+            json.dumps(outcome.to_dict()),
+        ),
+    )
+
+
+def clear_slices(conn: sqlite3.Connection, run: int) -> None:
+    """Forget a run's slice outcomes (it is (re)opened for a new attempt)."""
+    conn.execute("DELETE FROM slices WHERE run = ?", (run,))
 
 
 def delete_run(conn: sqlite3.Connection, run: int) -> None:

@@ -8,15 +8,17 @@ from __future__ import annotations
 import json
 import marshal
 import sqlite3
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from .._models import Recipient
+from ._connection import connect
 from ._errors import LedgerError
 
-__all__ = ["SCHEMA_VERSION", "migrate"]
+__all__ = ["OPEN_TIMEOUT", "SCHEMA_VERSION", "migrate", "open_and_migrate"]
 
 SCHEMA_VERSION = 6
 
@@ -246,3 +248,33 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+#: How long opening a ledger waits out other processes' locks (as a write does).
+OPEN_TIMEOUT = 30.0
+
+
+def open_and_migrate(path: Path) -> None:
+    """Open the ledger and bring it to this version's schema. Processes that open a
+    new ledger at the same instant may find it locked before SQLite's busy handler
+    applies (switching a new file to WAL, a recovery in progress): they wait and try
+    again, up to :data:`OPEN_TIMEOUT`."""
+    deadline = time.monotonic() + OPEN_TIMEOUT
+    delay = 0.01
+    while True:
+        conn = None
+        try:
+            conn = connect(path)
+            migrate(conn, path)
+            return
+        except sqlite3.OperationalError as exc:
+            busy = "locked" in str(exc) or "busy" in str(exc)
+            if not busy or time.monotonic() + delay > deadline:
+                raise LedgerError(f"{path}: cannot open the ledger: {exc}") from None
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{path}: cannot open the ledger: {exc}") from None
+        finally:
+            if conn is not None:
+                conn.close()
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)

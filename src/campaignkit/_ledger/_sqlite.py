@@ -8,7 +8,7 @@ modules by responsibility: :mod:`._runs` (runs and claims), :mod:`._snapshot`,
 
 from __future__ import annotations
 
-import json
+import functools
 import sqlite3
 import threading
 import time
@@ -21,13 +21,14 @@ from .._config import ROWS_PER_CUSTOMER
 from .._models import DeliveryResult, Recipient
 from .._states import DeliveryCounts
 from . import _deliveries, _queries, _runs, _selection, _snapshot
-from ._claims import Heartbeat, Owner
+from ._claims import Heartbeat, Owner, claim
 from ._connection import Writer, connect
 from ._errors import LedgerError, RunOwnershipLost
 from ._protocol import Ledger, RejectSink
-from ._schema import migrate, timestamp
+from ._schema import open_and_migrate, timestamp
 from ._types import (
     WHOLE,
+    DeliveryRecord,
     PendingDelivery,
     PlanRow,
     PlanRules,
@@ -40,36 +41,6 @@ from ._types import (
 __all__ = ["SqliteLedger", "open_ledger"]
 
 _T = TypeVar("_T")
-
-
-#: How long opening a ledger waits out other processes' locks (as a write does).
-OPEN_TIMEOUT = 30.0
-
-
-def _open_and_migrate(path: Path) -> None:
-    """Open the ledger and bring it to this version's schema. Processes that open a
-    new ledger at the same instant may find it locked before SQLite's busy handler
-    applies (switching a new file to WAL, a recovery in progress): they wait and try
-    again, up to :data:`OPEN_TIMEOUT`."""
-    deadline = time.monotonic() + OPEN_TIMEOUT
-    delay = 0.01
-    while True:
-        conn = None
-        try:
-            conn = connect(path)
-            migrate(conn, path)
-            return
-        except sqlite3.OperationalError as exc:
-            busy = "locked" in str(exc) or "busy" in str(exc)
-            if not busy or time.monotonic() + delay > deadline:
-                raise LedgerError(f"{path}: cannot open the ledger: {exc}") from None
-        except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"{path}: cannot open the ledger: {exc}") from None
-        finally:
-            if conn is not None:
-                conn.close()
-        time.sleep(delay)
-        delay = min(delay * 2, 0.5)
 
 
 def open_ledger(
@@ -101,7 +72,7 @@ class SqliteLedger:
         # rules use instead of this one's: a dry run plans in a scratch ledger.
         self.history = Path(history).resolve() if history is not None else None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _open_and_migrate(self.path)
+        open_and_migrate(self.path)
         self._local = threading.local()
         self._writer = Writer(self.path, durable=durable)
         self._writer.start()
@@ -177,23 +148,8 @@ class SqliteLedger:
 
     # -- runs ----------------------------------------------------------------------------
     def _claim(self, run_id: str, decide: Callable[[sqlite3.Connection, Owner], None]) -> RunRecord:
-        """Make this process the owner of ``run_id``: ``decide(conn, owner)`` checks and
-        writes inside one ``BEGIN IMMEDIATE`` transaction, so that claims are serialised
-        with every other process's; what it raises aborts the claim."""
-        owner = Owner.claim()
-        conn = connect(self.path)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            decide(conn, owner)
-            conn.execute("UPDATE runs SET heartbeat = ? WHERE run_id = ?", (time.time(), run_id))
-            conn.execute("COMMIT")
-        except BaseException:
-            owner.release()
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        finally:
-            conn.close()
+        """Make this process the owner of ``run_id`` (see :func:`claim`)."""
+        owner = claim(self.path, run_id, decide)
         self._owners[run_id] = owner
         self._heartbeats[run_id] = Heartbeat(self.path, run_id, owner)
         return self.get_run(run_id)
@@ -219,19 +175,15 @@ class SqliteLedger:
             RunInProgress: ``run_id`` exists and a live process owns it.
             LedgerError: ``run_id`` exists.
         """
-
-        def decide(conn: sqlite3.Connection, owner: Owner) -> None:
-            _runs.insert_run(
-                conn,
-                owner,
-                run_id=run_id,
-                pipeline=pipeline,
-                logical_date=logical_date,
-                fingerprint=fingerprint,
-                config_file=config_file,
-                max_active_runs=max_active_runs,
-            )
-
+        decide = functools.partial(
+            _runs.insert_run,
+            run_id=run_id,
+            pipeline=pipeline,
+            logical_date=logical_date,
+            fingerprint=fingerprint,
+            config_file=config_file,
+            max_active_runs=max_active_runs,
+        )
         return self._claim(run_id, decide)
 
     def record_run(
@@ -422,14 +374,8 @@ class SqliteLedger:
     def suppress(self, kind: str, address: str, *, reason: str, source: str | None = None) -> None:
         """Add ``address`` (normalized) to the suppression list of ``kind`` (``email``,
         ``phone``, ``push_token``); later runs skip it as ``suppressed``."""
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT OR IGNORE INTO suppressions VALUES (?, ?, ?, ?, ?)",
-                (kind, address, reason, source, timestamp(datetime.now(UTC))),
-            )
-
-        self._writer.submit(op, wait=False)
+        now = timestamp(datetime.now(UTC))
+        self._writer.submit(_deliveries.suppress(kind, address, reason, source, now), wait=False)
 
     def suppressions(self, kind: str | None = None) -> list[tuple[str, str, str, str | None]]:
         """``(kind, address, reason, source)`` entries of the suppression list."""
@@ -450,13 +396,8 @@ class SqliteLedger:
         replacing that slice's earlier outcome since the run was (re)opened."""
         run = self._run_key(run_id)
         self.flush()
-        text = json.dumps(outcome.to_dict())
         with self._write as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO slices (run, channel, slice_index, slice_count, "
-                "outcome) VALUES (?, ?, ?, ?, ?)",
-                (run, outcome.channel, outcome.slice.index, outcome.slice.count, text),
-            )
+            _runs.record_slice(conn, run, outcome)
 
     def slice_outcomes(self, run_id: str) -> list[SliceOutcome]:
         """The outcomes of the slices sent since the run was last (re)opened."""
@@ -467,7 +408,7 @@ class SqliteLedger:
         """Forget the slices' outcomes: the run is (re)opened for a new attempt."""
         run = self._run_key(run_id)
         with self._write as conn:
-            conn.execute("DELETE FROM slices WHERE run = ?", (run,))
+            _runs.clear_slices(conn, run)
 
     def mark_in_flight(self, run_id: str, channel: str, seqs: Sequence[int]) -> None:
         """Mark deliveries in flight as one batch (its id is its first seq); returns
@@ -492,7 +433,7 @@ class SqliteLedger:
             raise RunOwnershipLost(f"run {run_id!r} is owned by another process now")
 
     def record(
-        self, run_id: str, channel: str, rows: Sequence[tuple[int, DeliveryResult, str, bool]]
+        self, run_id: str, channel: str, rows: Sequence[DeliveryRecord]
     ) -> None:
         """Queue outcomes ``(seq, result, state, transient)``; ``transient`` marks a
         failure that ``retry-failed`` may re-drive. Durable by the next

@@ -8,13 +8,14 @@ from typing import Any, NamedTuple
 
 import attrs
 
-from .._models import Recipient
+from .._models import DeliveryResult, Recipient
 from .._states import ACTIVE_STATUSES
 from ._claims import Owner
 
 __all__ = [
     "DUPLICATE_ID",
     "WHOLE",
+    "DeliveryRecord",
     "PendingDelivery",
     "PlanRow",
     "PlanRules",
@@ -217,6 +218,17 @@ class SliceOutcome:
             error=data.get("error"),
             canary=bool(data.get("canary")),
         )
+
+
+class DeliveryRecord(NamedTuple):
+    """An outcome to record for one delivery (:meth:`Ledger.record`)."""
+
+    seq: int
+    result: DeliveryResult
+    #: the delivery's new state (a :class:`DeliveryStatus` value)
+    state: str
+    #: a failure that retry-failed may re-drive (retries exhausted, credentials)
+    transient: bool
 
 
 class Suppression(NamedTuple):

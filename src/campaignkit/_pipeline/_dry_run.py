@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .._content import sms_segments
 from .._engine import ChannelPlan, ChannelRunner
-from .._ledger import SqliteLedger
+from .._ledger import DeliveryRecord, SqliteLedger
 from .._models import DeliveryResult, Message, Recipient
 from .._schedule import manual_logical_date
 from .._states import DeliveryStatus
@@ -89,8 +89,8 @@ def _summary(
     kept: list[Message] = []
     for seq, recipient, address, _, _ in ledger.pending(run_id, plan.channel.name):
         item = runner.render(seq, recipient, address)
-        if isinstance(item, tuple):  # a message that would fail: render or content rule
-            reason = str(item[1].reason)
+        if isinstance(item, DeliveryRecord):  # it would fail: render or content rule
+            reason = str(item.result.reason)
             failures[reason] = failures.get(reason, 0) + 1
             continue
         rendered += 1

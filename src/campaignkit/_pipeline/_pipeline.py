@@ -36,6 +36,7 @@ from .._rehearsal import (
 from .._schedule import manual_logical_date
 from .._source import Source
 from ..exceptions import ConfigError, PluginError
+from . import _sending as sending
 from . import _steps as steps
 from ._checking import Checks
 from ._checks import channel_plans, prepare_channel, read_token
@@ -336,9 +337,9 @@ class Pipeline(Checks, RunSteps):
             now = datetime.now(UTC)
             for plan in plans:  # every audience is decided before anything is sent
                 steps.plan_channel(context, plan, now)
-            steps.start_sending(context, plans)
-            interrupted = steps.send_channels(context, plans, limit=limit, progress=progress)
-            report = steps.finish_run(context, output_dir=output_dir, interrupted=interrupted)
+            sending.start_sending(context, plans)
+            interrupted = sending.send_channels(context, plans, limit=limit, progress=progress)
+            report = sending.finish_run(context, output_dir=output_dir, interrupted=interrupted)
         if interrupted:
             raise KeyboardInterrupt
         return report
@@ -386,9 +387,9 @@ class Pipeline(Checks, RunSteps):
             now = datetime.now(UTC)
             for plan in plans:  # a channel planned before keeps its audience
                 steps.plan_channel(context, plan, now)
-            steps.start_sending(context, plans)
-            interrupted = steps.send_channels(context, plans, limit=limit, progress=progress)
-            report = steps.finish_run(context, output_dir=output_dir, interrupted=interrupted)
+            sending.start_sending(context, plans)
+            interrupted = sending.send_channels(context, plans, limit=limit, progress=progress)
+            report = sending.finish_run(context, output_dir=output_dir, interrupted=interrupted)
         if interrupted:
             raise KeyboardInterrupt
         return report

@@ -17,6 +17,7 @@ from .._models import ChannelResult, DeliveryResult, RunReport
 from .._schedule import manual_logical_date
 from .._states import ACTIVE_STATUSES, DeliveryCounts
 from ..exceptions import ConfigError
+from . import _sending as sending
 from . import _steps as steps
 from ._campaign import Campaign
 from ._checks import channel_plans
@@ -150,7 +151,7 @@ class RunSteps:
         with _claimed(self, run_id) as context:
             if not context.ledger.is_planned(run_id, channel):
                 raise LedgerError(f"channel {channel!r} of run {run_id!r} is not planned yet")
-            return steps.send_slice(context, plan, part, limit=limit, progress=progress)
+            return sending.send_slice(context, plan, part, limit=limit, progress=progress)
 
     def finish_run(
         self: Campaign, run_id: str, *, output_dir: str | Path | None = None
@@ -162,7 +163,7 @@ class RunSteps:
             LedgerError: no such run, or it is finished.
         """
         with _claimed(self, run_id) as context:
-            return steps.finish_run(context, output_dir=output_dir)
+            return sending.finish_run(context, output_dir=output_dir)
 
     # -- the dry run and the ledger's reads ------------------------------------------------
     def plan(

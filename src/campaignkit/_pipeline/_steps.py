@@ -10,10 +10,10 @@ another, given the same campaign. :meth:`Pipeline.run` composes them in one proc
   finished one). :func:`reopen_run` takes up an unfinished run (a resume).
 - :func:`plan_channel` decides a channel's audience once per run: one ledger row per
   recipient, ``pending`` or ``skipped`` with its reason; then the guard.
-- :func:`send_slice` sends a slice of a channel's pending deliveries and records what
-  it did (requests, retries, why it stopped early, what crashed).
-- :func:`finish_run` reads the channels' totals and the slices' outcomes from the
-  ledger, decides the run's status and writes its report.
+- :func:`~._sending.send_slice` sends a slice of a channel's pending deliveries and
+  records what it did (requests, retries, why it stopped early, what crashed).
+- :func:`~._sending.finish_run` reads the channels' totals and the slices' outcomes
+  from the ledger, decides the run's status and writes its report.
 """
 
 from __future__ import annotations
@@ -22,39 +22,30 @@ import contextlib
 import json
 import logging
 import tempfile
-import threading
-import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import wait as futures_wait
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import attrs
 
-from .._engine import ChannelPlan, ChannelRunner, ProgressCallback, result_from_ledger
-from .._ledger import LedgerError, RunInProgress, Slice, SliceOutcome, SqliteLedger
-from .._models import ChannelResult, RunReport
+from .._engine import ChannelPlan, ChannelRunner
+from .._ledger import LedgerError, RunInProgress, RunRecord, SqliteLedger
 from .._segment import ExtractionStats, extract
 from .._states import ACTIVE_STATUSES, RESUMABLE_STATUSES, RunStatus
 from ..exceptions import ConfigError
 from ._campaign import Campaign
-from ._reports import call_observer, check_guard, replay, run_status, stored_stats
+from ._reports import check_guard, replay
 from ._values import OpenedRun
 
 __all__ = [
     "RunContext",
     "decide_audience",
     "extract_into",
-    "finish_run",
     "open_run",
     "plan_channel",
     "reopen_run",
     "run_dir",
     "run_ledger",
-    "send_channels",
-    "send_slice",
-    "start_sending",
 ]
 
 log = logging.getLogger("campaignkit")
@@ -144,20 +135,48 @@ def open_run(
         LedgerError: ``run_id`` exists.
         SourceError: extraction failed (the run is recorded ``failed``).
     """
+    earlier, run = _begin(campaign, ledger, logical_date, force, run_id)
+    if earlier is not None:  # the logical date has a run: take it up, or replay it
+        if earlier.status in ACTIVE_STATUSES or earlier.status in RESUMABLE_STATUSES:
+            log.info("%s: resuming run %s", campaign.name, earlier.run_id)
+            return reopen_run(campaign, ledger, plans, earlier.run_id, output_dir=output_dir)
+        log.info(
+            "%s: %s already ran (%s); nothing was sent now",
+            campaign.name,
+            logical_date.isoformat(),
+            earlier.run_id,
+        )
+        return OpenedRun(earlier.run_id, replay=replay(earlier))
+    assert run is not None
+    context = RunContext(campaign, ledger, run.run_id)
+    try:
+        rejects = run_dir(campaign, run.run_id, output_dir) / "rejected.csv"
+        stats = extract_into(campaign, ledger, run.run_id, rejects)
+    except BaseException as exc:
+        context.fail(exc)
+        raise
+    log.info(
+        "%s: extracted %d recipient(s), rejected %d row(s)",
+        run.run_id,
+        stats.recipients,
+        stats.rejected,
+    )
+    return OpenedRun(run.run_id, extracted=stats)
+
+
+def _begin(
+    campaign: Campaign,
+    ledger: SqliteLedger,
+    logical_date: datetime,
+    force: bool,
+    run_id: str | None,
+) -> tuple[RunRecord | None, RunRecord | None]:
+    """``(earlier, None)``: the logical date's last run; or ``(None, run)``: its new
+    run, begun and claimed by this process."""
     while True:
         previous = ledger.find_runs(campaign.name, logical_date)
         if previous and not force:
-            last = previous[-1]
-            if last.status in ACTIVE_STATUSES or last.status in RESUMABLE_STATUSES:
-                log.info("%s: resuming run %s", campaign.name, last.run_id)
-                return reopen_run(campaign, ledger, plans, last.run_id, output_dir=output_dir)
-            log.info(
-                "%s: %s already ran (%s); nothing was sent now",
-                campaign.name,
-                logical_date.isoformat(),
-                last.run_id,
-            )
-            return OpenedRun(last.run_id, replay=replay(last))
+            return previous[-1], None
         new_id = run_id
         if new_id is None:
             new_id = f"{campaign.name}__{logical_date:%Y%m%dT%H%M%SZ}"
@@ -184,21 +203,7 @@ def open_run(
             ):
                 raise
             continue
-        break
-    context = RunContext(campaign, ledger, run.run_id)
-    try:
-        rejects = run_dir(campaign, run.run_id, output_dir) / "rejected.csv"
-        stats = extract_into(campaign, ledger, run.run_id, rejects)
-    except BaseException as exc:
-        context.fail(exc)
-        raise
-    log.info(
-        "%s: extracted %d recipient(s), rejected %d row(s)",
-        run.run_id,
-        stats.recipients,
-        stats.rejected,
-    )
-    return OpenedRun(run.run_id, extracted=stats)
+        return None, run
 
 
 def reopen_run(
@@ -297,195 +302,3 @@ def decide_audience(context: RunContext, plan: ChannelPlan, now: datetime) -> bo
     :func:`plan_channel`, which also checks the guard); returns whether it did now."""
     runner = ChannelRunner(plan, run_id=context.run_id, ledger=context.ledger)
     return runner.plan_audience(context.ledger.snapshot(context.run_id), now)
-
-
-def start_sending(context: RunContext, plans: Sequence[ChannelPlan]) -> None:
-    """Tell the ``campaignkit_run_started`` observers that the channels are about to
-    send; what one raises aborts the run before any send (recorded ``failed``)."""
-    try:
-        context.campaign.plugin_manager.hook.campaignkit_run_started(
-            run_id=context.run_id,
-            pipeline=context.campaign.name,
-            channels=[p.channel.name for p in plans],
-        )
-    except BaseException as exc:
-        context.fail(exc)
-        raise
-
-
-def send_slice(
-    context: RunContext,
-    plan: ChannelPlan,
-    part: Slice | None = None,
-    *,
-    limit: int | None = None,
-    progress: ProgressCallback | None = None,
-    deadline: float | None = None,
-    cancel: threading.Event | None = None,
-) -> ChannelResult:
-    """Send the channel's pending deliveries of slice ``part`` (all of them by
-    default), with the channel's batching, rate limit and retries, and record what
-    the send did (:class:`SliceOutcome`). Returns the channel's totals as the ledger
-    has them now. Delivery problems never raise: they are recorded per recipient.
-
-    Args:
-        limit: send at most this many messages (a canary); the rest stays pending.
-        progress: called as ``progress(channel, recipients_done)``.
-        deadline: a :func:`time.monotonic` time after which nothing more is sent
-            (default: ``execution.timeout_seconds`` from now, if set).
-        cancel: set it to stop starting batches (in-flight requests finish).
-    """
-    campaign, ledger = context.campaign, context.ledger
-    if deadline is None and campaign.execution.timeout_seconds:
-        deadline = time.monotonic() + campaign.execution.timeout_seconds
-    part = part or Slice()
-    runner = ChannelRunner(
-        plan,
-        run_id=context.run_id,
-        ledger=ledger,
-        sleep=campaign.sleep,
-        progress=progress,
-        limit=limit,
-        deadline=deadline,
-        cancel=cancel,
-        part=part,
-    )
-    started = datetime.now(UTC)
-    outcome = SliceOutcome(plan.channel.name, part, started, started, canary=limit is not None)
-    try:
-        result = runner.run()
-    except BaseException as exc:
-        stopped = "cancelled" if isinstance(exc, KeyboardInterrupt) else runner.stop_reason()
-        error = None if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
-        outcome = attrs.evolve(
-            outcome,
-            finished_at=datetime.now(UTC),
-            requests=runner.tally.requests,
-            stopped=stopped,
-            error=error,
-        )
-        ledger.record_slice(context.run_id, outcome)
-        raise
-    outcome = attrs.evolve(
-        outcome,
-        finished_at=result.finished_at or datetime.now(UTC),
-        requests=result.requests,
-        retries=result.retries,
-        stopped=result.stopped,
-    )
-    ledger.record_slice(context.run_id, outcome)
-    return result
-
-
-def send_channels(
-    context: RunContext,
-    plans: Sequence[ChannelPlan],
-    *,
-    limit: int | None = None,
-    progress: ProgressCallback | None = None,
-) -> bool:
-    """Send every channel of ``plans`` in parallel, one whole slice each, under one
-    deadline; an interrupt stops starting batches and lets in-flight requests finish.
-    Returns whether it was interrupted."""
-    campaign = context.campaign
-    timeout = campaign.execution.timeout_seconds
-    deadline = time.monotonic() + timeout if timeout else None
-    cancel = threading.Event()
-    hook = campaign.plugin_manager.hook
-
-    def send(plan: ChannelPlan) -> None:
-        result = send_slice(
-            context, plan, limit=limit, progress=progress, deadline=deadline, cancel=cancel
-        )
-        call_observer(hook.campaignkit_channel_finished, run_id=context.run_id, result=result)
-
-    workers = min(len(plans), campaign.execution.max_workers or len(plans)) or 1
-    interrupted = False
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ck-channel") as pool:
-        futures = {p.channel.name: pool.submit(send, p) for p in plans}
-        try:
-            futures_wait(futures.values())
-        except KeyboardInterrupt:
-            # Stop starting batches; in-flight requests finish and are recorded.
-            log.warning("%s: interrupted; finishing in-flight requests", context.run_id)
-            cancel.set()
-            interrupted = True
-            futures_wait(futures.values())
-        for name, future in futures.items():
-            if future.exception() is not None:
-                log.error("channel %s crashed", name, exc_info=future.exception())
-    return interrupted
-
-
-def finish_run(
-    context: RunContext, *, output_dir: str | Path | None = None, interrupted: bool = False
-) -> RunReport:
-    """Decide the run's status from its channels' totals and its slices' outcomes,
-    write its report (``report.json`` in the run directory, and in the ledger) and
-    tell the ``campaignkit_run_finished`` observers. Channels not sent since the run
-    was (re)opened are reported as the ledger has them.
-
-    Raises:
-        RunOwnershipLost: another process owns the run now; nothing was recorded.
-    """
-    campaign, ledger, run_id = context.campaign, context.ledger, context.run_id
-    outcomes = ledger.slice_outcomes(run_id)
-    results, errors = _channel_results(context, outcomes)
-    run = ledger.get_run(run_id)
-    stats = stored_stats(ledger, run)
-    path = run_dir(campaign, run_id, output_dir)
-    now = datetime.now(UTC)
-    report = RunReport(
-        run_id=run_id,
-        pipeline=campaign.name,
-        status=run_status(
-            results, errors, interrupted=interrupted, canary=any(o.canary for o in outcomes)
-        ),
-        started_at=min((o.started_at for o in outcomes), default=now),
-        finished_at=now,
-        channels=results,
-        rows_read=stats.rows_read,
-        rows_rejected=stats.rejected,
-        rejected_reasons=stats.rejected_reasons,
-        lines=None if stats.lines is None else stats.lines.to_dict(),
-        output_dir=str(path),
-        errors=errors,
-    )
-    text = json.dumps(report.to_dict(), indent=2)
-    (path / "report.json").write_text(text + "\n")
-    ledger.finish_run(run_id, report.status.value, text)
-    call_observer(campaign.plugin_manager.hook.campaignkit_run_finished, report=report)
-    return report
-
-
-def _channel_results(
-    context: RunContext, outcomes: Sequence[SliceOutcome]
-) -> tuple[dict[str, ChannelResult], dict[str, str]]:
-    """Each channel's totals (first those sent since the run was (re)opened, with
-    what their slices did; then the others as recorded) and the errors of those that
-    crashed (they have no totals)."""
-    ledger, run_id = context.ledger, context.run_id
-    results: dict[str, ChannelResult] = {}
-    errors: dict[str, str] = {}
-    channels = context.campaign.enabled_channels
-    sent = [c for c in channels if any(o.channel == c.name for o in outcomes)]
-    for channel in sent:
-        mine = [o for o in outcomes if o.channel == channel.name]
-        error = next((o.error for o in mine if o.error), None)
-        if error is not None:
-            errors[channel.name] = error
-            continue
-        result = result_from_ledger(
-            ledger,
-            run_id,
-            channel,
-            retries=max(o.retries for o in mine),
-            requests=sum(o.requests for o in mine),
-            started=min(o.started_at for o in mine),
-            stopped=next((o.stopped for o in mine if o.stopped), None),
-        )
-        results[channel.name] = attrs.evolve(result, finished_at=max(o.finished_at for o in mine))
-    for channel in channels:
-        if channel not in sent and ledger.is_planned(run_id, channel.name):
-            results[channel.name] = result_from_ledger(ledger, run_id, channel)
-    return results, errors
