@@ -4,32 +4,18 @@ from __future__ import annotations
 
 import csv
 import os
-import re
-from collections.abc import Collection, Iterator, Mapping, Sequence
-from operator import itemgetter
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
-from .._controls import CONTROL_CHARACTER, control_detail, find_control
 from .._models import Recipient, RejectedRow
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, SourceError
+from ._csv_rows import CsvRows, RowTally
 from ._file import FileSource
-from ._lines import SourceLines, line_breaks
+from ._lines import SourceLines
 from ._options import CsvOptions, resolve_path, structure_source, under_source
-from ._rows import (
-    BAD_CONSENT_VALUE,
-    CONSENT_FAST,
-    EMPTY_REQUIRED_FIELD,
-    MALFORMED_ROW,
-    MULTILINE_FIELD,
-    dict_builder,
-    parse_consent_slow,
-)
 
 __all__ = ["CsvSource"]
-
-
-# -- CSV --------------------------------------------------------------------------------------
 
 
 class CsvSource(FileSource):
@@ -190,252 +176,40 @@ class CsvSource(FileSource):
         self._last_lines = None
         with self._open() as f:
             reader = self._reader(f)
-            end = 0  # physical line where the last record read ended
-            count = 0  # non-blank rows after the header
-            start = 1
-            blank = 0  # blank lines after the header
-            extra = 0  # lines of accepted records beyond their first
-            rejected_lines = 0  # lines of rejected records
-            nrej = 0  # rejected records
+            tally = RowTally(end=0)
             try:
                 names, header_line = self._header(reader)
-                end = header_lines = reader.line_num
+                tally.end = header_lines = reader.line_num
                 layout = self._layout(names, required, header_line)
-                # Everything the loop touches is a local. Model fields without a column
-                # point one past the last field, where each row gets an "" appended.
-                ncols = len(names)
-                model_get = itemgetter(*(ncols if i is None else i for i in layout.model))
-                extra_required = [(f, i, c) for f, i, c in layout.required if f != "id"]
-                id_column = self._column("id")
-                pad = None in layout.model
-                consent_specs = layout.consent
-                consent_of = dict_builder([(ch, i) for ch, i, _ in consent_specs], call=True)
-                attributes_of = dict_builder(layout.attributes)
-                fast = CONSENT_FAST.get
-                recipient = Recipient
-                rejected = RejectedRow
-                strict = layout.strict
-                # Columns where a quote is a stray one: addresses, tokens, the channels'
-                # address fields and strict_columns. An id is an opaque key compared as
-                # written (it may hold one); consent values are parsed strictly anyway.
-                strict_order = sorted(strict - {i for _, i, _ in consent_specs} - {layout.model[0]})
-                labels = layout.labels
-                join = "".join
-                for row in reader:
-                    start = end + 1
-                    end = reader.line_num
-                    count += 1
-                    if len(row) != ncols:
-                        if not row:
-                            count -= 1
-                            blank += 1
-                            continue  # blank line
-                        rejected_lines += end - start + 1
-                        nrej += 1
-                        detail = f"expected {ncols} fields, got {len(row)}"
-                        if end != start:
-                            detail = (
-                                f"lines {start}-{end}: {detail}; the record spans "
-                                f"{end - start + 1} lines: a stray quote?"
-                            )
-                        yield rejected(
-                            start,
-                            MALFORMED_ROW,
-                            detail,
-                            None,
-                            tuple(row),
-                            end if end != start else None,
-                        )
-                        continue
-                    if end != start:
-                        # A quoted field spans lines: legitimate in free text only.
-                        spans = _multiline_strict(row, strict, names, start, end, self._delimiter)
-                        if spans is not None:
-                            rejected_lines += end - start + 1
-                            nrej += 1
-                            yield rejected(
-                                start, MULTILINE_FIELD, spans[1], labels[spans[0]], tuple(row), end
-                            )
-                            continue
-                    text = join(row)
-                    if not text.isprintable():
-                        found = _control_in_row(row, strict)
-                        if found is not None:
-                            rejected_lines += end - start + 1
-                            nrej += 1
-                            yield rejected(
-                                start,
-                                CONTROL_CHARACTER,
-                                control_detail(f"column {names[found[0]]!r}", *found[1:]),
-                                labels[found[0]],
-                                tuple(row),
-                                end if end != start else None,
-                            )
-                            continue
-                    if '"' in text and '"' in join([row[i] for i in strict_order]):
-                        # Left by a stray quote inside an unquoted field (``C2"x``) or
-                        # an escaped one: no address or token holds a quote.
-                        i = next(i for i in strict_order if '"' in row[i])
-                        rejected_lines += end - start + 1
-                        nrej += 1
-                        where = f"lines {start}-{end}" if end != start else f"line {start}"
-                        yield rejected(
-                            start,
-                            MALFORMED_ROW,
-                            f"{where}: column {names[i]!r} holds a quote at position "
-                            f"{row[i].index(chr(34)) + 1}: a stray quote?",
-                            labels[i],
-                            tuple(row),
-                            end if end != start else None,
-                        )
-                        continue
-                    if pad:
-                        row.append("")
-                    rid, email, phone, token = model_get(row)
-                    rid = rid.strip()
-                    if not rid:
-                        rejected_lines += end - start + 1
-                        nrej += 1
-                        yield rejected(
-                            start,
-                            EMPTY_REQUIRED_FIELD,
-                            f"column {id_column!r} is empty",
-                            "id",
-                            tuple(row[:ncols]),
-                            end if end != start else None,
-                        )
-                        continue
-                    if extra_required:
-                        miss = next((r for r in extra_required if not row[r[1]].strip()), None)
-                        if miss is not None:
-                            rejected_lines += end - start + 1
-                            nrej += 1
-                            yield rejected(
-                                start,
-                                EMPTY_REQUIRED_FIELD,
-                                f"column {miss[2]!r} is empty",
-                                miss[0],
-                                tuple(row[:ncols]),
-                                end if end != start else None,
-                            )
-                            continue
-                    consent = consent_of(row, fast)
-                    if None in consent.values():
-                        bad = parse_consent_slow(consent_specs, row, consent)
-                        if bad is not None:
-                            rejected_lines += end - start + 1
-                            nrej += 1
-                            yield rejected(
-                                start,
-                                BAD_CONSENT_VALUE,
-                                f"consent value {row[bad[1]]!r} in column {bad[2]!r} is "
-                                "not one of true/yes/y/1/t or false/no/n/0/f/empty",
-                                bad[2],
-                                tuple(row[:ncols]),
-                                end if end != start else None,
-                            )
-                            continue
-                    if end != start:
-                        extra += end - start
-                    yield recipient(
-                        rid,
-                        email.strip() or None,
-                        phone.strip() or None,
-                        token.strip() or None,
-                        attributes_of(row),
-                        consent,
-                        start,
-                    )
+                yield from CsvRows(layout, self._column("id"), self._delimiter).stream(
+                    reader, tally
+                )
             except UnicodeDecodeError as exc:
                 raise self._decode_error(exc) from None
             except csv.Error as exc:
                 # The reader fails on the record after the last one it returned, having
                 # read the lines up to the failure.
-                first, last = end + 1, max(reader.line_num, end + 1)
-                if str(exc) == "unexpected end of data":
-                    msg = (
-                        f"unterminated quoted field: the record starting on line {first} "
-                        f"runs to the end of the file (line {last}): a stray quote?"
-                    )
-                elif last > first:
-                    msg = f"invalid CSV in lines {first}-{last}: {exc}: a stray quote?"
-                else:
-                    msg = f"invalid CSV: {exc}"
-                raise self._error(msg, line=first) from None
-            if count == 0:
-                raise self._error("no data rows after the header", line=end + 1)
+                first = tally.end + 1
+                raise self._invalid(exc, first, max(reader.line_num, first)) from None
+            if tally.accepted + tally.rejected == 0:
+                raise self._error("no data rows after the header", line=tally.end + 1)
             self._last_lines = SourceLines(
-                total=end,
+                total=tally.end,
                 header=header_lines,
-                blank=blank,
-                accepted=count - nrej + extra,
-                rejected=rejected_lines,
+                blank=tally.blank,
+                accepted=tally.accepted,
+                rejected=tally.rejected,
             )
 
-
-_LINE_END = re.compile("\r\n|\r|\n")
-
-
-def _multiline_strict(
-    row: Sequence[str],
-    strict: Collection[int],
-    names: Sequence[str],
-    start: int,
-    end: int,
-    delimiter: str = ",",
-) -> tuple[int, str] | None:
-    """For a record on lines ``start``..``end`` (> start): (index, detail) of the first
-    strict value that spans lines or does not start on the record's first line (it
-    follows a free-text value that spans lines), or of a free-text value one of whose
-    later lines holds a record (see below), or None.
-
-    Either way a quote may have swallowed the following lines, so that the value is
-    another customer's: only free text after the last strict column may span lines.
-    A stray quote in free text that a later quote closes swallows whole records into
-    the value, and its message would carry other customers' addresses: a later line
-    of a free-text value in column ``i`` holding ``i`` delimiters or more (as many as
-    precede the column in a record) is taken for one.
-    """
-    line = start  # the physical line where field i starts
-    spanning: tuple[int, int] | None = None  # (index, first line) of the last multi-line
-    swallowed: tuple[int, str] | None = None  # the first free-text value holding a record
-    for i, value in enumerate(row):
-        breaks = line_breaks(value, False) if ("\n" in value or "\r" in value) else 0
-        if breaks and swallowed is None and i > 0 and value.count(delimiter) >= i:
-            for n, text in enumerate(_LINE_END.split(value)[1:], 1):
-                if (count := text.count(delimiter)) >= i:
-                    swallowed = (
-                        i,
-                        (
-                            f"lines {start}-{end}: quoted field in column {names[i]!r} spans "
-                            f"{breaks + 1} lines, and line {line + n} holds {count} {delimiter!r}, "
-                            "as a record does: a stray quote?"
-                        ),
-                    )
-                    break
-        if i in strict:
-            if breaks:
-                return i, (
-                    f"lines {start}-{end}: quoted field in column {names[i]!r} spans "
-                    f"{breaks + 1} lines: a stray quote?"
-                )
-            if spanning is not None:
-                j, first = spanning
-                return i, (
-                    f"lines {start}-{end}: quoted field in column {names[j]!r} spans lines "
-                    f"{first}-{line}, so column {names[i]!r} is on line {line}: a stray quote?"
-                )
-        if breaks:
-            spanning = (i, line)
-            line += breaks
-    return swallowed
-
-
-def _control_in_row(row: Sequence[str], strict: Collection[int]) -> tuple[int, int, str] | None:
-    """(index, position, character) of the first control character a value of ``row``
-    may not hold (see :func:`find_control`), or None."""
-    for i, value in enumerate(row):
-        found = find_control(value, strict=i in strict)
-        if found is not None:
-            return i, found[0], found[1]
-    return None
+    def _invalid(self, exc: csv.Error, first: int, last: int) -> SourceError:
+        """The error for the record on lines ``first``..``last`` the reader failed on."""
+        if str(exc) == "unexpected end of data":
+            msg = (
+                f"unterminated quoted field: the record starting on line {first} "
+                f"runs to the end of the file (line {last}): a stray quote?"
+            )
+        elif last > first:
+            msg = f"invalid CSV in lines {first}-{last}: {exc}: a stray quote?"
+        else:
+            msg = f"invalid CSV: {exc}"
+        return self._error(msg, line=first)
