@@ -10,7 +10,8 @@ The modules, by responsibility:
 
 - :mod:`._file`: :class:`FileSource`, what both share (options, opening, locating
   errors), and the :class:`Layout` of the columns resolved against a header;
-- :mod:`._csv` and :mod:`._jsonl`: the two sources;
+- :mod:`._csv` and :mod:`._jsonl`: the two sources; :mod:`._csv_rows`, the per-row
+  loop of a CSV read and the checks that name a rejected record's problem;
 - :mod:`._rows`: what a record becomes: reason codes, strict consent parsing, the
   compiled dict builders of the per-row loops;
 - :mod:`._lines`: :class:`SourceLines`, how a read accounts for every physical line;

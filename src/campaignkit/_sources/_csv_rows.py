@@ -27,13 +27,12 @@ from ._rows import (
     EMPTY_REQUIRED_FIELD,
     MALFORMED_ROW,
     MULTILINE_FIELD,
+    NOT_CONSENT,
     dict_builder,
     parse_consent_slow,
 )
 
 __all__ = ["CsvRows", "RowTally"]
-
-_SPELLINGS = "not one of true/yes/y/1/t or false/no/n/0/f/empty"
 
 
 @attrs.define
@@ -181,7 +180,7 @@ class CsvRows:
         if None in consent.values():
             bad = parse_consent_slow(self.consent_specs, row, consent)
             if bad is not None:
-                detail = f"consent value {row[bad[1]]!r} in column {bad[2]!r} is {_SPELLINGS}"
+                detail = f"consent value {row[bad[1]]!r} in column {bad[2]!r} is {NOT_CONSENT}"
                 return self._reject(row, start, end, BAD_CONSENT_VALUE, detail, bad[2])
         return None
 

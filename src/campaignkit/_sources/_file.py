@@ -141,6 +141,33 @@ class FileSource:
         ``required`` fields (the constructor's and the channels' address fields) and
         ``strict_columns``. Every other column is free text.
         """
+        index = self._check_header(names, required, line)
+        model = tuple(index.get(self._column(f)) for f in MODEL_FIELDS)
+        present = [(f, i) for f, i in zip(MODEL_FIELDS, model, strict=True) if i is not None]
+        mapped = {self._column(f) for f, _ in present}
+        labels = list(names)
+        for f, i in present:
+            labels[i] = f
+        strict = {i for _, i in present}
+        strict.update(index[col] for col in self._consent.values())
+        strict.update(index[self._column(f)] for f in (*self._required, *required))
+        strict.update(index[col] for col in self._strict_columns)
+        return Layout(
+            names=tuple(names),
+            model=(model[0], model[1], model[2], model[3]),
+            required=tuple((f, index[self._column(f)], self._column(f)) for f in self._required),
+            consent=tuple((ch, index[col], col) for ch, col in self._consent.items()),
+            attributes=tuple((n, i) for i, n in enumerate(names) if n not in mapped),
+            strict=frozenset(strict),
+            labels=tuple(labels),
+        )
+
+    def _check_header(
+        self, names: Sequence[str], required: Collection[str], line: int
+    ) -> dict[str, int]:
+        """The position of each header name; raise SourceError for the first problem: a
+        control character in a name, or a missing mapped, required, consent or strict
+        column (in that order)."""
         for pos, name in enumerate(names, 1):
             found = find_control(name, strict=True)
             if found is not None:
@@ -174,27 +201,7 @@ class FileSource:
                 raise self._error(
                     f"strict column {column!r} is not in the header", line=line, column=column
                 )
-        model = tuple(index.get(self._column(f)) for f in MODEL_FIELDS)
-        mapped = {
-            self._column(f) for f, i in zip(MODEL_FIELDS, model, strict=True) if i is not None
-        }
-        labels = list(names)
-        for f, i in zip(MODEL_FIELDS, model, strict=True):
-            if i is not None:
-                labels[i] = f
-        strict = {i for i in model if i is not None}
-        strict.update(index[col] for col in self._consent.values())
-        strict.update(index[self._column(f)] for f in (*self._required, *required))
-        strict.update(index[col] for col in self._strict_columns)
-        return Layout(
-            names=tuple(names),
-            model=(model[0], model[1], model[2], model[3]),
-            required=tuple((f, index[self._column(f)], self._column(f)) for f in self._required),
-            consent=tuple((ch, index[col], col) for ch, col in self._consent.items()),
-            attributes=tuple((n, i) for i, n in enumerate(names) if n not in mapped),
-            strict=frozenset(strict),
-            labels=tuple(labels),
-        )
+        return index
 
     def _decode_error(self, exc: UnicodeDecodeError) -> SourceError:
         """Find the physical line of the first undecodable byte (the text layer reads

@@ -14,12 +14,15 @@ from .._source import MODEL_FIELDS
 from ._file import FileSource, Layout
 from ._lines import SourceLines
 from ._options import JsonLinesOptions, resolve_path, structure_source, under_source
-from ._rows import BAD_CONSENT_VALUE, EMPTY_REQUIRED_FIELD, MALFORMED_ROW, parse_consent
+from ._rows import (
+    BAD_CONSENT_VALUE,
+    EMPTY_REQUIRED_FIELD,
+    MALFORMED_ROW,
+    NOT_CONSENT,
+    parse_consent,
+)
 
 __all__ = ["JsonLinesSource"]
-
-
-# -- JSON Lines -------------------------------------------------------------------------------
 
 
 class _Nested(Exception):
@@ -198,42 +201,28 @@ class JsonLinesSource(FileSource):
                 try:
                     values[key] = _json_text(value)
                 except _Nested:
-                    return RejectedRow(
-                        line, MALFORMED_ROW, f"key {key!r} holds a nested value", key, (text,)
-                    )
+                    detail = f"key {key!r} holds a nested value"
+                    return _rejected(line, text, MALFORMED_ROW, detail, key)
             for key, value in values.items():
-                found = find_control(key, strict=True)
-                if found is not None:
-                    return RejectedRow(
-                        line, CONTROL_CHARACTER, control_detail("a key", *found), None, (text,)
-                    )
-                if value is not None:
-                    found = find_control(value, strict=key in strict_keys)
-                    if found is not None:
-                        return RejectedRow(
-                            line,
-                            CONTROL_CHARACTER,
-                            control_detail(f"key {key!r}", *found),
-                            label.get(key, key),
-                            (text,),
-                        )
+                if (found := find_control(key, strict=True)) is not None:
+                    detail = control_detail("a key", *found)
+                    return _rejected(line, text, CONTROL_CHARACTER, detail, None)
+                if (
+                    value is not None
+                    and (found := find_control(value, strict=key in strict_keys)) is not None
+                ):
+                    detail = control_detail(f"key {key!r}", *found)
+                    return _rejected(line, text, CONTROL_CHARACTER, detail, label.get(key, key))
             for field, key in required:
                 if not (values.get(key) or "").strip():
-                    return RejectedRow(
-                        line, EMPTY_REQUIRED_FIELD, f"key {key!r} is empty", field, (text,)
-                    )
+                    detail = f"key {key!r} is empty"
+                    return _rejected(line, text, EMPTY_REQUIRED_FIELD, detail, field)
             consent: dict[str, bool] = {}
             for channel, key in consent_specs:
                 flag = parse_consent(values.get(key) or "")
                 if flag is None:
-                    return RejectedRow(
-                        line,
-                        BAD_CONSENT_VALUE,
-                        f"consent value {values.get(key)!r} in key {key!r} is not "
-                        "one of true/yes/y/1/t or false/no/n/0/f/empty",
-                        key,
-                        (text,),
-                    )
+                    detail = f"consent value {values.get(key)!r} in key {key!r} is {NOT_CONSENT}"
+                    return _rejected(line, text, BAD_CONSENT_VALUE, detail, key)
                 consent[channel] = flag
             rid, email, phone, token = ((values.get(k) or "").strip() or None for k in model_keys)
             attributes = dict(schema_attrs)
@@ -243,3 +232,8 @@ class JsonLinesSource(FileSource):
             return Recipient(rid or "", email, phone, token, attributes, consent, line)
 
         return build
+
+
+def _rejected(line: int, text: str, reason: str, detail: str, field: str | None) -> RejectedRow:
+    """The rejected row for the object on ``line``: its raw value is the line's text."""
+    return RejectedRow(line, reason, detail, field, (text,))

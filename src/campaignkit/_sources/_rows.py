@@ -12,6 +12,7 @@ __all__ = [
     "EMPTY_REQUIRED_FIELD",
     "MALFORMED_ROW",
     "MULTILINE_FIELD",
+    "NOT_CONSENT",
     "dict_builder",
     "parse_consent",
     "parse_consent_slow",
@@ -34,6 +35,9 @@ EMPTY_REQUIRED_FIELD = "empty_required_field"
 BAD_CONSENT_VALUE = "bad_consent_value"
 MALFORMED_ROW = "malformed_row"
 MULTILINE_FIELD = "multiline_field"
+
+#: What a bad consent value is told it is not.
+NOT_CONSENT = "not one of true/yes/y/1/t or false/no/n/0/f/empty"
 
 
 def parse_consent(value: str) -> bool | None:
