@@ -123,29 +123,17 @@ class StaticSource:
             TypeError: ``rows`` (or what its function returns) is not an iterable of
                 rows: a single dict, a string, ``None``.
         """
-        keys = {f: f for f in MODEL_FIELDS}
-        for field, key in (columns or {}).items():
-            if field not in MODEL_FIELDS:
-                raise ValueError(
-                    f"columns: {field!r} is not a model field (expected one of "
-                    f"{', '.join(MODEL_FIELDS)}); other keys are attributes as they are"
-                )
-            keys[field] = key
-        builder = _DictRow(keys, dict(consent or {}), tuple(required))
-        records: Iterable[Record] | Callable[[], Iterable[Record]]
+        builder = _DictRow(_model_keys(columns or {}), dict(consent or {}), tuple(required))
         if callable(rows):
             produce = rows
-            records = lambda: builder.many(_rows(produce()))  # noqa: E731
-        else:
-            _rows(rows, given=True)
-            kept = rows if isinstance(rows, Collection) else list(rows)
-            records = lambda: builder.many(kept)  # noqa: E731
-        source = cls(records, fields=fields, name=name)
-        if callable(rows):
+            source = cls(lambda: builder.many(_rows(produce())), fields=fields, name=name)
             source._keys = lambda: builder.fields(itertools.islice(_rows(produce()), 1))
-        else:
-            source._size = len(kept)
-            source._keys = lambda: builder.fields(kept)
+            return source
+        _rows(rows, given=True)
+        kept = rows if isinstance(rows, Collection) else list(rows)
+        source = cls(lambda: builder.many(kept), fields=fields, name=name)
+        source._size = len(kept)
+        source._keys = lambda: builder.fields(kept)
         return source
 
     def _open(self) -> Iterator[Record]:
@@ -185,6 +173,23 @@ class StaticSource:
 
     def __repr__(self) -> str:
         return f"StaticSource({self.describe()})"
+
+
+def _model_keys(columns: Mapping[str, str]) -> dict[str, str]:
+    """Model field -> the key holding it: ``columns`` over the fields' own names.
+
+    Raises:
+        ValueError: ``columns`` maps something other than a model field.
+    """
+    keys = {f: f for f in MODEL_FIELDS}
+    for field, key in columns.items():
+        if field not in MODEL_FIELDS:
+            raise ValueError(
+                f"columns: {field!r} is not a model field (expected one of "
+                f"{', '.join(MODEL_FIELDS)}); other keys are attributes as they are"
+            )
+        keys[field] = key
+    return keys
 
 
 def _rows(rows: Any, *, given: bool = False) -> Iterable[Any]:
@@ -249,6 +254,8 @@ class _DictRow:
             yield self.one(line, row)
 
     def one(self, line: int, row: Any) -> Record:
+        """The recipient the ``line``-th row makes, or the row rejected naming the key
+        at fault."""
         if not isinstance(row, Mapping):
             return RejectedRow(
                 line,
@@ -284,6 +291,20 @@ class _DictRow:
                 return self._reject(
                     line, row, EMPTY_REQUIRED_FIELD, f"key {key!r} is empty or missing", field
                 )
+        consent = self._consent(line, row, flags)
+        if isinstance(consent, RejectedRow):
+            return consent
+        rid, email, phone, token = (
+            (values.get(self.keys[f]) or "").strip() or None for f in MODEL_FIELDS
+        )
+        attributes = {k: v or "" for k, v in values.items() if k not in self.mapped}
+        return Recipient(rid or "", email, phone, token, attributes, consent, line)
+
+    def _consent(
+        self, line: int, row: Mapping[str, Any], flags: Mapping[Any, Any]
+    ) -> dict[str, bool] | RejectedRow:
+        """The row's consent flags: those of its ``consent`` mapping (``flags``), then
+        those of the keys ``consent`` names; or the row rejected for the first bad one."""
         consent: dict[str, bool] = {}
         given = [
             (str(ch), CONSENT_KEY, f"key 'consent', channel {str(ch)!r}", v)
@@ -306,11 +327,7 @@ class _DictRow:
                     field,
                 )
             consent[channel] = flag
-        rid, email, phone, token = (
-            (values.get(self.keys[f]) or "").strip() or None for f in MODEL_FIELDS
-        )
-        attributes = {k: v or "" for k, v in values.items() if k not in self.mapped}
-        return Recipient(rid or "", email, phone, token, attributes, consent, line)
+        return consent
 
     def _reject(
         self, line: int, row: Mapping[Any, Any], reason: str, detail: str, field: str | None = None
