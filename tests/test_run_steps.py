@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 from campaignkit import ConfigError, Pipeline, Slice, get_plugin_manager
 from campaignkit._ledger import LedgerError, PlanRules, SqliteLedger
 from campaignkit._models import DeliveryResult, DeliveryStatus, Recipient
+from campaignkit._suppression import SuppressionList
 from campaignkit.testing.sandbox import Sandbox
 
 WORKER = Path(__file__).with_name("step_worker.py")
@@ -338,3 +339,31 @@ def test_slices_partition_pending_deliveries_and_keep_batches_whole(
                 assert (d.batch if d.batch is not None else d.seq) % count == i
     finally:
         ledger.close()
+
+
+def test_a_run_reads_each_suppression_list_once(
+    tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checks before a run build each channel's audience (its suppression lists
+    included); the run sends with what they built, never reading a list twice."""
+    config = write_campaign(tmp_path, sandbox)
+    rows = [line.split(",") for line in (tmp_path / "segment.csv").read_text().splitlines()[1:]]
+    stopped = next(r[1] for r in rows if r[1] and r[5] == "yes")
+    (tmp_path / "stop.txt").write_text(f"# unsubscribed\n{stopped.upper()}\n")
+    text = config.read_text().replace(
+        '[channels.email]\nprovider = "sendgrid"\n',
+        '[channels.email]\nprovider = "sendgrid"\nsuppression_files = ["stop.txt"]\n',
+    )
+    config.write_text(text)
+    reads: list[object] = []
+    original = SuppressionList.from_files.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type[SuppressionList], *args: Any, **kwargs: Any) -> SuppressionList:
+        reads.append(args)
+        return original(cls, *args, **kwargs)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(SuppressionList, "from_files", classmethod(counting))
+    report = pipeline_of(config, sandbox).run(logical_date=datetime.fromisoformat(LOGICAL_DATE))
+    assert len([r for r in reads if "stop.txt" in repr(r)]) == 1
+    assert report.channels["email"].reasons["suppressed"] == 1
+    assert stopped not in {str(m["to"]) for m in sandbox.servers["sendgrid"].messages}

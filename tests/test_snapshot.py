@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from campaignkit import Channel, CsvSource, Pipeline, Recipient, RejectedRow, Template
-from campaignkit._engine import ChannelRunner, idempotency_key, legacy_idempotency_key
+from campaignkit._engine import Pending, Renderer, idempotency_key, legacy_idempotency_key
 from campaignkit._ledger import SCHEMA_VERSION, LedgerError, SqliteLedger
 from campaignkit._ledger._schema import MIGRATIONS
 
@@ -316,10 +316,10 @@ def test_keys_derive_from_the_snapshot_position(tmp_path: Path, pm: Any) -> None
     )
     keys = []
     for channel in pipeline.channels:
-        runner = ChannelRunner(pipeline.channel_plan(channel, None), run_id="r1", ledger=ledger)
+        renderer = Renderer(pipeline.channel_plan(channel, None), run_id="r1", ledger=ledger)
         for seq, person in ledger.snapshot("r1"):
-            item = runner.render(seq, person, person.id)
-            assert not isinstance(item, tuple)
+            item = renderer.render(seq, person, person.id)
+            assert isinstance(item, Pending)
             assert item.message.idempotency_key == idempotency_key("r1", channel.name, seq)
             keys.append(item.message.idempotency_key)
     assert len(set(keys)) == len(keys) == 12

@@ -28,6 +28,7 @@ __all__ = [
     "ACTIVE_STATUSES",
     "FINAL_DELIVERY_STATES",
     "RESUMABLE_STATUSES",
+    "UNFINISHED_STATUSES",
     "DeliveryCounts",
     "DeliveryStatus",
     "Doubt",
@@ -62,6 +63,9 @@ RESUMABLE_STATUSES = frozenset(
         RunStatus.CANARY,
     }
 )
+
+#: Runs that running their logical date again takes up (resumes): going, or owing.
+UNFINISHED_STATUSES = ACTIVE_STATUSES | RESUMABLE_STATUSES
 
 
 class DeliveryStatus(enum.StrEnum):

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .._content import sms_segments
-from .._engine import ChannelPlan, ChannelRunner
+from .._engine import ChannelPlan, Renderer
 from .._ledger import DeliveryRecord, SqliteLedger
 from .._models import DeliveryResult, Message, Recipient
 from .._schedule import manual_logical_date
@@ -81,14 +81,14 @@ def _summary(
     rendered and checked."""
     ledger, run_id = context.ledger, context.run_id
     decide_audience(context, plan, now)
-    runner = ChannelRunner(plan, run_id=run_id, ledger=ledger)
+    renderer = Renderer(plan, run_id=run_id, ledger=ledger)
     counts = ledger.counts(run_id, plan.channel.name)
     reasons = counts.reasons
     rendered = segments = 0
     failures: dict[str, int] = {}
     kept: list[Message] = []
     for seq, recipient, address, _, _ in ledger.pending(run_id, plan.channel.name):
-        item = runner.render(seq, recipient, address)
+        item = renderer.render(seq, recipient, address)
         if isinstance(item, DeliveryRecord):  # it would fail: render or content rule
             reason = str(item.result.reason)
             failures[reason] = failures.get(reason, 0) + 1
@@ -125,12 +125,12 @@ def preview(campaign: Campaign, channel: str, n: int = 3) -> list[Message]:
         raise ConfigError(f"no channel named {channel!r}", path=f"channels.{channel}")
     plan = prepare_channel(campaign, matches[0], campaign.source.fields(), preview=True)
     # A preview decides per recipient only (no ledger: no de-duplication or caps).
-    runner = ChannelRunner(plan, run_id="preview", ledger=None)  # type: ignore[arg-type]
+    renderer = Renderer(plan, run_id="preview", ledger=None)
     out: list[Message] = []
     failed: list[DeliveryResult] = []
     records = campaign.source.records(campaign.required_fields())
     recipients = (r for r in records if isinstance(r, Recipient))
-    for item in runner.messages(recipients, datetime.now(UTC)):
+    for item in renderer.messages(recipients, datetime.now(UTC)):
         if isinstance(item, Message):
             out.append(item)
         else:

@@ -31,7 +31,7 @@ import attrs
 from .._engine import ChannelPlan, ChannelRunner
 from .._ledger import LedgerError, RunInProgress, RunRecord, SqliteLedger
 from .._segment import ExtractionStats, extract
-from .._states import ACTIVE_STATUSES, RESUMABLE_STATUSES, RunStatus
+from .._states import UNFINISHED_STATUSES, RunStatus
 from ..exceptions import ConfigError
 from ._campaign import Campaign
 from ._reports import check_guard, replay
@@ -137,7 +137,7 @@ def open_run(
     """
     earlier, run = _begin(campaign, ledger, logical_date, force, run_id)
     if earlier is not None:  # the logical date has a run: take it up, or replay it
-        if earlier.status in ACTIVE_STATUSES or earlier.status in RESUMABLE_STATUSES:
+        if earlier.status in UNFINISHED_STATUSES:
             log.info("%s: resuming run %s", campaign.name, earlier.run_id)
             return reopen_run(campaign, ledger, plans, earlier.run_id, output_dir=output_dir)
         log.info(
@@ -234,7 +234,7 @@ def reopen_run(
             f"run {run_id!r} was skipped as too late; start the logical date again "
             "deliberately (run with force) if it should still be sent"
         )
-    finished = not (previous.status in ACTIVE_STATUSES or previous.status in RESUMABLE_STATUSES)
+    finished = previous.status not in UNFINISHED_STATUSES
     names = [p.channel.name for p in plans]
     if finished and not ledger.owed(run_id, names, failed=retry_failed, unknown=resend_unknown):
         log.info("%s: finished (%s); nothing was sent now", run_id, previous.status)

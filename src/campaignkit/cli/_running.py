@@ -17,7 +17,7 @@ from .._pipeline import (
     Pipeline,
 )
 from .._schedule import manual_logical_date
-from .._states import ACTIVE_STATUSES, RESUMABLE_STATUSES
+from .._states import UNFINISHED_STATUSES
 from ._campaign import (
     LATEST,
     build_pipeline,
@@ -251,7 +251,7 @@ def _run_once(
         )
     previous = find_run(pipeline, logical_date=logical) if keeps_ledger and not force else None
     resuming = previous is not None and (
-        previous.status in ACTIVE_STATUSES or previous.status in RESUMABLE_STATUSES
+        previous.status in UNFINISHED_STATUSES
     )
     already = previous is not None and not resuming
     out = make_console()

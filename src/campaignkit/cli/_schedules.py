@@ -28,7 +28,7 @@ from .._pipeline import (
 )
 from .._redact import redact
 from .._schedule import Interval, Plan, plan_due_runs, upcoming
-from .._states import ACTIVE_STATUSES, RESUMABLE_STATUSES
+from .._states import ACTIVE_STATUSES, UNFINISHED_STATUSES
 from ..exceptions import CampaignKitError
 from ._campaign import build_pipeline, look, open_ledger, prepare, sandboxed_configs
 from ._group import EPILOG, main
@@ -340,7 +340,7 @@ def _report_unfinished(where: Where, pipeline: Pipeline, *, since: datetime) -> 
     for run in recent:
         if run.created_at < since and (run.finished_at is None or run.finished_at < since):
             continue
-        if run.status in RESUMABLE_STATUSES or run.status in ACTIVE_STATUSES:
+        if run.status in UNFINISHED_STATUSES:
             _say(
                 f"{pipeline.name}: run {run.run_id} is {run.status}; "
                 f"{where.command('resume', run.run_id)} sends the rest"

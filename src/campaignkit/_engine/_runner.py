@@ -1,8 +1,7 @@
-"""Runs one channel: selection, rendering, batching, worker threads, rate limit, retries."""
+"""Runs one channel: batching, worker threads, rate limit, retries, messages in doubt."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import queue
 import random
@@ -15,35 +14,17 @@ from typing import Any
 import attrs
 import backoff
 
-from ._audience import Audience
-from ._config import Channel, RetryPolicy
-from ._content import html_to_text, list_unsubscribe_headers
-from ._controls import CONTROL_CHARACTER, control_detail, find_control
-from ._ledger import DeliveryRecord, Ledger, PlanRules, RunOwnershipLost, Slice
-from ._models import (
-    ChannelResult,
-    DeliveryResult,
-    DeliveryStatus,
-    Message,
-    Outcome,
-    Rate,
-    Reason,
-    Recipient,
-)
-from ._notifier import Notifier
-from ._ratelimit import RateLimiter
-from ._states import FINAL_DELIVERY_STATES
-from ._templates import CompiledTemplate
-from .exceptions import DeliveryError, TemplateError
+from .._ledger import DeliveryRecord, Ledger, RunOwnershipLost, Slice
+from .._models import ChannelResult, DeliveryResult, DeliveryStatus, Outcome, Reason, Recipient
+from .._ratelimit import RateLimiter
+from .._states import FINAL_DELIVERY_STATES
+from ..exceptions import DeliveryError
+from ._doubt import InDoubt
+from ._plan import ChannelPlan, ProgressCallback
+from ._render import Pending, Renderer
+from ._totals import result_from_ledger
 
-__all__ = [
-    "ChannelPlan",
-    "ChannelRunner",
-    "counted_result",
-    "idempotency_key",
-    "legacy_idempotency_key",
-    "result_from_ledger",
-]
+__all__ = ["Batch", "ChannelRunner"]
 
 log = logging.getLogger("campaignkit")
 
@@ -51,128 +32,6 @@ log = logging.getLogger("campaignkit")
 MAX_THROTTLE_WAITS = 10
 #: Wait after a 429 that did not say how long.
 DEFAULT_THROTTLE_WAIT = 1.0
-#: In-doubt messages handed to :meth:`Notifier.reconcile` per call.
-RECONCILE_CHUNK = 50
-#: A provider is asked about a message in doubt no sooner than this many times as
-#: long after the request ended as the request took: a request the client gave up
-#: on (a read timeout, a gateway's 504) may still be on its way and be acted on after
-#: a too-early lookup said "no such message", which would then deliver the re-send as
-#: a second copy. A request answered at once (a 500) waits for nothing more.
-RECONCILE_SETTLE_FACTOR = 2.0
-
-ProgressCallback = Callable[[str, int], None]
-
-#: Checks a rendered message against the channel's content rules: an error code
-#: (``too_many_segments``, ``payload_too_large``) or ``None``.
-ContentCheck = Callable[[Message], str | None]
-
-
-def counted_result(
-    ledger: Ledger, run_id: str, channel: str, *, provider: str, result_key: str = ""
-) -> ChannelResult:
-    """A channel's totals as the ledger counts them: no session counters, no times."""
-    counts = ledger.counts(run_id, channel)
-    return ChannelResult(
-        channel=channel,
-        provider=provider,
-        sent=counts[DeliveryStatus.SENT],
-        failed=counts[DeliveryStatus.FAILED],
-        skipped=counts[DeliveryStatus.SKIPPED],
-        pending=counts[DeliveryStatus.PENDING] + counts[DeliveryStatus.IN_FLIGHT],
-        unknown=counts[DeliveryStatus.UNKNOWN],
-        deferred=counts[DeliveryStatus.DEFERRED],
-        reasons=dict(counts.reasons),
-        error_codes=dict(counts.error_codes),
-        result_key=result_key,
-    )
-
-
-def result_from_ledger(
-    ledger: Ledger,
-    run_id: str,
-    channel: Channel,
-    *,
-    retries: int = 0,
-    requests: int = 0,
-    started: datetime | None = None,
-    stopped: str | None = None,
-) -> ChannelResult:
-    """A channel's totals as the ledger records them (this session's counters aside)."""
-    counted = counted_result(
-        ledger, run_id, channel.name, provider=channel.provider, result_key=channel.report_key
-    )
-    return attrs.evolve(
-        counted,
-        retries=retries,
-        requests=requests,
-        started_at=started,
-        finished_at=datetime.now(UTC),
-        stopped=stopped,
-    )
-
-
-#: Template parts rendered as one line (headers and notification titles).
-_ONE_LINE = ("subject", "title")
-
-
-def idempotency_key(run_id: str, channel: str, seq: int) -> str:
-    """The deterministic key of one delivery: the same for every attempt and resume.
-
-    A delivery is (run, channel, the recipient's position ``seq`` in the run's
-    snapshot), so no two deliveries of a run share a key, whatever the customer ids:
-    two rows of one customer (``rows_per_customer = "many"``) are two deliveries. The
-    snapshot is written once per run, so ``seq`` (and the key) is stable across resumes.
-    The parts are length-prefixed: no two different triples make the same text.
-    """
-    text = f"ck2:{len(run_id)}:{run_id}:{len(channel)}:{channel}:{int(seq)}"
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-
-
-def legacy_idempotency_key(run_id: str, channel: str, recipient_id: str) -> str:
-    """The key of runs snapshotted before ledger schema 4, from the recipient id: kept
-    for them, so that a resume after the upgrade re-sends in-flight messages with the
-    keys they first left with."""
-    text = f"{run_id}\x1f{channel}\x1f{recipient_id}"
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-
-
-@attrs.frozen
-class ChannelPlan:
-    """Everything needed to run one channel, prepared (and validated) before extraction."""
-
-    channel: Channel
-    notifier: Notifier[Any]
-    template: CompiledTemplate
-    retry: RetryPolicy
-    rate: Rate
-    batch_size: int
-    audience: Audience
-    rules: PlanRules
-    content: ContentCheck | None = None
-
-
-@attrs.define
-class Pending:
-    """A message on its way, with its place in the segment and its attempts so far."""
-
-    seq: int
-    message: Message
-    attempts: int = 0
-    error_code: str | None = None
-    error: str | None = None
-    #: its last request ended in doubt; to be reconciled with the provider before a resend
-    in_doubt: bool = False
-    #: wall-clock time (epoch seconds) of its first attempt in this session
-    since: float | None = None
-    #: monotonic time its last request started (the runner's clock, ``_now``)
-    sent_at: float | None = None
-    #: monotonic time before which the provider is not asked about it (its request
-    #: in doubt had time to settle: see :data:`RECONCILE_SETTLE_FACTOR`)
-    settle_at: float | None = None
-    #: its last attempt ended in doubt and nothing settled it since: if no retry is
-    #: left it is ``unknown``, never ``failed`` (the provider may have delivered it,
-    #: and retry-failed would re-send it, after an idempotency key's lifetime a copy)
-    uncertain: bool = False
 
 
 @attrs.frozen
@@ -202,7 +61,7 @@ class _Tally:
             self._progress(self.channel, done)
 
 
-class ChannelRunner:
+class ChannelRunner(InDoubt):
     """Sends one channel of a run.
 
     :meth:`plan_audience` records one ledger row per recipient (``pending``, or
@@ -263,9 +122,9 @@ class ChannelRunner:
         self._retry_lock = threading.Lock()
         self._abort: tuple[str | None, str] | None = None  # (code, error) of a 401/403
         self._lost: str | None = None  # another process took the run over
-        self._legacy_keys: bool | None = None  # decided on the first render
+        self.renderer = Renderer(plan, run_id=run_id, ledger=ledger)
 
-    # -- selection and rendering ---------------------------------------------------------
+    # -- selection -----------------------------------------------------------------------
     def plan_audience(self, segment: Iterable[tuple[int, Recipient]], now: datetime) -> bool:
         """Record this channel's audience in the ledger (once per run): every recipient
         of ``segment`` as ``pending`` or ``skipped`` with its reason. Returns whether
@@ -280,92 +139,6 @@ class ChannelRunner:
 
         self.ledger.plan(self.run_id, self.name, rows(), self.plan.rules)
         return True
-
-    def render(
-        self, seq: int, recipient: Recipient, address: str, attempts: int = 0
-    ) -> Pending | DeliveryRecord:
-        """The message for one selected recipient, or a failed row if it cannot be
-        rendered or breaks the channel's content rules."""
-        try:
-            parts = self.plan.template.render(recipient.context())
-        except TemplateError as exc:
-            return self._failed_row(seq, recipient, attempts, Reason.RENDER_ERROR, str(exc))
-        for name in _ONE_LINE:
-            # A subject or title is one line: a line break from a free-text field would
-            # forge a header. (The values themselves were checked when extracted.)
-            value = parts.get(name)
-            if isinstance(value, str) and (found := find_control(value, strict=False, line=True)):
-                return self._failed_row(
-                    seq, recipient, attempts, CONTROL_CHARACTER, control_detail(name, *found)
-                )
-        html = parts.get("html")
-        body = parts.get("body")
-        if body is None and html is not None:
-            body = html_to_text(html)  # email: a text part derived from the HTML one
-        headers: dict[str, str] = {}
-        if parts.get("unsubscribe_url"):
-            try:
-                headers = list_unsubscribe_headers(
-                    parts["unsubscribe_url"], parts.get("unsubscribe_mailto") or None
-                )
-            except ValueError as exc:
-                return self._failed_row(
-                    seq, recipient, attempts, "invalid_unsubscribe_url", str(exc)
-                )
-        message = Message(
-            recipient_id=recipient.id,
-            channel=self.name,
-            address=address,
-            body=body or "",
-            subject=parts.get("subject"),
-            html=html,
-            title=parts.get("title"),
-            data=parts.get("data") or {},
-            headers=headers,
-            idempotency_key=self._key(seq, recipient),
-        )
-        if self.plan.content is not None:
-            problem = self.plan.content(message)
-            if problem is not None:
-                return self._failed_row(seq, recipient, attempts, problem, problem)
-        return Pending(seq, message, attempts)
-
-    def _key(self, seq: int, recipient: Recipient) -> str:
-        """The delivery's idempotency key: by snapshot position, or by recipient id for
-        a run snapshotted before ledger schema 4 (it has no snapshot info)."""
-        if self._legacy_keys is None:
-            ledger: Ledger | None = self.ledger  # a preview renders without a ledger
-            self._legacy_keys = ledger is not None and ledger.snapshot_info(self.run_id) is None
-        if self._legacy_keys:
-            return legacy_idempotency_key(self.run_id, self.name, recipient.id)
-        return idempotency_key(self.run_id, self.name, seq)
-
-    def _failed_row(
-        self, seq: int, recipient: Recipient, attempts: int, reason: str, error: str
-    ) -> DeliveryRecord:
-        result = DeliveryResult(
-            self.name,
-            recipient.id,
-            DeliveryStatus.FAILED,
-            reason,
-            attempts=attempts,
-            error_code=reason,
-            error=error,
-        )
-        return DeliveryRecord(seq, result, DeliveryStatus.FAILED, False)
-
-    def messages(
-        self, segment: Iterable[Recipient], now: datetime
-    ) -> Iterator[Message | DeliveryResult]:
-        """Rendered messages for recipients the per-recipient rules select, or the
-        failed result of one that cannot be rendered or breaks a content rule (a
-        preview: de-duplication, caps and targets need the whole audience and are not
-        applied)."""
-        for seq, recipient in enumerate(segment):
-            reason, address, filtered, _ = self.plan.audience.decide(recipient, now)
-            if reason is None and not filtered and address is not None:
-                item = self.render(seq, recipient, address)
-                yield item.message if isinstance(item, Pending) else item.result
 
     # -- the run -------------------------------------------------------------------------
     def run(self) -> ChannelResult:
@@ -419,109 +192,6 @@ class ChannelRunner:
             )
         return self._result(started, rounds)
 
-    # -- messages in doubt -----------------------------------------------------------------
-    def _can_reconcile(self) -> bool:
-        return type(self.plan.notifier).reconcile is not Notifier.reconcile
-
-    def _doubtful(self, batch: list[Pending]) -> list[DeliveryRecord]:
-        """Rows for messages whose request ended in doubt, by the channel's policy;
-        those to be re-sent (now, or after reconciling) join the retry groups."""
-        notifier = self.plan.notifier
-        if notifier.supports_idempotency_keys or (
-            self.plan.channel.on_doubt == "retry" and not self._can_reconcile()
-        ):
-            # Re-sent as it was formed: the same keys (or at-least-once, by choice).
-            with self._retry_lock:
-                self._retry.append(batch)
-            return [self._row(p, DeliveryStatus.PENDING, None) for p in batch]
-        if self._can_reconcile():
-            # Unknown until the provider is asked, at the next retry round, before any
-            # resend (a crash meanwhile leaves it unknown, as for a message in flight).
-            now = self._now()
-            for p in batch:
-                p.in_doubt = True
-                took = now - p.sent_at if p.sent_at is not None else 0.0
-                p.settle_at = now + RECONCILE_SETTLE_FACTOR * took
-            with self._retry_lock:
-                self._retry.append(batch)
-            return [self._row(p, DeliveryStatus.UNKNOWN, Reason.IN_DOUBT) for p in batch]
-        return [self._row(p, DeliveryStatus.UNKNOWN, Reason.IN_DOUBT) for p in batch]
-
-    def _reconcile(self, groups: list[list[Pending]]) -> list[list[Pending]]:
-        """Ask the provider about the in-doubt members of ``groups``: found ones are
-        recorded ``sent`` and dropped, surely absent ones become ordinary retries,
-        and the rest stay in doubt (re-sent anyway with ``on_doubt = "retry"``).
-        Returns the groups without the settled messages."""
-        doubt = [p for group in groups for p in group if p.in_doubt]
-        if not doubt:
-            return groups
-        self._settle(doubt)
-        answers: list[Outcome | None] = [None] * len(doubt)
-        notifier = self.plan.notifier
-        since = datetime.fromtimestamp(min(p.since or time.time() for p in doubt), UTC)
-        conn: Any = None
-        try:
-            conn = notifier.connect()
-            try:
-                # In chunks, so that a deadline or an interrupt is noticed between them.
-                for start in range(0, len(doubt), RECONCILE_CHUNK):
-                    if self._stopped():
-                        break
-                    chunk = [p.message for p in doubt[start : start + RECONCILE_CHUNK]]
-                    got = notifier.reconcile(conn, chunk, since)
-                    if len(got) != len(chunk):
-                        log.warning(
-                            "%s: reconcile returned %d answer(s) for %d",
-                            self.name,
-                            len(got),
-                            len(chunk),
-                        )
-                        continue
-                    answers[start : start + len(chunk)] = got
-            finally:
-                notifier.disconnect(conn)
-        except Exception as exc:  # a failed lookup settles nothing (more)
-            log.warning("%s: could not reconcile %d message(s): %s", self.name, len(doubt), exc)
-        settled: set[int] = set()
-        rows: list[DeliveryRecord] = []
-        for pending, answer in zip(doubt, answers, strict=True):
-            if answer is not None and answer.ok:
-                rows.append(
-                    self._row(pending, DeliveryStatus.SENT, None, answer.provider_message_id)
-                )
-                settled.add(id(pending))
-            elif answer is not None and answer.transient:
-                pending.in_doubt = pending.uncertain = False  # the provider has no such message
-            elif self.plan.channel.on_doubt == "retry":
-                pending.in_doubt = False  # at-least-once, by the channel's choice
-        self._record(rows)
-        log.info(
-            "%s: reconciled %d in-doubt message(s): %d found, %d to re-send, %d unknown",
-            self.name,
-            len(doubt),
-            len(settled),
-            sum(not p.in_doubt and id(p) not in settled for p in doubt),
-            sum(p.in_doubt for p in doubt),
-        )
-        out = [[p for p in group if id(p) not in settled] for group in groups]
-        return [group for group in out if group]
-
-    def _settle(self, doubt: Sequence[Pending]) -> None:
-        """Wait until these requests in doubt had time to settle (see
-        :data:`RECONCILE_SETTLE_FACTOR`; the retry delay already counts): a short
-        ``delay_minutes``, ``--retry-delay 0`` or ``retries = 0`` must not ask the
-        provider while it may still be acting on the request."""
-        until = [p.settle_at for p in doubt if p.settle_at is not None]
-        if not until or self._stopped():
-            return
-        wait = max(until) - self._now()
-        if wait <= 0:
-            return
-        log.info(
-            "%s: waiting %.1fs before asking the provider about messages in doubt", self.name, wait
-        )
-        self._wait(wait)
-
     def _now(self) -> float:
         """Monotonic time, with what injected sleeps stood for counted as elapsed."""
         return time.monotonic() + self._slept
@@ -540,7 +210,7 @@ class ChannelRunner:
         group_id: int | None = None
         pending = self.ledger.pending(self.run_id, self.name, self.part)
         for seq, recipient, address, attempts, batch in pending:
-            item = self.render(seq, recipient, address, attempts)
+            item = self.renderer.render(seq, recipient, address, attempts)
             if batch is not None and batch == group_id and isinstance(item, Pending):
                 group.append(item)
                 continue
