@@ -419,7 +419,7 @@ def _exp_queue() -> None:
     and the workers hand the GIL back and forth less often."""
     import queue as queue_mod
 
-    from campaignkit import _engine
+    from campaignkit._engine import _runner as _engine
 
     class _Queue(queue_mod.Queue):  # type: ignore[type-arg]
         def __init__(self, maxsize: int = 0) -> None:
@@ -433,7 +433,7 @@ def _exp_queue() -> None:
 
 def _exp_nolimit() -> None:
     """Rate: ``Rate()`` (no limiter at all) instead of ``Rate(1e9, 1e9)``."""
-    from campaignkit import _engine
+    from campaignkit._engine import _runner as _engine
 
     limiter = _engine.RateLimiter  # type: ignore[attr-defined]
 
@@ -863,7 +863,7 @@ def check_payloads() -> str:
         pipeline = campaignkit_pipeline(provider, base, k, 1, tempfile.gettempdir())
         name = pipeline.channels[0].name
         messages = pipeline.preview(name, n=k)
-        plan = pipeline._plan(pipeline.channels[0], pipeline.source.fields())
+        plan = pipeline.channel_plan(pipeline.channels[0], pipeline.source.fields())
         conn = plan.notifier.connect()
         conn.mount("http://", reply)
         for i in range(0, len(messages), plan.batch_size):

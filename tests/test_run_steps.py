@@ -367,3 +367,34 @@ def test_a_run_reads_each_suppression_list_once(
     assert len([r for r in reads if "stop.txt" in repr(r)]) == 1
     assert report.channels["email"].reasons["suppressed"] == 1
     assert stopped not in {str(m["to"]) for m in sandbox.servers["sendgrid"].messages}
+
+
+def test_the_cli_takes_up_a_run_opened_by_a_step(tmp_path: Path, sandbox: Sandbox) -> None:
+    """A run opened (and planned) by steps, then ``campaignkit run`` for its logical
+    date: the run is taken up, said so, and sends what it owes once."""
+    config = write_campaign(tmp_path, sandbox)
+    run_id = step(config, sandbox, "open", LOGICAL_DATE)["run_id"]
+    step(config, sandbox, "plan", run_id, "sms")
+    step(config, sandbox, "send", run_id, "sms", "1/2")
+    env = {**os.environ, **sandbox.env(), "COLUMNS": "200"}
+    done = subprocess.run(
+        [sys.executable, "-m", "campaignkit", "run", str(config), "--logical-date", LOGICAL_DATE],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr  # partial: the refused addresses
+    said = done.stdout + done.stderr
+    assert f"had an unfinished run {run_id} (running); only what it still owed was sent" in said
+    assert max(received(sandbox).values()) == 1
+    again = subprocess.run(
+        [sys.executable, "-m", "campaignkit", "run", str(config), "--logical-date", LOGICAL_DATE],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert "Already ran: nothing was sent now" in again.stdout + again.stderr

@@ -9,6 +9,7 @@ modules by responsibility: :mod:`._runs` (runs and claims), :mod:`._snapshot`,
 from __future__ import annotations
 
 import functools
+import logging
 import sqlite3
 import threading
 import time
@@ -39,6 +40,8 @@ from ._types import (
 )
 
 __all__ = ["SqliteLedger", "open_ledger"]
+
+log = logging.getLogger("campaignkit")
 
 _T = TypeVar("_T")
 
@@ -235,15 +238,21 @@ class SqliteLedger:
 
     def release_run(self, run_id: str) -> None:
         """Give up the claim on ``run_id`` without finishing it (it stays ``running``
-        for a resume, which any process may then claim)."""
+        for a resume, which any process may then claim at once; if the ledger cannot
+        record that, once this process has exited)."""
         owner = self._let_go(run_id)
-        if owner is not None:
+        if owner is None:
+            return
+        try:
             self.flush()
-            try:
-                with self._write as conn:
-                    _runs.let_go(conn, run_id, owner)
-            finally:
-                owner.release()
+            with self._write as conn:
+                _runs.let_go(conn, run_id, owner)
+        except (LedgerError, sqlite3.Error) as exc:  # never hide what made us let go
+            log.warning(
+                "%s: could not record that this process let run %s go: %s", self.path, run_id, exc
+            )
+        finally:
+            owner.release()
 
     def _let_go(self, run_id: str) -> Owner | None:
         """Stop the run's heartbeat; return its owner (still held) if this ledger had it."""
@@ -359,12 +368,14 @@ class SqliteLedger:
             )
 
     def release_deferred(self, run_id: str, channel: str, *, now: float | None = None) -> int:
-        """Deferred deliveries whose time has come become ``pending``; returns how many."""
-        run, code = self._key(run_id, channel)
-        with self._write as conn:
-            return _deliveries.release_deferred(
-                conn, run, code, time.time() if now is None else now
-            )
+        """Deferred deliveries whose time has come become ``pending``; returns how many.
+        (By the writer thread: a channel's sending thread opens no write connection.)"""
+        run, code, when = *self._key(run_id, channel), time.time() if now is None else now
+        done: list[int] = []
+        self._writer.submit(
+            lambda c: done.append(_deliveries.release_deferred(c, run, code, when)), wait=True
+        )
+        return done[0]
 
     def next_deferred(self, run_id: str) -> float | None:
         """The earliest time a deferred delivery of the run becomes due, if any."""
@@ -392,23 +403,22 @@ class SqliteLedger:
         yield from self._stream(lambda conn: _queries.pending(conn, run, code, part))
 
     def record_slice(self, run_id: str, outcome: SliceOutcome) -> None:
-        """Record what a send of one slice did (after flushing its deliveries),
-        replacing that slice's earlier outcome since the run was (re)opened."""
+        """Record what a send of one slice did (after its deliveries, by the writer
+        thread: no connection per sending thread), replacing that slice's earlier
+        outcome since the run was (re)opened."""
         run = self._run_key(run_id)
-        self.flush()
-        with self._write as conn:
-            _runs.record_slice(conn, run, outcome)
+        self._writer.submit(
+            functools.partial(_runs.record_slice, run=run, outcome=outcome), wait=True
+        )
 
     def slice_outcomes(self, run_id: str) -> list[SliceOutcome]:
         """The outcomes of the slices sent since the run was last (re)opened."""
-        run = self._run_key(run_id)
-        return _queries.slice_outcomes(self._read, run)
+        return _queries.slice_outcomes(self._read, self._run_key(run_id))
 
     def clear_slices(self, run_id: str) -> None:
         """Forget the slices' outcomes: the run is (re)opened for a new attempt."""
-        run = self._run_key(run_id)
         with self._write as conn:
-            _runs.clear_slices(conn, run)
+            _runs.clear_slices(conn, self._run_key(run_id))
 
     def mark_in_flight(self, run_id: str, channel: str, seqs: Sequence[int]) -> None:
         """Mark deliveries in flight as one batch (its id is its first seq); returns
@@ -432,9 +442,7 @@ class SqliteLedger:
         if lost:
             raise RunOwnershipLost(f"run {run_id!r} is owned by another process now")
 
-    def record(
-        self, run_id: str, channel: str, rows: Sequence[DeliveryRecord]
-    ) -> None:
+    def record(self, run_id: str, channel: str, rows: Sequence[DeliveryRecord]) -> None:
         """Queue outcomes ``(seq, result, state, transient)``; ``transient`` marks a
         failure that ``retry-failed`` may re-drive. Durable by the next
         :meth:`mark_in_flight` or :meth:`flush`."""

@@ -42,7 +42,7 @@ from ._checking import Checks
 from ._checks import channel_plans, prepare_channel, read_token
 from ._run_steps import RunSteps
 from ._scheduled import due_runs
-from ._values import ScheduledRuns
+from ._values import OpenedRun, ScheduledRuns
 
 __all__ = ["Pipeline"]
 
@@ -296,6 +296,7 @@ class Pipeline(Checks, RunSteps):
         progress: ProgressCallback | None = None,
         on_extracted: Callable[[int, Mapping[str, int]], None] | None = None,
         limit: int | None = None,
+        on_opened: Callable[[OpenedRun], None] | None = None,
     ) -> RunReport:
         """Run the campaign for a logical date: check everything, extract the whole
         segment into the ledger, decide every channel's audience, then send every
@@ -311,12 +312,12 @@ class Pipeline(Checks, RunSteps):
             force: start a new run even if the logical date has one.
             run_id: the new run's id (default ``<pipeline>__<logical date>``).
             output_dir: overrides ``execution.output_dir`` for report and rejects.
-            progress: called as ``progress(channel, recipients_done)`` from channel
-                threads.
+            progress: called as ``progress(channel, recipients_done)`` (channel threads).
             on_extracted: called with (recipients, rejected reasons) after extraction.
-            limit: a canary: send to the first ``limit`` eligible recipients per channel
-                only; the run stays resumable and the full run (the same logical date
-                again) sends the rest, never these twice.
+            on_opened: called with the :class:`OpenedRun` once the run is open (begun,
+                taken up, or found finished), before anything is planned or sent.
+            limit: a canary: the first ``limit`` eligible recipients per channel only;
+                the full run (the same logical date again) sends the rest.
 
         Raises:
             ConfigError, TemplateError, SourceError, PluginError: before any send.
@@ -329,6 +330,8 @@ class Pipeline(Checks, RunSteps):
             opened = steps.open_run(
                 self, ledger, plans, date.astimezone(UTC), force, run_id, output_dir
             )
+            if on_opened is not None:
+                on_opened(opened)
             if opened.replay is not None:  # the logical date ran already
                 return opened.replay
             if opened.extracted is not None and on_extracted is not None and not opened.resumed:

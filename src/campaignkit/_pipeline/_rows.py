@@ -23,19 +23,9 @@ __all__ = ["check_rows"]
 
 
 def check_rows(campaign: Campaign, *, examples: int = 20) -> RowCheck:
-    """Read the whole segment as a run does and report the rows a run would not
-    message; nothing is sent and nothing is kept (no ledger, no run directory).
-
-    Extraction is the run's own (the rows the source rejects, repeated customer ids
-    as ``duplicate_id``), in a scratch database in a temporary directory, so memory
-    stays bounded whatever the segment's size; then every accepted recipient's
-    address is checked as each enabled channel's selection would (``invalid_address``).
-    Only the first ``examples`` rows of each kind are kept, with file, line, field
-    and reason, never the rest of the row.
-
-    Raises:
-        ConfigError, SourceError, PluginError: the segment cannot be read.
-    """
+    """The segment's rows read as a run reads them (see :meth:`Pipeline.check_rows`):
+    extraction into a scratch ledger, then each accepted address checked as each
+    enabled channel's selection would."""
     now = datetime.now(UTC)
     run_id = f"{campaign.name}__rows__{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
     shown = campaign.source.describe()

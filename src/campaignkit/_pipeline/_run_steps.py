@@ -140,6 +140,8 @@ class RunSteps:
         deadline, rejected credentials) is recorded for :meth:`finish_run`. Sending
         a slice again sends what it still owes, never a message twice.
 
+        ``execution.timeout_seconds`` counts from this call.
+
         Args:
             limit: a canary: at most this many messages; the rest stays pending.
             progress: called as ``progress(channel, recipients_done)``.

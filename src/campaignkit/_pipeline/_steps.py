@@ -139,14 +139,15 @@ def open_run(
     if earlier is not None:  # the logical date has a run: take it up, or replay it
         if earlier.status in UNFINISHED_STATUSES:
             log.info("%s: resuming run %s", campaign.name, earlier.run_id)
-            return reopen_run(campaign, ledger, plans, earlier.run_id, output_dir=output_dir)
+            opened = reopen_run(campaign, ledger, plans, earlier.run_id, output_dir=output_dir)
+            return attrs.evolve(opened, earlier_status=earlier.status)
         log.info(
             "%s: %s already ran (%s); nothing was sent now",
             campaign.name,
             logical_date.isoformat(),
             earlier.run_id,
         )
-        return OpenedRun(earlier.run_id, replay=replay(earlier))
+        return OpenedRun(earlier.run_id, replay=replay(earlier), earlier_status=earlier.status)
     assert run is not None
     context = RunContext(campaign, ledger, run.run_id)
     try:

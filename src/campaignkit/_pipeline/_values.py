@@ -221,9 +221,12 @@ class OpenedRun:
             a replay; there is nothing to plan or send.
         extracted: the extraction this opening did (``None`` when the run's
             snapshot was there already).
+        earlier_status: when the logical date had a run already, the status it had
+            (``canary``, ``timed_out``... for one taken up; how it ended for a replay).
     """
 
     run_id: str
     resumed: bool = False
     replay: RunReport | None = None
     extracted: ExtractionStats | None = None
+    earlier_status: str | None = None

@@ -18,6 +18,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from .._pipeline import OpenedRun
 from ..exceptions import CampaignKitError
 from ._output import EXIT_FAILED, EXIT_INPUT_ERROR, describe_error, fail, fail_problems, log
 
@@ -67,6 +68,15 @@ class _RunDisplay:
             if name not in self._tasks:
                 self._tasks[name] = self.progress.add_task(name, total=total)
 
+    def opened(self, opened: OpenedRun) -> None:
+        """The run is open: a resume's bars count up with no total; a replay shows none."""
+        with self._lock:
+            if self._extracting is not None and opened.extracted is None:
+                self.progress.remove_task(self._extracting)
+                self._extracting = None
+                if opened.replay is None:
+                    self._add_channels(None)
+
     def extracted(self, recipients: int) -> None:
         with self._lock:
             if self._extracting is not None:
@@ -95,7 +105,14 @@ class RunProgress:
         self.display = _RunDisplay(console, channels, extracting=extracting) if show else None
         self.settled = threading.Event()
         self.done: dict[str, int] = {}
+        #: what opening the run did, once it is open
+        self.opened: OpenedRun | None = None
         self._lock = threading.Lock()
+
+    def on_opened(self, opened: OpenedRun) -> None:
+        self.opened = opened
+        if self.display is not None:
+            self.display.opened(opened)
 
     def on_extracted(self, recipients: int, rejected: Mapping[str, int]) -> None:
         if self.display is not None:

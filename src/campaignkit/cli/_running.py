@@ -9,15 +9,12 @@ from typing import Any
 
 import click
 
-from .._ledger import (
-    RunRecord,
-)
 from .._models import RunReport, RunStatus
 from .._pipeline import (
+    OpenedRun,
     Pipeline,
 )
 from .._schedule import manual_logical_date
-from .._states import UNFINISHED_STATUSES
 from ._campaign import (
     LATEST,
     build_pipeline,
@@ -249,17 +246,11 @@ def _run_once(
             f"false): the full run would message the canary's recipients again",
             EXIT_INPUT_ERROR,
         )
-    previous = find_run(pipeline, logical_date=logical) if keeps_ledger and not force else None
-    resuming = previous is not None and (
-        previous.status in UNFINISHED_STATUSES
-    )
-    already = previous is not None and not resuming
     out = make_console()
     progress = RunProgress(
         out,
         [c.name for c in pipeline.enabled_channels],
-        show=out.is_terminal and not as_json and not already and not is_quiet(),
-        extracting=not resuming,
+        show=out.is_terminal and not as_json and not is_quiet(),
     )
     with sandbox_journal(sandbox, pipeline, output_dir):
         report = drive(
@@ -271,12 +262,13 @@ def _run_once(
                 progress=progress,
                 on_extracted=progress.on_extracted,
                 limit=limit,
+                on_opened=progress.on_opened,
             ),
             progress,
             config=config,
             interrupted=lambda: interrupt_message(where, find_run(pipeline, logical_date=logical)),
         )
-    before = _run_once_notes(report, previous, logical, limit, resuming=resuming)
+    before = _run_once_notes(report, progress.opened, logical, limit)
     after = record_sandbox(sandbox) if sandbox else []
     if as_json and str(report.status) == RunStatus.CANARY.value:
         after += run_hints(report, where, logical_date=logical)[:1]  # stdout stays pure JSON
@@ -293,12 +285,7 @@ def _run_once(
 
 
 def _run_once_notes(
-    report: RunReport,
-    previous: RunRecord | None,
-    logical: datetime,
-    limit: int | None,
-    *,
-    resuming: bool,
+    report: RunReport, opened: OpenedRun | None, logical: datetime, limit: int | None
 ) -> list[str]:
     """What ``run`` says before the summary: the logical date had already run, or its
     canary or unfinished run was resumed."""
@@ -308,16 +295,16 @@ def _run_once_notes(
             f"Already ran: nothing was sent now. Logical date {format_utc(logical)} has run "
             f"{report.run_id} ({report.status.value}); --force starts a new run."
         )
-    elif resuming and previous is not None and previous.status == RunStatus.CANARY.value:
+    elif opened is not None and opened.resumed and opened.earlier_status == RunStatus.CANARY:
         before.append(
-            f"Canary:    logical date {format_utc(logical)} had canary run {previous.run_id}; "
+            f"Canary:    logical date {format_utc(logical)} had canary run {opened.run_id}; "
             f"its recipients were not messaged again"
             + (f", and at most {limit} more per channel were now." if limit else ".")
         )
-    elif resuming and previous is not None:
+    elif opened is not None and opened.resumed and opened.earlier_status is not None:
         before.append(
             f"Resumed:   logical date {format_utc(logical)} had an unfinished run "
-            f"{previous.run_id} ({previous.status}); only what it still owed was sent."
+            f"{opened.run_id} ({opened.earlier_status}); only what it still owed was sent."
         )
     return before
 
