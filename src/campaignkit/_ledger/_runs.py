@@ -198,9 +198,12 @@ def finish_run(
 def let_go(conn: sqlite3.Connection, run_id: str, owner: Owner) -> None:
     """Record that ``owner`` no longer works on ``run_id`` (if it still owns it): the
     run stays ``running`` and any process may claim it at once, this one's next step
-    in another process included."""
+    in another process included. The pid goes too: a run with a pid and no owner is
+    one recorded before owners were, owned by that pid while it runs (so a process
+    that let go would still hold the run as long as it lives)."""
     conn.execute(
-        "UPDATE runs SET owner = NULL WHERE run_id = ? AND owner = ?", (run_id, owner.to_text())
+        "UPDATE runs SET owner = NULL, pid = NULL WHERE run_id = ? AND owner = ?",
+        (run_id, owner.to_text()),
     )
 
 

@@ -161,10 +161,19 @@ class RunSteps:
         """The last step: decide the run's status from what its channels' slices did
         and the ledger's totals, write ``report.json`` and record the report.
 
+        A run whose messages are still owed is not finished: an enabled channel not
+        planned, pending deliveries that no slice sent since the run was (re)opened
+        (no slice stopped early, crashed or was a canary), or deliveries left in
+        flight by a crashed step (:meth:`reopen_run` settles them). Finishing it
+        would record it ``succeeded`` and the logical date would then be replayed,
+        those messages never sent.
+
         Raises:
-            LedgerError: no such run, or it is finished.
+            LedgerError: no such run, it is finished, or it still owes messages
+                (nothing was recorded).
         """
         with _claimed(self, run_id) as context:
+            _nothing_unsent(context)
             return sending.finish_run(context, output_dir=output_dir)
 
     # -- the dry run and the ledger's reads ------------------------------------------------
@@ -220,6 +229,33 @@ def _enabled(campaign: Campaign, name: str) -> Channel:
         if channel.name == name:
             return channel
     raise ConfigError(f"no enabled channel {name!r}", path="channels")
+
+
+def _nothing_unsent(context: steps.RunContext) -> None:
+    """Raise :class:`LedgerError` if the run owes messages that no step tried to send
+    (see :meth:`RunSteps.finish_run`)."""
+    ledger, run_id = context.ledger, context.run_id
+    outcomes = ledger.slice_outcomes(run_id)
+    owed = []
+    for channel in context.campaign.enabled_channels:
+        name = channel.name
+        if not ledger.is_planned(run_id, name):
+            owed.append(f"{name}: not planned")
+            continue
+        counts = ledger.counts(run_id, name).states
+        if counts.get("in_flight"):
+            owed.append(
+                f"{name}: {counts['in_flight']} in flight at a crash (reopen_run settles them)"
+            )
+            continue
+        explained = any(o.stopped or o.error or o.canary for o in outcomes if o.channel == name)
+        if counts.get("pending") and not explained:
+            owed.append(f"{name}: {counts['pending']} pending")
+    if owed:
+        raise LedgerError(
+            f"run {run_id!r} still owes messages ({'; '.join(owed)}): plan and send them "
+            "(send_slice) before finish_run; nothing was recorded"
+        )
 
 
 @contextlib.contextmanager

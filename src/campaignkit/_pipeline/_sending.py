@@ -18,6 +18,7 @@ import attrs
 from .._engine import ChannelPlan, ChannelRunner, ProgressCallback, result_from_ledger
 from .._ledger import Slice, SliceOutcome
 from .._models import ChannelResult, RunReport
+from .._redact import redact
 from ._reports import call_observer, run_status, stored_stats
 from ._steps import RunContext, run_dir
 
@@ -83,7 +84,11 @@ def send_slice(
         result = runner.run()
     except BaseException as exc:
         stopped = "cancelled" if isinstance(exc, KeyboardInterrupt) else runner.stop_reason()
-        error = None if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+        # Redacted here, where the channel's token is known: the process that finishes
+        # the run may never have read it, and the ledger keeps the text.
+        error = (
+            None if isinstance(exc, KeyboardInterrupt) else redact(f"{type(exc).__name__}: {exc}")
+        )
         outcome = attrs.evolve(
             outcome,
             finished_at=datetime.now(UTC),

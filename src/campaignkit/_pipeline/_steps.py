@@ -132,9 +132,11 @@ def open_run(
     Raises:
         RunInProgress: a live process is running the logical date.
         MaxActiveRunsReached: the pipeline has ``max_active_runs`` runs going.
-        LedgerError: ``run_id`` exists.
+        LedgerError: ``run_id`` exists, or cannot name a directory.
         SourceError: extraction failed (the run is recorded ``failed``).
     """
+    if run_id is not None:
+        _check_run_id(run_id)
     earlier, run = _begin(campaign, ledger, logical_date, force, run_id)
     if earlier is not None:  # the logical date has a run: take it up, or replay it
         if earlier.status in UNFINISHED_STATUSES:
@@ -163,6 +165,20 @@ def open_run(
         stats.rejected,
     )
     return OpenedRun(run.run_id, extracted=stats)
+
+
+def _check_run_id(run_id: str) -> None:
+    """A run id names the run's directory under the output directory: one path
+    component, so that its report and rejects cannot land elsewhere (``../x``).
+
+    Raises:
+        LedgerError: it is empty, ``.`` or ``..``, or holds a path separator or NUL.
+    """
+    if run_id in ("", ".", "..") or any(c in run_id for c in "/\\\0"):
+        raise LedgerError(
+            f"run id {run_id!r} cannot name the run's directory: it must not be empty, "
+            "'.' or '..', nor hold '/', '\\' or NUL"
+        )
 
 
 def _begin(
