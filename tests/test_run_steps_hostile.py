@@ -442,27 +442,49 @@ class _Crashy(RecordingNotifier):
         raise RuntimeError("cannot connect")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug (not the steps'): a notifier whose connect() raises something "
-    "other than DeliveryError kills the channel's worker threads; the run ends "
-    "'succeeded' with everything pending (and with more batches than the queue holds, "
-    "Pipeline.run hangs forever)",
+class _NoneReturning(RecordingNotifier):
+    name = "none_returning"
+
+    def send_batch(self, conn: Any, messages: Any) -> Any:
+        super().send_batch(conn, messages)
+        return None  # a plugin bug: not a list of outcomes
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("cls", "code"), [(_Crashy, "RuntimeError"), (_NoneReturning, "plugin_error")]
 )
-def test_a_notifier_that_cannot_connect_does_not_end_the_run_succeeded(tmp_path: Path) -> None:
+def test_a_notifier_bug_fails_its_batches_and_never_hangs_the_run(
+    tmp_path: Path, cls: type[RecordingNotifier], code: str
+) -> None:
+    """A notifier whose connect() raises something other than DeliveryError, or whose
+    send_batch returns no list: each batch is recorded failed with the cause, nothing
+    is left in flight or pending, and the run ends (with more batches than the queue
+    between the producer and the workers holds: a dead worker once hung the run)."""
+
     class Plugin:
         @hookimpl
         def campaignkit_register_channels(self, register: Any) -> None:
-            register(_Crashy)
+            register(cls)
 
     plugins = get_plugin_manager(load_entrypoints=False, plugins=[Plugin()])
     source = StaticSource.from_dicts(
-        [{"id": f"c{i}", "email": f"u{i}@example.com"} for i in range(4)]
+        [{"id": f"c{i}", "email": f"u{i}@example.com"} for i in range(40)]
     )
-    channel = Channel(name="email", provider="crashy", template=Template(body="hi"), batch_size=2)
+    channel = Channel(
+        name="email",
+        provider=cls.name,
+        template=Template(body="hi"),
+        batch_size=2,
+        concurrency=2,
+        require_consent=False,
+    )
     pipeline = Pipeline("p", source, [channel], plugins=plugins, base_dir=tmp_path)
     report = pipeline.run()
-    assert report.status != "succeeded"
+    result = report.channels["email"]
+    assert report.status == "partial"
+    assert (result.failed, result.pending, result.sent) == (40, 0, 0)
+    assert result.error_codes == {code: 40}
 
 
 # -- 4. a canary through the steps ------------------------------------------------------
@@ -510,11 +532,18 @@ def test_a_guard_that_fails_stops_the_steps_and_what_comes_next(
         pipeline.finish_run(run_id)
     assert sum(received(box).values()) == 0
     # ...and opening the logical date again takes the failed run up; the channel keeps
-    # the audience it decided and its guard is not checked again (documented: "fix
-    # the configuration and run the logical date again").
+    # the audience it decided, and as it has sent nothing its guard is checked again:
+    # still failed, nothing sent, until the configuration is fixed.
     again = pipeline.open_run(logical_date=LOGICAL_DATE)
     assert again.resumed and again.run_id == run_id
-    pipeline.plan_channel(run_id, "email")  # no AudienceGuardError this time
+    with pytest.raises(AudienceGuardError, match="nothing was sent"):
+        pipeline.plan_channel(run_id, "email")
+    assert sum(received(box).values()) == 0
+    fixed = config.read_text().replace("expected_audience = 1000", "expected_audience = 10")
+    config.write_text(fixed)
+    pipeline = pipeline_of(config, box)
+    assert pipeline.open_run(logical_date=LOGICAL_DATE).resumed
+    pipeline.plan_channel(run_id, "email")
     pipeline.send_slice(run_id, "email")
     assert len(box.servers["sendgrid"].messages) == 10
 

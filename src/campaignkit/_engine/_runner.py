@@ -308,10 +308,18 @@ class ChannelRunner(InDoubt):
                     try:
                         conn = notifier.connect()
                         connected = True
-                    except DeliveryError as exc:
+                    except Exception as exc:  # a plugin bug too: this batch fails
+                        if not isinstance(exc, DeliveryError):
+                            log.exception(
+                                "%s: notifier %r cannot connect", self.name, notifier.name
+                            )
                         self._failed_batch(batch, exc)
                         continue
-                self._send(conn, batch)
+                try:
+                    self._send(conn, batch)
+                except Exception as exc:  # never a dead worker: the producer would wait forever
+                    log.exception("%s: sending a batch failed", self.name)
+                    self._failed_batch(batch, exc)
         finally:
             if connected:
                 try:
@@ -365,6 +373,8 @@ class ChannelRunner(InDoubt):
     def _outcomes(self, batch: list[Pending], outcomes: Sequence[Outcome]) -> None:
         """Record a batch's outcomes: sent, failed (a provider's stop code suppresses
         the address), or to be retried (the retry groups), in doubt by the policy."""
+        if not isinstance(outcomes, list | tuple):  # a plugin bug: whatever it returned
+            outcomes = list(outcomes) if isinstance(outcomes, Iterable) else []
         if len(outcomes) != len(batch):
             error = f"notifier returned {len(outcomes)} outcome(s) for {len(batch)} message(s)"
             outcomes = [Outcome.failed(error, code="plugin_error")] * len(batch)

@@ -31,7 +31,7 @@ import attrs
 from .._engine import ChannelPlan, ChannelRunner
 from .._ledger import LedgerError, RunInProgress, RunRecord, SqliteLedger
 from .._segment import ExtractionStats, extract
-from .._states import UNFINISHED_STATUSES, RunStatus
+from .._states import UNFINISHED_STATUSES, DeliveryStatus, RunStatus
 from ..exceptions import ConfigError
 from ._campaign import Campaign
 from ._reports import check_guard, replay
@@ -296,9 +296,10 @@ def _take_up(
 
 def plan_channel(context: RunContext, plan: ChannelPlan, now: datetime) -> bool:
     """Decide the channel's audience, once per run: every recipient of the snapshot
-    as ``pending`` or ``skipped`` with its reason; then check its ``expected_audience``.
-    Returns whether it decided now (``False``: decided before, by an earlier step or
-    run, whose guard was checked then).
+    as ``pending`` or ``skipped`` with its reason; then check its ``expected_audience``
+    while the channel has sent nothing (a run taken up after its guard failed is
+    checked again, against the configuration as it is now). Returns whether it
+    decided now (``False``: decided before, by an earlier step or run).
 
     Raises:
         AudienceGuardError: the audience drifted; the run is recorded ``failed`` and
@@ -306,12 +307,19 @@ def plan_channel(context: RunContext, plan: ChannelPlan, now: datetime) -> bool:
     """
     try:
         fresh = decide_audience(context, plan, now)
-        if fresh:
+        if fresh or _nothing_sent(context, plan.channel.name):
             check_guard(context.ledger, context.run_id, plan.channel)
     except BaseException as exc:
         context.fail(exc)
         raise
     return fresh
+
+
+def _nothing_sent(context: RunContext, channel: str) -> bool:
+    """Whether no delivery of the channel has been handed to its provider yet."""
+    counts = context.ledger.counts(context.run_id, channel)
+    sent = (DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN)
+    return not any(counts[state] for state in (*sent, DeliveryStatus.IN_FLIGHT))
 
 
 def decide_audience(context: RunContext, plan: ChannelPlan, now: datetime) -> bool:
