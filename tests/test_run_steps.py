@@ -398,3 +398,51 @@ def test_the_cli_takes_up_a_run_opened_by_a_step(tmp_path: Path, sandbox: Sandbo
         check=False,
     )
     assert "Already ran: nothing was sent now" in again.stdout + again.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "env", "expected"),
+    [
+        (True, {}, "state/ledger.db"),
+        (True, {"CAMPAIGNKIT_LEDGER_URL": "other.db"}, "other.db"),
+        (True, {"CAMPAIGNKIT_LEDGER_URL": "postgresql://u:pw@db/x"}, "postgresql://u:pw@db/x"),
+        ("sqlite:///rel/l.db", {}, "rel/l.db"),
+        ("sqlite:////abs/l.db", {}, "/abs/l.db"),
+        ("postgresql://u@db/x", {"CAMPAIGNKIT_LEDGER_URL": "ignored.db"}, "postgresql://u@db/x"),
+        ("ledgers/x.db", {}, "ledgers/x.db"),
+        (False, {"CAMPAIGNKIT_LEDGER_URL": "postgresql://u@db/x"}, "state/ledger.db"),
+    ],
+)
+def test_where_the_ledger_is(
+    tmp_path: Path, sandbox: Sandbox, setting: bool | str, env: dict[str, str], expected: str
+) -> None:
+    config = write_campaign(tmp_path, sandbox)
+    value = json.dumps(setting) if isinstance(setting, str) else str(setting).lower()
+    config.write_text(
+        config.read_text().replace("[execution]\n", f"[execution]\nledger = {value}\n")
+    )
+    plugins = get_plugin_manager(load_entrypoints=False)
+    pipeline = Pipeline.from_file(config, plugins=plugins, env=env, rehearsal=False)
+    location = pipeline.ledger_location
+    if "://" in expected:
+        assert location == expected
+        if ":pw@" in expected:  # the password never shows in messages
+            assert pipeline.ledger_shown == "postgresql://u:***@db/x"
+    else:
+        assert location == (Path(expected) if Path(expected).is_absolute() else tmp_path / expected)
+    # A rehearsal never uses the campaign's real ledger, whatever it is.
+    rehearsal = Pipeline.from_file(config, plugins=plugins, env=env, rehearsal=True)
+    assert rehearsal.ledger_location == tmp_path / "state" / "ledger.sandbox.db"
+
+
+@pytest.mark.parametrize("value", ['"ftp://u:secret@h/x"', '""', "3"])
+def test_a_ledger_setting_that_is_not_one_says_so_without_the_password(
+    tmp_path: Path, sandbox: Sandbox, value: str
+) -> None:
+    config = write_campaign(tmp_path, sandbox)
+    config.write_text(
+        config.read_text().replace("[execution]\n", f"[execution]\nledger = {value}\n")
+    )
+    with pytest.raises(ConfigError, match=r"execution\.ledger") as caught:
+        Pipeline.from_file(config, plugins=get_plugin_manager(load_entrypoints=False))
+    assert "secret" not in str(caught.value)

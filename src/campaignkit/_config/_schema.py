@@ -16,6 +16,7 @@ from ._validators import (
     check_name,
     check_rows_per_customer,
     check_timezone,
+    ledger_setting,
     non_negative,
     one_of,
     positive,
@@ -213,9 +214,12 @@ class Execution:
         output_dir: where run directories (report, rejected rows) go, relative to the
             configuration file.
         state_path: the ledger (SQLite) file, relative to the configuration file.
-        ledger: keep the durable per-recipient ledger (default). Without it a run
-            cannot be resumed and a logical date may be sent twice; for benchmarks
-            and throwaway runs only.
+        ledger: keep the durable per-recipient ledger (``true``, the default: the
+            ``CAMPAIGNKIT_LEDGER_URL`` environment variable's ledger if set, else the
+            SQLite file ``state_path``), or where it is: a ``postgresql://`` URL (the
+            ``postgres`` extra), ``sqlite:///path`` or a path. ``false``: no ledger, so
+            a run cannot be resumed and a logical date may be sent twice; for
+            benchmarks and throwaway runs only.
     """
 
     max_workers: int | None = attrs.field(default=None, validator=positive)
@@ -225,7 +229,7 @@ class Execution:
     depends_on_past: bool = False
     output_dir: str = "campaignkit-results"
     state_path: str = ".campaignkit/ledger.db"
-    ledger: bool = True
+    ledger: bool | str = attrs.field(default=True, validator=ledger_setting)
 
 
 @attrs.frozen

@@ -71,6 +71,15 @@ def _strings(value: Any, _: Any) -> list[str]:
 _converter.register_structure_hook_func(lambda t: t == list[str], _strings)
 
 
+def _bool_or_string(value: Any, _: Any) -> bool | str:
+    if isinstance(value, bool | str):
+        return value
+    raise _Mismatch(f"expected true, false or a ledger URL or path, got {describe(value)}")
+
+
+_converter.register_structure_hook_func(lambda t: t == (bool | str), _bool_or_string)
+
+
 def _expects_table(kind: Any) -> bool:
     """Whether values of type ``kind`` (or ``kind | None``) are written as tables."""
     options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)

@@ -13,11 +13,13 @@ from ..exceptions import ConfigError
 
 __all__ = [
     "ENV_NAME",
+    "LEDGER_SCHEMES",
     "ROWS_PER_CUSTOMER",
     "check_cron",
     "check_name",
     "check_rows_per_customer",
     "check_timezone",
+    "ledger_setting",
     "non_negative",
     "one_of",
     "positive",
@@ -92,4 +94,27 @@ def check_rows_per_customer(instance: Any, attribute: attrs.Attribute[str], valu
         raise ConfigError(
             f"expected one of {', '.join(map(repr, ROWS_PER_CUSTOMER))}, got {value!r}",
             path=f"source.{attribute.name}",
+        )
+
+
+#: The URL schemes ``[execution] ledger`` accepts.
+LEDGER_SCHEMES = ("postgresql", "postgres", "sqlite")
+
+
+def ledger_setting(instance: Any, attribute: attrs.Attribute[Any], value: bool | str) -> None:
+    """``true``, ``false``, a ``postgresql://`` or ``sqlite:///`` URL, or a path (never
+    quoted: a URL may hold a password)."""
+    if isinstance(value, bool):
+        return
+    if not value.strip():
+        raise ConfigError(
+            "expected true, false or a ledger URL or path, got an empty string",
+            path=attribute.name,
+        )
+    scheme, sep, _ = value.partition("://")
+    if sep and scheme.lower() not in LEDGER_SCHEMES:
+        raise ConfigError(
+            f"a ledger URL starts with {', '.join(s + '://' for s in LEDGER_SCHEMES)} "
+            f"(got {scheme!r}://...)",
+            path=attribute.name,
         )

@@ -14,7 +14,7 @@ import pluggy
 
 from .._config import Channel, Execution, Schedule
 from .._engine import ChannelPlan
-from .._ledger import SqliteLedger
+from .._ledger import Ledger
 from .._models import Secret
 from .._notifier import Notifier
 from .._plugins import Registry
@@ -53,9 +53,12 @@ class Campaign(Protocol):
     @property
     def state_path(self) -> Path: ...
 
+    @property
+    def ledger_location(self) -> str | Path: ...
+
     def fingerprint(self) -> str: ...
 
-    def ledger(self) -> SqliteLedger: ...
+    def ledger(self) -> Ledger: ...
 
     def output_root(self, output_dir: str | Path | None = None) -> Path: ...
 

@@ -37,9 +37,10 @@ def dry_run(
     now = datetime.now(UTC)
     run_id = f"{campaign.name}__dryrun__{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
     history = None
-    if campaign.execution.ledger and campaign.state_path.exists():
+    location = campaign.ledger_location
+    if campaign.execution.ledger and isinstance(location, Path) and location.exists():
         campaign.ledger().close()  # brought to this version's schema, if older
-        history = campaign.state_path
+        history = location
     # Planned in a scratch ledger that reads the real one's suppression list and send
     # history: a dry run never writes to (or waits for) the real ledger.
     with tempfile.TemporaryDirectory(prefix="campaignkit-") as scratch:

@@ -23,7 +23,7 @@ from .._config import (
     load_config,
 )
 from .._engine import ChannelPlan, ProgressCallback
-from .._ledger import MaxActiveRunsReached, RunInProgress, SqliteLedger
+from .._ledger import Ledger, MaxActiveRunsReached, RunInProgress, open_ledger
 from .._models import RunReport, Secret
 from .._notifier import Notifier
 from .._plugins import Registry, get_plugin_manager
@@ -40,6 +40,7 @@ from . import _sending as sending
 from . import _steps as steps
 from ._checking import Checks
 from ._checks import channel_plans, prepare_channel, read_token
+from ._location import ledger_location, shown_location
 from ._run_steps import RunSteps
 from ._scheduled import due_runs
 from ._values import OpenedRun, ScheduledRuns
@@ -249,12 +250,26 @@ class Pipeline(Checks, RunSteps):
     # -- the ledger and the output ---------------------------------------------------------
     @property
     def state_path(self) -> Path:
-        """The ledger file (``execution.state_path`` against ``base_dir``)."""
+        """The SQLite ledger file (``execution.state_path`` against ``base_dir``)."""
         return self.base_dir / self.execution.state_path
 
-    def ledger(self) -> SqliteLedger:
+    @property
+    def ledger_location(self) -> str | Path:
+        """Where the ledger is: ``execution.ledger``'s URL or path, else the
+        ``CAMPAIGNKIT_LEDGER_URL`` variable of ``env``, else :attr:`state_path`; a
+        rehearsal's is always its own file (see :func:`ledger_location`)."""
+        return ledger_location(
+            self.execution, self.environ, self.base_dir, rehearsal=self.rehearsal
+        )
+
+    @property
+    def ledger_shown(self) -> str:
+        """:attr:`ledger_location` for messages (a URL's password hidden)."""
+        return shown_location(self.ledger_location)
+
+    def ledger(self) -> Ledger:
         """Open this pipeline's ledger (the caller closes it)."""
-        return SqliteLedger(self.state_path)
+        return open_ledger(self.ledger_location)
 
     @property
     def rehearsal(self) -> bool:

@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 
 from .._config import Channel
-from .._ledger import RunRecord, SqliteLedger
+from .._ledger import Ledger, RunRecord
 from .._models import ChannelResult, RunReport
 from .._segment import ExtractionStats
 from .._sources import SourceLines
@@ -76,7 +76,7 @@ def audience_drift(channel: Channel, eligible: int) -> str | None:
     )
 
 
-def check_guard(ledger: SqliteLedger, run_id: str, channel: Channel) -> None:
+def check_guard(ledger: Ledger, run_id: str, channel: Channel) -> None:
     """``expected_audience``: abort before any send when the channel's eligible count
     drifts further than the tolerance.
 
@@ -109,7 +109,7 @@ def replay(run: RunRecord) -> RunReport:
     return attrs.evolve(report, replayed=True)
 
 
-def stored_stats(ledger: SqliteLedger, run: RunRecord) -> ExtractionStats:
+def stored_stats(ledger: Ledger, run: RunRecord) -> ExtractionStats:
     """The counts of the run's extraction, as its snapshot recorded them (a run
     snapshotted before ledger schema 4: as its last report had them)."""
     info = ledger.snapshot_info(run.run_id)

@@ -29,7 +29,7 @@ from pathlib import Path
 import attrs
 
 from .._engine import ChannelPlan, ChannelRunner
-from .._ledger import LedgerError, RunInProgress, RunRecord, SqliteLedger
+from .._ledger import Ledger, LedgerError, RunInProgress, RunRecord, SqliteLedger
 from .._segment import ExtractionStats, extract
 from .._states import UNFINISHED_STATUSES, DeliveryStatus, RunStatus
 from ..exceptions import ConfigError
@@ -57,7 +57,7 @@ class RunContext:
     this process owns it."""
 
     campaign: Campaign
-    ledger: SqliteLedger
+    ledger: Ledger
     run_id: str
 
     def fail(self, exc: BaseException) -> None:
@@ -66,7 +66,7 @@ class RunContext:
 
 
 @contextlib.contextmanager
-def run_ledger(campaign: Campaign, *, canary: bool = False) -> Iterator[SqliteLedger]:
+def run_ledger(campaign: Campaign, *, canary: bool = False) -> Iterator[Ledger]:
     """The campaign's ledger, or without one (``execution.ledger = false``) a
     throwaway ledger: the same selection and sending, nothing kept.
 
@@ -101,7 +101,7 @@ def run_dir(campaign: Campaign, run_id: str, output_dir: str | Path | None) -> P
 
 
 def extract_into(
-    campaign: Campaign, ledger: SqliteLedger, run_id: str, rejects: Path
+    campaign: Campaign, ledger: Ledger, run_id: str, rejects: Path
 ) -> ExtractionStats:
     """Read the whole source into the run's snapshot (with its counts, durably);
     rejected rows, repeated customer ids included, go to ``rejects``."""
@@ -117,7 +117,7 @@ def extract_into(
 
 def open_run(
     campaign: Campaign,
-    ledger: SqliteLedger,
+    ledger: Ledger,
     plans: Sequence[ChannelPlan],
     logical_date: datetime,
     force: bool = False,
@@ -183,7 +183,7 @@ def _check_run_id(run_id: str) -> None:
 
 def _begin(
     campaign: Campaign,
-    ledger: SqliteLedger,
+    ledger: Ledger,
     logical_date: datetime,
     force: bool,
     run_id: str | None,
@@ -225,7 +225,7 @@ def _begin(
 
 def reopen_run(
     campaign: Campaign,
-    ledger: SqliteLedger,
+    ledger: Ledger,
     plans: Sequence[ChannelPlan],
     run_id: str,
     *,
@@ -273,7 +273,7 @@ def reopen_run(
 
 
 def _take_up(
-    ledger: SqliteLedger,
+    ledger: Ledger,
     run_id: str,
     plan: ChannelPlan,
     *,

@@ -196,7 +196,7 @@ def suppress(
         out.print(f"  {key}  {state}")
     out.print(
         f"Suppressed: {len(added)} {nouns} added, {len(keys) - len(added)} already there, "
-        f"in {pipeline.state_path}; later runs skip them (suppressed) on every channel "
+        f"in {pipeline.ledger_shown}; later runs skip them (suppressed) on every channel "
         f"sending to {kind}."
     )
 
@@ -255,7 +255,7 @@ def suppressions(
         return
     out = make_console()
     if entries:
-        out.print(f"Suppressed addresses ({pipeline.state_path})")
+        out.print(f"Suppressed addresses ({pipeline.ledger_shown})")
         table = Table(box=box.SIMPLE_HEAD)
         for header in ("kind", "address", "reason", "source"):
             table.add_column(header, no_wrap=True)

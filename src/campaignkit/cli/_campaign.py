@@ -14,9 +14,9 @@ import pluggy
 from .._config import PipelineConfig, load_config
 from .._engine import counted_result
 from .._ledger import (
+    Ledger,
     LedgerError,
     RunRecord,
-    SqliteLedger,
 )
 from .._models import (
     ChannelResult,
@@ -36,14 +36,14 @@ from ._output import Where, input_errors, sandbox_failure
 
 
 @contextmanager
-def open_ledger(pipeline: Pipeline, *, required: bool) -> Iterator[SqliteLedger | None]:
+def open_ledger(pipeline: Pipeline, *, required: bool) -> Iterator[Ledger | None]:
     """The pipeline's ledger, or ``None`` when it does not exist yet (it is not
     created by looking). With ``required``, a missing ledger is a :class:`LedgerError`."""
-    path = pipeline.state_path
-    if not path.exists():
+    location = pipeline.ledger_location
+    if isinstance(location, Path) and not location.exists():
         if required:
             raise LedgerError(
-                f"no ledger at {path} (execution.state_path): this campaign has no runs "
+                f"no ledger at {location} (execution.state_path): this campaign has no runs "
                 f"yet{sandbox_hint(pipeline)}"
             )
         yield None
@@ -59,14 +59,14 @@ def open_ledger(pipeline: Pipeline, *, required: bool) -> Iterator[SqliteLedger 
 LATEST = "latest"
 
 
-def get_run(pipeline: Pipeline, ledger: SqliteLedger, run_id: str, where: Where) -> RunRecord:
+def get_run(pipeline: Pipeline, ledger: Ledger, run_id: str, where: Where) -> RunRecord:
     """The run ``run_id`` (``latest``: the campaign's newest), with a hint when it is
     not there (the runs command, or ``--sandbox`` when only a rehearsal has runs)."""
     try:
         if run_id == LATEST:
             newest = ledger.list_runs(pipeline.name, 1)
             if not newest:
-                raise LedgerError(f"{pipeline.name} has no runs in {ledger.path}")
+                raise LedgerError(f"{pipeline.name} has no runs in {ledger.location}")
             return newest[0]
         return ledger.get_run(run_id)
     except LedgerError as exc:
@@ -106,7 +106,7 @@ def find_run(
 
 
 def channel_results(
-    ledger: SqliteLedger,
+    ledger: Ledger,
     run: RunRecord,
     pipeline: Pipeline,
     stored: RunReport | None,

@@ -17,9 +17,9 @@ from rich.table import Table
 
 from .._csvio import safe_csv_writer
 from .._ledger import (
+    Ledger,
     LedgerError,
     RunRecord,
-    SqliteLedger,
 )
 from .._models import (
     ChannelResult,
@@ -115,12 +115,12 @@ def runs(config: Path, limit: int, as_json: bool, use_sandbox: bool) -> None:
         return
     out = make_console()
     if not rows:
-        out.print(f"No runs of {pipeline.name} in {pipeline.state_path}{sandbox_hint(pipeline)}.")
+        out.print(f"No runs of {pipeline.name} in {pipeline.ledger_shown}{sandbox_hint(pipeline)}.")
         return
     if not out.is_terminal and not columns_set():
         out.width = max(out.width, 250)  # run ids are long; one line per run in files
     channels = list(dict.fromkeys(name for _, results in rows for name in results))
-    out.print(f"Runs of {pipeline.name} ({pipeline.state_path})")
+    out.print(f"Runs of {pipeline.name} ({pipeline.ledger_shown})")
     table = Table(box=box.SIMPLE_HEAD)
     table.add_column("run id", no_wrap=True)
     for header in ("logical date (UTC)", "status", "created (UTC)", "finished (UTC)"):
@@ -161,7 +161,7 @@ def runs(config: Path, limit: int, as_json: bool, use_sandbox: bool) -> None:
 
 
 def _deliveries(
-    ledger: SqliteLedger, run_id: str, channels: Sequence[str | None]
+    ledger: Ledger, run_id: str, channels: Sequence[str | None]
 ) -> Generator[DeliveryResult, None, None]:
     """Per-recipient outcomes of ``channels`` (``None``: all), streamed; each ledger
     cursor is closed when its channel is done or the stream is abandoned."""

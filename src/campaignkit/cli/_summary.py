@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .._ledger import (
-    SqliteLedger,
+    Ledger,
 )
 from .._models import (
     ChannelResult,
@@ -78,7 +78,7 @@ def doubts_from_counts(counts: DeliveryCounts) -> dict[str, int]:
     return causes
 
 
-def _doubts(ledger: SqliteLedger | None, report: RunReport) -> dict[str, dict[str, int]]:
+def _doubts(ledger: Ledger | None, report: RunReport) -> dict[str, dict[str, int]]:
     """Per channel with ``unknown`` deliveries, why they are in doubt, counted in the
     ledger (``{}`` without one: the summary then says less)."""
     if ledger is None:
@@ -167,7 +167,7 @@ def print_run_summary(
     report: RunReport,
     *,
     where: Where | None,
-    ledger: bool = True,
+    ledger: bool | str = True,
     status: str | None = None,
     results_hint: bool = True,
     hints: bool = True,
@@ -268,7 +268,7 @@ def emit_report(
     *,
     as_json: bool,
     where: Where,
-    ledger: bool,
+    ledger: bool | str,
     before: Sequence[str] = (),
     after: Sequence[str] = (),
     logical_date: datetime | None = None,
