@@ -27,6 +27,7 @@ from campaignkit._ledger import (
     MaxActiveRunsReached,
     PlanRules,
     RunInProgress,
+    RunOwnershipLost,
     SqliteLedger,
     open_ledger,
 )
@@ -141,6 +142,31 @@ def test_run_of_a_dead_process_is_not_active_and_can_be_claimed(backend: Backend
     begin(ledger, "b", max_active_runs=2)
     assert ledger.claim_run("a").status == "running"
     ledger.close()
+
+
+def test_only_the_owner_marks_in_flight(backend: Backend) -> None:
+    """The fence: a ledger whose run another process took over (or that never claimed
+    it) marks nothing, and says so."""
+    first = backend.open()
+    begin(first, "r")
+    first.write_snapshot("r", iter(people(3)))
+    rows = ((s, None, f"u{s}@example.com", False, None) for s in range(3))
+    first.plan("r", "email", rows, PlanRules(kind="email"))
+    first.mark_in_flight("r", "email", [0])
+    second = backend.open()
+    with pytest.raises(RunOwnershipLost):
+        second.mark_in_flight("r", "email", [1])  # never claimed it
+    # The first owner is taken for gone (no such pid): the second takes the run over.
+    backend.sql("UPDATE runs SET pid = 999999999, owner = NULL WHERE run_id = 'r'")
+    second.claim_run("r")
+    with pytest.raises(RunOwnershipLost):
+        first.mark_in_flight("r", "email", [2])
+    second.mark_in_flight("r", "email", [1])
+    assert second.counts("r", "email").states == {"in_flight": 2, "pending": 1}
+    with pytest.raises(RunOwnershipLost):
+        first.finish_run("r", "succeeded", "{}")
+    first.close()
+    second.close()
 
 
 def result(seq: int, status: DeliveryStatus, *, code: str | None = None) -> DeliveryResult:

@@ -38,7 +38,7 @@ def members(cls: type) -> set[str]:
     return {name for name in vars(cls) if not name.startswith("_")}
 
 
-@pytest.mark.parametrize("backend", [SqliteLedger, PostgresLedger])
+@pytest.mark.parametrize("backend", [SqliteLedger, PostgresLedger], ids=["sqlite", "postgres"])
 def test_sqlite_ledger_has_every_protocol_member_with_its_signature(backend: type) -> None:
     for name in members(Ledger):
         expected, actual = getattr(Ledger, name), getattr(backend, name)
