@@ -1,8 +1,13 @@
 """The PostgreSQL ledger's writes to deliveries once they are planned.
 
-An in-flight mark is one statement over an array of seqs; outcomes are one
-``UPDATE ... FROM unnest(...)`` per call, whatever their number (a batch's
-outcomes cost one round trip).
+An in-flight mark is one statement, fenced by the run's owner, over an array of
+seqs, committed durably before the request leaves. Outcomes are one ``UPDATE ...
+FROM unnest(...)`` per call, whatever their number, committed without waiting for
+the server's disk (``synchronous_commit`` off for that transaction): the next
+durable commit (a mark, :data:`FLUSH`) makes them durable too, since the server's
+log is written in order. This is SQLite's rule (an outcome is durable by the next
+mark or flush); an outcome lost in a crash of the server leaves its delivery
+``in_flight``, which a resume settles by the crash rules.
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ if TYPE_CHECKING:
     Conn = psycopg.Connection[Any]
 
 __all__ = [
+    "FLUSH",
     "mark_in_flight",
-    "owner_of",
     "record_outcomes",
     "release_deferred",
     "requeue",
@@ -27,15 +32,26 @@ __all__ = [
     "suppress",
 ]
 
+#: Mark (parameters: the owner, the run, then the update's), if the owner recorded for
+#: the run is the caller: the run's row share-locked, so that a claim (which locks it
+#: for update) waits for the mark or comes first and is seen. Returns whether it was.
 _MARK = (
-    "UPDATE deliveries SET state = 'in_flight', updated_at = %s, batch = %s "
-    "WHERE run = %s AND channel = %s AND seq = ANY(%s::bigint[])"
+    "WITH fence AS (SELECT owner IS NOT DISTINCT FROM %s AS mine FROM runs "
+    "WHERE id = %s FOR SHARE), "
+    "marked AS (UPDATE deliveries SET state = 'in_flight', updated_at = %s, batch = %s "
+    "WHERE run = %s AND channel = %s AND seq = ANY(%s::bigint[]) "
+    "AND (SELECT mine FROM fence)) "
+    "SELECT mine FROM fence"
 )
+#: A durable commit (an id given to the transaction): everything committed before it
+#: (outcomes committed lazily included) is on the server's disk when it returns.
+FLUSH = "SELECT pg_current_xact_id()"
 _OUTCOMES = (
     "UPDATE deliveries AS d SET state = v.state, reason = v.reason, attempts = v.attempts, "
     "transient = v.transient, provider_message_id = v.pmid, error_code = v.code, "
     "error = v.error, updated_at = %s "
-    "FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::int[], %s::int[], %s::text[], "
+    "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS lazy, "
+    "unnest(%s::bigint[], %s::text[], %s::text[], %s::int[], %s::int[], %s::text[], "
     "%s::text[], %s::text[]) AS v(seq, state, reason, attempts, transient, pmid, code, error) "
     "WHERE d.run = %s AND d.channel = %s AND d.seq = v.seq"
 )
@@ -56,17 +72,14 @@ def suppress(
     )
 
 
-def owner_of(conn: Conn, run: int) -> str | None:
-    """The run's recorded owner, its row share-locked until the transaction ends (a
-    claim, which locks it for update, waits for the caller's writes, or came first)."""
-    row = conn.execute("SELECT owner FROM runs WHERE id = %s FOR SHARE", (run,)).fetchone()
-    return None if row is None else row[0]
-
-
-def mark_in_flight(conn: Conn, run: int, code: int, seqs: Sequence[int], now: float) -> None:
-    """Mark deliveries in flight as one batch (its id is its first seq)."""
-    if seqs:
-        conn.execute(_MARK, (now, min(seqs), run, code, list(seqs)))
+def mark_in_flight(
+    conn: Conn, owner: str, run: int, code: int, seqs: Sequence[int], now: float
+) -> bool:
+    """Mark deliveries in flight as one batch (its id is its first seq) if ``owner``
+    owns the run; returns whether it does (else nothing is marked)."""
+    batch = min(seqs) if seqs else None
+    row = conn.execute(_MARK, (owner, run, now, batch, run, code, list(seqs))).fetchone()
+    return row is not None and bool(row[0])
 
 
 def record_outcomes(

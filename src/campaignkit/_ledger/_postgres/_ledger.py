@@ -56,8 +56,8 @@ class PostgresLedger:
     """The shared ledger: its tables in the PostgreSQL schema ``schema`` of the
     database at ``url`` (created and migrated on open), for processes on any hosts.
 
-    Every write is committed before the method returns (:meth:`record` included:
-    one statement per call); claims are decided in one transaction with the run's
+    Every write is committed before the method returns (:meth:`record` included,
+    durable by the next mark or :meth:`flush`); claims are decided in one transaction with the run's
     row locked; :meth:`mark_in_flight` is fenced by the run's owner. ``history``: the
     schema (of the same database) whose suppression list and send history the plan
     rules consult instead of this one's (a dry run plans in a scratch schema).
@@ -155,7 +155,10 @@ class PostgresLedger:
         self._pool.close()
 
     def flush(self) -> None:
-        """Nothing to wait for: every write is committed before its method returns."""
+        """Make every write committed so far durable (outcomes are committed without
+        waiting for the server's disk: see :mod:`._deliveries`)."""
+        if self.durable:
+            self._do(lambda c: c.execute(_deliveries.FLUSH))
 
     # -- runs ----------------------------------------------------------------------------
     def _claim(self, run_id: str, decide: Callable[[Conn, Owner], None]) -> RunRecord:
@@ -384,20 +387,15 @@ class PostgresLedger:
         run, code = self._key(run_id, channel)
         owner = self._owners.get(run_id)
         now = time.time()
-
-        def op(conn: Conn) -> bool:
-            with conn.transaction():
-                if owner is None or _deliveries.owner_of(conn, run) != owner.text:
-                    return False
-                _deliveries.mark_in_flight(conn, run, code, seqs, now)
-                return True
-
-        if not self._do(op):
+        if owner is None or not self._do(
+            lambda c: _deliveries.mark_in_flight(c, owner.text, run, code, seqs, now)
+        ):
             raise RunOwnershipLost(f"run {run_id!r} is owned by another process now")
 
     def record(self, run_id: str, channel: str, rows: Sequence[DeliveryRecord]) -> None:
         """Record outcomes ``(seq, result, state, transient)`` (one statement);
-        ``transient`` marks a failure that ``retry-failed`` may re-drive."""
+        ``transient`` marks a failure that ``retry-failed`` may re-drive. Committed
+        at once, durable by the next :meth:`mark_in_flight` or :meth:`flush`."""
         run, code = self._key(run_id, channel)
         now = time.time()
         self._do(lambda c: _deliveries.record_outcomes(c, run, code, rows, now))
