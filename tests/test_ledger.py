@@ -169,6 +169,35 @@ def test_only_the_owner_marks_in_flight(backend: Backend) -> None:
     second.close()
 
 
+def test_plan_rules_consult_the_history_ledger(backend: Backend) -> None:
+    """A dry run plans in a scratch ledger against the real one's suppression list and
+    send history (another SQLite file; another schema of the same database)."""
+    real = backend.open()
+    begin(real, "h")
+    real.write_snapshot("h", iter(people(2)))
+    real.plan(
+        "h",
+        "email",
+        ((s, None, f"u{s}@example.com", False, None) for s in range(2)),
+        PlanRules(kind="email"),
+    )
+    real.mark_in_flight("h", "email", [0])
+    real.record("h", "email", [(0, result(0, DeliveryStatus.SENT), "sent", False)])
+    real.suppress("email", "u1@example.com", reason="bounce")
+    real.finish_run("h", "succeeded", "{}")
+    real.close()
+    scratch_store = backend.fresh()
+    past = backend.location if backend.schema is None else backend.schema
+    scratch = scratch_store.open(durable=False, history=past)
+    begin(scratch, "r")
+    scratch.write_snapshot("r", iter(people(3)))
+    rows = ((s, None, f"u{s}@example.com", False, None) for s in range(3))
+    scratch.plan("r", "email", rows, PlanRules(kind="email", cap=1, cap_since=0.0))
+    assert scratch.counts("r", "email").reasons == {"frequency_capped": 1, "suppressed": 1}
+    assert scratch.suppressions() == []
+    scratch.close()
+
+
 def result(seq: int, status: DeliveryStatus, *, code: str | None = None) -> DeliveryResult:
     return DeliveryResult(
         "email", f"c{seq}", status, None, "pm" if status == "sent" else None, 1, code
