@@ -1,11 +1,20 @@
 from __future__ import annotations
 
-from typing import Any
+import os
+import secrets
+import sqlite3
+import tempfile
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
 
+import attrs
 import pluggy
 import pytest
 
 from campaignkit import get_plugin_manager
+from campaignkit._ledger import Ledger, open_ledger
 from campaignkit.testing import recording_plugin
 
 
@@ -19,3 +28,92 @@ def recorder() -> Any:
 def pm(recorder: Any) -> pluggy.PluginManager:
     """Built-in plugins plus the recorder; no third-party entry points."""
     return get_plugin_manager(load_entrypoints=False, plugins=[recorder])
+
+
+# -- the ledger's backends: SQLite, and PostgreSQL on a real server ---------------------------
+#: The server the PostgreSQL tests use (each session creates a database of its own there).
+POSTGRES_URL = os.environ.get(
+    "CAMPAIGNKIT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+#: Set to 1 (as CI does) to fail, not skip, when PostgreSQL is unavailable.
+REQUIRE_POSTGRES = os.environ.get("CAMPAIGNKIT_REQUIRE_POSTGRES") == "1"
+
+
+def _postgres_unavailable(why: str) -> NoReturn:
+    reason = f"PostgreSQL tests skipped: {why} (set CAMPAIGNKIT_TEST_POSTGRES_URL)"
+    if REQUIRE_POSTGRES:
+        pytest.fail(f"{reason}; CAMPAIGNKIT_REQUIRE_POSTGRES=1 forbids skipping", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """The URL of a database of this session's own (``ck_test_<random>``, dropped
+    after the session) on the server of ``CAMPAIGNKIT_TEST_POSTGRES_URL``."""
+    from campaignkit._ledger._postgres import redact_url
+
+    try:
+        import psycopg
+    except ImportError:
+        _postgres_unavailable("psycopg is not installed (pip install 'campaignkit[postgres]')")
+    try:
+        admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
+    except psycopg.Error:
+        _postgres_unavailable(f"no PostgreSQL server answers at {redact_url(POSTGRES_URL)}")
+    name = f"ck_test_{secrets.token_hex(6)}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    parts = urllib.parse.urlsplit(POSTGRES_URL)
+    try:
+        yield urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@attrs.define
+class Backend:
+    """Where a test's ledgers are: a SQLite file, or a PostgreSQL schema of its own.
+
+    ``open()`` opens (another) ledger object on the same store, ``fresh()`` is an
+    empty store of the same backend, ``sql()`` runs a statement on the store
+    directly (``?`` placeholders, for both) and returns its rows."""
+
+    name: str
+    location: str
+    schema: str | None
+    tmp: Path
+
+    def open(self, **kw: Any) -> Ledger:
+        return open_ledger(self.location, schema=self.schema, **kw)
+
+    def fresh(self) -> Backend:
+        if self.name == "sqlite":
+            where = Path(tempfile.mkdtemp(dir=self.tmp)) / "l.db"
+            return Backend("sqlite", str(where), None, self.tmp)
+        return Backend(self.name, self.location, f"t_{secrets.token_hex(6)}", self.tmp)
+
+    def sql(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        if self.name == "sqlite":
+            conn = sqlite3.connect(self.location)
+            try:
+                with conn:
+                    return conn.execute(statement, params).fetchall()
+            finally:
+                conn.close()
+        import psycopg
+
+        with psycopg.connect(self.location, autocommit=True) as conn:
+            conn.execute(f'SET search_path TO "{self.schema}"')
+            cursor = conn.execute(statement.replace("?", "%s"), params)  # type: ignore[arg-type]
+            return cursor.fetchall() if cursor.description else []
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """Each backend of the ledger, empty (a SQLite file; a PostgreSQL schema of the
+    session's database, of this test's own)."""
+    if request.param == "sqlite":
+        return Backend("sqlite", str(tmp_path / "l.db"), None, tmp_path)
+    url = request.getfixturevalue("postgres_url")
+    return Backend("postgres", url, f"t_{secrets.token_hex(6)}", tmp_path)

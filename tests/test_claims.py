@@ -28,6 +28,7 @@ import attrs
 import pytest
 
 from campaignkit.testing.sandbox import Faults, Sandbox
+from conftest import Backend
 
 BARRIER = Path(__file__).with_name("barrier_cli.py")
 PROCESSES = 4
@@ -339,11 +340,11 @@ def _begin(ledger: Any, run_id: str) -> None:
     )
 
 
-def _claimer(path: str, run_id: str, new: bool, barrier: Any, results: Any) -> None:
+def _claimer(backend: Backend, run_id: str, new: bool, barrier: Any, results: Any) -> None:
     """In a child process: open the ledger, wait for the others, claim, hold briefly."""
-    from campaignkit._ledger import LedgerError, SqliteLedger
+    from campaignkit._ledger import LedgerError
 
-    ledger = SqliteLedger(path)
+    ledger = backend.open()
     ledger.get_run(run_id) if not new else None  # connections are open before the barrier
     barrier.wait()
     try:
@@ -361,27 +362,21 @@ def _claimer(path: str, run_id: str, new: bool, barrier: Any, results: Any) -> N
 
 
 @pytest.mark.parametrize("new", [False, True], ids=["claim", "begin"])
-def test_exactly_one_of_simultaneous_claims_wins(tmp_path: Path, new: bool) -> None:
+def test_exactly_one_of_simultaneous_claims_wins(backend: Backend, new: bool) -> None:
     import multiprocessing
 
-    from campaignkit._ledger import SqliteLedger
-
     ctx = multiprocessing.get_context("fork")
-    path = str(tmp_path / "ledger.db")
-    SqliteLedger(path).close()
+    backend.open().close()
     for round_ in range(15):
         run_id = f"r{round_}"
         if not new:  # a run whose process died
-            ledger = SqliteLedger(path)
+            ledger = backend.open()
             _begin(ledger, run_id)
             ledger.close()
-            with sqlite3.connect(path) as conn:
-                conn.execute(
-                    "UPDATE runs SET owner = NULL, pid = 999999999 WHERE run_id = ?", (run_id,)
-                )
+            backend.sql("UPDATE runs SET owner = NULL, pid = 999999999 WHERE run_id = ?", (run_id,))
         barrier, results = ctx.Barrier(PROCESSES), ctx.SimpleQueue()
         procs = [
-            ctx.Process(target=_claimer, args=(path, run_id, new, barrier, results))
+            ctx.Process(target=_claimer, args=(backend, run_id, new, barrier, results))
             for _ in range(PROCESSES)
         ]
         for p in procs:
@@ -393,46 +388,41 @@ def test_exactly_one_of_simultaneous_claims_wins(tmp_path: Path, new: bool) -> N
 
 
 # -- owners on other hosts: the heartbeat ---------------------------------------------------
-def _owned_elsewhere(path: str, run_id: str, heartbeat: float | None) -> None:
+def _owned_elsewhere(backend: Backend, run_id: str, heartbeat: float | None) -> None:
     from campaignkit._ledger import Owner
 
     other = Owner("t0ken", "another-host", 4242, "boot", 1)
-    with sqlite3.connect(path) as conn:
-        conn.execute(
-            "UPDATE runs SET status = 'running', owner = ?, pid = 4242, heartbeat = ? "
-            "WHERE run_id = ?",
-            (other.to_text(), heartbeat, run_id),
-        )
+    backend.sql(
+        "UPDATE runs SET status = 'running', owner = ?, pid = 4242, heartbeat = ? WHERE run_id = ?",
+        (other.to_text(), heartbeat, run_id),
+    )
 
 
-def test_an_owner_on_another_host_is_alive_while_its_heartbeat_is(tmp_path: Path) -> None:
-    from campaignkit._ledger import LEASE_SECONDS, RunInProgress, SqliteLedger
+def test_an_owner_on_another_host_is_alive_while_its_heartbeat_is(backend: Backend) -> None:
+    from campaignkit._ledger import LEASE_SECONDS, RunInProgress
 
-    path = str(tmp_path / "ledger.db")
-    ledger = SqliteLedger(path)
+    ledger = backend.open()
     _begin(ledger, "r")
     ledger.finish_run("r", "cancelled", "{}")
     for heartbeat in (time.time(), None):  # beating now, or an owner that never beat
-        _owned_elsewhere(path, "r", heartbeat)
+        _owned_elsewhere(backend, "r", heartbeat)
         with pytest.raises(RunInProgress, match="process 4242 on another-host"):
             ledger.claim_run("r")
-    _owned_elsewhere(path, "r", time.time() - LEASE_SECONDS - 1)  # its host is gone
+    _owned_elsewhere(backend, "r", time.time() - LEASE_SECONDS - 1)  # its host is gone
     assert ledger.claim_run("r").owner.host != "another-host"  # type: ignore[union-attr]
     ledger.close()
 
 
 def test_the_owner_beats_while_it_holds_the_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from campaignkit._ledger import SqliteLedger, _claims
+    from campaignkit._ledger import _claims
 
     monkeypatch.setattr(_claims, "HEARTBEAT_SECONDS", 0.05)
-    path = tmp_path / "ledger.db"
-    ledger = SqliteLedger(path)
+    ledger = backend.open()
 
     def beat() -> float:
-        with sqlite3.connect(path) as conn:
-            return float(conn.execute("SELECT heartbeat FROM runs").fetchone()[0])
+        return float(backend.sql("SELECT heartbeat FROM runs")[0][0])
 
     _begin(ledger, "r")
     first = beat()

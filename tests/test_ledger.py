@@ -1,4 +1,5 @@
-"""The SQLite ledger: schema, runs, snapshot, delivery state machine (hypothesis)."""
+"""The ledger: schema, runs, snapshot, delivery state machine (hypothesis); on both
+backends (the ``backend`` fixture) except where a test is about SQLite's file."""
 
 from __future__ import annotations
 
@@ -10,22 +11,33 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
 from campaignkit import DeliveryResult, DeliveryStatus, Recipient
 from campaignkit._ledger import (
     SCHEMA_VERSION,
+    Ledger,
     LedgerError,
     MaxActiveRunsReached,
     PlanRules,
     RunInProgress,
+    RunOwnershipLost,
     SqliteLedger,
+    open_ledger,
 )
+from campaignkit._ledger._postgres import SCHEMA_VERSION as PG_SCHEMA_VERSION
+from conftest import Backend
 
 DAY = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def begin(ledger: SqliteLedger, run_id: str = "r1", **kw: object) -> None:
+def begin(ledger: Ledger, run_id: str = "r1", **kw: object) -> None:
     ledger.begin_run(
         run_id=run_id,
         pipeline=str(kw.get("pipeline", "p")),
@@ -64,6 +76,15 @@ def test_schema_is_versioned_and_a_newer_one_is_refused(tmp_path: Path) -> None:
         SqliteLedger(path)
 
 
+def test_a_newer_postgres_schema_is_refused(postgres_url: str) -> None:
+    backend = Backend("postgres", postgres_url, "newer", Path())
+    backend.open().close()
+    assert backend.sql("SELECT version FROM schema_version") == [(PG_SCHEMA_VERSION,)]
+    backend.sql("UPDATE schema_version SET version = ?", (PG_SCHEMA_VERSION + 1,))
+    with pytest.raises(LedgerError, match="newer than this campaignkit"):
+        backend.open()
+
+
 def test_not_a_database(tmp_path: Path) -> None:
     path = tmp_path / "l.db"
     path.write_bytes(b"this is not sqlite" * 100)
@@ -71,8 +92,8 @@ def test_not_a_database(tmp_path: Path) -> None:
         SqliteLedger(path)
 
 
-def test_snapshot_round_trip_and_order(tmp_path: Path) -> None:
-    ledger = SqliteLedger(tmp_path / "l.db")
+def test_snapshot_round_trip_and_order(backend: Backend) -> None:
+    ledger = backend.open()
     begin(ledger)
     rs = people(4500)
     assert ledger.write_snapshot("r1", iter(rs)) == 4500
@@ -82,8 +103,8 @@ def test_snapshot_round_trip_and_order(tmp_path: Path) -> None:
     ledger.close()
 
 
-def test_snapshot_is_all_or_nothing(tmp_path: Path) -> None:
-    ledger = SqliteLedger(tmp_path / "l.db")
+def test_snapshot_is_all_or_nothing(backend: Backend) -> None:
+    ledger = backend.open()
     begin(ledger)
 
     def broken() -> object:
@@ -97,8 +118,8 @@ def test_snapshot_is_all_or_nothing(tmp_path: Path) -> None:
     ledger.close()
 
 
-def test_max_active_runs_counts_live_running_runs(tmp_path: Path) -> None:
-    ledger = SqliteLedger(tmp_path / "l.db")
+def test_max_active_runs_counts_live_running_runs(backend: Backend) -> None:
+    ledger = backend.open()
     begin(ledger, "a", max_active_runs=1)
     with pytest.raises(MaxActiveRunsReached, match="max_active_runs=1"):
         begin(ledger, "b", max_active_runs=1)
@@ -113,17 +134,68 @@ def test_max_active_runs_counts_live_running_runs(tmp_path: Path) -> None:
     ledger.close()
 
 
-def test_run_of_a_dead_process_is_not_active_and_can_be_claimed(tmp_path: Path) -> None:
-    ledger = SqliteLedger(tmp_path / "l.db")
+def test_run_of_a_dead_process_is_not_active_and_can_be_claimed(backend: Backend) -> None:
+    ledger = backend.open()
     begin(ledger, "a", max_active_runs=1)
-    conn = sqlite3.connect(tmp_path / "l.db")
     # A run recorded by a process that is gone (no such pid).
-    conn.execute("UPDATE runs SET pid = 999999999, owner = NULL WHERE run_id = 'a'")
-    conn.commit()
-    conn.close()
+    backend.sql("UPDATE runs SET pid = 999999999, owner = NULL WHERE run_id = 'a'")
     begin(ledger, "b", max_active_runs=2)
     assert ledger.claim_run("a").status == "running"
     ledger.close()
+
+
+def test_only_the_owner_marks_in_flight(backend: Backend) -> None:
+    """The fence: a ledger whose run another process took over (or that never claimed
+    it) marks nothing, and says so."""
+    first = backend.open()
+    begin(first, "r")
+    first.write_snapshot("r", iter(people(3)))
+    rows = ((s, None, f"u{s}@example.com", False, None) for s in range(3))
+    first.plan("r", "email", rows, PlanRules(kind="email"))
+    first.mark_in_flight("r", "email", [0])
+    second = backend.open()
+    with pytest.raises(RunOwnershipLost):
+        second.mark_in_flight("r", "email", [1])  # never claimed it
+    # The first owner is taken for gone (no such pid): the second takes the run over.
+    backend.sql("UPDATE runs SET pid = 999999999, owner = NULL WHERE run_id = 'r'")
+    second.claim_run("r")
+    with pytest.raises(RunOwnershipLost):
+        first.mark_in_flight("r", "email", [2])
+    second.mark_in_flight("r", "email", [1])
+    assert second.counts("r", "email").states == {"in_flight": 2, "pending": 1}
+    with pytest.raises(RunOwnershipLost):
+        first.finish_run("r", "succeeded", "{}")
+    first.close()
+    second.close()
+
+
+def test_plan_rules_consult_the_history_ledger(backend: Backend) -> None:
+    """A dry run plans in a scratch ledger against the real one's suppression list and
+    send history (another SQLite file; another schema of the same database)."""
+    real = backend.open()
+    begin(real, "h")
+    real.write_snapshot("h", iter(people(2)))
+    real.plan(
+        "h",
+        "email",
+        ((s, None, f"u{s}@example.com", False, None) for s in range(2)),
+        PlanRules(kind="email"),
+    )
+    real.mark_in_flight("h", "email", [0])
+    real.record("h", "email", [(0, result(0, DeliveryStatus.SENT), "sent", False)])
+    real.suppress("email", "u1@example.com", reason="bounce")
+    real.finish_run("h", "succeeded", "{}")
+    real.close()
+    scratch_store = backend.fresh()
+    past = backend.location if backend.schema is None else backend.schema
+    scratch = scratch_store.open(durable=False, history=past)
+    begin(scratch, "r")
+    scratch.write_snapshot("r", iter(people(3)))
+    rows = ((s, None, f"u{s}@example.com", False, None) for s in range(3))
+    scratch.plan("r", "email", rows, PlanRules(kind="email", cap=1, cap_since=0.0))
+    assert scratch.counts("r", "email").reasons == {"frequency_capped": 1, "suppressed": 1}
+    assert scratch.suppressions() == []
+    scratch.close()
 
 
 def result(seq: int, status: DeliveryStatus, *, code: str | None = None) -> DeliveryResult:
@@ -139,10 +211,9 @@ class LedgerMachine(RuleBasedStateMachine):
 
     N = 12
 
-    def __init__(self) -> None:
+    def __init__(self, backend: Backend) -> None:
         super().__init__()
-        self.dir = Path(__import__("tempfile").mkdtemp())
-        self.ledger = SqliteLedger(self.dir / "l.db")
+        self.ledger = backend.fresh().open()
         begin(self.ledger)
         self.ledger.write_snapshot("r1", iter(people(self.N)))
         self.model: dict[int, str] = {}
@@ -225,28 +296,31 @@ class LedgerMachine(RuleBasedStateMachine):
         self.ledger.close()
 
 
-TestLedgerMachine = LedgerMachine.TestCase
-TestLedgerMachine.settings = settings(max_examples=60, stateful_step_count=20, deadline=None)
+def test_ledger_machine(backend: Backend) -> None:
+    run_state_machine_as_test(
+        lambda: LedgerMachine(backend),
+        settings=settings(max_examples=60, stateful_step_count=20, deadline=None),
+    )
 
 
-def _open_at(path: str, start: float) -> str:
+def _open_at(path: str, start: float, schema: str | None = None) -> str:
     while time.time() < start:
         time.sleep(0.001)
     try:
-        SqliteLedger(path).close()
+        open_ledger(path, schema=schema).close()
     except LedgerError as exc:
         return str(exc)
     return "ok"
 
 
-def test_processes_opening_a_new_ledger_at_once_all_open_it(tmp_path: Path) -> None:
-    """A new ledger is switched to WAL and migrated by whichever process comes first;
-    the others wait for it (they once failed with 'database is locked')."""
+def test_processes_opening_a_new_ledger_at_once_all_open_it(backend: Backend) -> None:
+    """A new ledger is switched to WAL (SQLite) and migrated by whichever process comes
+    first; the others wait for it (they once failed with 'database is locked')."""
     import multiprocessing
 
-    for attempt in range(1):
-        path = str(tmp_path / f"new{attempt}.db")
+    for _attempt in range(1):
+        new = backend.fresh()
         start = time.time() + 0.5
         with multiprocessing.get_context("spawn").Pool(8) as pool:
-            got = pool.starmap(_open_at, [(path, start)] * 8)
+            got = pool.starmap(_open_at, [(new.location, start, new.schema)] * 8)
         assert got == ["ok"] * 8

@@ -1,8 +1,8 @@
 """The ledger package's contracts: the ``Ledger`` protocol is what callers use and what
 ``SqliteLedger`` implements; reads go through connections that refuse writes.
 
-(mypy checks ``SqliteLedger`` against ``Ledger`` in the source: ``open_ledger`` returns
-one as the other.)
+(mypy checks ``SqliteLedger`` and ``PostgresLedger`` against ``Ledger`` in the source:
+``open_ledger`` returns either as the other.)
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import inspect
 import re
 import sqlite3
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,7 +19,15 @@ import pytest
 
 import campaignkit
 from campaignkit import DeliveryResult, DeliveryStatus, Recipient
-from campaignkit._ledger import Ledger, PlanRules, SqliteLedger, connect, open_ledger
+from campaignkit._ledger import (
+    Ledger,
+    LedgerError,
+    PlanRules,
+    PostgresLedger,
+    SqliteLedger,
+    connect,
+    open_ledger,
+)
 
 SRC = Path(campaignkit.__file__).parent
 DAY = datetime(2026, 1, 1, tzinfo=UTC)
@@ -28,9 +38,10 @@ def members(cls: type) -> set[str]:
     return {name for name in vars(cls) if not name.startswith("_")}
 
 
-def test_sqlite_ledger_has_every_protocol_member_with_its_signature() -> None:
+@pytest.mark.parametrize("backend", [SqliteLedger, PostgresLedger], ids=["sqlite", "postgres"])
+def test_sqlite_ledger_has_every_protocol_member_with_its_signature(backend: type) -> None:
     for name in members(Ledger):
-        expected, actual = getattr(Ledger, name), getattr(SqliteLedger, name)
+        expected, actual = getattr(Ledger, name), getattr(backend, name)
         if isinstance(expected, property):
             assert isinstance(actual, property), name
             continue
@@ -65,6 +76,75 @@ def test_open_ledger_opens_the_sqlite_ledger(tmp_path: Path) -> None:
         assert ledger.list_runs() == []
     finally:
         ledger.close()
+
+
+def test_open_ledger_opens_sqlite_by_url_or_path(tmp_path: Path) -> None:
+    for location in (f"sqlite:///{tmp_path}/u.db", tmp_path / "p.db", str(tmp_path / "s.db")):
+        ledger = open_ledger(location)
+        try:
+            assert isinstance(ledger, SqliteLedger)
+            assert Path(ledger.location).name == Path(str(location)).name
+        finally:
+            ledger.close()
+    with pytest.raises(LedgerError, match="no schemas"):
+        open_ledger(tmp_path / "x.db", schema="s")
+    with pytest.raises(LedgerError, match="sqlite:///path"):
+        open_ledger("sqlite://memory")
+
+
+def test_open_ledger_opens_the_postgres_ledger(postgres_url: str) -> None:
+    for url in (postgres_url, postgres_url.replace("postgresql://", "postgres://", 1)):
+        ledger = open_ledger(url, schema="opened", durable=False)
+        try:
+            assert isinstance(ledger, PostgresLedger)
+            assert ledger.location.endswith("(schema opened)")
+            assert ledger.list_runs() == []
+        finally:
+            ledger.close()
+
+
+def test_a_password_in_the_url_never_shows(postgres_url: str) -> None:
+    """Not in repr, location or an error: the server refuses the password here (or
+    trusts it: then the schema name is refused before any statement)."""
+    password = "s3cr3t-Pa55word"
+    url = postgres_url.replace("://", f"://postgres:{password}@", 1)
+    url = url.replace("@postgres@", "@")  # (a URL with a user already)
+    refused = ""
+    try:
+        ledger = open_ledger(url, schema="pw")
+    except LedgerError as exc:
+        refused = str(exc)
+    if refused:
+        assert password not in refused and "***" in refused
+    else:
+        try:
+            shown = f"{ledger!r} {ledger.location}"
+            assert password not in shown and ":***@" in shown
+            with pytest.raises(LedgerError) as error:
+                ledger.get_run("nope")
+            assert password not in str(error.value)
+        finally:
+            ledger.close()
+    with pytest.raises(LedgerError) as unreachable:
+        open_ledger(f"postgresql://u:{password}@127.0.0.1:1/db?connect_timeout=2")
+    assert password not in str(unreachable.value)
+    assert "u:***@127.0.0.1:1" in str(unreachable.value)
+
+
+def test_without_the_extra_a_postgres_url_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if not installed
+    with pytest.raises(LedgerError, match=re.escape("pip install 'campaignkit[postgres]'")):
+        open_ledger("postgresql://u:pw@127.0.0.1:1/db")
+
+
+def test_importing_campaignkit_does_not_import_psycopg() -> None:
+    code = (
+        "import sys, campaignkit, campaignkit._ledger, campaignkit.cli\n"
+        "assert not [m for m in sys.modules if m.startswith('psycopg')], sorted(sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_a_read_only_connection_refuses_a_write(tmp_path: Path) -> None:

@@ -1,10 +1,9 @@
 """The ledger's bulk writes keep the per-row semantics: plan rules (against a model),
-statements over lists of deliveries, and the schema 3 migration."""
+statements over lists of deliveries (both backends), and the schema 3 migration."""
 
 from __future__ import annotations
 
 import sqlite3
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,14 +14,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from campaignkit import DeliveryResult, DeliveryStatus, Recipient
-from campaignkit._ledger import SCHEMA_VERSION, PlanRules, SqliteLedger, _sql
+from campaignkit._ledger import SCHEMA_VERSION, Ledger, PlanRules, SqliteLedger, _sql
 from campaignkit._ledger._schema import MIGRATIONS
+from conftest import Backend
 
 DAY = datetime(2026, 1, 1, tzinfo=UTC)
 FUTURE = 4_000_000_000.0
 
 
-def begin(ledger: SqliteLedger, run_id: str, n: int) -> None:
+def begin(ledger: Ledger, run_id: str, n: int) -> None:
     ledger.begin_run(
         run_id=run_id,
         pipeline="p",
@@ -34,31 +34,27 @@ def begin(ledger: SqliteLedger, run_id: str, n: int) -> None:
     ledger.write_snapshot(run_id, (Recipient(f"c{i}") for i in range(n)))
 
 
-def plan_all(ledger: SqliteLedger, run_id: str, channel: str, n: int) -> None:
+def plan_all(ledger: Ledger, run_id: str, channel: str, n: int) -> None:
     """Every recipient pending, each with its own address."""
     rows = ((s, None, f"u{s}@x.com", False, None) for s in range(n))
     ledger.plan(run_id, channel, rows, PlanRules(kind="email"))
 
 
-def states(ledger: SqliteLedger, run_id: str, channel: str) -> dict[int, tuple[str, str | None]]:
+def states(ledger: Ledger, run_id: str, channel: str) -> dict[int, tuple[str, str | None]]:
     return {
         int(r.recipient_id[1:]): (r.status.value, r.reason)
         for r in ledger.deliveries(run_id, channel)
     }
 
 
-def columns(path: Path, run_id: str, channel: str) -> dict[int, tuple[Any, ...]]:
-    conn = sqlite3.connect(path)
-    try:
-        rows = conn.execute(
-            "SELECT d.seq, d.state, d.reason, d.attempts, d.transient, d.provider_message_id, "
-            "d.error_code, d.error, d.batch FROM deliveries d JOIN runs r ON r.id = d.run "
-            "JOIN channels c ON c.run = d.run AND c.code = d.channel "
-            "WHERE r.run_id = ? AND c.channel = ?",
-            (run_id, channel),
-        ).fetchall()
-    finally:
-        conn.close()
+def columns(backend: Backend, run_id: str, channel: str) -> dict[int, tuple[Any, ...]]:
+    rows = backend.sql(
+        "SELECT d.seq, d.state, d.reason, d.attempts, d.transient, d.provider_message_id, "
+        "d.error_code, d.error, d.batch FROM deliveries d JOIN runs r ON r.id = d.run "
+        "JOIN channels c ON c.run = d.run AND c.code = d.channel "
+        "WHERE r.run_id = ? AND c.channel = ?",
+        (run_id, channel),
+    )
     return {row[0]: tuple(row[1:]) for row in rows}
 
 
@@ -127,7 +123,11 @@ def model(
     return out
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(
     kind=st.sampled_from(["email", "phone"]),
     rows=st.lists(row, max_size=14),
@@ -140,6 +140,7 @@ def model(
     seed=st.one_of(st.none(), st.integers(0, 2**40)),
 )
 def test_plan_rules_match_the_model(
+    backend: Backend,
     kind: str,
     rows: list[tuple[str | None, str | None, bool, float | None]],
     history_rows: list[str | None],
@@ -150,57 +151,56 @@ def test_plan_rules_match_the_model(
     target: int | None,
     seed: int | None,
 ) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        ledger = SqliteLedger(Path(tmp) / "l.db")
-        # Earlier runs: sends on this channel name count for the cap, others do not.
-        for run_id, channel, addresses in (
-            ("h1", "ch", history_rows),
-            ("h2", "other", other_channel_rows),
-        ):
-            begin(ledger, run_id, len(addresses))
-            ledger.plan(
-                run_id,
-                channel,
-                ((s, None, a, False, None) for s, a in enumerate(addresses)),
-                PlanRules(kind="phone"),  # exact addresses; repeats are skipped
-            )
-            seqs = [s for s, *_ in ledger.pending(run_id, channel)]
-            ledger.mark_in_flight(run_id, channel, seqs)
-            sent = DeliveryResult(channel, "x", DeliveryStatus.SENT, None, "pm", 1)
-            ledger.record(run_id, channel, [(s, sent, "sent", False) for s in seqs])
-        for address in suppressed:
-            ledger.suppress(kind, address, reason="test")
-        ledger.flush()
-        history: dict[str | None, int] = {}
-        for s, (state, _) in states(ledger, "h1", "ch").items():
-            if state == "sent":  # (the duplicate rule skipped some of them)
-                k = key(kind, history_rows[s])
-                history[k] = history.get(k, 0) + 1
-        rules = PlanRules(
-            kind=kind,
-            cap=cap,
-            cap_since=0.0 if window_open else FUTURE,
-            target=target,
-            sample_seed=seed,
+    ledger = backend.fresh().open()
+    # Earlier runs: sends on this channel name count for the cap, others do not.
+    for run_id, channel, addresses in (
+        ("h1", "ch", history_rows),
+        ("h2", "other", other_channel_rows),
+    ):
+        begin(ledger, run_id, len(addresses))
+        ledger.plan(
+            run_id,
+            channel,
+            ((s, None, a, False, None) for s, a in enumerate(addresses)),
+            PlanRules(kind="phone"),  # exact addresses; repeats are skipped
         )
-        begin(ledger, "r", len(rows))
-        now = time.time()
-        ledger.plan("r", "ch", ((s, *r) for s, r in enumerate(rows)), rules)
-        expected = model(
-            kind,
-            rows,
-            suppressed,  # stored as given (normalized by the caller)
-            history if window_open else {},
-            rules,
-            now,
-        )
-        assert states(ledger, "r", "ch") == expected
-        assert ledger.is_planned("r", "ch")
-        ledger.close()
+        seqs = [s for s, *_ in ledger.pending(run_id, channel)]
+        ledger.mark_in_flight(run_id, channel, seqs)
+        sent = DeliveryResult(channel, "x", DeliveryStatus.SENT, None, "pm", 1)
+        ledger.record(run_id, channel, [(s, sent, "sent", False) for s in seqs])
+    for address in suppressed:
+        ledger.suppress(kind, address, reason="test")
+    ledger.flush()
+    history: dict[str | None, int] = {}
+    for s, (state, _) in states(ledger, "h1", "ch").items():
+        if state == "sent":  # (the duplicate rule skipped some of them)
+            k = key(kind, history_rows[s])
+            history[k] = history.get(k, 0) + 1
+    rules = PlanRules(
+        kind=kind,
+        cap=cap,
+        cap_since=0.0 if window_open else FUTURE,
+        target=target,
+        sample_seed=seed,
+    )
+    begin(ledger, "r", len(rows))
+    now = time.time()
+    ledger.plan("r", "ch", ((s, *r) for s, r in enumerate(rows)), rules)
+    expected = model(
+        kind,
+        rows,
+        suppressed,  # stored as given (normalized by the caller)
+        history if window_open else {},
+        rules,
+        now,
+    )
+    assert states(ledger, "r", "ch") == expected
+    assert ledger.is_planned("r", "ch")
+    ledger.close()
 
 
-def test_plan_of_a_channel_that_was_planned_before_replaces_its_rows(tmp_path: Path) -> None:
-    ledger = SqliteLedger(tmp_path / "l.db")
+def test_plan_of_a_channel_that_was_planned_before_replaces_its_rows(backend: Backend) -> None:
+    ledger = backend.open()
     begin(ledger, "r", 3)
     rules = PlanRules(kind="email")
     ledger.plan("r", "e", ((s, None, f"u{s}@x.com", True, FUTURE) for s in range(3)), rules)
@@ -227,7 +227,9 @@ def outcome(i: int) -> tuple[str, DeliveryResult, bool]:
     return "sent", DeliveryResult("e", "x", DeliveryStatus.SENT, None, f"id-{i}", 1), False
 
 
-@settings(max_examples=60, deadline=None)
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     n=st.integers(1, 40),
     batches=st.lists(
@@ -237,12 +239,12 @@ def outcome(i: int) -> tuple[str, DeliveryResult, bool]:
     in_max=st.sampled_from([1, 2, 4, 512]),
 )
 def test_marks_and_outcomes_by_list_match_one_update_per_row(
-    n: int, batches: list[list[tuple[int, int]]], in_max: int
+    backend: Backend, n: int, batches: list[list[tuple[int, int]]], in_max: int
 ) -> None:
-    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_sql, "IN_MAX", in_max)  # lists of a few values: many of them
-        path = Path(tmp) / "l.db"
-        ledger = SqliteLedger(path)
+        store = backend.fresh()
+        ledger = store.open()
         begin(ledger, "r", n)
         plan_all(ledger, "r", "e", n)
         initial: tuple[Any, ...] = ("pending", None, 0, 0, None, None, None, None)
@@ -270,19 +272,18 @@ def test_marks_and_outcomes_by_list_match_one_update_per_row(
                 )
             ledger.record("r", "e", rows)
         ledger.flush()
-        assert columns(path, "r", "e") == expected
+        assert columns(store, "r", "e") == expected
         ledger.close()
 
 
-def test_large_batches_cross_the_list_size(tmp_path: Path) -> None:
-    path = tmp_path / "l.db"
-    ledger = SqliteLedger(path)
+def test_large_batches_cross_the_list_size(backend: Backend) -> None:
+    ledger = backend.open()
     n = 1500
     begin(ledger, "r", n)
     plan_all(ledger, "r", "e", n)
     seqs = list(range(3, n, 2))  # 749, not contiguous: two lists of 512
     ledger.mark_in_flight("r", "e", seqs)
-    got = columns(path, "r", "e")
+    got = columns(backend, "r", "e")
     assert {s for s, c in got.items() if c[0] == "in_flight"} == set(seqs)
     assert {got[s][-1] for s in seqs} == {3}
     sent = DeliveryResult("e", "x", DeliveryStatus.SENT, None, "batch-id", 1)
@@ -296,15 +297,14 @@ def test_large_batches_cross_the_list_size(tmp_path: Path) -> None:
     ledger.close()
 
 
-def test_mark_in_flight_of_nothing_still_waits_for_queued_outcomes(tmp_path: Path) -> None:
-    path = tmp_path / "l.db"
-    ledger = SqliteLedger(path)
+def test_mark_in_flight_of_nothing_still_waits_for_queued_outcomes(backend: Backend) -> None:
+    ledger = backend.open()
     begin(ledger, "r", 2)
     plan_all(ledger, "r", "e", 2)
     ledger.mark_in_flight("r", "e", [0])
     ledger.record("r", "e", [(0, outcome(0)[1], "sent", False)])
     ledger.mark_in_flight("r", "e", [])
-    assert columns(path, "r", "e")[0][0] == "sent"  # committed before it returned
+    assert columns(backend, "r", "e")[0][0] == "sent"  # committed before it returned
     ledger.close()
 
 

@@ -27,10 +27,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from campaignkit import ConfigError, Pipeline, Slice, get_plugin_manager
-from campaignkit._ledger import LedgerError, PlanRules, SqliteLedger
+from campaignkit._ledger import LedgerError, PlanRules
 from campaignkit._models import DeliveryResult, DeliveryStatus, Recipient
 from campaignkit._suppression import SuppressionList
 from campaignkit.testing.sandbox import Sandbox
+from conftest import Backend
 
 WORKER = Path(__file__).with_name("step_worker.py")
 LOGICAL_DATE = "2026-05-01T00:00:00+00:00"
@@ -300,9 +301,9 @@ def test_slice_refuses_a_share_that_does_not_exist(index: Any, count: Any) -> No
     batches=st.lists(st.integers(1, 6), max_size=12),
 )
 def test_slices_partition_pending_deliveries_and_keep_batches_whole(
-    tmp_path_factory: pytest.TempPathFactory, n: int, count: int, batches: list[int]
+    backend: Backend, n: int, count: int, batches: list[int]
 ) -> None:
-    ledger = SqliteLedger(tmp_path_factory.mktemp("slices") / "l.db")
+    ledger = backend.fresh().open()
     try:
         ledger.begin_run(
             run_id="r",

@@ -3,8 +3,11 @@
 :class:`Ledger` is the interface the core uses (:mod:`._protocol`): the values it
 takes and gives are in :mod:`._types`, what it raises in :mod:`._errors`, so that a
 server database can be added behind it. The embedded implementation is
-:class:`SqliteLedger` (stdlib ``sqlite3``, WAL; :func:`open_ledger` opens it as a
-:class:`Ledger`), built from modules by responsibility:
+:class:`SqliteLedger` (stdlib ``sqlite3``, WAL), built from modules by
+responsibility below; the shared one is :class:`PostgresLedger` (:mod:`._postgres`,
+the ``postgres`` extra). :func:`open_ledger` (:mod:`._open`) opens either, by
+location (a path, ``sqlite:///path``, ``postgresql://...``), as a :class:`Ledger`.
+The SQLite modules:
 
 - :mod:`._schema`: the schema, versioned in ``PRAGMA user_version`` and migrated on
   open, and the stored values' formats;
@@ -35,9 +38,11 @@ from __future__ import annotations
 from ._claims import HEARTBEAT_SECONDS, LEASE_SECONDS, Owner
 from ._connection import connect
 from ._errors import LedgerError, MaxActiveRunsReached, RunInProgress, RunOwnershipLost
+from ._open import open_ledger
+from ._postgres import PostgresLedger
 from ._protocol import Ledger, RejectSink
 from ._schema import SCHEMA_VERSION
-from ._sqlite import SqliteLedger, open_ledger
+from ._sqlite import SqliteLedger
 from ._types import (
     DUPLICATE_ID,
     DeliveryRecord,
@@ -64,6 +69,7 @@ __all__ = [
     "PendingDelivery",
     "PlanRow",
     "PlanRules",
+    "PostgresLedger",
     "RejectSink",
     "RunInProgress",
     "RunOwnershipLost",

@@ -25,7 +25,7 @@ from . import _deliveries, _queries, _runs, _selection, _snapshot
 from ._claims import Heartbeat, Owner, claim
 from ._connection import Writer, connect
 from ._errors import LedgerError, RunOwnershipLost
-from ._protocol import Ledger, RejectSink
+from ._protocol import RejectSink
 from ._schema import open_and_migrate, timestamp
 from ._types import (
     WHOLE,
@@ -39,18 +39,11 @@ from ._types import (
     SnapshotInfo,
 )
 
-__all__ = ["SqliteLedger", "open_ledger"]
+__all__ = ["SqliteLedger"]
 
 log = logging.getLogger("campaignkit")
 
 _T = TypeVar("_T")
-
-
-def open_ledger(
-    path: str | Path, *, durable: bool = True, history: str | Path | None = None
-) -> Ledger:
-    """Open the ledger at ``path`` as the core sees it (see :class:`SqliteLedger`)."""
-    return SqliteLedger(path, durable=durable, history=history)
 
 
 class SqliteLedger:

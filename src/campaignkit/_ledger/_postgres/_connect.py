@@ -1,0 +1,157 @@
+"""Reaching PostgreSQL: the driver (an optional extra), the URL kept secret, the pool.
+
+psycopg is imported here only, and only when a PostgreSQL ledger is opened
+(:func:`load_driver`): importing campaignkit never imports it. A URL may hold a
+password: :func:`redact_url` is the URL as campaignkit shows it (``repr``, messages,
+logs) and :func:`url_secrets` the values :func:`redact` removes from the driver's
+error texts.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from collections.abc import Callable
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from ..._redact import REDACTED, redact
+from .._errors import LedgerError
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg_pool import ConnectionPool
+
+__all__ = [
+    "INSTALL",
+    "SCHEMES",
+    "Driver",
+    "is_postgres_url",
+    "load_driver",
+    "open_pool",
+    "quote_ident",
+    "redact_url",
+    "url_secrets",
+    "wrap",
+]
+
+#: How to install what a PostgreSQL ledger needs.
+INSTALL = "pip install 'campaignkit[postgres]'"
+#: The URL schemes that select PostgreSQL.
+SCHEMES = ("postgresql://", "postgres://")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
+
+
+class Driver:
+    """The two modules a PostgreSQL ledger runs on: ``psycopg`` and ``psycopg_pool``."""
+
+    def __init__(self, psycopg: ModuleType, pool: ModuleType) -> None:
+        self.psycopg = psycopg
+        self.pool = pool
+        #: What the driver raises: caught where the ledger must not fail (a heartbeat).
+        self.errors: tuple[type[BaseException], ...] = (
+            psycopg.Error,
+            pool.PoolTimeout,
+            pool.PoolClosed,
+        )
+
+
+def load_driver() -> Driver:
+    """psycopg and psycopg_pool, imported now.
+
+    Raises:
+        LedgerError: they are not installed (the ``postgres`` extra).
+    """
+    try:
+        import psycopg
+        import psycopg_pool
+    except ImportError as exc:
+        raise LedgerError(
+            f"a PostgreSQL ledger needs psycopg and psycopg_pool ({exc}): {INSTALL}"
+        ) from None
+    return Driver(psycopg, psycopg_pool)
+
+
+def is_postgres_url(location: object) -> bool:
+    """Whether ``location`` is a ``postgresql://`` (or ``postgres://``) URL."""
+    return isinstance(location, str) and location.lower().startswith(SCHEMES)
+
+
+def quote_ident(name: str) -> str:
+    """``name`` as a quoted SQL identifier (a schema's name).
+
+    Raises:
+        LedgerError: not a plain identifier (letters, digits, ``_``; at most 63).
+    """
+    if not _IDENTIFIER.match(name):
+        raise LedgerError(
+            f"ledger schema: expected a name of letters, digits and _ (at most 63), not {name!r}"
+        )
+    return '"' + name + '"'
+
+
+def url_secrets(url: str) -> tuple[str, ...]:
+    """The passwords written in ``url`` (its user info, a ``password`` parameter)."""
+    found: list[str] = []
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if parts.password:
+            found += [parts.password, urllib.parse.unquote(parts.password)]
+        for name, value in urllib.parse.parse_qsl(parts.query):
+            if "password" in name.lower() and value:
+                found.append(value)
+    except ValueError:
+        pass
+    return tuple(found)
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (``user:***@host``), as campaignkit shows it."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, _, hostport = netloc.rpartition("@")
+            user, colon, _ = userinfo.partition(":")
+            netloc = f"{user}{':' + REDACTED if colon else ''}@{hostport}"
+        shown = urllib.parse.urlunsplit(
+            (parts.scheme, netloc, parts.path, parts.query, parts.fragment)
+        )
+    except ValueError:
+        return f"{url.partition('://')[0]}://{REDACTED}"
+    return redact(shown, url_secrets(url))
+
+
+def open_pool(
+    driver: Driver, url: str, schema: str, *, durable: bool, max_size: int
+) -> ConnectionPool[psycopg.Connection[Any]]:
+    """A pool of autocommit connections whose ``search_path`` is ``schema`` (the
+    ledger's tables are named without it); ``durable=False``: commits do not wait
+    for the WAL to be flushed (throwaway ledgers)."""
+    settings = "SET search_path TO " + quote_ident(schema)
+    if not durable:
+        settings += "; SET synchronous_commit TO off"
+
+    def configure(conn: psycopg.Connection[Any]) -> None:
+        conn.execute(settings)
+
+    pool: ConnectionPool[psycopg.Connection[Any]] = driver.pool.ConnectionPool(
+        url,
+        min_size=1,
+        max_size=max_size,
+        kwargs={"autocommit": True},
+        configure=configure,
+        open=False,
+        name="campaignkit-ledger",
+    )
+    pool.open(wait=True, timeout=30.0)
+    return pool
+
+
+def wrap(where: str, secrets: tuple[str, ...]) -> Callable[[BaseException], LedgerError]:
+    """A :class:`LedgerError` from a driver error, its text without the URL's secrets."""
+
+    def make(exc: BaseException) -> LedgerError:
+        return LedgerError(f"{where}: {redact(str(exc).strip(), secrets)}")
+
+    return make

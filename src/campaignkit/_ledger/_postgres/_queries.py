@@ -1,0 +1,222 @@
+"""The PostgreSQL ledger's reads; long ones are streamed page by page, each page on a
+connection taken from the pool and given back (a stream holds none between pages)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..._models import DeliveryResult, Recipient
+from ..._states import DeliveryCounts, DeliveryStatus, Doubt
+from .._schema import load_object, recipient_from_row
+from .._sql import PAGE
+from .._types import PendingDelivery, Slice, SliceOutcome, SnapshotInfo, Suppression
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg_pool import ConnectionPool
+
+    Conn = psycopg.Connection[Any]
+    Pool = ConnectionPool[psycopg.Connection[Any]]
+
+__all__ = [
+    "counts",
+    "deliveries",
+    "has_snapshot",
+    "is_planned",
+    "next_deferred",
+    "owed",
+    "pending",
+    "slice_outcomes",
+    "snapshot",
+    "snapshot_info",
+    "suppressions",
+]
+
+_PENDING = (
+    "SELECT d.seq, r.recipient_id, r.data, r.line, d.address, d.attempts, d.batch "
+    "FROM deliveries d "
+    "JOIN recipients r ON r.run = d.run AND r.seq = d.seq "
+    "WHERE d.run = %s AND d.channel = %s AND d.state = 'pending' AND d.seq > %s "
+    "ORDER BY d.seq LIMIT %s"
+)
+# One slice of the pending deliveries (see Slice): by batch, else by seq, modulo.
+_PENDING_SLICE = _PENDING.replace(
+    "AND d.seq > %s", "AND COALESCE(d.batch, d.seq) %% %s = %s AND d.seq > %s"
+)
+_SNAPSHOT = (
+    "SELECT seq, recipient_id, data, line FROM recipients WHERE run = %s AND seq > %s "
+    "ORDER BY seq LIMIT %s"
+)
+_DELIVERIES = (
+    "SELECT d.channel, d.seq, c.channel, r.recipient_id, d.state, d.reason, "
+    "d.provider_message_id, d.attempts, d.error_code, d.error, r.line, d.address "
+    "FROM deliveries d "
+    "JOIN recipients r ON r.run = d.run AND r.seq = d.seq "
+    "JOIN channels c ON c.run = d.run AND c.code = d.channel "
+)
+_AFTER = "(d.channel, d.seq) > (%s, %s) ORDER BY d.channel, d.seq LIMIT %s"
+_ALL_CHANNELS = _DELIVERIES + "WHERE d.run = %s AND " + _AFTER
+_ONE_CHANNEL = _DELIVERIES + "WHERE d.run = %s AND d.channel = %s AND " + _AFTER
+_SUPPRESSIONS = "SELECT kind, address, reason, source FROM suppressions"
+
+
+def pages(
+    pool: Pool, sql: str, params: tuple[Any, ...], after: Callable[[Sequence[Any]], tuple[Any, ...]]
+) -> Iterator[Sequence[Any]]:
+    """Stream ``sql`` (which takes ``params``, then where to start, then ``LIMIT``)
+    page by page; ``after(row)`` is where the page after ``row`` starts."""
+    start: tuple[Any, ...] = after((-1, -1))
+    while True:
+        with pool.connection() as conn:
+            rows = conn.execute(sql, (*params, *start, PAGE)).fetchall()
+        yield from rows
+        if len(rows) < PAGE:
+            return
+        start = after(rows[-1])
+
+
+def _by_seq(row: Sequence[Any]) -> tuple[Any, ...]:
+    return (row[0],)
+
+
+def _by_channel_seq(row: Sequence[Any]) -> tuple[Any, ...]:
+    return (row[0], row[1])
+
+
+def pending(pool: Pool, run: int, code: int, part: Slice) -> Iterator[PendingDelivery]:
+    """A channel's pending deliveries (see ``Ledger.pending``)."""
+    new = tuple.__new__
+    if part.count == 1:
+        rows = pages(pool, _PENDING, (run, code), _by_seq)
+    else:
+        rows = pages(pool, _PENDING_SLICE, (run, code, part.count, part.index), _by_seq)
+    for seq, rid, data, line, address, attempts, batch in rows:
+        yield new(
+            PendingDelivery, (seq, recipient_from_row(rid, data, line), address, attempts, batch)
+        )
+
+
+def snapshot(pool: Pool, run: int) -> Iterator[tuple[int, Recipient]]:
+    """A run's snapshot in source order, as ``(seq, recipient)``."""
+    for seq, rid, data, line in pages(pool, _SNAPSHOT, (run,), _by_seq):
+        yield seq, recipient_from_row(rid, data, line)
+
+
+def deliveries(pool: Pool, run: int, code: int | None) -> Iterator[DeliveryResult]:
+    """Per-recipient outcomes in recipient order (all channels, or the one of ``code``)."""
+    if code is None:
+        rows = pages(pool, _ALL_CHANNELS, (run,), _by_channel_seq)
+    else:
+        rows = pages(pool, _ONE_CHANNEL, (run, code), _by_channel_seq)
+    for row in rows:
+        _, _, ch, rid, state, reason, pmid, attempts, error_code, error, line, address = row
+        yield DeliveryResult(
+            channel=ch,
+            recipient_id=rid,
+            status=DeliveryStatus(state),
+            reason=reason,
+            provider_message_id=pmid,
+            attempts=attempts,
+            error_code=error_code,
+            error=error,
+            line=line,
+            address=address,
+        )
+
+
+def slice_outcomes(conn: Conn, run: int) -> list[SliceOutcome]:
+    """The outcomes of the slices sent since the run was (re)opened, by channel."""
+    rows = conn.execute(
+        'SELECT outcome FROM slices WHERE run = %s ORDER BY channel COLLATE "C", '
+        "slice_count, slice_index",
+        (run,),
+    )
+    return [SliceOutcome.from_dict(json.loads(text)) for (text,) in rows]
+
+
+def snapshot_info(conn: Conn, run: int) -> SnapshotInfo | None:
+    """What the run's extraction recorded with its snapshot."""
+    row = conn.execute(
+        "SELECT s.rows_read, r.recipients, s.rejected, s.reasons, s.rows_per_customer, "
+        "s.lines FROM snapshots s JOIN runs r ON r.id = s.run WHERE s.run = %s",
+        (run,),
+    ).fetchone()
+    if row is None:
+        return None
+    return SnapshotInfo(
+        rows_read=int(row[0]),
+        recipients=int(row[1] or 0),
+        rejected=int(row[2]),
+        rejected_reasons={str(k): int(v) for k, v in json.loads(row[3]).items()},
+        rows_per_customer=str(row[4]),
+        lines=None if row[5] is None else {str(k): int(v) for k, v in load_object(row[5]).items()},
+    )
+
+
+def has_snapshot(conn: Conn, run_id: str) -> bool:
+    """Whether run ``run_id`` has a snapshot."""
+    row = conn.execute("SELECT recipients FROM runs WHERE run_id = %s", (run_id,)).fetchone()
+    return row is not None and row[0] is not None
+
+
+def is_planned(conn: Conn, run: int, channel: str) -> bool:
+    """Whether the channel's plan completed."""
+    row = conn.execute(
+        "SELECT planned FROM channels WHERE run = %s AND channel = %s", (run, channel)
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def next_deferred(conn: Conn, run: int) -> float | None:
+    """The earliest time a deferred delivery of the run becomes due, if any."""
+    row = conn.execute(
+        "SELECT MIN(not_before) FROM deliveries WHERE run = %s AND state = 'deferred'", (run,)
+    ).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+def suppressions(conn: Conn, kind: str | None) -> list[tuple[str, str, str, str | None]]:
+    """``(kind, address, reason, source)`` entries of the suppression list (ordered as
+    SQLite orders them: by code point)."""
+    if kind:
+        rows = conn.execute(
+            _SUPPRESSIONS + ' WHERE kind = %s ORDER BY address COLLATE "C"', (kind,)
+        )
+    else:
+        rows = conn.execute(_SUPPRESSIONS + ' ORDER BY kind COLLATE "C", address COLLATE "C"')
+    return [Suppression(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def owed(conn: Conn, run: int, code: int, *, failed: bool, unknown: bool) -> int:
+    """How many deliveries of one channel a resume would send."""
+    row = conn.execute(
+        "SELECT COUNT(*) FROM deliveries WHERE run = %s AND channel = %s AND ("
+        "state IN ('pending', 'in_flight', 'deferred') "
+        "OR (%s AND state = 'failed' AND transient = 1) OR (%s AND state = 'unknown'))",
+        (run, code, failed, unknown),
+    ).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def counts(conn: Conn, run: int, code: int) -> DeliveryCounts:
+    """A channel's deliveries by state and reason (see ``Ledger.counts``)."""
+    states: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    codes: Counter[str] = Counter()
+    doubts: Counter[Doubt] = Counter()
+    for state, reason, error_code, n in conn.execute(
+        "SELECT state, reason, error_code, COUNT(*) FROM deliveries "
+        "WHERE run = %s AND channel = %s GROUP BY state, reason, error_code",
+        (run, code),
+    ):
+        states[state] += n
+        if reason:
+            reasons[reason] += n
+        if state == DeliveryStatus.UNKNOWN:
+            doubts[Doubt(reason or "", error_code or "")] += n
+        elif error_code and state != DeliveryStatus.SENT:
+            codes[error_code] += n
+    return DeliveryCounts(states, reasons, codes, doubts)
