@@ -447,3 +447,44 @@ def test_a_ledger_setting_that_is_not_one_says_so_without_the_password(
     with pytest.raises(ConfigError, match=r"execution\.ledger") as caught:
         Pipeline.from_file(config, plugins=get_plugin_manager(load_entrypoints=False))
     assert "secret" not in str(caught.value)
+
+
+def test_steps_in_separate_processes_on_a_postgresql_ledger(
+    tmp_path: Path, sandbox: Sandbox, postgres_url: str
+) -> None:
+    """The steps, each in a process of its own, sharing a PostgreSQL ledger
+    (``CAMPAIGNKIT_LEDGER_URL``): the same outcomes and report as ``Pipeline.run()``
+    with the embedded ledger, and every owed message sent once."""
+    whole, _, by_run = run_in_process(tmp_path / "whole")
+    whole_results = _outcomes(tmp_path / "whole", {})
+
+    config = write_campaign(tmp_path / "pg", sandbox)
+    env = {"CAMPAIGNKIT_LEDGER_URL": postgres_url}
+    os.environ.update(env)
+    try:
+        run_id = step(config, sandbox, "open", LOGICAL_DATE)["run_id"]
+        for channel in CHANNELS:
+            step(config, sandbox, "plan", run_id, channel)
+        for channel in CHANNELS:
+            for part in ("1/2", "2/2"):
+                step(config, sandbox, "send", run_id, channel, part)
+        finished = step(config, sandbox, "finish", run_id)
+    finally:
+        for name in env:
+            os.environ.pop(name, None)
+    assert comparable(finished["report"]) == comparable(whole)
+    assert received(sandbox) == by_run and max(by_run.values()) == 1
+    assert _outcomes(tmp_path / "pg", {**env, **sandbox.env()}) == whole_results
+    assert not (tmp_path / "pg" / "state").exists()  # nothing went to a SQLite file
+
+
+def _outcomes(directory: Path, env: dict[str, str]) -> list[tuple[Any, ...]]:
+    plugins = get_plugin_manager(load_entrypoints=False)
+    pipeline = Pipeline.from_file(
+        directory / "campaign.toml", plugins=plugins, env=env, rehearsal=False
+    )
+    [run] = pipeline.runs()
+    return sorted(
+        (r.channel, r.recipient_id, str(r.status), r.reason, r.attempts, r.error_code)
+        for r in pipeline.results(run.run_id)
+    )

@@ -100,8 +100,9 @@ class Ledger(Protocol):
         """The most recent runs, newest first."""
         ...
 
-    def claim_run(self, run_id: str) -> RunRecord:
-        """Make this process the owner of ``run_id`` (to resume it)."""
+    def claim_run(self, run_id: str, *, unfinished: bool = False) -> RunRecord:
+        """Make this process the owner of ``run_id`` (to resume it); with
+        ``unfinished``, only a run still ``running`` (decided with the claim)."""
         ...
 
     def release_run(self, run_id: str) -> None:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .._states import ACTIVE_STATUSES
 from ._claims import Owner, owner_text
 from ._errors import LedgerError, MaxActiveRunsReached, RunInProgress
 from ._schema import parse_timestamp, timestamp
@@ -148,14 +149,21 @@ def insert_run(
     )
 
 
-def take_run(conn: sqlite3.Connection, owner: Owner, run_id: str, path: Path) -> None:
+def take_run(
+    conn: sqlite3.Connection, owner: Owner, run_id: str, path: Path, *, unfinished: bool = False
+) -> None:
     """Make ``owner`` the owner of ``run_id`` and mark it ``running`` (see
-    :meth:`SqliteLedger.claim_run`)."""
+    :meth:`SqliteLedger.claim_run`); with ``unfinished``, only a ``running`` run."""
     run = get_run(conn, run_id)
     if run is None:
         raise LedgerError(f"no run {run_id!r} in {path}")
     if run.in_progress:
         raise RunInProgress(busy_message(run))
+    if unfinished and run.status not in ACTIVE_STATUSES:
+        raise LedgerError(
+            f"run {run_id!r} is finished ({run.status}); reopen it (reopen_run) to "
+            "send what it still owes"
+        )
     conn.execute(
         "UPDATE runs SET status = 'running', pid = ?, owner = ?, finished_at = NULL "
         "WHERE run_id = ?",

@@ -216,18 +216,17 @@ class SqliteLedger:
         """The most recent runs, newest first."""
         return _runs.recent_runs(self._read, pipeline, limit)
 
-    def claim_run(self, run_id: str) -> RunRecord:
+    def claim_run(self, run_id: str, *, unfinished: bool = False) -> RunRecord:
         """Make this process the owner of ``run_id`` and mark it ``running`` (to resume
         it). Decided in one write transaction: of several processes claiming at the
         same instant, one gets the run and the others :class:`RunInProgress`.
 
         Raises:
             RunInProgress: another live process owns the run.
-            LedgerError: no such run.
+            LedgerError: no such run; with ``unfinished``, it is not ``running``.
         """
-        return self._claim(
-            run_id, lambda conn, owner: _runs.take_run(conn, owner, run_id, self.path)
-        )
+        take = functools.partial(_runs.take_run, run_id=run_id, path=self.path)
+        return self._claim(run_id, lambda c, o: take(c, o, unfinished=unfinished))
 
     def release_run(self, run_id: str) -> None:
         """Give up the claim on ``run_id`` without finishing it (it stays ``running``

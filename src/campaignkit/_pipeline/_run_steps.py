@@ -272,7 +272,7 @@ def _claimed(campaign: Campaign, run_id: str) -> Iterator[steps.RunContext]:
                 f"run {run_id!r} is finished ({run.status}); reopen it (reopen_run) to "
                 "send what it still owes"
             )
-        ledger.claim_run(run_id)
+        ledger.claim_run(run_id, unfinished=True)  # it may have finished since
         yield steps.RunContext(campaign, ledger, run_id)
     finally:
         ledger.close()

@@ -232,12 +232,15 @@ class PostgresLedger:
         """The most recent runs, newest first."""
         return self._do(lambda c: _runs.recent_runs(c, pipeline, limit))
 
-    def claim_run(self, run_id: str) -> RunRecord:
+    def claim_run(self, run_id: str, *, unfinished: bool = False) -> RunRecord:
         """Make this process the owner of ``run_id`` and mark it ``running`` (to resume
         it), the run's row locked: of several processes claiming at once, on any
         hosts, one gets the run and the others :class:`RunInProgress`."""
         return self._claim(
-            run_id, lambda conn, owner: _runs.take_run(conn, owner, run_id, self.location)
+            run_id,
+            lambda conn, owner: _runs.take_run(
+                conn, owner, run_id, self.location, unfinished=unfinished
+            ),
         )
 
     def release_run(self, run_id: str) -> None:

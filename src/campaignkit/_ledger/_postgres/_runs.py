@@ -18,6 +18,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from ..._states import ACTIVE_STATUSES
 from .. import _claims
 from .._claims import Owner
 from .._errors import LedgerError, MaxActiveRunsReached, RunInProgress
@@ -134,14 +135,22 @@ def insert_run(
     )
 
 
-def take_run(conn: Conn, owner: Owner, run_id: str, where: str) -> None:
+def take_run(
+    conn: Conn, owner: Owner, run_id: str, where: str, *, unfinished: bool = False
+) -> None:
     """Make ``owner`` the owner of ``run_id`` and mark it ``running`` (see
-    ``claim_run``), in the caller's transaction, the run's row locked."""
+    ``claim_run``), in the caller's transaction, the run's row locked; with
+    ``unfinished``, only a ``running`` run."""
     run = get_run(conn, run_id, lock=True)
     if run is None:
         raise LedgerError(f"no run {run_id!r} in {where}")
     if run.in_progress:
         raise RunInProgress(busy_message(run))
+    if unfinished and run.status not in ACTIVE_STATUSES:
+        raise LedgerError(
+            f"run {run_id!r} is finished ({run.status}); reopen it (reopen_run) to "
+            "send what it still owes"
+        )
     conn.execute(
         "UPDATE runs SET status = 'running', pid = %s, owner = %s, finished_at = NULL "
         "WHERE run_id = %s",
