@@ -25,6 +25,7 @@ __all__ = [
     "active_runs",
     "busy_message",
     "channel_code",
+    "check_claimable",
     "clear_slices",
     "delete_run",
     "find_runs",
@@ -149,14 +150,13 @@ def insert_run(
     )
 
 
-def take_run(
-    conn: sqlite3.Connection, owner: Owner, run_id: str, path: Path, *, unfinished: bool = False
+def check_claimable(
+    run: RunRecord | None, run_id: str, where: str | Path, *, unfinished: bool = False
 ) -> None:
-    """Make ``owner`` the owner of ``run_id`` and mark it ``running`` (see
-    :meth:`SqliteLedger.claim_run`); with ``unfinished``, only a ``running`` run."""
-    run = get_run(conn, run_id)
+    """Raise why ``run`` cannot be claimed now: it does not exist, a live process owns
+    it, or (with ``unfinished``) it is not ``running`` any more."""
     if run is None:
-        raise LedgerError(f"no run {run_id!r} in {path}")
+        raise LedgerError(f"no run {run_id!r} in {where}")
     if run.in_progress:
         raise RunInProgress(busy_message(run))
     if unfinished and run.status not in ACTIVE_STATUSES:
@@ -164,6 +164,15 @@ def take_run(
             f"run {run_id!r} is finished ({run.status}); reopen it (reopen_run) to "
             "send what it still owes"
         )
+
+
+def take_run(
+    conn: sqlite3.Connection, owner: Owner, run_id: str, path: Path, *, unfinished: bool = False
+) -> None:
+    """Make ``owner`` the owner of ``run_id`` and mark it ``running`` (see
+    :meth:`SqliteLedger.claim_run`); with ``unfinished``, only a ``running`` run."""
+    run = get_run(conn, run_id)
+    check_claimable(run, run_id, path, unfinished=unfinished)
     conn.execute(
         "UPDATE runs SET status = 'running', pid = ?, owner = ?, finished_at = NULL "
         "WHERE run_id = ?",

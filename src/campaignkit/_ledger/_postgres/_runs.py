@@ -18,11 +18,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ..._states import ACTIVE_STATUSES
 from .. import _claims
 from .._claims import Owner
 from .._errors import LedgerError, MaxActiveRunsReached, RunInProgress
-from .._runs import busy_message, run_record
+from .._runs import busy_message, check_claimable, run_record
 from .._schema import timestamp
 from .._types import RunRecord, SliceOutcome
 
@@ -142,15 +141,7 @@ def take_run(
     ``claim_run``), in the caller's transaction, the run's row locked; with
     ``unfinished``, only a ``running`` run."""
     run = get_run(conn, run_id, lock=True)
-    if run is None:
-        raise LedgerError(f"no run {run_id!r} in {where}")
-    if run.in_progress:
-        raise RunInProgress(busy_message(run))
-    if unfinished and run.status not in ACTIVE_STATUSES:
-        raise LedgerError(
-            f"run {run_id!r} is finished ({run.status}); reopen it (reopen_run) to "
-            "send what it still owes"
-        )
+    check_claimable(run, run_id, where, unfinished=unfinished)
     conn.execute(
         "UPDATE runs SET status = 'running', pid = %s, owner = %s, finished_at = NULL "
         "WHERE run_id = %s",
