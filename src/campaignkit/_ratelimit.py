@@ -1,12 +1,14 @@
-"""A thread-safe token bucket with adaptive slow-down, shared by a channel's workers."""
+"""A thread-safe token bucket with adaptive slow-down, shared by a channel's workers;
+and :class:`SharedRateLimiter`, a channel's limits shared by worker processes."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
-__all__ = ["RateLimiter", "TokenBucket"]
+__all__ = ["RateLimiter", "SharedBudget", "SharedRateLimiter", "TokenBucket"]
 
 
 class TokenBucket:
@@ -119,3 +121,60 @@ class RateLimiter:
         for bucket in (self.requests, self.messages):
             if bucket is not None:
                 bucket.slow_down(hold=retry_after)
+
+
+class SharedBudget(Protocol):
+    """Where the workers of a campaign keep a shared rate budget (the ledger)."""
+
+    def reserve_budget(self, name: str, cost: float) -> float:
+        """Reserve ``cost`` seconds of budget ``name``; returns how far ahead of now
+        the reservation starts."""
+        ...
+
+    def hold_budget(self, name: str, seconds: float) -> None:
+        """Hold budget ``name`` for ``seconds`` (a provider's 429), for everyone."""
+        ...
+
+
+class SharedRateLimiter(RateLimiter):
+    """A channel's limits held by all the workers of a campaign together, on any hosts:
+    a provider's limit is per account, not per process.
+
+    Every request reserves its share of two budgets kept in the ledger (``name`` +
+    ``:requests``, one request's worth; ``name`` + ``:messages``, its messages' worth),
+    each a theoretical arrival time advanced by the database server's clock (GCRA),
+    and waits until its reservation begins. So N workers together send at most the
+    configured rate, plus one request's messages at the start of any window; a 429
+    holds the budgets for everyone. The local buckets still slow this worker down
+    after a 429 (as :class:`RateLimiter`).
+    """
+
+    def __init__(
+        self,
+        budget: SharedBudget,
+        name: str,
+        messages_per_second: float | None,
+        requests_per_second: float | None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__(messages_per_second, requests_per_second, sleep=sleep)
+        self.budget, self.name = budget, name
+        self._mps, self._rps = messages_per_second, requests_per_second
+
+    def acquire(self, messages: int) -> None:
+        super().acquire(messages)
+        ahead = 0.0
+        if self._rps:
+            ahead = max(ahead, self.budget.reserve_budget(self.name + ":requests", 1 / self._rps))
+        if self._mps and messages:
+            cost = messages / self._mps
+            ahead = max(ahead, self.budget.reserve_budget(self.name + ":messages", cost))
+        if ahead > 0:
+            self._sleep(ahead)
+
+    def throttled(self, retry_after: float) -> None:
+        super().throttled(retry_after)
+        for kind, rate in ((":requests", self._rps), (":messages", self._mps)):
+            if rate:
+                self.budget.hold_budget(self.name + kind, retry_after)

@@ -220,6 +220,14 @@ class Execution:
             ``postgres`` extra), ``sqlite:///path`` or a path. ``false``: no ledger, so
             a run cannot be resumed and a logical date may be sent twice; for
             benchmarks and throwaway runs only.
+        workers: worker processes that send a run (default 1: this process sends).
+            More than one splits each channel into shards that the workers lease from
+            a PostgreSQL ledger (see the deployment docs); this process extracts,
+            plans and reports.
+        shards: how many shards each channel is split into for workers (default:
+            from the audience's size and ``workers``).
+        lease_seconds: how long a worker's lease on shards lasts unless renewed (it
+            renews every third of that): a worker that stops is taken over after it.
     """
 
     max_workers: int | None = attrs.field(default=None, validator=positive)
@@ -230,6 +238,9 @@ class Execution:
     output_dir: str = "campaignkit-results"
     state_path: str = ".campaignkit/ledger.db"
     ledger: bool | str = attrs.field(default=True, validator=ledger_setting)
+    workers: int = attrs.field(default=1, validator=positive)
+    shards: int | None = attrs.field(default=None, validator=positive)
+    lease_seconds: float = attrs.field(default=30.0, validator=positive)
 
 
 @attrs.frozen

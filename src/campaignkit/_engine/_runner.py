@@ -99,9 +99,12 @@ class ChannelRunner(InDoubt):
         cancel: threading.Event | None = None,
         limit: int | None = None,
         part: Slice | None = None,
+        shards: Sequence[int] | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.plan = plan
         self.part = part or Slice()  # the share of the channel's deliveries it sends
+        self.shards = shards  # only these shards' deliveries (leased by a worker)
         self.limit = limit  # send at most this many messages (a canary)
         self._handed = 0
         self.name = plan.channel.name
@@ -115,7 +118,9 @@ class ChannelRunner(InDoubt):
         self.clock = clock
         self.cancel = cancel or threading.Event()
         self.tally = _Tally(self.name, progress)
-        self.limiter = RateLimiter(plan.rate.messages_per_second, plan.rate.requests_per_second)
+        self.limiter = limiter or RateLimiter(
+            plan.rate.messages_per_second, plan.rate.requests_per_second
+        )
         # Transiently failed messages, grouped as they will be re-sent: a retried batch
         # holds the same messages every time, so providers' idempotency keys still match.
         self._retry: list[list[Pending]] = []
@@ -208,7 +213,10 @@ class ChannelRunner(InDoubt):
         crash or a transient failure) come as the same batch again."""
         group: list[Pending] = []
         group_id: int | None = None
-        pending = self.ledger.pending(self.run_id, self.name, self.part)
+        if self.shards is None:
+            pending = self.ledger.pending(self.run_id, self.name, self.part)
+        else:
+            pending = self.ledger.pending(self.run_id, self.name, self.part, shards=self.shards)
         for seq, recipient, address, attempts, batch in pending:
             item = self.renderer.render(seq, recipient, address, attempts)
             if batch is not None and batch == group_id and isinstance(item, Pending):

@@ -39,13 +39,14 @@ from ._claims import HEARTBEAT_SECONDS, LEASE_SECONDS, Owner
 from ._connection import connect
 from ._errors import LedgerError, MaxActiveRunsReached, RunInProgress, RunOwnershipLost
 from ._open import open_ledger
-from ._postgres import PostgresLedger
-from ._protocol import Ledger, RejectSink
+from ._postgres import PostgresLedger, is_postgres_url
+from ._protocol import Ledger, RejectSink, ShardedLedger, sharded
 from ._schema import SCHEMA_VERSION
 from ._sqlite import SqliteLedger
 from ._types import (
     DUPLICATE_ID,
     DeliveryRecord,
+    LeaseInfo,
     PendingDelivery,
     PlanRow,
     PlanRules,
@@ -62,6 +63,7 @@ __all__ = [
     "LEASE_SECONDS",
     "SCHEMA_VERSION",
     "DeliveryRecord",
+    "LeaseInfo",
     "Ledger",
     "LedgerError",
     "MaxActiveRunsReached",
@@ -74,11 +76,14 @@ __all__ = [
     "RunInProgress",
     "RunOwnershipLost",
     "RunRecord",
+    "ShardedLedger",
     "Slice",
     "SliceOutcome",
     "SnapshotInfo",
     "SqliteLedger",
     "Suppression",
     "connect",
+    "is_postgres_url",
     "open_ledger",
+    "sharded",
 ]

@@ -11,6 +11,7 @@ from .._states import DeliveryCounts
 from ._types import (
     WHOLE,
     DeliveryRecord,
+    LeaseInfo,
     PendingDelivery,
     PlanRow,
     PlanRules,
@@ -20,7 +21,7 @@ from ._types import (
     SnapshotInfo,
 )
 
-__all__ = ["Ledger", "RejectSink"]
+__all__ = ["Ledger", "RejectSink", "ShardedLedger", "sharded"]
 
 
 class RejectSink(Protocol):
@@ -165,9 +166,17 @@ class Ledger(Protocol):
         ...
 
     # -- sending
-    def pending(self, run_id: str, channel: str, part: Slice = WHOLE) -> Iterator[PendingDelivery]:
+    def pending(
+        self,
+        run_id: str,
+        channel: str,
+        part: Slice = WHOLE,
+        *,
+        shards: Sequence[int] | None = None,
+    ) -> Iterator[PendingDelivery]:
         """Pending deliveries, ``(seq, recipient, address, attempts, batch)``; streamed;
-        only those of slice ``part`` when given (see :class:`Slice`)."""
+        only those of slice ``part`` when given (see :class:`Slice`), and of
+        ``shards`` (leased by a worker) when given."""
         ...
 
     def record_slice(self, run_id: str, outcome: SliceOutcome) -> None:
@@ -220,3 +229,45 @@ class Ledger(Protocol):
     def close(self) -> None:
         """Flush pending writes, give up the claims on unfinished runs, and close."""
         ...
+
+
+class ShardedLedger(Ledger, Protocol):
+    """A ledger that several worker processes can share (PostgreSQL): each channel's
+    deliveries split into shards, which workers lease; marks and outcomes fenced by
+    the leases; a rate budget shared by the workers (see the deployment docs)."""
+
+    lease_seconds: float
+
+    def plan_shards(self, run_id: str, channel: str, count: int) -> int:
+        """Split the channel's deliveries into ``count`` shards, once; returns the count."""
+        ...
+
+    def lease_shards(self, run_id: str, channel: str, *, limit: int, resend: bool) -> list[int]:
+        """Lease up to ``limit`` free shards of the channel (settling those taken over)."""
+        ...
+
+    def release_shards(self, run_id: str, channel: str, shards: Sequence[int]) -> int:
+        """Let go of this worker's leases on ``shards``."""
+        ...
+
+    def shard_leases(self, run_id: str) -> list[LeaseInfo]:
+        """The run's shards and their leases."""
+        ...
+
+    def reopen_shards(self, run_id: str, channel: str) -> None:
+        """Make the channel's shards leasable again."""
+        ...
+
+    def reserve_budget(self, name: str, cost: float) -> float:
+        """Reserve ``cost`` seconds of the shared rate budget ``name``."""
+        ...
+
+    def hold_budget(self, name: str, seconds: float) -> None:
+        """Hold the shared rate budget ``name`` for ``seconds``."""
+        ...
+
+
+def sharded(ledger: Ledger) -> ShardedLedger | None:
+    """``ledger`` as a :class:`ShardedLedger`, or ``None`` if it cannot be shared by
+    workers (SQLite: one process sends a run)."""
+    return ledger if hasattr(ledger, "lease_shards") else None  # type: ignore[return-value]

@@ -385,12 +385,22 @@ class SqliteLedger:
         self.flush()
         return _queries.suppressions(self._read, kind)
 
-    def pending(self, run_id: str, channel: str, part: Slice = WHOLE) -> Iterator[PendingDelivery]:
+    def pending(
+        self,
+        run_id: str,
+        channel: str,
+        part: Slice = WHOLE,
+        *,
+        shards: Sequence[int] | None = None,
+    ) -> Iterator[PendingDelivery]:
         """Pending deliveries in recipient order: ``(seq, recipient, address, attempts,
         batch)``; streamed; only those of slice ``part`` if given. ``batch`` identifies
         the request a delivery was last part of (``None`` if never sent): members of a
         batch must be re-sent together, so that a provider's idempotency key for the
-        request stays the same (they are in one slice)."""
+        request stays the same (they are in one slice). A SQLite ledger has no
+        shards (several workers need a PostgreSQL ledger): ``shards`` raises."""
+        if shards is not None:
+            raise LedgerError(f"{self.path}: a SQLite ledger is not split into shards")
         run, code = self._key(run_id, channel)
         yield from self._stream(lambda conn: _queries.pending(conn, run, code, part))
 

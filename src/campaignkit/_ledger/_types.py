@@ -16,6 +16,7 @@ __all__ = [
     "DUPLICATE_ID",
     "WHOLE",
     "DeliveryRecord",
+    "LeaseInfo",
     "PendingDelivery",
     "PlanRow",
     "PlanRules",
@@ -238,3 +239,23 @@ class Suppression(NamedTuple):
     address: str
     reason: str
     source: str | None
+
+
+@attrs.frozen
+class LeaseInfo:
+    """A shard of a channel as the ledger has it (for ``campaignkit status`` and tests).
+
+    Attributes:
+        channel, shard: which shard.
+        done: nothing is owed in it any more (until a resume puts something back).
+        owner: the worker holding its lease (an :class:`Owner`'s text), if any.
+        expires_in: seconds until that lease expires (negative: expired).
+        leases: how many times it was leased (more than once: taken over or resumed).
+    """
+
+    channel: str
+    shard: int
+    done: bool
+    owner: str | None
+    expires_in: float | None
+    leases: int

@@ -38,6 +38,7 @@ from .._source import Source
 from ..exceptions import ConfigError, PluginError
 from . import _sending as sending
 from . import _steps as steps
+from . import _workers as workers
 from ._checking import Checks
 from ._checks import channel_plans, prepare_channel, read_token
 from ._location import ledger_location, shown_location
@@ -341,6 +342,7 @@ class Pipeline(Checks, RunSteps):
         """
         date = logical_date or manual_logical_date(self.schedule, datetime.now(UTC))
         plans = self.checked_plans()  # every problem, before anything
+        workers.check_workers(self)
         with steps.run_ledger(self, canary=limit is not None) as ledger:
             opened = steps.open_run(
                 self, ledger, plans, date.astimezone(UTC), force, run_id, output_dir
@@ -356,7 +358,7 @@ class Pipeline(Checks, RunSteps):
             for plan in plans:  # every audience is decided before anything is sent
                 steps.plan_channel(context, plan, now)
             sending.start_sending(context, plans)
-            interrupted = sending.send_channels(context, plans, limit=limit, progress=progress)
+            interrupted = workers.send_run(context, plans, limit=limit, progress=progress)
             report = sending.finish_run(context, output_dir=output_dir, interrupted=interrupted)
         if interrupted:
             raise KeyboardInterrupt
@@ -389,6 +391,7 @@ class Pipeline(Checks, RunSteps):
             LedgerError: no such run, or it is being run by another live process.
         """
         plans = channel_plans(self, channels)
+        workers.check_workers(self)
         with steps.run_ledger(self) as ledger:
             opened = steps.reopen_run(
                 self,
@@ -406,7 +409,7 @@ class Pipeline(Checks, RunSteps):
             for plan in plans:  # a channel planned before keeps its audience
                 steps.plan_channel(context, plan, now)
             sending.start_sending(context, plans)
-            interrupted = sending.send_channels(context, plans, limit=limit, progress=progress)
+            interrupted = workers.send_run(context, plans, limit=limit, progress=progress)
             report = sending.finish_run(context, output_dir=output_dir, interrupted=interrupted)
         if interrupted:
             raise KeyboardInterrupt

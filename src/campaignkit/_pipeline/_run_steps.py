@@ -12,13 +12,14 @@ from pathlib import Path
 
 from .._config import Channel
 from .._engine import ProgressCallback
-from .._ledger import LedgerError, RunRecord, Slice
+from .._ledger import Ledger, LedgerError, RunRecord, Slice
 from .._models import ChannelResult, DeliveryResult, RunReport
 from .._schedule import manual_logical_date
 from .._states import ACTIVE_STATUSES, DeliveryCounts
 from ..exceptions import ConfigError
 from . import _sending as sending
 from . import _steps as steps
+from . import _workers as workers_module
 from ._campaign import Campaign
 from ._checks import channel_plans
 from ._dry_run import dry_run
@@ -155,6 +156,58 @@ class RunSteps:
                 raise LedgerError(f"channel {channel!r} of run {run_id!r} is not planned yet")
             return sending.send_slice(context, plan, part, limit=limit, progress=progress)
 
+    def shard_channels(
+        self: Campaign, run_id: str, *, workers: int | None = None
+    ) -> dict[str, int]:
+        """Split each enabled channel of a planned run into shards for workers
+        (``execution.shards``, else one per 10,000 recipients and at least four per
+        worker of ``workers``, default ``execution.workers``); once per run. Returns
+        each channel's shard count. Needs a PostgreSQL ledger.
+
+        Raises:
+            ConfigError: the ledger is SQLite.
+            LedgerError: no such run, or it is finished.
+        """
+        plans = channel_plans(self, None)
+        with _claimed(self, run_id) as context:
+            workers_module.split_channels(context, plans, workers or self.execution.workers)
+            leases = workers_module.need_shards(context).shard_leases(run_id)
+        return {p.channel.name: sum(i.channel == p.channel.name for i in leases) for p in plans}
+
+    def work(
+        self: Campaign,
+        run_id: str = "latest",
+        *,
+        channels: Sequence[str] | None = None,
+        until_idle: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> str | None:
+        """Be one worker of a run split into shards (:meth:`shard_channels`, or
+        ``execution.workers``), in this process, on any host sharing the PostgreSQL
+        ledger: lease shards, send them, let them go; until every shard is done (a
+        worker that died is taken over once its leases expire), or with
+        ``until_idle`` until nothing is left to lease now. ``run_id`` may be
+        ``latest``: the campaign's newest ``running`` run. Returns the run worked on
+        (``None``: no run is running).
+
+        Raises:
+            ConfigError: the ledger is SQLite; LedgerError: no such run.
+            KeyboardInterrupt: interrupted (in-flight requests finished, leases let go).
+        """
+        _need_ledger(self)
+        plans = channel_plans(self, channels)
+        ledger = self.ledger()
+        try:
+            run = _running_run(self, ledger, run_id)
+            if run is None:
+                return None
+            context = steps.RunContext(self, ledger, run.run_id)
+            if workers_module.work(context, plans, until_idle=until_idle, progress=progress):
+                raise KeyboardInterrupt
+            return run.run_id
+        finally:
+            ledger.close()
+
     def finish_run(
         self: Campaign, run_id: str, *, output_dir: str | Path | None = None
     ) -> RunReport:
@@ -256,6 +309,18 @@ def _nothing_unsent(context: steps.RunContext) -> None:
             f"run {run_id!r} still owes messages ({'; '.join(owed)}): plan and send them "
             "(send_slice) before finish_run; nothing was recorded"
         )
+
+
+def _running_run(campaign: Campaign, ledger: Ledger, run_id: str) -> RunRecord | None:
+    """The run a worker works on: ``run_id``, or with ``latest`` the campaign's newest
+    ``running`` run (``None`` if it has none)."""
+    if run_id != "latest":
+        run = ledger.get_run(run_id)
+        if run.pipeline != campaign.name:
+            raise LedgerError(f"run {run_id!r} belongs to pipeline {run.pipeline!r}")
+        return run
+    running = [r for r in ledger.list_runs(campaign.name) if r.status in ACTIVE_STATUSES]
+    return running[0] if running else None
 
 
 @contextlib.contextmanager

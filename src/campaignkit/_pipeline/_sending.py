@@ -18,6 +18,7 @@ import attrs
 from .._engine import ChannelPlan, ChannelRunner, ProgressCallback, result_from_ledger
 from .._ledger import Slice, SliceOutcome
 from .._models import ChannelResult, RunReport
+from .._ratelimit import RateLimiter
 from .._redact import redact
 from ._reports import call_observer, run_status, stored_stats
 from ._steps import RunContext, run_dir
@@ -50,11 +51,16 @@ def send_slice(
     progress: ProgressCallback | None = None,
     deadline: float | None = None,
     cancel: threading.Event | None = None,
+    shards: Sequence[int] | None = None,
+    limiter: RateLimiter | None = None,
+    label: Slice | None = None,
 ) -> ChannelResult:
     """Send the channel's pending deliveries of slice ``part`` (all of them by
     default), with the channel's batching, rate limit and retries, and record what
     the send did (:class:`SliceOutcome`). Returns the channel's totals as the ledger
     has them now. Delivery problems never raise: they are recorded per recipient.
+    A worker sends the ``shards`` it leased, under a ``limiter`` shared with the
+    other workers, and records the outcome under ``label`` (default: ``part``).
 
     Args:
         limit: send at most this many messages (a canary); the rest stays pending.
@@ -77,9 +83,13 @@ def send_slice(
         deadline=deadline,
         cancel=cancel,
         part=part,
+        shards=shards,
+        limiter=limiter,
     )
     started = datetime.now(UTC)
-    outcome = SliceOutcome(plan.channel.name, part, started, started, canary=limit is not None)
+    outcome = SliceOutcome(
+        plan.channel.name, label or part, started, started, canary=limit is not None
+    )
     try:
         result = runner.run()
     except BaseException as exc:

@@ -1,7 +1,8 @@
 """The ``campaignkit`` command line.
 
 Sending: ``run`` (one logical date, or ``--scheduled``; ``--limit N`` a canary,
-``--dry-run`` a plan that sends nothing), ``resume``, ``retry-failed``, ``scheduler``.
+``--dry-run`` a plan that sends nothing), ``resume``, ``retry-failed``, ``scheduler``,
+``worker`` (a worker of runs split into shards, on any host sharing a PostgreSQL ledger).
 Looking: ``runs``, ``report``, ``schedule``, ``validate``, ``preview``, ``channels``.
 Audience: ``suppress``, ``suppressions``. Testing: ``sandbox`` (and ``--sandbox`` on the
 sending and ledger commands).
@@ -34,7 +35,16 @@ traceback, and nothing printed here ever holds a provider token.
 from __future__ import annotations
 
 # The command modules register their commands on ``main`` when imported.
-from . import _audience, _history, _info, _resume, _running, _sandbox, _schedules  # noqa: F401
+from . import (  # noqa: F401
+    _audience,
+    _history,
+    _info,
+    _resume,
+    _running,
+    _sandbox,
+    _schedules,
+    _worker,
+)
 from ._group import main
 from ._output import EXIT_FAILED, EXIT_INPUT_ERROR, EXIT_OK, EXIT_PARTIAL
 

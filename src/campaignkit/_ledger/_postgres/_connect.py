@@ -122,13 +122,20 @@ def redact_url(url: str) -> str:
     return redact(shown, url_secrets(url))
 
 
+#: Milliseconds a session may sit idle inside a transaction before the server ends it.
+IDLE_IN_TRANSACTION_MS = 10_000
+
+
 def open_pool(
     driver: Driver, url: str, schema: str, *, durable: bool, max_size: int
 ) -> ConnectionPool[psycopg.Connection[Any]]:
     """A pool of autocommit connections whose ``search_path`` is ``schema`` (the
     ledger's tables are named without it); ``durable=False``: commits do not wait
     for the WAL to be flushed (throwaway ledgers)."""
+    # A process stopped inside a transaction (SIGSTOP, a hung host) must not hold its
+    # locks past a lease: the server ends such a session (its transaction rolled back).
     settings = "SET search_path TO " + quote_ident(schema)
+    settings += f"; SET idle_in_transaction_session_timeout TO {IDLE_IN_TRANSACTION_MS}"
     if not durable:
         settings += "; SET synchronous_commit TO off"
 

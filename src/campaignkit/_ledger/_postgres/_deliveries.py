@@ -12,18 +12,24 @@ mark or flush); an outcome lost in a crash of the server leaves its delivery
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._types import DeliveryRecord
+from ._leases import FENCE
 
 if TYPE_CHECKING:
     import psycopg
 
     Conn = psycopg.Connection[Any]
 
+#: The parameters of the fence of a write (see :func:`fence_params`).
+Fence = dict[str, Any]
+
 __all__ = [
     "FLUSH",
+    "Fence",
+    "fence_params",
     "mark_in_flight",
     "record_outcomes",
     "release_deferred",
@@ -32,28 +38,32 @@ __all__ = [
     "suppress",
 ]
 
-#: Mark (parameters: the owner, the run, then the update's), if the owner recorded for
-#: the run is the caller: the run's row share-locked, so that a claim (which locks it
-#: for update) waits for the mark or comes first and is seen. Returns whether it was.
+#: Mark, if the fence (:data:`._leases.FENCE`) lets the caller write the deliveries;
+#: returns whether it did.
 _MARK = (
-    "WITH fence AS (SELECT owner IS NOT DISTINCT FROM %s AS mine FROM runs "
-    "WHERE id = %s FOR SHARE), "
-    "marked AS (UPDATE deliveries SET state = 'in_flight', updated_at = %s, batch = %s "
-    "WHERE run = %s AND channel = %s AND seq = ANY(%s::bigint[]) "
-    "AND (SELECT mine FROM fence)) "
+    "WITH " + FENCE + ", "
+    "marked AS (UPDATE deliveries SET state = 'in_flight', updated_at = %(now)s, "
+    "batch = %(batch)s WHERE run = %(run)s AND channel = %(code)s "
+    "AND seq = ANY(%(seqs)s::bigint[]) AND (SELECT mine FROM fence)) "
     "SELECT mine FROM fence"
 )
 #: A durable commit (an id given to the transaction): everything committed before it
 #: (outcomes committed lazily included) is on the server's disk when it returns.
 FLUSH = "SELECT pg_current_xact_id()"
+#: Outcomes, fenced as marks are (the seqs, then one array per column); returns
+#: whether the fence let the caller write them.
 _OUTCOMES = (
-    "UPDATE deliveries AS d SET state = v.state, reason = v.reason, attempts = v.attempts, "
-    "transient = v.transient, provider_message_id = v.pmid, error_code = v.code, "
-    "error = v.error, updated_at = %s "
+    "WITH " + FENCE + ", "
+    "written AS (UPDATE deliveries AS d SET state = v.state, reason = v.reason, "
+    "attempts = v.attempts, transient = v.transient, provider_message_id = v.pmid, "
+    "error_code = v.code, error = v.error, updated_at = %(now)s "
     "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS lazy, "
-    "unnest(%s::bigint[], %s::text[], %s::text[], %s::int[], %s::int[], %s::text[], "
-    "%s::text[], %s::text[]) AS v(seq, state, reason, attempts, transient, pmid, code, error) "
-    "WHERE d.run = %s AND d.channel = %s AND d.seq = v.seq"
+    "unnest(%(seqs)s::bigint[], %(states)s::text[], %(reasons)s::text[], "
+    "%(attempts)s::int[], %(transients)s::int[], %(pmids)s::text[], %(codes)s::text[], "
+    "%(errors)s::text[]) AS v(seq, state, reason, attempts, transient, pmid, code, error) "
+    "WHERE d.run = %(run)s AND d.channel = %(code)s AND d.seq = v.seq "
+    "AND (SELECT mine FROM fence)) "
+    "SELECT mine FROM fence"
 )
 _REQUEUE = (
     "UPDATE deliveries SET state = 'pending', reason = NULL "
@@ -72,28 +82,34 @@ def suppress(
     )
 
 
-def mark_in_flight(
-    conn: Conn, owner: str, run: int, code: int, seqs: Sequence[int], now: float
-) -> bool:
-    """Mark deliveries in flight as one batch (its id is its first seq) if ``owner``
-    owns the run; returns whether it does (else nothing is marked)."""
+def fence_params(owner: str, token: str, run: int, code: int, seqs: Sequence[int]) -> Fence:
+    """The parameters of :data:`._leases.FENCE` (``owner``: the run's owner text the
+    caller holds, or ``""``; ``token``: its worker token, or ``""``)."""
+    return {"owner": owner, "token": token, "run": run, "code": code, "seqs": list(seqs)}
+
+
+def mark_in_flight(conn: Conn, fence: Fence, now: float) -> bool:
+    """Mark the deliveries of ``fence`` in flight as one batch (its id is its first
+    seq) if the fence lets the caller; returns whether it did (else nothing is marked)."""
+    seqs = fence["seqs"]
     batch = min(seqs) if seqs else None
-    row = conn.execute(_MARK, (owner, run, now, batch, run, code, list(seqs))).fetchone()
+    row = conn.execute(_MARK, {**fence, "now": now, "batch": batch}).fetchone()
     return row is not None and bool(row[0])
 
 
 def record_outcomes(
-    conn: Conn, run: int, code: int, rows: Sequence[DeliveryRecord], now: float
-) -> None:
-    """Record outcomes ``(seq, result, state, transient)``; a delivery's last outcome
-    in ``rows`` is the one that stays."""
+    conn: Conn, fence: Callable[[Sequence[int]], Fence], rows: Sequence[DeliveryRecord], now: float
+) -> bool:
+    """Record outcomes ``(seq, result, state, transient)`` if the fence (built by
+    ``fence(seqs)``) lets the caller; a delivery's last outcome in ``rows`` is the one
+    that stays. Returns whether they were written."""
     last = {seq: (state, r, transient) for seq, r, state, transient in rows}
     if not last:
-        return
-    columns: list[list[Any]] = [[] for _ in range(8)]
-    for seq, (state, r, transient) in last.items():
+        return True
+    names = ("states", "reasons", "attempts", "transients", "pmids", "codes", "errors")
+    columns: dict[str, list[Any]] = {name: [] for name in names}
+    for state, r, transient in last.values():
         values = (
-            seq,
             state,
             r.reason,
             r.attempts,
@@ -102,9 +118,10 @@ def record_outcomes(
             r.error_code,
             r.error,
         )
-        for column, value in zip(columns, values, strict=True):
-            column.append(value)
-    conn.execute(_OUTCOMES, (now, *columns, run, code))
+        for name, value in zip(names, values, strict=True):
+            columns[name].append(value)
+    row = conn.execute(_OUTCOMES, {**fence(list(last)), **columns, "now": now}).fetchone()
+    return row is not None and bool(row[0])
 
 
 def resolve_in_flight(conn: Conn, run: int, code: int, *, resend: bool) -> int:

@@ -37,6 +37,7 @@ from .._types import (
 from . import _deliveries, _queries, _runs, _selection, _snapshot
 from ._connect import load_driver, open_pool, quote_ident, redact_url, url_secrets, wrap
 from ._schema import migrate
+from ._sharding import Sharding
 
 if TYPE_CHECKING:
     import psycopg
@@ -52,7 +53,7 @@ _T = TypeVar("_T")
 MAX_CONNECTIONS = 16
 
 
-class PostgresLedger:
+class PostgresLedger(Sharding):
     """The shared ledger: its tables in the PostgreSQL schema ``schema`` of the
     database at ``url`` (created and migrated on open), for processes on any hosts.
 
@@ -86,6 +87,7 @@ class PostgresLedger:
         self._runs: dict[str, int] = {}
         self._owners: dict[str, Owner] = {}  # the runs this ledger object has claimed
         self._heartbeats: dict[str, _runs.Heartbeat] = {}
+        self._init_sharding()
         extra = {} if "connect_timeout" in url else {"connect_timeout": 10}
         try:
             with self._driver.psycopg.connect(url, autocommit=True, **extra) as conn:
@@ -152,6 +154,7 @@ class PostgresLedger:
         and close the pool."""
         for run_id in list(self._owners):
             self.release_run(run_id)
+        self._stop_sharding()
         self._pool.close()
 
     def flush(self) -> None:
@@ -167,6 +170,7 @@ class PostgresLedger:
         except self._driver.errors as exc:
             raise self._error(exc) from None
         self._owners[run_id] = owner
+        self._lost.discard(run_id)
         self._heartbeats[run_id] = _runs.Heartbeat(self._pool, run_id, owner, self._driver.errors)
         return self.get_run(run_id)
 
@@ -340,7 +344,10 @@ class PostgresLedger:
     def release_deferred(self, run_id: str, channel: str, *, now: float | None = None) -> int:
         """Deferred deliveries whose time has come become ``pending``; returns how many."""
         run, code, when = *self._key(run_id, channel), time.time() if now is None else now
-        return self._do(lambda c: _deliveries.release_deferred(c, run, code, when))
+        n = self._do(lambda c: _deliveries.release_deferred(c, run, code, when))
+        if n:
+            self.reopen_shards(run_id, channel)
+        return n
 
     def next_deferred(self, run_id: str) -> float | None:
         """The earliest time a deferred delivery of the run becomes due, if any."""
@@ -357,11 +364,18 @@ class PostgresLedger:
         """``(kind, address, reason, source)`` entries of the suppression list."""
         return self._do(lambda c: _queries.suppressions(c, kind))
 
-    def pending(self, run_id: str, channel: str, part: Slice = WHOLE) -> Iterator[PendingDelivery]:
+    def pending(
+        self,
+        run_id: str,
+        channel: str,
+        part: Slice = WHOLE,
+        *,
+        shards: Sequence[int] | None = None,
+    ) -> Iterator[PendingDelivery]:
         """Pending deliveries in recipient order, ``(seq, recipient, address, attempts,
-        batch)``; streamed; only those of slice ``part`` if given."""
+        batch)``; streamed; only those of slice ``part`` if given, and of ``shards``."""
         run, code = self._key(run_id, channel)
-        yield from self._stream(_queries.pending(self._pool, run, code, part))
+        yield from self._stream(_queries.pending(self._pool, run, code, part, shards))
 
     def record_slice(self, run_id: str, outcome: SliceOutcome) -> None:
         """Record what a send of one slice did, replacing its earlier outcome."""
@@ -380,34 +394,52 @@ class PostgresLedger:
 
     def mark_in_flight(self, run_id: str, channel: str, seqs: Sequence[int]) -> None:
         """Mark deliveries in flight as one batch (its id is its first seq); returns
-        once committed (a no-op for a ledger that is not durable).
+        once committed (a no-op for a ledger that is not durable). Fenced: only by the
+        holder of the deliveries' shard leases, or the run's owner where no live lease
+        holds them (see :mod:`._leases`).
 
         Raises:
-            RunOwnershipLost: this ledger does not own the run (any more): nothing marked.
+            RunOwnershipLost: the fence refused (nothing marked), or an outcome of
+                this run was refused since the last mark.
         """
         if not self.durable:
             return
-        run, code = self._key(run_id, channel)
-        owner = self._owners.get(run_id)
+        fence = self._fence(run_id, channel, seqs)
         now = time.time()
-        if owner is None or not self._do(
-            lambda c: _deliveries.mark_in_flight(c, owner.text, run, code, seqs, now)
+        if run_id in self._lost or not self._do(
+            lambda c: _deliveries.mark_in_flight(c, fence, now)
         ):
-            raise RunOwnershipLost(f"run {run_id!r} is owned by another process now")
+            raise self._fenced_out(run_id)
 
     def record(self, run_id: str, channel: str, rows: Sequence[DeliveryRecord]) -> None:
         """Record outcomes ``(seq, result, state, transient)`` (one statement);
         ``transient`` marks a failure that ``retry-failed`` may re-drive. Committed
-        at once, durable by the next :meth:`mark_in_flight` or :meth:`flush`."""
-        run, code = self._key(run_id, channel)
+        at once, durable by the next :meth:`mark_in_flight` or :meth:`flush`. Fenced
+        as marks are: outcomes the fence refuses are not written (their deliveries
+        stay ``in_flight``, for the new holder to settle by the crash rules) and the
+        next mark raises :class:`RunOwnershipLost`."""
         now = time.time()
-        self._do(lambda c: _deliveries.record_outcomes(c, run, code, rows, now))
+
+        def fence(seqs: Sequence[int]) -> _deliveries.Fence:
+            return self._fence(run_id, channel, seqs)
+
+        if not self._do(lambda c: _deliveries.record_outcomes(c, fence, rows, now)):
+            log.error(
+                "%s/%s: %d outcome(s) not recorded: %s",
+                run_id,
+                channel,
+                len(rows),
+                self._fenced_out(run_id),
+            )
+            self._lost.add(run_id)
 
     def resolve_in_flight(self, run_id: str, channel: str, *, resend: bool) -> int:
         """Settle deliveries left ``in_flight`` by a crash: back to ``pending`` when
         ``resend``, else ``unknown``. Returns how many there were."""
         run, code = self._key(run_id, channel)
-        return self._do(lambda c: _deliveries.resolve_in_flight(c, run, code, resend=resend))
+        settled = self._do(lambda c: _deliveries.resolve_in_flight(c, run, code, resend=resend))
+        self.reopen_shards(run_id, channel)
+        return settled
 
     def requeue(self, run_id: str, channel: str, *, failed: bool, unknown: bool) -> int:
         """Put transient failures (``failed``) and/or ``unknown`` deliveries back to
@@ -415,7 +447,9 @@ class PostgresLedger:
         run, code = self._key(run_id, channel)
         if not (failed or unknown):
             return 0
-        return self._do(lambda c: _deliveries.requeue(c, run, code, failed=failed, unknown=unknown))
+        n = self._do(lambda c: _deliveries.requeue(c, run, code, failed=failed, unknown=unknown))
+        self.reopen_shards(run_id, channel)
+        return n
 
     def owed(self, run_id: str, channels: Sequence[str], *, failed: bool, unknown: bool) -> int:
         """How many deliveries a resume of these channels would send (a channel not

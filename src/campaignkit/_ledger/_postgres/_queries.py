@@ -46,6 +46,8 @@ _PENDING = (
 _PENDING_SLICE = _PENDING.replace(
     "AND d.seq > %s", "AND COALESCE(d.batch, d.seq) %% %s = %s AND d.seq > %s"
 )
+# The pending deliveries of some shards (leased by a worker).
+_PENDING_SHARDS = _PENDING.replace("AND d.seq > %s", "AND d.shard = ANY(%s::int[]) AND d.seq > %s")
 _SNAPSHOT = (
     "SELECT seq, recipient_id, data, line FROM recipients WHERE run = %s AND seq > %s "
     "ORDER BY seq LIMIT %s"
@@ -86,10 +88,18 @@ def _by_channel_seq(row: Sequence[Any]) -> tuple[Any, ...]:
     return (row[0], row[1])
 
 
-def pending(pool: Pool, run: int, code: int, part: Slice) -> Iterator[PendingDelivery]:
+def pending(
+    pool: Pool, run: int, code: int, part: Slice, shards: Sequence[int] | None = None
+) -> Iterator[PendingDelivery]:
     """A channel's pending deliveries (see ``Ledger.pending``)."""
     new = tuple.__new__
-    if part.count == 1:
+    if shards is not None:
+        rows = pages(pool, _PENDING_SHARDS, (run, code, list(shards)), _by_seq)
+        if part.count != 1:
+            rows = (
+                r for r in rows if (r[6] if r[6] is not None else r[0]) % part.count == part.index
+            )
+    elif part.count == 1:
         rows = pages(pool, _PENDING, (run, code), _by_seq)
     else:
         rows = pages(pool, _PENDING_SLICE, (run, code, part.count, part.index), _by_seq)

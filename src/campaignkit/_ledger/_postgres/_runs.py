@@ -24,6 +24,7 @@ from .._errors import LedgerError, MaxActiveRunsReached, RunInProgress
 from .._runs import busy_message, check_claimable, run_record
 from .._schema import timestamp
 from .._types import RunRecord, SliceOutcome
+from . import _leases
 
 if TYPE_CHECKING:
     import psycopg
@@ -142,6 +143,12 @@ def take_run(
     ``unfinished``, only a ``running`` run."""
     run = get_run(conn, run_id, lock=True)
     check_claimable(run, run_id, where, unfinished=unfinished)
+    workers = [
+        o for text in _leases.busy_leases(conn, run_id) if (o := Owner.from_text(text))
+    ]
+    if any(o.alive() for o in workers):
+        names = ", ".join(sorted({o.describe() for o in workers}))
+        raise RunInProgress(f"run {run_id!r} is being sent by worker(s): {names}")
     conn.execute(
         "UPDATE runs SET status = 'running', pid = %s, owner = %s, finished_at = NULL "
         "WHERE run_id = %s",
@@ -263,7 +270,7 @@ def clear_slices(conn: Conn, run: int) -> None:
 def delete_run(conn: Conn, run: int) -> None:
     """Remove run ``run`` and everything recorded for it, in one transaction."""
     with conn.transaction():
-        for table in ("deliveries", "recipients", "channels", "snapshots", "slices"):
+        for table in ("deliveries", "recipients", "channels", "snapshots", "slices", "shards"):
             conn.execute("DELETE FROM " + table + " WHERE run = %s", (run,))
         conn.execute("DELETE FROM runs WHERE id = %s", (run,))
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate"]
 
 #: The version of the PostgreSQL schema (numbered apart from SQLite's).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -100,6 +100,29 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             slice_count INTEGER NOT NULL,
             outcome TEXT NOT NULL,
             PRIMARY KEY (run, channel, slice_index, slice_count)
+        )""",
+    ),
+    # Shards and leases (see ._leases): a delivery's shard, the shards' leases, the
+    # shared rate budgets.
+    2: (
+        "ALTER TABLE deliveries ADD COLUMN shard INTEGER",
+        "CREATE INDEX deliveries_by_shard ON deliveries (run, channel, shard, seq) "
+        "WHERE shard IS NOT NULL",
+        """CREATE TABLE shards (
+            run BIGINT NOT NULL,
+            channel INTEGER NOT NULL,
+            shard INTEGER NOT NULL,
+            done BOOLEAN NOT NULL DEFAULT FALSE,
+            token TEXT,
+            owner TEXT,
+            lease_until DOUBLE PRECISION,
+            leases INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (run, channel, shard)
+        )""",
+        "CREATE INDEX shards_by_token ON shards (token) WHERE token IS NOT NULL",
+        """CREATE TABLE rate_budgets (
+            name TEXT PRIMARY KEY,
+            tat DOUBLE PRECISION NOT NULL
         )""",
     ),
 }
