@@ -1,0 +1,1 @@
+"""Integrations with other tools, each behind its extra: :mod:`.dask` (``campaignkit[dask]``)."""
