@@ -78,6 +78,8 @@ log = logging.getLogger("campaignkit")
 _T = TypeVar("_T")
 #: How long an operation is retried while the server cannot be reached.
 RECONNECT_SECONDS = 60.0
+#: How long one try waits for a connection of the pool (all busy, or none can be made).
+POOL_WAIT_SECONDS = 30.0
 #: The first wait between tries, doubled after each failed try up to the last.
 BACKOFF_SECONDS = (0.05, 2.0)
 #: SQLSTATEs that say the connection is gone (the server shut down or restarted, or
@@ -217,7 +219,8 @@ class Reconnecting:
         deadline: float | None = None
         delay = BACKOFF_SECONDS[0]
         while True:
-            timeout = None if deadline is None else max(deadline - time.monotonic(), 0.1)
+            left = RECONNECT_SECONDS if deadline is None else deadline - time.monotonic()
+            timeout = max(min(left, POOL_WAIT_SECONDS), 0.1)
             try:
                 result = self._once(op if deadline is None else (again or op), timeout)
             except self._catch as caught:
