@@ -376,6 +376,7 @@ def test_an_operation_gives_up_when_the_server_stays_away(
     finally:
         server.ctl("start", "-o", server.options)
     assert caplog.text.count("lost the connection to the ledger") == 1
+    monkeypatch.undo()  # the default patience: the pool reconnects with a backoff
     assert ledger.get_run("r").in_progress  # back
 
 

@@ -268,7 +268,7 @@ class Reconnecting:
                 return
             self._down_since = time.monotonic()
         log.warning(
-            "%s: lost the connection to the ledger (%s); reconnecting for up to %.0f s",
+            "%s: lost the connection to the ledger (%s); reconnecting for up to %g s",
             self.where,
             (redact(str(exc).strip(), self.secrets) or type(exc).__name__).splitlines()[0],
             RECONNECT_SECONDS,
