@@ -31,6 +31,7 @@ __all__ = [
     "open_pool",
     "quote_ident",
     "redact_url",
+    "session_settings",
     "url_secrets",
     "wrap",
 ]
@@ -39,6 +40,9 @@ __all__ = [
 INSTALL = "pip install 'campaignkit[postgres]'"
 #: The URL schemes that select PostgreSQL.
 SCHEMES = ("postgresql://", "postgres://")
+#: How long the pool keeps trying to make a connection it lost (its ``reconnect_timeout``;
+#: longer than the ledger's operations retry: see :mod:`._reconnect`).
+POOL_RECONNECT_SECONDS = 300.0
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 
 
@@ -126,28 +130,40 @@ def redact_url(url: str) -> str:
 IDLE_IN_TRANSACTION_MS = 10_000
 
 
-def open_pool(
-    driver: Driver, url: str, schema: str, *, durable: bool, max_size: int
-) -> ConnectionPool[psycopg.Connection[Any]]:
-    """A pool of autocommit connections whose ``search_path`` is ``schema`` (the
-    ledger's tables are named without it); ``durable=False``: commits do not wait
-    for the WAL to be flushed (throwaway ledgers)."""
-    # A process stopped inside a transaction (SIGSTOP, a hung host) must not hold its
-    # locks past a lease: the server ends such a session (its transaction rolled back).
+def session_settings(schema: str, *, durable: bool) -> str:
+    """What every connection of a ledger runs first: ``search_path`` is ``schema`` (the
+    ledger's tables are named without it); ``durable=False``: commits do not wait for
+    the WAL to be flushed (throwaway ledgers). A process stopped inside a transaction
+    (SIGSTOP, a hung host) must not hold its locks past a lease: the server ends such
+    a session (its transaction rolled back) after :data:`IDLE_IN_TRANSACTION_MS`."""
     settings = "SET search_path TO " + quote_ident(schema)
     settings += f"; SET idle_in_transaction_session_timeout TO {IDLE_IN_TRANSACTION_MS}"
     if not durable:
         settings += "; SET synchronous_commit TO off"
+    return settings
 
-    def configure(conn: psycopg.Connection[Any]) -> None:
-        conn.execute(settings)
 
+def open_pool(
+    driver: Driver,
+    url: str,
+    *,
+    configure: Callable[[psycopg.Connection[Any]], None],
+    max_size: int,
+) -> ConnectionPool[psycopg.Connection[Any]]:
+    """A pool of autocommit connections, each set up by ``configure`` when made.
+
+    A connection is checked before it is lent (a dead one, after the server
+    restarted, is replaced), and a connection that cannot be made is tried again,
+    with the pool's backoff, for :data:`POOL_RECONNECT_SECONDS`.
+    """
     pool: ConnectionPool[psycopg.Connection[Any]] = driver.pool.ConnectionPool(
         url,
         min_size=1,
         max_size=max_size,
         kwargs={"autocommit": True},
         configure=configure,
+        check=driver.pool.ConnectionPool.check_connection,
+        reconnect_timeout=POOL_RECONNECT_SECONDS,
         open=False,
         name="campaignkit-ledger",
     )

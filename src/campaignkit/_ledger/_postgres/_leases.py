@@ -68,9 +68,10 @@ FENCE = (
 
 _LEASE = (
     "WITH live AS (SELECT 1 FROM runs WHERE id = %(run)s AND status = 'running' FOR SHARE), "
-    "free AS (SELECT shard, token IS NOT NULL AS expired FROM shards "
+    "free AS (SELECT shard, COALESCE(token <> %(token)s, FALSE) AS expired FROM shards "
     "WHERE run = %(run)s AND channel = %(code)s AND NOT done "
-    "AND (token IS NULL OR lease_until <= " + NOW + ") AND EXISTS (SELECT 1 FROM live) "
+    "AND (token IS NULL OR lease_until <= " + NOW + " OR token = %(token)s) "
+    "AND EXISTS (SELECT 1 FROM live) "
     "ORDER BY shard LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
     "UPDATE shards s SET token = %(token)s, owner = %(owner)s, "
     "lease_until = " + NOW + " + %(seconds)s, leases = s.leases + 1 "
@@ -134,7 +135,9 @@ def lease(
     """Lease up to ``limit`` free shards of the channel (only while the run is
     ``running``); those taken over from an expired lease have their ``in_flight``
     deliveries settled by the crash rules first (``resend``: back to ``pending``, else
-    ``unknown``). Returns the shards leased, in order."""
+    ``unknown``). Returns the shards leased, in order. Shards the caller holds already
+    are leased again: a lease retried after its commit was lost (a server restart)
+    finds what the first try took."""
     params = {
         "run": run,
         "code": code,

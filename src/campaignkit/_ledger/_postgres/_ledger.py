@@ -8,7 +8,6 @@ by responsibility, as for SQLite: :mod:`._runs` (runs, claims, heartbeat),
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import time
@@ -35,7 +34,16 @@ from .._types import (
     SnapshotInfo,
 )
 from . import _deliveries, _queries, _runs, _selection, _snapshot
-from ._connect import load_driver, open_pool, quote_ident, redact_url, url_secrets, wrap
+from ._connect import (
+    load_driver,
+    open_pool,
+    quote_ident,
+    redact_url,
+    session_settings,
+    url_secrets,
+    wrap,
+)
+from ._reconnect import OneShot, Reconnecting, planned, stored_snapshot
 from ._schema import migrate
 from ._sharding import Sharding
 
@@ -89,14 +97,17 @@ class PostgresLedger(Sharding):
         self._heartbeats: dict[str, _runs.Heartbeat] = {}
         self._init_sharding()
         extra = {} if "connect_timeout" in url else {"connect_timeout": 10}
+        self._retry = Reconnecting(self.location, url_secrets(url), self._driver)
+        self._retry.settings = session_settings(schema, durable=durable)
         try:
             with self._driver.psycopg.connect(url, autocommit=True, **extra) as conn:
                 migrate(conn, schema, self.location)
             self._pool = open_pool(
-                self._driver, url, schema, durable=durable, max_size=MAX_CONNECTIONS
+                self._driver, url, configure=self._retry.configure, max_size=MAX_CONNECTIONS
             )
         except self._driver.errors as exc:
             raise self._error(exc) from None
+        self._retry.pool = self._pool
 
     def __repr__(self) -> str:
         return f"<PostgresLedger {self.url!r} schema={self.schema!r}>"
@@ -107,24 +118,33 @@ class PostgresLedger(Sharding):
         return f"{self.url} (schema {self.schema})"
 
     # -- plumbing ------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _conn(self) -> Iterator[Conn]:
-        """A connection of the pool (autocommit); the driver's errors as LedgerError."""
-        try:
-            with self._pool.connection() as conn:
-                yield conn
-        except self._driver.errors as exc:
-            raise self._error(exc) from None
+    def _do(
+        self,
+        op: Callable[[Conn], _T],
+        *,
+        again: Callable[[Conn], _T] | None = None,
+        lazy: bool = False,
+        durable: bool = False,
+    ) -> _T:
+        """``op(conn)`` on a connection of the pool (autocommit); if the connection
+        breaks, ``again`` (default: ``op``) on a fresh one, for a while (see
+        :mod:`._reconnect`); the driver's errors as :class:`LedgerError`.
 
-    def _do(self, op: Callable[[Conn], _T]) -> _T:
-        with self._conn() as conn:
-            return op(conn)
+        ``lazy``: ``op`` commits without waiting for the server's disk (kept, to be
+        written again if the server crashes); ``durable``: its commit makes what was
+        committed lazily before it durable."""
+        ticket = self._retry.ticket() if durable and self.durable else 0
+        result = self._retry.run(op, again=again)
+        if lazy and self.durable:
+            self._retry.wrote_lazily(op)
+        elif ticket:
+            self._retry.durable_since(ticket)
+        return result
 
     def _stream(self, rows: Iterator[_T]) -> Iterator[_T]:
-        try:
+        """A stream's rows (its pages are read with :meth:`_do`, retried alike)."""
+        with self._retry.streaming():
             yield from rows
-        except self._driver.errors as exc:
-            raise self._error(exc) from None
 
     def _run_key(self, run_id: str) -> int:
         key = self._runs.get(run_id)
@@ -161,12 +181,12 @@ class PostgresLedger(Sharding):
         """Make every write committed so far durable (outcomes are committed without
         waiting for the server's disk: see :mod:`._deliveries`)."""
         if self.durable:
-            self._do(lambda c: c.execute(_deliveries.FLUSH))
+            self._do(lambda c: c.execute(_deliveries.FLUSH), durable=True)
 
     # -- runs ----------------------------------------------------------------------------
     def _claim(self, run_id: str, decide: Callable[[Conn, Owner], None]) -> RunRecord:
         try:
-            owner = _runs.claim(self._pool, run_id, decide)
+            owner = _runs.claim(self._do, run_id, decide)
         except self._driver.errors as exc:
             raise self._error(exc) from None
         self._owners[run_id] = owner
@@ -285,8 +305,16 @@ class PostgresLedger(Sharding):
             RunOwnershipLost: another process owns the run now; nothing was recorded.
         """
         owner = self._let_go(run_id)
+        finish = functools.partial(
+            _runs.finish_run,
+            run_id=run_id,
+            status=status,
+            report=report,
+            owner=owner,
+            finished_at=timestamp(datetime.now(UTC)),
+        )
         try:
-            changed = self._do(lambda c: _runs.finish_run(c, run_id, status, report, owner))
+            changed = self._do(finish, again=functools.partial(finish, retried=True))
         finally:
             if owner is not None:
                 owner.release()
@@ -307,9 +335,16 @@ class PostgresLedger(Sharding):
         if rows_per_customer not in ROWS_PER_CUSTOMER:
             raise ValueError(f"rows_per_customer: expected one or many, got {rows_per_customer!r}")
         run = self._run_key(run_id)
-        return self._do(
-            lambda c: _snapshot.write_snapshot(c, run, recipients, rows_per_customer, rejects)
-        )
+        rows = OneShot(recipients)
+
+        def write(conn: Conn) -> int:
+            return _snapshot.write_snapshot(conn, run, rows, rows_per_customer, rejects)
+
+        def again(conn: Conn) -> int:
+            stored = stored_snapshot(conn, run, rows, self.location)
+            return write(conn) if stored is None else stored
+
+        return self._do(write, again=again)
 
     def snapshot_info(self, run_id: str) -> SnapshotInfo | None:
         """What the run's extraction recorded with its snapshot."""
@@ -323,7 +358,7 @@ class PostgresLedger(Sharding):
     def snapshot(self, run_id: str) -> Iterator[tuple[int, Recipient]]:
         """The snapshot in source order, as ``(seq, recipient)``; streamed."""
         run = self._run_key(run_id)
-        yield from self._stream(_queries.snapshot(self._pool, run))
+        yield from self._stream(_queries.snapshot(self._do, run))
 
     # -- deliveries ----------------------------------------------------------------------
     def is_planned(self, run_id: str, channel: str) -> bool:
@@ -337,9 +372,16 @@ class PostgresLedger(Sharding):
         ``SqliteLedger.plan``)."""
         key = self._key(run_id, channel)
         now = time.time()
-        self._do(
-            lambda c: _selection.plan(c, key, channel, rows, rules, now=now, history=self.history)
-        )
+        once = OneShot(rows)
+
+        def write(conn: Conn) -> None:
+            _selection.plan(conn, key, channel, once, rules, now=now, history=self.history)
+
+        def again(conn: Conn) -> None:
+            if not planned(conn, key[0], channel, once, self.location):
+                write(conn)
+
+        self._do(write, again=again)
 
     def release_deferred(self, run_id: str, channel: str, *, now: float | None = None) -> int:
         """Deferred deliveries whose time has come become ``pending``; returns how many."""
@@ -375,7 +417,7 @@ class PostgresLedger(Sharding):
         """Pending deliveries in recipient order, ``(seq, recipient, address, attempts,
         batch)``; streamed; only those of slice ``part`` if given, and of ``shards``."""
         run, code = self._key(run_id, channel)
-        yield from self._stream(_queries.pending(self._pool, run, code, part, shards))
+        yield from self._stream(_queries.pending(self._do, run, code, part, shards))
 
     def record_slice(self, run_id: str, outcome: SliceOutcome) -> None:
         """Record what a send of one slice did, replacing its earlier outcome."""
@@ -407,7 +449,7 @@ class PostgresLedger(Sharding):
         fence = self._fence(run_id, channel, seqs)
         now = time.time()
         if run_id in self._lost or not self._do(
-            lambda c: _deliveries.mark_in_flight(c, fence, now)
+            lambda c: _deliveries.mark_in_flight(c, fence, now), durable=True
         ):
             raise self._fenced_out(run_id)
 
@@ -423,7 +465,7 @@ class PostgresLedger(Sharding):
         def fence(seqs: Sequence[int]) -> _deliveries.Fence:
             return self._fence(run_id, channel, seqs)
 
-        if not self._do(lambda c: _deliveries.record_outcomes(c, fence, rows, now)):
+        if not self._do(lambda c: _deliveries.record_outcomes(c, fence, rows, now), lazy=True):
             log.error(
                 "%s/%s: %d outcome(s) not recorded: %s",
                 run_id,
@@ -475,4 +517,4 @@ class PostgresLedger(Sharding):
         """Per-recipient outcomes in recipient order (all channels, or one)."""
         run = self._run_key(run_id)
         code = None if channel is None else self._channel_code(run, channel)
-        yield from self._stream(_queries.deliveries(self._pool, run, code))
+        yield from self._stream(_queries.deliveries(self._do, run, code))

@@ -1,8 +1,14 @@
 """The PostgreSQL ledger's reads; long ones are streamed page by page, each page on a
-connection taken from the pool and given back (a stream holds none between pages)."""
+connection taken from the pool and given back (a stream holds none between pages).
+
+A page is a keyset query (the rows after the last one seen, in the stream's order),
+read by the ledger's ``_do``: if the connection breaks under it, the same page is
+read again on a fresh connection, so a stream survives a restart of the server and
+neither skips nor repeats a row (:mod:`._reconnect`)."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -16,10 +22,11 @@ from .._types import PendingDelivery, Slice, SliceOutcome, SnapshotInfo, Suppres
 
 if TYPE_CHECKING:
     import psycopg
-    from psycopg_pool import ConnectionPool
 
     Conn = psycopg.Connection[Any]
-    Pool = ConnectionPool[psycopg.Connection[Any]]
+    Rows = list[tuple[Any, ...]]
+    #: Runs a read on a connection of the pool, again after a break (the ledger's ``_do``).
+    Do = Callable[[Callable[[Conn], Rows]], Rows]
 
 __all__ = [
     "counts",
@@ -66,18 +73,22 @@ _SUPPRESSIONS = "SELECT kind, address, reason, source FROM suppressions"
 
 
 def pages(
-    pool: Pool, sql: str, params: tuple[Any, ...], after: Callable[[Sequence[Any]], tuple[Any, ...]]
+    do: Do, sql: str, params: tuple[Any, ...], after: Callable[[Sequence[Any]], tuple[Any, ...]]
 ) -> Iterator[Sequence[Any]]:
     """Stream ``sql`` (which takes ``params``, then where to start, then ``LIMIT``)
-    page by page; ``after(row)`` is where the page after ``row`` starts."""
+    page by page, each read by ``do``; ``after(row)`` is where the page after ``row``
+    starts."""
     start: tuple[Any, ...] = after((-1, -1))
     while True:
-        with pool.connection() as conn:
-            rows = conn.execute(sql, (*params, *start, PAGE)).fetchall()
+        rows = do(functools.partial(_fetch, sql=sql, params=(*params, *start, PAGE)))
         yield from rows
         if len(rows) < PAGE:
             return
         start = after(rows[-1])
+
+
+def _fetch(conn: Conn, *, sql: str, params: tuple[Any, ...]) -> Rows:
+    return conn.execute(sql, params).fetchall()
 
 
 def _by_seq(row: Sequence[Any]) -> tuple[Any, ...]:
@@ -89,38 +100,38 @@ def _by_channel_seq(row: Sequence[Any]) -> tuple[Any, ...]:
 
 
 def pending(
-    pool: Pool, run: int, code: int, part: Slice, shards: Sequence[int] | None = None
+    do: Do, run: int, code: int, part: Slice, shards: Sequence[int] | None = None
 ) -> Iterator[PendingDelivery]:
     """A channel's pending deliveries (see ``Ledger.pending``)."""
     new = tuple.__new__
     if shards is not None:
-        rows = pages(pool, _PENDING_SHARDS, (run, code, list(shards)), _by_seq)
+        rows = pages(do, _PENDING_SHARDS, (run, code, list(shards)), _by_seq)
         if part.count != 1:
             rows = (
                 r for r in rows if (r[6] if r[6] is not None else r[0]) % part.count == part.index
             )
     elif part.count == 1:
-        rows = pages(pool, _PENDING, (run, code), _by_seq)
+        rows = pages(do, _PENDING, (run, code), _by_seq)
     else:
-        rows = pages(pool, _PENDING_SLICE, (run, code, part.count, part.index), _by_seq)
+        rows = pages(do, _PENDING_SLICE, (run, code, part.count, part.index), _by_seq)
     for seq, rid, data, line, address, attempts, batch in rows:
         yield new(
             PendingDelivery, (seq, recipient_from_row(rid, data, line), address, attempts, batch)
         )
 
 
-def snapshot(pool: Pool, run: int) -> Iterator[tuple[int, Recipient]]:
+def snapshot(do: Do, run: int) -> Iterator[tuple[int, Recipient]]:
     """A run's snapshot in source order, as ``(seq, recipient)``."""
-    for seq, rid, data, line in pages(pool, _SNAPSHOT, (run,), _by_seq):
+    for seq, rid, data, line in pages(do, _SNAPSHOT, (run,), _by_seq):
         yield seq, recipient_from_row(rid, data, line)
 
 
-def deliveries(pool: Pool, run: int, code: int | None) -> Iterator[DeliveryResult]:
+def deliveries(do: Do, run: int, code: int | None) -> Iterator[DeliveryResult]:
     """Per-recipient outcomes in recipient order (all channels, or the one of ``code``)."""
     if code is None:
-        rows = pages(pool, _ALL_CHANNELS, (run,), _by_channel_seq)
+        rows = pages(do, _ALL_CHANNELS, (run,), _by_channel_seq)
     else:
-        rows = pages(pool, _ONE_CHANNEL, (run, code), _by_channel_seq)
+        rows = pages(do, _ONE_CHANNEL, (run, code), _by_channel_seq)
     for row in rows:
         _, _, ch, rid, state, reason, pmid, attempts, error_code, error, line, address = row
         yield DeliveryResult(

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import _claims
 from .._claims import Owner
@@ -32,6 +32,14 @@ if TYPE_CHECKING:
 
     Conn = psycopg.Connection[Any]
     Pool = ConnectionPool[psycopg.Connection[Any]]
+
+    class Do(Protocol):
+        """Runs an operation on a connection, ``again`` after a break (``_do``)."""
+
+        def __call__(
+            self, op: Callable[[Conn], None], *, again: Callable[[Conn], None] | None = ...
+        ) -> None: ...
+
 
 __all__ = [
     "Heartbeat",
@@ -156,15 +164,29 @@ def take_run(
     )
 
 
-def claim(pool: Pool, run_id: str, decide: Callable[[Conn, Owner], None]) -> Owner:
+def claim(do: Do, run_id: str, decide: Callable[[Conn, Owner], None]) -> Owner:
     """Make this process the owner of ``run_id``: a new :class:`Owner` (held until
     released) if ``decide(conn, owner)``, which checks and writes in one transaction,
-    does not raise; what it raises aborts the claim."""
+    does not raise; what it raises aborts the claim.
+
+    ``do`` runs the transaction, and again if the connection broke: then a run
+    already owned by this very owner (the same token) was claimed by the first try,
+    whose commit was not heard of, and is not decided again."""
     owner = Owner.claim()
-    try:
-        with pool.connection() as conn, conn.transaction():
+
+    def first(conn: Conn) -> None:
+        with conn.transaction():
             decide(conn, owner)
             conn.execute("UPDATE runs SET heartbeat = %s WHERE run_id = %s", (time.time(), run_id))
+
+    def again(conn: Conn) -> None:
+        with conn.transaction():
+            run = get_run(conn, run_id, lock=True)
+            if run is None or run.owner is None or run.owner.token != owner.token:
+                first(conn)
+
+    try:
+        do(first, again=again)
     except BaseException:
         owner.release()
         raise
@@ -210,29 +232,67 @@ def record_run(
     fingerprint: str,
     report: str | None,
 ) -> None:
-    """Record a finished run that sent nothing."""
+    """Record a finished run that sent nothing. Recording the same run (status,
+    fingerprint, report) again is a no-op, so that a try whose commit was not heard
+    of (the connection broke) can be repeated.
+
+    Raises:
+        LedgerError: another run ``run_id`` is recorded.
+    """
     now = timestamp(datetime.now(UTC))
-    conn.execute(
+    date = timestamp(logical_date)
+    inserted = conn.execute(
         "INSERT INTO runs (run_id, pipeline, logical_date, status, fingerprint, "
-        "created_at, finished_at, report) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-        (run_id, pipeline, timestamp(logical_date), status, fingerprint, now, now, report),
-    )
+        "created_at, finished_at, report) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (run_id) DO NOTHING",
+        (run_id, pipeline, date, status, fingerprint, now, now, report),
+    ).rowcount
+    if inserted:
+        return
+    run = get_run(conn, run_id)
+    same = (pipeline, date, status, fingerprint, report, None)
+    if (
+        run is None
+        or (
+            run.pipeline,
+            timestamp(run.logical_date),
+            run.status,
+            run.fingerprint,
+            run.report,
+            run.owner,
+        )
+        != same
+    ):
+        raise LedgerError(f"run {run_id!r} already exists")
 
 
-def finish_run(conn: Conn, run_id: str, status: str, report: str, owner: Owner | None) -> bool:
+def finish_run(
+    conn: Conn,
+    *,
+    run_id: str,
+    status: str,
+    report: str,
+    owner: Owner | None,
+    finished_at: str,
+    retried: bool = False,
+) -> bool:
     """Record a run's final status and report if ``owner`` still owns it; returns
-    whether it did."""
+    whether it did.
+
+    ``retried``: an earlier try's commit may not have been heard of (the connection
+    broke); a run found finished at ``finished_at`` with this status and report, and
+    no owner, was finished by it."""
+    if retried:
+        row = conn.execute(
+            "SELECT status, finished_at, report, owner FROM runs WHERE run_id = %s", (run_id,)
+        ).fetchone()
+        if row is not None and tuple(row) == (status, finished_at, report, None):
+            return True
     return bool(
         conn.execute(
             "UPDATE runs SET status = %s, finished_at = %s, report = %s, pid = NULL, "
             "owner = NULL WHERE run_id = %s AND owner IS NOT DISTINCT FROM %s",
-            (
-                status,
-                timestamp(datetime.now(UTC)),
-                report,
-                run_id,
-                None if owner is None else owner.to_text(),
-            ),
+            (status, finished_at, report, run_id, None if owner is None else owner.to_text()),
         ).rowcount
     )
 
