@@ -24,6 +24,7 @@ from campaignkit._ledger import (
     LedgerError,
     PlanRules,
     PostgresLedger,
+    ShardedLedger,
     SqliteLedger,
     connect,
     open_ledger,
@@ -60,12 +61,26 @@ def test_callers_use_only_what_the_protocol_has() -> None:
     """Every method called on a ledger outside the ledger package is in the protocol
     (a second backend then serves every caller)."""
     called: set[str] = set()
+    sharding: set[str] = set()
     for path in SRC.rglob("*.py"):
         if "_ledger" in path.relative_to(SRC).parts[:1]:
             continue
-        called |= set(re.findall(r"\bledger(?:\(\))?\.([a-z_]+)\(", path.read_text()))
+        calls = set(re.findall(r"\bledger(?:\(\))?\.([a-z_]+)\(", path.read_text()))
+        if path.name in SHARDED_CALLERS:
+            sharding |= calls - members(Ledger)
+        else:
+            called |= calls
     assert called, "no calls found: the pattern no longer matches the callers"
     assert called <= members(Ledger), called - members(Ledger)
+    # The workers' calls (after sharded(ledger) said it can) are ShardedLedger's, which
+    # the PostgreSQL ledger has.
+    assert sharding, "no sharded calls found: the pattern no longer matches the workers"
+    assert sharding <= members(ShardedLedger), sharding - members(ShardedLedger)
+    assert members(ShardedLedger) <= set(dir(PostgresLedger))
+
+
+#: Modules that call a ledger's sharding methods (on a ShardedLedger).
+SHARDED_CALLERS = {"_workers.py", "_run_steps.py"}
 
 
 def test_open_ledger_opens_the_sqlite_ledger(tmp_path: Path) -> None:

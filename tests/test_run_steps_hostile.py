@@ -202,7 +202,9 @@ def test_a_second_send_while_one_is_sending_is_refused(
 ) -> None:
     config = write_campaign(tmp_path, box)
     _, run_id = opened_and_planned(config, box)
-    box.servers["sendgrid"].faults = Faults(latency=0.15)
+    # Slow enough that the send is still going when the second process (started after
+    # five messages, an interpreter's start-up on a loaded machine) claims the run.
+    box.servers["sendgrid"].faults = Faults(latency=1.5)
     sending = spawn(config, box, "send", run_id, *first)
     wait_for(lambda: len(box.servers["sendgrid"].messages) >= 5)  # mid-send
     refused = outcome(spawn(config, box, "send", run_id, *second))
@@ -250,7 +252,7 @@ def test_plan_and_finish_racing_a_send_are_refused(tmp_path: Path, box: Sandbox)
     pipeline = pipeline_of(config, box)
     run_id = pipeline.open_run(logical_date=LOGICAL_DATE).run_id
     pipeline.plan_channel(run_id, "email")
-    box.servers["sendgrid"].faults = Faults(latency=0.15)
+    box.servers["sendgrid"].faults = Faults(latency=1.5)  # still sending after 2 start-ups
     sending = spawn(config, box, "send", run_id, "email")
     wait_for(lambda: len(box.servers["sendgrid"].messages) >= 5)
     planning = outcome(spawn(config, box, "plan", run_id, "push"))
