@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, str] = {
     "extraction": "bench_extraction",
     "memory": "bench_memory",
     "selection": "bench_selection",
+    "dryrun": "bench_dryrun",
     "http": "bench_http",
     "workers": "bench_workers",
 }

@@ -6,7 +6,8 @@ server database can be added behind it. The embedded implementation is
 :class:`SqliteLedger` (stdlib ``sqlite3``, WAL), built from modules by
 responsibility below; the shared one is :class:`PostgresLedger` (:mod:`._postgres`,
 the ``postgres`` extra). :func:`open_ledger` (:mod:`._open`) opens either, by
-location (a path, ``sqlite:///path``, ``postgresql://...``), as a :class:`Ledger`.
+location (a path, ``sqlite:///path``, ``postgresql://...``), as a :class:`Ledger`;
+:func:`scratch_ledger` (:mod:`._scratch`) a throwaway one beside it, where a dry run plans.
 The SQLite modules:
 
 - :mod:`._schema`: the schema, versioned in ``PRAGMA user_version`` and migrated on
@@ -42,6 +43,7 @@ from ._open import open_ledger
 from ._postgres import PostgresLedger, is_postgres_url
 from ._protocol import Ledger, RejectSink, ShardedLedger, sharded
 from ._schema import SCHEMA_VERSION
+from ._scratch import scratch_ledger
 from ._sqlite import SqliteLedger
 from ._types import (
     DUPLICATE_ID,
@@ -85,5 +87,6 @@ __all__ = [
     "connect",
     "is_postgres_url",
     "open_ledger",
+    "scratch_ledger",
     "sharded",
 ]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .._content import sms_segments
 from .._engine import ChannelPlan, Renderer
-from .._ledger import DeliveryRecord, SqliteLedger
+from .._ledger import DeliveryRecord, scratch_ledger
 from .._models import DeliveryResult, Message, Recipient
 from .._schedule import manual_logical_date
 from .._states import DeliveryStatus
@@ -36,31 +36,27 @@ def dry_run(
     """What a run would do (see :meth:`Pipeline.plan`), for the channels of ``plans``."""
     now = datetime.now(UTC)
     run_id = f"{campaign.name}__dryrun__{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
-    history = None
-    location = campaign.ledger_location
-    if campaign.execution.ledger and isinstance(location, Path) and location.exists():
-        campaign.ledger().close()  # brought to this version's schema, if older
-        history = location
-    # Planned in a scratch ledger that reads the real one's suppression list and send
-    # history: a dry run never writes to (or waits for) the real ledger.
-    with tempfile.TemporaryDirectory(prefix="campaignkit-") as scratch:
-        ledger = SqliteLedger(Path(scratch) / "ledger.db", durable=False, history=history)
-        try:
-            ledger.begin_run(
-                run_id=run_id,
-                pipeline=f"{campaign.name}#dry-run",
-                logical_date=manual_logical_date(campaign.schedule, now),
-                fingerprint=campaign.fingerprint(),
-                config_file=campaign.config_file,
-                max_active_runs=None,
-            )
-            stats = extract_into(campaign, ledger, run_id, Path(scratch) / "rejected.csv")
-            if on_extracted is not None:
-                on_extracted(stats.recipients, stats.rejected_reasons)
-            context = RunContext(campaign, ledger, run_id)
-            channels = {plan.channel.name: _summary(context, plan, now, samples) for plan in plans}
-        finally:
-            ledger.close()
+    real = campaign.ledger_location if campaign.execution.ledger else None
+    # Planned in a scratch ledger of the same backend that reads the real one's
+    # suppression list and send history: a dry run never writes to (or waits for)
+    # the real ledger, and counts exactly as the run would.
+    with (
+        tempfile.TemporaryDirectory(prefix="campaignkit-") as scratch,
+        scratch_ledger(real, Path(scratch)) as ledger,
+    ):
+        ledger.begin_run(
+            run_id=run_id,
+            pipeline=f"{campaign.name}#dry-run",
+            logical_date=manual_logical_date(campaign.schedule, now),
+            fingerprint=campaign.fingerprint(),
+            config_file=campaign.config_file,
+            max_active_runs=None,
+        )
+        stats = extract_into(campaign, ledger, run_id, Path(scratch) / "rejected.csv")
+        if on_extracted is not None:
+            on_extracted(stats.recipients, stats.rejected_reasons)
+        context = RunContext(campaign, ledger, run_id)
+        channels = {plan.channel.name: _summary(context, plan, now, samples) for plan in plans}
     report = PlanReport(
         pipeline=campaign.name,
         created_at=now,

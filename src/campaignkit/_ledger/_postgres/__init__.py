@@ -12,7 +12,8 @@ several hosts, built from modules by responsibility mirroring the SQLite ones:
 - :mod:`._snapshot`: a run's recipient snapshot, loaded with ``COPY``;
 - :mod:`._selection`: the plan rules, one function per rule;
 - :mod:`._deliveries` and :mod:`._queries`: the writes of sending, and the reads;
-- :mod:`._ledger`: the class.
+- :mod:`._ledger`: the class;
+- :mod:`._scratch`: a throwaway schema beside a real one (where a dry run plans).
 
 Importing this package does not import psycopg.
 """
@@ -22,5 +23,14 @@ from __future__ import annotations
 from ._connect import INSTALL, is_postgres_url, redact_url
 from ._ledger import PostgresLedger
 from ._schema import SCHEMA_VERSION
+from ._scratch import SCRATCH_PREFIX, postgres_scratch
 
-__all__ = ["INSTALL", "SCHEMA_VERSION", "PostgresLedger", "is_postgres_url", "redact_url"]
+__all__ = [
+    "INSTALL",
+    "SCHEMA_VERSION",
+    "SCRATCH_PREFIX",
+    "PostgresLedger",
+    "is_postgres_url",
+    "postgres_scratch",
+    "redact_url",
+]
