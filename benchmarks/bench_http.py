@@ -937,6 +937,39 @@ def check_payloads() -> str:
     return "; ".join(out)
 
 
+def decompose(a: argparse.Namespace) -> int:
+    """Per-message CPU of one campaignkit configuration, by thread and step
+    (:mod:`_decompose`), in this process against the no-delay sink."""
+    from _decompose import Decomposition
+
+    kind, provider = a.decompose.rsplit("_", 1)
+    kind, *experiments = kind.split("+")
+    if not kind.startswith("campaignkit"):
+        raise SystemExit("--decompose: a campaignkit configuration, e.g. campaignkit_sendgrid")
+    apply_experiments(experiments)
+    steps = Decomposition()
+    steps.install()
+    main_cpu: list[float] = []
+    with NginxSink(a.latency) as sink, tempfile.TemporaryDirectory() as tmp:
+        pipeline = campaignkit_pipeline(
+            provider, sink.fast, a.messages, a.threads, tmp, ledger=kind != "campaignkit_noledger"
+        )
+        timer = Timer()
+
+        def on_extracted(count: int, rejected: Mapping[str, int]) -> None:
+            main_cpu.append(time.thread_time())
+            steps.start()
+            timer.__enter__()
+
+        report = pipeline.run(run_id=RUN_ID, on_extracted=on_extracted)
+        timer.__exit__()
+        steps.main_thread(time.thread_time() - main_cpu[0])
+    (result,) = report.channels.values()
+    print(f"{a.decompose}: {result.sent:,} sent, {a.messages / timer.secs:,.0f} msg/s (wrapped)")
+    steps.report(a.messages, timer.cpu)
+    return 0
+
+
 def profile(a: argparse.Namespace) -> int:
     """cProfile one campaignkit or baseline configuration in this process."""
     import cProfile
@@ -1035,6 +1068,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--profile", metavar="CONFIG", help="cProfile one config, e.g. campaignkit_twilio"
     )
+    ap.add_argument(
+        "--decompose",
+        metavar="CONFIG",
+        help="CPU per message by thread and step of one campaignkit config "
+        "(e.g. campaignkit_sendgrid), in-process",
+    )
     ap.add_argument("--profile-lines", type=int, default=40, help=argparse.SUPPRESS)
     ap.add_argument("--profile-callers", help=argparse.SUPPRESS)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -1064,6 +1103,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.profile:
             return profile(a)
+        if a.decompose:
+            return decompose(a)
         try:
             sink = NginxSink(a.latency)
         except FileNotFoundError as exc:
