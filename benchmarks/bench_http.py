@@ -203,7 +203,9 @@ def sendgrid_batch(recs: Sequence[Mapping[str, str]], run_id: str = RUN_ID) -> d
                 "subject": EMAIL_SUBJECT,
                 "custom_args": {
                     "campaignkit_recipient_id": rec["id"],
-                    "campaignkit_idempotency_key": idempotency_key(run_id, "email", int(rec["seq"])),
+                    "campaignkit_idempotency_key": idempotency_key(
+                        run_id, "email", int(rec["seq"])
+                    ),
                 },
                 "substitutions": {"%campaignkit_text%": EMAIL_FORMAT.format(**rec)},
             }
@@ -677,6 +679,7 @@ def worker(a: argparse.Namespace) -> None:
             n=n,
             sent=sent,
             msgs_per_s=n / timer.secs,
+            cpu_us_per_msg=timer.cpu / n * 1e6,
             extract_s=extract_s,
             campaignkit_from=origin,
             srv_cpu_pct=(tk1 - tk0) / clk / timer.secs * 100 if a.nginx_pid else None,
@@ -689,6 +692,7 @@ def worker(a: argparse.Namespace) -> None:
 
 # -- runner ----------------------------------------------------------------------------------
 COLUMNS = (
+    ("cpu_us_per_msg", "cli CPU us/msg", "{:.1f}"),
     ("cpu_pct", "cli CPU%", "{:.0f}"),
     ("srv_cpu_pct", "nginx CPU%", "{:.0f}"),
     ("http_requests", "requests", "{:,.0f}"),
@@ -698,7 +702,15 @@ COLUMNS = (
 )
 
 
-def _config(name: str, worker_name: str, url: str, n: int, threads: int, sink: NginxSink) -> Config:
+def _config(
+    name: str,
+    worker_name: str,
+    url: str,
+    n: int,
+    threads: int,
+    sink: NginxSink,
+    env: Mapping[str, str] | None = None,
+) -> Config:
     argv = [
         sys.executable,
         str(Path(__file__).resolve()),
@@ -717,16 +729,23 @@ def _config(name: str, worker_name: str, url: str, n: int, threads: int, sink: N
         "--tmp-root",
         str(sink.prefix),
     ]
-    return Config(name, argv, timeout=900)
+    return Config(name, argv, env=dict(env or {}), timeout=900)
 
 
 def _paired(a: Sequence[Mapping[str, Any]], b: Sequence[float]) -> list[float]:
     return [float(x["msgs_per_s"]) / y for x, y in zip(a, b, strict=True)]
 
 
+def _median_of(results: Sequence[Mapping[str, Any]], key: str) -> float:
+    return statistics.median(float(r[key]) for r in results)
+
+
 def _fmt_ratio(values: Sequence[float]) -> str:
     return f"{statistics.median(values):.2f} (min-max {min(values):.2f}-{max(values):.2f})"
 
+
+#: The row of ``--against``: campaignkit imported from another source directory.
+AGAINST = "campaignkit@before"
 
 BASELINE_NOTES = {
     "baseline_nt": "trust_env=False, like campaignkit's sessions",
@@ -743,14 +762,20 @@ def run_case(
     n: int,
     threads: int,
     rounds: int,
+    against: str | None = None,
 ) -> dict[str, float]:
-    """One table: ``names`` (``baseline`` first) for a provider, with or without latency.
+    """One table: ``names`` (``baseline`` first) for a provider, with or without latency;
+    with ``against`` (a campaignkit source directory), also ``campaignkit@before``: the
+    same campaignkit run importing that source.
 
     Returns:
         verdict ratios: ``vs_baseline`` and, with latency, ``vs_ceiling``.
     """
     url = sink.slow if latency else sink.fast
     configs = [_config(c, f"{c}_{provider}", url, n, threads, sink) for c in names]
+    if against:
+        env = {"PYTHONPATH": against}
+        configs.append(_config(AGAINST, f"campaignkit_{provider}", url, n, threads, sink, env))
     if latency:
         configs.append(_config("cpu_ceiling", f"baseline_{provider}", sink.fast, n, threads, sink))
     where = f"sink +{sink.latency * 1000:g} ms" if latency else "sink, no added latency"
@@ -794,6 +819,16 @@ def run_case(
             print(
                 f"EXPERIMENT {name} / campaignkit: " + _fmt_ratio(_paired(results[name], ck_rates))
             )
+    if against:
+        before = results[AGAINST]
+        if before[0]["campaignkit_from"] == ck[0]["campaignkit_from"]:
+            raise SystemExit(f"--against {against}: campaignkit was imported from the same place")
+        print(
+            f"campaignkit / {AGAINST} (from {before[0]['campaignkit_from']}): "
+            + _fmt_ratio(_paired(ck, [float(r["msgs_per_s"]) for r in before]))
+            + f"; CPU per message, median: {_median_of(ck, 'cpu_us_per_msg'):.1f} us vs "
+            f"{_median_of(before, 'cpu_us_per_msg'):.1f} us"
+        )
     if latency:
         per_request = [float(r["n"]) / max(1.0, float(r["http_requests"])) for r in ck]
         lat_ceiling = [threads / sink.latency * m for m in per_request]
@@ -902,6 +937,39 @@ def check_payloads() -> str:
     return "; ".join(out)
 
 
+def decompose(a: argparse.Namespace) -> int:
+    """Per-message CPU of one campaignkit configuration, by thread and step
+    (:mod:`_decompose`), in this process against the no-delay sink."""
+    from _decompose import Decomposition
+
+    kind, provider = a.decompose.rsplit("_", 1)
+    kind, *experiments = kind.split("+")
+    if not kind.startswith("campaignkit"):
+        raise SystemExit("--decompose: a campaignkit configuration, e.g. campaignkit_sendgrid")
+    apply_experiments(experiments)
+    steps = Decomposition()
+    steps.install()
+    main_cpu: list[float] = []
+    with NginxSink(a.latency) as sink, tempfile.TemporaryDirectory() as tmp:
+        pipeline = campaignkit_pipeline(
+            provider, sink.fast, a.messages, a.threads, tmp, ledger=kind != "campaignkit_noledger"
+        )
+        timer = Timer()
+
+        def on_extracted(count: int, rejected: Mapping[str, int]) -> None:
+            main_cpu.append(time.thread_time())
+            steps.start()
+            timer.__enter__()
+
+        report = pipeline.run(run_id=RUN_ID, on_extracted=on_extracted)
+        timer.__exit__()
+        steps.main_thread(time.thread_time() - main_cpu[0])
+    (result,) = report.channels.values()
+    print(f"{a.decompose}: {result.sent:,} sent, {a.messages / timer.secs:,.0f} msg/s (wrapped)")
+    steps.report(a.messages, timer.cpu)
+    return 0
+
+
 def profile(a: argparse.Namespace) -> int:
     """cProfile one campaignkit or baseline configuration in this process."""
     import cProfile
@@ -992,7 +1060,19 @@ def main(argv: list[str] | None = None) -> int:
         f"({', '.join(EXPERIMENTS)}; noledger: ledger off); combine with +",
     )
     ap.add_argument(
+        "--against",
+        metavar="SRC",
+        help="also run campaignkit imported from SRC (e.g. the src/ of an older commit's "
+        f"export) as the row {AGAINST}, in the same rounds",
+    )
+    ap.add_argument(
         "--profile", metavar="CONFIG", help="cProfile one config, e.g. campaignkit_twilio"
+    )
+    ap.add_argument(
+        "--decompose",
+        metavar="CONFIG",
+        help="CPU per message by thread and step of one campaignkit config "
+        "(e.g. campaignkit_sendgrid), in-process",
     )
     ap.add_argument("--profile-lines", type=int, default=40, help=argparse.SUPPRESS)
     ap.add_argument("--profile-callers", help=argparse.SUPPRESS)
@@ -1023,6 +1103,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.profile:
             return profile(a)
+        if a.decompose:
+            return decompose(a)
         try:
             sink = NginxSink(a.latency)
         except FileNotFoundError as exc:
@@ -1058,6 +1140,7 @@ def main(argv: list[str] | None = None) -> int:
                         n=a.messages,
                         threads=a.threads,
                         rounds=a.rounds,
+                        against=a.against,
                     )
                     failed |= v["vs_baseline"] < GOAL_BASELINE
             if not a.no_latency:
@@ -1073,6 +1156,7 @@ def main(argv: list[str] | None = None) -> int:
                         n=a.latency_messages if provider == "twilio" else a.messages,
                         threads=a.latency_threads,
                         rounds=a.rounds,
+                        against=a.against,
                     )
                     failed |= v["vs_baseline"] < GOAL_BASELINE or v["vs_ceiling"] < GOAL_CEILING
         return 1 if a.check and failed else 0

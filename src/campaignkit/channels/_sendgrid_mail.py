@@ -10,8 +10,9 @@ them by the personalization they name.
 from __future__ import annotations
 
 import json
+import json.encoder
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -46,6 +47,9 @@ RECIPIENT_ARG = "campaignkit_recipient_id"
 IDEMPOTENCY_ARG = "campaignkit_idempotency_key"
 # json.dumps(..., ensure_ascii=False, separators=(",", ":")) without a new encoder per call.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+# A string's JSON form, as _ENCODER writes it (ensure_ascii=False); raises TypeError
+# for anything but a str.
+_quote: Callable[[str], str] = json.encoder.encode_basestring
 _PERSONALIZATION_FIELD = re.compile(r"personalizations\.(\d+)(?:\.(.*))?")
 
 
@@ -178,7 +182,52 @@ def address(email: str, name: str | None) -> dict[str, str]:
 
 def personalization(message: Message, substitute: bool) -> bytes:
     """``message``'s personalization as JSON; with ``substitute``, its content
-    travels in ``substitutions``."""
+    travels in ``substitutions``.
+
+    The bytes are those of ``_dumps`` of the personalization's dict, written by hand
+    from each string's JSON form (``encode_basestring`` is what the encoder uses for
+    them): the dict, its nesting and the encoder's walk over it were about half of
+    the channel's CPU a message. A value that is not a string goes through the dict.
+    """
+    try:
+        return _personalization_json(message, substitute).encode("utf-8")
+    except TypeError:
+        return _dumps(_personalization_fields(message, substitute))
+
+
+def _personalization_json(message: Message, substitute: bool) -> str:
+    """The JSON text of ``_personalization_fields(message, substitute)``.
+
+    Raises:
+        TypeError: a value is not a string (the caller then encodes the dict).
+    """
+    q = _quote
+    name = message.name
+    to = q(message.address) + (',"name":' + q(name) if name else "")
+    parts = ['{"to":[{"email":', to, '}],"subject":', _string_or_null(message.subject)]
+    if message.headers:
+        parts += (',"headers":', _ENCODER.encode(message.headers))
+    parts += (',"custom_args":{"' + RECIPIENT_ARG + '":', q(message.recipient_id))
+    if message.idempotency_key:
+        parts += (',"' + IDEMPOTENCY_ARG + '":', q(message.idempotency_key))
+    parts.append("}")
+    if substitute:
+        parts.append(',"substitutions":{')
+        if message.body:
+            parts += ('"' + TEXT_TAG + '":', q(message.body))
+        if message.html:
+            parts += (',"' if message.body else '"', HTML_TAG + '":', q(message.html))
+        parts.append("}")
+    parts.append("}")
+    return "".join(parts)
+
+
+def _string_or_null(value: str | None) -> str:
+    return "null" if value is None else _quote(value)
+
+
+def _personalization_fields(message: Message, substitute: bool) -> dict[str, Any]:
+    """The personalization as a dict (the reference for :func:`personalization`)."""
     custom_args = {RECIPIENT_ARG: message.recipient_id}
     if message.idempotency_key:
         custom_args[IDEMPOTENCY_ARG] = message.idempotency_key
@@ -196,7 +245,7 @@ def personalization(message: Message, substitute: bool) -> bytes:
         if message.html:
             substitutions[HTML_TAG] = message.html
         fields["substitutions"] = substitutions
-    return _dumps(fields)
+    return fields
 
 
 def _dumps(value: Any) -> bytes:
