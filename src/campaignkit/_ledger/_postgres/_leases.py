@@ -52,18 +52,26 @@ NOW = "extract(epoch FROM clock_timestamp())"
 #: Whether the deliveries ``seq = ANY(%(seqs)s)`` of channel ``%(code)s`` of run
 #: ``%(run)s`` may be written by the caller: each one's shard is leased to the caller
 #: (token ``%(token)s``) and the lease is live, or no live lease holds the shard and
-#: the caller owns the run (owner text ``%(owner)s``); the run's row share-locked, so
-#: that a claim (which locks it for update) waits for the write or comes first.
+#: the caller owns the run (owner text ``%(owner)s``, ``''`` for a worker).
+#:
+#: The rows decided on are locked for the statement, so that what they say holds until
+#: it commits: the shards' rows ``FOR KEY SHARE`` (a take-over's ``FOR UPDATE SKIP
+#: LOCKED`` passes them by; renewals and releases do not wait), and, for the run's owner
+#: only, the run's row ``FOR SHARE`` (a claim, which locks it for update, waits for the
+#: write or comes first and is seen). A worker never locks the run's row: the workers of
+#: a run do not contend on it.
 FENCE = (
-    "run_row AS (SELECT owner = %(owner)s AS owns FROM runs WHERE id = %(run)s FOR SHARE), "
+    "run_row AS (SELECT owner = %(owner)s AS owns FROM runs "
+    "WHERE id = %(run)s AND %(owner)s <> '' FOR SHARE), "
     "touched AS (SELECT DISTINCT shard FROM deliveries WHERE run = %(run)s "
     "AND channel = %(code)s AND seq = ANY(%(seqs)s::bigint[])), "
+    "held AS (SELECT shard, token, lease_until FROM shards WHERE run = %(run)s "
+    "AND channel = %(code)s AND shard IN (SELECT shard FROM touched) FOR KEY SHARE), "
     "fence AS (SELECT COALESCE(bool_and(CASE "
     "WHEN s.token = %(token)s AND s.lease_until > " + NOW + " THEN TRUE "
     "WHEN s.token IS NOT NULL AND s.lease_until > " + NOW + " THEN FALSE "
     "ELSE COALESCE((SELECT owns FROM run_row), FALSE) END), TRUE) AS mine "
-    "FROM touched t LEFT JOIN shards s ON s.run = %(run)s AND s.channel = %(code)s "
-    "AND s.shard = t.shard)"
+    "FROM touched t LEFT JOIN held s ON s.shard = t.shard)"
 )
 
 _LEASE = (
