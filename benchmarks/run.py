@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, str] = {
     "memory": "bench_memory",
     "selection": "bench_selection",
     "http": "bench_http",
+    "scale": "bench_scale",
 }
 
 
