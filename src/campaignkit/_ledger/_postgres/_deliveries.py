@@ -2,17 +2,17 @@
 
 An in-flight mark is one statement, fenced by the run's owner, over an array of
 seqs, committed durably before the request leaves. Outcomes are one ``UPDATE ...
-FROM unnest(...)`` per group of calls (:mod:`._writer` takes them from every sending
-thread), committed without waiting for the server's disk (:data:`LAZY`) unless the
-group holds a mark or a flush: the next durable commit (a mark, :data:`FLUSH`) makes
-them durable too, since the server's log is written in order. This is SQLite's rule
-(an outcome is durable by the next mark or flush); an outcome lost in a crash of the
-server leaves its delivery ``in_flight``, which a resume settles by the crash rules.
+FROM unnest(...)`` per call, whatever their number, committed without waiting for
+the server's disk (``synchronous_commit`` off for that transaction): the next
+durable commit (a mark, :data:`FLUSH`) makes them durable too, since the server's
+log is written in order. This is SQLite's rule (an outcome is durable by the next
+mark or flush); an outcome lost in a crash of the server leaves its delivery
+``in_flight``, which a resume settles by the crash rules.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._types import DeliveryRecord
@@ -20,16 +20,12 @@ from .._types import DeliveryRecord
 if TYPE_CHECKING:
     import psycopg
 
-    from ._writer import Mark
-
     Conn = psycopg.Connection[Any]
 
 __all__ = [
     "FLUSH",
-    "LAZY",
-    "OUTCOMES",
-    "mark_statement",
-    "outcome_rows",
+    "mark_in_flight",
+    "record_outcomes",
     "release_deferred",
     "requeue",
     "resolve_in_flight",
@@ -50,17 +46,14 @@ _MARK = (
 #: A durable commit (an id given to the transaction): everything committed before it
 #: (outcomes committed lazily included) is on the server's disk when it returns.
 FLUSH = "SELECT pg_current_xact_id()"
-#: The rest of the transaction commits without waiting for the server's disk.
-LAZY = "SET LOCAL synchronous_commit TO off"
-#: Outcomes of any runs and channels, one row each (parameters: :func:`outcome_rows`).
-OUTCOMES = (
+_OUTCOMES = (
     "UPDATE deliveries AS d SET state = v.state, reason = v.reason, attempts = v.attempts, "
     "transient = v.transient, provider_message_id = v.pmid, error_code = v.code, "
-    "error = v.error, updated_at = v.at "
-    "FROM unnest(%s::bigint[], %s::int[], %s::bigint[], %s::text[], %s::text[], %s::int[], "
-    "%s::int[], %s::text[], %s::text[], %s::text[], %s::float8[]) "
-    "AS v(run, channel, seq, state, reason, attempts, transient, pmid, code, error, at) "
-    "WHERE d.run = v.run AND d.channel = v.channel AND d.seq = v.seq"
+    "error = v.error, updated_at = %s "
+    "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS lazy, "
+    "unnest(%s::bigint[], %s::text[], %s::text[], %s::int[], %s::int[], %s::text[], "
+    "%s::text[], %s::text[]) AS v(seq, state, reason, attempts, transient, pmid, code, error) "
+    "WHERE d.run = %s AND d.channel = %s AND d.seq = v.seq"
 )
 _REQUEUE = (
     "UPDATE deliveries SET state = 'pending', reason = NULL "
@@ -79,42 +72,39 @@ def suppress(
     )
 
 
-def mark_statement(mark: Mark) -> tuple[str, tuple[Any, ...]]:
-    """The fenced statement marking ``mark``'s deliveries in flight as one batch (its
-    id is its first seq), and its parameters; its one row says whether the owner
-    made it (else nothing is marked)."""
-    batch = min(mark.seqs) if mark.seqs else None
-    run = mark.run
-    return _MARK, (mark.owner, run, mark.now, batch, run, mark.code, list(mark.seqs))
+def mark_in_flight(
+    conn: Conn, owner: str, run: int, code: int, seqs: Sequence[int], now: float
+) -> bool:
+    """Mark deliveries in flight as one batch (its id is its first seq) if ``owner``
+    owns the run; returns whether it does (else nothing is marked)."""
+    batch = min(seqs) if seqs else None
+    row = conn.execute(_MARK, (owner, run, now, batch, run, code, list(seqs))).fetchone()
+    return row is not None and bool(row[0])
 
 
-def outcome_rows(
-    calls: Iterable[tuple[tuple[int, int], Sequence[DeliveryRecord], float]],
-) -> tuple[list[Any], ...]:
-    """The :data:`OUTCOMES` parameters (one array per column) for the outcomes of
-    ``calls`` (``((run, channel code), rows, when)``, in the order they were made): a
-    delivery's last outcome is the one that stays; rows sorted by key, so that
-    concurrent groups lock deliveries in one order. Empty if there are none."""
-    last: dict[tuple[int, int, int], tuple[Any, ...]] = {}
-    for (run, code), rows, now in calls:
-        for seq, r, state, transient in rows:
-            last[(run, code, seq)] = (
-                state,
-                r.reason,
-                r.attempts,
-                int(transient),
-                r.provider_message_id,
-                r.error_code,
-                r.error,
-                now,
-            )
+def record_outcomes(
+    conn: Conn, run: int, code: int, rows: Sequence[DeliveryRecord], now: float
+) -> None:
+    """Record outcomes ``(seq, result, state, transient)``; a delivery's last outcome
+    in ``rows`` is the one that stays."""
+    last = {seq: (state, r, transient) for seq, r, state, transient in rows}
     if not last:
-        return ()
-    columns: tuple[list[Any], ...] = tuple([] for _ in range(11))
-    for key in sorted(last):
-        for column, value in zip(columns, (*key, *last[key]), strict=True):
+        return
+    columns: list[list[Any]] = [[] for _ in range(8)]
+    for seq, (state, r, transient) in last.items():
+        values = (
+            seq,
+            state,
+            r.reason,
+            r.attempts,
+            int(transient),
+            r.provider_message_id,
+            r.error_code,
+            r.error,
+        )
+        for column, value in zip(columns, values, strict=True):
             column.append(value)
-    return columns
+    conn.execute(_OUTCOMES, (now, *columns, run, code))
 
 
 def resolve_in_flight(conn: Conn, run: int, code: int, *, resend: bool) -> int:

@@ -37,7 +37,6 @@ from .._types import (
 from . import _deliveries, _queries, _runs, _selection, _snapshot
 from ._connect import load_driver, open_pool, quote_ident, redact_url, url_secrets, wrap
 from ._schema import migrate
-from ._writer import Mark, OutcomeWriter
 
 if TYPE_CHECKING:
     import psycopg
@@ -94,8 +93,6 @@ class PostgresLedger:
             self._pool = open_pool(
                 self._driver, url, schema, durable=durable, max_size=MAX_CONNECTIONS
             )
-            self._writer = OutcomeWriter(self._pool, self._driver.errors, self._error)
-            self._writer.start()
         except self._driver.errors as exc:
             raise self._error(exc) from None
 
@@ -151,34 +148,17 @@ class PostgresLedger:
         return run, self._channel_code(run, channel)
 
     def close(self) -> None:
-        """Write the queued outcomes, give up the claims on unfinished runs (they stay
-        ``running`` for a resume) and close the pool.
-
-        Raises:
-            LedgerError: outcomes could not be written (after closing all the same).
-        """
-        try:
-            self._writer.stop()
-            for run_id in list(self._owners):
-                self.release_run(run_id)
-        finally:
-            self._pool.close()
-        if self._writer.error is not None:
-            raise LedgerError(f"ledger outcomes could not be written: {self._writer.error}")
+        """Give up the claims on unfinished runs (they stay ``running`` for a resume)
+        and close the pool."""
+        for run_id in list(self._owners):
+            self.release_run(run_id)
+        self._pool.close()
 
     def flush(self) -> None:
-        """Write the queued outcomes and make every write so far durable (outcomes are
-        committed without waiting for the server's disk: see :mod:`._writer`).
-
-        Raises:
-            LedgerError: they, or outcomes queued earlier, could not be written.
-        """
-        self._writer.sync(durable=self.durable)
-
-    def _settle(self) -> None:
-        """Wait until the queued outcomes are committed: what follows reads or changes
-        the deliveries they update."""
-        self._writer.sync(durable=False)
+        """Make every write committed so far durable (outcomes are committed without
+        waiting for the server's disk: see :mod:`._deliveries`)."""
+        if self.durable:
+            self._do(lambda c: c.execute(_deliveries.FLUSH))
 
     # -- runs ----------------------------------------------------------------------------
     def _claim(self, run_id: str, decide: Callable[[Conn, Owner], None]) -> RunRecord:
@@ -270,7 +250,6 @@ class PostgresLedger:
         if owner is None:
             return
         try:
-            self.flush()
             self._do(lambda c: _runs.let_go(c, run_id, owner))
         except LedgerError as exc:  # never hide what made us let go
             log.warning(
@@ -291,7 +270,6 @@ class PostgresLedger:
     def delete_run(self, run_id: str) -> None:
         """Remove a run and everything recorded for it (dry runs clean up with it)."""
         run = self._run_key(run_id)
-        self._settle()
         self._do(lambda c: _runs.delete_run(c, run))
         self._runs.pop(run_id, None)
         self._codes = {k: v for k, v in self._codes.items() if k[0] != run}
@@ -302,7 +280,6 @@ class PostgresLedger:
         Raises:
             RunOwnershipLost: another process owns the run now; nothing was recorded.
         """
-        self.flush()
         owner = self._let_go(run_id)
         try:
             changed = self._do(lambda c: _runs.finish_run(c, run_id, status, report, owner))
@@ -412,35 +389,30 @@ class PostgresLedger:
             return
         run, code = self._key(run_id, channel)
         owner = self._owners.get(run_id)
-        # Through the writer, after the outcomes queued before it and in one commit
-        # with the marks of other sending threads.
-        if owner is None or not self._writer.mark(Mark(owner.text, run, code, seqs, time.time())):
+        now = time.time()
+        if owner is None or not self._do(
+            lambda c: _deliveries.mark_in_flight(c, owner.text, run, code, seqs, now)
+        ):
             raise RunOwnershipLost(f"run {run_id!r} is owned by another process now")
 
     def record(self, run_id: str, channel: str, rows: Sequence[DeliveryRecord]) -> None:
-        """Queue outcomes ``(seq, result, state, transient)`` for the writer thread;
+        """Record outcomes ``(seq, result, state, transient)`` (one statement);
         ``transient`` marks a failure that ``retry-failed`` may re-drive. Committed
-        with the next group (the ledger's reads wait for it), durable by the next
-        :meth:`mark_in_flight` or :meth:`flush`.
-
-        Raises:
-            LedgerError: outcomes queued earlier could not be written.
-        """
+        at once, durable by the next :meth:`mark_in_flight` or :meth:`flush`."""
         run, code = self._key(run_id, channel)
-        self._writer.record(run, code, rows, time.time())
+        now = time.time()
+        self._do(lambda c: _deliveries.record_outcomes(c, run, code, rows, now))
 
     def resolve_in_flight(self, run_id: str, channel: str, *, resend: bool) -> int:
         """Settle deliveries left ``in_flight`` by a crash: back to ``pending`` when
         ``resend``, else ``unknown``. Returns how many there were."""
         run, code = self._key(run_id, channel)
-        self._settle()
         return self._do(lambda c: _deliveries.resolve_in_flight(c, run, code, resend=resend))
 
     def requeue(self, run_id: str, channel: str, *, failed: bool, unknown: bool) -> int:
         """Put transient failures (``failed``) and/or ``unknown`` deliveries back to
         ``pending`` (never permanent failures). Returns the count."""
         run, code = self._key(run_id, channel)
-        self._settle()
         if not (failed or unknown):
             return 0
         return self._do(lambda c: _deliveries.requeue(c, run, code, failed=failed, unknown=unknown))
@@ -449,7 +421,6 @@ class PostgresLedger:
         """How many deliveries a resume of these channels would send (a channel not
         planned yet counts as owed); see ``SqliteLedger.owed``."""
         run = self._run_key(run_id)
-        self._settle()
         total = 0
         for channel in channels:
             if not self.is_planned(run_id, channel):
@@ -464,12 +435,10 @@ class PostgresLedger:
     def counts(self, run_id: str, channel: str) -> DeliveryCounts:
         """The channel's deliveries by state, reason, error code and doubt."""
         run, code = self._key(run_id, channel)
-        self._settle()
         return self._do(lambda c: _queries.counts(c, run, code))
 
     def deliveries(self, run_id: str, channel: str | None = None) -> Iterator[DeliveryResult]:
         """Per-recipient outcomes in recipient order (all channels, or one)."""
         run = self._run_key(run_id)
-        self._settle()
         code = None if channel is None else self._channel_code(run, channel)
         yield from self._stream(_queries.deliveries(self._pool, run, code))
