@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, str] = {
     "dryrun": "bench_dryrun",
     "http": "bench_http",
     "workers": "bench_workers",
+    "scale": "bench_scale",
 }
 
 
