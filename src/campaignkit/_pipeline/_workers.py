@@ -235,6 +235,11 @@ def _work_channel(
             )
         finally:
             ledger.release_shards(run_id, name, shards)
+        if result.stopped == "ownership_lost":
+            # Its leases expired (a stall longer than a lease): what it had in flight
+            # is the new holder's to settle; it leases what is free again.
+            log.warning("%s/%s: lost the lease on shard(s) %s", run_id, name, _ranges(shards))
+            continue
         if result.stopped is not None:
             return
         if not result.requests:  # nothing it could send (deferred): do not spin

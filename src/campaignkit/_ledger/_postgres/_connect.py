@@ -135,9 +135,15 @@ def session_settings(schema: str, *, durable: bool) -> str:
     ledger's tables are named without it); ``durable=False``: commits do not wait for
     the WAL to be flushed (throwaway ledgers). A process stopped inside a transaction
     (SIGSTOP, a hung host) must not hold its locks past a lease: the server ends such
-    a session (its transaction rolled back) after :data:`IDLE_IN_TRANSACTION_MS`."""
+    a session (its transaction rolled back) after :data:`IDLE_IN_TRANSACTION_MS`. No
+    parallel plans, but where a statement asks for them (a whole channel's rules)."""
     settings = "SET search_path TO " + quote_ident(schema)
     settings += f"; SET idle_in_transaction_session_timeout TO {IDLE_IN_TRANSACTION_MS}"
+    # The ledger's statements are small and many (a page, a mark, a batch's outcomes):
+    # a parallel plan's start-up costs more than it saves, and a page read in parallel
+    # by every sending thread of every worker starves the server. The plan's rules over
+    # a whole channel ask for parallel workers again (see _selection.plan).
+    settings += "; SET max_parallel_workers_per_gather TO 0"
     if not durable:
         settings += "; SET synchronous_commit TO off"
     return settings

@@ -53,8 +53,9 @@ _PENDING = (
 _PENDING_SLICE = _PENDING.replace(
     "AND d.seq > %s", "AND COALESCE(d.batch, d.seq) %% %s = %s AND d.seq > %s"
 )
-# The pending deliveries of some shards (leased by a worker).
-_PENDING_SHARDS = _PENDING.replace("AND d.seq > %s", "AND d.shard = ANY(%s::int[]) AND d.seq > %s")
+# The pending deliveries of one shard (leased by a worker), read in seq order along
+# the shard index: one shard at a time, never a scan of the channel per page.
+_PENDING_SHARD = _PENDING.replace("AND d.seq > %s", "AND d.shard = %s AND d.seq > %s")
 _SNAPSHOT = (
     "SELECT seq, recipient_id, data, line FROM recipients WHERE run = %s AND seq > %s "
     "ORDER BY seq LIMIT %s"
@@ -104,8 +105,13 @@ def pending(
 ) -> Iterator[PendingDelivery]:
     """A channel's pending deliveries (see ``Ledger.pending``)."""
     new = tuple.__new__
+    rows: Iterator[Sequence[Any]]
     if shards is not None:
-        rows = pages(do, _PENDING_SHARDS, (run, code, list(shards)), _by_seq)
+        rows = (
+            row
+            for shard in sorted(shards)
+            for row in pages(do, _PENDING_SHARD, (run, code, shard), _by_seq)
+        )
         if part.count != 1:
             rows = (
                 r for r in rows if (r[6] if r[6] is not None else r[0]) % part.count == part.index

@@ -164,6 +164,8 @@ def plan(
     """Record the channel's audience and apply the rules, in order, in one
     transaction; marks the channel planned."""
     with conn.transaction():
+        # Rules over the whole channel: the server's parallel workers, if it has them.
+        conn.execute("SET LOCAL max_parallel_workers_per_gather TO DEFAULT")
         seen_filtered, seen_not_before = insert_audience(conn, key, rows, now)
         skip_suppressed(conn, key, rules.kind, history=history)
         skip_duplicates(conn, key, rules.kind)
