@@ -86,7 +86,8 @@ _RELEASE = (
     "UPDATE shards s SET token = NULL, owner = NULL, lease_until = NULL, "
     "done = NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.run = s.run "
     "AND d.channel = s.channel AND d.shard = s.shard "
-    "AND d.state IN ('pending', 'in_flight', 'deferred')) "
+    "AND (d.state IN ('pending', 'in_flight') "
+    "OR (d.state = 'deferred' AND d.not_before <= " + NOW + "))) "
     "WHERE s.run = %s AND s.channel = %s AND s.shard = ANY(%s::int[]) AND s.token = %s"
 )
 _RESERVE = (
@@ -167,8 +168,11 @@ def renew(conn: Conn, token: str, seconds: float) -> list[tuple[int, int, int]]:
 
 
 def release(conn: Conn, run: int, code: int, shards: Sequence[int], token: str) -> int:
-    """Let go of the leases of ``token`` on ``shards``; a shard with nothing owed left
-    is ``done``. Returns how many were still held."""
+    """Let go of the leases of ``token`` on ``shards``; a shard with nothing owed now
+    is ``done``: deferred deliveries not yet due (quiet hours) do not keep it open, or
+    the workers would wait hours for them where one process ends the run ``deferred``
+    (their release, by a resume, reopens the shards). Returns how many were still
+    held."""
     return conn.execute(_RELEASE, (run, code, list(shards), token)).rowcount
 
 
