@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,14 +22,10 @@ import pytest
 from campaignkit._ledger import PostgresLedger
 from campaignkit._models import DeliveryStatus
 from campaignkit.testing.sandbox import Sandbox
-from test_run_steps import CHANNELS, LOGICAL_DATE, received, write_campaign
+from test_run_steps import LOGICAL_DATE, received, write_campaign
 from test_workers import (
-    _assert_once_and_nothing_skipped,
     _configure,
     _fresh_schema,
-    _opened,
-    _tokens,
-    _worker,
     ledger_env,
     pipeline_of,
     sandbox,
@@ -100,10 +95,95 @@ def test_quiet_hours_do_not_keep_the_workers_waiting(
     config = write_campaign(tmp_path / "pg", sandbox)
     _configure(config, workers=2, shards=4)
     _quiet_now(config, "sms")
-    code, out = _cli(config, sandbox, "run", str(config), "--logical-date", LOGICAL_DATE, timeout=60)
+    code, out = _cli(
+        config, sandbox, "run", str(config), "--logical-date", LOGICAL_DATE, timeout=60
+    )
     assert code is not None, "the run was still waiting after 60 s:\n" + out[-3000:]
     assert code in (0, 1), out
     states = _states(config, sandbox, _latest_run(ledger_env))
     assert states[DeliveryStatus.DEFERRED] > 0, states
     assert not states[DeliveryStatus.PENDING] and not states[DeliveryStatus.IN_FLIGHT], states
     assert max(received(sandbox).values()) == 1
+
+
+def test_workers_get_the_environment_the_campaign_was_given(
+    tmp_path: Path, sandbox: Sandbox, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``Pipeline.from_file(..., env=...)`` with the tokens and the ledger's URL in
+    ``env`` alone (an orchestrator's task, its secrets not in ``os.environ``): the
+    workers it starts read the same environment, so they send the run; none of them
+    exits with a configuration error, leaving the whole run to the parent."""
+    _fresh_schema(postgres_url)
+    for name in [*sandbox.env(), "CAMPAIGNKIT_LEDGER_URL"]:
+        os.environ.pop(name, None)
+    config = write_campaign(tmp_path / "pg", sandbox)
+    _configure(config, workers=2, shards=4)
+    from campaignkit import Pipeline, get_plugin_manager
+
+    env = {**sandbox.env(), "CAMPAIGNKIT_LEDGER_URL": postgres_url}
+    plugins = get_plugin_manager(load_entrypoints=False)
+    pipeline = Pipeline.from_file(config, plugins=plugins, env=env, rehearsal=False)
+    with caplog.at_level("WARNING", logger="campaignkit"):
+        report = pipeline.run(logical_date=datetime.fromisoformat(LOGICAL_DATE))
+    assert max(received(sandbox).values()) == 1
+    said = [r.getMessage() for r in caplog.records]
+    assert not [m for m in said if "exited with status" in m or "stopped early" in m], said
+    assert report.status.value == "partial"  # the refused addresses, as in one process
+
+
+def test_a_worker_s_channel_threads_lease_as_one_worker(postgres_url: str) -> None:
+    """A worker leases each channel in a thread of its own, all on one ledger object:
+    their first leases, at the same instant, are all this worker's (one token), so
+    each thread may mark what it leased and let it go; none is fenced out by its own
+    worker, its shards left leased until they expire."""
+    import threading
+
+    from campaignkit._ledger import PlanRules
+    from test_ledger import people
+
+    schema = "hostile_threads"
+    setup, worker = (PostgresLedger(postgres_url, schema=schema) for _ in range(2))
+    channels = [f"c{i}" for i in range(8)]
+    try:
+        setup.begin_run(
+            run_id="r",
+            pipeline="p",
+            logical_date=datetime.fromisoformat(LOGICAL_DATE),
+            fingerprint="f",
+            config_file=None,
+            max_active_runs=None,
+        )
+        setup.write_snapshot("r", iter(people(4)))
+        for name in channels:
+            rows = ((s, None, f"u{s}@example.com", False, None) for s in range(4))
+            setup.plan("r", name, rows, PlanRules(kind="email"))
+            setup.plan_shards("r", name, 1)
+        for name in channels:  # the channels' keys known: the leases start at once
+            worker.counts("r", name)
+        barrier = threading.Barrier(len(channels))
+        failures: list[str] = []
+
+        def one(name: str) -> None:
+            barrier.wait()
+            assert worker.lease_shards("r", name, limit=1, resend=False) == [0]
+            try:
+                worker.mark_in_flight("r", name, [0])
+            except Exception as exc:
+                failures.append(f"{name}: {exc}")
+            worker.release_shards("r", name, [0])
+
+        threads = [threading.Thread(target=one, args=(name,)) for name in channels]
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)  # threads switch as often as on a loaded host
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            sys.setswitchinterval(interval)
+        assert not failures, failures
+        assert not [i for i in setup.shard_leases("r") if i.owner is not None]
+    finally:
+        setup.close()
+        worker.close()

@@ -141,7 +141,10 @@ def _run_workers(context: RunContext, plans: Sequence[ChannelPlan], workers: int
     command = [sys.executable, "-m", "campaignkit", "worker", str(config), "--run", context.run_id]
     for plan in plans:
         command += ["--channel", plan.channel.name]
-    procs = [subprocess.Popen(command, env=os.environ.copy()) for _ in range(workers)]
+    # The campaign's environment (``Pipeline.from_file(env=...)``: an orchestrator's
+    # tokens and ledger URL) over this process's: the workers must read what it read.
+    env = {**os.environ, **context.campaign.environ}
+    procs = [subprocess.Popen(command, env=env) for _ in range(workers)]
     try:
         for proc in procs:
             proc.wait()
