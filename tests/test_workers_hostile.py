@@ -10,10 +10,13 @@ a reason that starts with ``BUG:``.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,10 +25,14 @@ import pytest
 from campaignkit._ledger import PostgresLedger
 from campaignkit._models import DeliveryStatus
 from campaignkit.testing.sandbox import Sandbox
-from test_run_steps import LOGICAL_DATE, received, write_campaign
+from test_run_steps import CHANNELS, LOGICAL_DATE, received, write_campaign
 from test_workers import (
+    _assert_once_and_nothing_skipped,
     _configure,
     _fresh_schema,
+    _opened,
+    _tokens,
+    _worker,
     ledger_env,
     pipeline_of,
     sandbox,
@@ -187,3 +194,102 @@ def test_a_worker_s_channel_threads_lease_as_one_worker(postgres_url: str) -> No
     finally:
         setup.close()
         worker.close()
+
+
+@contextlib.contextmanager
+def _slow_box() -> Iterator[Sandbox]:
+    """The providers, each request answered in 0.3 s (some are always in flight)."""
+    with Sandbox(providers=list(CHANNELS.values())) as box:
+        for provider in CHANNELS.values():
+            box.servers[provider].faults.latency = 0.3
+        yield box
+
+
+def _wait_received(box: Sandbox, count: int, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while sum(received(box).values()) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sum(received(box).values()) >= count
+
+
+def _settled(config: Path, box: Sandbox, run_id: str) -> collections.Counter[DeliveryStatus]:
+    """The run's states, none ``in_flight``; and no shard left leased."""
+    states = _states(config, box, run_id)
+    assert not states[DeliveryStatus.IN_FLIGHT], states
+    ledger = PostgresLedger(os.environ["CAMPAIGNKIT_LEDGER_URL"])
+    try:
+        held = [i for i in ledger.shard_leases(run_id) if i.owner is not None]
+    finally:
+        ledger.close()
+    assert not held, held
+    return states
+
+
+def test_sigterm_to_a_worker_finishes_in_flight_requests_and_lets_go(
+    tmp_path: Path, ledger_env: str
+) -> None:
+    """SIGTERM to ``campaignkit worker`` mid-shard: it exits 3, its in-flight requests
+    recorded (nothing ``in_flight``), its leases let go (another worker need not wait
+    for them to expire), and the next worker sends the rest once."""
+    _fresh_schema(ledger_env)
+    with _slow_box() as box:
+        config = write_campaign(tmp_path / "pg", box)
+        _configure(config, workers=2, shards=4, lease_seconds=60)
+        _tokens(box)
+        pipeline, run_id = _opened(config, box, 4)
+        worker = _worker(config, run_id, tmp_path / "w1")
+        _wait_received(box, 10)
+        worker.send_signal(signal.SIGTERM)
+        out = worker.communicate(timeout=60)[0]
+        assert worker.returncode == 3, out
+        states = _settled(config, box, run_id)
+        assert states[DeliveryStatus.PENDING], states  # stopped early
+        started = time.monotonic()
+        rest = _worker(config, run_id, tmp_path / "w2")
+        assert rest.communicate(timeout=120)[0] is not None and rest.returncode == 0
+        assert time.monotonic() - started < 30  # not the 60 s of a lease let lapse
+        pipeline.finish_run(run_id)
+        _assert_once_and_nothing_skipped(pipeline, run_id, box)
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM])
+def test_interrupting_a_run_with_workers(
+    tmp_path: Path, ledger_env: str, how: signal.Signals
+) -> None:
+    """``campaignkit run`` with ``workers = 2`` interrupted mid-send: Ctrl-C (SIGINT to
+    the whole process group, workers included) or SIGTERM to the run's process alone.
+    It ends (exit 3) without hanging, nothing left ``in_flight`` or leased; a resume
+    then sends what is left, each message once."""
+    _fresh_schema(ledger_env)
+    with _slow_box() as box:
+        config = write_campaign(tmp_path / "pg", box)
+        _configure(config, workers=2, shards=4)
+        env = {**os.environ, **box.env(), "COLUMNS": "200"}
+        command = ["run", str(config), "--logical-date", LOGICAL_DATE]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "campaignkit", *command],
+            cwd=config.parent,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            _wait_received(box, 10)
+            if how == signal.SIGINT:
+                os.killpg(proc.pid, signal.SIGINT)
+            else:
+                proc.send_signal(signal.SIGTERM)
+            out = proc.communicate(timeout=60)[0]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        assert proc.returncode == 3, out[-3000:]
+        run_id = _latest_run(ledger_env)
+        _settled(config, box, run_id)
+        code, out = _cli(config, box, "resume", str(config), run_id, env=env)
+        assert code in (0, 1), out[-3000:]
+        states = _settled(config, box, run_id)
+        assert not states[DeliveryStatus.PENDING], states
+        assert max(received(box).values()) == 1
