@@ -293,3 +293,59 @@ def test_interrupting_a_run_with_workers(
         states = _settled(config, box, run_id)
         assert not states[DeliveryStatus.PENDING], states
         assert max(received(box).values()) == 1
+
+
+def test_a_resume_waits_for_live_workers_and_takes_over_from_dead_ones(
+    tmp_path: Path, ledger_env: str
+) -> None:
+    """``campaignkit resume`` (and ``run`` of the same logical date) while a worker
+    sends is refused, nothing sent; once that worker is killed (its leases still live
+    by the clock), a resume takes the run over: everything sent once, nothing left
+    pending, in flight or leased."""
+    _fresh_schema(ledger_env)
+    with _slow_box() as box:
+        config = write_campaign(tmp_path / "pg", box)
+        _configure(config, workers=2, shards=4, lease_seconds=60)
+        _tokens(box)
+        pipeline, run_id = _opened(config, box, 4)
+        pipeline.ledger().close()
+        worker = _worker(config, run_id, tmp_path / "w1")
+        try:
+            _wait_received(box, 5)
+            code, out = _cli(config, box, "resume", str(config), run_id)
+            assert code == 2 and "being sent by worker" in out, out[-3000:]
+            code, out = _cli(config, box, "run", str(config), "--logical-date", LOGICAL_DATE)
+            assert code == 2 and "being sent by worker" in out, out[-3000:]
+        finally:
+            os.kill(worker.pid, signal.SIGKILL)
+            worker.communicate()
+        code, out = _cli(config, box, "resume", str(config), run_id, timeout=150)
+        assert code in (0, 1), out[-3000:]
+        states = _settled(config, box, run_id)
+        assert not states[DeliveryStatus.PENDING], states
+        assert max(received(box).values()) == 1
+
+
+def test_a_run_sent_by_workers_says_what_it_sent(
+    tmp_path: Path, sandbox: Sandbox, ledger_env: str
+) -> None:
+    """``campaignkit resume`` of a run whose workers send everything: its summary
+    counts what they settled this time (the workers' progress reaches the run's
+    process), not ``0`` per channel as if nothing had been sent; the same count tells
+    the CLI whether an error came before or after sending (exit 2 or 3)."""
+    _fresh_schema(ledger_env)
+    config = write_campaign(tmp_path / "pg", sandbox)
+    _configure(config, workers=2, shards=4)
+    _tokens(sandbox)
+    pipeline, run_id = _opened(config, sandbox, 4)
+    code, out = _cli(config, sandbox, "resume", str(config), run_id)
+    assert code == 1, out[-3000:]  # partial: the refused addresses
+    line = next(x for x in out.splitlines() if x.startswith("This time:"))
+    settled = collections.Counter(
+        r.channel
+        for r in pipeline.results(run_id)
+        if r.status in (DeliveryStatus.SENT, DeliveryStatus.FAILED)
+    )
+    assert all(settled[channel] > 50 for channel in CHANNELS), settled
+    for channel in CHANNELS:
+        assert f"{channel} {settled[channel]}" in line, line
