@@ -349,3 +349,42 @@ def test_a_run_sent_by_workers_says_what_it_sent(
     assert all(settled[channel] > 50 for channel in CHANNELS), settled
     for channel in CHANNELS:
         assert f"{channel} {settled[channel]}" in line, line
+
+
+def test_a_lease_that_lapsed_while_its_worker_was_stopped_is_settled_by_the_next(
+    tmp_path: Path, ledger_env: str
+) -> None:
+    """A worker stopped (SIGSTOP) mid-request past its lease while no other worker
+    runs: when it resumes, its outcomes are fenced out and it lets its shards go. Its
+    deliveries left ``in_flight`` must still be settled by the crash rules when the
+    next worker leases those shards; else they stay ``in_flight`` for ever, the shards
+    never become done, and every worker (and the run's process) waits for ever."""
+    _fresh_schema(ledger_env)
+    with _slow_box() as box:
+        config = write_campaign(tmp_path / "pg", box)
+        _configure(config, workers=2, shards=2, lease_seconds=2)
+        _tokens(box)
+        pipeline, run_id = _opened(config, box, 2)
+        stalled = _worker(config, run_id, tmp_path / "stalled")
+        _wait_received(box, 10)
+        time.sleep(0.1)  # requests on their way: answered in 0.3 s
+        os.kill(stalled.pid, signal.SIGSTOP)
+        time.sleep(4)  # past the lease; nobody takes it over meanwhile
+        os.kill(stalled.pid, signal.SIGCONT)
+        try:
+            stalled_out = stalled.communicate(timeout=60)[0]
+        except subprocess.TimeoutExpired:
+            stalled.kill()
+            out = stalled.communicate()[0]
+            pytest.fail("the stalled worker was still waiting after 60 s:\n" + out[-2000:])
+        assert "not recorded" in stalled_out or "neither owns" in stalled_out, stalled_out
+        nxt = _worker(config, run_id, tmp_path / "next")
+        try:
+            out = nxt.communicate(timeout=60)[0]
+        except subprocess.TimeoutExpired:
+            nxt.kill()
+            out = nxt.communicate()[0]
+            pytest.fail("the next worker was still waiting after 60 s:\n" + out[-2000:])
+        assert nxt.returncode == 0, out
+        pipeline.finish_run(run_id)
+        _assert_once_and_nothing_skipped(pipeline, run_id, box)
