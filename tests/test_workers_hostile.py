@@ -388,3 +388,49 @@ def test_a_lease_that_lapsed_while_its_worker_was_stopped_is_settled_by_the_next
         assert nxt.returncode == 0, out
         pipeline.finish_run(run_id)
         _assert_once_and_nothing_skipped(pipeline, run_id, box)
+
+
+def test_workers_on_runs_with_nothing_for_them_exit_cleanly(
+    tmp_path: Path, sandbox: Sandbox, ledger_env: str
+) -> None:
+    """A worker for a run not split into shards, for a finished run, or for
+    ``latest`` when nothing runs: it ends at once (exit 0), says why, sends nothing."""
+    _fresh_schema(ledger_env)
+    config = write_campaign(tmp_path / "pg", sandbox)
+    _configure(config, workers=2)
+    _tokens(sandbox)
+    pipeline = pipeline_of(config, sandbox)
+    run_id = pipeline.open_run(logical_date=datetime.fromisoformat(LOGICAL_DATE)).run_id
+    for channel in CHANNELS:
+        pipeline.plan_channel(run_id, channel)
+    code, out = _cli(config, sandbox, "worker", str(config), "--run", run_id, timeout=60)
+    assert code == 0 and "not split into shards" in out, out
+    for channel in CHANNELS:
+        pipeline.send_slice(run_id, channel)
+    pipeline.finish_run(run_id)
+    code, out = _cli(config, sandbox, "worker", str(config), "--run", run_id, timeout=60)
+    assert code == 0, out
+    code, out = _cli(config, sandbox, "worker", str(config), timeout=60)
+    assert code == 0 and "No running run" in out, out
+    assert max(received(sandbox).values()) == 1
+
+
+def test_a_worker_s_ledger_errors_do_not_show_the_password(
+    tmp_path: Path, sandbox: Sandbox, postgres_url: str
+) -> None:
+    """A worker that cannot reach the ledger (wrong password, server away) says so
+    without the URL's password, at any verbosity."""
+    import urllib.parse
+
+    config = write_campaign(tmp_path / "pg", sandbox)
+    parts = urllib.parse.urlsplit(postgres_url)
+    secret = "s3cr3t-pw-hostile"
+    host = f"ck_user:{secret}@127.0.0.1:{parts.port or 5432}"
+    bad = urllib.parse.urlunsplit(parts._replace(netloc=host))
+    away = urllib.parse.urlunsplit(parts._replace(netloc=f"ck_user:{secret}@127.0.0.1:9"))
+    for url in (bad, away):
+        env = {**os.environ, **sandbox.env(), "CAMPAIGNKIT_LEDGER_URL": url}
+        for verbosity in ([], ["-vv"]):
+            code, out = _cli(config, sandbox, *verbosity, "worker", str(config), env=env)
+            assert code == 2, out
+            assert secret not in out, out
