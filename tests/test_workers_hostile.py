@@ -434,3 +434,49 @@ def test_a_worker_s_ledger_errors_do_not_show_the_password(
             code, out = _cli(config, sandbox, *verbosity, "worker", str(config), env=env)
             assert code == 2, out
             assert secret not in out, out
+
+
+def test_a_canary_then_the_full_run_with_workers(
+    tmp_path: Path, sandbox: Sandbox, ledger_env: str
+) -> None:
+    """``campaignkit run --limit 5`` with ``workers = 2`` (the canary is sent by the
+    run's process), then the same logical date again: the workers send the rest, each
+    message once, nothing left pending, in flight or leased."""
+    _fresh_schema(ledger_env)
+    config = write_campaign(tmp_path / "pg", sandbox)
+    _configure(config, workers=2, shards=4)
+    run = ["run", str(config), "--logical-date", LOGICAL_DATE]
+    code, out = _cli(config, sandbox, *run, "--limit", "5")
+    assert code in (0, 1), out[-3000:]
+    canary = sum(received(sandbox).values())
+    assert 0 < canary <= 5 * len(CHANNELS)
+    code, out = _cli(config, sandbox, *run)
+    assert code == 1, out[-3000:]  # partial: the refused addresses
+    states = _settled(config, sandbox, _latest_run(ledger_env))
+    assert not states[DeliveryStatus.PENDING], states
+    assert sum(received(sandbox).values()) > 250 and max(received(sandbox).values()) == 1
+
+
+def test_workers_under_faulty_providers_send_once_and_keep_tokens_out(
+    tmp_path: Path, sandbox: Sandbox, ledger_env: str
+) -> None:
+    """``campaignkit run`` with ``workers = 2``, retries with delay 0, providers that
+    answer 5xx, drop connections, lose answers of accepted requests, rate limit (429)
+    and echo the credentials in their errors: the run ends, nothing pending, in flight
+    or leased, each message reached its provider at most once, and no token appears
+    in what the run and its workers print."""
+    _fresh_schema(ledger_env)
+    for provider in CHANNELS.values():
+        faults = sandbox.servers[provider].faults
+        faults.seed, faults.error_rate, faults.drop_rate = 7, 0.15, 0.05
+        faults.lost_rate, faults.rate_limit, faults.retry_after = 0.05, 200.0, 0.2
+        faults.echo_credentials = True
+    config = write_campaign(tmp_path / "pg", sandbox)
+    _configure(config, workers=2, shards=4)
+    code, out = _cli(config, sandbox, "-v", "run", str(config), "--logical-date", LOGICAL_DATE)
+    assert code in (0, 1), out[-3000:]
+    states = _settled(config, sandbox, _latest_run(ledger_env))
+    assert not states[DeliveryStatus.PENDING], states
+    assert max(received(sandbox).values()) == 1
+    for token in sandbox.env().values():
+        assert token not in out
