@@ -480,3 +480,46 @@ def test_workers_under_faulty_providers_send_once_and_keep_tokens_out(
     assert max(received(sandbox).values()) == 1
     for token in sandbox.env().values():
         assert token not in out
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def test_a_run_whose_worker_is_killed_sends_everything_once(
+    tmp_path: Path, ledger_env: str
+) -> None:
+    """``campaignkit run`` with ``workers = 2``, one of its workers killed (-9)
+    mid-send: the run ends without hanging, what the dead worker held is taken over
+    once its leases expire, nothing left pending, in flight or leased, nothing sent
+    twice (its in-flight requests re-sent under the same idempotency key, or
+    ``unknown``)."""
+    _fresh_schema(ledger_env)
+    with _slow_box() as box:
+        config = write_campaign(tmp_path / "pg", box)
+        _configure(config, workers=2, shards=4, lease_seconds=3)
+        env = {**os.environ, **box.env(), "COLUMNS": "200"}
+        command = ["run", str(config), "--logical-date", LOGICAL_DATE]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "campaignkit", *command],
+            cwd=config.parent,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            _wait_received(box, 10)
+            workers = _children(proc.pid)
+            assert len(workers) == 2, workers
+            os.kill(workers[0], signal.SIGKILL)
+            out = proc.communicate(timeout=120)[0]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        assert proc.returncode == 1, out[-3000:]  # partial: refused addresses, unknown
+        states = _settled(config, box, _latest_run(ledger_env))
+        assert not states[DeliveryStatus.PENDING], states
+        assert max(received(box).values()) == 1
