@@ -44,6 +44,9 @@ SHARD_SIZE = 10_000
 MAX_SHARDS = 1024
 #: Seconds between two looks at the ledger by a worker with nothing to lease.
 POLL_SECONDS = 1.0
+#: Seconds between two reads of the workers' progress by the run's process (each one
+#: counts the channels' deliveries in the ledger).
+PROGRESS_SECONDS = 5.0
 
 
 def default_shards(audience: int, workers: int) -> int:
@@ -187,8 +190,11 @@ def _run_workers(
     env = {**os.environ, **context.campaign.environ}
     procs = [subprocess.Popen(command, env=env) for _ in range(workers)]
     try:
+        ticked = time.monotonic()
         while any(proc.poll() is None for proc in procs):
-            tick()
+            if time.monotonic() - ticked >= PROGRESS_SECONDS:  # counts scan the channel
+                tick()
+                ticked = time.monotonic()
             time.sleep(POLL_SECONDS)
     except KeyboardInterrupt:
         log.warning("%s: interrupted; stopping the workers", context.run_id)
