@@ -20,14 +20,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 
 from .._engine import ChannelPlan, ProgressCallback, result_from_ledger
 from .._ledger import ShardedLedger, Slice, is_postgres_url, sharded
 from .._ratelimit import SharedRateLimiter
-from .._states import ACTIVE_STATUSES
+from .._states import ACTIVE_STATUSES, FINAL_DELIVERY_STATES
 from ..exceptions import ConfigError
 from ._campaign import Campaign
 from ._reports import call_observer
@@ -44,6 +44,9 @@ SHARD_SIZE = 10_000
 MAX_SHARDS = 1024
 #: Seconds between two looks at the ledger by a worker with nothing to lease.
 POLL_SECONDS = 1.0
+#: Seconds between two reads of the workers' progress by the run's process (each one
+#: counts the channels' deliveries in the ledger).
+PROGRESS_SECONDS = 5.0
 
 
 def default_shards(audience: int, workers: int) -> int:
@@ -120,11 +123,13 @@ def send_run(
     if workers <= 1 or limit is not None:  # a canary is a handful: sent here
         return send_channels(context, plans, limit=limit, progress=progress)
     split_channels(context, plans, workers)
-    interrupted = _run_workers(context, plans, workers)
+    tick = _ledger_progress(context, plans, progress)
+    interrupted = _run_workers(context, plans, workers, tick)
     if not interrupted and not all(_done(context, p) for p in plans):
         # A worker died: its leases expire, and this process takes over what is left.
         log.warning("%s: a worker stopped early; sending what is left here", context.run_id)
         work(context, plans, chunk=None)
+    tick()
     hook = context.campaign.plugin_manager.hook
     for plan in plans:
         result = result_from_ledger(context.ledger, context.run_id, plan.channel)
@@ -132,19 +137,65 @@ def send_run(
     return interrupted
 
 
-def _run_workers(context: RunContext, plans: Sequence[ChannelPlan], workers: int) -> bool:
-    """Start ``workers`` ``campaignkit worker`` processes for the run and wait for them
-    (an interrupt stops them: their in-flight requests finish). Returns whether it was
-    interrupted."""
+def _settled(context: RunContext, plans: Sequence[ChannelPlan]) -> dict[str, int]:
+    """Each channel's deliveries in a final state (sent, failed, skipped), by the ledger."""
+    ledger, run_id = context.ledger, context.run_id
+    return {
+        p.channel.name: sum(
+            n
+            for state, n in ledger.counts(run_id, p.channel.name).states.items()
+            if state in FINAL_DELIVERY_STATES
+        )
+        for p in plans
+    }
+
+
+def _ledger_progress(
+    context: RunContext, plans: Sequence[ChannelPlan], progress: ProgressCallback | None
+) -> Callable[[], None]:
+    """A ``tick()`` that tells ``progress`` what the workers settled since now, read
+    from the ledger: the workers' own progress stays in their processes, and the CLI
+    counts what this session sent (its summary, and whether an error came after
+    sending) from these calls."""
+    if progress is None:
+        return lambda: None
+    before = _settled(context, plans)
+
+    def tick() -> None:
+        try:
+            now = _settled(context, plans)
+        except Exception as exc:  # progress only: the ledger answers again next time
+            log.debug("could not read the run's progress: %s", exc)
+            return
+        for name, done in now.items():
+            if done > before[name]:
+                progress(name, done - before[name])
+
+    return tick
+
+
+def _run_workers(
+    context: RunContext, plans: Sequence[ChannelPlan], workers: int, tick: Callable[[], None]
+) -> bool:
+    """Start ``workers`` ``campaignkit worker`` processes for the run and wait for them,
+    calling ``tick()`` meanwhile (an interrupt stops them: their in-flight requests
+    finish). Returns whether it was interrupted."""
     config = context.campaign.config_file
     assert config is not None  # check_workers said so before the run began
     command = [sys.executable, "-m", "campaignkit", "worker", str(config), "--run", context.run_id]
     for plan in plans:
         command += ["--channel", plan.channel.name]
-    procs = [subprocess.Popen(command, env=os.environ.copy()) for _ in range(workers)]
+    # The campaign's environment (``Pipeline.from_file(env=...)``: an orchestrator's
+    # tokens and ledger URL) over this process's: the workers must read what it read.
+    env = {**os.environ, **context.campaign.environ}
+    procs = [subprocess.Popen(command, env=env) for _ in range(workers)]
     try:
-        for proc in procs:
-            proc.wait()
+        ticked = time.monotonic()
+        while any(proc.poll() is None for proc in procs):
+            if time.monotonic() - ticked >= PROGRESS_SECONDS:  # counts scan the channel
+                tick()
+                ticked = time.monotonic()
+            time.sleep(POLL_SECONDS)
     except KeyboardInterrupt:
         log.warning("%s: interrupted; stopping the workers", context.run_id)
         for proc in procs:

@@ -76,7 +76,8 @@ FENCE = (
 
 _LEASE = (
     "WITH live AS (SELECT 1 FROM runs WHERE id = %(run)s AND status = 'running' FOR SHARE), "
-    "free AS (SELECT shard, COALESCE(token <> %(token)s, FALSE) AS expired FROM shards "
+    "free AS (SELECT shard, COALESCE(token <> %(token)s OR lease_until <= " + NOW + ", FALSE) "
+    "AS expired FROM shards "
     "WHERE run = %(run)s AND channel = %(code)s AND NOT done "
     "AND (token IS NULL OR lease_until <= " + NOW + " OR token = %(token)s) "
     "AND EXISTS (SELECT 1 FROM live) "
@@ -94,8 +95,10 @@ _RELEASE = (
     "UPDATE shards s SET token = NULL, owner = NULL, lease_until = NULL, "
     "done = NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.run = s.run "
     "AND d.channel = s.channel AND d.shard = s.shard "
-    "AND d.state IN ('pending', 'in_flight', 'deferred')) "
-    "WHERE s.run = %s AND s.channel = %s AND s.shard = ANY(%s::int[]) AND s.token = %s"
+    "AND (d.state IN ('pending', 'in_flight') "
+    "OR (d.state = 'deferred' AND d.not_before <= " + NOW + "))) "
+    "WHERE s.run = %s AND s.channel = %s AND s.shard = ANY(%s::int[]) AND s.token = %s "
+    "AND s.lease_until > " + NOW
 )
 _RESERVE = (
     "INSERT INTO rate_budgets AS b (name, tat) VALUES (%(name)s, " + NOW + " + %(cost)s) "
@@ -145,7 +148,9 @@ def lease(
     deliveries settled by the crash rules first (``resend``: back to ``pending``, else
     ``unknown``). Returns the shards leased, in order. Shards the caller holds already
     are leased again: a lease retried after its commit was lost (a server restart)
-    finds what the first try took."""
+    finds what the first try took; but the caller's own lease that expired is taken
+    over as any other (its outcomes were fenced out as it lapsed: what it left
+    ``in_flight`` is settled)."""
     params = {
         "run": run,
         "code": code,
@@ -175,8 +180,17 @@ def renew(conn: Conn, token: str, seconds: float) -> list[tuple[int, int, int]]:
 
 
 def release(conn: Conn, run: int, code: int, shards: Sequence[int], token: str) -> int:
-    """Let go of the leases of ``token`` on ``shards``; a shard with nothing owed left
-    is ``done``. Returns how many were still held."""
+    """Let go of the leases of ``token`` on ``shards``; a shard with nothing owed now
+    is ``done``: deferred deliveries not yet due (quiet hours) do not keep it open, or
+    the workers would wait hours for them where one process ends the run ``deferred``
+    (their release, by a resume, reopens the shards). Returns how many were still
+    held.
+
+    A lease that expired is not let go: it stays as it is, so that whoever leases the
+    shard next sees it taken over from an expired lease and settles what its holder
+    left ``in_flight`` (outcomes fenced out as it lapsed). Cleared, the shard would look
+    never leased, those deliveries would stay ``in_flight`` for ever and the shard
+    never be done: every worker would wait for it."""
     return conn.execute(_RELEASE, (run, code, list(shards), token)).rowcount
 
 

@@ -116,9 +116,7 @@ class Sharding:
         have their ``in_flight`` deliveries settled first (``resend``: back to
         ``pending``, for a provider with idempotency keys; else ``unknown``)."""
         run, code = self._key(run_id, channel)
-        if self._worker is None:
-            self._worker = Owner.claim()
-        worker = self._worker
+        worker = self._worker_identity()
         shards = self._do(
             lambda c: _leases.lease(
                 c,
@@ -135,9 +133,19 @@ class Sharding:
             self._lost.discard(run_id)
             with self._held_lock:
                 self._held.setdefault((run, code), set()).update(shards)
-            if self._lease_beat is None:
-                self._lease_beat = LeaseBeat(self, self.lease_seconds)
+                if self._lease_beat is None:  # one beat, however many threads lease
+                    self._lease_beat = LeaseBeat(self, self.lease_seconds)
         return shards
+
+    def _worker_identity(self) -> Owner:
+        """This ledger object's one worker identity, made by the first lease. Under the
+        lock: a worker's channel threads lease at the same instant, and a second identity
+        would fence the first one's threads out of the shards they leased (and leave
+        those leased, unrenewed, until they expire)."""
+        with self._held_lock:
+            if self._worker is None:
+                self._worker = Owner.claim()
+            return self._worker
 
     def release_shards(self, run_id: str, channel: str, shards: Sequence[int]) -> int:
         """Let go of this worker's leases on ``shards`` (those with nothing owed left
