@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     results = run_rounds(configs, a.rounds)
     base = configs[0].name
     rows = summarize(results, "msgs_per_s", baseline=base)
-    print_table(rows, "msg/s", baseline=base, columns=(("secs", "seconds", "{:.1f}"),))
+    columns = (("secs", "seconds", "{:.1f}"), ("box_pct", "box%", "{:.0f}"))
+    print_table(rows, "msg/s", baseline=base, columns=columns)
     by_name = {r.name: r for r in rows}
     two, four = by_name.get("workers=2"), by_name.get("workers=4")
     if two is not None:

@@ -188,7 +188,11 @@ def _run_workers(
     # The campaign's environment (``Pipeline.from_file(env=...)``: an orchestrator's
     # tokens and ledger URL) over this process's: the workers must read what it read.
     env = {**os.environ, **context.campaign.environ}
-    procs = [subprocess.Popen(command, env=env) for _ in range(workers)]
+    # In a session of their own: a Ctrl-C at the terminal reaches this process only,
+    # which stops the workers once (SIGTERM), rather than each getting two interrupts.
+    procs = [
+        subprocess.Popen(command, env=env, start_new_session=True) for _ in range(workers)
+    ]
     try:
         ticked = time.monotonic()
         while any(proc.poll() is None for proc in procs):
