@@ -7,7 +7,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from datetime import UTC, datetime
@@ -23,7 +23,7 @@ from .._redact import redact
 from ._reports import call_observer, run_status, stored_stats
 from ._steps import RunContext, run_dir
 
-__all__ = ["finish_run", "send_channels", "send_slice", "start_sending"]
+__all__ = ["finish_run", "in_parallel", "send_channels", "send_slice", "start_sending"]
 
 log = logging.getLogger("campaignkit")
 
@@ -141,21 +141,36 @@ def send_channels(
         )
         call_observer(hook.campaignkit_channel_finished, run_id=context.run_id, result=result)
 
-    workers = min(len(plans), campaign.execution.max_workers or len(plans)) or 1
+    threads = min(len(plans), campaign.execution.max_workers or len(plans)) or 1
+    return in_parallel(context, plans, send, threads=threads, cancel=cancel, name="ck-channel")
+
+
+def in_parallel(
+    context: RunContext,
+    plans: Sequence[ChannelPlan],
+    send: Callable[[ChannelPlan], None],
+    *,
+    threads: int,
+    cancel: threading.Event,
+    name: str,
+) -> bool:
+    """``send(plan)`` for every plan, on ``threads`` threads. An interrupt sets
+    ``cancel`` (no batch is started any more) and waits for them: the requests in
+    flight finish and are recorded. A channel that crashed is logged. Returns whether
+    it was interrupted."""
     interrupted = False
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ck-channel") as pool:
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name) as pool:
         futures = {p.channel.name: pool.submit(send, p) for p in plans}
         try:
             futures_wait(futures.values())
         except KeyboardInterrupt:
-            # Stop starting batches; in-flight requests finish and are recorded.
             log.warning("%s: interrupted; finishing in-flight requests", context.run_id)
             cancel.set()
             interrupted = True
             futures_wait(futures.values())
-        for name, future in futures.items():
+        for channel, future in futures.items():
             if future.exception() is not None:
-                log.error("channel %s crashed", name, exc_info=future.exception())
+                log.error("channel %s crashed", channel, exc_info=future.exception())
     return interrupted
 
 

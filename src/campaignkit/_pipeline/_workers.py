@@ -21,8 +21,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import wait as futures_wait
 
 from .._engine import ChannelPlan, ProgressCallback, result_from_ledger
 from .._ledger import ShardedLedger, Slice, is_postgres_url, sharded
@@ -31,7 +29,7 @@ from .._states import ACTIVE_STATUSES, FINAL_DELIVERY_STATES
 from ..exceptions import ConfigError
 from ._campaign import Campaign
 from ._reports import call_observer
-from ._sending import send_channels, send_slice
+from ._sending import in_parallel, send_channels, send_slice
 from ._steps import RunContext
 
 __all__ = ["MAX_SHARDS", "SHARD_SIZE", "default_shards", "send_run", "split_channels", "work"]
@@ -235,19 +233,8 @@ def work(
     def one(plan: ChannelPlan) -> None:
         _work_channel(context, ledger, plan, chunk, until_idle, progress, deadline, cancel)
 
-    with ThreadPoolExecutor(max_workers=len(plans) or 1, thread_name_prefix="ck-worker") as pool:
-        futures = {p.channel.name: pool.submit(one, p) for p in plans}
-        try:
-            futures_wait(futures.values())
-        except KeyboardInterrupt:
-            log.warning("%s: interrupted; finishing in-flight requests", context.run_id)
-            cancel.set()
-            futures_wait(futures.values())
-            return True
-    for name, future in futures.items():
-        if future.exception() is not None:
-            log.error("channel %s crashed", name, exc_info=future.exception())
-    return False
+    threads = len(plans) or 1
+    return in_parallel(context, plans, one, threads=threads, cancel=cancel, name="ck-worker")
 
 
 def _work_channel(
