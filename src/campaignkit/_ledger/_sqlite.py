@@ -386,12 +386,7 @@ class SqliteLedger:
         return _queries.suppressions(self._read, kind)
 
     def pending(
-        self,
-        run_id: str,
-        channel: str,
-        part: Slice = WHOLE,
-        *,
-        shards: Sequence[int] | None = None,
+        self, run_id: str, channel: str, part: Slice = WHOLE, *, shards: Sequence[int] | None = None
     ) -> Iterator[PendingDelivery]:
         """Pending deliveries in recipient order: ``(seq, recipient, address, attempts,
         batch)``; streamed; only those of slice ``part`` if given. ``batch`` identifies

@@ -24,7 +24,6 @@ from .._protocol import RejectSink
 from .._schema import timestamp
 from .._types import (
     WHOLE,
-    DeliveryRecord,
     PendingDelivery,
     PlanRow,
     PlanRules,
@@ -433,47 +432,6 @@ class PostgresLedger(Sharding):
         """Forget the slices' outcomes: the run is (re)opened for a new attempt."""
         run = self._run_key(run_id)
         self._do(lambda c: _runs.clear_slices(c, run))
-
-    def mark_in_flight(self, run_id: str, channel: str, seqs: Sequence[int]) -> None:
-        """Mark deliveries in flight as one batch (its id is its first seq); returns
-        once committed (a no-op for a ledger that is not durable). Fenced: only by the
-        holder of the deliveries' shard leases, or the run's owner where no live lease
-        holds them (see :mod:`._leases`).
-
-        Raises:
-            RunOwnershipLost: the fence refused (nothing marked), or an outcome of
-                this run was refused since the last mark.
-        """
-        if not self.durable:
-            return
-        fence = self._fence(run_id, channel, seqs)
-        now = time.time()
-        if run_id in self._lost or not self._do(
-            lambda c: _deliveries.mark_in_flight(c, fence, now), durable=True
-        ):
-            raise self._fenced_out(run_id)
-
-    def record(self, run_id: str, channel: str, rows: Sequence[DeliveryRecord]) -> None:
-        """Record outcomes ``(seq, result, state, transient)`` (one statement);
-        ``transient`` marks a failure that ``retry-failed`` may re-drive. Committed
-        at once, durable by the next :meth:`mark_in_flight` or :meth:`flush`. Fenced
-        as marks are: outcomes the fence refuses are not written (their deliveries
-        stay ``in_flight``, for the new holder to settle by the crash rules) and the
-        next mark raises :class:`RunOwnershipLost`."""
-        now = time.time()
-
-        def fence(seqs: Sequence[int]) -> _deliveries.Fence:
-            return self._fence(run_id, channel, seqs)
-
-        if not self._do(lambda c: _deliveries.record_outcomes(c, fence, rows, now), lazy=True):
-            log.error(
-                "%s/%s: %d outcome(s) not recorded: %s",
-                run_id,
-                channel,
-                len(rows),
-                self._fenced_out(run_id),
-            )
-            self._lost.add(run_id)
 
     def resolve_in_flight(self, run_id: str, channel: str, *, resend: bool) -> int:
         """Settle deliveries left ``in_flight`` by a crash: back to ``pending`` when

@@ -107,15 +107,13 @@ def pending(
     new = tuple.__new__
     rows: Iterator[Sequence[Any]]
     if shards is not None:
+        if part.count != 1:
+            raise ValueError("pending: a slice or shards, not both")
         rows = (
             row
             for shard in sorted(shards)
             for row in pages(do, _PENDING_SHARD, (run, code, shard), _by_seq)
         )
-        if part.count != 1:
-            rows = (
-                r for r in rows if (r[6] if r[6] is not None else r[0]) % part.count == part.index
-            )
     elif part.count == 1:
         rows = pages(do, _PENDING, (run, code), _by_seq)
     else:

@@ -1,17 +1,18 @@
 """:class:`Sharding`, the part of :class:`PostgresLedger` that workers use: shards,
-leases and their heartbeat, fenced writes, and the shared rate budget (the SQL is in
-:mod:`._leases`)."""
+leases and their heartbeat, the fenced writes (marks and outcomes), and the shared
+rate budget (the SQL is in :mod:`._leases`)."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._claims import Owner
 from .._errors import RunOwnershipLost
-from .._types import LeaseInfo
+from .._types import DeliveryRecord, LeaseInfo
 from . import _deliveries, _leases
 
 if TYPE_CHECKING:
@@ -64,9 +65,18 @@ class Sharding:
     _held: dict[tuple[int, int], set[int]]
     _lost: set[str]
 
+    durable: bool
+
     if TYPE_CHECKING:
 
-        def _do(self, op: Callable[[Conn], _T]) -> _T: ...
+        def _do(
+            self,
+            op: Callable[[Conn], _T],
+            *,
+            again: Callable[[Conn], _T] | None = None,
+            lazy: bool = False,
+            durable: bool = False,
+        ) -> _T: ...
 
         def _key(self, run_id: str, channel: str) -> tuple[int, int]: ...
 
@@ -100,6 +110,47 @@ class Sharding:
             f"run {run_id!r}: this process neither owns the run nor holds a live lease "
             "on these deliveries (another process took them over)"
         )
+
+    def mark_in_flight(self, run_id: str, channel: str, seqs: Sequence[int]) -> None:
+        """Mark deliveries in flight as one batch (its id is its first seq); returns
+        once committed (a no-op for a ledger that is not durable). Fenced: only by the
+        holder of the deliveries' shard leases, or the run's owner where no live lease
+        holds them (see :mod:`._leases`).
+
+        Raises:
+            RunOwnershipLost: the fence refused (nothing marked), or an outcome of
+                this run was refused since the last mark.
+        """
+        if not self.durable:
+            return
+        fence = self._fence(run_id, channel, seqs)
+        now = time.time()
+        if run_id in self._lost or not self._do(
+            lambda c: _deliveries.mark_in_flight(c, fence, now), durable=True
+        ):
+            raise self._fenced_out(run_id)
+
+    def record(self, run_id: str, channel: str, rows: Sequence[DeliveryRecord]) -> None:
+        """Record outcomes ``(seq, result, state, transient)`` (one statement);
+        ``transient`` marks a failure that ``retry-failed`` may re-drive. Committed
+        at once, durable by the next :meth:`mark_in_flight` or :meth:`flush`. Fenced
+        as marks are: outcomes the fence refuses are not written (their deliveries
+        stay ``in_flight``, for the new holder to settle by the crash rules) and the
+        next mark raises :class:`RunOwnershipLost`."""
+        now = time.time()
+
+        def fence(seqs: Sequence[int]) -> _deliveries.Fence:
+            return self._fence(run_id, channel, seqs)
+
+        if not self._do(lambda c: _deliveries.record_outcomes(c, fence, rows, now), lazy=True):
+            log.error(
+                "%s/%s: %d outcome(s) not recorded: %s",
+                run_id,
+                channel,
+                len(rows),
+                self._fenced_out(run_id),
+            )
+            self._lost.add(run_id)
 
     # -- shards --------------------------------------------------------------------------
     def plan_shards(self, run_id: str, channel: str, count: int) -> int:
