@@ -35,6 +35,8 @@ os.environ.update(AIRFLOW_ENV)
 
 airflow = pytest.importorskip("airflow", reason="the airflow extra is not installed")
 
+from airflow.sdk import CronDataIntervalTimetable  # noqa: E402
+
 from campaignkit.integrations import tasks  # noqa: E402
 from campaignkit.integrations.airflow import FINISH_TASK, to_dag  # noqa: E402
 
@@ -124,7 +126,9 @@ def arrived(provider: str, since: int = 0) -> Counter[str]:
 
 def counts() -> dict[str, int]:
     """How many messages each fake provider has accepted so far in this process."""
-    return {provider: len(tasks.sandbox().servers[provider].messages) for *_, provider in SENDS.values()}
+    return {
+        provider: len(tasks.sandbox().servers[provider].messages) for *_, provider in SENDS.values()
+    }
 
 
 # -- parsing -------------------------------------------------------------------------------
@@ -155,7 +159,9 @@ def test_the_dag_has_the_campaigns_tasks_and_arguments() -> None:
         assert dag.get_task(results).trigger_rule == "all_done"
     assert dag.get_task(FINISH_TASK).trigger_rule == "all_done"
     assert dag.get_task(FINISH_TASK).downstream_task_ids == set()
-    assert dag.schedule == "@daily"
+    # A logical date is the start of its interval, as campaignkit's (and the CLI's) is.
+    assert isinstance(dag.timetable, CronDataIntervalTimetable)
+    assert (dag.timetable.expression, str(dag.timetable.timezone)) == ("0 0 * * *", "UTC")
     assert dag.start_date == datetime(2024, 1, 1, tzinfo=UTC)
     assert dag.timezone.name == "UTC"
     assert dag.catchup is False

@@ -28,10 +28,19 @@ import contextlib
 import os
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import pendulum
-from airflow.sdk import DAG, Connection, TriggerRule, XComArg, get_current_context, task
+from airflow.sdk import (
+    DAG,
+    Connection,
+    CronDataIntervalTimetable,
+    TriggerRule,
+    XComArg,
+    get_current_context,
+    task,
+)
+from airflow.sdk.definitions.xcom_arg import PlainXComArg
 from airflow.sdk.exceptions import AirflowFailException
 
 from campaignkit.exceptions import (
@@ -89,13 +98,19 @@ def to_dag(campaign: str, *, ledger_conn_id: str | None = None, **overrides: Any
 
 
 def _dag_arguments(spec: Any, campaign: str) -> dict[str, Any]:
-    """The ``DAG`` keyword arguments that the campaign's spec decides."""
+    """The ``DAG`` keyword arguments that the campaign's spec decides.
+
+    The schedule is a ``CronDataIntervalTimetable``: a logical date is the start of its
+    interval, as campaignkit's is (Airflow 3's default for a cron string would make it
+    the fire time, a day later with ``@daily``, and the CLI and Airflow would then take
+    the same day for two different runs).
+    """
     schedule = spec.schedule
     arguments: dict[str, Any] = {
         "dag_id": spec.name,
         "description": spec.description or None,
         "doc_md": _doc_md(spec, campaign),
-        "schedule": schedule.cron,
+        "schedule": CronDataIntervalTimetable(schedule.cron, timezone=schedule.timezone),
         "start_date": _in_zone(schedule.start_date, schedule.timezone),
         "end_date": _in_zone(schedule.end_date, schedule.timezone),
         "catchup": schedule.catchup,
@@ -134,31 +149,29 @@ def _doc_md(spec: Any, campaign: str) -> str:
 
 def _add_tasks(spec: Any, campaign: str, conn_id: str | None) -> None:
     """Add the run's tasks to the DAG being defined."""
-    common = {"campaign": campaign, "conn_id": conn_id}
-    opened = task(_open_run, task_id=spec.extract_task, multiple_outputs=True)(
-        **common, shards=spec.shards
-    )
+    extract = task(task_id=spec.extract_task, multiple_outputs=True)(_open_run)
+    opened = cast(PlainXComArg, extract(campaign=campaign, conn_id=conn_id, shards=spec.shards))
     campaign_run = opened["run_id"]
-    results = []
+    common: dict[str, Any] = {
+        "campaign": campaign,
+        "conn_id": conn_id,
+        "campaign_run": campaign_run,
+    }
+    results: list[XComArg] = []
     for channel in spec.channels:
+        send = task(task_id=channel.send_task, max_active_tis_per_dagrun=spec.parallel_shards)
         sent = (
-            task(
-                _send_shard,
-                task_id=channel.send_task,
-                max_active_tis_per_dagrun=spec.parallel_shards,
-            )
-            .partial(**common, campaign_run=campaign_run, channel=channel.name, shards=spec.shards)
+            send(_send_shard)
+            .partial(**common, channel=channel.name, shards=spec.shards)
             .expand(shard=list(range(spec.shards)))
         )
-        published = task(
-            _channel_results, task_id=channel.results_key, trigger_rule=TriggerRule.ALL_DONE
-        )(**common, campaign_run=campaign_run, channel=channel.name)
+        publish = task(task_id=channel.results_key, trigger_rule=TriggerRule.ALL_DONE)
+        published = publish(_channel_results)(**common, channel=channel.name)
         sent >> published
         results.append(published)
+    finish = task(task_id=FINISH_TASK, trigger_rule=TriggerRule.ALL_DONE)(_finish_run)
     send_tasks = [channel.send_task for channel in spec.channels]
-    finish = task(_finish_run, task_id=FINISH_TASK, trigger_rule=TriggerRule.ALL_DONE)
-    finished: XComArg = finish(**common, campaign_run=campaign_run, send_tasks=send_tasks)
-    results >> finished
+    results >> finish(**common, send_tasks=send_tasks)
 
 
 @contextlib.contextmanager
@@ -192,8 +205,9 @@ def _step(conn_id: str | None) -> Iterator[None]:
 
 
 def _logical_date(context: Mapping[str, Any]) -> datetime:
-    """The campaign's logical date: Airflow's, else the data interval's end, else now."""
-    moment = context.get("logical_date") or context.get("data_interval_end")
+    """The campaign's logical date: Airflow's, else (a manual run without one) the start
+    of the latest complete interval, as ``campaignkit run`` takes it; else now."""
+    moment = context.get("logical_date") or context.get("data_interval_start")
     if moment is None:
         return datetime.now(UTC)
     return datetime.fromtimestamp(moment.timestamp(), UTC)
@@ -253,4 +267,3 @@ def _finish_run(
             f"{unfinished} send task instance(s) did not finish"
         )
     return finished
-
