@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -81,13 +82,14 @@ def campaign_copy(tmp_path: Path, **execution: Any) -> Path:
     return config
 
 
-def dag_file(config: Path, dag_id: str) -> Any:
+def dag_file(config: Path, dag_id: str, **arguments: str) -> Any:
     """A DAG file in the DAGs folder (``dag.test()`` needs it there), imported."""
     path = _HOME / "dags" / f"{dag_id}.py"
+    extra = "".join(f", {key}={value!r}" for key, value in arguments.items())
     path.write_text(
         "from datetime import timedelta\n"
         "from campaignkit.integrations.airflow import to_dag\n"
-        f"dag = to_dag({str(config)!r}, dag_id={dag_id!r}, retry_delay=timedelta(0))\n"
+        f"dag = to_dag({str(config)!r}, dag_id={dag_id!r}, retry_delay=timedelta(0){extra})\n"
     )
     namespace: dict[str, Any] = {"__file__": str(path)}
     exec(compile(path.read_text(), str(path), "exec"), namespace)
@@ -268,3 +270,31 @@ def test_a_logical_date_the_cli_ran_sends_nothing_more_from_airflow(tmp_path: Pa
     values = return_values(run)
     assert values["load_customer_segment_csv"]["status"] == "replay"
     assert values["sms_campaign_results"]["states"]["sent"] > 0
+
+
+@pytest.mark.usefixtures("sandbox_env")
+def test_the_ledger_of_an_airflow_connection_is_used_and_never_shown(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch, capfd: Any
+) -> None:
+    import psycopg
+
+    config = campaign_copy(tmp_path, shards=2)
+    password = f"pw-{secrets.token_hex(8)}"  # the server trusts 127.0.0.1: any password works
+    uri = postgres_url.replace("postgresql://postgres@", f"postgres://postgres:{password}@")
+    assert password in uri
+    monkeypatch.setenv("AIRFLOW_CONN_CAMPAIGNKIT_LEDGER", uri)
+    monkeypatch.delenv("CAMPAIGNKIT_LEDGER_URL", raising=False)
+    dag = dag_file(config, "ck_connection", ledger_conn_id="campaignkit_ledger")
+    run = dag.test(logical_date=DAY)
+    assert run.state == "success"
+    assert "CAMPAIGNKIT_LEDGER_URL" not in os.environ
+    values = return_values(run)
+    with psycopg.connect(postgres_url) as connection:
+        found = connection.execute(
+            "SELECT count(*) FROM campaignkit.runs WHERE run_id = %s",
+            (values["load_customer_segment_csv"]["run_id"],),
+        ).fetchone()
+    assert found == (1,)
+    captured = capfd.readouterr()
+    assert password not in captured.out + captured.err
+    assert password not in json.dumps(values)
