@@ -51,6 +51,7 @@ from campaignkit.exceptions import (
     TemplateError,
 )
 from campaignkit.integrations import tasks
+from campaignkit.integrations.tasks import PipelineSpec
 
 __all__ = ["FINISH_TASK", "LEDGER_URL_ENV", "to_dag"]
 
@@ -97,7 +98,7 @@ def to_dag(campaign: str, *, ledger_conn_id: str | None = None, **overrides: Any
     return dag
 
 
-def _dag_arguments(spec: Any, campaign: str) -> dict[str, Any]:
+def _dag_arguments(spec: PipelineSpec, campaign: str) -> dict[str, Any]:
     """The ``DAG`` keyword arguments that the campaign's spec decides.
 
     The schedule is a ``CronDataIntervalTimetable``: a logical date is the start of its
@@ -129,7 +130,7 @@ def _in_zone(moment: datetime | None, timezone: str) -> pendulum.DateTime | None
     return pendulum.instance(moment).in_timezone(pendulum.timezone(timezone))
 
 
-def _doc_md(spec: Any, campaign: str) -> str:
+def _doc_md(spec: PipelineSpec, campaign: str) -> str:
     """The DAG's documentation in the Airflow UI: what the campaign is and sends."""
     channels = ", ".join(channel.name for channel in spec.channels)
     lines = [
@@ -147,7 +148,7 @@ def _doc_md(spec: Any, campaign: str) -> str:
     return "\n".join(lines)
 
 
-def _add_tasks(spec: Any, campaign: str, conn_id: str | None) -> None:
+def _add_tasks(spec: PipelineSpec, campaign: str, conn_id: str | None) -> None:
     """Add the run's tasks to the DAG being defined."""
     extract = task(task_id=spec.extract_task, multiple_outputs=True)(_open_run)
     opened = cast(PlainXComArg, extract(campaign=campaign, conn_id=conn_id, shards=spec.shards))
