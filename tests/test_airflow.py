@@ -324,3 +324,13 @@ def test_the_ledger_of_an_airflow_connection_is_used_and_never_shown(
     shown = "".join(capfd.readouterr()) + json.dumps(values)
     assert password not in shown
     assert not [token for token in tokens.values() if token in shown]
+
+
+@pytest.mark.usefixtures("sandbox_env")
+def test_a_run_without_a_logical_date_takes_the_latest_complete_interval(tmp_path: Path) -> None:
+    config = campaign_copy(tmp_path)
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    run = dag_file(config, "ck_no_date").test(logical_date=None)
+    opened = return_values(run)["load_customer_segment_csv"]
+    # As `campaignkit run` without --logical-date: yesterday's interval, by its start.
+    assert opened["logical_date"] == (today - timedelta(days=1)).isoformat()

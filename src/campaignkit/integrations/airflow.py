@@ -206,12 +206,29 @@ def _step(conn_id: str | None) -> Iterator[None]:
 
 
 def _logical_date(context: Mapping[str, Any]) -> datetime:
-    """The campaign's logical date: Airflow's, else (a manual run without one) the start
-    of the latest complete interval, as ``campaignkit run`` takes it; else now."""
+    """The campaign's logical date: Airflow's; for a run without one (a manual trigger),
+    the start of the latest complete interval when it was triggered, as ``campaignkit
+    run`` takes it (the same trigger twice is then the same run, never a second send)."""
     moment = context.get("logical_date") or context.get("data_interval_start")
     if moment is None:
-        return datetime.now(UTC)
+        moment = _latest_interval_start(context)
     return datetime.fromtimestamp(moment.timestamp(), UTC)
+
+
+def _latest_interval_start(context: Mapping[str, Any]) -> datetime:
+    """The start of the cron schedule's latest interval complete at the run's
+    ``run_after`` (Airflow's own inference for a manual run); else ``run_after``."""
+    run_after = getattr(context.get("dag_run"), "run_after", None) or datetime.now(UTC)
+    timetable = getattr(context.get("dag"), "timetable", None)
+    if not isinstance(timetable, CronDataIntervalTimetable):
+        return run_after  # a schedule overridden to something else
+    from airflow.timetables.interval import CronDataIntervalTimetable as Inference
+
+    inference = Inference(timetable.expression, timetable.timezone)
+    start: datetime = inference.infer_manual_data_interval(
+        run_after=pendulum.instance(run_after)
+    ).start
+    return start
 
 
 def _open_run(campaign: str, conn_id: str | None, shards: int) -> dict[str, Any]:
