@@ -31,17 +31,15 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import pendulum
-from airflow.sdk import (
-    DAG,
-    Connection,
-    CronDataIntervalTimetable,
-    TriggerRule,
-    XComArg,
-    get_current_context,
-    task,
-)
+from airflow.sdk import DAG, Connection, TriggerRule, XComArg, get_current_context, task
 from airflow.sdk.definitions.xcom_arg import PlainXComArg
-from airflow.sdk.exceptions import AirflowFailException
+
+try:
+    from airflow.sdk import CronDataIntervalTimetable
+    from airflow.sdk.exceptions import AirflowFailException
+except ImportError:  # Airflow 3.1: these are airflow-core's
+    from airflow.exceptions import AirflowFailException  # type: ignore[no-redef]
+    from airflow.timetables.interval import CronDataIntervalTimetable  # type: ignore[assignment]
 
 from campaignkit.exceptions import (
     AudienceGuardError,
@@ -219,13 +217,14 @@ def _latest_interval_start(context: Mapping[str, Any]) -> datetime:
     """The start of the cron schedule's latest interval complete at the run's
     ``run_after`` (Airflow's own inference for a manual run); else ``run_after``."""
     run_after = getattr(context.get("dag_run"), "run_after", None) or datetime.now(UTC)
-    timetable = getattr(context.get("dag"), "timetable", None)
+    timetable: Any = getattr(context.get("dag"), "timetable", None)
     if not isinstance(timetable, CronDataIntervalTimetable):
         return run_after  # a schedule overridden to something else
-    from airflow.timetables.interval import CronDataIntervalTimetable as Inference
+    if not hasattr(timetable, "infer_manual_data_interval"):  # the SDK's definition
+        from airflow.timetables.interval import CronDataIntervalTimetable as Inference
 
-    inference = Inference(timetable.expression, timetable.timezone)
-    start: datetime = inference.infer_manual_data_interval(
+        timetable = Inference(timetable.expression, timetable.timezone)
+    start: datetime = timetable.infer_manual_data_interval(
         run_after=pendulum.instance(run_after)
     ).start
     return start
