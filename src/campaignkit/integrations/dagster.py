@@ -39,7 +39,13 @@ import dagster as dg
 from campaignkit.exceptions import CampaignKitError, ShardIncomplete
 from campaignkit.integrations import tasks
 
-__all__ = ["CAMPAIGN_TAG", "REPORT_ASSET", "SEGMENT_ASSET", "UnsupportedFieldWarning", "definitions"]
+__all__ = [
+    "CAMPAIGN_TAG",
+    "REPORT_ASSET",
+    "SEGMENT_ASSET",
+    "UnsupportedFieldWarning",
+    "definitions",
+]
 
 #: The asset that opens the run (the seed's extract task).
 SEGMENT_ASSET = "customer_segment_records"
@@ -59,6 +65,15 @@ class _Channel:
 
     name: str
     key: dg.AssetKey
+
+
+@attrs.frozen
+class _Labels:
+    """The campaign's tags, owner and description, on every asset."""
+
+    tags: dict[str, str]
+    owners: list[str] | None
+    description: str | None
 
 
 @attrs.frozen
@@ -136,9 +151,15 @@ def definitions(
 def _partitions(schedule: Any) -> dg.TimeWindowPartitionsDefinition:
     """One partition per interval of the campaign's cron (its start is the logical date),
     from ``start_date`` to the interval that starts at or before ``end_date``."""
-    once_a_day = re.fullmatch(r"@(daily|midnight|weekly|monthly|yearly|annually)|\d+ \d+ .*", schedule.cron)
+    once_a_day = re.fullmatch(
+        r"@(daily|midnight|weekly|monthly|yearly|annually)|\d+ \d+ .*", schedule.cron
+    )
     fmt = "%Y-%m-%d" if once_a_day else "%Y-%m-%d-%H:%M"
-    window = {"cron_schedule": schedule.cron, "start": schedule.start_date, "timezone": schedule.timezone}
+    window = {
+        "cron_schedule": schedule.cron,
+        "start": schedule.start_date,
+        "timezone": schedule.timezone,
+    }
     if schedule.end_date is None:
         return dg.TimeWindowPartitionsDefinition(fmt=fmt, **window)
     open_ended = dg.TimeWindowPartitionsDefinition(fmt=fmt, **window)
@@ -176,14 +197,16 @@ def _warn_unsupported(spec: Any) -> None:
         warnings.warn(f"campaign {name!r}: {problem}", UnsupportedFieldWarning, stacklevel=3)
 
 
-def _segment_asset(built: _Campaign, labels: Mapping[str, Any]) -> dg.AssetsDefinition:
+def _segment_asset(built: _Campaign, labels: _Labels) -> dg.AssetsDefinition:
     """``customer_segment_records``: opens the run of the partition's logical date."""
 
     @dg.asset(
         key=built.key(SEGMENT_ASSET),
         partitions_def=built.partitions,
         group_name=built.name,
-        **labels,
+        tags=labels.tags,
+        owners=labels.owners,
+        description=labels.description,
     )
     def customer_segment_records(context: dg.AssetExecutionContext) -> dg.Output[dict[str, Any]]:
         logical_date: datetime = context.partition_time_window.start
@@ -200,9 +223,7 @@ def _segment_asset(built: _Campaign, labels: Mapping[str, Any]) -> dg.AssetsDefi
     return customer_segment_records
 
 
-def _channel_asset(
-    built: _Campaign, channel: _Channel, labels: Mapping[str, Any]
-) -> dg.AssetsDefinition:
+def _channel_asset(built: _Campaign, channel: _Channel, labels: _Labels) -> dg.AssetsDefinition:
     """One channel's results asset: sends its shards, then reads its outcome."""
 
     @dg.asset(
@@ -211,9 +232,13 @@ def _channel_asset(
         partitions_def=built.partitions,
         group_name=built.name,
         retry_policy=built.retry_policy,
-        **labels,
+        tags=labels.tags,
+        owners=labels.owners,
+        description=labels.description,
     )
-    def results(context: dg.AssetExecutionContext, opened: dict[str, Any]) -> dg.MaterializeResult:
+    def results(
+        context: dg.AssetExecutionContext, opened: dict[str, Any]
+    ) -> dg.MaterializeResult[None]:
         run_id = opened["run_id"]
         sent = 0
         if opened["status"] != "replay":
@@ -226,7 +251,7 @@ def _channel_asset(
     return results
 
 
-def _report_asset(built: _Campaign, labels: Mapping[str, Any]) -> dg.AssetsDefinition:
+def _report_asset(built: _Campaign, labels: _Labels) -> dg.AssetsDefinition:
     """``campaign_run_report``: finishes the run once every channel asset succeeded."""
 
     @dg.asset(
@@ -235,14 +260,18 @@ def _report_asset(built: _Campaign, labels: Mapping[str, Any]) -> dg.AssetsDefin
         deps=[channel.key for channel in built.channels],
         partitions_def=built.partitions,
         group_name=built.name,
-        **labels,
+        tags=labels.tags,
+        owners=labels.owners,
+        description=labels.description,
     )
-    def campaign_run_report(opened: dict[str, Any]) -> dg.MaterializeResult:
+    def campaign_run_report(opened: dict[str, Any]) -> dg.MaterializeResult[None]:
         finished = _step(tasks.finish_run, built.campaign, opened["run_id"])
         metadata = {"run_id": finished["run_id"], "status": finished["status"]}
         if finished["status"] == "failed":
             raise dg.Failure(
-                description=f"run {finished['run_id']} failed", metadata=metadata, allow_retries=False
+                description=f"run {finished['run_id']} failed",
+                metadata=metadata,
+                allow_retries=False,
             )
         return dg.MaterializeResult(metadata=metadata)
 
@@ -290,14 +319,10 @@ def _results_metadata(outcome: Mapping[str, Any], sent_now: int) -> dict[str, An
     return metadata
 
 
-def _labels(tags: Sequence[str], owner: str, description: str) -> dict[str, Any]:
-    """The campaign's tags, owner and description as every asset's labels."""
-    labels: dict[str, Any] = {"tags": {_tag(tag): "" for tag in tags}}
-    if owner:
-        labels["owners"] = [owner if "@" in owner else f"team:{_identifier(owner)}"]
-    if description:
-        labels["description"] = description
-    return labels
+def _labels(tags: Sequence[str], owner: str, description: str) -> _Labels:
+    """The campaign's tags, owner (an e-mail address or a team) and description."""
+    owners = [owner if "@" in owner else f"team:{_identifier(owner)}"] if owner else None
+    return _Labels({_tag(tag): "" for tag in tags}, owners, description or None)
 
 
 def _job_tags(name: str, timeout: timedelta | None) -> dict[str, str]:
