@@ -8,20 +8,13 @@
 
     defs = definitions("campaign.toml")
 
-The graph is the campaign's run steps (:mod:`campaignkit.integrations.tasks`):
 ``customer_segment_records`` opens the run of the partition's logical date (checks,
-extraction, snapshot, every channel's audience), then one asset per channel
-(``email_campaign_results``, ``sms_campaign_results``, ``push_notification_results``)
-sends the channel's shards and reads its outcome from the ledger, then
-``campaign_run_report`` finishes the run once every channel asset has succeeded.
-The ledger is the only truth: a Dagster retry, a re-execution or the same logical date
-run by ``campaignkit run`` sends nothing twice.
-
-Assets are partitioned by the campaign's schedule (one time window per cron interval
-from ``start_date``, to ``end_date`` inclusive); a partition's start is the run's
-logical date, and the schedule is built from the partitioned job. Fields Dagster
-cannot express per job warn with :class:`UnsupportedFieldWarning` when the
-definitions are built.
+extraction, snapshot, audiences); one asset per channel (``email_campaign_results``...)
+sends its shards and reads its outcome from the ledger; ``campaign_run_report`` finishes
+the run once every channel succeeded. The ledger is the only truth: a Dagster retry, a
+re-execution or ``campaignkit run`` of the same logical date sends nothing twice.
+Partitions are the schedule's intervals (a partition's start is the logical date);
+fields Dagster cannot express per job warn (:class:`UnsupportedFieldWarning`).
 """
 
 # No ``from __future__ import annotations``: Dagster reads the assets' annotations at
@@ -118,9 +111,30 @@ def definitions(
     """
     spec = tasks.describe(campaign)
     _warn_unsupported(spec)
+    built = _built(campaign, spec, retry_delay, key_prefix)
+    labels = _labels(spec.tags, spec.owner, spec.description)
+    assets = [_segment_asset(built, labels)]
+    assets += [_channel_asset(built, channel, labels) for channel in built.channels]
+    assets.append(_report_asset(built, labels))
+    job = dg.define_asset_job(
+        built.name,
+        selection=dg.AssetSelection.assets(*assets),
+        description=labels.description,
+        tags=_job_tags(built.name, spec.timeout),
+    )
+    schedules = []
+    if spec.schedule.enabled:
+        schedules.append(dg.build_schedule_from_partitioned_job(job, name=f"{built.name}_schedule"))
+    return dg.Definitions(assets=assets, jobs=[job], schedules=schedules)
+
+
+def _built(
+    campaign: str, spec: Any, retry_delay: timedelta | None, key_prefix: str | Sequence[str] | None
+) -> _Campaign:
+    """What the assets of ``campaign`` (described by ``spec``) share."""
     delay = spec.retry_delay if retry_delay is None else retry_delay
     prefix = (key_prefix,) if isinstance(key_prefix, str) else tuple(key_prefix or ())
-    built = _Campaign(
+    return _Campaign(
         campaign=campaign,
         name=_identifier(spec.name),
         prefix=prefix,
@@ -132,40 +146,28 @@ def definitions(
         retry_policy=dg.RetryPolicy(max_retries=spec.retries, delay=delay.total_seconds()),
         partitions=_partitions(spec.schedule),
     )
-    labels = _labels(spec.tags, spec.owner, spec.description)
-    assets = [_segment_asset(built, labels)]
-    assets += [_channel_asset(built, channel, labels) for channel in built.channels]
-    assets.append(_report_asset(built, labels))
-    job = dg.define_asset_job(
-        built.name,
-        selection=dg.AssetSelection.assets(*assets),
-        description=spec.description or None,
-        tags=_job_tags(built.name, spec.timeout),
-    )
-    schedules = []
-    if spec.schedule.enabled:
-        schedules.append(dg.build_schedule_from_partitioned_job(job, name=f"{built.name}_schedule"))
-    return dg.Definitions(assets=assets, jobs=[job], schedules=schedules)
 
 
 def _partitions(schedule: Any) -> dg.TimeWindowPartitionsDefinition:
     """One partition per interval of the campaign's cron (its start is the logical date),
     from ``start_date`` to the interval that starts at or before ``end_date``."""
-    once_a_day = re.fullmatch(
+    daily = re.fullmatch(
         r"@(daily|midnight|weekly|monthly|yearly|annually)|\d+ \d+ .*", schedule.cron
     )
-    fmt = "%Y-%m-%d" if once_a_day else "%Y-%m-%d-%H:%M"
-    window = {
-        "cron_schedule": schedule.cron,
-        "start": schedule.start_date,
-        "timezone": schedule.timezone,
-    }
+
+    def windows(end: datetime | None = None) -> dg.TimeWindowPartitionsDefinition:
+        return dg.TimeWindowPartitionsDefinition(
+            cron_schedule=schedule.cron,
+            start=schedule.start_date,
+            end=end,
+            timezone=schedule.timezone,
+            fmt="%Y-%m-%d" if daily else "%Y-%m-%d-%H:%M",
+        )
+
     if schedule.end_date is None:
-        return dg.TimeWindowPartitionsDefinition(fmt=fmt, **window)
-    open_ended = dg.TimeWindowPartitionsDefinition(fmt=fmt, **window)
-    last = open_ended.get_partition_key_for_timestamp(schedule.end_date.timestamp())
-    end = open_ended.time_window_for_partition_key(last).end
-    return dg.TimeWindowPartitionsDefinition(fmt=fmt, end=end, **window)
+        return windows()
+    last = windows().get_partition_key_for_timestamp(schedule.end_date.timestamp())
+    return windows(windows().time_window_for_partition_key(last).end)
 
 
 def _warn_unsupported(spec: Any) -> None:
@@ -314,8 +316,6 @@ def _results_metadata(outcome: Mapping[str, Any], sent_now: int) -> dict[str, An
     metadata: dict[str, Any] = {"run_id": outcome["run_id"], "sent_now": sent_now}
     metadata.update({state: int(count) for state, count in sorted(states.items())})
     metadata["reasons"] = dg.MetadataValue.json(dict(sorted(reasons.items())))
-    rows = "\n".join(f"| {reason} | {count} |" for reason, count in sorted(reasons.items()))
-    metadata["reasons_table"] = dg.MetadataValue.md(f"| reason | count |\n| --- | --- |\n{rows}")
     return metadata
 
 
