@@ -8,6 +8,8 @@ CLI ran first sends nothing more."""
 from __future__ import annotations
 
 import collections
+import re
+import runpy
 import shutil
 import subprocess
 import sys
@@ -262,3 +264,34 @@ def test_no_secret_in_metadata(campaign: Path) -> None:
     assert tokens
     shown = repr([e.event_specific_data for e in result.all_events])
     assert not any(token in shown for token in tokens)
+
+
+# -- the documentation's examples ---------------------------------------------------------------
+def snippet(marker: str) -> str:
+    """The fenced block after ``<!-- doctest: marker -->`` in docs/dagster.md."""
+    text = (Path(__file__).parent.parent / "docs" / "dagster.md").read_text()
+    found = re.search(rf"<!-- doctest: {re.escape(marker)} -->\n```python\n(.*?)```", text, re.S)
+    assert found, f"no doctest block {marker!r} in docs/dagster.md"
+    return found.group(1)
+
+
+def test_the_documented_code_location_and_the_example_load(campaign: Path) -> None:
+    code = snippet("dagster-definitions")
+    example = Path(__file__).parent.parent / "examples" / "dagster" / "definitions.py"
+    (campaign.parent / "definitions.py").write_text(code)
+    with pytest.warns(UnsupportedFieldWarning, match="max_active_runs"):
+        documented = runpy.run_path(str(campaign.parent / "definitions.py"))
+    with pytest.warns(UnsupportedFieldWarning, match="max_active_runs"):
+        shipped = runpy.run_path(str(example))
+    for namespace in (documented, shipped):
+        job = namespace["defs"].resolve_job_def("multi_channel_marketing_campaign")
+        assert len(job.asset_layer.executable_asset_keys) == 5
+
+
+def test_the_documented_rehearsal_runs(
+    campaign: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(campaign.parent)
+    with pytest.warns(UnsupportedFieldWarning, match="max_active_runs"):
+        exec(compile(snippet("dagster-rehearsal"), "docs/dagster.md", "exec"), {})
+    assert capsys.readouterr().out.splitlines()[-1] == "True partial"
