@@ -21,7 +21,7 @@ fields Dagster cannot express per job warn (:class:`UnsupportedFieldWarning`).
 # definition time (the ``context`` parameter's type must be a class, not a string).
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
@@ -81,10 +81,29 @@ class _Campaign:
     parallel_shards: int
     retry_policy: dg.RetryPolicy
     partitions: dg.TimeWindowPartitionsDefinition
+    labels: _Labels
 
     def key(self, name: str) -> dg.AssetKey:
         """The asset key ``name`` under this campaign's prefix."""
         return dg.AssetKey([*self.prefix, name])
+
+    def asset(
+        self, key: dg.AssetKey, *, deps: Sequence[dg.AssetKey] = (), retry: bool = False
+    ) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
+        """The decorator of this campaign's asset ``key`` (partitioned, labelled), which
+        takes the run opened by the segment asset as input ``opened`` unless it is it."""
+        segment = self.key(SEGMENT_ASSET)
+        return dg.asset(
+            key=key,
+            ins={} if key == segment else {"opened": dg.AssetIn(key=segment)},
+            deps=deps,
+            partitions_def=self.partitions,
+            group_name=self.name,
+            retry_policy=self.retry_policy if retry else None,
+            tags=self.labels.tags,
+            owners=self.labels.owners,
+            description=self.labels.description,
+        )
 
 
 def definitions(
@@ -112,14 +131,13 @@ def definitions(
     spec = tasks.describe(campaign)
     _warn_unsupported(spec)
     built = _built(campaign, spec, retry_delay, key_prefix)
-    labels = _labels(spec.tags, spec.owner, spec.description)
-    assets = [_segment_asset(built, labels)]
-    assets += [_channel_asset(built, channel, labels) for channel in built.channels]
-    assets.append(_report_asset(built, labels))
+    assets = [_segment_asset(built)]
+    assets += [_channel_asset(built, channel) for channel in built.channels]
+    assets.append(_report_asset(built))
     job = dg.define_asset_job(
         built.name,
         selection=dg.AssetSelection.assets(*assets),
-        description=labels.description,
+        description=built.labels.description,
         tags=_job_tags(built.name, spec.timeout),
     )
     schedules = []
@@ -145,6 +163,7 @@ def _built(
         parallel_shards=spec.parallel_shards,
         retry_policy=dg.RetryPolicy(max_retries=spec.retries, delay=delay.total_seconds()),
         partitions=_partitions(spec.schedule),
+        labels=_labels(spec.tags, spec.owner, spec.description),
     )
 
 
@@ -199,45 +218,23 @@ def _warn_unsupported(spec: Any) -> None:
         warnings.warn(f"campaign {name!r}: {problem}", UnsupportedFieldWarning, stacklevel=3)
 
 
-def _segment_asset(built: _Campaign, labels: _Labels) -> dg.AssetsDefinition:
+def _segment_asset(built: _Campaign) -> dg.AssetsDefinition:
     """``customer_segment_records``: opens the run of the partition's logical date."""
 
-    @dg.asset(
-        key=built.key(SEGMENT_ASSET),
-        partitions_def=built.partitions,
-        group_name=built.name,
-        tags=labels.tags,
-        owners=labels.owners,
-        description=labels.description,
-    )
+    @built.asset(built.key(SEGMENT_ASSET))
     def customer_segment_records(context: dg.AssetExecutionContext) -> dg.Output[dict[str, Any]]:
         logical_date: datetime = context.partition_time_window.start
         opened = _step(tasks.open_run, built.campaign, logical_date)
-        metadata = {
-            "run_id": opened["run_id"],
-            "logical_date": opened["logical_date"],
-            "status": opened["status"],
-            "extracted": opened["extracted"],
-            "rejected": opened["rejected"],
-        }
-        return dg.Output(opened, metadata=metadata)
+        shown = ("run_id", "logical_date", "status", "extracted", "rejected")
+        return dg.Output(opened, metadata={key: opened[key] for key in shown})
 
     return customer_segment_records
 
 
-def _channel_asset(built: _Campaign, channel: _Channel, labels: _Labels) -> dg.AssetsDefinition:
+def _channel_asset(built: _Campaign, channel: _Channel) -> dg.AssetsDefinition:
     """One channel's results asset: sends its shards, then reads its outcome."""
 
-    @dg.asset(
-        key=channel.key,
-        ins={"opened": dg.AssetIn(key=built.key(SEGMENT_ASSET))},
-        partitions_def=built.partitions,
-        group_name=built.name,
-        retry_policy=built.retry_policy,
-        tags=labels.tags,
-        owners=labels.owners,
-        description=labels.description,
-    )
+    @built.asset(channel.key, retry=True)
     def results(
         context: dg.AssetExecutionContext, opened: dict[str, Any]
     ) -> dg.MaterializeResult[None]:
@@ -253,28 +250,16 @@ def _channel_asset(built: _Campaign, channel: _Channel, labels: _Labels) -> dg.A
     return results
 
 
-def _report_asset(built: _Campaign, labels: _Labels) -> dg.AssetsDefinition:
+def _report_asset(built: _Campaign) -> dg.AssetsDefinition:
     """``campaign_run_report``: finishes the run once every channel asset succeeded."""
 
-    @dg.asset(
-        key=built.key(REPORT_ASSET),
-        ins={"opened": dg.AssetIn(key=built.key(SEGMENT_ASSET))},
-        deps=[channel.key for channel in built.channels],
-        partitions_def=built.partitions,
-        group_name=built.name,
-        tags=labels.tags,
-        owners=labels.owners,
-        description=labels.description,
-    )
+    @built.asset(built.key(REPORT_ASSET), deps=[channel.key for channel in built.channels])
     def campaign_run_report(opened: dict[str, Any]) -> dg.MaterializeResult[None]:
         finished = _step(tasks.finish_run, built.campaign, opened["run_id"])
         metadata = {"run_id": finished["run_id"], "status": finished["status"]}
         if finished["status"] == "failed":
-            raise dg.Failure(
-                description=f"run {finished['run_id']} failed",
-                metadata=metadata,
-                allow_retries=False,
-            )
+            description = f"run {finished['run_id']} failed"
+            raise dg.Failure(description, metadata=metadata, allow_retries=False)
         return dg.MaterializeResult(metadata=metadata)
 
     return campaign_run_report
