@@ -139,6 +139,14 @@ def test_assets_deps_retry_policy_schedule_and_partitions(campaign: Path) -> Non
     assert partitions.get_first_partition_key() == "2024-01-01"
 
 
+def test_a_key_prefix_keeps_the_graph(campaign: Path) -> None:
+    graph = build(campaign, key_prefix="spring").resolve_asset_graph()
+    segment = dg.AssetKey(["spring", "customer_segment_records"])
+    report = graph.get(dg.AssetKey(["spring", "campaign_run_report"]))
+    assert report.parent_keys == {segment, *(dg.AssetKey(["spring", a]) for a in CHANNELS)}
+    assert graph.get(dg.AssetKey(["spring", "sms_campaign_results"])).parent_keys == {segment}
+
+
 def test_production_retry_delay_is_the_campaigns(campaign: Path) -> None:
     with pytest.warns(UnsupportedFieldWarning, match="max_active_runs=1"):
         defs = definitions(str(campaign))
