@@ -303,3 +303,29 @@ def test_the_documented_rehearsal_runs(
     with pytest.warns(UnsupportedFieldWarning, match="max_active_runs"):
         exec(compile(snippet("dagster-rehearsal"), "docs/dagster.md", "exec"), {})
     assert capsys.readouterr().out.splitlines()[-1] == "True partial"
+
+
+def test_an_error_a_retry_cannot_mend_fails_the_step_once(campaign: Path) -> None:
+    defs = build(campaign)
+    assets = list(defs.assets)
+    with dg.instance_for_test() as instance:
+        first = dg.materialize(
+            assets, instance=instance, partition_key=PARTITION, selection="customer_segment_records"
+        )
+        assert first.success
+        campaign.write_text(
+            campaign.read_text().replace('provider = "twilio"', 'provider = "nope"')
+        )
+        sms = dg.materialize(
+            assets,
+            instance=instance,
+            partition_key=PARTITION,
+            selection="sms_campaign_results",
+            raise_on_error=False,
+        )
+    assert not sms.success
+    kinds = [e.event_type_value for e in sms.all_events if e.step_key == "sms_campaign_results"]
+    assert "STEP_FAILURE" in kinds
+    assert "STEP_RESTARTED" not in kinds and "STEP_UP_FOR_RETRY" not in kinds
+    (failure,) = [e for e in sms.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "ConfigError" in failure.event_specific_data.error.message
