@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .. import CsvSource, Pipeline, PipelineConfig, RunStatus, Schedule, Slice, load_config
+from .._ledger import LedgerError, RunInProgress
 from ..exceptions import ConfigError, ShardIncomplete
 
 if TYPE_CHECKING:
@@ -53,7 +54,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ChannelTask",
+    "LedgerError",
     "PipelineSpec",
+    "RunInProgress",
     "ShardIncomplete",
     "channel_results",
     "describe",
