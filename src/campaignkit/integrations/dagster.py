@@ -29,6 +29,7 @@ from typing import Any
 import attrs
 import dagster as dg
 
+from campaignkit import Schedule
 from campaignkit.exceptions import CampaignKitError, ShardIncomplete
 from campaignkit.integrations import tasks
 
@@ -147,7 +148,10 @@ def definitions(
 
 
 def _built(
-    campaign: str, spec: Any, retry_delay: timedelta | None, key_prefix: str | Sequence[str] | None
+    campaign: str,
+    spec: tasks.PipelineSpec,
+    retry_delay: timedelta | None,
+    key_prefix: str | Sequence[str] | None,
 ) -> _Campaign:
     """What the assets of ``campaign`` (described by ``spec``) share."""
     delay = spec.retry_delay if retry_delay is None else retry_delay
@@ -167,7 +171,7 @@ def _built(
     )
 
 
-def _partitions(schedule: Any) -> dg.TimeWindowPartitionsDefinition:
+def _partitions(schedule: Schedule) -> dg.TimeWindowPartitionsDefinition:
     """One partition per interval of the campaign's cron (its start is the logical date),
     from ``start_date`` to the interval that starts at or before ``end_date``."""
     daily = re.fullmatch(
@@ -189,7 +193,7 @@ def _partitions(schedule: Any) -> dg.TimeWindowPartitionsDefinition:
     return windows(windows().time_window_for_partition_key(last).end)
 
 
-def _warn_unsupported(spec: Any) -> None:
+def _warn_unsupported(spec: tasks.PipelineSpec) -> None:
     """Warn about each campaign field the Dagster job does not express."""
     name, schedule = spec.name, spec.schedule
     problems = []
@@ -239,13 +243,13 @@ def _channel_asset(built: _Campaign, channel: _Channel) -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext, opened: dict[str, Any]
     ) -> dg.MaterializeResult[None]:
         run_id = opened["run_id"]
-        sent = 0
+        before = _step(tasks.channel_results, built.campaign, run_id, channel.name)
         if opened["status"] != "replay":
-            shards = opened["shards"].get(channel.name, ())
-            sent = _send_shards(built, run_id, channel.name, shards)
+            _send_shards(built, run_id, channel.name, opened["shards"].get(channel.name, ()))
         outcome = _step(tasks.channel_results, built.campaign, run_id, channel.name)
         context.log.info("%s of run %s: %s", channel.name, run_id, outcome["states"])
-        return dg.MaterializeResult(metadata=_results_metadata(outcome, sent))
+        sent_now = outcome["states"].get("sent", 0) - before["states"].get("sent", 0)
+        return dg.MaterializeResult(metadata=_results_metadata(outcome, sent_now))
 
     return results
 
@@ -256,8 +260,8 @@ def _report_asset(built: _Campaign) -> dg.AssetsDefinition:
     @built.asset(built.key(REPORT_ASSET), deps=[channel.key for channel in built.channels])
     def campaign_run_report(opened: dict[str, Any]) -> dg.MaterializeResult[None]:
         finished = _step(tasks.finish_run, built.campaign, opened["run_id"])
-        metadata = {"run_id": finished["run_id"], "status": finished["status"]}
-        if finished["status"] == "failed":
+        metadata = {"run_id": finished["run_id"], "status": str(finished["status"])}
+        if metadata["status"] == "failed":
             description = f"run {finished['run_id']} failed"
             raise dg.Failure(description, metadata=metadata, allow_retries=False)
         return dg.MaterializeResult(metadata=metadata)
@@ -265,16 +269,17 @@ def _report_asset(built: _Campaign) -> dg.AssetsDefinition:
     return campaign_run_report
 
 
-def _send_shards(built: _Campaign, run_id: str, channel: str, shards: Sequence[int]) -> int:
+def _send_shards(built: _Campaign, run_id: str, channel: str, shards: Sequence[int]) -> None:
     """Send every shard of ``channel`` (``parallel_shards`` at a time); a shard whose
     transient failures are left raises :class:`ShardIncomplete` after the others were
-    sent, so that Dagster retries the step. Returns the messages sent now."""
+    sent, so that Dagster retries the step."""
     with ThreadPoolExecutor(max_workers=max(1, built.parallel_shards)) as pool:
         futures = [
             pool.submit(_step, tasks.send_shard, built.campaign, run_id, channel, i, built.shards)
             for i in shards
         ]
-    return sum(int(future.result()["sent"]) for future in futures)
+    for future in futures:
+        future.result()
 
 
 def _step(function: Any, *args: Any) -> dict[str, Any]:
