@@ -94,7 +94,7 @@ class _Campaign:
         """The decorator of this campaign's asset ``key`` (partitioned, labelled), which
         takes the run opened by the segment asset as input ``opened`` unless it is it."""
         segment = self.key(SEGMENT_ASSET)
-        return dg.asset(
+        decorator: Callable[[Callable[..., Any]], dg.AssetsDefinition] = dg.asset(
             key=key,
             ins={} if key == segment else {"opened": dg.AssetIn(key=segment)},
             deps=deps,
@@ -105,6 +105,7 @@ class _Campaign:
             owners=self.labels.owners,
             description=self.labels.description,
         )
+        return decorator
 
 
 def definitions(
