@@ -201,8 +201,9 @@ def _warn_unsupported(spec: tasks.PipelineSpec) -> None:
     if spec.max_active_runs is not None:
         problems.append(
             f"max_active_runs={spec.max_active_runs}: Dagster limits concurrent runs per "
-            f"instance, not per job; set tag_concurrency_limits for tag {CAMPAIGN_TAG}={name} "
-            "in dagster.yaml. The ledger still refuses a run over the limit when it opens."
+            "instance, not per job; set tag_concurrency_limits for tag "
+            f"{CAMPAIGN_TAG}={_identifier(name)} in dagster.yaml. The ledger still refuses a "
+            "run over the limit when it opens."
         )
     if spec.depends_on_past:
         problems.append(
