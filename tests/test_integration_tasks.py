@@ -10,6 +10,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,8 @@ def campaign(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The example campaign in a folder of its own, split into 2 shards per channel,
     with the sandbox switch on; the shared sandbox's messages and faults reset."""
     folder = tmp_path / "campaign"
-    shutil.copytree(EXAMPLE, folder)
+    # Not the state a demo run may have left beside the example (its rehearsal ledger).
+    shutil.copytree(EXAMPLE, folder, ignore=shutil.ignore_patterns(".campaignkit", "*-results"))
     config = folder / "campaign.toml"
     text = config.read_text(encoding="utf-8")
     config.write_text(text.replace("[execution]\n", "[execution]\nshards = 2\n", 1), "utf-8")
@@ -228,3 +230,108 @@ def test_a_campaign_by_import_reference(tmp_path: Path, monkeypatch: pytest.Monk
         tasks.describe("my_campaigns:NOT_ONE")
     with pytest.raises(ConfigError, match="cannot import"):
         tasks.describe("no_such_module_here:spring")
+
+
+# -- a run split into shards on PostgreSQL: the tasks of several shards send at once ----
+
+
+@pytest.fixture
+def pg_campaign(
+    campaign: str,
+    postgres_url: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> str:
+    """The example campaign on this session's PostgreSQL database with 2 workers and 4
+    shards per channel, under a name of the test's own (one run per test), as an
+    import reference: a pipeline pointed at the shared sandbox that is not a rehearsal
+    (a rehearsal records into its own SQLite ledger, where tasks take turns)."""
+    config = Path(campaign)
+    name = "pg_" + request.node.name.removeprefix("test_")[:40]
+    text = config.read_text(encoding="utf-8")
+    text = text.replace('name = "multi_channel_marketing_campaign"', f'name = "{name}"', 1)
+    text = text.replace(
+        "[execution]\nshards = 2\n",
+        f'[execution]\nshards = 4\nworkers = 2\nlease_seconds = 2\nledger = "{postgres_url}"\n',
+        1,
+    )
+    config.write_text(text, encoding="utf-8")
+    module = f"ck_pg_{name}"
+    (tmp_path / f"{module}.py").write_text(
+        "import attrs\n"
+        "from campaignkit import Pipeline, Rate, load_config\n"
+        "from campaignkit.testing.sandbox import shared_sandbox\n"
+        "def campaign():\n"
+        "    box = shared_sandbox()\n"
+        f"    config = load_config({str(config)!r})\n"
+        "    channels = tuple(attrs.evolve(c, rate=Rate(), options={**c.options,\n"
+        "        **box.channel_options(c.provider)}) for c in config.channels)\n"
+        "    config = attrs.evolve(config, channels=channels)\n"
+        "    return Pipeline.from_config(config, rehearsal=False, env=box.env(config))\n",
+        encoding="utf-8",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("CAMPAIGNKIT_SANDBOX")
+    return f"{module}:campaign"
+
+
+def send_all_shards(campaign: str, run_id: str, *, attempts: int = 3) -> Counter[str]:
+    """Every shard of every channel, two tasks at a time, each retried as an
+    orchestrator would; returns the attempts per channel."""
+    spec = tasks.describe(campaign)
+    tries: Counter[str] = Counter()
+
+    def task(channel: str, shard: int) -> None:
+        for _ in range(attempts):
+            tries[channel] += 1
+            try:
+                tasks.send_shard(campaign, run_id, channel, shard, spec.shards)
+                return
+            except ShardIncomplete:
+                continue
+
+    jobs = [(c.name, s) for c in spec.channels for s in range(spec.shards)]
+    with ThreadPoolExecutor(max_workers=spec.parallel_shards) as pool:
+        list(pool.map(lambda job: task(*job), jobs))
+    return tries
+
+
+def test_postgres_shards_are_leased_by_tasks_sending_at_once(pg_campaign: str) -> None:
+    spec = tasks.describe(pg_campaign)
+    assert (spec.shards, spec.parallel_shards) == (4, 2)
+    assert tasks.load(pg_campaign).sends_in_shards
+    opened = tasks.open_run(pg_campaign, DATE)
+    assert opened["shards"]["sms"] == [0, 1, 2, 3]
+    shared_sandbox().servers["twilio"].faults.fail_next(503, 503)
+    tries = send_all_shards(pg_campaign, opened["run_id"])
+    assert tries["sms"] > spec.shards  # a shard failed and its retry sent it
+    counts = _recipients(shared_sandbox())
+    assert {p: sum(c.values()) for p, c in counts.items()} == ACCEPTED
+    assert all(n == 1 for c in counts.values() for n in c.values())
+    assert tasks.finish_run(pg_campaign, opened["run_id"])["status"] == "partial"
+    # The same logical date again: a replay, nothing sent.
+    assert tasks.open_run(pg_campaign, DATE)["status"] == "replay"
+    send_all_shards(pg_campaign, opened["run_id"])
+    assert sum(len(s.messages) for s in shared_sandbox().live_servers().values()) == sum(
+        ACCEPTED.values()
+    )
+
+
+def test_postgres_a_shard_leased_elsewhere_waits_for_its_lease(pg_campaign: str) -> None:
+    opened = tasks.open_run(pg_campaign, DATE)
+    run_id = opened["run_id"]
+    other = tasks.load(pg_campaign).ledger()  # another worker, alive, holding shard 0
+    try:
+        assert other.lease_shards(run_id, "push", limit=1, resend=False, only=[0]) == [0]  # type: ignore[attr-defined]
+        with pytest.raises(RunInProgress, match="leased by"):
+            tasks.send_shard(pg_campaign, run_id, "push", 0, 4, wait=0)
+        threading.Timer(1.0, other.release_shards, args=(run_id, "push", [0])).start()  # type: ignore[attr-defined]
+        sent = tasks.send_shard(pg_campaign, run_id, "push", 0, 4, wait=30)
+        assert sent["sent"] > 0
+        # Done: its task run again sends nothing more.
+        before = len(shared_sandbox().servers["expo"].messages)
+        tasks.send_shard(pg_campaign, run_id, "push", 0, 4, wait=0)
+        assert len(shared_sandbox().servers["expo"].messages) == before
+    finally:
+        other.close()
