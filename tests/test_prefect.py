@@ -221,8 +221,10 @@ def test_fields_prefect_cannot_express_warn_when_the_deployment_is_built(campaig
     text = config.read_text(encoding="utf-8")
     text = text.replace("start_date = 2024-01-01T00:00:00Z", "start_date = 2999-01-01T00:00:00Z")
     text = text.replace("catchup = false", "catchup = true\nend_date = 2999-12-31T00:00:00Z")
+    text = text.replace("depends_on_past = false", "depends_on_past = true")
     config.write_text(text, encoding="utf-8")
     with pytest.warns(PrefectFieldWarning) as caught:
         campaign_deployment(campaign)
     said = " ".join(str(w.message) for w in caught)
-    assert "start_date" in said and "end_date" in said and "catchup" in said
+    for field in ("start_date", "end_date", "catchup", "depends_on_past"):
+        assert field in said

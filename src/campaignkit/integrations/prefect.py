@@ -199,6 +199,11 @@ def deployment_warnings(campaign: str, *, now: datetime | None = None) -> list[s
             "schedule.catchup = true: a Prefect deployment never backfills missed intervals; "
             "run them with `campaignkit run --scheduled` or the flow's logical_date parameter"
         )
+    if spec.depends_on_past:
+        notes.append(
+            "execution.depends_on_past = true: Prefect starts a flow run whatever the "
+            "previous one did; `campaignkit run --scheduled` holds such a run back"
+        )
     if getattr(schedule, "max_lateness_minutes", None) is not None:
         notes.append("schedule.max_lateness_minutes: Prefect runs a late flow run anyway")
     return notes
