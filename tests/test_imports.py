@@ -26,6 +26,7 @@ PUBLIC_MODULES = (
     "campaignkit.cli",
     "campaignkit.exceptions",
     "campaignkit.hookspecs",
+    "campaignkit.integrations.tasks",
     "campaignkit.options",
     "campaignkit.testing",
     "campaignkit.testing.sandbox",

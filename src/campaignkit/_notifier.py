@@ -21,6 +21,7 @@ def placeholder_token(use: str) -> Secret:
     as in ``validate-placeholder``)."""
     return Secret(f"{use}-placeholder")
 
+
 ConnT = TypeVar("ConnT")
 T = TypeVar("T")
 

@@ -17,6 +17,8 @@ register their ports here while they run.
 from __future__ import annotations
 
 import collections
+import importlib
+import os
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePath
@@ -26,16 +28,25 @@ from urllib.parse import urlsplit
 import attrs
 
 from ._config import Channel, Execution, PipelineConfig
+from .exceptions import ConfigError
 
 __all__ = [
     "SANDBOX_DIR",
+    "SANDBOX_VARIABLE",
     "is_rehearsal",
     "rehearsal_config",
     "rehearsal_execution",
     "rehearsal_output_root",
     "sandbox_channels",
+    "sandbox_switch",
+    "shared_sandbox",
 ]
 
+#: the environment variable that makes every campaign built from a configuration a
+#: rehearsal against the process's own sandbox (``CAMPAIGNKIT_SANDBOX=1``)
+SANDBOX_VARIABLE = "CAMPAIGNKIT_SANDBOX"
+_ON = frozenset({"1", "true", "yes", "on"})
+_OFF = frozenset({"", "0", "false", "no", "off"})
 #: the folder of a rehearsal's run directories and plans, inside the output directory
 SANDBOX_DIR = "sandbox"
 #: the suffix marking a rehearsal's ledger: ``ledger.db`` -> ``ledger.sandbox.db``
@@ -45,6 +56,32 @@ _LEDGER_MARK = ".sandbox"
 _SANDBOX_HOSTS = frozenset({"127.0.0.1", "localhost"})
 _lock = threading.Lock()
 _live_ports: collections.Counter[int] = collections.Counter()
+
+
+def sandbox_switch(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``CAMPAIGNKIT_SANDBOX`` (in ``environ``, default ``os.environ``) asks
+    for the sandbox: ``1``, ``true``, ``yes`` or ``on`` (any case).
+
+    Raises:
+        ConfigError: another value (a typo must not send for real).
+    """
+    value = (os.environ if environ is None else environ).get(SANDBOX_VARIABLE, "")
+    word = value.strip().lower()
+    if word in _ON or word in _OFF:
+        return word in _ON
+    raise ConfigError(
+        f"{SANDBOX_VARIABLE}={value[:20]!r} is neither on (1, true, yes, on) nor off "
+        "(0, false, no, off, empty)",
+        path=SANDBOX_VARIABLE,
+    )
+
+
+def shared_sandbox() -> Any:
+    """The process's own sandbox (:func:`campaignkit.testing.sandbox.shared_sandbox`),
+    looked up by name: the sandbox package builds pipelines, so it is imported only
+    when a run asks for it."""
+    module = importlib.import_module("campaignkit.testing.sandbox")
+    return module.shared_sandbox()
 
 
 def is_rehearsal(execution: Execution) -> bool:

@@ -181,9 +181,7 @@ class SuppressionEntry:
     column: str | None = None
 
 
-def read_entries(
-    file: str, kind: str, column: str | None = None
-) -> Iterator[SuppressionEntry]:
+def read_entries(file: str, kind: str, column: str | None = None) -> Iterator[SuppressionEntry]:
     """Every entry of the suppression file ``file`` with its line, as written;
     ``kind`` (``email``, ``phone`` or ``push_token``) names the column a CSV file's
     entries are read from when ``column`` is not given.

@@ -8,6 +8,7 @@ Every exception campaignkit raises on purpose derives from :class:`CampaignKitEr
     ├── SourceError              the segment cannot be read (names file, line and column)
     ├── PluginError              a plugin is missing, duplicated or misbehaves
     ├── AudienceGuardError       a pre-send guard stopped the run before anything was sent
+    ├── ShardIncomplete          an orchestrator's send task left messages owed: retry it
     └── DeliveryError            a provider did not accept a batch (raised by channel plugins)
         ├── TransientDeliveryError   worth retrying: timeout, reset, 429, 5xx, SMTP 4xx
         │                            (in_doubt: the provider may have acted on it)
@@ -35,6 +36,7 @@ __all__ = [
     "PermanentDeliveryError",
     "PluginError",
     "Problem",
+    "ShardIncomplete",
     "SourceError",
     "TemplateError",
     "TransientDeliveryError",
@@ -209,6 +211,25 @@ class PluginError(CampaignKitError):
 
 class AudienceGuardError(CampaignKitError):
     """A guard (for example an expected audience size) stopped the run before any send."""
+
+
+class ShardIncomplete(CampaignKitError):
+    """An orchestrator's send task (:func:`campaignkit.integrations.tasks.send_shard`)
+    left messages of its shard owed: transient failures, or a send that stopped early.
+    The orchestrator retries the task (its retries are the campaign's), and the retry
+    sends only what the ledger says is still owed.
+
+    Attributes:
+        channel: the channel.
+        shard: which shard (``"2/4"``: the second of four).
+        owed: how many of its messages are still owed.
+    """
+
+    def __init__(self, message: str, *, channel: str, shard: str, owed: int) -> None:
+        super().__init__(message)
+        self.channel = channel
+        self.shard = shard
+        self.owed = owed
 
 
 class DeliveryError(CampaignKitError):

@@ -149,6 +149,7 @@ class _Parser:
             name=meta.name,
             description=meta.description,
             tags=tuple(meta.tags),
+            owner=meta.owner,
             source=source,
             channels=tuple(channels),
             execution=execution or Execution(),
@@ -226,6 +227,7 @@ class _PipelineMeta:
     name: str = attrs.field(validator=check_name)
     description: str = ""
     tags: list[str] = attrs.field(factory=list)
+    owner: str = ""
 
 
 def load_config(path: str | Path) -> PipelineConfig:

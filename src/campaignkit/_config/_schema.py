@@ -294,6 +294,8 @@ class PipelineConfig:
     channels: tuple[Channel, ...]
     description: str = ""
     tags: tuple[str, ...] = ()
+    #: who answers for the campaign (an orchestrator's task owner)
+    owner: str = ""
     execution: Execution = attrs.field(factory=Execution)
     schedule: Schedule = attrs.field(factory=Schedule)
     base_dir: Path = attrs.field(factory=Path.cwd)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._sql import seq_lists
-from ._types import DeliveryRecord
+from ._types import DeliveryRecord, Slice
 
 __all__ = [
     "mark_in_flight",
@@ -30,7 +30,7 @@ _OUTCOME = (
 _REQUEUE = (
     "UPDATE deliveries SET state = 'pending', reason = NULL "
     "WHERE run = ? AND channel = ? AND ((? AND state = 'failed' AND transient = 1) "
-    "OR (? AND state = 'unknown'))"
+    "OR (? AND state = 'unknown')) AND COALESCE(batch, seq) % ? = ?"
 )
 
 
@@ -110,10 +110,13 @@ def resolve_in_flight(conn: sqlite3.Connection, run: int, code: int, *, resend: 
     ).rowcount
 
 
-def requeue(conn: sqlite3.Connection, run: int, code: int, *, failed: bool, unknown: bool) -> int:
-    """Put transient failures (``failed``) and/or ``unknown`` deliveries back to
-    ``pending``, in one pass over the channel's rows."""
-    return conn.execute(_REQUEUE, (run, code, failed, unknown)).rowcount
+def requeue(
+    conn: sqlite3.Connection, run: int, code: int, *, failed: bool, unknown: bool, part: Slice
+) -> int:
+    """Put transient failures (``failed``) and/or ``unknown`` deliveries of slice
+    ``part`` back to ``pending``, in one pass over the channel's rows."""
+    args = (run, code, failed, unknown, part.count, part.index)
+    return conn.execute(_REQUEUE, args).rowcount
 
 
 def release_deferred(conn: sqlite3.Connection, run: int, code: int, now: float) -> int:

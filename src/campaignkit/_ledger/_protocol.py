@@ -195,9 +195,7 @@ class Ledger(Protocol):
         """Mark deliveries in flight as one batch; returns when the mark is durable."""
         ...
 
-    def record(
-        self, run_id: str, channel: str, rows: Sequence[DeliveryRecord]
-    ) -> None:
+    def record(self, run_id: str, channel: str, rows: Sequence[DeliveryRecord]) -> None:
         """Queue outcomes ``(seq, result, state, transient)``."""
         ...
 
@@ -209,13 +207,24 @@ class Ledger(Protocol):
         """Settle deliveries left ``in_flight`` by a crash; returns how many."""
         ...
 
-    def requeue(self, run_id: str, channel: str, *, failed: bool, unknown: bool) -> int:
-        """Put transient failures and/or ``unknown`` deliveries back to ``pending``."""
+    def requeue(
+        self, run_id: str, channel: str, *, failed: bool, unknown: bool, part: Slice = WHOLE
+    ) -> int:
+        """Put transient failures and/or ``unknown`` deliveries (of slice ``part``)
+        back to ``pending``."""
         ...
 
     # -- reading outcomes
-    def owed(self, run_id: str, channels: Sequence[str], *, failed: bool, unknown: bool) -> int:
-        """How many deliveries a resume of these channels would send."""
+    def owed(
+        self,
+        run_id: str,
+        channels: Sequence[str],
+        *,
+        failed: bool,
+        unknown: bool,
+        part: Slice = WHOLE,
+    ) -> int:
+        """How many deliveries (of slice ``part``) a resume of these channels would send."""
         ...
 
     def counts(self, run_id: str, channel: str) -> DeliveryCounts:

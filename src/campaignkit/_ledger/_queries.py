@@ -149,13 +149,16 @@ def suppressions(
     return [Suppression(r[0], r[1], r[2], r[3]) for r in rows]
 
 
-def owed(conn: sqlite3.Connection, run: int, code: int, *, failed: bool, unknown: bool) -> int:
-    """How many deliveries of one channel a resume would send."""
+def owed(
+    conn: sqlite3.Connection, run: int, code: int, *, failed: bool, unknown: bool, part: Slice
+) -> int:
+    """How many deliveries of one channel's slice ``part`` a resume would send."""
     row = conn.execute(
         "SELECT COUNT(*) FROM deliveries WHERE run = ? AND channel = ? AND ("
         "state IN ('pending', 'in_flight', 'deferred') "
-        "OR (? AND state = 'failed' AND transient = 1) OR (? AND state = 'unknown'))",
-        (run, code, failed, unknown),
+        "OR (? AND state = 'failed' AND transient = 1) OR (? AND state = 'unknown')) "
+        "AND COALESCE(batch, seq) % ? = ?",
+        (run, code, failed, unknown, part.count, part.index),
     ).fetchone()
     return int(row[0])
 

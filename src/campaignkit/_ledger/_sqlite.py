@@ -455,18 +455,30 @@ class SqliteLedger:
         with self._write as conn:
             return _deliveries.resolve_in_flight(conn, run, code, resend=resend)
 
-    def requeue(self, run_id: str, channel: str, *, failed: bool, unknown: bool) -> int:
-        """Put deliveries back to ``pending``: transient failures (``failed``) and/or
-        ``unknown`` ones. Permanent failures are never requeued. Returns the count."""
+    def requeue(
+        self, run_id: str, channel: str, *, failed: bool, unknown: bool, part: Slice = WHOLE
+    ) -> int:
+        """Put deliveries (of slice ``part``) back to ``pending``: transient failures
+        (``failed``) and/or ``unknown`` ones. Permanent failures are never requeued.
+        Returns the count."""
         run, code = self._key(run_id, channel)
         self.flush()
         if not (failed or unknown):
             return 0
         with self._write as conn:  # one pass over the channel's rows
-            return _deliveries.requeue(conn, run, code, failed=failed, unknown=unknown)
+            return _deliveries.requeue(conn, run, code, failed=failed, unknown=unknown, part=part)
 
-    def owed(self, run_id: str, channels: Sequence[str], *, failed: bool, unknown: bool) -> int:
-        """How many deliveries a resume of these channels would send: ``pending``,
+    def owed(
+        self,
+        run_id: str,
+        channels: Sequence[str],
+        *,
+        failed: bool,
+        unknown: bool,
+        part: Slice = WHOLE,
+    ) -> int:
+        """How many deliveries (of slice ``part``) a resume of these channels would
+        send: ``pending``,
         ``in_flight`` and ``deferred`` ones, and transient failures (``failed``) and
         ``unknown`` ones if asked. A channel not planned yet counts as owed (a resume
         plans and sends it)."""
@@ -477,7 +489,7 @@ class SqliteLedger:
             if not self.is_planned(run_id, channel):
                 return total + 1
             code = self._channel_code(run, channel)
-            total += _queries.owed(self._read, run, code, failed=failed, unknown=unknown)
+            total += _queries.owed(self._read, run, code, failed=failed, unknown=unknown, part=part)
         return total
 
     def counts(self, run_id: str, channel: str) -> DeliveryCounts:

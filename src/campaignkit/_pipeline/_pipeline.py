@@ -32,6 +32,8 @@ from .._rehearsal import (
     rehearsal_execution,
     rehearsal_output_root,
     sandbox_channels,
+    sandbox_switch,
+    shared_sandbox,
 )
 from .._schedule import manual_logical_date
 from .._source import Source
@@ -74,6 +76,8 @@ class Pipeline(Checks, RunSteps):
         source: a :class:`~campaignkit.Source`, or a :class:`SourceConfig` naming a
             registered source type.
         channels: the channels; their names must be unique.
+        description, tags: free text and labels (reports, an orchestrator's DAG).
+        owner: who answers for the campaign (an orchestrator's task owner).
         execution: execution parameters.
         schedule: schedule parameters.
         base_dir: directory that relative paths (output dir, source path) are read
@@ -105,6 +109,7 @@ class Pipeline(Checks, RunSteps):
         *,
         description: str = "",
         tags: Sequence[str] = (),
+        owner: str = "",
         execution: Execution | None = None,
         schedule: Schedule | None = None,
         base_dir: str | Path | None = None,
@@ -117,6 +122,7 @@ class Pipeline(Checks, RunSteps):
         self.name = name
         self.description = description
         self.tags = tuple(tags)
+        self.owner = owner
         self.channels = tuple(channels)
         seen: set[str] = set()
         for ch in self.channels:
@@ -161,13 +167,28 @@ class Pipeline(Checks, RunSteps):
     # -- construction --------------------------------------------------------------------
     @classmethod
     def from_config(cls, config: PipelineConfig, **kwargs: Any) -> Pipeline:
-        """Build a pipeline from a structured configuration."""
+        """Build a pipeline from a structured configuration.
+
+        With ``CAMPAIGNKIT_SANDBOX=1`` in the environment (and no ``rehearsal=``
+        given) it is a rehearsal against this process's own loopback sandbox
+        (:func:`~campaignkit.testing.sandbox.shared_sandbox`): its channels point at
+        the fake providers, their tokens are the fakes', and it records into the
+        rehearsal's own state; nothing reaches a real provider.
+
+        Raises:
+            ConfigError: ``CAMPAIGNKIT_SANDBOX`` holds neither an on nor an off value,
+                or the sandbox has no fake for an enabled channel's provider.
+        """
+        sandboxed = kwargs.get("rehearsal") is None and not is_rehearsal(config.execution)
+        if sandboxed and sandbox_switch():
+            config, kwargs = _in_shared_sandbox(config, kwargs)
         pipeline = cls(
             config.name,
             config.source,
             config.channels,
             description=config.description,
             tags=config.tags,
+            owner=config.owner,
             execution=config.execution,
             schedule=config.schedule,
             base_dir=config.base_dir,
@@ -465,3 +486,14 @@ class Pipeline(Checks, RunSteps):
         return ScheduledRuns(
             reports=tuple(reports), skipped=plan.skip, blocked=plan.blocked, next_due=plan.next_due
         )
+
+
+def _in_shared_sandbox(
+    config: PipelineConfig, kwargs: dict[str, Any]
+) -> tuple[PipelineConfig, dict[str, Any]]:
+    """``config`` and the constructor's arguments pointed at the process's sandbox."""
+    sandbox = shared_sandbox()
+    applied = sandbox.apply(config)
+    env = kwargs.get("env")
+    environ = dict(os.environ if env is None else env)
+    return applied, {**kwargs, "env": {**environ, **sandbox.env(applied)}, "rehearsal": True}

@@ -6,13 +6,14 @@ dry run and the ledger's reads."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from .._config import Channel
-from .._engine import ProgressCallback
-from .._ledger import Ledger, LedgerError, RunRecord, Slice
+from .._engine import ProgressCallback, result_from_ledger
+from .._ledger import Ledger, LedgerError, RunInProgress, RunRecord, Slice
 from .._models import ChannelResult, DeliveryResult, RunReport
 from .._schedule import manual_logical_date
 from .._states import ACTIVE_STATUSES, DeliveryCounts
@@ -23,9 +24,12 @@ from . import _workers as workers_module
 from ._campaign import Campaign
 from ._checks import channel_plans
 from ._dry_run import dry_run
-from ._values import OpenedRun, PlanReport
+from ._values import OpenedRun, PlanReport, SendAttempt
 
-__all__ = ["RunSteps"]
+__all__ = ["TURN_POLL_SECONDS", "RunSteps"]
+
+#: how often a step waiting for its turn on a run (another process holds it) asks again
+TURN_POLL_SECONDS = 0.5
 
 
 class RunSteps:
@@ -155,6 +159,34 @@ class RunSteps:
             if not context.ledger.is_planned(run_id, channel):
                 raise LedgerError(f"channel {channel!r} of run {run_id!r} is not planned yet")
             return sending.send_slice(context, plan, part, limit=limit, progress=progress)
+
+    def send_attempt(
+        self: Campaign, run_id: str, channel: str, part: Slice | None = None, *, wait: float = 0.0
+    ) -> SendAttempt:
+        """The send step of an orchestrator's task, which the orchestrator retries (its
+        retries are the campaign's): send what slice ``part`` of the channel still owes,
+        once, without campaignkit's own retry rounds. It first settles what a crashed
+        attempt left in flight (the crash rules) and puts the slice's transient
+        failures back to ``pending``; a finished run whose slice owes some is reopened.
+        The attempt's :attr:`~SendAttempt.transient` failures are what a retry sends.
+
+        Args:
+            wait: seconds to wait for the run while another process holds it (the
+                tasks of one run take turns), polling; 0 raises at once.
+
+        Raises:
+            RunInProgress: another process held the run for all of ``wait``.
+            LedgerError: no such run, or the channel is not planned.
+        """
+        part = part or Slice()
+        plan = self.channel_plan(_enabled(self, channel), self.source.fields())
+        settled = _settled(self, run_id, plan.channel, part)
+        if settled is not None:
+            return SendAttempt(settled)  # a finished run whose slice owes nothing
+        with _turn(self, run_id, wait) as context:
+            if not context.ledger.is_planned(run_id, channel):
+                raise LedgerError(f"channel {channel!r} of run {run_id!r} is not planned yet")
+            return sending.send_attempt(context, plan, part)
 
     def shard_channels(
         self: Campaign, run_id: str, *, workers: int | None = None
@@ -323,15 +355,60 @@ def _running_run(campaign: Campaign, ledger: Ledger, run_id: str) -> RunRecord |
     return running[0] if running else None
 
 
+def _settled(
+    campaign: Campaign, run_id: str, channel: Channel, part: Slice
+) -> ChannelResult | None:
+    """The channel's totals if the run is finished and slice ``part`` owes nothing a
+    retry could send (then a task's attempt has nothing to do), else ``None``."""
+    ledger = campaign.ledger()
+    try:
+        run = ledger.get_run(run_id)
+        if run.pipeline != campaign.name:
+            raise LedgerError(f"run {run_id!r} belongs to pipeline {run.pipeline!r}")
+        if run.status in ACTIVE_STATUSES or not ledger.is_planned(run_id, channel.name):
+            return None
+        if ledger.owed(run_id, [channel.name], failed=True, unknown=False, part=part):
+            return None
+        return result_from_ledger(ledger, run_id, channel)
+    finally:
+        ledger.close()
+
+
 @contextlib.contextmanager
-def _claimed(campaign: Campaign, run_id: str) -> Iterator[steps.RunContext]:
-    """The run, claimed by this process in the campaign's ledger (let go after)."""
+def _turn(campaign: Campaign, run_id: str, wait: float) -> Iterator[steps.RunContext]:
+    """The run claimed by this process as :func:`_claimed`, once no other process
+    holds it (polling for up to ``wait`` seconds); a finished run is taken up again."""
+    deadline = time.monotonic() + wait
+    while True:
+        stack = contextlib.ExitStack()
+        try:
+            context = stack.enter_context(_claimed(campaign, run_id, finished=True))
+        except RunInProgress:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(min(TURN_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+            continue
+        with stack:  # lets the run go, whatever the body raised
+            yield context
+        return
+
+
+@contextlib.contextmanager
+def _claimed(
+    campaign: Campaign, run_id: str, *, finished: bool = False
+) -> Iterator[steps.RunContext]:
+    """The run, claimed by this process in the campaign's ledger (let go after). A
+    finished run raises :class:`LedgerError`, or with ``finished`` is taken up again."""
     _need_ledger(campaign)
     ledger = campaign.ledger()
     try:
         run = ledger.get_run(run_id)
         if run.pipeline != campaign.name:
             raise LedgerError(f"run {run_id!r} belongs to pipeline {run.pipeline!r}")
+        if finished and run.status not in ACTIVE_STATUSES:
+            ledger.claim_run(run_id)  # taken up: finish_run decides its status again
+            yield steps.RunContext(campaign, ledger, run_id)
+            return
         if run.status not in ACTIVE_STATUSES:
             raise LedgerError(
                 f"run {run_id!r} is finished ({run.status}); reopen it (reopen_run) to "

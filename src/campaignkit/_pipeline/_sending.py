@@ -22,8 +22,16 @@ from .._ratelimit import RateLimiter
 from .._redact import redact
 from ._reports import call_observer, run_status, stored_stats
 from ._steps import RunContext, run_dir
+from ._values import SendAttempt
 
-__all__ = ["finish_run", "in_parallel", "send_channels", "send_slice", "start_sending"]
+__all__ = [
+    "finish_run",
+    "in_parallel",
+    "send_attempt",
+    "send_channels",
+    "send_slice",
+    "start_sending",
+]
 
 log = logging.getLogger("campaignkit")
 
@@ -40,6 +48,21 @@ def start_sending(context: RunContext, plans: Sequence[ChannelPlan]) -> None:
     except BaseException as exc:
         context.fail(exc)
         raise
+
+
+def send_attempt(context: RunContext, plan: ChannelPlan, part: Slice) -> SendAttempt:
+    """One attempt of an orchestrator's send task (see :meth:`RunSteps.send_attempt`):
+    settle what a crashed attempt left in flight, put the slice's transient failures
+    back to ``pending``, send the slice once (no retry rounds: the orchestrator's
+    retries are the campaign's) and count what it left for a retry."""
+    ledger, run_id, name = context.ledger, context.run_id, plan.channel.name
+    ledger.resolve_in_flight(run_id, name, resend=plan.notifier.supports_idempotency_keys)
+    ledger.requeue(run_id, name, failed=True, unknown=False, part=part)
+    once = attrs.evolve(plan, retry=attrs.evolve(plan.retry, retries=0))
+    result = send_slice(context, once, part)
+    left = ledger.owed(run_id, [name], failed=True, unknown=False, part=part)
+    transient = left - ledger.owed(run_id, [name], failed=False, unknown=False, part=part)
+    return SendAttempt(result, transient=transient, stopped=result.stopped)
 
 
 def send_slice(

@@ -100,9 +100,7 @@ def run_dir(campaign: Campaign, run_id: str, output_dir: str | Path | None) -> P
     return path
 
 
-def extract_into(
-    campaign: Campaign, ledger: Ledger, run_id: str, rejects: Path
-) -> ExtractionStats:
+def extract_into(campaign: Campaign, ledger: Ledger, run_id: str, rejects: Path) -> ExtractionStats:
     """Read the whole source into the run's snapshot (with its counts, durably);
     rejected rows, repeated customer ids included, go to ``rejects``."""
     return extract(

@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from .._models import Message, RunReport
+from .._models import ChannelResult, Message, RunReport
 from .._schedule import Blocked, Interval
 from .._segment import ExtractionStats
 from ..exceptions import Problem
@@ -21,6 +21,7 @@ __all__ = [
     "RowCheck",
     "RowExample",
     "ScheduledRuns",
+    "SendAttempt",
     "ValidationSummary",
 ]
 
@@ -230,3 +231,24 @@ class OpenedRun:
     replay: RunReport | None = None
     extracted: ExtractionStats | None = None
     earlier_status: str | None = None
+
+
+@attrs.frozen
+class SendAttempt:
+    """What one attempt of an orchestrator's send task did (:meth:`Pipeline.send_attempt`).
+
+    Attributes:
+        result: the channel's totals as the ledger has them after the attempt.
+        transient: transient failures the slice has left (the orchestrator's retry
+            sends them again).
+        stopped: why the send stopped before sending everything owed, if it did.
+    """
+
+    result: ChannelResult
+    transient: int = 0
+    stopped: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Whether the slice owes nothing that a retry could send."""
+        return not self.transient and self.stopped is None

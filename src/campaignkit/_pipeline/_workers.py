@@ -188,9 +188,7 @@ def _run_workers(
     env = {**os.environ, **context.campaign.environ}
     # In a session of their own: a Ctrl-C at the terminal reaches this process only,
     # which stops the workers once (SIGTERM), rather than each getting two interrupts.
-    procs = [
-        subprocess.Popen(command, env=env, start_new_session=True) for _ in range(workers)
-    ]
+    procs = [subprocess.Popen(command, env=env, start_new_session=True) for _ in range(workers)]
     try:
         ticked = time.monotonic()
         while any(proc.poll() is None for proc in procs):

@@ -71,6 +71,8 @@ def sandbox_option(func: Callable[..., Any]) -> Callable[..., Any]:
         "--sandbox",
         "use_sandbox",
         is_flag=True,
+        envvar="CAMPAIGNKIT_SANDBOX",
+        show_envvar=True,
         help="Send to loopback provider sandboxes started in-process (no real provider, "
         "no token needed). Sandbox runs have their own ledger (ledger.sandbox.db) and "
         "run directories (<output_dir>/sandbox/); recorded messages go to "
@@ -83,6 +85,8 @@ def sandbox_ledger_option(func: Callable[..., Any]) -> Callable[..., Any]:
         "--sandbox",
         "use_sandbox",
         is_flag=True,
+        envvar="CAMPAIGNKIT_SANDBOX",
+        show_envvar=True,
         help="Read the sandbox's ledger (runs made with --sandbox).",
     )(func)
 

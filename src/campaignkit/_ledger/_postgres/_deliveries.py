@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .._types import DeliveryRecord
+from .._types import DeliveryRecord, Slice
 from ._leases import FENCE
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ _OUTCOMES = (
 _REQUEUE = (
     "UPDATE deliveries SET state = 'pending', reason = NULL "
     "WHERE run = %s AND channel = %s AND ((%s AND state = 'failed' AND transient = 1) "
-    "OR (%s AND state = 'unknown'))"
+    "OR (%s AND state = 'unknown')) AND COALESCE(batch, seq) %% %s = %s"
 )
 
 
@@ -134,10 +134,11 @@ def resolve_in_flight(conn: Conn, run: int, code: int, *, resend: bool) -> int:
     ).rowcount
 
 
-def requeue(conn: Conn, run: int, code: int, *, failed: bool, unknown: bool) -> int:
-    """Put transient failures (``failed``) and/or ``unknown`` deliveries back to
-    ``pending``, in one pass over the channel's rows."""
-    return conn.execute(_REQUEUE, (run, code, failed, unknown)).rowcount
+def requeue(conn: Conn, run: int, code: int, *, failed: bool, unknown: bool, part: Slice) -> int:
+    """Put transient failures (``failed``) and/or ``unknown`` deliveries of slice
+    ``part`` back to ``pending``, in one pass over the channel's rows."""
+    args = (run, code, failed, unknown, part.count, part.index)
+    return conn.execute(_REQUEUE, args).rowcount
 
 
 def release_deferred(conn: Conn, run: int, code: int, now: float) -> int:

@@ -441,19 +441,32 @@ class PostgresLedger(Sharding):
         self.reopen_shards(run_id, channel)
         return settled
 
-    def requeue(self, run_id: str, channel: str, *, failed: bool, unknown: bool) -> int:
-        """Put transient failures (``failed``) and/or ``unknown`` deliveries back to
-        ``pending`` (never permanent failures). Returns the count."""
+    def requeue(
+        self, run_id: str, channel: str, *, failed: bool, unknown: bool, part: Slice = WHOLE
+    ) -> int:
+        """Put transient failures (``failed``) and/or ``unknown`` deliveries (of slice
+        ``part``) back to ``pending`` (never permanent failures). Returns the count."""
         run, code = self._key(run_id, channel)
         if not (failed or unknown):
             return 0
-        n = self._do(lambda c: _deliveries.requeue(c, run, code, failed=failed, unknown=unknown))
+        requeue = functools.partial(
+            _deliveries.requeue, run=run, code=code, failed=failed, unknown=unknown, part=part
+        )
+        n = self._do(requeue)
         self.reopen_shards(run_id, channel)
         return n
 
-    def owed(self, run_id: str, channels: Sequence[str], *, failed: bool, unknown: bool) -> int:
-        """How many deliveries a resume of these channels would send (a channel not
-        planned yet counts as owed); see ``SqliteLedger.owed``."""
+    def owed(
+        self,
+        run_id: str,
+        channels: Sequence[str],
+        *,
+        failed: bool,
+        unknown: bool,
+        part: Slice = WHOLE,
+    ) -> int:
+        """How many deliveries (of slice ``part``) a resume of these channels would
+        send (a channel not planned yet counts as owed); see ``SqliteLedger.owed``."""
         run = self._run_key(run_id)
         total = 0
         for channel in channels:
@@ -461,7 +474,7 @@ class PostgresLedger(Sharding):
                 return total + 1
             code = self._channel_code(run, channel)
             owed = functools.partial(
-                _queries.owed, run=run, code=code, failed=failed, unknown=unknown
+                _queries.owed, run=run, code=code, failed=failed, unknown=unknown, part=part
             )
             total += self._do(owed)
         return total

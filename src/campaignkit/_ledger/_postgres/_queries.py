@@ -215,13 +215,14 @@ def suppressions(conn: Conn, kind: str | None) -> list[tuple[str, str, str, str 
     return [Suppression(r[0], r[1], r[2], r[3]) for r in rows]
 
 
-def owed(conn: Conn, run: int, code: int, *, failed: bool, unknown: bool) -> int:
-    """How many deliveries of one channel a resume would send."""
+def owed(conn: Conn, run: int, code: int, *, failed: bool, unknown: bool, part: Slice) -> int:
+    """How many deliveries of one channel's slice ``part`` a resume would send."""
     row = conn.execute(
         "SELECT COUNT(*) FROM deliveries WHERE run = %s AND channel = %s AND ("
         "state IN ('pending', 'in_flight', 'deferred') "
-        "OR (%s AND state = 'failed' AND transient = 1) OR (%s AND state = 'unknown'))",
-        (run, code, failed, unknown),
+        "OR (%s AND state = 'failed' AND transient = 1) OR (%s AND state = 'unknown')) "
+        "AND COALESCE(batch, seq) %% %s = %s",
+        (run, code, failed, unknown, part.count, part.index),
     ).fetchone()
     return 0 if row is None else int(row[0])
 

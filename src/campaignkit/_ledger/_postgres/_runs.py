@@ -151,9 +151,7 @@ def take_run(
     ``unfinished``, only a ``running`` run."""
     run = get_run(conn, run_id, lock=True)
     check_claimable(run, run_id, where, unfinished=unfinished)
-    workers = [
-        o for text in _leases.busy_leases(conn, run_id) if (o := Owner.from_text(text))
-    ]
+    workers = [o for text in _leases.busy_leases(conn, run_id) if (o := Owner.from_text(text))]
     if any(o.alive() for o in workers):
         names = ", ".join(sorted({o.describe() for o in workers}))
         raise RunInProgress(f"run {run_id!r} is being sent by worker(s): {names}")

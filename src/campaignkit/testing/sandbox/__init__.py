@@ -26,6 +26,7 @@ hand whose channels point at a running sandbox server is a rehearsal as well.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import threading
@@ -38,7 +39,7 @@ import pluggy
 
 from ..._config import PipelineConfig, load_config
 from ..._models import Rate
-from ..._rehearsal import SANDBOX_DIR, rehearsal_config
+from ..._rehearsal import SANDBOX_DIR, rehearsal_config, sandbox_switch
 from ...exceptions import ConfigError
 from ...hookspecs import hookimpl
 
@@ -78,8 +79,10 @@ __all__ = [
     "Sandbox",
     "SandboxFake",
     "sandbox_fakes",
+    "sandbox_switch",
     "sender_keyword",
     "server_class",
+    "shared_sandbox",
 ]
 
 #: the token variables :meth:`Sandbox.env` sets without a campaign -> their provider.
@@ -304,9 +307,7 @@ class Sandbox:
         """
         if config is None:
             return {
-                var: self.servers[p].token
-                for var, p in DEFAULT_ENV.items()
-                if p in self.providers
+                var: self.servers[p].token for var, p in DEFAULT_ENV.items() if p in self.providers
             }
         return {
             c.token_variable: self.servers[c.provider].token
@@ -435,6 +436,27 @@ class Sandbox:
             p: {"options": self.channel_options(p), "token": s.token}
             for p, s in self.servers.items()
         }
+
+
+_shared: Sandbox | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_sandbox() -> Sandbox:
+    """This process's own sandbox, started lazily on first use (each server when a
+    campaign first points at it) and stopped when the process exits: the one that
+    ``CAMPAIGNKIT_SANDBOX=1`` points every campaign built from a configuration at (an
+    orchestrator's task, an example), so that they run end to end with no token.
+    Tests reach its servers through it::
+
+        shared_sandbox().servers["twilio"].faults.fail_next(503)
+    """
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = Sandbox(lazy=True).start()
+            atexit.register(_shared.stop)
+        return _shared
 
 
 class _RunRecorder:

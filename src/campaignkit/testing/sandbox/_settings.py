@@ -115,9 +115,7 @@ def _non_empty(value: str, what: str, secret: bool) -> str:
     if not value.strip():
         raise SettingError(f"{what} is empty")
     if value != value.strip():
-        raise SettingError(
-            f"{what} has spaces around it" + ("" if secret else f" (got {value!r})")
-        )
+        raise SettingError(f"{what} has spaces around it" + ("" if secret else f" (got {value!r})"))
     return value
 
 
@@ -189,4 +187,3 @@ def fault_values(
             if assignment.provider in (None, provider):
                 out[setting.field] = parse_fault_value(setting, assignment.value)
     return out
-
