@@ -30,12 +30,14 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 prefect = pytest.importorskip("prefect", reason="the prefect extra is not installed")
 
-from prefect import get_client  # noqa: E402
+from prefect import Flow, get_client  # noqa: E402
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId  # noqa: E402
 from prefect.client.schemas.objects import State, TaskRun  # noqa: E402
 from prefect.client.schemas.schedules import CronSchedule  # noqa: E402
+from prefect.flows import load_flow_from_entrypoint  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
+from campaignkit.exceptions import ConfigError  # noqa: E402
 from campaignkit.integrations import tasks  # noqa: E402
 from campaignkit.integrations.prefect import (  # noqa: E402
     CampaignFlowError,
@@ -236,3 +238,26 @@ def test_fields_prefect_cannot_express_warn_when_the_deployment_is_built(campaig
     said = " ".join(str(w.message) for w in caught)
     for field in ("start_date", "end_date", "catchup", "depends_on_past"):
         assert field in said
+
+
+def test_without_a_logical_date_the_flow_takes_the_latest_complete_interval(
+    campaign: str,
+) -> None:
+    flow = campaign_flow(campaign, retry_delay=timedelta(0))
+    state = cast("State[Any]", flow(return_state=True))
+    if not hasattr(tasks, "logical_date"):  # the shared core does not offer it yet
+        assert state.is_failed()
+        with pytest.raises(ConfigError, match="logical_date"):
+            state.result()
+        assert all(arrived(provider) == [] for provider in PROVIDERS.values())
+        return
+    assert state.is_completed()
+    expected = tasks.logical_date(campaign, datetime.now(UTC))
+    assert state.result()["run"]["run_id"].endswith(expected.strftime("%Y%m%dT%H%M%SZ"))
+
+
+def test_a_worker_loads_the_example_flow_from_its_entrypoint() -> None:
+    example = Path(__file__).parent.parent / "examples" / "prefect" / "flow.py"
+    loaded: Flow[..., Any] = load_flow_from_entrypoint(f"{example}:flow")
+    assert loaded.name == "multi_channel_marketing_campaign"
+    assert set(loaded.parameters.properties) == {"logical_date"}
