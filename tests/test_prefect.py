@@ -24,7 +24,8 @@ import pytest
 
 # Before Prefect reads its settings: state in a temporary home, no analytics, and a
 # generous start-up timeout for its temporary server (5-12 s on a loaded 2-core box).
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="ck-prefect-"))
+if "PREFECT_HOME" not in os.environ:
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="ck-prefect-")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
