@@ -38,7 +38,6 @@ from prefect.client.schemas.schedules import CronSchedule  # noqa: E402
 from prefect.flows import load_flow_from_entrypoint  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
-from campaignkit.exceptions import ConfigError  # noqa: E402
 from campaignkit.integrations import tasks  # noqa: E402
 from campaignkit.integrations.prefect import (  # noqa: E402
     CampaignFlowError,
@@ -246,12 +245,6 @@ def test_without_a_logical_date_the_flow_takes_the_latest_complete_interval(
 ) -> None:
     flow = campaign_flow(campaign, retry_delay=timedelta(0))
     state = cast("State[Any]", flow(return_state=True))
-    if not hasattr(tasks, "logical_date"):  # the shared core does not offer it yet
-        assert state.is_failed()
-        with pytest.raises(ConfigError, match="logical_date"):
-            state.result()
-        assert all(arrived(provider) == [] for provider in PROVIDERS.values())
-        return
     assert state.is_completed()
     expected = tasks.logical_date(campaign, datetime.now(UTC))
     assert state.result()["run"]["run_id"].endswith(expected.strftime("%Y%m%dT%H%M%SZ"))

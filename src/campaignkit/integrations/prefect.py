@@ -35,7 +35,7 @@ from prefect.schedules import Cron
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.annotations import allow_failure, unmapped
 
-from campaignkit.exceptions import CampaignKitError, ConfigError
+from campaignkit.exceptions import CampaignKitError
 from campaignkit.integrations import tasks
 
 __all__ = [
@@ -82,24 +82,10 @@ def default_logical_date(campaign: str) -> datetime:
     schedule interval at its scheduled start time (a deployment's schedule fires at an
     interval's end, so this is the interval that just ended), or at now outside a flow
     run, as the CLI picks it. campaignkit's own cron arithmetic decides (never Prefect's):
-    the CLI and Prefect must agree on a date, daylight-saving days included.
-
-    Raises:
-        ConfigError: this campaignkit has no ``tasks.logical_date`` (pass ``logical_date``).
-    """
+    the CLI and Prefect must agree on a date, daylight-saving days included."""
     started = flow_run.scheduled_start_time
     at = datetime.fromisoformat(started.isoformat()) if started else datetime.now(UTC)
-    helper = getattr(tasks, "logical_date", None)
-    if helper is None:
-        raise ConfigError(
-            "campaignkit.integrations.tasks has no logical_date(): pass the flow's "
-            "logical_date parameter",
-            path="logical_date",
-        )
-    date = helper(campaign, _aware(at))
-    if not isinstance(date, datetime):
-        raise TypeError(f"tasks.logical_date returned {type(date).__name__}, not a datetime")
-    return date
+    return tasks.logical_date(campaign, _aware(at))
 
 
 def campaign_flow(campaign: str, *, retry_delay: timedelta | None = None) -> Flow[..., Result]:
