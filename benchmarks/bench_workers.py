@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import secrets
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import Config, Timer, emit, print_table, run_rounds, summarize
+from _harness import Config, Summary, Timer, emit, print_table, run_rounds, summarize
 from gen_segment import ensure_segment
 
 DEFAULT_URL = os.environ.get(
@@ -111,15 +112,50 @@ def one_round(path: str, server: str, workers: int) -> None:
             pipeline.shard_channels(run_id, workers=workers)  # type: ignore[attr-defined]
             me = str(Path(__file__).resolve())
             command = [sys.executable, me, "--work", path, url, out, run_id, str(workers)]
+            children, pg_before = _children_cpu(), _postgres_cpu()
             with Timer() as t:
                 procs = [subprocess.Popen(command) for _ in range(workers)]
                 codes = [p.wait() for p in procs]
+            worker_cpu, server_cpu = _children_cpu() - children, _postgres_cpu() - pg_before
             report = pipeline.finish_run(run_id)  # type: ignore[attr-defined]
     finally:
         _drop(server, name)
     assert codes == [0] * workers, codes
     sent = sum(c.sent for c in report.channels.values())
-    emit(t.result(sent=sent, msgs_per_s=sent / t.secs, status=str(report.status)))
+    emit(
+        t.result(
+            sent=sent,
+            msgs_per_s=sent / t.secs,
+            status=str(report.status),
+            worker_us=worker_cpu / sent * 1e6,
+            server_us=server_cpu / sent * 1e6,
+        )
+    )
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's waited-for children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _postgres_cpu() -> float:
+    """CPU seconds (user + system) of the PostgreSQL server on this machine: its live
+    processes' (backends, WAL writer, checkpointer...) and, through the postmaster's
+    reaped-children counters, those of backends that exited since it started."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # gone since the listing
+        if "(postgres)" not in text[: text.rfind(")") + 1]:
+            continue
+        fields = text[text.rfind(")") + 2 :].split()
+        # utime, stime, cutime, cstime (fields 14 to 17 of the line)
+        total += sum(int(f) for f in fields[11:15])
+    return total / tick
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,15 +184,36 @@ def main(argv: list[str] | None = None) -> int:
     results = run_rounds(configs, a.rounds)
     base = configs[0].name
     rows = summarize(results, "msgs_per_s", baseline=base)
-    columns = (("secs", "seconds", "{:.1f}"), ("box_pct", "box%", "{:.0f}"))
+    columns = (
+        ("secs", "seconds", "{:.1f}"),
+        ("box_pct", "box%", "{:.0f}"),
+        ("worker_us", "worker CPU µs/msg", "{:.1f}"),
+        ("server_us", "PostgreSQL CPU µs/msg", "{:.1f}"),
+    )
     print_table(rows, "msg/s", baseline=base, columns=columns)
     by_name = {r.name: r for r in rows}
     two, four = by_name.get("workers=2"), by_name.get("workers=4")
     if two is not None:
         print(f"workers=2 / workers=1: {two.ratio:.2f}x (goal >= 1.8x)")
+    one = by_name.get(base)
+    if one is not None and two is not None:
+        _bound(one, two)
     if four is not None and two is not None:
         print(f"workers=4 / workers=2: {four.median / two.median:.2f}x (goal: not below 1)")
     return 0
+
+
+def _bound(one: Summary, two: Summary) -> None:
+    """What two workers could reach on this machine's cores, from the measured CPU
+    cost per message: the workers' and the PostgreSQL server's share the cores."""
+    cores = os.cpu_count() or 1
+    worker, server = two.medians["worker_us"], two.medians["server_us"]
+    best = min(2 / worker, cores / (worker + server)) * 1e6
+    print(
+        f"CPU per message with 2 workers: {worker:.1f} µs in the workers + {server:.1f} µs "
+        f"in PostgreSQL; on {cores} cores at most {best:,.0f} msg/s = "
+        f"{best / one.median:.2f}x workers=1"
+    )
 
 
 if __name__ == "__main__":

@@ -251,8 +251,25 @@ class ShardedLedger(Ledger, Protocol):
         """Split the channel's deliveries into ``count`` shards, once; returns the count."""
         ...
 
-    def lease_shards(self, run_id: str, channel: str, *, limit: int, resend: bool) -> list[int]:
-        """Lease up to ``limit`` free shards of the channel (settling those taken over)."""
+    def lease_shards(
+        self,
+        run_id: str,
+        channel: str,
+        *,
+        limit: int,
+        resend: bool,
+        only: Sequence[int] | None = None,
+    ) -> list[int]:
+        """Lease up to ``limit`` free shards of the channel (among ``only`` if given),
+        settling those taken over."""
+        ...
+
+    def requeue_shard(self, run_id: str, channel: str, shard: int) -> int:
+        """Put the shard's transient failures back to ``pending`` (leasable again)."""
+        ...
+
+    def shard_failures(self, run_id: str, channel: str, shard: int) -> int:
+        """The shard's transient failures (what a retry would send again)."""
         ...
 
     def release_shards(self, run_id: str, channel: str, shards: Sequence[int]) -> int:

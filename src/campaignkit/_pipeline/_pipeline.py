@@ -23,7 +23,7 @@ from .._config import (
     load_config,
 )
 from .._engine import ChannelPlan, ProgressCallback
-from .._ledger import Ledger, MaxActiveRunsReached, RunInProgress, open_ledger
+from .._ledger import Ledger, MaxActiveRunsReached, RunInProgress, is_postgres_url, open_ledger
 from .._models import RunReport, Secret
 from .._notifier import Notifier
 from .._plugins import Registry, get_plugin_manager
@@ -292,6 +292,12 @@ class Pipeline(Checks, RunSteps):
     def ledger(self) -> Ledger:
         """Open this pipeline's ledger (the caller closes it)."""
         return open_ledger(self.ledger_location)
+
+    @property
+    def sends_in_shards(self) -> bool:
+        """Whether several processes send this campaign's runs at once: more than one
+        of ``execution.workers`` and a ledger they share (PostgreSQL)."""
+        return self.execution.workers > 1 and is_postgres_url(str(self.ledger_location))
 
     @property
     def rehearsal(self) -> bool:

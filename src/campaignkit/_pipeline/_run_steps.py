@@ -5,31 +5,26 @@ dry run and the ledger's reads."""
 
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .._config import Channel
-from .._engine import ProgressCallback, result_from_ledger
-from .._ledger import Ledger, LedgerError, RunInProgress, RunRecord, Slice
+from .._engine import ProgressCallback
+from .._ledger import Ledger, LedgerError, RunRecord, Slice
 from .._models import ChannelResult, DeliveryResult, RunReport
 from .._schedule import manual_logical_date
 from .._states import ACTIVE_STATUSES, DeliveryCounts
-from ..exceptions import ConfigError
+from . import _attempts as attempts
 from . import _sending as sending
 from . import _steps as steps
 from . import _workers as workers_module
 from ._campaign import Campaign
 from ._checks import channel_plans
+from ._claim import claimed, enabled_channel, need_ledger
 from ._dry_run import dry_run
 from ._values import OpenedRun, PlanReport, SendAttempt
 
-__all__ = ["TURN_POLL_SECONDS", "RunSteps"]
-
-#: how often a step waiting for its turn on a run (another process holds it) asks again
-TURN_POLL_SECONDS = 0.5
+__all__ = ["RunSteps"]
 
 
 class RunSteps:
@@ -66,7 +61,7 @@ class RunSteps:
             ConfigError, TemplateError, SourceError, PluginError: before the run begins.
             RunInProgress, MaxActiveRunsReached: as :meth:`run`.
         """
-        _need_ledger(self)
+        need_ledger(self)
         plans = self.checked_plans()
         date = logical_date or manual_logical_date(self.schedule, datetime.now(UTC))
         ledger = self.ledger()
@@ -100,7 +95,7 @@ class RunSteps:
             LedgerError: no such run, or it belongs to another pipeline.
             RunInProgress: a live process is running it.
         """
-        _need_ledger(self)
+        need_ledger(self)
         plans = channel_plans(self, channels)
         ledger = self.ledger()
         try:
@@ -126,8 +121,8 @@ class RunSteps:
             AudienceGuardError: the audience drifted; the run is recorded ``failed``.
             LedgerError: no such run, or it is finished.
         """
-        plan = self.channel_plan(_enabled(self, channel), self.source.fields())
-        with _claimed(self, run_id) as context:
+        plan = self.channel_plan(enabled_channel(self, channel), self.source.fields())
+        with claimed(self, run_id) as context:
             steps.plan_channel(context, plan, datetime.now(UTC))
             return context.ledger.counts(run_id, channel)
 
@@ -154,8 +149,8 @@ class RunSteps:
         Raises:
             LedgerError: no such run, it is finished, or the channel is not planned.
         """
-        plan = self.channel_plan(_enabled(self, channel), self.source.fields())
-        with _claimed(self, run_id) as context:
+        plan = self.channel_plan(enabled_channel(self, channel), self.source.fields())
+        with claimed(self, run_id) as context:
             if not context.ledger.is_planned(run_id, channel):
                 raise LedgerError(f"channel {channel!r} of run {run_id!r} is not planned yet")
             return sending.send_slice(context, plan, part, limit=limit, progress=progress)
@@ -170,39 +165,39 @@ class RunSteps:
         failures back to ``pending``; a finished run whose slice owes some is reopened.
         The attempt's :attr:`~SendAttempt.transient` failures are what a retry sends.
 
+        When the campaign :attr:`sends_in_shards` (``execution.workers`` above 1 and
+        a PostgreSQL ledger) the run is split into shards (:meth:`shard_channels`):
+        slice ``part`` is then shard
+        ``part.index``, which the attempt leases alone, so that the tasks of several
+        shards send at once, fenced as workers are.
+
         Args:
             wait: seconds to wait for the run while another process holds it (the
-                tasks of one run take turns), polling; 0 raises at once.
+                tasks of one run take turns; a shard's live lease), polling; 0 raises
+                at once.
 
         Raises:
             RunInProgress: another process held the run for all of ``wait``.
             LedgerError: no such run, or the channel is not planned.
         """
-        part = part or Slice()
-        plan = self.channel_plan(_enabled(self, channel), self.source.fields())
-        settled = _settled(self, run_id, plan.channel, part)
-        if settled is not None:
-            return SendAttempt(settled)  # a finished run whose slice owes nothing
-        with _turn(self, run_id, wait) as context:
-            if not context.ledger.is_planned(run_id, channel):
-                raise LedgerError(f"channel {channel!r} of run {run_id!r} is not planned yet")
-            return sending.send_attempt(context, plan, part)
+        return attempts.send_attempt(self, run_id, channel, part or Slice(), wait)
 
     def shard_channels(
-        self: Campaign, run_id: str, *, workers: int | None = None
+        self: Campaign, run_id: str, *, workers: int | None = None, shards: int | None = None
     ) -> dict[str, int]:
-        """Split each enabled channel of a planned run into shards for workers
-        (``execution.shards``, else one per 10,000 recipients and at least four per
-        worker of ``workers``, default ``execution.workers``); once per run. Returns
-        each channel's shard count. Needs a PostgreSQL ledger.
+        """Split each enabled channel of a planned run into ``shards`` shards for
+        workers (default ``execution.shards``, else one per 10,000 recipients and at
+        least four per worker of ``workers``, default ``execution.workers``); once per
+        run. Returns each channel's shard count. Needs a PostgreSQL ledger.
 
         Raises:
             ConfigError: the ledger is SQLite.
             LedgerError: no such run, or it is finished.
         """
         plans = channel_plans(self, None)
-        with _claimed(self, run_id) as context:
-            workers_module.split_channels(context, plans, workers or self.execution.workers)
+        with claimed(self, run_id) as context:
+            count = workers or self.execution.workers
+            workers_module.split_channels(context, plans, count, shards)
             leases = workers_module.need_shards(context).shard_leases(run_id)
         return {p.channel.name: sum(i.channel == p.channel.name for i in leases) for p in plans}
 
@@ -226,7 +221,7 @@ class RunSteps:
             ConfigError: the ledger is SQLite; LedgerError: no such run.
             KeyboardInterrupt: interrupted (in-flight requests finished, leases let go).
         """
-        _need_ledger(self)
+        need_ledger(self)
         plans = channel_plans(self, channels)
         ledger = self.ledger()
         try:
@@ -257,7 +252,7 @@ class RunSteps:
             LedgerError: no such run, it is finished, or it still owes messages
                 (nothing was recorded).
         """
-        with _claimed(self, run_id) as context:
+        with claimed(self, run_id) as context:
             _nothing_unsent(context)
             return sending.finish_run(context, output_dir=output_dir)
 
@@ -300,22 +295,6 @@ class RunSteps:
             ledger.close()
 
 
-def _need_ledger(campaign: Campaign) -> None:
-    if not campaign.execution.ledger:
-        raise ConfigError(
-            "a run driven step by step needs the ledger: the steps hand each other "
-            "what they did through it",
-            path="execution.ledger",
-        )
-
-
-def _enabled(campaign: Campaign, name: str) -> Channel:
-    for channel in campaign.enabled_channels:
-        if channel.name == name:
-            return channel
-    raise ConfigError(f"no enabled channel {name!r}", path="channels")
-
-
 def _nothing_unsent(context: steps.RunContext) -> None:
     """Raise :class:`LedgerError` if the run owes messages that no step tried to send
     (see :meth:`RunSteps.finish_run`)."""
@@ -353,68 +332,3 @@ def _running_run(campaign: Campaign, ledger: Ledger, run_id: str) -> RunRecord |
         return run
     running = [r for r in ledger.list_runs(campaign.name) if r.status in ACTIVE_STATUSES]
     return running[0] if running else None
-
-
-def _settled(
-    campaign: Campaign, run_id: str, channel: Channel, part: Slice
-) -> ChannelResult | None:
-    """The channel's totals if the run is finished and slice ``part`` owes nothing a
-    retry could send (then a task's attempt has nothing to do), else ``None``."""
-    ledger = campaign.ledger()
-    try:
-        run = ledger.get_run(run_id)
-        if run.pipeline != campaign.name:
-            raise LedgerError(f"run {run_id!r} belongs to pipeline {run.pipeline!r}")
-        if run.status in ACTIVE_STATUSES or not ledger.is_planned(run_id, channel.name):
-            return None
-        if ledger.owed(run_id, [channel.name], failed=True, unknown=False, part=part):
-            return None
-        return result_from_ledger(ledger, run_id, channel)
-    finally:
-        ledger.close()
-
-
-@contextlib.contextmanager
-def _turn(campaign: Campaign, run_id: str, wait: float) -> Iterator[steps.RunContext]:
-    """The run claimed by this process as :func:`_claimed`, once no other process
-    holds it (polling for up to ``wait`` seconds); a finished run is taken up again."""
-    deadline = time.monotonic() + wait
-    while True:
-        stack = contextlib.ExitStack()
-        try:
-            context = stack.enter_context(_claimed(campaign, run_id, finished=True))
-        except RunInProgress:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(min(TURN_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
-            continue
-        with stack:  # lets the run go, whatever the body raised
-            yield context
-        return
-
-
-@contextlib.contextmanager
-def _claimed(
-    campaign: Campaign, run_id: str, *, finished: bool = False
-) -> Iterator[steps.RunContext]:
-    """The run, claimed by this process in the campaign's ledger (let go after). A
-    finished run raises :class:`LedgerError`, or with ``finished`` is taken up again."""
-    _need_ledger(campaign)
-    ledger = campaign.ledger()
-    try:
-        run = ledger.get_run(run_id)
-        if run.pipeline != campaign.name:
-            raise LedgerError(f"run {run_id!r} belongs to pipeline {run.pipeline!r}")
-        if finished and run.status not in ACTIVE_STATUSES:
-            ledger.claim_run(run_id)  # taken up: finish_run decides its status again
-            yield steps.RunContext(campaign, ledger, run_id)
-            return
-        if run.status not in ACTIVE_STATUSES:
-            raise LedgerError(
-                f"run {run_id!r} is finished ({run.status}); reopen it (reopen_run) to "
-                "send what it still owes"
-            )
-        ledger.claim_run(run_id, unfinished=True)  # it may have finished since
-        yield steps.RunContext(campaign, ledger, run_id)
-    finally:
-        ledger.close()

@@ -22,8 +22,17 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+import attrs
+
 from .._engine import ChannelPlan, ProgressCallback, result_from_ledger
-from .._ledger import ShardedLedger, Slice, is_postgres_url, sharded
+from .._ledger import (
+    LedgerError,
+    RunInProgress,
+    ShardedLedger,
+    Slice,
+    is_postgres_url,
+    sharded,
+)
 from .._ratelimit import SharedRateLimiter
 from .._states import ACTIVE_STATUSES, FINAL_DELIVERY_STATES
 from ..exceptions import ConfigError
@@ -31,6 +40,7 @@ from ._campaign import Campaign
 from ._reports import call_observer
 from ._sending import in_parallel, send_channels, send_slice
 from ._steps import RunContext
+from ._values import SendAttempt
 
 __all__ = ["MAX_SHARDS", "SHARD_SIZE", "default_shards", "send_run", "split_channels", "work"]
 
@@ -98,13 +108,16 @@ def need_shards(context: RunContext) -> ShardedLedger:
     return ledger
 
 
-def split_channels(context: RunContext, plans: Sequence[ChannelPlan], workers: int) -> None:
-    """Split each channel's deliveries into shards, once per run (``execution.shards``,
-    else :func:`default_shards` of its audience)."""
+def split_channels(
+    context: RunContext, plans: Sequence[ChannelPlan], workers: int, shards: int | None = None
+) -> None:
+    """Split each channel's deliveries into shards, once per run (``shards``, else
+    ``execution.shards``, else :func:`default_shards` of its audience)."""
     ledger = need_shards(context)
     for plan in plans:
         counts = ledger.counts(context.run_id, plan.channel.name)
-        count = context.campaign.execution.shards or default_shards(counts.eligible, workers)
+        count = shards or context.campaign.execution.shards
+        count = count or default_shards(counts.eligible, workers)
         ledger.plan_shards(context.run_id, plan.channel.name, count)
 
 
@@ -309,3 +322,48 @@ def _shared_limiter(
 
 def _ranges(shards: Sequence[int]) -> str:
     return ", ".join(map(str, shards)) if len(shards) <= 4 else f"{shards[0]}..{shards[-1]}"
+
+
+def leased_attempt(
+    context: RunContext, plan: ChannelPlan, shard: int, total: int, wait: float
+) -> SendAttempt:
+    """One attempt of an orchestrator's send task on a run split into shards (see
+    :meth:`RunSteps.send_attempt`): lease shard ``shard`` alone (waiting up to ``wait``
+    seconds while another worker's live lease holds it), put its transient failures
+    back to ``pending``, send it once, fenced, and let it go."""
+    ledger = need_shards(context)
+    run_id, name = context.run_id, plan.channel.name
+    ledger.requeue_shard(run_id, name, shard)  # leasable again if it had some
+    if not _lease_one(context, plan, shard, wait):
+        return SendAttempt(result_from_ledger(ledger, run_id, plan.channel))  # done
+    once = attrs.evolve(plan, retry=attrs.evolve(plan.retry, retries=0))
+    limiter = _shared_limiter(context, ledger, plan)
+    label = Slice(index=shard, count=total)
+    try:
+        result = send_slice(context, once, shards=[shard], limiter=limiter, label=label)
+    finally:
+        ledger.release_shards(run_id, name, [shard])
+    transient = ledger.shard_failures(run_id, name, shard)
+    return SendAttempt(result, transient=transient, stopped=result.stopped)
+
+
+def _lease_one(context: RunContext, plan: ChannelPlan, shard: int, wait: float) -> bool:
+    """Lease ``shard`` of the plan's channel: ``True`` once leased, ``False`` if it is
+    done (nothing owed); :class:`RunInProgress` if another worker held it all along."""
+    ledger = need_shards(context)
+    run_id, name = context.run_id, plan.channel.name
+    resend = plan.notifier.supports_idempotency_keys
+    deadline = time.monotonic() + wait
+    while not ledger.lease_shards(run_id, name, limit=1, resend=resend, only=[shard]):
+        info = [i for i in ledger.shard_leases(run_id) if i.channel == name and i.shard == shard]
+        if not info:
+            raise LedgerError(f"channel {name!r} of run {run_id!r} has no shard {shard}")
+        if info[0].done:
+            return False
+        if time.monotonic() >= deadline:
+            raise RunInProgress(
+                f"shard {shard} of {name} in run {run_id!r} is leased by {info[0].owner}; "
+                "nothing was done by this process"
+            )
+        time.sleep(POLL_SECONDS)
+    return True

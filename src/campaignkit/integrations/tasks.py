@@ -23,9 +23,15 @@ and ``.retry_delay``, the campaign's ``[execution.retry]``). A retry, a cleared 
 the same logical date run again (by the CLI or the orchestrator) sends only what the
 ledger says is owed: each message once.
 
-**One process sends a run at a time.** The tasks of one run take turns on it (a task
-waits while another holds it; ``describe(...).parallel_shards`` is 1): each task's
-sends run in parallel threads, with the channel's batching and rate limit.
+**Parallel shards need PostgreSQL.** By default (``[execution] workers = 1``) one
+process sends a run at a time: the tasks of one run take turns on it (a task waits
+while another holds it; ``describe(...).parallel_shards`` is 1), each task's sends
+running in parallel threads. With ``workers = N`` above 1 and a PostgreSQL ledger,
+the extract task splits each channel into shards (``[execution] shards``, default
+``4 * N``) and each send task leases its shard alone, fenced as workers are, so that
+``N`` shards send at once, across processes and hosts; a task whose shard another
+worker's live lease holds waits for it. (A rehearsal records into its own SQLite
+ledger, so its tasks take turns.)
 
 **The sandbox switch.** With ``CAMPAIGNKIT_SANDBOX=1`` in the tasks' environment, every
 campaign built from a configuration sends to the process's own loopback sandbox
@@ -46,6 +52,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .. import CsvSource, Pipeline, PipelineConfig, RunStatus, Schedule, Slice, load_config
+from .._ledger import LedgerError, RunInProgress
+from .._schedule import manual_logical_date
 from ..exceptions import ConfigError, ShardIncomplete
 
 if TYPE_CHECKING:
@@ -53,12 +61,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ChannelTask",
+    "LedgerError",
     "PipelineSpec",
+    "RunInProgress",
     "ShardIncomplete",
     "channel_results",
     "describe",
     "finish_run",
     "load",
+    "logical_date",
     "open_run",
     "sandbox",
     "send_shard",
@@ -137,7 +148,8 @@ def describe(campaign: str | os.PathLike[str]) -> PipelineSpec:
     """
     found = _resolve(campaign)
     execution, retry = found.execution, found.execution.retry
-    shards = min(MAX_SHARDS, execution.shards or max(1, execution.workers))
+    workers = execution.workers
+    shards = min(MAX_SHARDS, execution.shards or (4 * workers if workers > 1 else 1))
     return PipelineSpec(
         name=found.name,
         description=found.description,
@@ -151,7 +163,7 @@ def describe(campaign: str | os.PathLike[str]) -> PipelineSpec:
         timeout=timedelta(seconds=execution.timeout_seconds) if execution.timeout_seconds else None,
         channels=tuple(ChannelTask.of(c.name) for c in found.channels if c.enabled),
         shards=shards,
-        parallel_shards=1,
+        parallel_shards=min(workers, shards),
         extract_task="load_customer_segment_csv" if _is_csv(found) else "load_customer_segment",
     )
 
@@ -178,6 +190,8 @@ def open_run(campaign: str | os.PathLike[str], logical_date: datetime) -> dict[s
     if opened.replay is None:
         for channel in spec.channels:
             pipeline.plan_channel(opened.run_id, channel.name)
+        if pipeline.sends_in_shards:  # shards that the send tasks lease (PostgreSQL)
+            pipeline.shard_channels(opened.run_id, shards=spec.shards)
     status = "replay" if opened.replay is not None else "resumed" if opened.resumed else "opened"
     stats = opened.extracted
     return {
@@ -261,6 +275,14 @@ def finish_run(campaign: str | os.PathLike[str], run_id: str) -> dict[str, Any]:
         return {"run_id": run_id, "status": record.status, "finished": False}
     report = pipeline.finish_run(run_id)
     return {"run_id": run_id, "status": str(report.status), "finished": True}
+
+
+def logical_date(campaign: str | os.PathLike[str], at: datetime) -> datetime:
+    """The logical date a run started at ``at`` stands for when none is given: the
+    latest complete interval of the campaign's schedule, by campaignkit's own cron
+    arithmetic (as ``campaignkit run`` decides it), so that every entry point agrees
+    on it, daylight-saving days included."""
+    return manual_logical_date(describe(campaign).schedule, _aware(at))
 
 
 def sandbox() -> Sandbox | None:

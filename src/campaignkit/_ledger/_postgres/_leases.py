@@ -80,6 +80,7 @@ _LEASE = (
     "AS expired FROM shards "
     "WHERE run = %(run)s AND channel = %(code)s AND NOT done "
     "AND (token IS NULL OR lease_until <= " + NOW + " OR token = %(token)s) "
+    "AND (%(only)s::int[] IS NULL OR shard = ANY(%(only)s::int[])) "
     "AND EXISTS (SELECT 1 FROM live) "
     "ORDER BY shard LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
     "UPDATE shards s SET token = %(token)s, owner = %(owner)s, "
@@ -142,6 +143,7 @@ def lease(
     limit: int,
     seconds: float,
     resend: bool,
+    only: Sequence[int] | None = None,
 ) -> list[int]:
     """Lease up to ``limit`` free shards of the channel (only while the run is
     ``running``); those taken over from an expired lease have their ``in_flight``
@@ -150,8 +152,9 @@ def lease(
     are leased again: a lease retried after its commit was lost (a server restart)
     finds what the first try took; but the caller's own lease that expired is taken
     over as any other (its outcomes were fenced out as it lapsed: what it left
-    ``in_flight`` is settled)."""
+    ``in_flight`` is settled). ``only``: lease among these shards only."""
     params = {
+        "only": None if only is None else list(only),
         "run": run,
         "code": code,
         "token": token,
@@ -192,6 +195,33 @@ def release(conn: Conn, run: int, code: int, shards: Sequence[int], token: str) 
     never leased, those deliveries would stay ``in_flight`` for ever and the shard
     never be done: every worker would wait for it."""
     return conn.execute(_RELEASE, (run, code, list(shards), token)).rowcount
+
+
+def requeue_shard(conn: Conn, run: int, code: int, shard: int) -> int:
+    """Put the shard's transient failures back to ``pending`` and make it leasable
+    again if any were; returns how many."""
+    with conn.transaction():
+        count = conn.execute(
+            "UPDATE deliveries SET state = 'pending', reason = NULL WHERE run = %s "
+            "AND channel = %s AND shard = %s AND state = 'failed' AND transient = 1",
+            (run, code, shard),
+        ).rowcount
+        if count:
+            conn.execute(
+                "UPDATE shards SET done = FALSE WHERE run = %s AND channel = %s AND shard = %s",
+                (run, code, shard),
+            )
+    return count
+
+
+def shard_failures(conn: Conn, run: int, code: int, shard: int) -> int:
+    """The shard's transient failures: what a retry would send again."""
+    row = conn.execute(
+        "SELECT COUNT(*) FROM deliveries WHERE run = %s AND channel = %s AND shard = %s "
+        "AND state = 'failed' AND transient = 1",
+        (run, code, shard),
+    ).fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def reopen(conn: Conn, run: int, code: int) -> None:

@@ -161,11 +161,20 @@ class Sharding:
         run, code = self._key(run_id, channel)
         return self._do(lambda c: _leases.plan_shards(c, run, code, count))
 
-    def lease_shards(self, run_id: str, channel: str, *, limit: int, resend: bool) -> list[int]:
-        """Lease up to ``limit`` free shards of the channel for this ledger object (a
-        worker) while the run is ``running``; shards taken over from an expired lease
-        have their ``in_flight`` deliveries settled first (``resend``: back to
-        ``pending``, for a provider with idempotency keys; else ``unknown``)."""
+    def lease_shards(
+        self,
+        run_id: str,
+        channel: str,
+        *,
+        limit: int,
+        resend: bool,
+        only: Sequence[int] | None = None,
+    ) -> list[int]:
+        """Lease up to ``limit`` free shards of the channel (among ``only`` if given)
+        for this ledger object (a worker) while the run is ``running``; shards taken
+        over from an expired lease have their ``in_flight`` deliveries settled first
+        (``resend``: back to ``pending``, for a provider with idempotency keys; else
+        ``unknown``)."""
         run, code = self._key(run_id, channel)
         worker = self._worker_identity()
         shards = self._do(
@@ -178,6 +187,7 @@ class Sharding:
                 limit=limit,
                 seconds=self.lease_seconds,
                 resend=resend,
+                only=only,
             )
         )
         if shards:
@@ -224,6 +234,16 @@ class Sharding:
         """The run's shards and their leases, by channel and shard."""
         run = self._run_key(run_id)
         return self._do(lambda c: _leases.lease_table(c, run))
+
+    def requeue_shard(self, run_id: str, channel: str, shard: int) -> int:
+        """Put the shard's transient failures back to ``pending`` (leasable again)."""
+        run, code = self._key(run_id, channel)
+        return self._do(lambda c: _leases.requeue_shard(c, run, code, shard))
+
+    def shard_failures(self, run_id: str, channel: str, shard: int) -> int:
+        """The shard's transient failures (what a retry would send again)."""
+        run, code = self._key(run_id, channel)
+        return self._do(lambda c: _leases.shard_failures(c, run, code, shard))
 
     def reopen_shards(self, run_id: str, channel: str) -> None:
         """Make the channel's shards leasable again (a resume put deliveries back)."""
