@@ -203,31 +203,16 @@ def _step(conn_id: str | None) -> Iterator[None]:
             raise AirflowFailException(f"{type(error).__name__}: {error}") from None
 
 
-def _logical_date(context: Mapping[str, Any]) -> datetime:
+def _logical_date(campaign: str, context: Mapping[str, Any]) -> datetime:
     """The campaign's logical date: Airflow's; for a run without one (a manual trigger),
-    the start of the latest complete interval when it was triggered, as ``campaignkit
-    run`` takes it (the same trigger twice is then the same run, never a second send)."""
-    moment = context.get("logical_date") or context.get("data_interval_start")
+    the latest complete interval when it was triggered, by campaignkit's rule (as
+    ``campaignkit run`` takes it: the same trigger twice is the same run, never a
+    second send)."""
+    moment = context.get("logical_date")
     if moment is None:
-        moment = _latest_interval_start(context)
+        run_after = getattr(context.get("dag_run"), "run_after", None) or datetime.now(UTC)
+        return tasks.logical_date(campaign, run_after)
     return datetime.fromtimestamp(moment.timestamp(), UTC)
-
-
-def _latest_interval_start(context: Mapping[str, Any]) -> datetime:
-    """The start of the cron schedule's latest interval complete at the run's
-    ``run_after`` (Airflow's own inference for a manual run); else ``run_after``."""
-    run_after = getattr(context.get("dag_run"), "run_after", None) or datetime.now(UTC)
-    timetable: Any = getattr(context.get("dag"), "timetable", None)
-    if not isinstance(timetable, CronDataIntervalTimetable):
-        return run_after  # a schedule overridden to something else
-    if not hasattr(timetable, "infer_manual_data_interval"):  # the SDK's definition
-        from airflow.timetables.interval import CronDataIntervalTimetable as Inference
-
-        timetable = Inference(timetable.expression, timetable.timezone)
-    start: datetime = timetable.infer_manual_data_interval(
-        run_after=pendulum.instance(run_after)
-    ).start
-    return start
 
 
 def _open_run(campaign: str, conn_id: str | None, shards: int) -> dict[str, Any]:
@@ -237,7 +222,7 @@ def _open_run(campaign: str, conn_id: str | None, shards: int) -> dict[str, Any]
         AirflowFailException: the run has a shard beyond the DAG's ``shards`` mapped
             send task instances (the campaign changed since the DAG was parsed).
     """
-    logical_date = _logical_date(get_current_context())
+    logical_date = _logical_date(campaign, get_current_context())
     with _step(conn_id):
         opened = tasks.open_run(campaign, logical_date)
     for channel, numbers in opened["shards"].items():
