@@ -9,6 +9,7 @@ its configuration when it is first imported, so this module points it at a priva
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import secrets
@@ -24,6 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+if importlib.util.find_spec("airflow") is None:
+    pytest.skip("the airflow extra is not installed", allow_module_level=True)
 
 _HOME = Path(tempfile.mkdtemp(prefix="campaignkit-airflow-"))
 AIRFLOW_ENV = {

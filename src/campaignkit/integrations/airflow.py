@@ -30,16 +30,17 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
-import pendulum
-from airflow.sdk import DAG, Connection, TriggerRule, XComArg, get_current_context, task
+from airflow.sdk import DAG, Connection, TriggerRule, XComArg, get_current_context, task, timezone
 from airflow.sdk.definitions.xcom_arg import PlainXComArg
 
 try:
     from airflow.sdk import CronDataIntervalTimetable
     from airflow.sdk.exceptions import AirflowFailException
 except ImportError:  # Airflow 3.1: these are airflow-core's
-    from airflow.exceptions import AirflowFailException  # type: ignore[no-redef]
-    from airflow.timetables.interval import CronDataIntervalTimetable  # type: ignore[assignment]
+    from airflow.exceptions import AirflowFailException  # type: ignore[no-redef,unused-ignore]
+    from airflow.timetables.interval import (  # type: ignore[assignment,unused-ignore]
+        CronDataIntervalTimetable,
+    )
 
 from campaignkit.exceptions import (
     AudienceGuardError,
@@ -121,11 +122,12 @@ def _dag_arguments(spec: PipelineSpec, campaign: str) -> dict[str, Any]:
     return arguments
 
 
-def _in_zone(moment: datetime | None, timezone: str) -> pendulum.DateTime | None:
+def _in_zone(moment: datetime | None, zone: str) -> datetime | None:
     """``moment`` as a pendulum date in the campaign's time zone (Airflow's DAG zone)."""
     if moment is None:
         return None
-    return pendulum.instance(moment).in_timezone(pendulum.timezone(timezone))
+    zoned: datetime = timezone.coerce_datetime(moment).in_timezone(zone)
+    return zoned
 
 
 def _doc_md(spec: PipelineSpec, campaign: str) -> str:
