@@ -76,7 +76,8 @@ class Pipeline(Checks, RunSteps):
         source: a :class:`~campaignkit.Source`, or a :class:`SourceConfig` naming a
             registered source type.
         channels: the channels; their names must be unique.
-        description, tags: free text and labels (reports, an orchestrator's DAG).
+        description: free text (reports, an orchestrator's DAG).
+        tags: free labels.
         owner: who answers for the campaign (an orchestrator's task owner).
         execution: execution parameters.
         schedule: schedule parameters.
