@@ -76,8 +76,8 @@ def insert_audience(conn: Conn, key: Key, rows: Iterable[PlanRow], now: float) -
                 (run, code, seq, state, reason, address, bool(filtered), not_before, now)
             )
     # Fresh statistics: the rules' joins are planned for the rows just loaded (with
-    # none, PostgreSQL takes the table for nearly empty and joins row by row).
-    conn.execute("ANALYZE deliveries")
+    # none, PostgreSQL takes the tables for nearly empty and joins row by row).
+    conn.execute("ANALYZE deliveries, recipients")
     return seen_filtered, seen_not_before
 
 
