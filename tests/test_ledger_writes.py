@@ -254,8 +254,9 @@ def test_marks_and_outcomes_by_list_match_one_update_per_row(
             seqs = list(dict.fromkeys(s for s, _ in entries))  # unique, in order
             ledger.mark_in_flight("r", "e", seqs)
             first = min(seqs)
-            for s in seqs:
-                expected[s] = ("in_flight", *expected[s][1:7], first)
+            for s in seqs:  # a delivery keeps the batch id it was first sent under
+                kept = expected[s][7] if expected[s][7] is not None else first
+                expected[s] = ("in_flight", *expected[s][1:7], kept)
             rows = []
             for s, o in entries:  # a seq may come twice: its last outcome stays
                 state, result, transient = outcome(o)
@@ -268,7 +269,7 @@ def test_marks_and_outcomes_by_list_match_one_update_per_row(
                     result.provider_message_id,
                     result.error_code,
                     result.error,
-                    first,
+                    expected[s][7],
                 )
             ledger.record("r", "e", rows)
         ledger.flush()

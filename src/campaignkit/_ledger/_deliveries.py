@@ -18,8 +18,12 @@ __all__ = [
     "suppress",
 ]
 
+# A delivery keeps the batch id it was first sent under: re-sent (a transient failure,
+# a crash), it stays in the same slice of every slice count (a slice is its batch id
+# modulo the count), even when only some of its batch are re-sent, or the count changed
+# since (the CLI sent the whole channel, an orchestrator then sends it in shards).
 _MARK = (
-    "UPDATE deliveries SET state = 'in_flight', updated_at = ?, batch = ? "
+    "UPDATE deliveries SET state = 'in_flight', updated_at = ?, batch = COALESCE(batch, ?) "
     "WHERE run = ? AND channel = ? AND seq IN "
 )
 _OUTCOME = (
@@ -51,8 +55,8 @@ def suppress(
 def mark_in_flight(
     conn: sqlite3.Connection, run: int, code: int, seqs: Sequence[int], now: float
 ) -> None:
-    """Mark deliveries in flight as one batch (its id is its first seq): one statement
-    per list of seqs, not per delivery."""
+    """Mark deliveries in flight as one batch (its id is its first seq; a delivery sent
+    before keeps its own): one statement per list of seqs, not per delivery."""
     batch = min(seqs) if seqs else None
     for marks, values in seq_lists(seqs):
         conn.execute(_MARK + "(" + marks + ")", (now, batch, run, code, *values))

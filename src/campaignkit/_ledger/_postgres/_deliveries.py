@@ -43,7 +43,7 @@ __all__ = [
 _MARK = (
     "WITH " + FENCE + ", "
     "marked AS (UPDATE deliveries SET state = 'in_flight', updated_at = %(now)s, "
-    "batch = %(batch)s WHERE run = %(run)s AND channel = %(code)s "
+    "batch = COALESCE(batch, %(batch)s) WHERE run = %(run)s AND channel = %(code)s "
     "AND seq = ANY(%(seqs)s::bigint[]) AND (SELECT mine FROM fence)) "
     "SELECT mine FROM fence"
 )
