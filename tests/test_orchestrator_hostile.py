@@ -1,0 +1,141 @@
+"""Hostile orchestrators against the shared steps (campaignkit.integrations.tasks): what
+an orchestrator may do (change the shards between attempts of one logical date, kill a
+task mid-shard, run tasks at once, hand in hostile references or secrets) must still
+send each owed message once and skip no one, and leak no token."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from campaignkit.exceptions import ShardIncomplete
+from campaignkit.integrations import tasks
+from campaignkit.testing.sandbox import Sandbox, shared_sandbox
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "multi_channel_campaign"
+DATE = datetime(2024, 1, 2, tzinfo=UTC)
+#: what the example campaign accepts per provider (its README's demo figures)
+ACCEPTED = {"sendgrid": 66, "twilio": 145, "expo": 151}
+
+
+@pytest.fixture
+def campaign(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The example campaign in a folder of its own (2 shards per channel), the sandbox
+    switch on, the shared sandbox's messages and faults reset."""
+    folder = tmp_path / "campaign"
+    shutil.copytree(EXAMPLE, folder, ignore=shutil.ignore_patterns(".campaignkit", "*-results"))
+    config = folder / "campaign.toml"
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text.replace("[execution]\n", "[execution]\nshards = 2\n", 1), "utf-8")
+    monkeypatch.setenv("CAMPAIGNKIT_SANDBOX", "1")
+    _reset(shared_sandbox())
+    yield config
+    _reset(shared_sandbox())
+
+
+def _reset(sandbox: Sandbox) -> None:
+    for server in sandbox.live_servers().values():
+        server.messages.clear()
+        server.faults.script.clear()
+
+
+def _delivered(sandbox: Sandbox) -> dict[str, Counter[str]]:
+    """Provider -> how many messages each recipient got."""
+    return {
+        provider: Counter(str(m["to"]) for m in server.messages)
+        for provider, server in sandbox.live_servers().items()
+    }
+
+
+def _assert_each_once(sandbox: Sandbox) -> None:
+    delivered = _delivered(sandbox)
+    assert {p: sum(c.values()) for p, c in delivered.items()} == ACCEPTED
+    assert all(n == 1 for c in delivered.values() for n in c.values())
+
+
+def _with_shards(config: Path, shards: int) -> None:
+    text = config.read_text(encoding="utf-8")
+    before = text[text.index("[execution]\nshards = ") :].split("\n", 2)[1]
+    config.write_text(text.replace(before, f"shards = {shards}", 1), encoding="utf-8")
+
+
+@pytest.fixture
+def pg_campaign(
+    campaign: Path,
+    postgres_url: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> tuple[str, Path]:
+    """The example campaign on PostgreSQL with 2 workers and 4 shards per channel, under
+    a name of the test's own, as an import reference to a pipeline pointed at the
+    shared sandbox (not a rehearsal); and its file, to edit."""
+    name = "pgh_" + request.node.name.removeprefix("test_")[:40]
+    text = campaign.read_text(encoding="utf-8")
+    text = text.replace('name = "multi_channel_marketing_campaign"', f'name = "{name}"', 1)
+    text = text.replace(
+        "[execution]\nshards = 2\n",
+        f'[execution]\nshards = 4\nworkers = 2\nlease_seconds = 2\nledger = "{postgres_url}"\n',
+        1,
+    )
+    campaign.write_text(text, encoding="utf-8")
+    module = f"ck_pgh_{name}"
+    (tmp_path / f"{module}.py").write_text(
+        "import attrs\n"
+        "from campaignkit import Pipeline, Rate, load_config\n"
+        "from campaignkit.testing.sandbox import shared_sandbox\n"
+        "def campaign():\n"
+        "    box = shared_sandbox()\n"
+        f"    config = load_config({str(campaign)!r})\n"
+        "    channels = tuple(attrs.evolve(c, rate=Rate(), options={**c.options,\n"
+        "        **box.channel_options(c.provider)}) for c in config.channels)\n"
+        "    config = attrs.evolve(config, channels=channels)\n"
+        "    return Pipeline.from_config(config, rehearsal=False, env=box.env(config))\n",
+        encoding="utf-8",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("CAMPAIGNKIT_SANDBOX")
+    return f"{module}:campaign", campaign
+
+
+def _send_opened(campaign: str, opened: dict[str, object], *, attempts: int = 3) -> None:
+    """Every shard open_run reported, each retried, as Prefect maps them (the count is
+    the number of shards reported)."""
+    shards_of = opened["shards"]
+    assert isinstance(shards_of, dict)
+    for channel, shards in shards_of.items():
+        for shard in shards:
+            for _ in range(attempts):
+                try:
+                    tasks.send_shard(campaign, str(opened["run_id"]), channel, shard, len(shards))
+                    break
+                except ShardIncomplete:
+                    continue
+
+
+# -- the shards of a run are the ledger's, not the configuration's of the moment --------
+
+
+def test_postgres_a_run_resumed_after_its_shards_changed_reports_the_runs_shards(
+    pg_campaign: tuple[str, Path],
+) -> None:
+    """A first attempt of the logical date split the run into 6 shards; the campaign's
+    file then says 4 (edited, or the CLI split it by its own rule) and the date is run
+    again: the run keeps its 6 shards, so open_run must report 6, or shards 4 and 5 are
+    never sent."""
+    reference, config = pg_campaign
+    _with_shards(config, 6)
+    first = tasks.open_run(reference, DATE)
+    assert first["shards"]["sms"] == list(range(6))
+    _with_shards(config, 4)  # the first attempt died before sending; the file is edited
+    again = tasks.open_run(reference, DATE)
+    assert again["status"] == "resumed"
+    assert again["shards"]["sms"] == list(range(6))
+    _send_opened(reference, again)
+    _assert_each_once(shared_sandbox())
+    assert tasks.finish_run(reference, str(again["run_id"]))["status"] == "succeeded"
