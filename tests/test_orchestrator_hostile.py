@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from campaignkit.exceptions import ShardIncomplete
+from campaignkit.exceptions import ConfigError, ShardIncomplete
 from campaignkit.integrations import tasks
 from campaignkit.testing.sandbox import Sandbox, shared_sandbox
 
@@ -158,3 +158,41 @@ def test_postgres_a_run_resumed_after_its_shards_changed_reports_the_runs_shards
     _assert_each_once(shared_sandbox())
     finished = tasks.finish_run(reference, str(again["run_id"]))
     assert finished["finished"] is True  # partial: the example's bad rows, none owed
+
+
+# -- the sandbox switch and hostile references ------------------------------------------
+
+
+def _module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, body: str) -> None:
+    (tmp_path / f"{name}.py").write_text(body, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_the_switch_on_never_lets_a_pipeline_built_in_python_send_for_real(
+    campaign: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``CAMPAIGNKIT_SANDBOX=1`` promises that nothing reaches a real provider; a
+    campaign named as a Pipeline built in Python (the switch cannot re-point it) must
+    be refused, not run against its real providers and real ledger."""
+    _module(
+        tmp_path,
+        monkeypatch,
+        "ck_red_direct",
+        "from campaignkit import Pipeline, load_config\n"
+        "def campaign():\n"
+        f"    c = load_config({str(campaign)!r})\n"
+        "    return Pipeline(c.name, c.source, c.channels, execution=c.execution,\n"
+        "                    schedule=c.schedule, base_dir=c.base_dir,\n"
+        "                    env={'EMAIL_API_TOKEN': 'x', 'SMS_API_TOKEN': 'y'})\n",
+    )
+    with pytest.raises(ConfigError, match="CAMPAIGNKIT_SANDBOX"):
+        tasks.open_run("ck_red_direct:campaign", DATE)
+    assert not (campaign.parent / ".campaignkit" / "ledger.db").exists()
+    # A pipeline the switch made (from a configuration) is a rehearsal: it runs.
+    _module(
+        tmp_path,
+        monkeypatch,
+        "ck_red_configured",
+        f"from campaignkit import Pipeline\ncampaign = Pipeline.from_file({str(campaign)!r})\n",
+    )
+    assert tasks.load("ck_red_configured:campaign").rehearsal
