@@ -131,12 +131,25 @@ def load(campaign: str | os.PathLike[str]) -> Pipeline:
     honoured): a file's path or an import reference ``"package.module:name"``.
 
     Raises:
-        ConfigError: the file is invalid, or the reference names nothing usable.
+        ConfigError: the file is invalid, the reference names nothing usable, or the
+            switch is on and it names a Pipeline that is not a rehearsal (one built in
+            Python: the switch cannot re-point it, and it must not send for real).
     """
     found = _resolve(campaign)
-    if isinstance(found, Pipeline):
-        return found
-    return Pipeline.from_config(found)
+    if not isinstance(found, Pipeline):
+        return Pipeline.from_config(found)
+    from ..testing.sandbox import sandbox_switch
+
+    if not found.rehearsal and sandbox_switch():
+        # The switch re-points configurations; a pipeline built in Python is built
+        # already, and with the switch on nothing may reach a real provider.
+        raise ConfigError(
+            f"CAMPAIGNKIT_SANDBOX is on but campaign {os.fspath(campaign)!r} is a Pipeline "
+            "built in Python that is not a rehearsal: name its configuration (a path, a "
+            "PipelineConfig) or build it with Pipeline.from_config so that the switch applies",
+            path="campaign",
+        )
+    return found
 
 
 def describe(campaign: str | os.PathLike[str]) -> PipelineSpec:
