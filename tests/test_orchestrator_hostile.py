@@ -5,8 +5,12 @@ send each owed message once and skip no one, and leak no token."""
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
+import subprocess
+import sys
+import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
@@ -15,11 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from campaignkit import load_config
 from campaignkit.exceptions import ConfigError, ShardIncomplete
 from campaignkit.integrations import tasks
 from campaignkit.testing.sandbox import Sandbox, shared_sandbox
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "multi_channel_campaign"
+SRC = Path(__file__).parent.parent / "src"
 DATE = datetime(2024, 1, 2, tzinfo=UTC)
 #: what the example campaign accepts per provider (its README's demo figures)
 ACCEPTED = {"sendgrid": 66, "twilio": 145, "expo": 151}
@@ -196,3 +202,76 @@ def test_the_switch_on_never_lets_a_pipeline_built_in_python_send_for_real(
         f"from campaignkit import Pipeline\ncampaign = Pipeline.from_file({str(campaign)!r})\n",
     )
     assert tasks.load("ck_red_configured:campaign").rehearsal
+
+
+# -- a send task killed mid-shard, then its retry -------------------------------------------
+
+SEND_TASK = Path(__file__).parent / "orchestrator_send.py"
+
+
+@pytest.fixture
+def box() -> Iterator[Sandbox]:
+    with Sandbox(["sendgrid", "twilio", "expo"]) as sandbox:
+        yield sandbox
+
+
+def _campaign_at(
+    box: Sandbox, config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> str:
+    """An import reference to the campaign pointed at ``box`` (a sandbox of the test's,
+    which a task process reaches over loopback), recording into its real ledger (SQLite
+    beside the file), with the switch off; importable by task processes too."""
+    _module(
+        tmp_path,
+        monkeypatch,
+        name,
+        "import attrs\n"
+        "from campaignkit import Pipeline, Rate, load_config\n"
+        f"OPTIONS = { ({p: box.channel_options(p) for p in ('sendgrid', 'twilio', 'expo')})!r}\n"
+        "def campaign():\n"
+        f"    config = load_config({str(config)!r})\n"
+        "    channels = tuple(attrs.evolve(c, rate=Rate(), options={**c.options,\n"
+        "        **OPTIONS[c.provider]}) for c in config.channels)\n"
+        "    config = attrs.evolve(config, channels=channels)\n"
+        "    return Pipeline.from_config(config, rehearsal=False)\n",
+    )
+    for key, value in box.env(load_config(config)).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(SRC)]))
+    return f"{name}:campaign"
+
+
+def test_a_send_task_killed_mid_shard_then_retried_sends_each_message_at_most_once(
+    box: Sandbox, campaign: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CAMPAIGNKIT_SANDBOX")
+    reference = _campaign_at(box, campaign, tmp_path, monkeypatch, "ck_red_killed")
+    opened = tasks.open_run(reference, DATE)
+    run_id = str(opened["run_id"])
+    twilio = box.servers["twilio"]
+    twilio.faults.latency = 0.03  # the kill lands while requests are in flight
+    task = subprocess.Popen(
+        [sys.executable, str(SEND_TASK), reference, run_id, "sms", "0", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 15
+    while len(twilio.messages) < 20 and time.monotonic() < deadline and task.poll() is None:
+        time.sleep(0.01)
+    task.kill()  # SIGKILL: no handler runs, the claim and in-flight rows stay
+    _, err = task.communicate()
+    assert 20 <= len(twilio.messages) < ACCEPTED["twilio"], err.decode()[-2000:]
+    twilio.faults.latency = 0.0
+    # The orchestrator's retry, in another process (the task's own is dead).
+    tasks.send_shard(reference, run_id, "sms", 0, 1, wait=10)
+    delivered = Counter(str(m["to"]) for m in twilio.messages)
+    results = tasks.channel_results(reference, run_id, "sms")
+    assert all(n == 1 for n in delivered.values()), results
+    states = results["states"]
+    assert "pending" not in states and "in_flight" not in states, results
+    # In flight at the kill: unknown (Twilio has no idempotency key), never re-sent.
+    assert states.get("unknown", 0) == results["reasons"].get("in_flight_at_crash", 0)
+    assert states["sent"] <= len(delivered) <= states["sent"] + states.get("unknown", 0)
+    for channel in ("email", "push"):
+        tasks.send_shard(reference, run_id, channel, 0, 1)
+    assert tasks.finish_run(reference, run_id)["finished"] is True
