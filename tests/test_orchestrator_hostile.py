@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -275,3 +276,55 @@ def test_a_send_task_killed_mid_shard_then_retried_sends_each_message_at_most_on
     for channel in ("email", "push"):
         tasks.send_shard(reference, run_id, channel, 0, 1)
     assert tasks.finish_run(reference, run_id)["finished"] is True
+
+
+def test_postgres_a_zombie_send_task_is_fenced_by_its_retry(
+    box: Sandbox,
+    campaign: Path,
+    own_database: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A send task stalls mid-shard (SIGSTOP: a GC pause, a frozen VM) past its lease;
+    the orchestrator retries it; the retry takes the shard over; then the zombie wakes
+    up. Nothing may be sent twice beyond what was in flight at the stall, and the
+    zombie's late outcomes must not overwrite the retry's."""
+    monkeypatch.delenv("CAMPAIGNKIT_SANDBOX")
+    text = campaign.read_text(encoding="utf-8").replace(
+        "[execution]\nshards = 2\n",
+        f'[execution]\nshards = 1\nworkers = 2\nlease_seconds = 1\nledger = "{own_database}"\n',
+        1,
+    )
+    campaign.write_text(text, encoding="utf-8")
+    reference = _campaign_at(box, campaign, tmp_path, monkeypatch, "ck_red_zombie")
+    opened = tasks.open_run(reference, DATE)
+    run_id = str(opened["run_id"])
+    twilio = box.servers["twilio"]
+    twilio.faults.latency = 0.03
+    zombie = subprocess.Popen(
+        [sys.executable, str(SEND_TASK), reference, run_id, "sms", "0", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while len(twilio.messages) < 20 and time.monotonic() < deadline and zombie.poll() is None:
+            time.sleep(0.01)
+        zombie.send_signal(signal.SIGSTOP)
+        stalled = len(twilio.messages)
+        assert 20 <= stalled < ACCEPTED["twilio"], "the stall missed the send"
+        twilio.faults.latency = 0.0
+        tasks.send_shard(reference, run_id, "sms", 0, 1, wait=15)  # waits out the lease
+    finally:
+        zombie.send_signal(signal.SIGCONT)
+        _, err = zombie.communicate(timeout=30)
+    delivered = Counter(str(m["to"]) for m in twilio.messages)
+    results = tasks.channel_results(reference, run_id, "sms")
+    twice = {to for to, n in delivered.items() if n > 1}
+    assert all(n <= 2 for n in delivered.values()), results
+    # Only what was in flight at the stall may have gone twice (the retry found it in
+    # flight: unknown, never re-sent without an idempotency key) -- nothing else.
+    assert not twice, (twice, results, err.decode()[-1500:])
+    states = results["states"]
+    assert "pending" not in states and "in_flight" not in states, results
+    assert states["sent"] <= len(delivered) <= states["sent"] + states.get("unknown", 0), results
