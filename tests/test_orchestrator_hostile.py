@@ -328,3 +328,52 @@ def test_postgres_a_zombie_send_task_is_fenced_by_its_retry(
     states = results["states"]
     assert "pending" not in states and "in_flight" not in states, results
     assert states["sent"] <= len(delivered) <= states["sent"] + states.get("unknown", 0), results
+
+
+# -- secrets ---------------------------------------------------------------------------------
+
+
+def test_no_token_in_any_return_value_exception_or_log(
+    box: Sandbox,
+    campaign: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Known tokens; servers that echo the request's credentials in their error replies
+    (as some proxies do); a transient error (the retry's ShardIncomplete) and a rejected
+    token: no task's return value (XCom, metadata), exception or log shows a token."""
+    monkeypatch.delenv("CAMPAIGNKIT_SANDBOX")
+    secrets_ = {}
+    for provider in ("sendgrid", "twilio", "expo"):
+        server = box.servers[provider]
+        server.token = secrets_[provider] = f"SeCrEt{provider}{secrets.token_hex(8)}"
+        server.faults.echo_credentials = True
+    reference = _campaign_at(box, campaign, tmp_path, monkeypatch, "ck_red_tokens")
+    monkeypatch.setenv("EMAIL_API_TOKEN", "SeCrEtwrong" + secrets.token_hex(8))  # rejected
+    box.servers["twilio"].faults.fail_next(503, 503, 500)
+    seen: list[str] = []
+    caplog.set_level("DEBUG")
+    opened = tasks.open_run(reference, DATE)
+    seen.append(repr(opened))
+    for channel in ("email", "sms", "push"):
+        for _ in range(3):
+            try:
+                seen.append(repr(tasks.send_shard(reference, opened["run_id"], channel, 0, 1)))
+                break
+            except Exception as exc:  # noqa: BLE001 -- every exception's text is checked
+                seen += [str(exc), repr(exc), repr(exc.__dict__)]
+        seen.append(repr(tasks.channel_results(reference, opened["run_id"], channel)))
+    try:
+        seen.append(repr(tasks.finish_run(reference, opened["run_id"])))
+    except Exception as exc:  # noqa: BLE001
+        seen += [str(exc), repr(exc)]
+    seen += [caplog.text, *capfd.readouterr()]
+    assert any("401" in text or "unauthor" in text.lower() for text in seen)  # it was rejected
+    text = "\n".join(seen)
+    assert "SeCrEt" not in text, text[text.find("SeCrEt") - 300 : text.find("SeCrEt") + 100]
+    # Nor what the run left on disk: the ledger (its error texts), reports, journals.
+    written = [p for p in campaign.parent.rglob("*") if p.is_file() and p.suffix != ".toml"]
+    assert any(p.name.startswith("ledger") for p in written)
+    assert not [p for p in written if b"SeCrEt" in p.read_bytes()]
