@@ -377,3 +377,109 @@ def test_no_token_in_any_return_value_exception_or_log(
     written = [p for p in campaign.parent.rglob("*") if p.is_file() and p.suffix != ".toml"]
     assert any(p.name.startswith("ledger") for p in written)
     assert not [p for p in written if b"SeCrEt" in p.read_bytes()]
+
+
+# -- several processes on one run at once ---------------------------------------------------
+
+
+def _task(
+    reference: str, run_id: str, channel: str, shard: int, shards: int
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, str(SEND_TASK), reference, run_id, channel, str(shard), str(shards)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_sqlite_send_tasks_of_one_run_in_processes_at_once_take_turns(
+    box: Sandbox, campaign: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Six task processes (three channels, two shards each) started at once on a SQLite
+    ledger, with the CLI running the same logical date meanwhile: they take turns
+    (none fails), and each message goes once."""
+    monkeypatch.delenv("CAMPAIGNKIT_SANDBOX")
+    reference = _campaign_at(box, campaign, tmp_path, monkeypatch, "ck_red_turns")
+    opened = tasks.open_run(reference, DATE)
+    run_id = str(opened["run_id"])
+    for server in box.live_servers().values():
+        server.faults.latency = 0.005
+    procs = [_task(reference, run_id, c, s, 2) for c in ("email", "sms", "push") for s in (0, 1)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, [e.decode()[-800:] for _, e in outs]
+    delivered = _delivered(box)
+    assert {p: sum(c.values()) for p, c in delivered.items()} == ACCEPTED
+    assert all(n == 1 for c in delivered.values() for n in c.values())
+    assert tasks.finish_run(reference, run_id)["finished"] is True
+
+
+def _cli_file(box: Sandbox, config: Path) -> None:
+    """The campaign's own file pointed at ``box`` (what the CLI reads)."""
+    sid = box.channel_options("twilio")["account_sid"]
+    text = config.read_text(encoding="utf-8")
+    for old, new in (
+        ('from_email = "offers@example.com"', 'from_email = "campaigns@sandbox.example"'),
+        ('account_sid = "AC00000000000000000000000000000000"', f'account_sid = "{sid}"'),
+    ):
+        text = text.replace(old, new, 1)
+    for channel, provider in (("email", "sendgrid"), ("sms", "twilio"), ("push", "expo")):
+        header = f"[channels.{channel}.options]\n"
+        url = box.channel_options(provider)["base_url"]
+        text = text.replace(header, f'{header}base_url = "{url}"\n', 1)
+        rate = 40 if channel == "sms" else 1000  # the CLI still sends when the tasks start
+        text = text.replace(
+            f"[channels.{channel}]\n",
+            f"[channels.{channel}]\nrate = {{ messages_per_second = {rate} }}\n",
+            1,
+        )
+    config.write_text(text, encoding="utf-8")
+
+
+@pytest.mark.parametrize("cli_first", [False, True], ids=["tasks_first", "cli_first"])
+def test_the_cli_running_the_logical_date_while_the_tasks_run_it(
+    box: Sandbox, campaign: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli_first: bool
+) -> None:
+    """The orchestrator opened the logical date; the CLI runs the same date while the
+    send tasks run (started before them, sending, or after them): whoever holds the run,
+    the others wait (the tasks) or are refused (the CLI); each message goes once, and
+    the orchestrator's finish decides the run."""
+    monkeypatch.delenv("CAMPAIGNKIT_SANDBOX")
+    _cli_file(box, campaign)
+    reference = _campaign_at(box, campaign, tmp_path, monkeypatch, "ck_red_cli")
+    opened = tasks.open_run(reference, DATE)
+    run_id = str(opened["run_id"])
+    for server in box.live_servers().values():
+        server.faults.latency = 0.002
+    box.servers["twilio"].faults.fail_next(503, 503)
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "campaignkit", "run", str(campaign), "--logical-date",
+         DATE.isoformat(), "--retry-delay", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    while cli_first and not box.servers["sendgrid"].messages and cli.poll() is None:
+        time.sleep(0.01)
+    procs = [_task(reference, run_id, c, s, 2) for c in ("email", "sms", "push") for s in (0, 1)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    cli_out, cli_err = cli.communicate(timeout=60)
+    # Refused (2: the tasks held the run) or it ran the date (0, or 1: partial).
+    assert cli.returncode in (0, 1, 2), cli_err.decode()[-600:]
+    failed = [e.decode()[-600:] for p, (_, e) in zip(procs, outs, strict=True) if p.returncode]
+    # A task may fail only with what its retry mends (the 503s: ShardIncomplete).
+    assert all("ShardIncomplete" in e for e in failed), failed
+    for channel in ("email", "sms", "push"):  # the orchestrator's retries
+        for shard in (0, 1):
+            for _ in range(3):
+                try:
+                    tasks.send_shard(reference, run_id, channel, shard, 2, wait=30)
+                    break
+                except ShardIncomplete:
+                    continue
+    delivered = _delivered(box)
+    report = (cli.returncode, cli_out.decode()[-600:], cli_err.decode()[-600:])
+    assert {p: sum(c.values()) for p, c in delivered.items()} == ACCEPTED, report
+    assert all(n == 1 for c in delivered.values() for n in c.values()), report
+    finished = tasks.finish_run(reference, run_id)
+    assert finished["status"] == "partial", finished  # the example's bad rows
+    sms = tasks.channel_results(reference, run_id, "sms")["states"]
+    assert "pending" not in sms and "in_flight" not in sms, sms
