@@ -23,6 +23,7 @@ import pytest
 from campaignkit import load_config
 from campaignkit.exceptions import ConfigError, ShardIncomplete
 from campaignkit.integrations import tasks
+from campaignkit.integrations.tasks import LedgerError
 from campaignkit.testing.sandbox import Sandbox, shared_sandbox
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "multi_channel_campaign"
@@ -483,3 +484,23 @@ def test_the_cli_running_the_logical_date_while_the_tasks_run_it(
     assert finished["status"] == "partial", finished  # the example's bad rows
     sms = tasks.channel_results(reference, run_id, "sms")["states"]
     assert "pending" not in sms and "in_flight" not in sms, sms
+
+
+def test_postgres_a_shard_beyond_the_runs_split_owes_nothing(pg_campaign: tuple[str, Path]) -> None:
+    """The run was split into 4 shards; the campaign's file now says 6 and Airflow, which
+    maps the count it parsed, runs shards 4 and 5 too: they hold no delivery, so their
+    tasks succeed sending nothing (not fail the DAG run), and every shard the run has
+    is still sent."""
+    reference, config = pg_campaign
+    opened = tasks.open_run(reference, DATE)
+    assert opened["shards"]["push"] == [0, 1, 2, 3]
+    _with_shards(config, 6)
+    for channel in ("email", "sms", "push"):
+        for shard in (4, 5):
+            tasks.send_shard(reference, str(opened["run_id"]), channel, shard, 6)
+    assert sum(len(s.messages) for s in shared_sandbox().live_servers().values()) == 0
+    _send_opened(reference, tasks.open_run(reference, DATE))
+    _assert_each_once(shared_sandbox())
+    # And a shard of a run that is not split (an unknown run's) is still an error.
+    with pytest.raises(LedgerError):
+        tasks.send_shard(reference, "no-such-run", "push", 0, 4)
