@@ -504,3 +504,26 @@ def test_postgres_a_shard_beyond_the_runs_split_owes_nothing(pg_campaign: tuple[
     # And a shard of a run that is not split (an unknown run's) is still an error.
     with pytest.raises(LedgerError):
         tasks.send_shard(reference, "no-such-run", "push", 0, 4)
+
+
+def test_postgres_a_send_task_cleared_after_the_run_finished(pg_campaign: tuple[str, Path]) -> None:
+    """Twilio down for every attempt: the sms shards run out of retries and finish_run
+    records the run. Twilio back, the user clears the sms tasks and the finish: only the
+    owed sms are sent, once; the run's status is decided again."""
+    reference, _ = pg_campaign
+    opened = tasks.open_run(reference, DATE)
+    run_id = str(opened["run_id"])
+    shared_sandbox().servers["twilio"].faults.fail_next(*([503] * 400))
+    _send_opened(reference, opened, attempts=1)
+    first = tasks.finish_run(reference, run_id)
+    assert first["finished"] is True and first["status"] in {"partial", "failed"}
+    assert tasks.finish_run(reference, run_id)["finished"] is False  # idempotent
+    _reset(shared_sandbox())
+    for shard in opened["shards"]["sms"]:  # the cleared tasks
+        tasks.send_shard(reference, run_id, "sms", shard, len(opened["shards"]["sms"]))
+    again = tasks.finish_run(reference, run_id)
+    assert again["finished"] is True and again["status"] == "partial", again
+    delivered = _delivered(shared_sandbox())
+    assert {p for p, c in delivered.items() if c} == {"twilio"}  # nothing else was owed
+    assert sum(delivered["twilio"].values()) == ACCEPTED["twilio"]
+    assert set(delivered["twilio"].values()) == {1}
