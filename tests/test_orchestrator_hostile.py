@@ -5,6 +5,7 @@ send each owed message once and skip no one, and leak no token."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -527,3 +528,33 @@ def test_postgres_a_send_task_cleared_after_the_run_finished(pg_campaign: tuple[
     assert {p for p, c in delivered.items() if c} == {"twilio"}  # nothing else was owed
     assert sum(delivered["twilio"].values()) == ACCEPTED["twilio"]
     assert set(delivered["twilio"].values()) == {1}
+
+
+def test_open_run_twice_at_once_opens_one_run(
+    box: Sandbox, campaign: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two extract tasks of one logical date at once (a retry while the first attempt is
+    still alive): one run; each either opens or takes it up, or is refused (and its
+    retry takes it up); the audience is decided once."""
+    monkeypatch.delenv("CAMPAIGNKIT_SANDBOX")
+    reference = _campaign_at(box, campaign, tmp_path, monkeypatch, "ck_red_open")
+    command = [sys.executable, str(SEND_TASK), reference, "open", DATE.isoformat()]
+    procs = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)
+    ]
+    outs = [p.communicate(timeout=60) for p in procs]
+    opened = [
+        json.loads(o.decode().splitlines()[-1])
+        for p, (o, _) in zip(procs, outs, strict=True)
+        if p.returncode == 0
+    ]
+    refused = [e.decode() for p, (_, e) in zip(procs, outs, strict=True) if p.returncode]
+    assert opened and all("RunInProgress" in e for e in refused), refused
+    assert len({o["run_id"] for o in opened}) == 1
+    again = tasks.open_run(reference, DATE)  # the refused one's retry
+    assert again["status"] == "resumed" and again["run_id"] == opened[0]["run_id"]
+    assert sorted(o["status"] for o in opened)[0] in {"opened", "resumed"}
+    _send_opened(reference, again)
+    delivered = _delivered(box)
+    assert {p: sum(c.values()) for p, c in delivered.items()} == ACCEPTED
+    assert all(n == 1 for c in delivered.values() for n in c.values())
