@@ -558,3 +558,44 @@ def test_open_run_twice_at_once_opens_one_run(
     delivered = _delivered(box)
     assert {p: sum(c.values()) for p, c in delivered.items()} == ACCEPTED
     assert all(n == 1 for c in delivered.values() for n in c.values())
+
+
+@pytest.mark.parametrize("value", ["sandbox please", "2", "1;0", "-1"])
+def test_a_hostile_switch_value_stops_every_step_before_anything(
+    campaign: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """A value of CAMPAIGNKIT_SANDBOX that is neither on nor off (a typo must not send
+    for real): every step refuses it, and no ledger is written."""
+    monkeypatch.setenv("CAMPAIGNKIT_SANDBOX", value)
+    for step in (
+        lambda: tasks.open_run(str(campaign), DATE),
+        lambda: tasks.send_shard(str(campaign), "any", "sms", 0, 1),
+        lambda: tasks.finish_run(str(campaign), "any"),
+        tasks.sandbox,
+    ):
+        with pytest.raises(ConfigError, match="CAMPAIGNKIT_SANDBOX"):
+            step()
+    assert not (campaign.parent / ".campaignkit").exists()
+
+
+def test_hostile_import_references_are_refused_before_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """References to nothing usable (None, a number, a class, a function returning a
+    function) are ConfigErrors; one whose import raises raises (the orchestrator shows
+    it); no run is opened."""
+    _module(
+        tmp_path,
+        monkeypatch,
+        "ck_red_hostile",
+        "import campaignkit\n"
+        "NOTHING = None\nNUMBER = 3\nKIND = campaignkit.PipelineConfig\n"
+        "def returns_none():\n    return None\n"
+        "def returns_function():\n    return returns_none\n",
+    )
+    _module(tmp_path, monkeypatch, "ck_red_boom", "raise RuntimeError('boom at import')\n")
+    for name in ("NOTHING", "NUMBER", "KIND", "returns_none", "returns_function", "missing"):
+        with pytest.raises(ConfigError):
+            tasks.open_run(f"ck_red_hostile:{name}", DATE)
+    with pytest.raises(RuntimeError, match="boom"):
+        tasks.describe("ck_red_boom:campaign")
