@@ -10,6 +10,7 @@ import os
 import secrets
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -599,3 +600,49 @@ def test_hostile_import_references_are_refused_before_anything(
             tasks.open_run(f"ck_red_hostile:{name}", DATE)
     with pytest.raises(RuntimeError, match="boom"):
         tasks.describe("ck_red_boom:campaign")
+
+
+# -- a slice's transient failures stay the slice's when they are sent again -----------------
+
+
+def _push_rows(config: Path) -> list[tuple[int, str, str, int | None]]:
+    """The push deliveries (seq, address, state, batch) in the rehearsal's ledger."""
+    db = sqlite3.connect(config.parent / ".campaignkit" / "ledger.sandbox.db")
+    try:
+        return db.execute(
+            "SELECT d.seq, d.address, d.state, d.batch FROM deliveries d JOIN channels c "
+            "ON c.run = d.run AND c.code = d.channel WHERE c.channel = 'push' ORDER BY d.seq"
+        ).fetchall()
+    finally:
+        db.close()
+
+
+def test_transient_failures_sent_again_stay_in_their_shard(campaign: Path) -> None:
+    """A first attempt sent the push channel whole (the CLI's, or shards = 1 then) and
+    Expo refused part of its first batch with MessageRateExceeded (transient). The next
+    attempts are by 2 shards: the shard holding that batch re-sends the failures, which
+    fail again; that shard must say so (ShardIncomplete) and its retry must send them,
+    rather than the failures moving to the other shard (already done) and never being
+    sent again."""
+    config = str(campaign)
+    opened = tasks.open_run(config, DATE)
+    run_id = str(opened["run_id"])
+    pending = [row for row in _push_rows(campaign) if row[2] == "pending"]
+    first_batch = pending[:100]  # Expo's batch size, in the ledger's order
+    a = first_batch[0][0]
+    cut = next(i for i, row in enumerate(first_batch) if row[0] % 2 != a % 2)
+    refused = {row[1] for row in first_batch[cut:]}  # their first seq is the other parity
+    expo = shared_sandbox().servers["expo"]
+    expo.ticket_errors.update(dict.fromkeys(refused, "MessageRateExceeded"))
+    try:
+        with pytest.raises(ShardIncomplete):
+            tasks.send_shard(config, run_id, "push", 0, 1)
+        tasks.send_shard(config, run_id, "push", 1 - a % 2, 2)  # owes nothing: done
+        with pytest.raises(ShardIncomplete):  # re-sent, refused again: still owed
+            tasks.send_shard(config, run_id, "push", a % 2, 2)
+    finally:
+        expo.ticket_errors.clear()
+    tasks.send_shard(config, run_id, "push", a % 2, 2)  # the orchestrator's retry
+    delivered = Counter(str(m["to"]) for m in expo.messages)
+    assert refused <= set(delivered), len(refused - set(delivered))
+    assert set(delivered.values()) == {1}
