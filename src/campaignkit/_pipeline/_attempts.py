@@ -59,7 +59,9 @@ def _leased_attempt(
     campaign: Campaign, run_id: str, plan: ChannelPlan, part: Slice, wait: float
 ) -> SendAttempt:
     """:meth:`RunSteps.send_attempt` on a run split into shards: shard ``part.index``
-    leased, not the run claimed (a finished run whose shard owes is taken up first)."""
+    leased, not the run claimed (a finished run whose shard owes is taken up first). A
+    shard beyond the run's split (made once per run, with fewer shards than the caller
+    maps now) holds nothing: the attempt sends nothing."""
     name = plan.channel.name
     ledger = campaign.ledger()
     try:
@@ -69,6 +71,11 @@ def _leased_attempt(
         if not ledger.is_planned(run_id, name):
             raise LedgerError(f"channel {name!r} of run {run_id!r} is not planned yet")
         context = steps.RunContext(campaign, ledger, run_id)
+        split = sum(
+            i.channel == name for i in workers_module.need_shards(context).shard_leases(run_id)
+        )
+        if split and part.index >= split:  # the run was split into fewer: nothing is in it
+            return SendAttempt(result_from_ledger(ledger, run_id, plan.channel))
         if run.status not in ACTIVE_STATUSES:
             if not workers_module.need_shards(context).shard_failures(run_id, name, part.index):
                 return SendAttempt(result_from_ledger(ledger, run_id, plan.channel))

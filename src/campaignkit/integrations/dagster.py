@@ -274,10 +274,12 @@ def _report_asset(built: _Campaign) -> dg.AssetsDefinition:
 def _send_shards(built: _Campaign, run_id: str, channel: str, shards: Sequence[int]) -> None:
     """Send every shard of ``channel`` (``parallel_shards`` at a time); a shard whose
     transient failures are left raises :class:`ShardIncomplete` after the others were
-    sent, so that Dagster retries the step."""
+    sent, so that Dagster retries the step. ``shards`` are the run's (``open_run``'s),
+    which may differ from the definitions' count: the run's count is passed."""
+    count = len(shards)
     with ThreadPoolExecutor(max_workers=max(1, built.parallel_shards)) as pool:
         futures = [
-            pool.submit(_step, tasks.send_shard, built.campaign, run_id, channel, i, built.shards)
+            pool.submit(_step, tasks.send_shard, built.campaign, run_id, channel, i, count)
             for i in shards
         ]
     for future in futures:

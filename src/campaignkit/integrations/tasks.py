@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .. import CsvSource, Pipeline, PipelineConfig, RunStatus, Schedule, Slice, load_config
-from .._ledger import LedgerError, RunInProgress
+from .._ledger import LedgerError, RunInProgress, sharded
 from .._schedule import manual_logical_date
 from ..exceptions import ConfigError, ShardIncomplete
 
@@ -131,12 +131,25 @@ def load(campaign: str | os.PathLike[str]) -> Pipeline:
     honoured): a file's path or an import reference ``"package.module:name"``.
 
     Raises:
-        ConfigError: the file is invalid, or the reference names nothing usable.
+        ConfigError: the file is invalid, the reference names nothing usable, or the
+            switch is on and it names a Pipeline that is not a rehearsal (one built in
+            Python: the switch cannot re-point it, and it must not send for real).
     """
     found = _resolve(campaign)
-    if isinstance(found, Pipeline):
-        return found
-    return Pipeline.from_config(found)
+    if not isinstance(found, Pipeline):
+        return Pipeline.from_config(found)
+    from ..testing.sandbox import sandbox_switch
+
+    if not found.rehearsal and sandbox_switch():
+        # The switch re-points configurations; a pipeline built in Python is built
+        # already, and with the switch on nothing may reach a real provider.
+        raise ConfigError(
+            f"CAMPAIGNKIT_SANDBOX is on but campaign {os.fspath(campaign)!r} is a Pipeline "
+            "built in Python that is not a rehearsal: name its configuration (a path, a "
+            "PipelineConfig) or build it with Pipeline.from_config so that the switch applies",
+            path="campaign",
+        )
+    return found
 
 
 def describe(campaign: str | os.PathLike[str]) -> PipelineSpec:
@@ -177,7 +190,9 @@ def open_run(campaign: str | os.PathLike[str], logical_date: datetime) -> dict[s
     Returns:
         ``run_id``, ``logical_date``, ``status`` (``opened``, ``resumed`` or
         ``replay``), ``extracted`` and ``rejected`` rows, and ``shards``: each
-        channel's shard numbers, to map its send task over.
+        channel's shard numbers, to map its send task over (with their count as
+        ``send_shard``'s ``shards``): on PostgreSQL the run's own split, which an
+        earlier attempt made once and keeps, whatever ``describe`` says now.
 
     Raises:
         ConfigError, TemplateError, SourceError: before the run begins.
@@ -192,6 +207,7 @@ def open_run(campaign: str | os.PathLike[str], logical_date: datetime) -> dict[s
             pipeline.plan_channel(opened.run_id, channel.name)
         if pipeline.sends_in_shards:  # shards that the send tasks lease (PostgreSQL)
             pipeline.shard_channels(opened.run_id, shards=spec.shards)
+    shards = _run_shards(pipeline, opened.run_id, spec)
     status = "replay" if opened.replay is not None else "resumed" if opened.resumed else "opened"
     stats = opened.extracted
     return {
@@ -200,7 +216,7 @@ def open_run(campaign: str | os.PathLike[str], logical_date: datetime) -> dict[s
         "status": status,
         "extracted": stats.rows_read if stats else 0,
         "rejected": stats.rejected if stats else 0,
-        "shards": {c.name: list(range(spec.shards)) for c in spec.channels},
+        "shards": {name: list(range(count)) for name, count in shards.items()},
     }
 
 
@@ -318,6 +334,25 @@ def _resolve(campaign: str | os.PathLike[str]) -> PipelineConfig | Pipeline:
         "a path or a function returning one",
         path="campaign",
     )
+
+
+def _run_shards(pipeline: Pipeline, run_id: str, spec: PipelineSpec) -> dict[str, int]:
+    """Each channel's shard count: where the campaign sends in shards, the run's own
+    split in the ledger (made once per run: a run split by an earlier attempt, the CLI
+    or another configuration keeps its shards, and every one of them must be sent),
+    else ``spec.shards``."""
+    counts = {c.name: spec.shards for c in spec.channels}
+    if not pipeline.sends_in_shards:
+        return counts
+    ledger = pipeline.ledger()
+    try:
+        shared = sharded(ledger)
+        leases = shared.shard_leases(run_id) if shared is not None else []
+    finally:
+        ledger.close()
+    for name in counts:
+        counts[name] = sum(info.channel == name for info in leases) or counts[name]
+    return counts
 
 
 def _is_csv(found: PipelineConfig | Pipeline) -> bool:
