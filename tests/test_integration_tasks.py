@@ -5,6 +5,7 @@ date, tasks taking turns on a run, and the switch itself."""
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import threading
 import time
@@ -236,9 +237,27 @@ def test_a_campaign_by_import_reference(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 @pytest.fixture
+def own_database(postgres_url: str) -> Iterator[str]:
+    """A PostgreSQL database of this test's own on the session's server (dropped
+    after): the frequency caps and suppressions of the session's other tests, which a
+    ledger shares across campaigns, never change this test's audiences."""
+    import psycopg
+
+    name = f"ck_test_{secrets.token_hex(6)}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    base, _, _ = postgres_url.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
 def pg_campaign(
     campaign: str,
-    postgres_url: str,
+    own_database: str,
     request: pytest.FixtureRequest,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
@@ -253,7 +272,7 @@ def pg_campaign(
     text = text.replace('name = "multi_channel_marketing_campaign"', f'name = "{name}"', 1)
     text = text.replace(
         "[execution]\nshards = 2\n",
-        f'[execution]\nshards = 4\nworkers = 2\nlease_seconds = 2\nledger = "{postgres_url}"\n',
+        f'[execution]\nshards = 4\nworkers = 2\nlease_seconds = 2\nledger = "{own_database}"\n',
         1,
     )
     config.write_text(text, encoding="utf-8")
@@ -335,3 +354,18 @@ def test_postgres_a_shard_leased_elsewhere_waits_for_its_lease(pg_campaign: str)
         assert len(shared_sandbox().servers["expo"].messages) == before
     finally:
         other.close()
+
+
+def test_a_replay_sends_nothing_even_what_the_finished_run_left_failed(campaign: str) -> None:
+    """The CLI's rule for a logical date that ran: a replay. Transient failures its run
+    left stay for ``resume --retry-failed`` or a cleared send task, not for a re-run."""
+    shared_sandbox().servers["twilio"].faults.fail_next(*([503] * 2000))
+    pipeline = Pipeline.from_file(campaign, sleep=lambda seconds: None)
+    assert pipeline.rehearsal  # the switch
+    report = pipeline.run(logical_date=DATE)
+    assert report.channels["sms"].failed >= ACCEPTED["twilio"]
+    _reset(shared_sandbox())
+    done = run_like_an_orchestrator(campaign)
+    assert done["opened"]["status"] == "replay"
+    assert done["opened"]["shards"] == {"email": [], "sms": [], "push": []}
+    assert _recipients(shared_sandbox()).get("twilio", Counter()) == Counter()

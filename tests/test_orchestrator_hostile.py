@@ -617,11 +617,6 @@ def _push_rows(config: Path) -> list[tuple[int, str, str, int | None]]:
         db.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: a re-sent batch's id is its smallest seq, whose residue may differ from "
-    "the batch it came from (the ledger's mark_in_flight); see the red-team report",
-)
 def test_transient_failures_sent_again_stay_in_their_shard(campaign: Path) -> None:
     """A first attempt sent the push channel whole (the CLI's, or shards = 1 then) and
     Expo refused part of its first batch with MessageRateExceeded (transient). The next

@@ -163,7 +163,7 @@ def _add_tasks(spec: PipelineSpec, campaign: str, conn_id: str | None) -> None:
         send = task(task_id=channel.send_task, max_active_tis_per_dagrun=spec.parallel_shards)
         sent = (
             send(_send_shard)
-            .partial(**common, channel=channel.name, shards=spec.shards)
+            .partial(**common, status=opened["status"], channel=channel.name, shards=spec.shards)
             .expand(shard=list(range(spec.shards)))
         )
         publish = task(task_id=channel.results_key, trigger_rule=TriggerRule.ALL_DONE)
@@ -236,9 +236,18 @@ def _open_run(campaign: str, conn_id: str | None, shards: int) -> dict[str, Any]
 
 
 def _send_shard(
-    campaign: str, conn_id: str | None, campaign_run: str, channel: str, shards: int, shard: int
+    campaign: str,
+    conn_id: str | None,
+    campaign_run: str,
+    status: str,
+    channel: str,
+    shards: int,
+    shard: int,
 ) -> dict[str, Any]:
-    """Send what shard ``shard`` of ``channel`` still owes (``ShardIncomplete``: retry)."""
+    """Send what shard ``shard`` of ``channel`` still owes (``ShardIncomplete``: retry);
+    nothing when the extract task replayed a finished run (as the CLI does)."""
+    if status == "replay":
+        return {"run_id": campaign_run, "channel": channel, "shard": shard, "replay": True}
     with _step(conn_id):
         return tasks.send_shard(campaign, campaign_run, channel, shard, shards)
 

@@ -192,7 +192,10 @@ def open_run(campaign: str | os.PathLike[str], logical_date: datetime) -> dict[s
         ``replay``), ``extracted`` and ``rejected`` rows, and ``shards``: each
         channel's shard numbers, to map its send task over (with their count as
         ``send_shard``'s ``shards``): on PostgreSQL the run's own split, which an
-        earlier attempt made once and keeps, whatever ``describe`` says now.
+        earlier attempt made once and keeps, whatever ``describe`` says now. None
+        for a replay: like the CLI's, it sends nothing (a finished run's transient
+        failures are sent again by clearing its send tasks, or by ``campaignkit
+        resume --retry-failed``).
 
     Raises:
         ConfigError, TemplateError, SourceError: before the run begins.
@@ -216,7 +219,11 @@ def open_run(campaign: str | os.PathLike[str], logical_date: datetime) -> dict[s
         "status": status,
         "extracted": stats.rows_read if stats else 0,
         "rejected": stats.rejected if stats else 0,
-        "shards": {name: list(range(count)) for name, count in shards.items()},
+        # A replay sends nothing, as the CLI's does: no shard to send.
+        "shards": {
+            name: [] if opened.replay is not None else list(range(count))
+            for name, count in shards.items()
+        },
     }
 
 
