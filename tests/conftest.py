@@ -71,6 +71,45 @@ def postgres_url() -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def own_database(postgres_url: str) -> Iterator[str]:
+    """A database of the test's own on the session's server (dropped after): a ledger
+    shares frequency caps and suppressions across campaigns, and tests that count
+    exact audiences must not see another test's sends."""
+    import psycopg
+
+    name = f"ck_own_{secrets.token_hex(6)}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    parts = urllib.parse.urlsplit(postgres_url)
+    try:
+        yield urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def shared_sandbox_reference(config: Path, folder: Path, module: str) -> str:
+    """An import reference (``module:campaign``, written into ``folder``, which the
+    caller puts on ``sys.path``) to the campaign of file ``config`` pointed at the
+    process's shared sandbox without being a rehearsal: its ledger is the configured
+    one (a rehearsal always records into its own SQLite file)."""
+    (folder / f"{module}.py").write_text(
+        "import attrs\n"
+        "from campaignkit import Pipeline, Rate, load_config\n"
+        "from campaignkit.testing.sandbox import shared_sandbox\n"
+        "def campaign():\n"
+        "    box = shared_sandbox()\n"
+        f"    config = load_config({str(config)!r})\n"
+        "    channels = tuple(attrs.evolve(c, rate=Rate(), options={**c.options,\n"
+        "        **box.channel_options(c.provider)}) for c in config.channels)\n"
+        "    config = attrs.evolve(config, channels=channels)\n"
+        "    return Pipeline.from_config(config, rehearsal=False, env=box.env(config))\n",
+        encoding="utf-8",
+    )
+    return f"{module}:campaign"
+
+
 @attrs.define
 class Backend:
     """Where a test's ledgers are: a SQLite file, or a PostgreSQL schema of its own.

@@ -5,7 +5,6 @@ date, tasks taking turns on a run, and the switch itself."""
 
 from __future__ import annotations
 
-import secrets
 import shutil
 import threading
 import time
@@ -25,6 +24,7 @@ from campaignkit.exceptions import ConfigError, ShardIncomplete
 from campaignkit.integrations import tasks
 from campaignkit.integrations.tasks import RunInProgress
 from campaignkit.testing.sandbox import Sandbox, shared_sandbox
+from conftest import shared_sandbox_reference
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "multi_channel_campaign"
 DATE = datetime(2024, 1, 2, tzinfo=UTC)
@@ -237,24 +237,6 @@ def test_a_campaign_by_import_reference(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 @pytest.fixture
-def own_database(postgres_url: str) -> Iterator[str]:
-    """A PostgreSQL database of this test's own on the session's server (dropped
-    after): the frequency caps and suppressions of the session's other tests, which a
-    ledger shares across campaigns, never change this test's audiences."""
-    import psycopg
-
-    name = f"ck_test_{secrets.token_hex(6)}"
-    with psycopg.connect(postgres_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    base, _, _ = postgres_url.rpartition("/")
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with psycopg.connect(postgres_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture
 def pg_campaign(
     campaign: str,
     own_database: str,
@@ -277,22 +259,10 @@ def pg_campaign(
     )
     config.write_text(text, encoding="utf-8")
     module = f"ck_pg_{name}"
-    (tmp_path / f"{module}.py").write_text(
-        "import attrs\n"
-        "from campaignkit import Pipeline, Rate, load_config\n"
-        "from campaignkit.testing.sandbox import shared_sandbox\n"
-        "def campaign():\n"
-        "    box = shared_sandbox()\n"
-        f"    config = load_config({str(config)!r})\n"
-        "    channels = tuple(attrs.evolve(c, rate=Rate(), options={**c.options,\n"
-        "        **box.channel_options(c.provider)}) for c in config.channels)\n"
-        "    config = attrs.evolve(config, channels=channels)\n"
-        "    return Pipeline.from_config(config, rehearsal=False, env=box.env(config))\n",
-        encoding="utf-8",
-    )
+    reference = shared_sandbox_reference(config, tmp_path, module)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delenv("CAMPAIGNKIT_SANDBOX")
-    return f"{module}:campaign"
+    return reference
 
 
 def send_all_shards(campaign: str, run_id: str, *, attempts: int = 3) -> Counter[str]:

@@ -14,7 +14,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ from campaignkit.exceptions import ConfigError, ShardIncomplete
 from campaignkit.integrations import tasks
 from campaignkit.integrations.tasks import LedgerError
 from campaignkit.testing.sandbox import Sandbox, shared_sandbox
+from conftest import shared_sandbox_reference
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "multi_channel_campaign"
 SRC = Path(__file__).parent.parent / "src"
@@ -77,22 +77,6 @@ def _with_shards(config: Path, shards: int) -> None:
 
 
 @pytest.fixture
-def own_database(postgres_url: str) -> Iterator[str]:
-    """A database of the test's own: a ledger shares frequency caps and suppressions
-    across campaigns, and other tests count exact audiences on the session's."""
-    psycopg = pytest.importorskip("psycopg")
-    name = f"ck_red_{secrets.token_hex(6)}"
-    with psycopg.connect(postgres_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    parts = urllib.parse.urlsplit(postgres_url)
-    try:
-        yield urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
-    finally:
-        with psycopg.connect(postgres_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture
 def pg_campaign(
     campaign: Path,
     own_database: str,
@@ -113,22 +97,10 @@ def pg_campaign(
     )
     campaign.write_text(text, encoding="utf-8")
     module = f"ck_pgh_{name}"
-    (tmp_path / f"{module}.py").write_text(
-        "import attrs\n"
-        "from campaignkit import Pipeline, Rate, load_config\n"
-        "from campaignkit.testing.sandbox import shared_sandbox\n"
-        "def campaign():\n"
-        "    box = shared_sandbox()\n"
-        f"    config = load_config({str(campaign)!r})\n"
-        "    channels = tuple(attrs.evolve(c, rate=Rate(), options={**c.options,\n"
-        "        **box.channel_options(c.provider)}) for c in config.channels)\n"
-        "    config = attrs.evolve(config, channels=channels)\n"
-        "    return Pipeline.from_config(config, rehearsal=False, env=box.env(config))\n",
-        encoding="utf-8",
-    )
+    reference = shared_sandbox_reference(campaign, tmp_path, module)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delenv("CAMPAIGNKIT_SANDBOX")
-    return f"{module}:campaign", campaign
+    return reference, campaign
 
 
 def _send_opened(campaign: str, opened: dict[str, object], *, attempts: int = 3) -> None:
