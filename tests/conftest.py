@@ -89,6 +89,26 @@ def own_database(postgres_url: str) -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def example_on_postgres(
+    config: Path, name: str, ledger: str, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """The example campaign of file ``config`` (a copy, with ``shards = 2`` in its
+    ``[execution]``) renamed ``name``, on the PostgreSQL ledger ``ledger`` with 2
+    workers and 4 shards per channel (leases of 2 s), as an import reference: see
+    :func:`shared_sandbox_reference`; the sandbox switch off."""
+    text = config.read_text(encoding="utf-8")
+    text = text.replace('name = "multi_channel_marketing_campaign"', f'name = "{name}"', 1)
+    text = text.replace(
+        "[execution]\nshards = 2\n",
+        f'[execution]\nshards = 4\nworkers = 2\nlease_seconds = 2\nledger = "{ledger}"\n',
+        1,
+    )
+    config.write_text(text, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delenv("CAMPAIGNKIT_SANDBOX", raising=False)
+    return shared_sandbox_reference(config, folder, f"ck_{name}")
+
+
 def shared_sandbox_reference(config: Path, folder: Path, module: str) -> str:
     """An import reference (``module:campaign``, written into ``folder``, which the
     caller puts on ``sys.path``) to the campaign of file ``config`` pointed at the

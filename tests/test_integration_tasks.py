@@ -24,7 +24,7 @@ from campaignkit.exceptions import ConfigError, ShardIncomplete
 from campaignkit.integrations import tasks
 from campaignkit.integrations.tasks import RunInProgress
 from campaignkit.testing.sandbox import Sandbox, shared_sandbox
-from conftest import shared_sandbox_reference
+from conftest import example_on_postgres
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "multi_channel_campaign"
 DATE = datetime(2024, 1, 2, tzinfo=UTC)
@@ -248,21 +248,8 @@ def pg_campaign(
     shards per channel, under a name of the test's own (one run per test), as an
     import reference: a pipeline pointed at the shared sandbox that is not a rehearsal
     (a rehearsal records into its own SQLite ledger, where tasks take turns)."""
-    config = Path(campaign)
     name = "pg_" + request.node.name.removeprefix("test_")[:40]
-    text = config.read_text(encoding="utf-8")
-    text = text.replace('name = "multi_channel_marketing_campaign"', f'name = "{name}"', 1)
-    text = text.replace(
-        "[execution]\nshards = 2\n",
-        f'[execution]\nshards = 4\nworkers = 2\nlease_seconds = 2\nledger = "{own_database}"\n',
-        1,
-    )
-    config.write_text(text, encoding="utf-8")
-    module = f"ck_pg_{name}"
-    reference = shared_sandbox_reference(config, tmp_path, module)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delenv("CAMPAIGNKIT_SANDBOX")
-    return reference
+    return example_on_postgres(Path(campaign), name, own_database, tmp_path, monkeypatch)
 
 
 def send_all_shards(campaign: str, run_id: str, *, attempts: int = 3) -> Counter[str]:

@@ -26,7 +26,7 @@ from campaignkit.exceptions import ConfigError, ShardIncomplete
 from campaignkit.integrations import tasks
 from campaignkit.integrations.tasks import LedgerError
 from campaignkit.testing.sandbox import Sandbox, shared_sandbox
-from conftest import shared_sandbox_reference
+from conftest import example_on_postgres
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "multi_channel_campaign"
 SRC = Path(__file__).parent.parent / "src"
@@ -88,18 +88,7 @@ def pg_campaign(
     a name of the test's own, as an import reference to a pipeline pointed at the
     shared sandbox (not a rehearsal); and its file, to edit."""
     name = "pgh_" + request.node.name.removeprefix("test_")[:40]
-    text = campaign.read_text(encoding="utf-8")
-    text = text.replace('name = "multi_channel_marketing_campaign"', f'name = "{name}"', 1)
-    text = text.replace(
-        "[execution]\nshards = 2\n",
-        f'[execution]\nshards = 4\nworkers = 2\nlease_seconds = 2\nledger = "{own_database}"\n',
-        1,
-    )
-    campaign.write_text(text, encoding="utf-8")
-    module = f"ck_pgh_{name}"
-    reference = shared_sandbox_reference(campaign, tmp_path, module)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delenv("CAMPAIGNKIT_SANDBOX")
+    reference = example_on_postgres(campaign, name, own_database, tmp_path, monkeypatch)
     return reference, campaign
 
 
