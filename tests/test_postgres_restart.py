@@ -44,7 +44,7 @@ import attrs
 import pytest
 
 from campaignkit import Pipeline, get_plugin_manager
-from campaignkit._ledger import LedgerError, PlanRules
+from campaignkit._ledger import LedgerError, PlanRules, open_ledger
 from campaignkit._models import DeliveryResult, DeliveryStatus, Recipient
 from campaignkit.testing.sandbox import Sandbox
 from conftest import REQUIRE_POSTGRES
@@ -466,3 +466,23 @@ def test_a_campaign_finishes_when_the_server_restarts_in_the_middle_of_the_send(
     assert len(got) == 2 * N and max(got.values()) == 1  # each once, nobody skipped
     rows = sql(url, "SELECT state, count(*) FROM deliveries GROUP BY state")
     assert rows == [("sent", 2 * N)]
+
+
+def test_an_interrupt_during_a_statement_is_an_interrupt_not_a_ledger_error(
+    postgres_url: str,
+) -> None:
+    """Ctrl-C (or a SIGTERM turned into KeyboardInterrupt) during a statement: psycopg
+    cancels it on the server and the ledger lets the KeyboardInterrupt through at once
+    (never retried as a broken connection, never turned into a LedgerError that a
+    caller might log and carry on after)."""
+    import _thread
+
+    ledger = open_ledger(postgres_url, schema=f"t_{secrets.token_hex(6)}")
+    try:
+        threading.Timer(0.5, _thread.interrupt_main).start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            ledger._do(lambda conn: conn.execute("SELECT pg_sleep(10)"))  # type: ignore[attr-defined]
+        assert time.monotonic() - started < 5
+    finally:
+        ledger.close()
