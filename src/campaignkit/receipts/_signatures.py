@@ -216,10 +216,8 @@ def verify_twilio_json(auth_token: str, url: str, body: bytes, signature: str) -
         claimed = parse_qs(urlsplit(url).query).get("bodySHA256", [])
     except ValueError:
         return False
-    if len(claimed) != 1 or not claimed[0].isascii():
-        return False
-    digest = hashlib.sha256(body).hexdigest().encode("ascii")
-    body_ok = hmac.compare_digest(digest, claimed[0].encode("ascii"))
+    digest = hashlib.sha256(body).hexdigest()
+    body_ok = len(claimed) == 1 and claimed[0].isascii() and hmac.compare_digest(digest, claimed[0])
     return verify_twilio(auth_token, url, {}, signature) and body_ok
 
 
