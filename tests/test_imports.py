@@ -28,6 +28,7 @@ PUBLIC_MODULES = (
     "campaignkit.hookspecs",
     "campaignkit.integrations.tasks",
     "campaignkit.options",
+    "campaignkit.receipts",
     "campaignkit.testing",
     "campaignkit.testing.sandbox",
 )
