@@ -30,6 +30,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -478,6 +479,8 @@ def test_an_interrupt_during_a_statement_is_an_interrupt_not_a_ledger_error(
     import _thread
 
     ledger = open_ledger(postgres_url, schema=f"t_{secrets.token_hex(6)}")
+    # Python's own Ctrl-C handler, whatever an earlier test left installed.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         threading.Timer(0.5, _thread.interrupt_main).start()
         started = time.monotonic()
@@ -485,4 +488,5 @@ def test_an_interrupt_during_a_statement_is_an_interrupt_not_a_ledger_error(
             ledger._do(lambda conn: conn.execute("SELECT pg_sleep(10)"))  # type: ignore[attr-defined]
         assert time.monotonic() - started < 5
     finally:
+        signal.signal(signal.SIGINT, previous)
         ledger.close()

@@ -252,6 +252,10 @@ def test_sigterm_to_a_worker_finishes_in_flight_requests_and_lets_go(
         _assert_once_and_nothing_skipped(pipeline, run_id, box)
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM])
 def test_interrupting_a_run_with_workers(
     tmp_path: Path, ledger_env: str, how: signal.Signals
@@ -274,6 +278,10 @@ def test_interrupting_a_run_with_workers(
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
+            # A terminal's Ctrl-C reaches a process that does not ignore SIGINT: a
+            # process started in the background (a CI script run with `&`) inherits
+            # it ignored, and Python then leaves it so.
+            preexec_fn=_sigint_default,
         )
         try:
             _wait_received(box, 10)
