@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import sqlite3
@@ -60,14 +61,24 @@ def postgres_url() -> Iterator[str]:
         admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
     except psycopg.Error:
         _postgres_unavailable(f"no PostgreSQL server answers at {redact_url(POSTGRES_URL)}")
-    name = f"ck_test_{secrets.token_hex(6)}"
-    with admin:
+    admin.close()
+    with _database(POSTGRES_URL, "ck_test") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _database(server: str, prefix: str) -> Iterator[str]:
+    """A database ``<prefix>_<random>`` on ``server`` for the block (dropped after)."""
+    import psycopg
+
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    with psycopg.connect(server, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-    parts = urllib.parse.urlsplit(POSTGRES_URL)
+    parts = urllib.parse.urlsplit(server)
     try:
         yield urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
     finally:
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        with psycopg.connect(server, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -76,17 +87,8 @@ def own_database(postgres_url: str) -> Iterator[str]:
     """A database of the test's own on the session's server (dropped after): a ledger
     shares frequency caps and suppressions across campaigns, and tests that count
     exact audiences must not see another test's sends."""
-    import psycopg
-
-    name = f"ck_own_{secrets.token_hex(6)}"
-    with psycopg.connect(postgres_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    parts = urllib.parse.urlsplit(postgres_url)
-    try:
-        yield urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
-    finally:
-        with psycopg.connect(postgres_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with _database(postgres_url, "ck_own") as url:
+        yield url
 
 
 def example_on_postgres(

@@ -33,6 +33,7 @@ from .exceptions import ConfigError
 __all__ = [
     "SANDBOX_DIR",
     "SANDBOX_VARIABLE",
+    "in_shared_sandbox",
     "is_rehearsal",
     "rehearsal_config",
     "rehearsal_execution",
@@ -166,3 +167,16 @@ def sandbox_channels(channels: Iterable[Channel]) -> list[str]:
         if port in live and host in _SANDBOX_HOSTS:
             names.append(channel.name)
     return names
+
+
+def in_shared_sandbox(
+    config: PipelineConfig, kwargs: dict[str, Any]
+) -> tuple[PipelineConfig, dict[str, Any]]:
+    """``config`` and a :class:`Pipeline` constructor's keyword arguments pointed at
+    the process's :func:`shared_sandbox` (``CAMPAIGNKIT_SANDBOX=1``): its servers, its
+    tokens over ``env`` (default ``os.environ``), and a rehearsal."""
+    sandbox = shared_sandbox()
+    applied = sandbox.apply(config)
+    env = kwargs.get("env")
+    environ = dict(os.environ if env is None else env)
+    return applied, {**kwargs, "env": {**environ, **sandbox.env(applied)}, "rehearsal": True}

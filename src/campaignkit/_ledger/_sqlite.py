@@ -458,9 +458,8 @@ class SqliteLedger:
     def requeue(
         self, run_id: str, channel: str, *, failed: bool, unknown: bool, part: Slice = WHOLE
     ) -> int:
-        """Put deliveries (of slice ``part``) back to ``pending``: transient failures
-        (``failed``) and/or ``unknown`` ones. Permanent failures are never requeued.
-        Returns the count."""
+        """Put transient failures (``failed``) and/or ``unknown`` deliveries (of slice
+        ``part``) back to ``pending``, never permanent failures; returns the count."""
         run, code = self._key(run_id, channel)
         self.flush()
         if not (failed or unknown):
@@ -478,10 +477,8 @@ class SqliteLedger:
         part: Slice = WHOLE,
     ) -> int:
         """How many deliveries (of slice ``part``) a resume of these channels would
-        send: ``pending``,
-        ``in_flight`` and ``deferred`` ones, and transient failures (``failed``) and
-        ``unknown`` ones if asked. A channel not planned yet counts as owed (a resume
-        plans and sends it)."""
+        send: ``pending``, ``in_flight`` and ``deferred`` ones, transient failures
+        (``failed``) and ``unknown`` ones if asked; a channel not planned is owed."""
         run = self._run_key(run_id)
         self.flush()
         total = 0

@@ -28,12 +28,12 @@ from .._models import RunReport, Secret
 from .._notifier import Notifier
 from .._plugins import Registry, get_plugin_manager
 from .._rehearsal import (
+    in_shared_sandbox,
     is_rehearsal,
     rehearsal_execution,
     rehearsal_output_root,
     sandbox_channels,
     sandbox_switch,
-    shared_sandbox,
 )
 from .._schedule import manual_logical_date
 from .._source import Source
@@ -182,7 +182,7 @@ class Pipeline(Checks, RunSteps):
         """
         sandboxed = kwargs.get("rehearsal") is None and not is_rehearsal(config.execution)
         if sandboxed and sandbox_switch():
-            config, kwargs = _in_shared_sandbox(config, kwargs)
+            config, kwargs = in_shared_sandbox(config, kwargs)
         pipeline = cls(
             config.name,
             config.source,
@@ -493,14 +493,3 @@ class Pipeline(Checks, RunSteps):
         return ScheduledRuns(
             reports=tuple(reports), skipped=plan.skip, blocked=plan.blocked, next_due=plan.next_due
         )
-
-
-def _in_shared_sandbox(
-    config: PipelineConfig, kwargs: dict[str, Any]
-) -> tuple[PipelineConfig, dict[str, Any]]:
-    """``config`` and the constructor's arguments pointed at the process's sandbox."""
-    sandbox = shared_sandbox()
-    applied = sandbox.apply(config)
-    env = kwargs.get("env")
-    environ = dict(os.environ if env is None else env)
-    return applied, {**kwargs, "env": {**environ, **sandbox.env(applied)}, "rehearsal": True}
