@@ -28,6 +28,7 @@ from campaignkit import ChannelSettings, ConfigError, Secret, get_plugin_manager
 from campaignkit._config import (
     Channel,
     Execution,
+    ReceiptsConfig,
     RetryPolicy,
     Schedule,
     SourceConfig,
@@ -133,6 +134,7 @@ def schema_keys() -> list[tuple[str, str]]:
         Execution,
         RetryPolicy,
         Schedule,
+        ReceiptsConfig,
         Rate,
         _CsvOptions,
         _JsonLinesOptions,

@@ -15,6 +15,7 @@ from ._config import (
     Channel,
     Execution,
     PipelineConfig,
+    ReceiptsConfig,
     RetryPolicy,
     Schedule,
     SourceConfig,
@@ -40,7 +41,7 @@ from ._plugins import Registry, get_plugin_manager
 from ._redact import RedactingFilter
 from ._source import Source
 from ._sources import CsvSource, JsonLinesSource
-from ._states import DeliveryCounts, DeliveryStatus, Reason, RunStatus
+from ._states import DeliveryCounts, DeliveryStatus, Reason, ReceiptStatus, RunStatus
 from ._static import StaticSource
 from .exceptions import (
     AudienceGuardError,
@@ -82,6 +83,8 @@ __all__ = [
     "Problem",
     "Rate",
     "Reason",
+    "ReceiptStatus",
+    "ReceiptsConfig",
     "Recipient",
     "Registry",
     "RejectedRow",

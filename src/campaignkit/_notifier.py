@@ -41,6 +41,9 @@ class ChannelSettings:
             ``os.environ``), for settings an option names a variable of
             (``account_sid_env``). Channels read it, never ``os.environ``: a
             notifier built by hand sees only what it is given (nothing by default).
+        receipts_url: where the provider should send this channel's delivery
+            receipts (``[receipts] public_url``), for providers that are told per
+            message (Twilio's ``StatusCallback``, Telnyx's ``webhook_url``).
     """
 
     channel: str
@@ -49,6 +52,7 @@ class ChannelSettings:
     timeout: float = 30.0
     base_dir: Path = attrs.field(factory=Path.cwd)
     env: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    receipts_url: str | None = None
 
     @property
     def path(self) -> str:

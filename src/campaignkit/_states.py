@@ -14,6 +14,14 @@ A delivery (one recipient on one channel)::
     failed (transient) -> pending           (retry-failed)
     in_flight -> pending | unknown          (resume after a crash, by policy)
     unknown -> pending                      (resume --resend-unknown)
+
+After ``sent``, the provider's receipts (webhooks, polls) say what became of it::
+
+    sent -> undelivered < delivered < bounced < unsubscribed < complained
+
+A delivery's receipt is the highest of the receipts that arrived, in that order (a
+tie: the later event), so that the same receipt twice changes nothing and receipts
+arriving in any order end in the same state.
 """
 
 from __future__ import annotations
@@ -27,12 +35,15 @@ import attrs
 __all__ = [
     "ACTIVE_STATUSES",
     "FINAL_DELIVERY_STATES",
+    "RECEIPT_RANKS",
     "RESUMABLE_STATUSES",
+    "SUPPRESSING_RECEIPTS",
     "UNFINISHED_STATUSES",
     "DeliveryCounts",
     "DeliveryStatus",
     "Doubt",
     "Reason",
+    "ReceiptStatus",
     "RunStatus",
 ]
 
@@ -93,6 +104,27 @@ FINAL_DELIVERY_STATES = frozenset(
 )
 
 
+class ReceiptStatus(enum.StrEnum):
+    """What a provider's receipt says became of a ``sent`` delivery."""
+
+    UNDELIVERED = "undelivered"  # a temporary failure (soft bounce, deferral): may yet arrive
+    DELIVERED = "delivered"  # the recipient's server, carrier or push service took it
+    BOUNCED = "bounced"  # a permanent failure (hard bounce, unknown number, unregistered device)
+    UNSUBSCRIBED = "unsubscribed"  # the recipient opted out (unsubscribe link, STOP)
+    COMPLAINED = "complained"  # the recipient reported it as spam
+
+
+#: The order receipts win in: a delivery keeps the highest it was told of.
+RECEIPT_RANKS: Mapping[str, int] = MappingProxyType(
+    {status.value: rank for rank, status in enumerate(ReceiptStatus, start=1)}
+)
+
+#: Receipts that put the address on the suppression list.
+SUPPRESSING_RECEIPTS = frozenset(
+    {ReceiptStatus.BOUNCED, ReceiptStatus.UNSUBSCRIBED, ReceiptStatus.COMPLAINED}
+)
+
+
 class Reason(enum.StrEnum):
     """Reason codes recorded with failed and skipped deliveries.
 
@@ -149,12 +181,15 @@ class DeliveryCounts:
         error_codes: failed and skipped deliveries by their last error code (a sent or
             unknown delivery failed nothing).
         doubts: ``unknown`` deliveries by :class:`Doubt` (why each is in doubt).
+        receipts: ``sent`` deliveries by their :class:`ReceiptStatus` (those with a
+            receipt; :attr:`awaiting_receipt` counts the others).
     """
 
     states: Mapping[str, int] = attrs.field(factory=dict, converter=_frozen)
     reasons: Mapping[str, int] = attrs.field(factory=dict, converter=_frozen)
     error_codes: Mapping[str, int] = attrs.field(factory=dict, converter=_frozen)
     doubts: Mapping[Doubt, int] = attrs.field(factory=dict, converter=_frozen_doubts)
+    receipts: Mapping[str, int] = attrs.field(factory=dict, converter=_frozen)
 
     def __getitem__(self, state: str) -> int:
         """Deliveries in ``state`` (0 when there are none)."""
@@ -164,6 +199,11 @@ class DeliveryCounts:
     def total(self) -> int:
         """Every delivery of the channel."""
         return sum(self.states.values())
+
+    @property
+    def awaiting_receipt(self) -> int:
+        """``sent`` deliveries no receipt has been recorded for yet."""
+        return max(0, self[DeliveryStatus.SENT] - sum(self.receipts.values()))
 
     @property
     def eligible(self) -> int:

@@ -12,7 +12,7 @@ import attrs
 
 from ..exceptions import ConfigError, Problem
 from ._key_lines import key_lines, line_of
-from ._schema import Channel, Execution, PipelineConfig, Schedule, SourceConfig
+from ._schema import Channel, Execution, PipelineConfig, ReceiptsConfig, Schedule, SourceConfig
 from ._structure import collect_options, describe, did_you_mean, known_keys, shown, unknown_key
 from ._validators import ROWS_PER_CUSTOMER, check_name
 
@@ -120,7 +120,7 @@ class _Parser:
         return value
 
     def parse(self, data: Mapping[str, Any]) -> PipelineConfig | None:
-        known = ("pipeline", "source", "channels", "execution", "schedule")
+        known = ("pipeline", "source", "channels", "execution", "schedule", "receipts")
         for key in data:
             if key in known:
                 continue
@@ -143,6 +143,7 @@ class _Parser:
         channels = self.channels(data.get("channels"))
         execution = self.table(data.get("execution", {}), Execution, "execution")
         schedule = self.table(data.get("schedule", {}), Schedule, "schedule")
+        receipts = self.table(data.get("receipts", {}), ReceiptsConfig, "receipts")
         if meta is None or source is None or not channels:
             return None
         return PipelineConfig(
@@ -154,6 +155,7 @@ class _Parser:
             channels=tuple(channels),
             execution=execution or Execution(),
             schedule=schedule or Schedule(),
+            receipts=receipts or ReceiptsConfig(),
             base_dir=self.base_dir,
         )
 

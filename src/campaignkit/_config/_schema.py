@@ -29,6 +29,7 @@ __all__ = [
     "FrequencyCap",
     "PipelineConfig",
     "QuietHoursConfig",
+    "ReceiptsConfig",
     "RetryPolicy",
     "Schedule",
     "SourceConfig",
@@ -152,6 +153,10 @@ class Channel:
         unsubscribe_url, unsubscribe_mailto: templates for the email
             ``List-Unsubscribe`` headers (RFC 2369; one-click RFC 8058 with an https URL).
         price_per_message, price_per_segment: for the dry-run cost estimate.
+        receipts_key, receipts_key_env: the key that verifies the provider's signed
+            receipts (SendGrid's Event Webhook verification key, Telnyx's public key),
+            or the environment variable holding it (default ``<NAME>_RECEIPTS_KEY``).
+            Twilio's are signed with the auth token (the channel's token).
         on_doubt: what happens to a message whose request ended in doubt (a read
             timeout, a connection lost after sending, a 5xx: the provider may have
             delivered it) when the provider has no idempotency keys and no lookup
@@ -190,11 +195,18 @@ class Channel:
     price_per_message: float | None = attrs.field(default=None, validator=non_negative)
     price_per_segment: float | None = attrs.field(default=None, validator=non_negative)
     on_doubt: str = attrs.field(default="unknown", validator=one_of("unknown", "retry"))
+    receipts_key: str | None = attrs.field(default=None, repr=False)
+    receipts_key_env: str | None = None
 
     @property
     def token_variable(self) -> str:
         """The environment variable the token is read from."""
         return self.token_env or f"{self.name.upper()}_API_TOKEN"
+
+    @property
+    def receipts_key_variable(self) -> str:
+        """The environment variable the receipts' verification key is read from."""
+        return self.receipts_key_env or f"{self.name.upper()}_RECEIPTS_KEY"
 
     @property
     def report_key(self) -> str:
@@ -285,6 +297,67 @@ class SourceConfig:
     rows_per_customer: str = attrs.field(default="one", validator=check_rows_per_customer)
 
 
+def _http_url(instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and not (
+        value.startswith(("http://", "https://")) and len(value.split("://", 1)[1].strip("/")) > 0
+    ):
+        raise ConfigError(f"expected an http(s) URL, got {value!r}", path=attribute.name)
+
+
+#: Opt-out replies (Twilio's and the carriers' defaults): an inbound message that is
+#: exactly one of them (any case) suppresses the sender's number.
+DEFAULT_STOP_KEYWORDS = (
+    "STOP",
+    "STOPALL",
+    "STOP ALL",
+    "UNSUBSCRIBE",
+    "CANCEL",
+    "END",
+    "QUIT",
+    "OPTOUT",
+    "REVOKE",
+)
+
+
+@attrs.frozen
+class ReceiptsConfig:
+    """The ``[receipts]`` table: where the providers' delivery receipts arrive.
+
+    Attributes:
+        public_url: the URL at which providers reach the receiver; each channel's
+            route is ``{public_url}/receipts/{channel}``. Twilio signs the exact URL it
+            calls, and the SMS channels ask for callbacks there when it is set
+            (``StatusCallback``, ``webhook_url``).
+        verify: check every receipt's signature (default). ``false`` accepts unsigned
+            receipts: for a receiver on 127.0.0.1 in local tests only (it refuses to
+            listen elsewhere, and says so loudly).
+        tolerance_seconds: how far a signed timestamp may be from now (replays older
+            than this are refused).
+        max_body_bytes: the largest receipt body taken (SendGrid batches are under 1 MB).
+        stop_keywords: inbound SMS replies that opt the sender out.
+        poll_after_minutes, poll_window_hours: polled receipts (Expo) are asked for
+            this long after the send, and no longer than this after it.
+    """
+
+    public_url: str | None = attrs.field(default=None, validator=_http_url)
+    verify: bool = True
+    tolerance_seconds: float = attrs.field(default=300.0, validator=positive)
+    max_body_bytes: int = attrs.field(default=1_048_576, validator=positive)
+    stop_keywords: tuple[str, ...] = DEFAULT_STOP_KEYWORDS
+    poll_after_minutes: float = attrs.field(default=15.0, validator=non_negative)
+    poll_window_hours: float = attrs.field(default=24.0, validator=positive)
+
+    def route(self, channel: str) -> str:
+        """The path of ``channel``'s receipts: ``/receipts/<channel>``."""
+        return f"/receipts/{channel}"
+
+    def url(self, channel: str) -> str | None:
+        """The public URL of ``channel``'s receipts, when :attr:`public_url` is set."""
+        if self.public_url is None:
+            return None
+        return self.public_url.rstrip("/") + self.route(channel)
+
+
 @attrs.frozen
 class PipelineConfig:
     """A whole campaign file, structured."""
@@ -298,5 +371,6 @@ class PipelineConfig:
     owner: str = ""
     execution: Execution = attrs.field(factory=Execution)
     schedule: Schedule = attrs.field(factory=Schedule)
+    receipts: ReceiptsConfig = attrs.field(factory=ReceiptsConfig)
     base_dir: Path = attrs.field(factory=Path.cwd)
     file: str | None = None

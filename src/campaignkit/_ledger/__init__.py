@@ -39,9 +39,10 @@ from __future__ import annotations
 from ._claims import HEARTBEAT_SECONDS, LEASE_SECONDS, Owner
 from ._connection import connect
 from ._errors import LedgerError, MaxActiveRunsReached, RunInProgress, RunOwnershipLost
-from ._open import open_ledger
+from ._open import open_ledger, open_receipt_book
 from ._postgres import PostgresLedger, is_postgres_url
 from ._protocol import Ledger, RejectSink, ShardedLedger, sharded
+from ._receipts import ReceiptBook
 from ._schema import SCHEMA_VERSION
 from ._scratch import scratch_ledger
 from ._sqlite import SqliteLedger
@@ -74,6 +75,7 @@ __all__ = [
     "PlanRow",
     "PlanRules",
     "PostgresLedger",
+    "ReceiptBook",
     "RejectSink",
     "RunInProgress",
     "RunOwnershipLost",
@@ -87,6 +89,7 @@ __all__ = [
     "connect",
     "is_postgres_url",
     "open_ledger",
+    "open_receipt_book",
     "scratch_ledger",
     "sharded",
 ]

@@ -7,9 +7,11 @@ from pathlib import Path
 from ._errors import LedgerError
 from ._postgres import PostgresLedger, is_postgres_url
 from ._protocol import Ledger
+from ._receipt_db import SqliteReceiptDb
+from ._receipts import ReceiptBook
 from ._sqlite import SqliteLedger
 
-__all__ = ["SQLITE_SCHEME", "open_ledger"]
+__all__ = ["SQLITE_SCHEME", "open_ledger", "open_receipt_book"]
 
 #: The URL prefix that names a SQLite file (``sqlite:///relative.db``,
 #: ``sqlite:////absolute.db``, as SQLAlchemy writes them).
@@ -58,3 +60,19 @@ def open_ledger(
     path = _sqlite_path(location)
     past = None if history is None else _sqlite_path(history)
     return SqliteLedger(path, durable=durable, history=past)
+
+
+def open_receipt_book(location: str | Path, *, schema: str | None = None) -> ReceiptBook:
+    """A :class:`ReceiptBook` recording into the ledger at ``location`` (as
+    :func:`open_ledger` reads it), migrating the ledger to this version's schema.
+
+    Raises:
+        LedgerError: the ledger cannot be opened.
+    """
+    if is_postgres_url(location):
+        ledger = PostgresLedger(str(location), schema=schema or "campaignkit")
+        return ReceiptBook(ledger.receipt_db(), closer=ledger.close)
+    if schema is not None:
+        raise LedgerError(f"schema {schema!r}: a SQLite ledger has no schemas (its file is one)")
+    db = SqliteReceiptDb(_sqlite_path(location))
+    return ReceiptBook(db, closer=db.close)

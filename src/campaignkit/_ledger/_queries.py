@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from .._models import DeliveryResult, Recipient
@@ -163,17 +163,23 @@ def owed(
     return int(row[0])
 
 
-def counts(conn: sqlite3.Connection, run: int, code: int) -> DeliveryCounts:
-    """A channel's deliveries by state and reason (see :meth:`SqliteLedger.counts`)."""
+#: A channel's deliveries grouped as :func:`counts_from_rows` reads them (both backends).
+COUNTS = (
+    "SELECT state, reason, error_code, receipt, COUNT(*) FROM deliveries "
+    "WHERE run = ? AND channel = ? GROUP BY state, reason, error_code, receipt"
+)
+
+
+def counts_from_rows(
+    rows: Iterable[tuple[str, str | None, str | None, str | None, int]],
+) -> DeliveryCounts:
+    """:class:`DeliveryCounts` from the rows of :data:`COUNTS`."""
     states: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     codes: Counter[str] = Counter()
     doubts: Counter[Doubt] = Counter()
-    for state, reason, error_code, n in conn.execute(
-        "SELECT state, reason, error_code, COUNT(*) FROM deliveries "
-        "WHERE run = ? AND channel = ? GROUP BY state, reason, error_code",
-        (run, code),
-    ):
+    receipts: Counter[str] = Counter()
+    for state, reason, error_code, receipt, n in rows:
         states[state] += n
         if reason:
             reasons[reason] += n
@@ -181,7 +187,14 @@ def counts(conn: sqlite3.Connection, run: int, code: int) -> DeliveryCounts:
             doubts[Doubt(reason or "", error_code or "")] += n
         elif error_code and state != DeliveryStatus.SENT:
             codes[error_code] += n
-    return DeliveryCounts(states, reasons, codes, doubts)
+        if receipt and state == DeliveryStatus.SENT:
+            receipts[receipt] += n
+    return DeliveryCounts(states, reasons, codes, doubts, receipts)
+
+
+def counts(conn: sqlite3.Connection, run: int, code: int) -> DeliveryCounts:
+    """A channel's deliveries by state and reason (see :meth:`SqliteLedger.counts`)."""
+    return counts_from_rows(conn.execute(COUNTS, (run, code)))
 
 
 def deliveries(conn: sqlite3.Connection, run: int, code: int | None) -> Iterator[DeliveryResult]:

@@ -20,7 +20,7 @@ from ._errors import LedgerError
 
 __all__ = ["OPEN_TIMEOUT", "SCHEMA_VERSION", "migrate", "open_and_migrate"]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 def load_object(text: str) -> dict[str, Any]:
@@ -36,6 +36,34 @@ def parse_timestamp(text: str | None) -> datetime | None:
     if text is None:
         return None
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+#: The receipts' tables and columns, the same for both backends (PostgreSQL's schema 3).
+RECEIPTS_SCHEMA = """
+    ALTER TABLE deliveries ADD COLUMN receipt TEXT;
+    ALTER TABLE deliveries ADD COLUMN receipt_at TEXT;
+    ALTER TABLE deliveries ADD COLUMN receipt_key TEXT;
+    CREATE INDEX deliveries_by_message ON deliveries (provider_message_id)
+        WHERE provider_message_id IS NOT NULL;
+    CREATE TABLE receipts (
+        key TEXT PRIMARY KEY,
+        provider TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        message_id TEXT,
+        address TEXT,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        occurred_at TEXT NOT NULL,
+        reason TEXT,
+        raw TEXT,
+        received_at TEXT NOT NULL,
+        matched INTEGER NOT NULL DEFAULT 0,
+        run BIGINT,
+        channel_code INTEGER,
+        seq BIGINT
+    );
+    CREATE INDEX receipts_unmatched ON receipts (received_at) WHERE matched = 0
+"""
 
 
 def migrate_4(conn: sqlite3.Connection) -> None:
@@ -167,6 +195,9 @@ MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
         PRIMARY KEY (run, channel, slice_index, slice_count)
     ) WITHOUT ROWID;
     """,
+    # Delivery receipts (campaignkit._ledger._receipts): every provider event once, by
+    # its key; each delivery's receipt; the deliveries found by their message id.
+    7: RECEIPTS_SCHEMA,
 }
 
 

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import pluggy
 
-from .._config import Channel, Execution, Schedule
+from .._config import Channel, Execution, ReceiptsConfig, Schedule
 from .._engine import ChannelPlan
 from .._ledger import Ledger
 from .._models import Secret
@@ -30,6 +30,7 @@ class Campaign(Protocol):
     channels: tuple[Channel, ...]
     execution: Execution
     schedule: Schedule
+    receipts: ReceiptsConfig
     base_dir: Path
     config_file: str | None
     rows_per_customer: str

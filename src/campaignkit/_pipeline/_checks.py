@@ -242,6 +242,7 @@ def _settings(campaign: Campaign, channel: Channel, token: Any) -> ChannelSettin
         timeout=channel.timeout_seconds,
         base_dir=campaign.base_dir,
         env=campaign.environ,
+        receipts_url=campaign.receipts.url(channel.name),
     )
 
 

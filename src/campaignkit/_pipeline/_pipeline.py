@@ -18,6 +18,7 @@ from .._config import (
     Channel,
     Execution,
     PipelineConfig,
+    ReceiptsConfig,
     Schedule,
     SourceConfig,
     load_config,
@@ -81,6 +82,7 @@ class Pipeline(Checks, RunSteps):
         owner: who answers for the campaign (an orchestrator's task owner).
         execution: execution parameters.
         schedule: schedule parameters.
+        receipts: where delivery receipts arrive (the ``[receipts]`` table).
         base_dir: directory that relative paths (output dir, source path) are read
             against; defaults to the configuration file's directory or the cwd.
         plugins: the plugin manager; by default :func:`get_plugin_manager` builds one
@@ -113,6 +115,7 @@ class Pipeline(Checks, RunSteps):
         owner: str = "",
         execution: Execution | None = None,
         schedule: Schedule | None = None,
+        receipts: ReceiptsConfig | None = None,
         base_dir: str | Path | None = None,
         plugins: pluggy.PluginManager | None = None,
         env: Mapping[str, str] | None = None,
@@ -148,6 +151,7 @@ class Pipeline(Checks, RunSteps):
         if rehearsal:
             self.execution = rehearsal_execution(self.execution)
         self.schedule = schedule or Schedule()
+        self.receipts = receipts or ReceiptsConfig()
         self.base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
         self._plugins = plugins
         self._registry: Registry | None = None
@@ -192,6 +196,7 @@ class Pipeline(Checks, RunSteps):
             owner=config.owner,
             execution=config.execution,
             schedule=config.schedule,
+            receipts=config.receipts,
             base_dir=config.base_dir,
             **kwargs,
         )

@@ -17,7 +17,8 @@ Options (``[channels.sms.options]``):
     Send through a messaging profile (its number pool picks the sender).
     At least one of ``from`` and ``messaging_profile_id`` is required.
 ``webhook_url``, ``webhook_failover_url``
-    URLs Telnyx calls with delivery updates for each message.
+    URLs Telnyx calls with delivery updates for each message (``webhook_url``
+    defaults to the campaign's receipts route when ``[receipts] public_url`` is set).
 ``base_url``
     Default ``https://api.telnyx.com``.
 
@@ -168,8 +169,9 @@ class TelnyxNotifier(HttpNotifier):
             payload["from"] = self.options.from_
         if self.options.messaging_profile_id is not None:
             payload["messaging_profile_id"] = self.options.messaging_profile_id
-        if self.options.webhook_url is not None:
-            payload["webhook_url"] = self.options.webhook_url
+        webhook = self.options.webhook_url or self.settings.receipts_url
+        if webhook is not None:
+            payload["webhook_url"] = webhook
         if self.options.webhook_failover_url is not None:
             payload["webhook_failover_url"] = self.options.webhook_failover_url
         seen: list[requests.Response] = []  # the response, to read an error's pointer

@@ -20,7 +20,8 @@ Options (``[channels.sms.options]``):
     ``account_sid_env`` (default ``TWILIO_ACCOUNT_SID``), in the environment the
     pipeline is given (``Pipeline(env=...)``, else the process's).
 ``status_callback``
-    URL Twilio calls with delivery status updates.
+    URL Twilio calls with delivery status updates (default: the campaign's
+    receipts route, ``[receipts] public_url`` + ``/receipts/<channel>``, when set).
 ``validity_period``
     Seconds (1-36000) a message may wait in Twilio's queue.
 ``base_url``
@@ -291,8 +292,9 @@ class TwilioNotifier(HttpNotifier):
             form["MessagingServiceSid"] = self.options.messaging_service_sid
         if self.options.from_ is not None:
             form["From"] = self.options.from_
-        if self.options.status_callback is not None:
-            form["StatusCallback"] = self.options.status_callback
+        callback = self.options.status_callback or self.settings.receipts_url
+        if callback is not None:
+            form["StatusCallback"] = callback
         if self.options.validity_period is not None:
             form["ValidityPeriod"] = str(self.options.validity_period)
         try:

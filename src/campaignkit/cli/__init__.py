@@ -4,7 +4,8 @@ Sending: ``run`` (one logical date, or ``--scheduled``; ``--limit N`` a canary,
 ``--dry-run`` a plan that sends nothing), ``resume``, ``retry-failed``, ``scheduler``,
 ``worker`` (a worker of runs split into shards, on any host sharing a PostgreSQL ledger).
 Looking: ``runs``, ``report``, ``schedule``, ``validate``, ``preview``, ``channels``.
-Audience: ``suppress``, ``suppressions``. Testing: ``sandbox`` (and ``--sandbox`` on the
+Audience: ``suppress``, ``suppressions``. Receipts: ``receipts serve``, ``receipts poll``,
+``receipts list``, ``receipts rematch``. Testing: ``sandbox`` (and ``--sandbox`` on the
 sending and ledger commands).
 
 Every command that touches runs takes the campaign file: provider tokens come from the
@@ -39,6 +40,7 @@ from . import (  # noqa: F401
     _audience,
     _history,
     _info,
+    _receipts,
     _resume,
     _running,
     _sandbox,

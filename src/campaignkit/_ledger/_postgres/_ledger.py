@@ -42,6 +42,7 @@ from ._connect import (
     url_secrets,
     wrap,
 )
+from ._receipts import PostgresReceiptDb
 from ._reconnect import OneShot, Reconnecting, planned, stored_snapshot
 from ._schema import migrate
 from ._sharding import Sharding
@@ -167,6 +168,10 @@ class PostgresLedger(Sharding):
     def _key(self, run_id: str, channel: str) -> tuple[int, int]:
         run = self._run_key(run_id)
         return run, self._channel_code(run, channel)
+
+    def receipt_db(self) -> PostgresReceiptDb:
+        """Where a receipt book records receipts: this ledger's pool."""
+        return PostgresReceiptDb(self._do, self.location)
 
     def close(self) -> None:
         """Give up the claims on unfinished runs (they stay ``running`` for a resume)

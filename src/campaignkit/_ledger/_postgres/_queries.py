@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import functools
 import json
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..._models import DeliveryResult, Recipient
-from ..._states import DeliveryCounts, DeliveryStatus, Doubt
+from ..._states import DeliveryCounts, DeliveryStatus
+from .._queries import COUNTS, counts_from_rows
 from .._schema import load_object, recipient_from_row
 from .._sql import PAGE
 from .._types import PendingDelivery, Slice, SliceOutcome, SnapshotInfo, Suppression
@@ -234,20 +234,4 @@ def owed(conn: Conn, run: int, code: int, *, failed: bool, unknown: bool, part: 
 
 def counts(conn: Conn, run: int, code: int) -> DeliveryCounts:
     """A channel's deliveries by state and reason (see ``Ledger.counts``)."""
-    states: Counter[str] = Counter()
-    reasons: Counter[str] = Counter()
-    codes: Counter[str] = Counter()
-    doubts: Counter[Doubt] = Counter()
-    for state, reason, error_code, n in conn.execute(
-        "SELECT state, reason, error_code, COUNT(*) FROM deliveries "
-        "WHERE run = %s AND channel = %s GROUP BY state, reason, error_code",
-        (run, code),
-    ):
-        states[state] += n
-        if reason:
-            reasons[reason] += n
-        if state == DeliveryStatus.UNKNOWN:
-            doubts[Doubt(reason or "", error_code or "")] += n
-        elif error_code and state != DeliveryStatus.SENT:
-            codes[error_code] += n
-    return DeliveryCounts(states, reasons, codes, doubts)
+    return counts_from_rows(conn.execute(COUNTS.replace("?", "%s"), (run, code)))

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .._errors import LedgerError
+from .._schema import RECEIPTS_SCHEMA
 from ._connect import quote_ident
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate"]
 
 #: The version of the PostgreSQL schema (numbered apart from SQLite's).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -125,6 +126,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             tat DOUBLE PRECISION NOT NULL
         )""",
     ),
+    # Delivery receipts: the same tables and columns as SQLite's schema 7.
+    3: tuple(s.strip() for s in RECEIPTS_SCHEMA.split(";") if s.strip()),
 }
 
 

@@ -1,0 +1,292 @@
+"""Delivery receipts in the ledger: stored once, applied to their delivery, suppressing.
+
+One implementation for both backends: :class:`ReceiptBook` speaks SQL that SQLite and
+PostgreSQL both accept, through a :class:`ReceiptDb` (a transaction and a statement
+runner; ``?`` placeholders, turned into ``%s`` for PostgreSQL).
+
+Every event is stored in ``receipts`` under its key (``INSERT ... ON CONFLICT DO
+NOTHING``): the same event twice (a provider's retry, a replay) is recorded once and
+does nothing the second time. A stored event is then matched to its delivery by the
+provider message id the send recorded (and the address, for a message id a batch's
+recipients share). The delivery's ``receipt`` is the highest receipt it was told of
+(:data:`campaignkit._states.RECEIPT_RANKS`; a tie: the later event, then the greater
+key), decided inside the ``UPDATE`` itself, so that concurrent receivers and events in
+any order end in the same state. An event whose message is not in the ledger (yet: a
+callback may outrun the send's own write) stays ``matched = 0``, the dead letters, and
+:meth:`ReceiptBook.rematch` tries them again. Bounces, complaints and opt-outs add the
+address to the suppression list, with ``receipt <key>`` as the source: the stored event
+is the audit trail.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+from .._receipt_types import ReceiptEvent, ReceiptTally, StoredReceipt
+from .._states import RECEIPT_RANKS, SUPPRESSING_RECEIPTS
+
+__all__ = ["ReceiptBook", "ReceiptDb", "Statement"]
+
+#: Runs one statement: returns the rows (a list) and the rowcount.
+Statement = Callable[[str, Sequence[Any]], tuple[list[tuple[Any, ...]], int]]
+
+_T = TypeVar("_T")
+_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+
+_RANK = (
+    "(CASE receipt "
+    + " ".join(f"WHEN '{name}' THEN {rank}" for name, rank in RECEIPT_RANKS.items())
+    + " ELSE 0 END)"
+)
+_STORE = (
+    "INSERT INTO receipts (key, provider, channel, message_id, address, kind, status, "
+    "occurred_at, reason, raw, received_at, matched) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (key) DO NOTHING"
+)
+_CANDIDATES = (
+    "SELECT d.run, d.channel, d.seq, d.address FROM deliveries d "
+    "JOIN channels c ON c.run = d.run AND c.code = d.channel "
+    "WHERE d.provider_message_id = ? AND c.channel = ?"
+)
+_APPLY = (
+    "UPDATE deliveries SET receipt = ?, receipt_at = ?, receipt_key = ? "
+    "WHERE run = ? AND channel = ? AND seq = ? AND (receipt IS NULL OR "
+    "(" + _RANK + " < ? OR (" + _RANK + " = ? AND (receipt_at < ? OR "
+    "(receipt_at = ? AND receipt_key < ?)))))"
+)
+_MATCHED = "UPDATE receipts SET matched = ?, run = ?, channel_code = ?, seq = ? WHERE key = ?"
+_SUPPRESS = (
+    "INSERT INTO suppressions (kind, address, reason, source, created_at) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+_COLUMNS = (
+    "r.key, r.provider, r.channel, r.status, r.occurred_at, r.received_at, r.message_id, "
+    "r.address, r.reason, r.matched, runs.run_id"
+)
+_LIST = f"SELECT {_COLUMNS} FROM receipts r LEFT JOIN runs ON runs.id = r.run "
+_UNMATCHED = (
+    "SELECT key, provider, channel, message_id, address, kind, status, occurred_at, reason "
+    "FROM receipts WHERE matched = 0 ORDER BY received_at, key LIMIT ?"
+)
+_AWAITING = (
+    "SELECT d.provider_message_id FROM deliveries d "
+    "JOIN channels c ON c.run = d.run AND c.code = d.channel "
+    "JOIN runs r ON r.id = d.run "
+    "WHERE r.pipeline = ? AND c.channel = ? AND d.state = 'sent' AND d.receipt IS NULL "
+    "AND d.provider_message_id IS NOT NULL AND d.updated_at BETWEEN ? AND ? "
+    "ORDER BY d.updated_at LIMIT ?"
+)
+
+#: A matched receipt (1), one that needs no delivery (2: an opt-out by address).
+_MATCHED_DELIVERY, _MATCHED_ADDRESS = 1, 2
+
+
+class ReceiptDb(Protocol):
+    """What :class:`ReceiptBook` needs of a backend."""
+
+    @property
+    def location(self) -> str:
+        """Where the ledger is, for messages (no password)."""
+        ...
+
+    def transact(self, work: Callable[[Statement], _T]) -> _T:
+        """``work`` in one transaction, committed durably when it returns, rolled back
+        if it raises (and run again on a new connection if the connection broke).
+
+        Raises:
+            LedgerError: the transaction failed (nothing of it was committed).
+        """
+        ...
+
+
+def _stamp(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _same_address(kind: str, a: str | None, b: str | None) -> bool:
+    if a is None or b is None:
+        return False
+    return a.lower() == b.lower() if kind == "email" else a == b
+
+
+class ReceiptBook:
+    """Records receipts into a ledger and answers what they said.
+
+    Thread-safe: a receiver's threads share one book. Open it with
+    :meth:`campaignkit.receipts.open_receipts` (or a ledger's ``receipt_book()``).
+    """
+
+    def __init__(
+        self,
+        db: ReceiptDb,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        closer: Callable[[], None] | None = None,
+    ) -> None:
+        self._db = db
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._closer = closer
+
+    def __repr__(self) -> str:
+        return f"<ReceiptBook {self.location}>"
+
+    @property
+    def location(self) -> str:
+        """The ledger the receipts go to (without a password)."""
+        return self._db.location
+
+    def close(self) -> None:
+        """Close the book's connection (and the ledger it opened, if it did)."""
+        if self._closer is not None:
+            self._closer()
+
+    def __enter__(self) -> ReceiptBook:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing ---------------------------------------------------------------------
+    def record(self, channel: str, events: Sequence[ReceiptEvent]) -> ReceiptTally:
+        """Store ``events`` (received on ``channel``'s route) and apply the new ones,
+        in one transaction: when this returns, they are durable.
+
+        Raises:
+            LedgerError (or the driver's error): nothing of the batch was recorded;
+                the caller answers so that the provider retries.
+        """
+        received = self._clock()
+
+        def work(run: Statement) -> ReceiptTally:
+            tally = ReceiptTally(received=len(events))
+            for event in events:
+                _, stored = run(_STORE, self._row(channel, event, received))
+                if stored:
+                    tally += ReceiptTally(recorded=1) + self._apply(run, channel, event)
+            return tally
+
+        return self._db.transact(work)
+
+    def rematch(self, limit: int = 10_000) -> ReceiptTally:
+        """Match the dead letters again (their message may have been recorded since);
+        returns what that applied (``matched``) and how many are still unmatched."""
+
+        def work(run: Statement) -> ReceiptTally:
+            tally = ReceiptTally()
+            rows, _ = run(_UNMATCHED, (limit,))
+            for key, provider, channel, mid, address, kind, status, at, reason in rows:
+                event = ReceiptEvent(
+                    provider=provider,
+                    key=key,
+                    status=status,
+                    occurred_at=datetime.strptime(at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC),
+                    message_id=mid,
+                    address=address,
+                    kind=kind,
+                    reason=reason or "",
+                )
+                tally += self._apply(run, channel, event)
+            return tally
+
+        return self._db.transact(work)
+
+    def _row(self, channel: str, e: ReceiptEvent, received: datetime) -> tuple[Any, ...]:
+        return (
+            e.key,
+            e.provider,
+            channel,
+            e.message_id,
+            e.address,
+            e.kind,
+            e.status.value,
+            _stamp(e.occurred_at),
+            e.reason,
+            e.raw,
+            _stamp(received),
+        )
+
+    def _apply(self, run: Statement, channel: str, event: ReceiptEvent) -> ReceiptTally:
+        now = _stamp(self._clock())
+        if event.inbound:  # an opt-out: it concerns the address
+            address = event.address or ""
+            if event.kind == "email":
+                address = address.strip().lower()
+            if not address or (event.kind == "phone" and not _E164.fullmatch(address)):
+                return ReceiptTally(unmatched=1)  # kept aside: a person should look
+            run(_MATCHED, (_MATCHED_ADDRESS, None, None, None, event.key))
+            _, added = run(
+                _SUPPRESS, (event.kind, address, event.status.value, f"receipt {event.key}", now)
+            )
+            return ReceiptTally(matched=1, suppressed=added)
+        rows, _ = run(_CANDIDATES, (event.message_id, channel))
+        if len(rows) > 1:
+            rows = [r for r in rows if _same_address(event.kind, r[3], event.address)]
+        if len(rows) != 1:
+            return ReceiptTally(unmatched=1)
+        d_run, code, seq, address = rows[0]
+        rank = RECEIPT_RANKS[event.status.value]
+        at = _stamp(event.occurred_at)
+        _, applied = run(
+            _APPLY,
+            (event.status.value, at, event.key, d_run, code, seq, rank, rank, at, at, event.key),
+        )
+        run(_MATCHED, (_MATCHED_DELIVERY, d_run, code, seq, event.key))
+        added = 0
+        if event.status in SUPPRESSING_RECEIPTS and address:
+            key = address.lower() if event.kind == "email" else address
+            source = f"receipt {event.key}"
+            _, added = run(_SUPPRESS, (event.kind, key, event.status.value, source, now))
+        return ReceiptTally(applied=applied, matched=1, suppressed=added)
+
+    # -- reading ---------------------------------------------------------------------
+    def _read(self, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return self._db.transact(lambda run: run(sql, args)[0])
+
+    def unmatched_count(self) -> int:
+        """Receipts kept aside: no delivery of theirs is in the ledger."""
+        rows = self._read("SELECT COUNT(*) FROM receipts WHERE matched = 0", ())
+        return int(rows[0][0])
+
+    def latest(self, *, unmatched: bool = False, limit: int = 100) -> list[StoredReceipt]:
+        """The latest receipts, newest first (only the dead letters with ``unmatched``)."""
+        where = "WHERE r.matched = 0 " if unmatched else ""
+        sql = _LIST + where + "ORDER BY r.received_at DESC, r.key LIMIT ?"
+        rows = self._read(sql, (limit,))
+        return [
+            StoredReceipt(
+                key=k,
+                provider=p,
+                channel=c,
+                status=s,
+                occurred_at=o,
+                received_at=r,
+                message_id=m,
+                address=a,
+                reason=reason or "",
+                matched=bool(matched),
+                run_id=run_id,
+            )
+            for k, p, c, s, o, r, m, a, reason, matched, run_id in rows
+        ]
+
+    def awaiting(
+        self, pipeline: str, channel: str, *, sent_after: float, sent_before: float, limit: int
+    ) -> list[str]:
+        """Message ids of the channel's ``sent`` deliveries with no receipt yet, sent
+        between the two Unix times (what a poll for receipts asks about)."""
+        rows = self._read(_AWAITING, (pipeline, channel, sent_after, sent_before, limit))
+        return [str(r[0]) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Stored receipts by status, and the dead letters as ``unmatched``."""
+        rows = self._read(
+            "SELECT status, matched = 0, COUNT(*) FROM receipts GROUP BY status, matched = 0", ()
+        )
+        out: dict[str, int] = {}
+        for status, unmatched, n in rows:
+            name = "unmatched" if unmatched else str(status)
+            out[name] = out.get(name, 0) + int(n)
+        return out

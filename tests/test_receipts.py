@@ -1,0 +1,285 @@
+"""Delivery receipts end to end: a campaign sent through the sandbox, then the providers'
+signed receipts posted to the receiver (WSGI, as a framework mounts it), recorded in
+the ledger, shown in the counts, suppressing, and the next run skipping those people."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import io
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import attrs
+import pytest
+
+pytest.importorskip("cryptography")
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from campaignkit import Channel, Pipeline, PipelineConfig, SourceConfig, Template
+from campaignkit._config import ReceiptsConfig
+from campaignkit.receipts import (
+    ReceiptRequest,
+    receiver,
+    wsgi_app,
+)
+from campaignkit.testing.sandbox import Sandbox
+
+PUBLIC_URL = "https://hooks.example.com/ck"
+ROWS = [
+    ("c1", "ann@example.com", "+14155550101", "ExponentPushToken[ann]"),
+    ("c2", "bob@example.com", "+14155550102", "ExponentPushToken[bob]"),
+    ("c3", "cid@example.com", "+14155550103", "ExponentPushToken[cid]"),
+    ("c4", "dee@example.com", "+14155550104", "ExponentPushToken[dee]"),
+]
+
+
+@attrs.frozen
+class Keys:
+    sendgrid: ec.EllipticCurvePrivateKey
+    telnyx: ed25519.Ed25519PrivateKey
+
+    @property
+    def sendgrid_public(self) -> str:
+        der = self.sendgrid.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return base64.b64encode(der).decode()
+
+    @property
+    def telnyx_public(self) -> str:
+        raw = self.telnyx.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        return base64.b64encode(raw).decode()
+
+
+@pytest.fixture(scope="module")
+def keys() -> Keys:
+    return Keys(ec.generate_private_key(ec.SECP256R1()), ed25519.Ed25519PrivateKey.generate())
+
+
+def campaign(tmp_path: Path, keys: Keys, *, sms: str = "twilio") -> PipelineConfig:
+    seg = tmp_path / "seg.csv"
+    lines = ["id,email,phone,push_token,first_name"]
+    lines += [f"{i},{e},{p},{t},N{i}" for i, e, p, t in ROWS]
+    seg.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    channels = (
+        Channel(
+            name="email",
+            provider="sendgrid",
+            template=Template(subject="Hi", body="Text", html="<p>Hi</p>"),
+            require_consent=False,
+            options={"from_email": "news@example.com"},
+            receipts_key=keys.sendgrid_public,
+        ),
+        Channel(
+            name="sms",
+            provider=sms,
+            template=Template(body="Hi {{ first_name }}"),
+            require_consent=False,
+            receipts_key=keys.telnyx_public,
+        ),
+        Channel(
+            name="push",
+            provider="expo",
+            template=Template(title="Sale", body="Hi"),
+            require_consent=False,
+        ),
+    )
+    return PipelineConfig(
+        name="receipted",
+        source=SourceConfig("csv", {"path": str(seg)}),
+        channels=channels,
+        receipts=ReceiptsConfig(public_url=PUBLIC_URL),
+        base_dir=tmp_path,
+    )
+
+
+# -- signing as the providers do -------------------------------------------------------
+def sendgrid_request(
+    keys: Keys, events: list[dict[str, Any]], *, at: int | None = None
+) -> ReceiptRequest:
+    body = json.dumps(events).encode()
+    stamp = str(int(time.time()) if at is None else at)
+    signature = keys.sendgrid.sign(stamp.encode() + body, ec.ECDSA(hashes.SHA256()))
+    headers = {
+        "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
+        "X-Twilio-Email-Event-Webhook-Timestamp": stamp,
+        "Content-Type": "application/json",
+    }
+    return ReceiptRequest("POST", "/receipts/email", headers, body)
+
+
+def twilio_request(token: str, params: dict[str, str], *, channel: str = "sms") -> ReceiptRequest:
+    url = f"{PUBLIC_URL}/receipts/{channel}"
+    signed = url + "".join(k + params[k] for k in sorted(params))
+    digest = hmac.new(token.encode(), signed.encode(), hashlib.sha1).digest()
+    headers = {
+        "X-Twilio-Signature": base64.b64encode(digest).decode(),
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+    return ReceiptRequest("POST", f"/receipts/{channel}", headers, urlencode(params).encode())
+
+
+def telnyx_request(keys: Keys, data: dict[str, Any], *, at: int | None = None) -> ReceiptRequest:
+    body = json.dumps({"data": data, "meta": {"attempt": 1}}).encode()
+    stamp = str(int(time.time()) if at is None else at)
+    signature = keys.telnyx.sign(stamp.encode() + b"|" + body)
+    headers = {
+        "telnyx-signature-ed25519": base64.b64encode(signature).decode(),
+        "telnyx-timestamp": stamp,
+    }
+    return ReceiptRequest("POST", "/receipts/sms", headers, body)
+
+
+def sendgrid_event(event: str, email: str, message_id: str, n: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "email": email,
+        "timestamp": 1_700_000_000 + n,
+        "event": event,
+        "sg_event_id": f"evt-{event}-{email}-{n}",
+        "sg_message_id": f"{message_id}.filterdrecv-1-2-3",
+        **extra,
+    }
+
+
+def sent(pipeline: Pipeline, channel: str) -> dict[str, str]:
+    """address -> provider message id of the channel's sent deliveries (last run)."""
+    ledger = pipeline.ledger()
+    try:
+        run = ledger.list_runs(pipeline.name, limit=1)[0]
+        return {
+            d.address: d.provider_message_id
+            for d in ledger.deliveries(run.run_id, channel)
+            if d.provider_message_id and d.address
+        }
+    finally:
+        ledger.close()
+
+
+def counts(pipeline: Pipeline, channel: str) -> Any:
+    ledger = pipeline.ledger()
+    try:
+        run = ledger.list_runs(pipeline.name, limit=1)[0]
+        return ledger.counts(run.run_id, channel)
+    finally:
+        ledger.close()
+
+
+@pytest.fixture
+def sandbox() -> Any:
+    with Sandbox(lazy=True) as box:
+        yield box
+
+
+def sms_token(pipeline: Pipeline) -> str:
+    return pipeline.environ["SMS_API_TOKEN"]
+
+
+# -- the tests -------------------------------------------------------------------------
+def test_receipts_update_counts_suppress_and_the_next_run_skips(
+    tmp_path: Path, keys: Keys, sandbox: Sandbox
+) -> None:
+    pipeline = sandbox.pipeline(campaign(tmp_path, keys))
+    pipeline.run()
+    emails = sent(pipeline, "email")
+    phones = sent(pipeline, "sms")
+    assert len(emails) == len(phones) == 4
+    rx = receiver(pipeline)
+    app = wsgi_app(rx)
+
+    batch = [
+        sendgrid_event("processed", "ann@example.com", emails["ann@example.com"], 0),
+        sendgrid_event("delivered", "ann@example.com", emails["ann@example.com"], 1),
+        sendgrid_event(
+            "bounce",
+            "bob@example.com",
+            emails["bob@example.com"],
+            2,
+            type="bounce",
+            status="5.1.1",
+            reason="550 5.1.1 user unknown",
+        ),
+        sendgrid_event("delivered", "cid@example.com", emails["cid@example.com"], 3),
+        sendgrid_event("spamreport", "cid@example.com", emails["cid@example.com"], 4),
+        sendgrid_event("deferred", "dee@example.com", emails["dee@example.com"], 5),
+    ]
+    status, body = call_wsgi(app, sendgrid_request(keys, batch))
+    assert status.startswith("200"), body
+    token = sms_token(pipeline)
+    for number, state, code in [
+        ("+14155550101", "delivered", ""),
+        ("+14155550102", "undelivered", "30005"),
+        ("+14155550103", "undelivered", "30003"),
+    ]:
+        params = {
+            "MessageSid": phones[number],
+            "MessageStatus": state,
+            "To": number,
+            "AccountSid": "AC" + "0" * 32,
+            "ApiVersion": "2010-04-01",
+        }
+        if code:
+            params["ErrorCode"] = code
+        assert call_wsgi(app, twilio_request(token, params))[0].startswith("200")
+    stop = {
+        "MessageSid": "SM" + "f" * 32,
+        "From": "+14155550104",
+        "To": "+15005550006",
+        "Body": " stop ",
+        "SmsStatus": "received",
+        "AccountSid": "AC" + "0" * 32,
+    }
+    status, body = call_wsgi(app, twilio_request(token, stop))
+    assert status.startswith("200") and b"<Response>" in body
+
+    email = counts(pipeline, "email")
+    assert dict(email.receipts) == {"delivered": 1, "bounced": 1, "complained": 1, "undelivered": 1}
+    assert email.awaiting_receipt == 0
+    sms = counts(pipeline, "sms")
+    assert dict(sms.receipts) == {"delivered": 1, "bounced": 1, "undelivered": 1}
+    stats = rx.stats()
+    assert (stats.refused, stats.invalid, stats.failed, stats.ignored) == (0, 0, 0, 1)
+
+    ledger = pipeline.ledger()
+    try:
+        listed = {(k, a): (r, s) for k, a, r, s in ledger.suppressions()}
+    finally:
+        ledger.close()
+    assert listed[("email", "bob@example.com")][0] == "bounced"
+    assert listed[("email", "cid@example.com")][0] == "complained"
+    assert listed[("phone", "+14155550102")][0] == "bounced"
+    assert listed[("phone", "+14155550104")] == (
+        "unsubscribed",
+        "receipt twilio:SM" + "f" * 32 + ":inbound",
+    )
+    assert ("email", "dee@example.com") not in listed  # a soft bounce does not suppress
+    assert ("phone", "+14155550103") not in listed
+
+    again = sandbox.pipeline(campaign(tmp_path, keys))
+    report = again.run(logical_date=datetime(2031, 1, 2, tzinfo=UTC))
+    email_again, sms_again = counts(again, "email"), counts(again, "sms")
+    assert email_again.reasons.get("suppressed") == 2
+    assert sms_again.reasons.get("suppressed") == 2
+    assert report is not None
+
+
+def call_wsgi(app: Any, request: ReceiptRequest) -> tuple[str, bytes]:
+    environ = {
+        "REQUEST_METHOD": request.method,
+        "PATH_INFO": request.path,
+        "QUERY_STRING": request.query,
+        "CONTENT_LENGTH": str(len(request.body)),
+        "wsgi.input": io.BytesIO(request.body),
+        **{"HTTP_" + k.upper().replace("-", "_"): v for k, v in request.headers.items()},
+    }
+    seen: list[str] = []
+    body = b"".join(app(environ, lambda status, headers: seen.append(status)))
+    return seen[0], body
