@@ -170,9 +170,8 @@ class ReceiptSimulation:
             except ValueError:
                 raise ValueError(f"{name}: {value.strip()!r} is not a number") from None
         if "delivered" not in ratios:
-            others = (o.value for o in _ORDER[1:])
-            defaults = attrs.fields_dict(cls)
-            rest = math.fsum(ratios.get(n, defaults[n].default) for n in others)
+            defaults = cls()
+            rest = math.fsum(ratios.get(o.value, getattr(defaults, o.value)) for o in _ORDER[1:])
             ratios["delivered"] = max(0.0, 1.0 - rest)
         return cls(**{**ratios, **kwargs})
 
