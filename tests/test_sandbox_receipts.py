@@ -4,8 +4,12 @@ and Expo's getReceipts."""
 
 from __future__ import annotations
 
+import base64
 import collections
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,10 +21,12 @@ from urllib.parse import parse_qs
 import attrs
 import pytest
 import requests
+from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
 from campaignkit import Channel, PipelineConfig, RunStatus, SourceConfig, Template
+from campaignkit.cli import main
 from campaignkit.receipts import verify_sendgrid, verify_telnyx, verify_twilio
 from campaignkit.testing.sandbox import ReceiptOutcome, ReceiptSimulation, Sandbox
 
@@ -173,10 +179,11 @@ def test_valid_ratios_give_a_deterministic_outcome(
 def test_ratios_from_text() -> None:
     simulation = ReceiptSimulation.from_ratios("delivered=0.4, bounced=0.5,stop=0.1", seed=3)
     assert (simulation.delivered, simulation.bounced, simulation.stop) == (0.4, 0.5, 0.1)
-    assert simulation.undelivered == 0.03  # a ratio not named keeps its default
+    assert simulation.undelivered == simulation.complained == 0  # not named: 0
     assert simulation.seed == 3
     # delivered, not named, is what the others leave
-    assert ReceiptSimulation.from_ratios("bounced=0.5").delivered == pytest.approx(0.44)
+    assert ReceiptSimulation.from_ratios("bounced=0.5,complained=0.1").delivered == 0.4
+    assert ReceiptSimulation.from_ratios(" ", seed=2) == ReceiptSimulation(seed=2)
     with pytest.raises(ValueError, match="more than 1"):
         ReceiptSimulation.from_ratios("delivered=0.5,bounced=0.6")
     with pytest.raises(ValueError, match="not a number"):
@@ -529,3 +536,65 @@ def test_a_rehearsal_run_gets_its_receipts(tmp_path: Path, receiver: Receiver, s
     assert collections.Counter(e["event"] for e in email)["processed"] == 12
     assert {e["campaignkit_recipient_id"] for e in email} == {f"c{i}" for i in range(12)}
     assert len(receiver.at("/receipts/sms")) >= 24
+
+
+# -- campaignkit sandbox -----------------------------------------------------------------
+def test_the_cli_prints_the_keys_and_posts_signed_receipts(receiver: Receiver) -> None:
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "campaignkit", "sandbox", "--json"),
+            *("--provider", "sendgrid", "--provider", "telnyx"),
+            *("--receipts-url", receiver.url, "--receipt-ratios", "bounced=1"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("{"), line + proc.communicate(timeout=30)[1]
+        described = json.loads(line)["providers"]
+        sendgrid, telnyx = described["sendgrid"], described["telnyx"]
+        assert sendgrid["receipts"]["event_webhook_url"] == receiver.url + "/receipts/email"
+        assert len(base64.b64decode(telnyx["receipts"]["webhook_public_key"])) == 32
+        key = sendgrid["receipts"]["webhook_public_key"]
+        mail = {
+            "personalizations": [{"to": [{"email": "a@example.com"}]}],
+            "from": {"email": "news@example.com"},
+            "subject": "Hi",
+            "content": [{"type": "text/plain", "value": "Hello"}],
+        }
+        auth = {"Authorization": f"Bearer {sendgrid['token']}"}
+        reply = requests.post(
+            sendgrid["url"] + "/v3/mail/send", json=mail, headers=auth, timeout=10
+        )
+        assert reply.status_code == 202
+        deadline = time.monotonic() + 10
+        while len(sendgrid_events(receiver.calls)) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert sorted(e["event"] for e in sendgrid_events(receiver.calls)) == ["bounce", "processed"]
+    for call in receiver.calls:
+        signature = call.headers["x-twilio-email-event-webhook-signature"]
+        timestamp = call.headers["x-twilio-email-event-webhook-timestamp"]
+        assert verify_sendgrid(key, signature, timestamp, call.body)
+    assert proc.returncode == 0, err
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["--receipts-url", "http://example.com:8025"], "127.0.0.1"),
+        (["--receipt-ratios", "bounced=2"], "between 0 and 1"),
+        (["--receipt-ratios", "delivered=0.9,bounced=0.2"], "more than 1"),
+        (["--receipt-ratios", "lost=0.1"], "NAME=RATIO"),
+    ],
+)
+def test_the_cli_refuses_bad_receipt_options(args: list[str], complaint: str) -> None:
+    result = CliRunner().invoke(main, ["sandbox", "--provider", "expo", *args])
+    assert result.exit_code == 2
+    assert complaint in result.output

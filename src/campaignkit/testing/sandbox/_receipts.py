@@ -152,8 +152,8 @@ class ReceiptSimulation:
     @classmethod
     def from_ratios(cls, text: str, **kwargs: Any) -> ReceiptSimulation:
         """A simulation from ``"bounced=0.1,undelivered=0.05,stop=0.05"`` (other fields
-        by keyword). Ratios not named keep their defaults, except ``delivered``: when
-        not named, it is what the others leave (``1 - their sum``, at least 0).
+        by keyword): the ratios not named are 0, except ``delivered``, which when not
+        named is what the others leave (``1 - their sum``); empty text: the defaults.
 
         Raises:
             ValueError: an unknown name, a value that is not a number, or a bad ratio.
@@ -169,11 +169,13 @@ class ReceiptSimulation:
                 ratios[name] = float(value)
             except ValueError:
                 raise ValueError(f"{name}: {value.strip()!r} is not a number") from None
+        if not ratios:  # none named: the defaults
+            return cls(**kwargs)
+        given = {**dict.fromkeys(names, 0.0), **ratios}
         if "delivered" not in ratios:
-            defaults = cls()
-            rest = math.fsum(ratios.get(o.value, getattr(defaults, o.value)) for o in _ORDER[1:])
-            ratios["delivered"] = max(0.0, 1.0 - rest)
-        return cls(**{**ratios, **kwargs})
+            rest = math.fsum(given[o.value] for o in _ORDER[1:])
+            given["delivered"] = max(0.0, 1.0 - rest)
+        return cls(**{**given, **kwargs})
 
 
 @attrs.frozen
