@@ -62,6 +62,30 @@ class _SandboxSetup:
     #: providers whose token the user gave (``--token``): printed only on request
     given_tokens: frozenset[str]
     faults: Mapping[str, Mapping[str, float | int]]
+    #: the simulated delivery receipts (``ReceiptSimulation``), or ``None``
+    receipts: Any = None
+    receipts_url: str | None = None
+
+
+def _sandbox_receipts(
+    url: str | None, ratios: str | None, delay: float | None
+) -> tuple[Any, str | None]:
+    """The ``ReceiptSimulation`` and receiver URL of ``--receipts-url``,
+    ``--receipt-ratios`` and ``--receipt-delay`` (receipts off when none is given)."""
+    from ..testing.sandbox._receipts import ReceiptSimulation, is_loopback_url
+
+    if url is None and ratios is None and delay is None:
+        return None, None
+    if url is not None and not is_loopback_url(url):
+        raise click.BadParameter(
+            "expected an http URL on 127.0.0.1 (callbacks never leave this machine)",
+            param_hint="--receipts-url",
+        )
+    try:
+        simulation = ReceiptSimulation.from_ratios(ratios or "", delay_seconds=delay or 0.0)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--receipt-ratios") from None
+    return simulation, url.rstrip("/") if url is not None else None
 
 
 def _sandbox_assignments(
@@ -159,6 +183,7 @@ def _sandbox_setup(
     senders: tuple[str, ...],
     twilio_account_sid: str | None,
     faults: Mapping[str, tuple[str, ...]],
+    receipts: tuple[str | None, str | None, float | None] = (None, None, None),
 ) -> _SandboxSetup:
     """Check every option of ``campaignkit sandbox`` (``click.BadParameter``, exit 2,
     naming the option) and turn them into the servers' constructor arguments."""
@@ -203,11 +228,14 @@ def _sandbox_setup(
             options[name]["faults"] = SmtpFaults(**values)  # type: ignore[arg-type]
         else:
             options[name]["faults"] = Faults(**values)  # type: ignore[arg-type]
+    simulation, receipts_url = _sandbox_receipts(*receipts)
     return _SandboxSetup(
         providers=chosen,
         server_options=options,
         given_tokens=frozenset(given),
         faults=chosen_faults,
+        receipts=simulation,
+        receipts_url=receipts_url,
     )
 
 
@@ -242,6 +270,14 @@ def _sandbox_description(
             "faults": dict(setup.faults.get(name, {})),
             "journal": str(journal) if journal is not None else None,
         }
+        server = servers.servers[name]
+        if setup.receipts is not None and hasattr(server, "attach_receipts"):
+            receipts: dict[str, Any] = {}
+            if hasattr(server, "webhook_public_key"):  # a public key: not a secret
+                receipts["webhook_public_key"] = server.webhook_public_key
+            if hasattr(server, "event_webhook_url"):
+                receipts["event_webhook_url"] = server.event_webhook_url
+            described[name]["receipts"] = receipts
     return described
 
 
@@ -264,6 +300,8 @@ def _print_sandbox(out: Console, described: Mapping[str, Any], env: Mapping[str,
             out.print(f"  faults: {faults}")
         if info["journal"]:
             out.print(f"  recording to {info['journal']}")
+        for key, value in info.get("receipts", {}).items():
+            out.print(f"  receipts.{key} = {json.dumps(value)}")
     for variable, value in env.items():
         out.print(f"export {variable}={shlex.quote(value)}")
 
@@ -347,6 +385,27 @@ def _announce_sandbox(
     help="The Twilio account SID the server serves (AC and 32 hex digits; default: random).",
 )
 @_fault_options
+@click.option(
+    "--receipts-url",
+    metavar="URL",
+    help="Simulate delivery receipts, posted to the receiver mounted at URL (127.0.0.1 "
+    "only): SendGrid's Event Webhook to URL/receipts/email; Twilio and Telnyx call each "
+    "message's own callback URL; Expo answers getReceipts.",
+)
+@click.option(
+    "--receipt-ratios",
+    metavar="NAME=RATIO,...",
+    help="Outcome shares of the simulated receipts: delivered, undelivered, bounced, "
+    "complained, unsubscribed (sum at most 1; those not named are 0, except delivered, "
+    "the rest) and stop (SMS replies STOP). Default: 0.9 delivered, 0.03 undelivered, "
+    "0.04 bounced, 0.02 complained, 0.01 unsubscribed. Turns receipts on.",
+)
+@click.option(
+    "--receipt-delay",
+    type=click.FloatRange(0, 86_400),
+    help="Seconds before an outcome callback is sent (or an Expo receipt is ready). "
+    "Turns receipts on.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the description as one line of JSON.")
 def sandbox(
     port_base: int,
@@ -357,6 +416,9 @@ def sandbox(
     show_tokens: bool,
     senders: tuple[str, ...],
     twilio_account_sid: str | None,
+    receipts_url: str | None,
+    receipt_ratios: str | None,
+    receipt_delay: float | None,
     as_json: bool,
     **faults: tuple[str, ...],
 ) -> None:
@@ -376,12 +438,22 @@ def sandbox(
         senders=senders,
         twilio_account_sid=twilio_account_sid,
         faults=faults,
+        receipts=(receipts_url, receipt_ratios, receipt_delay),
     )
     # The tokens given are redacted from any error message while the command runs.
     given = [Secret(setup.server_options[p]["token"]) for p in sorted(setup.given_tokens)]
-    servers = Sandbox(setup.providers, record_to=dump, server_options=setup.server_options)
+    servers = Sandbox(
+        setup.providers,
+        record_to=dump,
+        server_options=setup.server_options,
+        receipts=setup.receipts,
+        receipts_url=setup.receipts_url,
+    )
     try:
         servers.start()
+        if setup.receipts_url is not None and "sendgrid" in setup.providers:
+            # account-level at SendGrid; a campaign's email channel is usually "email"
+            servers.servers["sendgrid"].event_webhook_url = f"{setup.receipts_url}/receipts/email"
     except Exception as exc:
         servers.stop()
         sandbox_failure(exc)

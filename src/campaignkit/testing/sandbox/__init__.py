@@ -15,6 +15,13 @@ when it is first used, so a test of HTTP channels needs neither aiosmtpd nor an 
 port. ``Sandbox(record_to=DIR)`` writes every accepted message to
 ``DIR/<provider>.jsonl`` the moment it is accepted.
 
+``Sandbox(receipts=ReceiptSimulation(...), receipts_url="http://127.0.0.1:8025")``
+simulates delivery receipts: the SendGrid, Twilio and Telnyx fakes post the
+providers' signed callbacks (SendGrid's Event Webhook to
+``{receipts_url}/receipts/{channel}``, Twilio's ``StatusCallback`` and Telnyx's
+``webhook_url`` given per message) and the Expo fake answers ``getReceipts`` with the
+simulated outcomes. OneSignal and SMTP simulate no receipts.
+
 A run against the sandbox is a **rehearsal**: it records into its own ledger
 (``ledger.sandbox.db`` beside the real one: runs, deliveries, suppression list) and
 writes under ``<output dir>/sandbox/``, so it never makes the real run of a logical
@@ -59,6 +66,13 @@ from ._fakes import (
 )
 from ._faults import Faults
 from ._journal import MessageJournal, RecordedMessages, attach_journal
+from ._receipts import (
+    CallbackDispatcher,
+    ReceiptOutcome,
+    ReceiptSimulation,
+    ReceiptStats,
+    is_loopback_url,
+)
 from ._server import ProviderServer
 from ._wire import Reply, Request
 
@@ -73,6 +87,9 @@ __all__ = [
     "Faults",
     "MessageJournal",
     "ProviderServer",
+    "ReceiptOutcome",
+    "ReceiptSimulation",
+    "ReceiptStats",
     "RecordedMessages",
     "Reply",
     "Request",
@@ -140,9 +157,19 @@ class Sandbox:
         plugins: the plugin manager whose fakes to use (default:
             :func:`~campaignkit.get_plugin_manager`, which honours
             ``CAMPAIGNKIT_BLOCK_PLUGINS``); give the pipeline's to honour its blocks.
+        receipts: simulate delivery receipts (``None``: off). Every server started
+            that has ``attach_receipts`` (SendGrid, Twilio, Telnyx, Expo) gets it and
+            posts its callbacks through one thread of this sandbox (see
+            :meth:`drain_receipts`, :meth:`receipt_stats`).
+        receipts_url: where a receipts receiver is mounted (``http://127.0.0.1:PORT``,
+            loopback only): :meth:`apply` points each enabled channel's callbacks at
+            ``{receipts_url}/receipts/{channel name}`` (SendGrid's account-level
+            ``event_webhook_url``, Twilio's ``status_callback`` and Telnyx's
+            ``webhook_url`` when the channel sets none). Also settable as an attribute.
 
     Raises:
-        ValueError: a provider has no fake (no plugin registers one).
+        ValueError: a provider has no fake (no plugin registers one), or
+            ``receipts_url`` is not a loopback URL.
         PluginError: a plugin registers a fake wrongly.
 
     Attributes:
@@ -158,6 +185,8 @@ class Sandbox:
         record_to: str | Path | None = None,
         server_options: Mapping[str, Mapping[str, Any]] | None = None,
         plugins: pluggy.PluginManager | None = None,
+        receipts: ReceiptSimulation | None = None,
+        receipts_url: str | None = None,
     ) -> None:
         #: provider -> the fake serving it, as the plugins register them
         self.fakes = sandbox_fakes(plugins)
@@ -181,6 +210,9 @@ class Sandbox:
         self._running = False
         self._record_dir: Path | None = None
         self._recorded: list[Path] = []
+        self.receipts = receipts
+        self.receipts_url = receipts_url
+        self._dispatcher: CallbackDispatcher | None = None
         self.servers = ServerMap(self)
         if record_to is not None:
             self.record_to(record_to)
@@ -190,6 +222,8 @@ class Sandbox:
         """Start serving: every server now, or each on first use when ``lazy``."""
         with self._lock:
             self._running = True
+            if self.receipts is not None and (self._dispatcher is None or self._dispatcher.stopped):
+                self._dispatcher = CallbackDispatcher(self.receipts)
         if not self.lazy:
             try:
                 for p in self.providers:
@@ -200,13 +234,16 @@ class Sandbox:
         return self
 
     def stop(self) -> None:
-        """Stop every running server and close the journals."""
+        """Stop every running server, the receipts thread, and close the journals."""
         with self._lock:
             self._running = False
             live, self._live = self._live, {}
             journals, self._journals = self._journals, {}
+            dispatcher = self._dispatcher  # kept: its counts stay readable
         for server in live.values():
             server.stop()
+        if dispatcher is not None:
+            dispatcher.stop()
         for journal in journals.values():
             journal.close()
 
@@ -234,6 +271,10 @@ class Sandbox:
             if not self._running:
                 raise KeyError(f"the sandbox is not running: start() it to use {provider!r}")
             server = self.fakes[provider].create(**self._server_options.get(provider, {}))
+            attach_receipts = getattr(server, "attach_receipts", None)
+            dispatcher = self._dispatcher
+            if dispatcher is not None and self.receipts is not None and attach_receipts:
+                attach_receipts(self.receipts, dispatcher)
             journal = attach_journal(server)
             if self._record_dir is not None:
                 journal.open(self._record_dir / f"{provider}.jsonl")
@@ -384,7 +425,11 @@ class Sandbox:
         channels = tuple(
             attrs.evolve(
                 c,
-                options={**c.options, **self.channel_options(c.provider)},
+                options={
+                    **self._receipt_options(c.provider, c.name, enabled=c.enabled),
+                    **c.options,
+                    **self.channel_options(c.provider),
+                },
                 rate=c.rate if c.rate is not None else Rate(),
             )
             if self._serves(c.provider, enabled=c.enabled)
@@ -392,6 +437,41 @@ class Sandbox:
             for c in config.channels
         )
         return rehearsal_config(attrs.evolve(config, channels=channels))
+
+    # -- delivery receipts ------------------------------------------------------------
+    @property
+    def receipts_url(self) -> str | None:
+        """Where the receipts receiver is mounted (see the constructor), or ``None``."""
+        return self._receipts_url
+
+    @receipts_url.setter
+    def receipts_url(self, url: str | None) -> None:
+        if url is not None and not is_loopback_url(url):
+            raise ValueError("receipts_url must be an http(s) URL on 127.0.0.1 or localhost")
+        self._receipts_url = url.rstrip("/") if url is not None else None
+
+    def _receipt_options(self, provider: str, channel: str, *, enabled: bool) -> dict[str, Any]:
+        """The options pointing an enabled channel's callbacks at the receiver (a
+        SendGrid server's account-level URL is set instead)."""
+        if self.receipts is None or self.receipts_url is None or not enabled:
+            return {}
+        method = getattr(self.servers[provider], "receipt_channel_options", None)
+        if method is None:
+            return {}
+        return dict(method(f"{self.receipts_url}/receipts/{channel}"))
+
+    def drain_receipts(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds until every callback scheduled so far was
+        answered 2xx or given up; returns how many are still outstanding."""
+        with self._lock:
+            dispatcher = self._dispatcher
+        return dispatcher.drain(timeout) if dispatcher is not None else 0
+
+    def receipt_stats(self) -> ReceiptStats:
+        """Counts of the callbacks: scheduled, sent, answered, retried, given up."""
+        with self._lock:
+            dispatcher = self._dispatcher
+        return dispatcher.stats() if dispatcher is not None else ReceiptStats()
 
     def pipeline(self, config: PipelineConfig | str | Path, **kwargs: Any) -> Pipeline:
         """A rehearsal :class:`~campaignkit.Pipeline` of ``config`` (a campaign file or

@@ -6,12 +6,15 @@ import gzip
 import hmac
 import json
 import re
+import time
 import uuid
 import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 from ._faults import Faults
+from ._receipt_events import expo_receipt_error
+from ._receipt_server import ReceiptServer
 from ._server import ProviderServer
 from ._wire import Reply, Request, loads
 
@@ -66,7 +69,7 @@ def is_expo_push_token(value: object) -> bool:
     return isinstance(value, str) and bool(_TOKEN_RE.match(value))
 
 
-class ExpoServer(ProviderServer):
+class ExpoServer(ReceiptServer):
     """Speaks Expo's ``POST /--/api/v2/push/send`` on 127.0.0.1.
 
     Contract checked: JSON content type; a message object or an array of them; at most
@@ -95,7 +98,11 @@ class ExpoServer(ProviderServer):
     ``POST /--/api/v2/push/getReceipts`` ``{"ids": [...]}`` (at most 1,000, else 400
     ``PUSH_TOO_MANY_RECEIPTS``) answers ``{"data": {id: receipt}}`` for the known ticket
     ids: ``{"status": "ok"}``, or for a token in :attr:`receipt_errors` ``{"status":
-    "error", "message", "details": {"error"}}``.
+    "error", "message", "details": {"error"}}``. With receipts attached
+    (:meth:`attach_receipts`), a ticket's receipt exists only ``delay_seconds`` after
+    it was issued (before, its id is absent, as at Expo) and carries the simulated
+    outcome: bounced ``DeviceNotRegistered``, undelivered ``MessageRateExceeded``,
+    others ``ok`` (a token in :attr:`receipt_errors` keeps its error).
 
     Attributes:
         messages: one dict per accepted notification: ``to``, ``id`` (the ticket id),
@@ -130,6 +137,8 @@ class ExpoServer(ProviderServer):
         self.ticket_errors: dict[str, str] = dict(ticket_errors or {})
         self.receipt_errors: dict[str, str] = dict(receipt_errors or {})
         self.messages: list[dict[str, Any]] = []
+        #: ticket id -> (monotonic time its receipt is ready, simulated error or None)
+        self._simulated: dict[str, tuple[float, str | None]] = {}
 
     def channel_options(self) -> dict[str, Any]:
         """The channel ``options`` that send to this server: ``{"base_url": ...}``."""
@@ -139,6 +148,7 @@ class ExpoServer(ProviderServer):
         """Forget recorded messages and requests and clear the faults (keeps the settings)."""
         with self.lock:
             self.messages.clear()
+            self._simulated.clear()
             self.request_times.clear()
             self.faults = Faults()
 
@@ -217,6 +227,12 @@ class ExpoServer(ProviderServer):
             accepted.append(_record(item, to, ticket_id))
         with self.lock:
             self.messages.extend(accepted)
+        if self.receipts is not None:
+            ready = time.monotonic() + self.receipts.delay_seconds
+            for record in accepted:
+                outcome = expo_receipt_error(self.receipt_outcome(record["to"])[1])
+                with self.lock:
+                    self._simulated[record["id"]] = (ready, outcome)
         return Reply(200, {"data": tickets})
 
     def _receipts(self, request: Request) -> Reply:
@@ -236,11 +252,17 @@ class ExpoServer(ProviderServer):
             )
         with self.lock:
             tokens = {m["id"]: m["to"] for m in self.messages}
+            simulated = dict(self._simulated)
+        now = time.monotonic()
         receipts: dict[str, Any] = {}
         for ticket_id in ids:
             if ticket_id not in tokens:
                 continue
             error = self.receipt_errors.get(tokens[ticket_id])
+            if error is None and ticket_id in simulated:
+                ready, error = simulated[ticket_id]
+                if now < ready:
+                    continue
             receipts[ticket_id] = (
                 {
                     "status": "error",

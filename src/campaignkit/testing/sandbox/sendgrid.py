@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Self
 
 from ._faults import Faults
+from ._receipt_events import SendGridEvents
+from ._receipt_server import EcdsaSigner, ReceiptServer
 from ._sendgrid_rules import EMAIL, error, unverified_sender, validate
 from ._server import ProviderServer
 from ._wire import Reply, Request
@@ -18,7 +20,7 @@ from ._wire import Reply, Request
 __all__ = ["SendGridServer"]
 
 
-class SendGridServer(ProviderServer):
+class SendGridServer(ReceiptServer):
     """SendGrid's ``POST /v3/mail/send`` on 127.0.0.1.
 
     It checks what SendGrid checks and answers with SendGrid's bodies
@@ -62,6 +64,15 @@ class SendGridServer(ProviderServer):
     :attr:`messages`. A rate-limited request gets
     SendGrid's 429 with ``X-RateLimit-Limit``, ``-Remaining`` and ``-Reset`` (epoch
     seconds, rounded up unless :attr:`fractional_reset`).
+
+    Delivery receipts (once :meth:`attach_receipts` is called, as a
+    :class:`Sandbox` with ``receipts`` does): every recipient of an accepted request
+    gets a ``processed`` event then its outcome (``delivered``; ``deferred``;
+    ``bounce``; ``delivered`` then ``spamreport`` or ``unsubscribe``), and a later
+    message to an address that bounced, complained or unsubscribed a ``dropped``
+    event only, as SendGrid's suppression lists do. Events are POSTed in batches
+    (JSON arrays) to :attr:`event_webhook_url` (account-level at SendGrid: ``None``
+    sends nothing), signed with :attr:`webhook_public_key`'s private key.
 
     Args:
         invalid: addresses refused as invalid (compared without case).
@@ -109,6 +120,11 @@ class SendGridServer(ProviderServer):
         self.requests: list[dict[str, Any]] = []
         #: bodies of the accepted requests in ``mail_settings.sandbox_mode``, in order
         self.sandbox_requests: list[dict[str, Any]] = []
+        #: where the Event Webhook posts (account-level at SendGrid); ``None``: nowhere
+        self.event_webhook_url: str | None = None
+        self._signer = EcdsaSigner()
+        #: the Event Webhook (its ``suppressed`` addresses get ``dropped`` events)
+        self.events = SendGridEvents(self, self._signer)
 
     def start(self) -> Self:
         super().start()
@@ -120,6 +136,18 @@ class SendGridServer(ProviderServer):
     def channel_options(self) -> dict[str, Any]:
         """Options that point a ``sendgrid`` channel at this server."""
         return {"base_url": self.base_url, "from_email": self.FROM_EMAIL}
+
+    @property
+    def webhook_public_key(self) -> str:
+        """The Signed Event Webhook's verification key as SendGrid shows it: base64 of
+        the DER SubjectPublicKeyInfo of an EC P-256 key made for this server (needs
+        ``cryptography``)."""
+        return self._signer.public_key
+
+    def receipt_channel_options(self, url: str) -> dict[str, Any]:
+        """Sets :attr:`event_webhook_url` (account-level at SendGrid): no options."""
+        self.event_webhook_url = url
+        return {}
 
     def is_invalid(self, address: str) -> bool:
         """Whether SendGrid refuses ``address`` (malformed, listed or matched)."""
@@ -178,7 +206,9 @@ class SendGridServer(ProviderServer):
                 self.sandbox_requests.append(dict(body))
             return Reply(200)
         message_id = secrets.token_urlsafe(16)[:22]
-        self._record(body, message_id)
+        records = self._record(body, message_id)
+        if self.receipts is not None and self.event_webhook_url is not None:
+            self.events.accepted(records, message_id, self.event_webhook_url)
         return Reply(202, None, {"X-Message-Id": message_id})
 
     def _refusal(self, request: Request) -> Reply | None:
@@ -217,7 +247,7 @@ class SendGridServer(ProviderServer):
         return None
 
     # -- recording ----------------------------------------------------------------------
-    def _record(self, body: Mapping[str, Any], message_id: str) -> None:
+    def _record(self, body: Mapping[str, Any], message_id: str) -> list[dict[str, Any]]:
         content = {part.get("type"): part["value"] for part in body.get("content") or []}
         records = []
         for p in body["personalizations"]:
@@ -249,6 +279,7 @@ class SendGridServer(ProviderServer):
         with self.lock:
             self.requests.append(dict(body))
             self.messages.extend(records)
+        return records
 
 
 def _substitute(text: str | None, substitutions: Mapping[str, str]) -> str | None:

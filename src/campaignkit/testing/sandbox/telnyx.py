@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 import attrs
 
 from ._faults import Faults
+from ._receipt_events import telnyx_callbacks
+from ._receipt_server import Ed25519Signer, ReceiptServer
 from ._server import ProviderServer
 from ._wire import Reply, Request
 from .twilio import E164, reserved_invalid, sms_segments
@@ -49,7 +51,7 @@ _TITLES = {
 }
 
 
-class TelnyxServer(ProviderServer):
+class TelnyxServer(ReceiptServer):
     """Telnyx's ``POST /v2/messages`` on 127.0.0.1.
 
     It checks what Telnyx checks and answers with Telnyx's bodies
@@ -95,6 +97,14 @@ class TelnyxServer(ProviderServer):
     the first request is still being processed 409. Answers to requests that were
     not processed (401, faults) are not kept.
 
+    Delivery receipts (once :meth:`attach_receipts` is called): a message sent with
+    ``webhook_url`` gets Telnyx's signed JSON webhooks there, ``message.sent`` then
+    ``message.finalized`` (``delivered``, or ``delivery_failed`` with error 40008
+    soft or 40001 hard; a landline always 40001), and for a drawn ``stop`` a
+    ``message.received`` ``STOP`` (at Telnyx that goes to the messaging profile's
+    inbound webhook; here to the same URL). They verify with
+    :attr:`webhook_public_key`.
+
     Rate limiting answers 429 / 10011 with ``x-ratelimit-limit``,
     ``x-ratelimit-remaining`` and ``x-ratelimit-reset`` (seconds); server errors
     answer 10007 bodies.
@@ -130,6 +140,7 @@ class TelnyxServer(ProviderServer):
         self.idempotency: dict[str, tuple[str, Reply | None]] = {}
         #: the Idempotency-Key of every replayed answer, in order
         self.replayed: list[str] = []
+        self._signer = Ed25519Signer()
 
     # -- uniform sandbox interface -----------------------------------------------------
     def start(self) -> Self:
@@ -150,6 +161,16 @@ class TelnyxServer(ProviderServer):
         Keys: ``base_url``, ``from``.
         """
         return {"base_url": self.base_url, "from": self.from_number}
+
+    @property
+    def webhook_public_key(self) -> str:
+        """The webhook verification key as the Telnyx portal shows it: base64 of the
+        raw 32-byte Ed25519 public key made for this server (needs ``cryptography``)."""
+        return self._signer.public_key
+
+    def receipt_channel_options(self, url: str) -> dict[str, Any]:
+        """``{"webhook_url": url}``."""
+        return {"webhook_url": url}
 
     def reset(self) -> None:
         """Forget recorded messages, rejections and request times; clear scripted faults."""
@@ -227,7 +248,9 @@ class TelnyxServer(ProviderServer):
             return refusal
         now = datetime.now(UTC)
         record = self._record(request, payload)
-        return Reply(200, {"data": self._resource(record, now)})
+        resource = self._resource(record, now)
+        telnyx_callbacks(self, self._signer, record, resource)
+        return Reply(200, {"data": resource})
 
     def _read_payload(self, request: Request) -> dict[str, Any] | Reply:
         """The request's JSON object, or Telnyx's refusal of the body."""

@@ -17,6 +17,8 @@ from urllib.parse import urlencode, urlsplit
 import attrs
 
 from ._faults import Faults
+from ._receipt_events import twilio_callbacks
+from ._receipt_server import ReceiptServer
 from ._server import ProviderServer
 from ._wire import Reply, Request, loads
 
@@ -124,7 +126,7 @@ def _scheduled_for(params: Mapping[str, str]) -> datetime | None:
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
-class TwilioServer(ProviderServer):
+class TwilioServer(ReceiptServer):
     """Twilio's ``POST /2010-04-01/Accounts/{AccountSid}/Messages.json`` on 127.0.0.1.
 
     It checks what Twilio checks, in Twilio's order, and answers with Twilio's
@@ -153,9 +155,13 @@ class TwilioServer(ProviderServer):
 
     A message with ``ScheduleType=fixed`` and an ISO 8601 ``SendAt`` is answered with
     status ``scheduled`` (its record's ``send_at``) and has no ``date_sent`` before
-    that time. Other parameters Twilio documents (``StatusCallback``,
-    ``ValidityPeriod``, ``SmartEncoded``, ``ShortenUrls``, ...) are accepted without
-    effect, as Twilio's unknown parameters are, and kept in the record's ``params``
+    that time. With receipts attached (:meth:`attach_receipts`), a message with a
+    ``StatusCallback`` gets Twilio's signed form POSTs there: ``sent``, then
+    ``delivered`` or ``undelivered`` (``ErrorCode`` 30003 soft, 30005 hard), and
+    for a drawn ``stop`` an inbound ``STOP`` message (at Twilio that goes to the
+    number's inbound webhook; here to the same URL). Other parameters Twilio
+    documents (``ValidityPeriod``, ``SmartEncoded``, ``ShortenUrls``, ...) are
+    accepted without effect, as Twilio's unknown parameters are, and kept in the record's ``params``
     (scheduling is not checked further: the sandbox does not refuse a ``SendAt``
     outside Twilio's window or without a Messaging Service). The ``Authorization``
     scheme is matched without case (RFC 9110).
@@ -239,6 +245,10 @@ class TwilioServer(ProviderServer):
             "account_sid": self.account_sid,
             "from": self.from_number,
         }
+
+    def receipt_channel_options(self, url: str) -> dict[str, Any]:
+        """``{"status_callback": url}``."""
+        return {"status_callback": url}
 
     def reset(self) -> None:
         """Forget recorded messages, rejections and request times; clear scripted faults."""
@@ -331,6 +341,7 @@ class TwilioServer(ProviderServer):
         }
         with self.lock:
             self.messages.append(record)
+        twilio_callbacks(self, record)
         return Reply(201, self._resource(record, created))
 
     def _date_sent(self, record: Mapping[str, Any]) -> datetime | None:
