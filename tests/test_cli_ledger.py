@@ -218,6 +218,7 @@ def test_runs_and_report_show_the_ledger(tmp_path: Path) -> None:
         "attempts": 1,
         "error_code": "21211",
         "error": failed["error"],
+        "receipt": None,
     }
     sms = deliveries(config, run_id, "--sandbox", "--channel", "sms")
     assert {r["channel"] for r in sms} == {"sms"} and len(sms) == 4

@@ -283,3 +283,26 @@ def call_wsgi(app: Any, request: ReceiptRequest) -> tuple[str, bytes]:
     seen: list[str] = []
     body = b"".join(app(environ, lambda status, headers: seen.append(status)))
     return seen[0], body
+
+
+def test_the_sandbox_sends_signed_receipts_end_to_end(tmp_path: Path, keys: Keys) -> None:
+    from campaignkit.receipts import poll_receipts
+    from campaignkit.testing.sandbox import ReceiptSimulation
+
+    simulation = ReceiptSimulation(seed=3)
+    with Sandbox(lazy=True, receipts=simulation) as box:
+        box.open_receipts_endpoint()
+        config = campaign(tmp_path, keys)
+        pipeline = box.pipeline(config)
+        rx = box.receive_receipts(pipeline)
+        pipeline.run()
+        assert box.drain_receipts(20) == 0
+        polled = poll_receipts(pipeline)
+        assert [r.error for r in polled] == [None]
+        stats = rx.stats()
+        assert stats.refused == stats.invalid == stats.failed == 0
+        for channel in ("email", "sms", "push"):
+            got = counts(pipeline, channel)
+            assert got["sent"] == 4
+            assert sum(got.receipts.values()) == 4, (channel, got.receipts)
+        assert box.receipt_stats().given_up == 0

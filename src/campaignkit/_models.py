@@ -214,6 +214,8 @@ class DeliveryResult:
     ``line`` (the recipient's line in the source, 0 if unknown) and ``address`` (the
     normalized address it was sent to) are filled when read from the ledger; they tell
     apart the deliveries of a customer id on several rows (``rows_per_customer``).
+    ``receipt``: what the provider's receipts said became of a ``sent`` one
+    (:class:`~campaignkit.ReceiptStatus`), once one arrived.
     """
 
     channel: str
@@ -226,6 +228,7 @@ class DeliveryResult:
     error: str | None = attrs.field(default=None, converter=_redacted)
     line: int | None = None
     address: str | None = None
+    receipt: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -240,6 +243,7 @@ class DeliveryResult:
             "attempts": self.attempts,
             "error_code": self.error_code,
             "error": self.error,
+            "receipt": self.receipt,
         }
 
 

@@ -45,7 +45,7 @@ _SNAPSHOT = (
 )
 _DELIVERIES = (
     "SELECT c.channel, r.recipient_id, d.state, d.reason, d.provider_message_id, "
-    "d.attempts, d.error_code, d.error, r.line, d.address FROM deliveries d "
+    "d.attempts, d.error_code, d.error, r.line, d.address, d.receipt FROM deliveries d "
     "JOIN recipients r ON r.run = d.run AND r.seq = d.seq "
     "JOIN channels c ON c.run = d.run AND c.code = d.channel "
 )
@@ -205,7 +205,7 @@ def deliveries(conn: sqlite3.Connection, run: int, code: int | None) -> Iterator
         cursor = conn.execute(
             _DELIVERIES + "WHERE d.run = ? AND d.channel = ?" + _ORDER, (run, code)
         )
-    for ch, rid, state, reason, pmid, attempts, error_code, error, line, address in cursor:
+    for ch, rid, state, reason, pmid, attempts, error_code, error, line, address, got in cursor:
         yield DeliveryResult(
             channel=ch,
             recipient_id=rid,
@@ -217,4 +217,5 @@ def deliveries(conn: sqlite3.Connection, run: int, code: int | None) -> Iterator
             error=error,
             line=line,
             address=address,
+            receipt=got,
         )

@@ -28,6 +28,7 @@ class SqliteReceiptDb:
     """Receipts' transactions on a SQLite ledger file (thread-safe: one at a time)."""
 
     def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
         open_and_migrate(path)
         self._path = path
         self._conn = connect(path)

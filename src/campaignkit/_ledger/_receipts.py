@@ -80,6 +80,13 @@ _AWAITING = (
     "ORDER BY d.updated_at LIMIT ?"
 )
 
+_RUN_COUNTS = (
+    "SELECT c.channel, d.receipt, COUNT(*) FROM deliveries d "
+    "JOIN channels c ON c.run = d.run AND c.code = d.channel "
+    "JOIN runs r ON r.id = d.run "
+    "WHERE r.run_id = ? AND d.state = 'sent' GROUP BY c.channel, d.receipt ORDER BY c.channel"
+)
+
 #: A matched receipt (1), one that needs no delivery (2: an opt-out by address).
 _MATCHED_DELIVERY, _MATCHED_ADDRESS = 1, 2
 
@@ -279,6 +286,14 @@ class ReceiptBook:
         between the two Unix times (what a poll for receipts asks about)."""
         rows = self._read(_AWAITING, (pipeline, channel, sent_after, sent_before, limit))
         return [str(r[0]) for r in rows]
+
+    def run_counts(self, run_id: str) -> dict[str, dict[str, int]]:
+        """A run's ``sent`` deliveries per channel by receipt (``awaiting``: none yet)."""
+        rows = self._read(_RUN_COUNTS, (run_id,))
+        out: dict[str, dict[str, int]] = {}
+        for channel, receipt, n in rows:
+            out.setdefault(channel, {})[receipt or "awaiting"] = int(n)
+        return out
 
     def counts(self) -> dict[str, int]:
         """Stored receipts by status, and the dead letters as ``unmatched``."""

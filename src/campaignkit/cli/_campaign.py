@@ -31,6 +31,7 @@ from .._states import ACTIVE_STATUSES
 from ..exceptions import ConfigError
 from ._options import plugin_manager, with_retry_delay
 from ._output import Where, input_errors, sandbox_failure
+from ._receipt_lines import simulation_for
 
 # -- ledger helpers ------------------------------------------------------------------------
 
@@ -185,10 +186,13 @@ def sandboxed_configs(
     from ..testing.sandbox import Sandbox
 
     providers = list(dict.fromkeys(p for cfg in configs for p in _sandbox_providers(cfg, pm)))
-    sandbox = Sandbox(providers, plugins=pm)
+    sandbox = Sandbox(providers, plugins=pm, receipts=simulation_for(configs))
     try:
         sandbox.start()
+        if sandbox.receipts is not None:  # the fakes call back a receiver of its own
+            sandbox.open_receipts_endpoint()
     except Exception as exc:  # e.g. the SMTP sandbox without aiosmtpd
+        sandbox.stop()
         sandbox_failure(exc)
     try:
         # apply() also isolates the state: the sandbox ledger and run directories.

@@ -53,6 +53,7 @@ from ._output import (
     iso,
     make_console,
 )
+from ._receipt_lines import receipt_lines
 from ._summary import doubts_from_counts, print_run_summary
 
 _CSV_FIELDS = (
@@ -67,6 +68,7 @@ _CSV_FIELDS = (
     "attempts",
     "error_code",
     "error",
+    "receipt",
 )
 
 
@@ -297,6 +299,16 @@ def report(
                     if result.unknown and ledger.is_planned(run_id, name)
                 }
                 _report_table(stream, record, stored, results, where, channels, doubts)
+                receipts: dict[str, dict[str, int]] = {}
+                for name in results:
+                    if (not channels or name in channels) and ledger.is_planned(run_id, name):
+                        got = ledger.counts(run_id, name)
+                        receipts[name] = {**got.receipts, "awaiting": got.awaiting_receipt}
+                told = any(sum(r.values()) - r["awaiting"] for r in receipts.values())
+                if not (told or pipeline.receipts.public_url):
+                    receipts = {}  # a campaign that does not take receipts
+                for line in receipt_lines(receipts):
+                    print(line, file=stream)
                 return
             rows = stack.enter_context(
                 contextlib.closing(_deliveries(ledger, run_id, list(channels) or [None]))

@@ -49,6 +49,7 @@ from ._output import (
     report_exit,
 )
 from ._progress import RunProgress, drive
+from ._receipt_lines import attach_receipts, settle_receipts
 from ._schedules import next_due_line, scheduled_dict, skipped_line
 from ._summary import emit_report, print_run_summary, quiet_problems, run_doubts, run_hints
 
@@ -252,6 +253,7 @@ def _run_once(
         [c.name for c in pipeline.enabled_channels],
         show=out.is_terminal and not as_json and not is_quiet(),
     )
+    receiving = attach_receipts(sandbox, pipeline)
     with sandbox_journal(sandbox, pipeline, output_dir):
         report = drive(
             lambda: pipeline.run(
@@ -270,6 +272,8 @@ def _run_once(
         )
     before = _run_once_notes(report, progress.opened, logical, limit)
     after = record_sandbox(sandbox) if sandbox else []
+    if receiving:
+        after += settle_receipts(sandbox, pipeline, report.run_id)
     if as_json and str(report.status) == RunStatus.CANARY.value:
         after += run_hints(report, where, logical_date=logical)[:1]  # stdout stays pure JSON
     return emit_report(

@@ -67,7 +67,7 @@ _SNAPSHOT = (
 )
 _DELIVERIES = (
     "SELECT d.channel, d.seq, c.channel, r.recipient_id, d.state, d.reason, "
-    "d.provider_message_id, d.attempts, d.error_code, d.error, r.line, d.address "
+    "d.provider_message_id, d.attempts, d.error_code, d.error, r.line, d.address, d.receipt "
     "FROM deliveries d "
     "JOIN recipients r ON r.run = d.run AND r.seq = d.seq "
     "JOIN channels c ON c.run = d.run AND c.code = d.channel "
@@ -142,7 +142,7 @@ def deliveries(do: Do, run: int, code: int | None) -> Iterator[DeliveryResult]:
     else:
         rows = pages(do, _ONE_CHANNEL, (run, code), _by_channel_seq)
     for row in rows:
-        _, _, ch, rid, state, reason, pmid, attempts, error_code, error, line, address = row
+        _, _, ch, rid, state, reason, pmid, attempts, error_code, error, line, address, got = row
         yield DeliveryResult(
             channel=ch,
             recipient_id=rid,
@@ -154,6 +154,7 @@ def deliveries(do: Do, run: int, code: int | None) -> Iterator[DeliveryResult]:
             error=error,
             line=line,
             address=address,
+            receipt=got,
         )
 
 

@@ -213,6 +213,7 @@ class Sandbox:
         self.receipts = receipts
         self.receipts_url = receipts_url
         self._dispatcher: CallbackDispatcher | None = None
+        self._endpoint: Any = None
         self.servers = ServerMap(self)
         if record_to is not None:
             self.record_to(record_to)
@@ -240,6 +241,9 @@ class Sandbox:
             live, self._live = self._live, {}
             journals, self._journals = self._journals, {}
             dispatcher = self._dispatcher  # kept: its counts stay readable
+            endpoint, self._endpoint = self._endpoint, None
+        if endpoint is not None:
+            endpoint.stop()
         for server in live.values():
             server.stop()
         if dispatcher is not None:
@@ -436,9 +440,50 @@ class Sandbox:
             else c
             for c in config.channels
         )
-        return rehearsal_config(attrs.evolve(config, channels=channels))
+        return rehearsal_config(self._receipts_config(attrs.evolve(config, channels=channels)))
 
     # -- delivery receipts ------------------------------------------------------------
+    def _receipts_config(self, config: PipelineConfig) -> PipelineConfig:
+        """With receipts simulated and a receiver: the campaign's receipts arrive there,
+        verified with the fakes' keys, and Expo's are polled without waiting."""
+        if self.receipts is None or self.receipts_url is None:
+            return config
+        channels = []
+        for c in config.channels:
+            signer = c.enabled and c.provider in ("sendgrid", "telnyx")
+            key = getattr(self.servers[c.provider], "webhook_public_key", None) if signer else None
+            channels.append(attrs.evolve(c, receipts_key=key) if key else c)
+        receipts = attrs.evolve(
+            config.receipts, public_url=self.receipts_url, poll_after_minutes=0.0
+        )
+        return attrs.evolve(config, channels=tuple(channels), receipts=receipts)
+
+    def open_receipts_endpoint(self) -> str:
+        """Start a receipts receiver on 127.0.0.1 (waitress, a free port) and make it
+        :attr:`receipts_url`; :meth:`receive_receipts` attaches a campaign to it."""
+        from ._receipt_endpoint import ReceiptEndpoint
+
+        with self._lock:
+            if self._endpoint is None:
+                self._endpoint = ReceiptEndpoint()
+            endpoint = self._endpoint
+        self.receipts_url = endpoint.start()
+        return str(self.receipts_url)
+
+    def receive_receipts(self, pipeline: Pipeline) -> Any:
+        """Record the receipts arriving at the endpoint into ``pipeline``'s ledger (a
+        rehearsal's: the sandbox ledger), verified; returns the
+        :class:`~campaignkit.receipts.ReceiptReceiver`."""
+        from ...receipts import receiver
+
+        self.open_receipts_endpoint()
+        rx = receiver(pipeline)
+        old = self._endpoint.receiver
+        self._endpoint.attach(rx)
+        if old is not None:
+            old.book.close()
+        return rx
+
     @property
     def receipts_url(self) -> str | None:
         """Where the receipts receiver is mounted (see the constructor), or ``None``."""
