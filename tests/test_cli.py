@@ -273,9 +273,14 @@ def test_run_without_token_exits_2_before_sending(campaign: Path, tmp_path: Path
     assert not (tmp_path / "o").exists()  # nothing started
 
 
-def test_run_twice_for_the_same_logical_date_sends_once(tmp_path: Path) -> None:
+def test_run_twice_for_the_same_logical_date_sends_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The second run of a logical date reports the first run and sends nothing;
     --force starts a new run deliberately."""
+    # No simulated receipts: a simulated bounce would suppress a recipient of the
+    # forced run (as a real one would), which is not what this test is about.
+    monkeypatch.setenv("CAMPAIGNKIT_SANDBOX_RECEIPTS", "off")
     config = make_campaign(tmp_path, GOOD_ROWS)
     out = tmp_path / "o"
     args = ("run", str(config), "--sandbox", "--json", "--output-dir", str(out))

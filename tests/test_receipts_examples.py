@@ -160,7 +160,6 @@ def test_wsgi_app_served_by_wsgiref_records_a_signed_twilio_callback(
         forged = dict(headers, **{"X-Twilio-Signature": "AAAA"})
         refused = requests.post(f"{base}/receipts/sms", data=body, headers=forged, timeout=10)
         assert refused.status_code == 401
-        # (Content-Length: 0 given: see the xfail test below for a GET without it.)
         no_body = {"Content-Length": "0"}
         assert requests.get(f"{base}/receipts/sms", headers=no_body, timeout=10).status_code == 405
         assert requests.post(f"{base}/receipts/nope", data=b"", timeout=10).status_code == 404
@@ -174,12 +173,6 @@ def test_wsgi_app_served_by_wsgiref_records_a_signed_twilio_callback(
     assert (stats.recorded, stats.duplicates, stats.refused) == (1, 1, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="wsgi_app reads wsgi.input to its end when CONTENT_LENGTH is absent; under a "
-    "server that does not end the stream (wsgiref, PEP 3333 without wsgi.input_terminated) "
-    "a GET or a body-less POST waits for the client to close",
-)
 def test_wsgi_request_without_content_length_is_answered(
     sent: tuple[Pipeline, dict[str, str]],
 ) -> None:

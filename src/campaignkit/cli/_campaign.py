@@ -186,7 +186,9 @@ def sandboxed_configs(
     from ..testing.sandbox import Sandbox
 
     providers = list(dict.fromkeys(p for cfg in configs for p in _sandbox_providers(cfg, pm)))
-    sandbox = Sandbox(providers, plugins=pm, receipts=simulation_for(configs))
+    with input_errors():
+        simulation = simulation_for(configs, os.environ)
+    sandbox = Sandbox(providers, plugins=pm, receipts=simulation)
     try:
         sandbox.start()
         if sandbox.receipts is not None:  # the fakes call back a receiver of its own

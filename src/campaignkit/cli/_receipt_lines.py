@@ -15,7 +15,7 @@ from typing import Any
 from .._config import PipelineConfig
 from .._pipeline import Pipeline
 from .._states import ReceiptStatus
-from ..exceptions import CampaignKitError
+from ..exceptions import CampaignKitError, ConfigError
 
 __all__ = ["attach_receipts", "receipt_lines", "settle_receipts", "simulation_for"]
 
@@ -25,15 +25,38 @@ SIMULATED = frozenset({"sendgrid", "twilio", "telnyx", "expo"})
 DRAIN_SECONDS = 30.0
 
 
-def simulation_for(configs: Sequence[PipelineConfig]) -> Any:
-    """Receipts to simulate for these campaigns (``None``: no channel's fake has any,
-    or the ``sandbox`` extra's cryptography and waitress are missing)."""
-    wanted = any(c.enabled and c.provider in SIMULATED for cfg in configs for c in cfg.channels)
-    if not wanted or any(importlib.util.find_spec(m) is None for m in ("cryptography", "waitress")):
+#: Ratios of the simulated receipts (``delivered=0.8,bounced=0.2``), or ``off``.
+RATIOS_VARIABLE = "CAMPAIGNKIT_SANDBOX_RECEIPTS"
+
+
+def simulation_for(configs: Sequence[PipelineConfig], env: Mapping[str, str]) -> Any:
+    """Receipts to simulate in a rehearsal of these campaigns: for a campaign that takes
+    receipts (its ``[receipts]`` table sets ``public_url``) whose channels' fakes have
+    them, at the default ratios or those of :data:`RATIOS_VARIABLE` (``off``: none).
+
+    Raises:
+        ConfigError: :data:`RATIOS_VARIABLE` is not ratios; the sandbox extra is missing.
+    """
+    text = env.get(RATIOS_VARIABLE, "").strip()
+    wanted = any(
+        c.enabled and c.provider in SIMULATED and cfg.receipts.public_url
+        for cfg in configs
+        for c in cfg.channels
+    )
+    if not wanted or text.lower() in ("off", "0", "false", "no"):
         return None
+    missing = [m for m in ("cryptography", "waitress") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(
+            f"simulating receipts needs {' and '.join(missing)}: pip install "
+            f"'campaignkit[sandbox]' (or {RATIOS_VARIABLE}=off)"
+        )
     from ..testing.sandbox import ReceiptSimulation
 
-    return ReceiptSimulation()
+    try:
+        return ReceiptSimulation.from_ratios(text)
+    except ValueError as exc:
+        raise ConfigError(f"{RATIOS_VARIABLE}: {exc}") from None
 
 
 def attach_receipts(sandbox: Any, pipeline: Pipeline) -> bool:

@@ -11,8 +11,7 @@ from typing import Any
 
 import click
 
-from ..receipts import open_receipts, poll_receipts, receiver, wsgi_app
-from ..receipts._receiver import UNVERIFIED_WARNING
+from ..receipts import UNVERIFIED_WARNING, open_receipts, poll_receipts, receiver, wsgi_app
 from ._campaign import look
 from ._group import EPILOG, main
 from ._options import CONFIG_PATH, sandbox_ledger_option

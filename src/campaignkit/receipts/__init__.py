@@ -24,6 +24,7 @@ __all__ = [
     "TELNYX_SIGNATURE_HEADER",
     "TELNYX_TIMESTAMP_HEADER",
     "TWILIO_SIGNATURE_HEADER",
+    "UNVERIFIED_WARNING",
     "ParsedReceipts",
     "PollResult",
     "ReceiptBook",
@@ -67,7 +68,13 @@ from ._parsers import (
     parse_telnyx,
     parse_twilio,
 )
-from ._receiver import ReceiptReceiver, ReceiptRequest, ReceiptResponse, ReceiverStats
+from ._receiver import (
+    UNVERIFIED_WARNING,
+    ReceiptReceiver,
+    ReceiptRequest,
+    ReceiptResponse,
+    ReceiverStats,
+)
 from ._setup import PollResult, open_receipts, poll_receipts, receiver
 from ._signatures import (
     DEFAULT_TOLERANCE_SECONDS,

@@ -36,12 +36,13 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
-def _headers(response: ReceiptResponse) -> list[tuple[str, str]]:
-    return [
+def _headers(response: ReceiptResponse, *, lower: bool = False) -> list[tuple[str, str]]:
+    headers = [
         ("Content-Type", response.content_type),
         ("Content-Length", str(len(response.body))),
         *response.headers,
     ]
+    return [(k.lower(), v) for k, v in headers] if lower else headers
 
 
 def _wsgi_body(environ: MutableMapping[str, Any], limit: int) -> bytes | None:
@@ -50,6 +51,8 @@ def _wsgi_body(environ: MutableMapping[str, Any], limit: int) -> bytes | None:
     stream = environ.get("wsgi.input")
     if stream is None:
         return b""
+    if not length_text.strip() and not environ.get("wsgi.input_terminated"):
+        return b""  # no length, and a stream that may never end: no body (PEP 3333)
     if length_text.strip():
         try:
             length = int(length_text)
@@ -162,7 +165,8 @@ def asgi_app(receiver: ReceiptReceiver) -> Callable[[Scope, Receive, Send], Awai
                 "type": "http.response.start",
                 "status": response.status,
                 "headers": [
-                    (k.encode("latin-1"), v.encode("latin-1")) for k, v in _headers(response)
+                    (k.encode("latin-1"), v.encode("latin-1"))
+                    for k, v in _headers(response, lower=True)
                 ],
             }
         )

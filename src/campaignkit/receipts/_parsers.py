@@ -54,7 +54,7 @@ _UNSUBSCRIBED, _COMPLAINED = ReceiptStatus.UNSUBSCRIBED, ReceiptStatus.COMPLAINE
 TWILIO_HARD_CODES = frozenset({"30005", "30006", "21211", "21614"})
 TWILIO_OPTED_OUT_CODES = frozenset({"21610"})
 #: Telnyx error codes of the same meanings (see the receipts docs: unconfirmed).
-TELNYX_HARD_CODES = frozenset({"40001", "40012", "40013"})
+TELNYX_HARD_CODES = frozenset({"40001", "40012"})
 TELNYX_OPTED_OUT_CODES = frozenset({"40300"})
 
 
@@ -312,7 +312,7 @@ def parse_telnyx(
     codes = [str(e.get("code"))[:16] for e in errors or () if isinstance(e, dict)]
     if state == "delivered":
         status = _DELIVERED
-    elif state in ("delivery_failed", "sending_failed"):
+    elif state in ("delivery_failed", "sending_failed", "expired"):
         status = (
             _UNSUBSCRIBED
             if TELNYX_OPTED_OUT_CODES.intersection(codes)
