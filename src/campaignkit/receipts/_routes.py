@@ -91,7 +91,11 @@ def _form(body: bytes) -> dict[str, list[str]]:
     try:
         text = body.decode("utf-8")
         return parse_qs(
-            text, keep_blank_values=True, strict_parsing=True, max_num_fields=_MAX_FORM_FIELDS
+            text,
+            keep_blank_values=True,
+            strict_parsing=True,
+            max_num_fields=_MAX_FORM_FIELDS,
+            errors="strict",  # a %-escape that is not UTF-8 is not Twilio's
         )
     except (UnicodeDecodeError, ValueError):
         raise ReceiptParseError("twilio: the body is not a UTF-8 form") from None
@@ -168,7 +172,11 @@ def build_route(
             assert auth_token is not None and url is not None
             signature = headers.get(TWILIO_SIGNATURE_HEADER.lower(), "")
             full = url + ("?" + query if query else "")
-            if not verify_twilio(auth_token.reveal(), full, _form(body), signature):
+            try:
+                params = _form(body)
+            except ReceiptParseError:
+                raise Refused("the body is not a form: nothing signed can be checked") from None
+            if not verify_twilio(auth_token.reveal(), full, params, signature):
                 raise Refused("the signature does not verify")
 
         def parse(body: bytes, at: datetime) -> ParsedReceipts:
