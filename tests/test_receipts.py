@@ -298,7 +298,7 @@ def test_the_sandbox_sends_signed_receipts_end_to_end(tmp_path: Path, keys: Keys
         pipeline.run()
         assert box.drain_receipts(20) == 0
         polled = poll_receipts(pipeline)
-        assert [r.error for r in polled] == [None]
+        assert [(r.channel, r.error) for r in polled] == [("sms", None), ("push", None)]
         stats = rx.stats()
         assert stats.refused == stats.invalid == stats.failed == 0
         for channel in ("email", "sms", "push"):
@@ -306,3 +306,36 @@ def test_the_sandbox_sends_signed_receipts_end_to_end(tmp_path: Path, keys: Keys
             assert got["sent"] == 4
             assert sum(got.receipts.values()) == 4, (channel, got.receipts)
         assert box.receipt_stats().given_up == 0
+
+
+def test_a_lost_twilio_callback_is_recovered_by_polling(tmp_path: Path, keys: Keys) -> None:
+    """Twilio does not retry a status callback by default: receipts poll fetches the
+    messages that have none and records what the callback would have said, once."""
+    from campaignkit.receipts import poll_receipts
+    from campaignkit.testing.sandbox import ReceiptSimulation
+
+    with Sandbox(lazy=True, receipts=ReceiptSimulation(seed=5, bounced=0.5, delivered=0.4)) as box:
+        config = campaign(tmp_path, keys)  # its callbacks go to hooks.example.com: lost
+        config = attrs.evolve(
+            config,
+            channels=tuple(c for c in config.channels if c.name == "sms"),
+            receipts=ReceiptsConfig(public_url=PUBLIC_URL, poll_after_minutes=0),
+        )
+        pipeline = box.pipeline(config)
+        pipeline.run()
+        assert counts(pipeline, "sms").receipts == {}
+        [first] = poll_receipts(pipeline)
+        assert (first.channel, first.asked, first.error) == ("sms", 4, None)
+        got = counts(pipeline, "sms")
+        assert sum(got.receipts.values()) == 4 and got.awaiting_receipt == 0
+        assert first.tally.recorded == 4
+        [again] = poll_receipts(pipeline)  # nothing awaits a receipt any more
+        assert again.asked == 0
+        sms = {m["to"]: m for m in box.servers["twilio"].messages}
+        bounced = {n for n, m in sms.items() if m.get("final_error") == "30005"}
+        ledger = pipeline.ledger()
+        try:
+            suppressed = {a for k, a, _, _ in ledger.suppressions("phone")}
+        finally:
+            ledger.close()
+        assert suppressed == bounced and bounced

@@ -143,9 +143,10 @@ def serve(
 )
 @sandbox_ledger_option
 def poll(config: Path, every: float | None, use_sandbox: bool) -> None:
-    """Ask the polled providers (Expo getReceipts) for the receipts of campaign CONFIG's
-    messages sent between [receipts] poll_after_minutes and poll_window_hours ago, and
-    record them (DeviceNotRegistered puts the token on the suppression list)."""
+    """Ask the providers for the receipts of campaign CONFIG's messages that have none,
+    sent between [receipts] poll_after_minutes and poll_window_hours ago, and record
+    them: Expo's getReceipts (DeviceNotRegistered puts the token on the suppression
+    list), and Twilio's message fetch for callbacks that never came."""
     out = make_console()
     pipeline = _pipeline(config, use_sandbox)
     while True:

@@ -16,9 +16,12 @@ from campaignkit._ledger import LedgerError, ReceiptBook, open_receipt_book
 from campaignkit._receipt_types import ReceiptTally
 from campaignkit.exceptions import CampaignKitError, ConfigError
 
-from ._parsers import ReceiptParseError, parse_expo_receipts
+from ._parsers import ReceiptParseError, parse_expo_receipts, parse_twilio
 from ._receiver import ReceiptReceiver
 from ._routes import POLLED_PROVIDERS, build_route
+
+#: Providers asked about messages whose receipts did not come (a lost callback).
+FETCHED_PROVIDERS = ("twilio",)
 
 if TYPE_CHECKING:
     from campaignkit._pipeline import Pipeline
@@ -114,8 +117,10 @@ def poll_receipts(
     clock: Callable[[], float] = time.time,
     limit: int = 100_000,
 ) -> list[PollResult]:
-    """Ask the polled providers (Expo) for the receipts of messages sent between
-    ``poll_after_minutes`` and ``poll_window_hours`` ago, and record them.
+    """Ask the providers for the receipts of messages that have none, sent between
+    ``poll_after_minutes`` and ``poll_window_hours`` ago, and record them: Expo's
+    ``getReceipts`` (in chunks of 1,000), and Twilio's message fetch (one request per
+    message whose status callback never came: Twilio does not retry one by default).
 
     A provider's error ends that channel's poll (the next poll asks again) and is in
     its result; nothing of a failed request is recorded.
@@ -129,7 +134,7 @@ def poll_receipts(
     try:
         now = clock()
         for channel in pipeline.enabled_channels:
-            if channel.provider not in POLLED_PROVIDERS:
+            if channel.provider not in (*POLLED_PROVIDERS, *FETCHED_PROVIDERS):
                 continue
             ids = the_book.awaiting(
                 pipeline.name,
@@ -138,7 +143,11 @@ def poll_receipts(
                 sent_before=now - config.poll_after_minutes * 60,
                 limit=limit,
             )
-            token = pipeline.token(channel, pipeline.registry.notifier_class(channel.provider))
+            cls = pipeline.registry.notifier_class(channel.provider)
+            token = pipeline.token(channel, cls)
+            if channel.provider == "twilio":
+                results.append(_fetch_twilio(the_book, http, pipeline, channel, token, ids))
+                continue
             base = str(channel.options.get("base_url") or _EXPO_DEFAULT).rstrip("/")
             results.append(
                 _poll_expo(the_book, http, channel.name, base, token, ids, channel.timeout_seconds)
@@ -182,3 +191,47 @@ def _poll_expo(
             log.warning("receipts %s: poll stopped: %s", channel, text)
             return PollResult(channel, len(ids), tally, error=text)
     return PollResult(channel, len(ids), tally)
+
+
+def _fetch_twilio(
+    book: ReceiptBook,
+    http: requests.Session,
+    pipeline: Pipeline,
+    channel: Any,
+    token: Any,
+    sids: list[str],
+) -> PollResult:
+    """Fetch the messages whose status callback never came (Twilio does not retry one
+    by default) and record their final status as the callback would have."""
+    from campaignkit._notifier import ChannelSettings
+    from campaignkit.channels.twilio import TwilioOptions
+
+    settings = ChannelSettings(channel=channel.name, options=channel.options, env=pipeline.environ)
+    options = settings.structure(TwilioOptions)
+    account = options.resolve_account_sid(settings)
+    base = options.base_url.rstrip("/") + f"/2010-04-01/Accounts/{account}/Messages/"
+    auth = (account, token.reveal()) if token is not None else None
+    tally = ReceiptTally()
+    for sid in sids:
+        try:
+            response = http.get(base + sid + ".json", auth=auth, timeout=channel.timeout_seconds)
+            if response.status_code != 200:
+                raise ReceiptParseError(f"twilio answered HTTP {response.status_code}")
+            message = response.json()
+            if not isinstance(message, dict):
+                raise ReceiptParseError("twilio: the message is not an object")
+            code = message.get("error_code")
+            params = {
+                "MessageSid": sid,
+                "MessageStatus": str(message.get("status") or ""),
+                "To": str(message.get("to") or ""),
+                **({"ErrorCode": str(code)} if code else {}),
+            }
+            events = parse_twilio(params, datetime.now(UTC)).events
+            if events:
+                tally += book.record(channel.name, events)
+        except (requests.RequestException, ValueError, CampaignKitError, LedgerError) as exc:
+            text = str(exc) if isinstance(exc, CampaignKitError) else type(exc).__name__
+            log.warning("receipts %s: poll stopped: %s", channel.name, text)
+            return PollResult(channel.name, len(sids), tally, error=text)
+    return PollResult(channel.name, len(sids), tally)

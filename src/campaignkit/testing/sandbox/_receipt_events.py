@@ -187,13 +187,18 @@ def _sendgrid_outcome(
 _TWILIO_ERRORS = {ReceiptOutcome.UNDELIVERED: "30003", ReceiptOutcome.BOUNCED: "30005"}
 
 
-def twilio_callbacks(server: Any, record: Mapping[str, Any]) -> None:
+def twilio_callbacks(server: Any, record: dict[str, Any]) -> None:
     """Schedule the status callbacks of an accepted Twilio message (``sent``, then
     ``delivered`` or ``undelivered``), and a ``STOP`` reply when drawn."""
     simulation, url = server.receipts, record.get("status_callback")
-    if simulation is None or not url:
+    if simulation is None:
         return
     key, outcome = server.receipt_outcome(record["to"])
+    error = _TWILIO_ERRORS.get(outcome)
+    # What a message fetch says once it is out (a receiver that lost a callback asks).
+    record["final_status"], record["final_error"] = ("undelivered" if error else "delivered"), error
+    if not url:
+        return
     sender = record.get("from") or server.from_number
     base = {
         "AccountSid": server.account_sid,
@@ -206,7 +211,6 @@ def twilio_callbacks(server: Any, record: Mapping[str, Any]) -> None:
     if record.get("messaging_service_sid"):
         base["MessagingServiceSid"] = record["messaging_service_sid"]
     server.schedule_callback(url, _twilio_render(server, url, _status(base, "sent")))
-    error = _TWILIO_ERRORS.get(outcome)
     final = _status(base, "undelivered" if error else "delivered")
     if error:
         final["ErrorCode"] = error

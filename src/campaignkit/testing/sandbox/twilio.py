@@ -366,7 +366,9 @@ class TwilioServer(ReceiptServer):
             "date_sent": email.utils.format_datetime(sent, usegmt=True) if sent else None,
             "date_updated": email.utils.format_datetime(sent or created, usegmt=True),
             "direction": "outbound-api",
-            "error_code": None,
+            "error_code": int(record["final_error"])
+            if sent and record.get("final_error")
+            else None,
             "error_message": None,
             "from": record["from"],
             "messaging_service_sid": record["messaging_service_sid"],
@@ -375,7 +377,7 @@ class TwilioServer(ReceiptServer):
             "price": None,
             "price_unit": "USD",
             "sid": record["sid"],
-            "status": record["status"] if sent is None else "sent",
+            "status": record["status"] if sent is None else record.get("final_status", "sent"),
             "subresource_uris": {"media": f"{uri}/Media.json"},
             "to": record["to"],
             "uri": f"{uri}.json",
