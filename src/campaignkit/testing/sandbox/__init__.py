@@ -71,8 +71,8 @@ from ._receipts import (
     ReceiptOutcome,
     ReceiptSimulation,
     ReceiptStats,
-    is_loopback_url,
 )
+from ._sandbox_receipts import SandboxReceipts
 from ._server import ProviderServer
 from ._wire import Reply, Request
 
@@ -135,7 +135,7 @@ class ServerMap(Mapping[str, Any]):
         return f"<sandbox servers {', '.join(self)} (running: {live})>"
 
 
-class Sandbox:
+class Sandbox(SandboxReceipts):
     """Sandbox servers for the given providers (all by default), on 127.0.0.1.
 
     Each provider's server is the fake its plugin registers through the
@@ -441,82 +441,6 @@ class Sandbox:
             for c in config.channels
         )
         return rehearsal_config(self._receipts_config(attrs.evolve(config, channels=channels)))
-
-    # -- delivery receipts ------------------------------------------------------------
-    def _receipts_config(self, config: PipelineConfig) -> PipelineConfig:
-        """With receipts simulated and a receiver: the campaign's receipts arrive there,
-        verified with the fakes' keys, and Expo's are polled without waiting."""
-        if self.receipts is None or self.receipts_url is None:
-            return config
-        channels = []
-        for c in config.channels:
-            signer = c.enabled and c.provider in ("sendgrid", "telnyx")
-            key = getattr(self.servers[c.provider], "webhook_public_key", None) if signer else None
-            channels.append(attrs.evolve(c, receipts_key=key) if key else c)
-        receipts = attrs.evolve(
-            config.receipts, public_url=self.receipts_url, poll_after_minutes=0.0
-        )
-        return attrs.evolve(config, channels=tuple(channels), receipts=receipts)
-
-    def open_receipts_endpoint(self) -> str:
-        """Start a receipts receiver on 127.0.0.1 (waitress, a free port) and make it
-        :attr:`receipts_url`; :meth:`receive_receipts` attaches a campaign to it."""
-        from ._receipt_endpoint import ReceiptEndpoint
-
-        with self._lock:
-            if self._endpoint is None:
-                self._endpoint = ReceiptEndpoint()
-            endpoint = self._endpoint
-        self.receipts_url = endpoint.start()
-        return str(self.receipts_url)
-
-    def receive_receipts(self, pipeline: Pipeline) -> Any:
-        """Record the receipts arriving at the endpoint into ``pipeline``'s ledger (a
-        rehearsal's: the sandbox ledger), verified; returns the
-        :class:`~campaignkit.receipts.ReceiptReceiver`."""
-        from ...receipts import receiver
-
-        self.open_receipts_endpoint()
-        rx = receiver(pipeline)
-        old = self._endpoint.receiver
-        self._endpoint.attach(rx)
-        if old is not None:
-            old.book.close()
-        return rx
-
-    @property
-    def receipts_url(self) -> str | None:
-        """Where the receipts receiver is mounted (see the constructor), or ``None``."""
-        return self._receipts_url
-
-    @receipts_url.setter
-    def receipts_url(self, url: str | None) -> None:
-        if url is not None and not is_loopback_url(url):
-            raise ValueError("receipts_url must be an http(s) URL on 127.0.0.1 or localhost")
-        self._receipts_url = url.rstrip("/") if url is not None else None
-
-    def _receipt_options(self, provider: str, channel: str, *, enabled: bool) -> dict[str, Any]:
-        """The options pointing an enabled channel's callbacks at the receiver (a
-        SendGrid server's account-level URL is set instead)."""
-        if self.receipts is None or self.receipts_url is None or not enabled:
-            return {}
-        method = getattr(self.servers[provider], "receipt_channel_options", None)
-        if method is None:
-            return {}
-        return dict(method(f"{self.receipts_url}/receipts/{channel}"))
-
-    def drain_receipts(self, timeout: float) -> int:
-        """Wait up to ``timeout`` seconds until every callback scheduled so far was
-        answered 2xx or given up; returns how many are still outstanding."""
-        with self._lock:
-            dispatcher = self._dispatcher
-        return dispatcher.drain(timeout) if dispatcher is not None else 0
-
-    def receipt_stats(self) -> ReceiptStats:
-        """Counts of the callbacks: scheduled, sent, answered, retried, given up."""
-        with self._lock:
-            dispatcher = self._dispatcher
-        return dispatcher.stats() if dispatcher is not None else ReceiptStats()
 
     def pipeline(self, config: PipelineConfig | str | Path, **kwargs: Any) -> Pipeline:
         """A rehearsal :class:`~campaignkit.Pipeline` of ``config`` (a campaign file or
