@@ -117,15 +117,19 @@ def sendgrid_request(
     return ReceiptRequest("POST", "/receipts/email", headers, body)
 
 
-def twilio_request(token: str, params: dict[str, str], *, channel: str = "sms") -> ReceiptRequest:
-    url = f"{PUBLIC_URL}/receipts/{channel}"
+def twilio_request(
+    token: str, params: dict[str, str], *, channel: str = "sms", ref: str = ""
+) -> ReceiptRequest:
+    query = urlencode({"ck": ref}) if ref else ""
+    url = f"{PUBLIC_URL}/receipts/{channel}" + (f"?{query}" if query else "")
     signed = url + "".join(k + params[k] for k in sorted(params))
     digest = hmac.new(token.encode(), signed.encode(), hashlib.sha1).digest()
     headers = {
         "X-Twilio-Signature": base64.b64encode(digest).decode(),
         "Content-Type": "application/x-www-form-urlencoded",
     }
-    return ReceiptRequest("POST", f"/receipts/{channel}", headers, urlencode(params).encode())
+    body = urlencode(params).encode()
+    return ReceiptRequest("POST", f"/receipts/{channel}", headers, body, query)
 
 
 def telnyx_request(keys: Keys, data: dict[str, Any], *, at: int | None = None) -> ReceiptRequest:
@@ -139,8 +143,12 @@ def telnyx_request(keys: Keys, data: dict[str, Any], *, at: int | None = None) -
     return ReceiptRequest("POST", "/receipts/sms", headers, body)
 
 
-def sendgrid_event(event: str, email: str, message_id: str, n: int, **extra: Any) -> dict[str, Any]:
+def sendgrid_event(
+    event: str, email: str, sent_as: tuple[str, str], n: int, **extra: Any
+) -> dict[str, Any]:
+    message_id, ref = sent_as
     return {
+        "campaignkit_ref": ref,
         "email": email,
         "timestamp": 1_700_000_000 + n,
         "event": event,
@@ -150,13 +158,15 @@ def sendgrid_event(event: str, email: str, message_id: str, n: int, **extra: Any
     }
 
 
-def sent(pipeline: Pipeline, channel: str) -> dict[str, str]:
-    """address -> provider message id of the channel's sent deliveries (last run)."""
+def sent(pipeline: Pipeline, channel: str) -> dict[str, tuple[str, str]]:
+    """address -> (provider message id, reference) of the channel's sent deliveries
+    (last run): what the provider's receipts carry back."""
     ledger = pipeline.ledger()
     try:
         run = ledger.list_runs(pipeline.name, limit=1)[0]
+        seqs = {r.id: seq for seq, r in ledger.snapshot(run.run_id)}
         return {
-            d.address: d.provider_message_id
+            d.address: (d.provider_message_id, f"{seqs[d.recipient_id]}.{run.run_id}")
             for d in ledger.deliveries(run.run_id, channel)
             if d.provider_message_id and d.address
         }
@@ -219,8 +229,9 @@ def test_receipts_update_counts_suppress_and_the_next_run_skips(
         ("+14155550102", "undelivered", "30005"),
         ("+14155550103", "undelivered", "30003"),
     ]:
+        sid, ref = phones[number]
         params = {
-            "MessageSid": phones[number],
+            "MessageSid": sid,
             "MessageStatus": state,
             "To": number,
             "AccountSid": "AC" + "0" * 32,
@@ -228,7 +239,7 @@ def test_receipts_update_counts_suppress_and_the_next_run_skips(
         }
         if code:
             params["ErrorCode"] = code
-        assert call_wsgi(app, twilio_request(token, params))[0].startswith("200")
+        assert call_wsgi(app, twilio_request(token, params, ref=ref))[0].startswith("200")
     stop = {
         "MessageSid": "SM" + "f" * 32,
         "From": "+14155550104",

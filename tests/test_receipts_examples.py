@@ -84,21 +84,16 @@ def campaign(tmp_path: Path) -> PipelineConfig:
 
 
 @pytest.fixture
-def sent(tmp_path: Path) -> Iterator[tuple[Pipeline, dict[str, str]]]:
-    """The campaign, run once: number -> Twilio message sid."""
+def sent(tmp_path: Path) -> Iterator[tuple[Pipeline, dict[str, tuple[str, str]]]]:
+    """The campaign, run once: number -> (Twilio message sid, the StatusCallback's
+    query: the delivery's reference, which Twilio calls back with)."""
     with Sandbox(lazy=True) as box:
         pipeline = box.pipeline(campaign(tmp_path))
         pipeline.run()
-        ledger = pipeline.ledger()
-        try:
-            run = ledger.list_runs(pipeline.name, limit=1)[0]
-            sids = {
-                d.address: d.provider_message_id
-                for d in ledger.deliveries(run.run_id, "sms")
-                if d.address and d.provider_message_id
-            }
-        finally:
-            ledger.close()
+        sids = {
+            m["to"]: (m["sid"], m["status_callback"].split("?", 1)[1])
+            for m in box.servers["twilio"].messages
+        }
         assert set(sids) == set(NUMBERS)
         yield pipeline, sids
 
@@ -112,9 +107,12 @@ def receipts_of(pipeline: Pipeline) -> dict[str, int]:
         ledger.close()
 
 
-def twilio_callback(pipeline: Pipeline, params: dict[str, str]) -> tuple[dict[str, str], bytes]:
-    """Headers and body of a status callback, signed as Twilio signs it."""
-    url = f"{PUBLIC_URL}/receipts/sms"
+def twilio_callback(
+    pipeline: Pipeline, params: dict[str, str], query: str
+) -> tuple[dict[str, str], bytes]:
+    """Headers and body of a status callback, signed as Twilio signs it (the URL it
+    calls, query included)."""
+    url = f"{PUBLIC_URL}/receipts/sms?{query}"
     signed = url + "".join(key + params[key] for key in sorted(params))
     token = pipeline.environ["SMS_API_TOKEN"].encode()
     digest = hmac.new(token, signed.encode(), hashlib.sha1).digest()
@@ -149,16 +147,18 @@ def test_wsgi_app_served_by_wsgiref_records_a_signed_twilio_callback(
     base = f"http://127.0.0.1:{server.server_port}"
     try:
         number = NUMBERS[0]
-        headers, body = twilio_callback(pipeline, status(sids[number], number, "delivered"))
-        answer = requests.post(f"{base}/receipts/sms", data=body, headers=headers, timeout=10)
+        sid, query = sids[number]
+        headers, body = twilio_callback(pipeline, status(sid, number, "delivered"), query)
+        route = f"{base}/receipts/sms?{query}"
+        answer = requests.post(route, data=body, headers=headers, timeout=10)
         assert answer.status_code == 200, answer.text
         assert answer.headers["Content-Type"].startswith("text/xml")
         # The same callback again (a provider's retry): 200, applied once.
-        again = requests.post(f"{base}/receipts/sms", data=body, headers=headers, timeout=10)
+        again = requests.post(route, data=body, headers=headers, timeout=10)
         assert again.status_code == 200
         # Forged: refused, nothing recorded.
         forged = dict(headers, **{"X-Twilio-Signature": "AAAA"})
-        refused = requests.post(f"{base}/receipts/sms", data=body, headers=forged, timeout=10)
+        refused = requests.post(route, data=body, headers=forged, timeout=10)
         assert refused.status_code == 401
         no_body = {"Content-Length": "0"}
         assert requests.get(f"{base}/receipts/sms", headers=no_body, timeout=10).status_code == 405
@@ -193,7 +193,13 @@ def test_wsgi_request_without_content_length_is_answered(
 
 # -- ASGI, driven by hand -------------------------------------------------------------
 async def asgi_post(
-    app: Any, path: str, headers: dict[str, str], body: bytes, *, root_path: str = ""
+    app: Any,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
+    *,
+    root_path: str = "",
+    query: str = "",
 ) -> tuple[int, dict[bytes, bytes], bytes]:
     """One ASGI HTTP request, the body in two chunks, as a server sends it."""
     scope = {
@@ -205,7 +211,7 @@ async def asgi_post(
         "path": root_path + path,
         "raw_path": (root_path + path).encode(),
         "root_path": root_path,
-        "query_string": b"",
+        "query_string": query.encode(),
         "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 443),
@@ -237,12 +243,13 @@ def test_asgi_app_driven_by_hand_records_a_signed_twilio_callback(
     app = asgi_app(rx)
     try:
         number = NUMBERS[1]
+        sid, query = sids[number]
         headers, body = twilio_callback(
-            pipeline, status(sids[number], number, "undelivered", "30005")
+            pipeline, status(sid, number, "undelivered", "30005"), query
         )
         # Mounted below /hooks (what Starlette's Mount passes): the path below it counts.
         code, answer_headers, answer = asyncio.run(
-            asgi_post(app, "/receipts/sms", headers, body, root_path="/hooks")
+            asgi_post(app, "/receipts/sms", headers, body, root_path="/hooks", query=query)
         )
         assert code == 200, answer
         assert answer_headers[b"content-type"].startswith(b"text/xml")

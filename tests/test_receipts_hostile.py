@@ -373,6 +373,7 @@ def test_any_order_and_duplicates_end_in_the_same_state(
                 status=status,
                 occurred_at=NOW + timedelta(seconds=at),
                 message_id=f"SM{seq}",
+                reference=f"{seq}.r1",
                 address=f"+1415555010{seq}",
                 kind="phone",
             )
@@ -408,6 +409,7 @@ def test_dead_letters_are_kept_and_matched_later(backend: Backend) -> None:
             status="bounced",
             occurred_at=NOW,
             message_id="SM0",
+            reference="0.r1",
             address="+14155550100",
             kind="phone",
         )
@@ -430,6 +432,29 @@ def test_dead_letters_are_kept_and_matched_later(backend: Backend) -> None:
             status="delivered",
             occurred_at=NOW,
             message_id="SM0",
+            reference="0.r1",
             kind="phone",
         )
         assert book.record("email", [other]).unmatched == 1
+        # A reference whose delivery has another message id proves nothing.
+        for n, (ref, mid) in enumerate(
+            [
+                ("0.r1", "SM9"),
+                ("1.r1", "SM0"),
+                ("0.r2", "SM0"),
+                ("x.r1", "SM0"),
+                ("0", "SM0"),
+                (None, "SM0"),
+            ]
+        ):
+            forged = ReceiptEvent(
+                provider="twilio",
+                key=f"forged{n}",
+                status="complained",
+                occurred_at=NOW,
+                message_id=mid,
+                reference=ref,
+                kind="phone",
+            )
+            assert book.record("sms", [forged]).unmatched == 1
+        assert store.sql("SELECT receipt FROM deliveries") == [("bounced",)]

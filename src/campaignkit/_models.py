@@ -154,6 +154,10 @@ class Message:
     parts are set depends on the channel: email uses ``subject``, ``body`` (text)
     and ``html``; SMS uses ``body``; push uses ``title``, ``body`` and ``data``.
     ``idempotency_key`` is deterministic for (run, channel, recipient).
+    ``reference`` names the delivery (``<seq>.<run id>``): a channel whose provider
+    sends delivery receipts asks it to echo the reference back in them (SendGrid's
+    ``custom_args``, a status callback URL's query), so that a receipt finds its
+    delivery directly (see :mod:`campaignkit.receipts`).
     """
 
     recipient_id: str
@@ -167,6 +171,7 @@ class Message:
     headers: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_mapping)
     name: str | None = None
     idempotency_key: str = ""
+    reference: str = ""
 
 
 @attrs.frozen

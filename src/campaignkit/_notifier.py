@@ -7,10 +7,14 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
+from urllib.parse import quote
 
 import attrs
 
 from ._models import Message, Outcome, Rate, Secret
+
+#: The query parameter of a receipts callback URL that carries the message's reference.
+REFERENCE_PARAMETER = "ck"
 
 __all__ = ["ChannelSettings", "Notifier", "placeholder_token"]
 
@@ -58,6 +62,16 @@ class ChannelSettings:
     def path(self) -> str:
         """The key path of the channel's options (``channels.sms.options``)."""
         return f"channels.{self.channel}.options"
+
+    def receipts_callback(self, reference: str) -> str | None:
+        """:attr:`receipts_url` carrying a message's reference in its query (``ck=``),
+        for providers that call a URL given per message; ``None`` when unset."""
+        if self.receipts_url is None:
+            return None
+        if not reference:
+            return self.receipts_url
+        joiner = "&" if "?" in self.receipts_url else "?"
+        return f"{self.receipts_url}{joiner}{REFERENCE_PARAMETER}={quote(reference, safe='')}"
 
     def getenv(self, name: str) -> str | None:
         """The variable ``name`` of :attr:`env`, stripped; ``None`` when unset or blank."""

@@ -47,6 +47,9 @@ class ReceiptEvent:
             for providers that do not say).
         message_id: the provider's message id, as the send recorded it; ``None`` for an
             inbound opt-out (a STOP reply), which concerns an address, not a message.
+        reference: the delivery's reference (``<seq>.<run id>``) the provider echoed
+            back (see :attr:`campaignkit.Message.reference`): how the event finds its
+            delivery, whose message id must then be :attr:`message_id`.
         address: the recipient's address, as the provider gives it (matches a message
             id shared by a batch's recipients; the address an opt-out suppresses).
         kind: the suppression list the address belongs to (``email``, ``phone``,
@@ -62,6 +65,7 @@ class ReceiptEvent:
     status: ReceiptStatus = attrs.field(converter=ReceiptStatus)
     occurred_at: datetime = attrs.field(converter=_aware)
     message_id: str | None = None
+    reference: str | None = None
     address: str | None = None
     kind: str = "email"
     reason: str = attrs.field(default="", converter=_reason)

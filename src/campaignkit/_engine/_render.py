@@ -143,6 +143,7 @@ class Renderer:
             data=parts.get("data") or {},
             headers=headers,
             idempotency_key=self._key(seq, recipient),
+            reference=f"{seq}.{self.run_id}",
         )
         if self.plan.content is not None:
             problem = self.plan.content(message)

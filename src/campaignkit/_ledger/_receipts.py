@@ -6,9 +6,12 @@ runner; ``?`` placeholders, turned into ``%s`` for PostgreSQL).
 
 Every event is stored in ``receipts`` under its key (``INSERT ... ON CONFLICT DO
 NOTHING``): the same event twice (a provider's retry, a replay) is recorded once and
-does nothing the second time. A stored event is then matched to its delivery by the
-provider message id the send recorded (and the address, for a message id a batch's
-recipients share). The delivery's ``receipt`` is the highest receipt it was told of
+does nothing the second time. A stored event then finds its delivery by the reference
+the provider echoed back (``<seq>.<run id>``: :attr:`campaignkit.Message.reference`),
+by primary key, and is applied only when that delivery's recorded message id is the
+event's (and, for a message id a batch's recipients share, its address): a reference
+alone proves nothing. No index on message ids is needed, so sends pay nothing for
+receipts. The delivery's ``receipt`` is the highest receipt it was told of
 (:data:`campaignkit._states.RECEIPT_RANKS`; a tie: the later event, then the greater
 key), decided inside the ``UPDATE`` itself, so that concurrent receivers and events in
 any order end in the same state. An event whose message is not in the ledger (yet: a
@@ -42,14 +45,16 @@ _RANK = (
     + " ELSE 0 END)"
 )
 _STORE = (
-    "INSERT INTO receipts (key, provider, channel, message_id, address, kind, status, "
-    "occurred_at, reason, raw, received_at, matched) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (key) DO NOTHING"
+    "INSERT INTO receipts (key, provider, channel, message_id, reference, address, kind, "
+    "status, occurred_at, reason, raw, received_at, matched) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (key) DO NOTHING"
 )
-_CANDIDATES = (
-    "SELECT d.run, d.channel, d.seq, d.address FROM deliveries d "
-    "JOIN channels c ON c.run = d.run AND c.code = d.channel "
-    "WHERE d.provider_message_id = ? AND c.channel = ?"
+# The delivery a reference names (primary key lookups: runs.run_id is unique).
+_REFERENCED = (
+    "SELECT d.run, d.channel, d.seq, d.address, d.provider_message_id FROM runs r "
+    "JOIN channels c ON c.run = r.id AND c.channel = ? "
+    "JOIN deliveries d ON d.run = r.id AND d.channel = c.code AND d.seq = ? "
+    "WHERE r.run_id = ?"
 )
 _APPLY = (
     "UPDATE deliveries SET receipt = ?, receipt_at = ?, receipt_key = ? "
@@ -68,11 +73,11 @@ _COLUMNS = (
 )
 _LIST = f"SELECT {_COLUMNS} FROM receipts r LEFT JOIN runs ON runs.id = r.run "
 _UNMATCHED = (
-    "SELECT key, provider, channel, message_id, address, kind, status, occurred_at, reason "
-    "FROM receipts WHERE matched = 0 ORDER BY received_at, key LIMIT ?"
+    "SELECT key, provider, channel, message_id, reference, address, kind, status, "
+    "occurred_at, reason FROM receipts WHERE matched = 0 ORDER BY received_at, key LIMIT ?"
 )
 _AWAITING = (
-    "SELECT d.provider_message_id FROM deliveries d "
+    "SELECT d.provider_message_id, d.seq, r.run_id FROM deliveries d "
     "JOIN channels c ON c.run = d.run AND c.code = d.channel "
     "JOIN runs r ON r.id = d.run "
     "WHERE r.pipeline = ? AND c.channel = ? AND d.state = 'sent' AND d.receipt IS NULL "
@@ -184,13 +189,14 @@ class ReceiptBook:
         def work(run: Statement) -> ReceiptTally:
             tally = ReceiptTally()
             rows, _ = run(_UNMATCHED, (limit,))
-            for key, provider, channel, mid, address, kind, status, at, reason in rows:
+            for key, provider, channel, mid, ref, address, kind, status, at, reason in rows:
                 event = ReceiptEvent(
                     provider=provider,
                     key=key,
                     status=status,
                     occurred_at=datetime.strptime(at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC),
                     message_id=mid,
+                    reference=ref,
                     address=address,
                     kind=kind,
                     reason=reason or "",
@@ -206,6 +212,7 @@ class ReceiptBook:
             e.provider,
             channel,
             e.message_id,
+            e.reference,
             e.address,
             e.kind,
             e.status.value,
@@ -228,12 +235,10 @@ class ReceiptBook:
                 _SUPPRESS, (event.kind, address, event.status.value, f"receipt {event.key}", now)
             )
             return ReceiptTally(matched=1, suppressed=added)
-        rows, _ = run(_CANDIDATES, (event.message_id, channel))
-        if len(rows) > 1:
-            rows = [r for r in rows if _same_address(event.kind, r[3], event.address)]
-        if len(rows) != 1:
+        found = self._referenced(run, channel, event)
+        if found is None:
             return ReceiptTally(unmatched=1)
-        d_run, code, seq, address = rows[0]
+        d_run, code, seq, sent_to = found
         rank = RECEIPT_RANKS[event.status.value]
         at = _stamp(event.occurred_at)
         _, applied = run(
@@ -242,11 +247,28 @@ class ReceiptBook:
         )
         run(_MATCHED, (_MATCHED_DELIVERY, d_run, code, seq, event.key))
         added = 0
-        if event.status in SUPPRESSING_RECEIPTS and address:
-            key = address.lower() if event.kind == "email" else address
+        if event.status in SUPPRESSING_RECEIPTS and sent_to:
+            key = sent_to.lower() if event.kind == "email" else sent_to
             source = f"receipt {event.key}"
             _, added = run(_SUPPRESS, (event.kind, key, event.status.value, source, now))
         return ReceiptTally(applied=applied, matched=1, suppressed=added)
+
+    def _referenced(
+        self, run: Statement, channel: str, event: ReceiptEvent
+    ) -> tuple[int, int, int, str | None] | None:
+        """The delivery the event's reference names on ``channel``, if its message id
+        is the event's (else the event is not about it, or its send's outcome is not
+        written yet: a dead letter until :meth:`rematch`)."""
+        seq, _, run_id = (event.reference or "").partition(".")
+        if not (seq.isascii() and seq.isdigit() and len(seq) < 19 and run_id):
+            return None
+        rows, _ = run(_REFERENCED, (channel, int(seq), run_id))
+        if len(rows) != 1 or not event.message_id or rows[0][4] != event.message_id:
+            return None
+        d_run, code, d_seq, address, _ = rows[0]
+        if event.kind == "email" and not _same_address(event.kind, address, event.address):
+            return None  # one request's message id is its recipients': the address tells
+        return d_run, code, d_seq, address
 
     # -- reading ---------------------------------------------------------------------
     def _read(self, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
@@ -281,11 +303,11 @@ class ReceiptBook:
 
     def awaiting(
         self, pipeline: str, channel: str, *, sent_after: float, sent_before: float, limit: int
-    ) -> list[str]:
-        """Message ids of the channel's ``sent`` deliveries with no receipt yet, sent
-        between the two Unix times (what a poll for receipts asks about)."""
+    ) -> list[tuple[str, str]]:
+        """``(message id, reference)`` of the channel's ``sent`` deliveries with no
+        receipt yet, sent between the two Unix times (what a poll asks about)."""
         rows = self._read(_AWAITING, (pipeline, channel, sent_after, sent_before, limit))
-        return [str(r[0]) for r in rows]
+        return [(str(mid), f"{seq}.{run_id}") for mid, seq, run_id in rows]
 
     def run_counts(self, run_id: str) -> dict[str, dict[str, int]]:
         """A run's ``sent`` deliveries per channel by receipt (``awaiting``: none yet)."""

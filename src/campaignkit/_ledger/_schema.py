@@ -43,13 +43,12 @@ RECEIPTS_SCHEMA = """
     ALTER TABLE deliveries ADD COLUMN receipt TEXT;
     ALTER TABLE deliveries ADD COLUMN receipt_at TEXT;
     ALTER TABLE deliveries ADD COLUMN receipt_key TEXT;
-    CREATE INDEX deliveries_by_message ON deliveries (provider_message_id)
-        WHERE provider_message_id IS NOT NULL;
     CREATE TABLE receipts (
         key TEXT PRIMARY KEY,
         provider TEXT NOT NULL,
         channel TEXT NOT NULL,
         message_id TEXT,
+        reference TEXT,
         address TEXT,
         kind TEXT NOT NULL,
         status TEXT NOT NULL,
@@ -196,7 +195,8 @@ MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
     ) WITHOUT ROWID;
     """,
     # Delivery receipts (campaignkit._ledger._receipts): every provider event once, by
-    # its key; each delivery's receipt; the deliveries found by their message id.
+    # its key, and each delivery's receipt. No index: a receipt names its delivery
+    # (its reference: the run and seq), and is checked against the message id.
     7: RECEIPTS_SCHEMA,
 }
 

@@ -45,6 +45,8 @@ HTML_TAG = "%campaignkit_html%"
 #: ``custom_args`` keys naming the recipient and the message in event webhooks.
 RECIPIENT_ARG = "campaignkit_recipient_id"
 IDEMPOTENCY_ARG = "campaignkit_idempotency_key"
+#: The ``custom_args`` key carrying the delivery's reference back in receipts.
+REFERENCE_ARG = "campaignkit_ref"
 # json.dumps(..., ensure_ascii=False, separators=(",", ":")) without a new encoder per call.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 # A string's JSON form, as _ENCODER writes it (ensure_ascii=False); raises TypeError
@@ -210,6 +212,8 @@ def _personalization_json(message: Message, substitute: bool) -> str:
     parts += (',"custom_args":{"' + RECIPIENT_ARG + '":', q(message.recipient_id))
     if message.idempotency_key:
         parts += (',"' + IDEMPOTENCY_ARG + '":', q(message.idempotency_key))
+    if message.reference:
+        parts += (',"' + REFERENCE_ARG + '":', q(message.reference))
     parts.append("}")
     if substitute:
         parts.append(',"substitutions":{')
@@ -231,6 +235,8 @@ def _personalization_fields(message: Message, substitute: bool) -> dict[str, Any
     custom_args = {RECIPIENT_ARG: message.recipient_id}
     if message.idempotency_key:
         custom_args[IDEMPOTENCY_ARG] = message.idempotency_key
+    if message.reference:
+        custom_args[REFERENCE_ARG] = message.reference
     fields: dict[str, Any] = {
         "to": [address(message.address, message.name)],
         "subject": message.subject,

@@ -52,7 +52,8 @@ requests as that allows:
   case: SendGrid would reject the whole request).
 
 Every personalization has the message's ``subject``, its ``headers`` and the
-``custom_args`` ``campaignkit_recipient_id`` and ``campaignkit_idempotency_key``.
+``custom_args`` ``campaignkit_recipient_id``, ``campaignkit_idempotency_key`` and
+``campaignkit_ref`` (the delivery's reference, which receipts carry back).
 
 Answers
 -------

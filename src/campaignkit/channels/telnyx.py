@@ -169,7 +169,7 @@ class TelnyxNotifier(HttpNotifier):
             payload["from"] = self.options.from_
         if self.options.messaging_profile_id is not None:
             payload["messaging_profile_id"] = self.options.messaging_profile_id
-        webhook = self.options.webhook_url or self.settings.receipts_url
+        webhook = self.options.webhook_url or self.settings.receipts_callback(message.reference)
         if webhook is not None:
             payload["webhook_url"] = webhook
         if self.options.webhook_failover_url is not None:

@@ -292,7 +292,9 @@ class TwilioNotifier(HttpNotifier):
             form["MessagingServiceSid"] = self.options.messaging_service_sid
         if self.options.from_ is not None:
             form["From"] = self.options.from_
-        callback = self.options.status_callback or self.settings.receipts_url
+        callback = self.options.status_callback or self.settings.receipts_callback(
+            message.reference
+        )
         if callback is not None:
             form["StatusCallback"] = callback
         if self.options.validity_period is not None:

@@ -40,6 +40,8 @@ DEFAULT_STOP_KEYWORDS = frozenset(ReceiptsConfig().stop_keywords)
 #: The most events one payload may hold (SendGrid posts batches of up to ~768 KB).
 MAX_EVENTS = 10_000
 _MAX_ID = 256
+#: The ``custom_args`` key SendGrid echoes the delivery's reference back in.
+SENDGRID_REFERENCE_ARG = "campaignkit_ref"
 
 _DELIVERED, _UNDELIVERED, _BOUNCED = (
     ReceiptStatus.DELIVERED,
@@ -151,6 +153,7 @@ def parse_sendgrid(body: bytes) -> ParsedReceipts:
             raise _fail(f"{where}.timestamp", "Unix seconds (an integer)")
         sg_id = _text(event.get("sg_message_id"), f"{where}.sg_message_id", optional=True)
         event_id = _text(event.get("sg_event_id"), f"{where}.sg_event_id", optional=True)
+        reference = event.get(SENDGRID_REFERENCE_ARG)
         status = _sendgrid_status(event, name or "")
         if status is None:
             ignored += 1
@@ -169,6 +172,7 @@ def parse_sendgrid(body: bytes) -> ParsedReceipts:
                 status=status,
                 occurred_at=datetime.fromtimestamp(stamp, UTC),
                 message_id=message_id,
+                reference=reference if isinstance(reference, str) else None,
                 address=email,
                 kind="email",
                 reason=reason,
@@ -193,10 +197,12 @@ def parse_twilio(
     received_at: datetime,
     *,
     stop_keywords: frozenset[str] = DEFAULT_STOP_KEYWORDS,
+    reference: str | None = None,
 ) -> ParsedReceipts:
     """A Twilio status callback (``MessageStatus``) or inbound message (a STOP reply).
 
-    Twilio's callbacks carry no event time: ``received_at`` stands for it.
+    Twilio's callbacks carry no event time: ``received_at`` stands for it. ``reference``:
+    the delivery's, from the callback URL's query (the send put it there).
     """
     sid = _text(_single(params, "MessageSid") or _single(params, "SmsSid"), "twilio MessageSid")
     assert sid is not None
@@ -240,6 +246,7 @@ def parse_twilio(
         status=status,
         occurred_at=received_at,
         message_id=sid,
+        reference=reference,
         address=to,
         kind="phone",
         reason=reason,
@@ -267,10 +274,14 @@ def _telnyx_number(value: Any, where: str) -> str | None:
 
 
 def parse_telnyx(
-    body: bytes, *, stop_keywords: frozenset[str] = DEFAULT_STOP_KEYWORDS
+    body: bytes,
+    *,
+    stop_keywords: frozenset[str] = DEFAULT_STOP_KEYWORDS,
+    reference: str | None = None,
 ) -> ParsedReceipts:
     """A Telnyx v2 messaging webhook: ``message.finalized`` (or ``message.sent``) says
-    what became of a message, ``message.received`` may be a STOP reply."""
+    what became of a message, ``message.received`` may be a STOP reply. ``reference``:
+    the delivery's, from the webhook URL's query (the send put it there)."""
     document = _json(body, "telnyx")
     data = document.get("data") if isinstance(document, dict) else None
     if not isinstance(data, dict):
@@ -328,6 +339,7 @@ def parse_telnyx(
         status=status,
         occurred_at=when,
         message_id=message_id,
+        reference=reference,
         address=number,
         kind="phone",
         reason=" ".join([str(state), *codes]),
@@ -337,8 +349,11 @@ def parse_telnyx(
 
 
 # -- Expo push receipts: the answer to getReceipts -------------------------------------
-def parse_expo_receipts(answer: Any, received_at: datetime) -> ParsedReceipts:
-    """The receipts of an Expo ``getReceipts`` answer (``{"data": {id: receipt}}``).
+def parse_expo_receipts(
+    answer: Any, received_at: datetime, references: Mapping[str, str] | None = None
+) -> ParsedReceipts:
+    """The receipts of an Expo ``getReceipts`` answer (``{"data": {id: receipt}}``);
+    ``references``: the deliveries' references by ticket id (the poll asked for them).
 
     ``ok`` means the push service (APNs, FCM) took it; ``DeviceNotRegistered`` that
     the token is gone for good (a hard bounce); other errors are ours or temporary.
@@ -368,6 +383,7 @@ def parse_expo_receipts(answer: Any, received_at: datetime) -> ParsedReceipts:
                 status=status,
                 occurred_at=received_at,
                 message_id=ticket,
+                reference=(references or {}).get(ticket),
                 kind="push_token",
                 reason=reason,
                 raw=_raw({ticket: receipt}),

@@ -171,7 +171,7 @@ class ReceiptReceiver:
             log.warning("receipts %s: refused (%s)", channel, why)
             return _text(401, "refused")
         try:
-            parsed = route.parse(request.body, now)
+            parsed = route.parse(request.body, request.query, now)
         except ReceiptParseError as exc:
             self._count(invalid=1)
             log.warning("receipts %s: not the provider's shape (%s)", channel, exc)

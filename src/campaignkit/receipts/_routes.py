@@ -15,6 +15,7 @@ import attrs
 
 from campaignkit._config import Channel, ReceiptsConfig
 from campaignkit._models import Secret
+from campaignkit._notifier import REFERENCE_PARAMETER
 from campaignkit.exceptions import ConfigError
 
 from ._parsers import ParsedReceipts, ReceiptParseError, parse_sendgrid, parse_telnyx, parse_twilio
@@ -59,7 +60,9 @@ class Route:
     _check: Callable[[Mapping[str, str], bytes, str, float], None] = attrs.field(
         alias="check", repr=False
     )
-    _parse: Callable[[bytes, datetime], ParsedReceipts] = attrs.field(alias="parse", repr=False)
+    _parse: Callable[[bytes, str | None, datetime], ParsedReceipts] = attrs.field(
+        alias="parse", repr=False
+    )
     verified: bool = True
 
     def authenticate(self, headers: Mapping[str, str], body: bytes, query: str, now: float) -> None:
@@ -71,13 +74,13 @@ class Route:
         if self.verified:
             self._check(headers, body, query, now)
 
-    def parse(self, body: bytes, now: float) -> ParsedReceipts:
-        """The request's events.
+    def parse(self, body: bytes, query: str, now: float) -> ParsedReceipts:
+        """The request's events (the query may carry the delivery's reference).
 
         Raises:
             ReceiptParseError: the body is not the provider's shape.
         """
-        return self._parse(body, datetime.fromtimestamp(now, UTC))
+        return self._parse(body, _reference(query), datetime.fromtimestamp(now, UTC))
 
 
 def _stamped(headers: Mapping[str, str], name: str, tolerance: float, now: float) -> str:
@@ -99,6 +102,16 @@ def _form(body: bytes) -> dict[str, list[str]]:
         )
     except (UnicodeDecodeError, ValueError):
         raise ReceiptParseError("twilio: the body is not a UTF-8 form") from None
+
+
+def _reference(query: str) -> str | None:
+    """The ``ck`` parameter of a callback URL's query: the delivery's reference."""
+    try:
+        found = parse_qs(query, max_num_fields=_MAX_FORM_FIELDS, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        return None
+    values = found.get(REFERENCE_PARAMETER, [])
+    return values[0] if len(values) == 1 and len(values[0]) <= 512 else None
 
 
 def _key(channel: Channel, env: Mapping[str, str], provider: str) -> str:
@@ -130,7 +143,7 @@ def build_route(
     keywords = frozenset(word.upper() for word in config.stop_keywords)
     url = config.url(channel.name)
     check: Callable[[Mapping[str, str], bytes, str, float], None]
-    parse: Callable[[bytes, datetime], Any]
+    parse: Callable[[bytes, str | None, datetime], Any]
     if channel.provider == "sendgrid":
         sendgrid_key = _key(channel, env, "sendgrid") if verify else ""
 
@@ -140,8 +153,8 @@ def build_route(
             if not verify_sendgrid(sendgrid_key, signature, stamp, body):
                 raise Refused("the signature does not verify")
 
-        def parse(body: bytes, at: datetime) -> ParsedReceipts:
-            return parse_sendgrid(body)
+        def parse(body: bytes, reference: str | None, at: datetime) -> ParsedReceipts:
+            return parse_sendgrid(body)  # its events carry their references
 
     elif channel.provider == "telnyx":
         telnyx_key = _key(channel, env, "telnyx") if verify else ""
@@ -152,8 +165,8 @@ def build_route(
             if not verify_telnyx(telnyx_key, signature, stamp, body):
                 raise Refused("the signature does not verify")
 
-        def parse(body: bytes, at: datetime) -> ParsedReceipts:
-            return parse_telnyx(body, stop_keywords=keywords)
+        def parse(body: bytes, reference: str | None, at: datetime) -> ParsedReceipts:
+            return parse_telnyx(body, stop_keywords=keywords, reference=reference)
 
     elif channel.provider == "twilio":
         if verify and (auth_token is None or not auth_token):
@@ -179,8 +192,8 @@ def build_route(
             if not verify_twilio(auth_token.reveal(), full, params, signature):
                 raise Refused("the signature does not verify")
 
-        def parse(body: bytes, at: datetime) -> ParsedReceipts:
-            return parse_twilio(_form(body), at, stop_keywords=keywords)
+        def parse(body: bytes, reference: str | None, at: datetime) -> ParsedReceipts:
+            return parse_twilio(_form(body), at, stop_keywords=keywords, reference=reference)
 
     else:
         return None

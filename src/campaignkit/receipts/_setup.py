@@ -166,7 +166,7 @@ def _poll_expo(
     channel: str,
     base: str,
     token: Any,
-    ids: list[str],
+    ids: list[tuple[str, str]],
     timeout: float,
 ) -> PollResult:
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -174,17 +174,17 @@ def _poll_expo(
         headers["Authorization"] = "Bearer " + token.reveal()
     tally = ReceiptTally()
     for start in range(0, len(ids), EXPO_RECEIPTS_PER_REQUEST):
-        chunk = ids[start : start + EXPO_RECEIPTS_PER_REQUEST]
+        chunk = dict(ids[start : start + EXPO_RECEIPTS_PER_REQUEST])
         try:
             response = http.post(
                 base + "/--/api/v2/push/getReceipts",
-                json={"ids": chunk},
+                json={"ids": list(chunk)},
                 headers=headers,
                 timeout=timeout,
             )
             if response.status_code != 200:
                 raise ReceiptParseError(f"expo answered HTTP {response.status_code}")
-            events = parse_expo_receipts(response.json(), datetime.now(UTC)).events
+            events = parse_expo_receipts(response.json(), datetime.now(UTC), chunk).events
             tally += book.record(channel, events)
         except (requests.RequestException, ValueError, CampaignKitError, LedgerError) as exc:
             text = str(exc) if isinstance(exc, CampaignKitError) else type(exc).__name__
@@ -199,7 +199,7 @@ def _fetch_twilio(
     pipeline: Pipeline,
     channel: Any,
     token: Any,
-    sids: list[str],
+    sids: list[tuple[str, str]],
 ) -> PollResult:
     """Fetch the messages whose status callback never came (Twilio does not retry one
     by default) and record their final status as the callback would have."""
@@ -212,7 +212,7 @@ def _fetch_twilio(
     base = options.base_url.rstrip("/") + f"/2010-04-01/Accounts/{account}/Messages/"
     auth = (account, token.reveal()) if token is not None else None
     tally = ReceiptTally()
-    for sid in sids:
+    for sid, reference in sids:
         try:
             response = http.get(base + sid + ".json", auth=auth, timeout=channel.timeout_seconds)
             if response.status_code != 200:
@@ -227,7 +227,7 @@ def _fetch_twilio(
                 "To": str(message.get("to") or ""),
                 **({"ErrorCode": str(code)} if code else {}),
             }
-            events = parse_twilio(params, datetime.now(UTC)).events
+            events = parse_twilio(params, datetime.now(UTC), reference=reference).events
             if events:
                 tally += book.record(channel.name, events)
         except (requests.RequestException, ValueError, CampaignKitError, LedgerError) as exc:

@@ -147,7 +147,9 @@ class ReceiptServer(ProviderServer):
 
     def receipt_channel_options(self, url: str) -> dict[str, Any]:
         """The channel options that make a campaign's messages call ``url`` back
-        (an account-level setting is set on the server instead)."""
+        (an account-level setting is set on the server instead). Twilio's and Telnyx's
+        need none: the rehearsal's ``[receipts] public_url`` makes their channels ask
+        for callbacks per message, with the delivery's reference in the URL."""
         return {}
 
     def receipt_stats(self) -> ReceiptStats:

@@ -168,10 +168,6 @@ class TelnyxServer(ReceiptServer):
         raw 32-byte Ed25519 public key made for this server (needs ``cryptography``)."""
         return self._signer.public_key
 
-    def receipt_channel_options(self, url: str) -> dict[str, Any]:
-        """``{"webhook_url": url}``."""
-        return {"webhook_url": url}
-
     def reset(self) -> None:
         """Forget recorded messages, rejections and request times; clear scripted faults."""
         with self.lock:

@@ -246,10 +246,6 @@ class TwilioServer(ReceiptServer):
             "from": self.from_number,
         }
 
-    def receipt_channel_options(self, url: str) -> dict[str, Any]:
-        """``{"status_callback": url}``."""
-        return {"status_callback": url}
-
     def reset(self) -> None:
         """Forget recorded messages, rejections and request times; clear scripted faults."""
         with self.lock:
