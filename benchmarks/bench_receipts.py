@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/bench_receipts.py [--events N] [--concurrency C] [--rounds R]
                                         [--batch B] [--backends sqlite,postgres]
+                                        [--providers sendgrid,twilio] [--experiments E,E+F]
 
 Before the rounds, one campaign (an e-mail channel on SendGrid, an SMS channel on
 Twilio, N recipients) is sent through the loopback sandbox, not as a rehearsal, into
@@ -31,7 +32,13 @@ Webhook does (JSON array, ECDSA P-256 signature over timestamp + body); ``twilio
 posts one status callback per request (form body, HMAC-SHA1 over the public URL and
 the sorted parameters). Figures: events/s, requests/s, and the paired ratio
 receipts / hello-world of the same provider; the server's CPU per event (``/proc``)
-and the client's.
+and the client's. The server is stopped with SIGINT (``serve`` exits 1 on SIGTERM).
+
+Experiments (``--experiments``; rows ``receipts_<provider>_sqlite+<name>``) measure a
+proposed change without editing ``src/``: ``addr`` patches the receipt book (in the
+server process) to look a delivery up by message id and address in SQL, ``idx`` adds
+an index on ``deliveries (provider_message_id, lower(address))`` to the ledger copy,
+``quiet`` runs ``campaignkit -q receipts serve`` (no log line per request).
 """
 
 from __future__ import annotations
