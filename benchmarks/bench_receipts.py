@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/bench_receipts.py [--events N] [--concurrency C] [--rounds R]
                                         [--batch B] [--backends sqlite,postgres]
-                                        [--providers sendgrid,twilio] [--experiments E,E+F]
+                                        [--providers sendgrid,twilio]
 
 Before the rounds, one campaign (an e-mail channel on SendGrid, an SMS channel on
 Twilio, N recipients) is sent through the loopback sandbox, not as a rehearsal, into
@@ -30,15 +30,11 @@ times until the last answer. Every answer must be 200.
 Providers: ``sendgrid`` posts batches of B events (default 100) as SendGrid's Event
 Webhook does (JSON array, ECDSA P-256 signature over timestamp + body); ``twilio``
 posts one status callback per request (form body, HMAC-SHA1 over the public URL and
-the sorted parameters). Figures: events/s, requests/s, and the paired ratio
-receipts / hello-world of the same provider; the server's CPU per event (``/proc``)
-and the client's. The server is stopped with SIGINT (``serve`` exits 1 on SIGTERM).
-
-Experiments (``--experiments``; rows ``receipts_<provider>_sqlite+<name>``) measure a
-proposed change without editing ``src/``: ``addr`` patches the receipt book (in the
-server process) to look a delivery up by message id and address in SQL, ``idx`` adds
-an index on ``deliveries (provider_message_id, lower(address))`` to the ledger copy,
-``quiet`` runs ``campaignkit -q receipts serve`` (no log line per request).
+the sorted parameters, the URL carrying the delivery's reference as the send gave
+it). Every event carries its delivery's reference, as the providers echo it back.
+Figures: events/s, requests/s, and the paired ratio receipts / hello-world of the same
+provider; the server's CPU per event (``/proc``) and the client's. The server is
+stopped with SIGTERM, as a service manager stops it.
 """
 
 from __future__ import annotations
@@ -205,14 +201,15 @@ def postgres_database(folder: Path) -> Iterator[bool]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def sent_deliveries(backend: str, ledger: str, channel: str) -> list[tuple[str, str]]:
-    """(address, provider message id) of the channel's sent deliveries."""
+def sent_deliveries(backend: str, ledger: str, channel: str) -> list[tuple[str, str, str]]:
+    """(address, provider message id, reference) of the channel's sent deliveries."""
     sql = (
-        "SELECT d.address, d.provider_message_id FROM deliveries d "
-        "JOIN channels c ON c.run = d.run AND c.code = d.channel "
+        "SELECT d.address, d.provider_message_id, d.seq, r.run_id FROM deliveries d "
+        "JOIN channels c ON c.run = d.run AND c.code = d.channel JOIN runs r ON r.id = d.run "
         "WHERE c.channel = ? AND d.state = 'sent' ORDER BY d.seq"
     )
-    return [(str(a), str(m)) for a, m in query(backend, ledger, sql, (channel,))]
+    rows = query(backend, ledger, sql, (channel,))
+    return [(str(a), str(m), f"{seq}.{run}") for a, m, seq, run in rows]
 
 
 def copy_sqlite(source: str, target: str) -> None:
@@ -246,7 +243,9 @@ def query(backend: str, ledger: str, sql: str, args: Sequence[Any] = ()) -> list
 Request = tuple[str, bytes, dict[str, str]]  # path, body, headers
 
 
-def sendgrid_requests(folder: Path, targets: list[tuple[str, str]], batch: int) -> list[Request]:
+def sendgrid_requests(
+    folder: Path, targets: list[tuple[str, str, str]], batch: int
+) -> list[Request]:
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -262,8 +261,9 @@ def sendgrid_requests(folder: Path, targets: list[tuple[str, str]], batch: int) 
                 "event": "delivered",
                 "sg_event_id": f"bench-{start + i}",
                 "sg_message_id": f"{message_id}.filterdrecv-1-2-3",
+                "campaignkit_ref": ref,
             }
-            for i, (address, message_id) in enumerate(targets[start : start + batch])
+            for i, (address, message_id, ref) in enumerate(targets[start : start + batch])
         ]
         body = json.dumps(events).encode()
         signature = key.sign(stamp.encode() + body, ec.ECDSA(hashes.SHA256()))
@@ -276,10 +276,11 @@ def sendgrid_requests(folder: Path, targets: list[tuple[str, str]], batch: int) 
     return out
 
 
-def twilio_requests(targets: list[tuple[str, str]]) -> list[Request]:
-    url = f"{PUBLIC_URL}/receipts/sms"
+def twilio_requests(targets: list[tuple[str, str, str]]) -> list[Request]:
     out = []
-    for address, sid in targets:
+    for address, sid, ref in targets:
+        query_ = urllib.parse.urlencode({"ck": ref})
+        url = f"{PUBLIC_URL}/receipts/sms?{query_}"
         params = {
             "MessageSid": sid,
             "MessageStatus": "delivered",
@@ -293,7 +294,7 @@ def twilio_requests(targets: list[tuple[str, str]]) -> list[Request]:
             "X-Twilio-Signature": base64.b64encode(digest).decode(),
             "Content-Type": "application/x-www-form-urlencoded",
         }
-        out.append(("/receipts/sms", urllib.parse.urlencode(params).encode(), headers))
+        out.append((f"/receipts/sms?{query_}", urllib.parse.urlencode(params).encode(), headers))
     return out
 
 
@@ -380,69 +381,23 @@ def post_all(port: int, requests_: list[Request], concurrency: int) -> tuple[int
     return len(requests_), bad
 
 
-# -- experiments: a proposed change, patched into the server process ---------------------------
-def _patch_by_address() -> None:
-    """Match a receipt's delivery by message id AND address in SQL (one row), instead
-    of fetching every delivery of the message id (a SendGrid request's 1,000) and
-    comparing addresses in Python."""
-    from campaignkit._ledger import _receipts
-
-    original = _receipts.ReceiptBook._apply
-    candidates = _receipts._CANDIDATES
-
-    def _apply(self: Any, run: Any, channel: str, event: Any) -> Any:
-        def narrowed(sql: str, args: Sequence[Any]) -> Any:
-            if sql == candidates and event.address and event.kind == "email":
-                return run(sql + " AND lower(d.address) = ?", (*args, event.address.lower()))
-            return run(sql, args)
-
-        return original(self, narrowed, channel, event)
-
-    _receipts.ReceiptBook._apply = _apply  # type: ignore[method-assign]
-
-
-#: name -> patch of the server process (``quiet``: ``serve -q``; ``idx``: the worker adds
-#: an index on ``deliveries (provider_message_id, lower(address))`` to the ledger copy).
-EXPERIMENTS = {"addr": _patch_by_address, "quiet": None, "idx": None}
-INDEX_SQL = (
-    "CREATE INDEX IF NOT EXISTS bench_deliveries_mid_address "
-    "ON deliveries (provider_message_id, lower(address))"
-)
-
-
-def serve_patched(names: str, argv: list[str]) -> None:
-    """``campaignkit receipts serve`` with the experiments ``names`` applied."""
-    for name in names.split("+"):
-        patch = EXPERIMENTS[name]
-        if patch is not None:
-            patch()
-    from campaignkit.cli import main
-
-    main(argv, prog_name="campaignkit")
-
-
-def server_argv(app: str, config: Path, port: int, experiments: str) -> list[str]:
+def server_argv(app: str, config: Path, port: int) -> list[str]:
     if app == "hello":
         return [sys.executable, __file__, "--serve-hello", str(port)]
     args = ["receipts", "serve", str(config), "--port", str(port)]
     args += ["--threads", str(SERVER_THREADS)]
-    if "quiet" in experiments.split("+"):
-        args = ["-q", *args]  # no log line per request
-    if experiments:
-        return [sys.executable, __file__, "--serve-patched", experiments, "--", *args]
     return [sys.executable, "-m", "campaignkit", *args]
 
 
 # -- a worker: one configuration, one round ----------------------------------------------------
-def parse_name(name: str) -> tuple[str, str, str, str]:
-    """``hello_<provider>`` or ``receipts_<provider>_<backend>[+experiment...]``."""
-    base, _, experiments = name.partition("+")
-    app, provider, *rest = base.split("_")
-    return app, provider, rest[0] if rest else "sqlite", experiments
+def parse_name(name: str) -> tuple[str, str, str]:
+    """``hello_<provider>`` or ``receipts_<provider>_<backend>``."""
+    app, provider, *rest = name.split("_")
+    return app, provider, rest[0] if rest else "sqlite"
 
 
 def worker(args: argparse.Namespace) -> None:
-    app, provider, backend, experiments = parse_name(args.worker)
+    app, provider, backend = parse_name(args.worker)
     folder = Path(args.folder)
     prep_ledger = json.loads((folder / "ledgers.json").read_text())[backend]
     channel = CHANNEL[provider]
@@ -453,8 +408,6 @@ def worker(args: argparse.Namespace) -> None:
         if app == "receipts" and backend == "sqlite":
             ledger = str(work / "ledger.db")
             copy_sqlite(prep_ledger, ledger)
-            if "idx" in experiments.split("+"):
-                query(backend, ledger, INDEX_SQL)
         elif app == "receipts":
             query(backend, ledger, "DELETE FROM receipts")
             query(
@@ -469,7 +422,7 @@ def worker(args: argparse.Namespace) -> None:
             "EMAIL_RECEIPTS_KEY": (folder / "sendgrid.pub").read_text(encoding="utf-8"),
             "SMS_API_TOKEN": SMS_TOKEN,
         }
-        argv = server_argv(app, config, port, experiments)
+        argv = server_argv(app, config, port)
         log = (work / "server.log").open("wb")
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -483,7 +436,7 @@ def worker(args: argparse.Namespace) -> None:
                 n_requests, bad = post_all(port, reqs, args.concurrency)
             server_cpu = proc_cpu(proc.pid) - cpu0
         finally:
-            proc.send_signal(signal.SIGINT)  # serve's SIGTERM exits 1 (see README)
+            proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
@@ -540,24 +493,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=100, help="SendGrid events per POST")
     parser.add_argument("--backends", default="sqlite", help="sqlite,postgres")
     parser.add_argument("--providers", default=",".join(PROVIDERS))
-    parser.add_argument(
-        "--experiments",
-        default="",
-        help="rows receipts_<provider>_sqlite+<name> with a change patched in: "
-        + ", ".join(EXPERIMENTS)
-        + " (a+b combines)",
-    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--serve-hello", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--serve-patched", help=argparse.SUPPRESS)
-    raw = sys.argv[1:] if argv is None else argv
-    if "--" in raw:  # --serve-patched NAMES -- <campaignkit arguments>
-        cut = raw.index("--")
-        args = parser.parse_args(raw[:cut])
-        serve_patched(args.serve_patched, raw[cut + 1 :])
-        return 0
-    args = parser.parse_args(raw)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.serve_hello is not None:
         serve_hello(args.serve_hello)
         return 0
@@ -582,7 +521,6 @@ def main(argv: list[str] | None = None) -> int:
         common += ["--batch", str(args.batch)]
         for provider in providers:
             names = [f"hello_{provider}"] + [f"receipts_{provider}_{b}" for b in backends]
-            names += [f"receipts_{provider}_sqlite+{e}" for e in args.experiments.split(",") if e]
             for name in names:
                 argv_ = [sys.executable, __file__, "--worker", name, *common]
                 configs.append(Config(name, argv_, timeout=900))

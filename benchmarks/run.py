@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, str] = {
     "http": "bench_http",
     "workers": "bench_workers",
     "scale": "bench_scale",
+    "receipts": "bench_receipts",
 }
 
 

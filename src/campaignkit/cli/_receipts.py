@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import signal
 import threading
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ import click
 from ..receipts import UNVERIFIED_WARNING, open_receipts, poll_receipts, receiver, wsgi_app
 from ._campaign import look
 from ._group import EPILOG, main
-from ._options import CONFIG_PATH, sandbox_ledger_option
+from ._options import CONFIG_PATH, sandbox_ledger_option, sigterm_interrupts
 from ._output import EXIT_INPUT_ERROR, configure_logging, fail, input_errors, is_quiet, make_console
 
 #: How often ``serve`` matches the dead letters again (a callback that outran its send).
@@ -117,14 +116,16 @@ def serve(
             f"  {name} ({route.provider}): {bound}/receipts/{name} (public: {route.url or '-'})"
         )
     out.print(f"Recording into {rx.book.location}. Ctrl-C stops.")
-    previous = signal.signal(signal.SIGTERM, lambda *_: server.close())
     try:
-        server.run()
+        with sigterm_interrupts():  # SIGTERM (systemd, docker stop) as Ctrl-C
+            server.run()
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
         stop.set()
+        server.close()
+        # Requests being handled finish (their events committed, or not and retried).
+        server.task_dispatcher.shutdown(timeout=10)
         rx.book.close()
     stats = rx.stats()
     out.print(

@@ -190,7 +190,7 @@ class ReceiptReceiver:
                 unmatched=tally.unmatched,
                 suppressed=tally.suppressed,
             )
-            log.info(
+            log.debug(
                 "receipts %s: %d event(s), %d new, %d unmatched, %d suppressed",
                 channel,
                 tally.received,

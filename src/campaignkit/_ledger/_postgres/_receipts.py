@@ -8,7 +8,10 @@ from typing import Any, TypeVar
 
 from .._receipts import Statement
 
-__all__ = ["PostgresReceiptDb"]
+__all__ = ["LOCK_TIMEOUT_MS", "PostgresReceiptDb"]
+
+#: How long a receipt's write waits for a lock (as SQLite's busy timeout).
+LOCK_TIMEOUT_MS = 10_000
 
 _T = TypeVar("_T")
 Conn = Any
@@ -28,6 +31,10 @@ class PostgresReceiptDb:
     def transact(self, work: Callable[[Statement], _T]) -> _T:
         def op(conn: Conn) -> _T:
             with conn.transaction(), conn.cursor() as cursor:
+                # A lock held longer than this (another writer's long transaction) fails
+                # the write, and the receiver answers "try again" in time (Twilio waits
+                # 15 s) rather than keeping the provider, and a server thread, waiting.
+                cursor.execute(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
 
                 def run(sql: str, args: Sequence[Any]) -> tuple[list[tuple[Any, ...]], int]:
                     cursor.execute(sql.replace("?", "%s"), tuple(args))
