@@ -46,8 +46,8 @@ _RANK = (
 )
 _STORE = (
     "INSERT INTO receipts (key, provider, channel, message_id, reference, address, kind, "
-    "status, occurred_at, reason, raw, received_at, matched) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (key) DO NOTHING"
+    "status, occurred_at, reason, raw, received_at, matched, run, channel_code, seq) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING"
 )
 # The delivery a reference names (primary key lookups: runs.run_id is unique).
 _REFERENCED = (
@@ -94,6 +94,17 @@ _RUN_COUNTS = (
 
 #: A matched receipt (1), one that needs no delivery (2: an opt-out by address).
 _MATCHED_DELIVERY, _MATCHED_ADDRESS = 1, 2
+
+#: What an event applies to: the address an opt-out suppresses, or a delivery (its
+#: run, channel code, seq, and the address it was sent to).
+_Target = str | tuple[int, int, int, str | None]
+
+
+def _matched(target: _Target) -> tuple[int, int | None, int | None, int | None]:
+    """``receipts``' ``matched, run, channel_code, seq`` for an event's target."""
+    if isinstance(target, str):
+        return (_MATCHED_ADDRESS, None, None, None)
+    return (_MATCHED_DELIVERY, target[0], target[1], target[2])
 
 
 class ReceiptDb(Protocol):
@@ -175,9 +186,10 @@ class ReceiptBook:
         def work(run: Statement) -> ReceiptTally:
             tally = ReceiptTally(received=len(events))
             for event in events:
-                _, stored = run(_STORE, self._row(channel, event, received))
+                target = self._target(run, channel, event)  # found first: stored with it
+                _, stored = run(_STORE, self._row(channel, event, received, target))
                 if stored:
-                    tally += ReceiptTally(recorded=1) + self._apply(run, channel, event)
+                    tally += ReceiptTally(recorded=1) + self._apply(run, event, target)
             return tally
 
         return self._db.transact(work)
@@ -201,12 +213,18 @@ class ReceiptBook:
                     kind=kind,
                     reason=reason or "",
                 )
-                tally += self._apply(run, channel, event)
+                target = self._target(run, channel, event)
+                if target is not None:
+                    run(_MATCHED, (*_matched(target), event.key))
+                tally += self._apply(run, event, target)
             return tally
 
         return self._db.transact(work)
 
-    def _row(self, channel: str, e: ReceiptEvent, received: datetime) -> tuple[Any, ...]:
+    def _row(
+        self, channel: str, e: ReceiptEvent, received: datetime, target: _Target | None
+    ) -> tuple[Any, ...]:
+        matched = _matched(target) if target is not None else (0, None, None, None)
         return (
             e.key,
             e.provider,
@@ -220,36 +238,40 @@ class ReceiptBook:
             e.reason,
             e.raw,
             _stamp(received),
+            *matched,
         )
 
-    def _apply(self, run: Statement, channel: str, event: ReceiptEvent) -> ReceiptTally:
-        now = _stamp(self._clock())
-        if event.inbound:  # an opt-out: it concerns the address
-            address = event.address or ""
-            if event.kind == "email":
-                address = address.strip().lower()
-            if not address or (event.kind == "phone" and not _E164.fullmatch(address)):
-                return ReceiptTally(unmatched=1)  # kept aside: a person should look
-            run(_MATCHED, (_MATCHED_ADDRESS, None, None, None, event.key))
-            _, added = run(
-                _SUPPRESS, (event.kind, address, event.status.value, f"receipt {event.key}", now)
-            )
-            return ReceiptTally(matched=1, suppressed=added)
-        found = self._referenced(run, channel, event)
-        if found is None:
+    def _target(self, run: Statement, channel: str, event: ReceiptEvent) -> _Target | None:
+        """What the event applies to: the address an opt-out suppresses, or the
+        delivery its reference names (``None``: a dead letter, for now)."""
+        if not event.inbound:
+            return self._referenced(run, channel, event)
+        address = event.address or ""
+        if event.kind == "email":
+            address = address.strip().lower()
+        if not address or (event.kind == "phone" and not _E164.fullmatch(address)):
+            return None  # kept aside: a person should look
+        return address
+
+    def _apply(self, run: Statement, event: ReceiptEvent, target: _Target | None) -> ReceiptTally:
+        """Apply a new event to its target (its row in ``receipts`` says it matched)."""
+        if target is None:
             return ReceiptTally(unmatched=1)
-        d_run, code, seq, sent_to = found
+        now = _stamp(self._clock())
+        source = f"receipt {event.key}"
+        if isinstance(target, str):  # an opt-out: it concerns the address
+            _, added = run(_SUPPRESS, (event.kind, target, event.status.value, source, now))
+            return ReceiptTally(matched=1, suppressed=added)
+        d_run, code, seq, sent_to = target
         rank = RECEIPT_RANKS[event.status.value]
         at = _stamp(event.occurred_at)
         _, applied = run(
             _APPLY,
             (event.status.value, at, event.key, d_run, code, seq, rank, rank, at, at, event.key),
         )
-        run(_MATCHED, (_MATCHED_DELIVERY, d_run, code, seq, event.key))
         added = 0
         if event.status in SUPPRESSING_RECEIPTS and sent_to:
             key = sent_to.lower() if event.kind == "email" else sent_to
-            source = f"receipt {event.key}"
             _, added = run(_SUPPRESS, (event.kind, key, event.status.value, source, now))
         return ReceiptTally(applied=applied, matched=1, suppressed=added)
 
