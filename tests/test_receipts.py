@@ -300,7 +300,7 @@ def test_the_sandbox_sends_signed_receipts_end_to_end(tmp_path: Path, keys: Keys
     from campaignkit.receipts import poll_receipts
     from campaignkit.testing.sandbox import ReceiptSimulation
 
-    simulation = ReceiptSimulation(seed=3)
+    simulation = ReceiptSimulation.from_ratios("bounced=0.5", seed=3)
     with Sandbox(lazy=True, receipts=simulation) as box:
         box.open_receipts_endpoint()
         config = campaign(tmp_path, keys)
@@ -317,6 +317,14 @@ def test_the_sandbox_sends_signed_receipts_end_to_end(tmp_path: Path, keys: Keys
             assert got["sent"] == 4
             assert sum(got.receipts.values()) == 4, (channel, got.receipts)
         assert box.receipt_stats().given_up == 0
+        # Expo's DeviceNotRegistered (a bounce) puts the token on the suppression list.
+        push = counts(pipeline, "push")
+        ledger = pipeline.ledger()
+        try:
+            tokens = [a for k, a, r, s in ledger.suppressions("push_token") if r == "bounced"]
+        finally:
+            ledger.close()
+        assert len(tokens) == push.receipts.get("bounced", 0) > 0
 
 
 def test_a_lost_twilio_callback_is_recovered_by_polling(tmp_path: Path, keys: Keys) -> None:
