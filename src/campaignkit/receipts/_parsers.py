@@ -116,6 +116,14 @@ _SENDGRID_STATUS = {
     "group_unsubscribe": _UNSUBSCRIBED,
 }
 
+#: SendGrid's drop reasons that name the suppression list the address is on.
+_SENDGRID_DROPS = {
+    "unsubscribed address": _UNSUBSCRIBED,
+    "spam reporting address": _COMPLAINED,
+    "bounced address": _BOUNCED,
+    "invalid": _BOUNCED,
+}
+
 
 def _sendgrid_status(event: Mapping[str, Any], name: str) -> ReceiptStatus | None:
     if name in _SENDGRID_STATUS:
@@ -123,12 +131,11 @@ def _sendgrid_status(event: Mapping[str, Any], name: str) -> ReceiptStatus | Non
     if name == "bounce":  # "blocked": the receiving server refused for now
         return _UNDELIVERED if event.get("type") == "blocked" else _BOUNCED
     if name == "dropped":  # SendGrid did not send it: why decides what it means
-        why = str(event.get("reason", "")).lower()
-        if "unsubscribe" in why:
-            return _UNSUBSCRIBED
-        if "spam" in why:
-            return _COMPLAINED
-        return _BOUNCED if "bounce" in why or "invalid" in why else _UNDELIVERED
+        # Only a drop for the address's own list says something of the recipient;
+        # "Spam Content" (SendGrid's spam checker on our content) and "Invalid SMTPAPI
+        # header" (our request) are about the message: not sent, nobody to suppress.
+        why = " ".join(str(event.get("reason", "")).lower().split())
+        return _SENDGRID_DROPS.get(why, _UNDELIVERED)
     return None  # processed, open, click, group_resubscribe, ...
 
 
