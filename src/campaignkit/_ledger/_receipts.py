@@ -126,7 +126,10 @@ class ReceiptDb(Protocol):
 
 
 def _stamp(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """A UTC time as text that sorts as the time does (``%Y`` would write year 999
+    as ``999``, which sorts after ``2026`` and which ``strptime`` cannot read back)."""
+    utc = value.astimezone(UTC)
+    return f"{utc.year:04d}-" + utc.strftime("%m-%dT%H:%M:%S.%fZ")
 
 
 def _same_address(kind: str, a: str | None, b: str | None) -> bool:

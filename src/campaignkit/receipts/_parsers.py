@@ -269,9 +269,15 @@ def _telnyx_time(value: Any) -> datetime:
         when = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
     except ValueError:
         raise _fail("telnyx data.occurred_at", "an ISO 8601 time") from None
-    if when.tzinfo is None:
+    if when.tzinfo is None or when.utcoffset() is None:
         raise _fail("telnyx data.occurred_at", "a time with its UTC offset")
-    return when
+    try:
+        utc = when.astimezone(UTC)  # year 1 at +05:00 is before datetime.min
+    except OverflowError:
+        raise _fail("telnyx data.occurred_at", "a time within years 1970 to 9998") from None
+    if not 1970 <= utc.year < 9999:
+        raise _fail("telnyx data.occurred_at", "a time within years 1970 to 9998")
+    return utc
 
 
 def _telnyx_number(value: Any, where: str) -> str | None:
