@@ -21,7 +21,9 @@ def _text(value: object) -> str:
 
 
 def _reason(value: object) -> str:
-    return _text(value)[:MAX_REASON_CHARS]
+    # A remote mail server's words: no control characters (terminal escapes) kept.
+    text = _text(value)[:MAX_REASON_CHARS]
+    return "".join(c if c.isprintable() else " " for c in text)
 
 
 def _raw(value: object) -> str:

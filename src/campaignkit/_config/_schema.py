@@ -302,6 +302,12 @@ def _http_url(instance: object, attribute: attrs.Attribute[Any], value: str | No
         value.startswith(("http://", "https://")) and len(value.split("://", 1)[1].strip("/")) > 0
     ):
         raise ConfigError(f"expected an http(s) URL, got {value!r}", path=attribute.name)
+    if value is not None and ("?" in value or "#" in value):
+        # The routes are public_url + /receipts/<channel>, and the per-message callbacks
+        # add ?ck=<reference>: a query or fragment here would end up inside the path.
+        raise ConfigError(  # not quoted: a query may hold a token
+            "expected a URL without a query (?...) or fragment (#...)", path=attribute.name
+        )
 
 
 #: Opt-out replies (Twilio's and the carriers' defaults): an inbound message that is

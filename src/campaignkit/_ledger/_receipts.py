@@ -6,19 +6,20 @@ runner; ``?`` placeholders, turned into ``%s`` for PostgreSQL).
 
 Every event is stored in ``receipts`` under its key (``INSERT ... ON CONFLICT DO
 NOTHING``): the same event twice (a provider's retry, a replay) is recorded once and
-does nothing the second time. A stored event then finds its delivery by the reference
-the provider echoed back (``<seq>.<run id>``: :attr:`campaignkit.Message.reference`),
-by primary key, and is applied only when that delivery's recorded message id is the
-event's (and, for a message id a batch's recipients share, its address): a reference
-alone proves nothing. No index on message ids is needed, so sends pay nothing for
-receipts. The delivery's ``receipt`` is the highest receipt it was told of
-(:data:`campaignkit._states.RECEIPT_RANKS`; a tie: the later event, then the greater
-key), decided inside the ``UPDATE`` itself, so that concurrent receivers and events in
-any order end in the same state. An event whose message is not in the ledger (yet: a
-callback may outrun the send's own write) stays ``matched = 0``, the dead letters, and
-:meth:`ReceiptBook.rematch` tries them again. Bounces, complaints and opt-outs add the
-address to the suppression list, with ``receipt <key>`` as the source: the stored event
-is the audit trail.
+does nothing the second time, unless it is a dead letter whose delivery is known by then
+(then it is matched, as :meth:`ReceiptBook.rematch` would). A stored event then finds
+its delivery by the reference the provider echoed back (``<seq>.<run id>``:
+:attr:`campaignkit.Message.reference`), by primary key, and is applied only when that
+delivery's recorded message id is the event's (and, for a message id a batch's
+recipients share, its address): a reference alone proves nothing. No index on message
+ids is needed, so sends pay nothing for receipts. The delivery's ``receipt`` is the
+highest receipt it was told of (:data:`campaignkit._states.RECEIPT_RANKS`; a tie: the
+later event, then the greater key), decided inside the ``UPDATE`` itself, so that
+concurrent receivers and events in any order end in the same state. An event whose
+message is not in the ledger (yet: a callback may outrun the send's own write) stays
+``matched = 0``, the dead letters, and :meth:`ReceiptBook.rematch` tries them again.
+Bounces, complaints and opt-outs add the address to the suppression list, with ``receipt
+<key>`` as the source: the stored event is the audit trail.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ _APPLY = (
     "(receipt_at = ? AND receipt_key < ?)))))"
 )
 _MATCHED = "UPDATE receipts SET matched = ?, run = ?, channel_code = ?, seq = ? WHERE key = ?"
+# A dead letter received again (the provider's retry, a poll's fetch: the same key).
+_REVIVED = _MATCHED + " AND matched = 0"
 _SUPPRESS = (
     "INSERT INTO suppressions (kind, address, reason, source, created_at) "
     "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
@@ -126,7 +129,10 @@ class ReceiptDb(Protocol):
 
 
 def _stamp(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """A UTC time as text that sorts as the time does (``%Y`` would write year 999
+    as ``999``, which sorts after ``2026`` and which ``strptime`` cannot read back)."""
+    utc = value.astimezone(UTC)
+    return f"{utc.year:04d}-" + utc.strftime("%m-%dT%H:%M:%S.%fZ")
 
 
 def _same_address(kind: str, a: str | None, b: str | None) -> bool:
@@ -190,6 +196,10 @@ class ReceiptBook:
                 _, stored = run(_STORE, self._row(channel, event, received, target))
                 if stored:
                     tally += ReceiptTally(recorded=1) + self._apply(run, event, target)
+                elif target is not None:  # a dead letter again, whose delivery is known now
+                    _, revived = run(_REVIVED, (*_matched(target), event.key))
+                    if revived:
+                        tally += self._apply(run, event, target)
             return tally
 
         return self._db.transact(work)

@@ -183,11 +183,11 @@ def list_(config: Path, unmatched: bool, limit: int, use_sandbox: bool) -> None:
         totals = book.counts()
     for r in rows:
         where = r.run_id or ("unmatched" if not r.matched else "by address")
-        out.print(
+        line = (
             f"{r.received_at} {r.channel} {r.status} {r.address or '-'} "
-            f"{r.message_id or '-'} ({where}) {r.reason}",
-            markup=False,
-        )
+            f"{r.message_id or '-'} ({where}) {r.reason}"
+        )  # providers' (and remote servers') text: no terminal escapes reach the screen
+        out.print("".join(c if c.isprintable() else " " for c in line), markup=False)
     summary = ", ".join(f"{k} {v}" for k, v in sorted(totals.items())) or "none"
     out.print(f"Receipts in the ledger: {summary}.")
 

@@ -116,6 +116,14 @@ _SENDGRID_STATUS = {
     "group_unsubscribe": _UNSUBSCRIBED,
 }
 
+#: SendGrid's drop reasons that name the suppression list the address is on.
+_SENDGRID_DROPS = {
+    "unsubscribed address": _UNSUBSCRIBED,
+    "spam reporting address": _COMPLAINED,
+    "bounced address": _BOUNCED,
+    "invalid": _BOUNCED,
+}
+
 
 def _sendgrid_status(event: Mapping[str, Any], name: str) -> ReceiptStatus | None:
     if name in _SENDGRID_STATUS:
@@ -123,12 +131,11 @@ def _sendgrid_status(event: Mapping[str, Any], name: str) -> ReceiptStatus | Non
     if name == "bounce":  # "blocked": the receiving server refused for now
         return _UNDELIVERED if event.get("type") == "blocked" else _BOUNCED
     if name == "dropped":  # SendGrid did not send it: why decides what it means
-        why = str(event.get("reason", "")).lower()
-        if "unsubscribe" in why:
-            return _UNSUBSCRIBED
-        if "spam" in why:
-            return _COMPLAINED
-        return _BOUNCED if "bounce" in why or "invalid" in why else _UNDELIVERED
+        # Only a drop for the address's own list says something of the recipient;
+        # "Spam Content" (SendGrid's spam checker on our content) and "Invalid SMTPAPI
+        # header" (our request) are about the message: not sent, nobody to suppress.
+        why = " ".join(str(event.get("reason", "")).lower().split())
+        return _SENDGRID_DROPS.get(why, _UNDELIVERED)
     return None  # processed, open, click, group_resubscribe, ...
 
 
@@ -262,9 +269,15 @@ def _telnyx_time(value: Any) -> datetime:
         when = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
     except ValueError:
         raise _fail("telnyx data.occurred_at", "an ISO 8601 time") from None
-    if when.tzinfo is None:
+    if when.tzinfo is None or when.utcoffset() is None:
         raise _fail("telnyx data.occurred_at", "a time with its UTC offset")
-    return when
+    try:
+        utc = when.astimezone(UTC)  # year 1 at +05:00 is before datetime.min
+    except OverflowError:
+        raise _fail("telnyx data.occurred_at", "a time within years 1970 to 9998") from None
+    if not 1970 <= utc.year < 9999:
+        raise _fail("telnyx data.occurred_at", "a time within years 1970 to 9998")
+    return utc
 
 
 def _telnyx_number(value: Any, where: str) -> str | None:
