@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from .._receipt_types import ReceiptEvent, ReceiptTally, StoredReceipt
@@ -75,9 +75,12 @@ _COLUMNS = (
     "r.address, r.reason, r.matched, runs.run_id"
 )
 _LIST = f"SELECT {_COLUMNS} FROM receipts r LEFT JOIN runs ON runs.id = r.run "
+# Newest first, within a window: the dead letters that can still match are recent ones
+# (a callback that outran its send's write); old ones never starve them.
 _UNMATCHED = (
     "SELECT key, provider, channel, message_id, reference, address, kind, status, "
-    "occurred_at, reason FROM receipts WHERE matched = 0 ORDER BY received_at, key LIMIT ?"
+    "occurred_at, reason FROM receipts WHERE matched = 0 AND received_at >= ? "
+    "ORDER BY received_at DESC, key LIMIT ?"
 )
 _AWAITING = (
     "SELECT d.provider_message_id, d.seq, r.run_id FROM deliveries d "
@@ -95,12 +98,25 @@ _RUN_COUNTS = (
     "WHERE r.run_id = ? AND d.state = 'sent' GROUP BY c.channel, d.receipt ORDER BY c.channel"
 )
 
-#: A matched receipt (1), one that needs no delivery (2: an opt-out by address).
-_MATCHED_DELIVERY, _MATCHED_ADDRESS = 1, 2
+#: A dead letter (0), a matched receipt (1), one that needs no delivery (2: an opt-out by
+#: address), and a dead letter nothing can ever match (3: no reference, an address that
+#: is no phone number), which :meth:`ReceiptBook.rematch` does not try again.
+_UNMATCHED_STATE, _MATCHED_DELIVERY, _MATCHED_ADDRESS, _HOPELESS = 0, 1, 2, 3
+#: The dead letters (both kinds), for counting and listing.
+_DEAD = "matched IN (0, 3)"
 
 #: What an event applies to: the address an opt-out suppresses, or a delivery (its
 #: run, channel code, seq, and the address it was sent to).
 _Target = str | tuple[int, int, int, str | None]
+
+
+def _hopeless(event: ReceiptEvent) -> bool:
+    """Whether nothing can ever match the event (no usable reference; an opt-out whose
+    address is not one): it is kept and counted, but never tried again."""
+    if event.inbound:
+        return True  # its address was checked when it came: it does not change
+    seq, _, run_id = (event.reference or "").partition(".")
+    return not (seq.isascii() and seq.isdigit() and len(seq) < 19 and run_id)
 
 
 def _matched(target: _Target) -> tuple[int, int | None, int | None, int | None]:
@@ -204,13 +220,15 @@ class ReceiptBook:
 
         return self._db.transact(work)
 
-    def rematch(self, limit: int = 10_000) -> ReceiptTally:
-        """Match the dead letters again (their message may have been recorded since);
-        returns what that applied (``matched``) and how many are still unmatched."""
+    def rematch(self, limit: int = 10_000, *, within_hours: float = 48.0) -> ReceiptTally:
+        """Match the dead letters again (their message may have been recorded since),
+        the newest first, those received in the last ``within_hours``; returns what
+        that applied (``matched``) and how many are still unmatched."""
+        since = _stamp(self._clock() - timedelta(hours=within_hours))
 
         def work(run: Statement) -> ReceiptTally:
             tally = ReceiptTally()
-            rows, _ = run(_UNMATCHED, (limit,))
+            rows, _ = run(_UNMATCHED, (since, limit))
             for key, provider, channel, mid, ref, address, kind, status, at, reason in rows:
                 event = ReceiptEvent(
                     provider=provider,
@@ -234,7 +252,10 @@ class ReceiptBook:
     def _row(
         self, channel: str, e: ReceiptEvent, received: datetime, target: _Target | None
     ) -> tuple[Any, ...]:
-        matched = _matched(target) if target is not None else (0, None, None, None)
+        if target is not None:
+            matched = _matched(target)
+        else:
+            matched = (_HOPELESS if _hopeless(e) else _UNMATCHED_STATE, None, None, None)
         return (
             e.key,
             e.provider,
@@ -308,12 +329,12 @@ class ReceiptBook:
 
     def unmatched_count(self) -> int:
         """Receipts kept aside: no delivery of theirs is in the ledger."""
-        rows = self._read("SELECT COUNT(*) FROM receipts WHERE matched = 0", ())
+        rows = self._read("SELECT COUNT(*) FROM receipts WHERE " + _DEAD, ())
         return int(rows[0][0])
 
     def latest(self, *, unmatched: bool = False, limit: int = 100) -> list[StoredReceipt]:
         """The latest receipts, newest first (only the dead letters with ``unmatched``)."""
-        where = "WHERE r.matched = 0 " if unmatched else ""
+        where = "WHERE r." + _DEAD + " " if unmatched else ""
         sql = _LIST + where + "ORDER BY r.received_at DESC, r.key LIMIT ?"
         rows = self._read(sql, (limit,))
         return [
@@ -327,7 +348,7 @@ class ReceiptBook:
                 message_id=m,
                 address=a,
                 reason=reason or "",
-                matched=bool(matched),
+                matched=matched in (_MATCHED_DELIVERY, _MATCHED_ADDRESS),
                 run_id=run_id,
             )
             for k, p, c, s, o, r, m, a, reason, matched, run_id in rows
@@ -352,7 +373,7 @@ class ReceiptBook:
     def counts(self) -> dict[str, int]:
         """Stored receipts by status, and the dead letters as ``unmatched``."""
         rows = self._read(
-            "SELECT status, matched = 0, COUNT(*) FROM receipts GROUP BY status, matched = 0", ()
+            "SELECT status, " + _DEAD + ", COUNT(*) FROM receipts GROUP BY status, " + _DEAD, ()
         )
         out: dict[str, int] = {}
         for status, unmatched, n in rows:
