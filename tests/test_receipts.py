@@ -361,3 +361,22 @@ def test_a_lost_twilio_callback_is_recovered_by_polling(tmp_path: Path, keys: Ke
         finally:
             ledger.close()
         assert suppressed == bounced and bounced
+
+
+def test_how_receipts_are_verified_is_not_part_of_the_fingerprint(
+    tmp_path: Path, keys: Keys
+) -> None:
+    """A run's fingerprint digests what decides what is sent: the receipts' keys do not
+    (so a campaign that starts taking receipts resumes its runs without a warning, and
+    the fingerprints of runs made before receipts existed stay the same)."""
+    config = campaign(tmp_path, keys)
+    plain = attrs.evolve(
+        config,
+        channels=tuple(attrs.evolve(c, receipts_key=None) for c in config.channels),
+    )
+    other = attrs.evolve(
+        config,
+        channels=tuple(attrs.evolve(c, receipts_key_env="OTHER") for c in config.channels),
+    )
+    fingerprints = {Pipeline.from_config(c).fingerprint() for c in (config, plain, other)}
+    assert len(fingerprints) == 1

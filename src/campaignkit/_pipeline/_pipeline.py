@@ -54,6 +54,12 @@ __all__ = ["Pipeline"]
 log = logging.getLogger("campaignkit")
 
 
+def _sent_fields(attribute: attrs.Attribute[Any], value: Any) -> bool:
+    """Channel fields that decide what is sent (how receipts are verified does not: an
+    upgrade that added those keeps earlier runs' fingerprints)."""
+    return attribute.name not in ("receipts_key", "receipts_key_env")
+
+
 class Pipeline(Checks, RunSteps):
     """A multi-channel campaign: one source fanned out to channels in parallel.
 
@@ -328,7 +334,7 @@ class Pipeline(Checks, RunSteps):
         data = {
             "name": self.name,
             "source": self.source.describe(),
-            "channels": [attrs.asdict(c) for c in self.enabled_channels],
+            "channels": [attrs.asdict(c, filter=_sent_fields) for c in self.enabled_channels],
         }
         if self.rows_per_customer != "one":  # the default keeps earlier runs' fingerprints
             data["rows_per_customer"] = self.rows_per_customer
