@@ -208,6 +208,13 @@ class Channel:
         """The environment variable the receipts' verification key is read from."""
         return self.receipts_key_env or f"{self.name.upper()}_RECEIPTS_KEY"
 
+    def sent_settings(self) -> dict[str, Any]:
+        """The fields that decide what is sent, as a dict (a run's fingerprint digests
+        them): how receipts are verified does not, so earlier runs keep theirs."""
+        return attrs.asdict(
+            self, filter=lambda a, _: a.name not in ("receipts_key", "receipts_key_env")
+        )
+
     @property
     def report_key(self) -> str:
         return self.result_key or DEFAULT_RESULT_KEYS.get(self.name, f"{self.name}_results")

@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pluggy
 
 from .._config import (
@@ -52,12 +51,6 @@ from ._values import OpenedRun, ScheduledRuns
 __all__ = ["Pipeline"]
 
 log = logging.getLogger("campaignkit")
-
-
-def _sent_fields(attribute: attrs.Attribute[Any], value: Any) -> bool:
-    """Channel fields that decide what is sent (how receipts are verified does not: an
-    upgrade that added those keeps earlier runs' fingerprints)."""
-    return attribute.name not in ("receipts_key", "receipts_key_env")
 
 
 class Pipeline(Checks, RunSteps):
@@ -334,7 +327,7 @@ class Pipeline(Checks, RunSteps):
         data = {
             "name": self.name,
             "source": self.source.describe(),
-            "channels": [attrs.asdict(c, filter=_sent_fields) for c in self.enabled_channels],
+            "channels": [c.sent_settings() for c in self.enabled_channels],
         }
         if self.rows_per_customer != "one":  # the default keeps earlier runs' fingerprints
             data["rows_per_customer"] = self.rows_per_customer

@@ -6,7 +6,6 @@ import ipaddress
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -24,10 +23,6 @@ REMATCH_SECONDS = 60.0
 def receipts() -> None:
     """Delivery receipts: what became of each sent message (delivered, bounced,
     complained, unsubscribed), from the providers' signed webhooks and polls."""
-
-
-def _pipeline(config: Path, use_sandbox: bool) -> Any:
-    return look(config, use_sandbox)
 
 
 def _loopback(host: str) -> bool:
@@ -79,7 +74,7 @@ def serve(
         configure_logging(1)
     out = make_console(stderr=True)
     with input_errors(config):
-        pipeline = _pipeline(config, use_sandbox)
+        pipeline = look(config, use_sandbox)
         rx = receiver(pipeline, verify=False if insecure else None)
     if not rx.verified:
         if not _loopback(host):
@@ -149,7 +144,7 @@ def poll(config: Path, every: float | None, use_sandbox: bool) -> None:
     them: Expo's getReceipts (DeviceNotRegistered puts the token on the suppression
     list), and Twilio's message fetch for callbacks that never came."""
     out = make_console()
-    pipeline = _pipeline(config, use_sandbox)
+    pipeline = look(config, use_sandbox)
     while True:
         with input_errors(config):
             results = poll_receipts(pipeline)
@@ -178,7 +173,7 @@ def poll(config: Path, every: float | None, use_sandbox: bool) -> None:
 def list_(config: Path, unmatched: bool, limit: int, use_sandbox: bool) -> None:
     """The latest receipts in campaign CONFIG's ledger, newest first, and counts."""
     out = make_console()
-    with input_errors(config), open_receipts(_pipeline(config, use_sandbox)) as book:
+    with input_errors(config), open_receipts(look(config, use_sandbox)) as book:
         rows = book.latest(unmatched=unmatched, limit=limit)
         totals = book.counts()
     for r in rows:
@@ -198,7 +193,7 @@ def list_(config: Path, unmatched: bool, limit: int, use_sandbox: bool) -> None:
 def rematch(config: Path, use_sandbox: bool) -> None:
     """Match the dead letters again: receipts whose message was not in the ledger when
     they arrived (a callback that outran its send's write, another ledger's message)."""
-    with input_errors(config), open_receipts(_pipeline(config, use_sandbox)) as book:
+    with input_errors(config), open_receipts(look(config, use_sandbox)) as book:
         tally = book.rematch()
         left = book.unmatched_count()
     click.echo(f"{tally.matched} matched, {tally.suppressed} suppressed; {left} still unmatched.")

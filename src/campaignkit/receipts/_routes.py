@@ -31,10 +31,8 @@ from ._signatures import (
     verify_twilio,
 )
 
-__all__ = ["POLLED_PROVIDERS", "WEBHOOK_PROVIDERS", "Refused", "Route", "build_route"]
+__all__ = ["POLLED_PROVIDERS", "Refused", "Route", "build_route"]
 
-#: Providers that call the receiver with signed webhooks.
-WEBHOOK_PROVIDERS = ("sendgrid", "twilio", "telnyx")
 #: Providers whose receipts are asked for (``campaignkit receipts poll``).
 POLLED_PROVIDERS = ("expo",)
 _MAX_FORM_FIELDS = 200

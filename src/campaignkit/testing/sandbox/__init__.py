@@ -15,12 +15,8 @@ when it is first used, so a test of HTTP channels needs neither aiosmtpd nor an 
 port. ``Sandbox(record_to=DIR)`` writes every accepted message to
 ``DIR/<provider>.jsonl`` the moment it is accepted.
 
-``Sandbox(receipts=ReceiptSimulation(...), receipts_url="http://127.0.0.1:8025")``
-simulates delivery receipts: the SendGrid, Twilio and Telnyx fakes post the
-providers' signed callbacks (SendGrid's Event Webhook to
-``{receipts_url}/receipts/{channel}``, Twilio's ``StatusCallback`` and Telnyx's
-``webhook_url`` given per message) and the Expo fake answers ``getReceipts`` with the
-simulated outcomes. OneSignal and SMTP simulate no receipts.
+``Sandbox(receipts=ReceiptSimulation(...))`` simulates delivery receipts: see
+:class:`~campaignkit.testing.sandbox._sandbox_receipts.SandboxReceipts`.
 
 A run against the sandbox is a **rehearsal**: it records into its own ledger
 (``ledger.sandbox.db`` beside the real one: runs, deliveries, suppression list) and
@@ -46,9 +42,8 @@ import pluggy
 
 from ..._config import PipelineConfig, load_config
 from ..._models import Rate
-from ..._rehearsal import SANDBOX_DIR, rehearsal_config, sandbox_switch
+from ..._rehearsal import rehearsal_config, sandbox_switch
 from ...exceptions import ConfigError
-from ...hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from ..._pipeline import Pipeline
@@ -65,7 +60,7 @@ from ._fakes import (
     server_class,
 )
 from ._faults import Faults
-from ._journal import MessageJournal, RecordedMessages, attach_journal
+from ._journal import MessageJournal, RecordedMessages, RunRecorder, attach_journal
 from ._receipts import (
     CallbackDispatcher,
     ReceiptOutcome,
@@ -223,8 +218,7 @@ class Sandbox(SandboxReceipts):
         """Start serving: every server now, or each on first use when ``lazy``."""
         with self._lock:
             self._running = True
-            if self.receipts is not None and (self._dispatcher is None or self._dispatcher.stopped):
-                self._dispatcher = CallbackDispatcher(self.receipts)
+            self._start_receipts()
         if not self.lazy:
             try:
                 for p in self.providers:
@@ -240,14 +234,9 @@ class Sandbox(SandboxReceipts):
             self._running = False
             live, self._live = self._live, {}
             journals, self._journals = self._journals, {}
-            dispatcher = self._dispatcher  # kept: its counts stay readable
-            endpoint, self._endpoint = self._endpoint, None
-        if endpoint is not None:
-            endpoint.stop()
         for server in live.values():
             server.stop()
-        if dispatcher is not None:
-            dispatcher.stop()
+        self._stop_receipts()  # after the servers: nothing schedules a callback any more
         for journal in journals.values():
             journal.close()
 
@@ -275,10 +264,7 @@ class Sandbox(SandboxReceipts):
             if not self._running:
                 raise KeyError(f"the sandbox is not running: start() it to use {provider!r}")
             server = self.fakes[provider].create(**self._server_options.get(provider, {}))
-            attach_receipts = getattr(server, "attach_receipts", None)
-            dispatcher = self._dispatcher
-            if dispatcher is not None and self.receipts is not None and attach_receipts:
-                attach_receipts(self.receipts, dispatcher)
+            self._attach_receipts(server)
             journal = attach_journal(server)
             if self._record_dir is not None:
                 journal.open(self._record_dir / f"{provider}.jsonl")
@@ -331,7 +317,7 @@ class Sandbox(SandboxReceipts):
         accept to ``<run dir>/sandbox/<provider>.jsonl``, from the moment the run
         starts sending (a resume adds to the files). ``output_dir`` is the one given to
         ``run()`` / ``resume()``."""
-        recorder = _RunRecorder(self, pipeline.name, pipeline.output_root(output_dir))
+        recorder = RunRecorder(self, pipeline.name, pipeline.output_root(output_dir))
         pipeline.plugin_manager.register(recorder)
         try:
             yield
@@ -506,17 +492,3 @@ def shared_sandbox() -> Sandbox:
             _shared = Sandbox(lazy=True).start()
             atexit.register(_shared.stop)
         return _shared
-
-
-class _RunRecorder:
-    """A plugin pointing a sandbox's journals at each run's directory as it starts."""
-
-    def __init__(self, sandbox: Sandbox, pipeline: str, output_root: Path) -> None:
-        self.sandbox = sandbox
-        self.pipeline = pipeline
-        self.output_root = output_root
-
-    @hookimpl
-    def campaignkit_run_started(self, run_id: str, pipeline: str, channels: Any) -> None:
-        if pipeline == self.pipeline:
-            self.sandbox.record_to(self.output_root / run_id / SANDBOX_DIR)

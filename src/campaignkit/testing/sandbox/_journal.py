@@ -10,7 +10,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any, Self, SupportsIndex
 
-__all__ = ["JournalError", "MessageJournal", "RecordedMessages", "attach_journal"]
+from ..._rehearsal import SANDBOX_DIR
+from ...hookspecs import hookimpl
+
+__all__ = ["JournalError", "MessageJournal", "RecordedMessages", "RunRecorder", "attach_journal"]
 
 
 class JournalError(OSError):
@@ -128,3 +131,17 @@ def attach_journal(server: Any) -> MessageJournal:
     if not isinstance(messages, RecordedMessages) or messages.journal is not journal:
         server.messages = RecordedMessages(messages, journal)
     return journal
+
+
+class RunRecorder:
+    """A plugin pointing a sandbox's journals at each run's directory as it starts."""
+
+    def __init__(self, sandbox: Any, pipeline: str, output_root: Path) -> None:
+        self.sandbox = sandbox
+        self.pipeline = pipeline
+        self.output_root = output_root
+
+    @hookimpl
+    def campaignkit_run_started(self, run_id: str, pipeline: str, channels: Any) -> None:
+        if pipeline == self.pipeline:
+            self.sandbox.record_to(self.output_root / run_id / SANDBOX_DIR)

@@ -1,6 +1,14 @@
 """The delivery-receipts side of :class:`~campaignkit.testing.sandbox.Sandbox`: where
 the fakes' callbacks go, the campaign's receipts settings in a rehearsal, and the
-receiver a rehearsal records them with."""
+receiver a rehearsal records them with.
+
+``Sandbox(receipts=ReceiptSimulation(...), receipts_url="http://127.0.0.1:8025")``
+simulates delivery receipts: the SendGrid, Twilio and Telnyx fakes post the
+providers' signed callbacks (SendGrid's Event Webhook to
+``{receipts_url}/receipts/{channel}``, Twilio's ``StatusCallback`` and Telnyx's
+``webhook_url`` given per message) and the Expo fake answers ``getReceipts`` with the
+simulated outcomes. OneSignal and SMTP simulate no receipts.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +36,29 @@ class SandboxReceipts:
     _dispatcher: CallbackDispatcher | None
     _endpoint: Any
     _receipts_url: str | None
+
+    # -- lifecycle (the sandbox's lock held by the caller of _start_receipts) --------
+    def _start_receipts(self) -> None:
+        """The callback thread, when receipts are simulated."""
+        if self.receipts is not None and (self._dispatcher is None or self._dispatcher.stopped):
+            self._dispatcher = CallbackDispatcher(self.receipts)
+
+    def _attach_receipts(self, server: Any) -> None:
+        """Have a new server simulate receipts (those whose fakes have them)."""
+        attach = getattr(server, "attach_receipts", None)
+        dispatcher = self._dispatcher
+        if dispatcher is not None and self.receipts is not None and attach:
+            attach(self.receipts, dispatcher)
+
+    def _stop_receipts(self) -> None:
+        """Stop the receiver and the callback thread (its counts stay readable)."""
+        with self._lock:
+            dispatcher = self._dispatcher
+            endpoint, self._endpoint = self._endpoint, None
+        if endpoint is not None:
+            endpoint.stop()
+        if dispatcher is not None:
+            dispatcher.stop()
 
     # -- delivery receipts ------------------------------------------------------------
     def _receipts_config(self, config: PipelineConfig) -> PipelineConfig:
